@@ -1,0 +1,115 @@
+//! Every setting of the service, read from the environment (and from `.env`
+//! when present, see [`crate::startup::load_dotenv`]).
+//!
+//! Each field is also a command-line flag, so `chat-api serve --help` lists
+//! them with their defaults. An invalid value stops start-up with clap's
+//! message, which names the variable (`[env: CHAT_BATCH_SIZE=abc]`).
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Settings of a running service (`serve`) and of the flusher inside it.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// MariaDB (or MySQL) connection URL.
+    #[arg(long, env = "DATABASE_URL", default_value = "mysql://root@127.0.0.1:3306/chat_api")]
+    pub database_url: String,
+
+    /// Maximum number of pooled MariaDB connections.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+
+    /// Redis connection URL. Redis holds the counters and the write-behind buffer.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key the service uses, so that several deployments
+    /// (or tests) can share one Redis.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "chat:")]
+    pub redis_key_prefix: String,
+
+    /// Maximum number of pooled Redis connections.
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 16)]
+    pub redis_pool_size: u32,
+
+    /// Time limit of one Redis command from the request path, in milliseconds.
+    /// Past it the request answers 503 instead of hanging.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u64,
+
+    /// Address and port the HTTP server listens on (port 0 picks a free port).
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:3000")]
+    pub bind_addr: SocketAddr,
+
+    /// Pending chats that wake the flusher (rows per multi-row INSERT).
+    #[arg(long, env = "CHAT_BATCH_SIZE", default_value = "500")]
+    pub chat_batch_size: NonZeroUsize,
+
+    /// Pending messages that wake the flusher (rows per multi-row INSERT).
+    #[arg(long, env = "MESSAGE_BATCH_SIZE", default_value = "1000")]
+    pub message_batch_size: NonZeroUsize,
+
+    /// Seconds between timer-triggered flushes; also the longest time a record
+    /// waits in Redis before it is written to MariaDB (while MariaDB is up).
+    #[arg(long, env = "FLUSH_INTERVAL_SECS", default_value = "60", value_parser = parse_nonzero_secs)]
+    pub flush_interval: Duration,
+
+    /// Pending records per queue past which creation answers 503 with
+    /// `Retry-After` (backpressure).
+    #[arg(long, env = "MAX_PENDING", default_value_t = 1_000_000)]
+    pub max_pending: u64,
+
+    /// Largest accepted message body, in bytes of UTF-8.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=16_000_000))]
+    pub max_message_bytes: u32,
+
+    /// Largest accepted HTTP request body, in bytes; larger requests get 413.
+    #[arg(long, env = "MAX_REQUEST_BYTES", default_value_t = 1_048_576)]
+    pub max_request_bytes: usize,
+
+    /// How long a flusher owns a claimed batch, in seconds. A batch whose lease
+    /// expired without an acknowledgement is claimed again by any instance.
+    #[arg(long, env = "LEASE_SECS", default_value = "30", value_parser = parse_nonzero_secs)]
+    pub lease: Duration,
+
+    /// How long a message may wait for its chat to reach MariaDB before it is
+    /// dead-lettered, in seconds.
+    #[arg(long, env = "ORPHAN_MAX_AGE_SECS", default_value = "3600", value_parser = parse_nonzero_secs)]
+    pub orphan_max_age: Duration,
+
+    /// How long GET, PUT or DELETE of a still-buffered record waits for the
+    /// flush that stores it, in milliseconds, before answering 503.
+    #[arg(long, env = "READ_YOUR_WRITES_TIMEOUT_MS", default_value_t = 5000)]
+    pub read_your_writes_timeout_ms: u64,
+
+    /// Seconds the service gives itself on SIGTERM/Ctrl-C to drain the buffer.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value = "30", value_parser = parse_nonzero_secs)]
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// Time limit of one Redis call on the request path.
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    /// Bound on waiting for a buffered record to reach MariaDB.
+    pub fn read_your_writes_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_your_writes_timeout_ms)
+    }
+}
+
+/// Parses a whole, non-zero number of seconds.
+fn parse_nonzero_secs(s: &str) -> Result<Duration, String> {
+    let secs: u64 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("expected whole seconds: {e}"))?;
+    if secs == 0 {
+        return Err("must be at least 1 second".into());
+    }
+    Ok(Duration::from_secs(secs))
+}

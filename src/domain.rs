@@ -1,0 +1,173 @@
+//! Validated values. Each `parse` returns a 422-ready [`ApiError`] on bad
+//! input, so invalid data never travels past the HTTP edge.
+
+use base64::Engine;
+use chrono::{DateTime, SubsecRound, Utc};
+use rand::RngCore;
+
+use crate::error::ApiError;
+
+/// An application's name: 1 to 255 characters (Unicode scalar values, which is
+/// what a `VARCHAR(255)` in utf8mb4 counts), not blank.
+#[derive(Debug, Clone)]
+pub struct AppName(String);
+
+impl AppName {
+    /// Longest name, in characters.
+    pub const MAX_CHARS: usize = 255;
+
+    /// Checks a client-supplied name. Errors: 422 when blank or too long.
+    pub fn parse(s: String) -> Result<Self, ApiError> {
+        if s.trim().is_empty() {
+            return Err(ApiError::unprocessable("name must not be blank"));
+        }
+        let chars = s.chars().count();
+        if chars > Self::MAX_CHARS {
+            return Err(ApiError::unprocessable(format!(
+                "name is {chars} characters long; the maximum is {}",
+                Self::MAX_CHARS
+            )));
+        }
+        Ok(Self(s))
+    }
+
+    /// The name, byte for byte as the client sent it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A message body: 1 byte up to `MAX_MESSAGE_BYTES` bytes of UTF-8, not blank.
+#[derive(Debug, Clone)]
+pub struct MessageBody(String);
+
+impl MessageBody {
+    /// Checks a client-supplied body against `max_bytes`. Errors: 422 when
+    /// blank (empty or whitespace only) or longer than `max_bytes` bytes.
+    pub fn parse(s: String, max_bytes: u32) -> Result<Self, ApiError> {
+        if s.trim().is_empty() {
+            return Err(ApiError::unprocessable("body must not be blank"));
+        }
+        if s.len() > max_bytes as usize {
+            return Err(ApiError::unprocessable(format!(
+                "body is {} bytes long; the maximum is {max_bytes} bytes (MAX_MESSAGE_BYTES)",
+                s.len()
+            )));
+        }
+        Ok(Self(s))
+    }
+
+    /// The body, byte for byte as the client sent it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Takes the body out.
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// The current time, cut to the microseconds that `DATETIME(6)` stores, so
+/// that what a write returns equals what a later read returns.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// Creates an application token: 192 random bits from the OS-seeded CSPRNG,
+/// encoded as 32 characters of URL-safe base64 without padding (RFC 4648 §5).
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether `s` can be a token at all (length and alphabet). Anything else is
+/// answered 404 without a database lookup.
+pub fn is_plausible_token(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Page of a list: `page` from 1, `per_page` from 1 to [`Page::MAX_PER_PAGE`].
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    /// 1-based page number.
+    pub page: u32,
+    /// Rows per page.
+    pub per_page: u32,
+}
+
+impl Page {
+    /// Default rows per page.
+    pub const DEFAULT_PER_PAGE: u32 = 20;
+    /// Most rows per page.
+    pub const MAX_PER_PAGE: u32 = 100;
+    /// Highest page number accepted; deeper pages should filter instead.
+    pub const MAX_PAGE: u32 = 100_000;
+
+    /// Checks the query parameters. Errors: 422 when out of range.
+    pub fn parse(page: Option<i64>, per_page: Option<i64>) -> Result<Self, ApiError> {
+        let page = page.unwrap_or(1);
+        let per_page = per_page.unwrap_or(Self::DEFAULT_PER_PAGE as i64);
+        if !(1..=Self::MAX_PAGE as i64).contains(&page) {
+            return Err(ApiError::unprocessable(format!(
+                "page must be between 1 and {}",
+                Self::MAX_PAGE
+            )));
+        }
+        if !(1..=Self::MAX_PER_PAGE as i64).contains(&per_page) {
+            return Err(ApiError::unprocessable(format!(
+                "per_page must be between 1 and {}",
+                Self::MAX_PER_PAGE
+            )));
+        }
+        Ok(Self { page: page as u32, per_page: per_page as u32 })
+    }
+
+    /// SQL `LIMIT`: one more row than a page, to learn whether a next page exists.
+    pub fn limit_plus_one(&self) -> i64 {
+        self.per_page as i64 + 1
+    }
+
+    /// SQL `OFFSET`.
+    pub fn offset(&self) -> i64 {
+        (self.page as i64 - 1) * self.per_page as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_url_safe_and_distinct() {
+        let a = new_token();
+        let b = new_token();
+        assert_eq!(a.len(), 32);
+        assert!(is_plausible_token(&a));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn names_count_characters_not_bytes() {
+        assert!(AppName::parse("é".repeat(255)).is_ok());
+        assert!(AppName::parse("é".repeat(256)).is_err());
+        assert!(AppName::parse("  ".into()).is_err());
+    }
+
+    #[test]
+    fn bodies_count_bytes() {
+        assert!(MessageBody::parse("é".repeat(5), 10).is_ok());
+        assert!(MessageBody::parse("é".repeat(6), 10).is_err());
+        assert!(MessageBody::parse("".into(), 10).is_err());
+    }
+
+    #[test]
+    fn pages_are_bounded() {
+        assert!(Page::parse(Some(0), None).is_err());
+        assert!(Page::parse(None, Some(101)).is_err());
+        assert!(Page::parse(Some(-1), None).is_err());
+        let p = Page::parse(Some(3), Some(10)).unwrap();
+        assert_eq!((p.offset(), p.limit_plus_one()), (20, 11));
+    }
+}

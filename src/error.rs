@@ -1,0 +1,162 @@
+//! The one error type of the API, [`ApiError`], with one HTTP status per
+//! variant, and [`json_errors`], which turns every other failure poem can
+//! produce (bad JSON, unknown route, oversized body…) into the same
+//! `{"error": "..."}` shape.
+//!
+//! Causes of 500s are logged with their whole chain and never sent to the
+//! client.
+
+use poem::http::StatusCode;
+use poem::{Endpoint, IntoResponse, Request, Response};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object};
+
+/// Body of every error response.
+#[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, in words a person can act on.
+    pub error: String,
+}
+
+impl ErrorBody {
+    fn json(msg: impl Into<String>) -> Json<Self> {
+        Json(ErrorBody { error: msg.into() })
+    }
+}
+
+/// Every error an operation can answer with.
+#[derive(Debug, ApiResponse)]
+pub enum ApiError {
+    /// 400: the request is malformed (for example invalid JSON).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// 404: no application, chat or message with that token or number.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// 413: the request body is larger than `MAX_REQUEST_BYTES`.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// 422: well-formed but invalid input (blank or too long name or body,
+    /// out-of-range page or per_page).
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
+    /// 429: the client's IP is over its rate limit; retry after the given seconds.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+    /// 503: the write buffer is full, or Redis or MariaDB cannot be reached;
+    /// retry after the given number of seconds.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+    /// 500: a fault of the service; the cause is logged, not sent.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+impl ApiError {
+    /// 404 with the given message.
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Self::NotFound(ErrorBody::json(msg))
+    }
+
+    /// 422 with the given message.
+    pub fn unprocessable(msg: impl Into<String>) -> Self {
+        Self::Unprocessable(ErrorBody::json(msg))
+    }
+
+    /// 503 with `Retry-After: retry_after_secs`.
+    pub fn unavailable(msg: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::Unavailable(ErrorBody::json(msg), retry_after_secs)
+    }
+
+    /// 500; logs `cause` with its chain and sends a generic message.
+    pub fn internal(cause: anyhow::Error) -> Self {
+        tracing::error!(error = ?cause, "internal error");
+        Self::Internal(ErrorBody::json(
+            "internal error; it has been logged, please report it if it persists",
+        ))
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    /// A database that cannot be reached is a 503 (retry later); any other
+    /// database error is a fault of ours (500, logged).
+    fn from(err: sqlx::Error) -> Self {
+        if crate::store::is_unavailable(&err) {
+            tracing::warn!(error = %err, "MariaDB unavailable");
+            return Self::unavailable("the database is unavailable; retry later", 5);
+        }
+        Self::internal(anyhow::Error::new(err).context("database query failed"))
+    }
+}
+
+impl From<crate::writebehind::BufferError> for ApiError {
+    fn from(err: crate::writebehind::BufferError) -> Self {
+        use crate::writebehind::BufferError;
+        match err {
+            BufferError::Full { retry_after_secs } => Self::unavailable(
+                "the write buffer is full; retry later",
+                retry_after_secs,
+            ),
+            BufferError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "Redis unavailable");
+                Self::unavailable("the write buffer (Redis) is unavailable; retry later", 2)
+            }
+            BufferError::NotYetStored => Self::unavailable(
+                "the record is still being written to the database; retry shortly",
+                2,
+            ),
+            BufferError::Database(e) => e.into(),
+        }
+    }
+}
+
+/// Turns an error poem produced outside our handlers (or one of ours) into a
+/// JSON response: unknown route 404, bad JSON 400, failed schema check or
+/// out-of-range parameter 422, a path that does not parse 404, and so on.
+pub async fn json_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    match next.call(req).await {
+        Ok(resp) => Ok(resp.into_response()),
+        Err(err) => Ok(error_response(err)),
+    }
+}
+
+fn error_response(err: poem::Error) -> Response {
+    use poem_openapi::error::{
+        ContentTypeError, ParseParamError, ParsePathError, ParseRequestPayloadError,
+    };
+    if err.is_from_response() {
+        return err.into_response();
+    }
+    let (status, msg) = if let Some(e) = err.downcast_ref::<ParseRequestPayloadError>() {
+        // serde_json syntax errors and poem-openapi schema errors share this
+        // type; the latter always start with `failed to parse` or name a type.
+        if e.reason.starts_with("failed to parse") || e.reason.starts_with("Type ") || e.reason.starts_with("Expected input type") {
+            (StatusCode::UNPROCESSABLE_ENTITY, format!("invalid request body: {}", e.reason))
+        } else {
+            (StatusCode::BAD_REQUEST, format!("malformed JSON: {}", e.reason))
+        }
+    } else if let Some(e) = err.downcast_ref::<ParseParamError>() {
+        (StatusCode::UNPROCESSABLE_ENTITY, format!("invalid parameter `{}`: {}", e.name, e.reason))
+    } else if let Some(e) = err.downcast_ref::<ParsePathError>() {
+        (StatusCode::NOT_FOUND, format!("no resource at this path: {}", e.reason))
+    } else if let Some(e) = err.downcast_ref::<ContentTypeError>() {
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("{e}; send `Content-Type: application/json`"))
+    } else {
+        let status = err.status();
+        let msg = match status {
+            StatusCode::NOT_FOUND => "no such route; see /docs for the API".to_string(),
+            StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this route; see /docs".to_string(),
+            s if s.is_server_error() => {
+                tracing::error!(error = %err, "unhandled error");
+                "internal error".to_string()
+            }
+            _ => err.to_string(),
+        };
+        (status, msg)
+    };
+    let body = serde_json::to_vec(&ErrorBody { error: msg }).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .content_type("application/json; charset=utf-8")
+        .body(body)
+}

@@ -1,0 +1,125 @@
+//! `/api/v1/applications`: applications are written to MariaDB synchronously.
+
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+
+use super::schemas::{Application, ApplicationInput, ApplicationList, Meta};
+use super::{ApiTags, AppState, lookup};
+use crate::domain::{AppName, Page, is_plausible_token, new_token};
+use crate::error::ApiError;
+use crate::store;
+
+/// Operations on applications.
+pub struct ApplicationsApi;
+
+/// 201 with the new application.
+#[derive(ApiResponse)]
+pub enum CreatedApplication {
+    /// The application was created; keep its token.
+    #[oai(status = 201)]
+    Created(Json<Application>),
+}
+
+/// 204 with no body.
+#[derive(ApiResponse)]
+pub enum Deleted {
+    /// Deleted.
+    #[oai(status = 204)]
+    NoContent,
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Applications")]
+impl ApplicationsApi {
+    /// Create an application
+    ///
+    /// The server generates its token (192 random bits, URL-safe).
+    #[oai(path = "/applications", method = "post")]
+    async fn create(&self, state: Data<&AppState>, input: Json<ApplicationInput>) -> Result<CreatedApplication, ApiError> {
+        let name = AppName::parse(input.0.name)?;
+        let token = new_token();
+        let row = store::applications::create(&state.pool, &token, name.as_str(), crate::domain::now()).await?;
+        // Warm the Redis cache so the first chat costs one round trip. Best
+        // effort: a cold cache is filled on the first miss anyway.
+        let buffer = state.wb.buffer();
+        if let Err(e) = async {
+            buffer.seed_app(&token, row.id).await?;
+            buffer.seed_chat_counter(&token, 0).await
+        }
+        .await
+        {
+            tracing::warn!(error = %e, "could not warm the cache for a new application");
+        }
+        Ok(CreatedApplication::Created(Json(row.into())))
+    }
+
+    /// List applications
+    ///
+    /// In creation order, `per_page` (default 20, at most 100) per page.
+    #[oai(path = "/applications", method = "get")]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        /// Page number, from 1.
+        #[oai(validator(minimum(value = "1"), maximum(value = "100000")))]
+        page: Query<Option<i64>>,
+        /// Items per page, 1 to 100 (default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        per_page: Query<Option<i64>>,
+    ) -> Result<Json<ApplicationList>, ApiError> {
+        let page = Page::parse(page.0, per_page.0)?;
+        let rows = store::applications::list(&state.pool, page).await?;
+        let (rows, meta) = Meta::paginate(page, rows);
+        Ok(Json(ApplicationList { applications: rows.into_iter().map(Into::into).collect(), meta }))
+    }
+
+    /// Get an application
+    #[oai(path = "/applications/:token", method = "get")]
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        /// The application's token.
+        token: Path<String>,
+    ) -> Result<Json<Application>, ApiError> {
+        Ok(Json(lookup::application(&state, &token.0).await?.into()))
+    }
+
+    /// Rename an application
+    #[oai(path = "/applications/:token", method = "put")]
+    async fn update(
+        &self,
+        state: Data<&AppState>,
+        /// The application's token.
+        token: Path<String>,
+        input: Json<ApplicationInput>,
+    ) -> Result<Json<Application>, ApiError> {
+        if !is_plausible_token(&token.0) {
+            return Err(ApiError::not_found("no application with this token"));
+        }
+        let name = AppName::parse(input.0.name)?;
+        store::applications::rename(&state.pool, &token.0, name.as_str(), crate::domain::now())
+            .await?
+            .map(|row| Json(row.into()))
+            .ok_or_else(|| ApiError::not_found("no application with this token"))
+    }
+
+    /// Delete an application
+    ///
+    /// Removes its chats and messages, including those still buffered.
+    #[oai(path = "/applications/:token", method = "delete")]
+    async fn delete(
+        &self,
+        state: Data<&AppState>,
+        /// The application's token.
+        token: Path<String>,
+    ) -> Result<Deleted, ApiError> {
+        let app = lookup::application(&state, &token.0).await?;
+        store::applications::delete(&state.pool, &app.token).await?;
+        // Buffered records of this application are dropped at flush time.
+        if let Err(e) = state.wb.buffer().tombstone_app(&app.token).await {
+            tracing::warn!(error = %e, "could not tombstone a deleted application in Redis");
+        }
+        Ok(Deleted::NoContent)
+    }
+}

@@ -1,0 +1,107 @@
+//! `/api/v1/applications/{token}/chats`: creation is write-behind.
+
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+
+use super::applications::Deleted;
+use super::schemas::{Chat, ChatList, Created, Meta};
+use super::{ApiTags, AppState, lookup};
+use crate::domain::{Page, is_plausible_token};
+use crate::error::ApiError;
+use crate::store;
+
+/// Operations on chats.
+pub struct ChatsApi;
+
+/// 201 with the number of the new chat or message.
+#[derive(ApiResponse)]
+pub enum CreatedNumber {
+    /// Created: the number is final and the record will be stored.
+    #[oai(status = 201)]
+    Created(Json<Created>),
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Chats")]
+impl ChatsApi {
+    /// Create a chat
+    ///
+    /// Answers at once with the chat's number; the chat is written to the
+    /// database in the background. It can be used (messages, GET) right away.
+    #[oai(path = "/applications/:token/chats", method = "post")]
+    async fn create(
+        &self,
+        state: Data<&AppState>,
+        /// The application's token.
+        token: Path<String>,
+    ) -> Result<CreatedNumber, ApiError> {
+        if !is_plausible_token(&token.0) {
+            return Err(ApiError::not_found("no application with this token"));
+        }
+        match state.wb.create_chat(&token.0).await? {
+            Some(a) => Ok(CreatedNumber::Created(Json(Created { number: a.number }))),
+            None => Err(ApiError::not_found("no application with this token")),
+        }
+    }
+
+    /// List chats
+    ///
+    /// By number. Chats created in the last flush interval may not be listed yet.
+    #[oai(path = "/applications/:token/chats", method = "get")]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        /// The application's token.
+        token: Path<String>,
+        /// Page number, from 1.
+        #[oai(validator(minimum(value = "1"), maximum(value = "100000")))]
+        page: Query<Option<i64>>,
+        /// Items per page, 1 to 100 (default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        per_page: Query<Option<i64>>,
+    ) -> Result<Json<ChatList>, ApiError> {
+        let page = Page::parse(page.0, per_page.0)?;
+        let app = lookup::application(&state, &token.0).await?;
+        let rows = store::chats::list(&state.pool, app.id, page).await?;
+        let (rows, meta) = Meta::paginate(page, rows);
+        Ok(Json(ChatList { chats: rows.into_iter().map(Into::into).collect(), meta }))
+    }
+
+    /// Get a chat
+    #[oai(path = "/applications/:token/chats/:number", method = "get")]
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        /// The application's token.
+        token: Path<String>,
+        /// The chat's number.
+        number: Path<i64>,
+    ) -> Result<Json<Chat>, ApiError> {
+        let app = lookup::application(&state, &token.0).await?;
+        Ok(Json(lookup::chat(&state, &app, number.0).await?.into()))
+    }
+
+    /// Delete a chat
+    ///
+    /// Removes its messages, including those still buffered. Its number is
+    /// not reused.
+    #[oai(path = "/applications/:token/chats/:number", method = "delete")]
+    async fn delete(
+        &self,
+        state: Data<&AppState>,
+        /// The application's token.
+        token: Path<String>,
+        /// The chat's number.
+        number: Path<i64>,
+    ) -> Result<Deleted, ApiError> {
+        let app = lookup::application(&state, &token.0).await?;
+        let chat = lookup::chat(&state, &app, number.0).await?;
+        store::chats::delete(&state.pool, chat.id, crate::domain::now()).await?;
+        // Messages still buffered for this chat are dropped at flush time.
+        if let Err(e) = state.wb.buffer().tombstone_chat(&app.token, chat.number).await {
+            tracing::warn!(error = %e, "could not tombstone a deleted chat in Redis");
+        }
+        Ok(Deleted::NoContent)
+    }
+}

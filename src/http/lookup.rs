@@ -1,0 +1,70 @@
+//! Resolving tokens and numbers to stored rows, shared by the handlers.
+//!
+//! A chat or message that has a number but is still buffered is waited for
+//! (read-your-writes, [`crate::writebehind::WriteBehind::await_stored`]), so
+//! GET, PUT and DELETE behave as if it were already stored.
+
+use crate::domain::is_plausible_token;
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::store::{self, applications::AppRow, chats::ChatRow, messages::MessageRow};
+
+/// The application with `token`. Errors: 404 if none.
+pub async fn application(state: &AppState, token: &str) -> Result<AppRow, ApiError> {
+    if !is_plausible_token(token) {
+        return Err(no_application());
+    }
+    store::applications::find(&state.pool, token).await?.ok_or_else(no_application)
+}
+
+fn no_application() -> ApiError {
+    ApiError::not_found("no application with this token")
+}
+
+fn no_chat(number: i64) -> ApiError {
+    ApiError::not_found(format!("no chat number {number} in this application"))
+}
+
+fn no_message(number: i64) -> ApiError {
+    ApiError::not_found(format!("no message number {number} in this chat"))
+}
+
+/// The live chat `number` of `app`, waiting for its flush if it is buffered.
+/// Errors: 404 if none, 503 if buffered and not stored in time or Redis down.
+pub async fn chat(state: &AppState, app: &AppRow, number: i64) -> Result<ChatRow, ApiError> {
+    if number < 1 {
+        return Err(no_chat(number));
+    }
+    if let Some(c) = store::chats::find(&state.pool, app.id, number).await? {
+        return Ok(c);
+    }
+    let counters = state.wb.buffer().counters(&app.token, number).await?;
+    state
+        .wb
+        .await_stored(counters.chat_allocated, || store::chats::find(&state.pool, app.id, number))
+        .await?
+        .ok_or_else(|| no_chat(number))
+}
+
+/// The live message `number` of chat `chat_number`, waiting for its flush if
+/// it is buffered. Errors: 404 if none, 503 as for [`chat`].
+pub async fn message(
+    state: &AppState,
+    app: &AppRow,
+    chat: &ChatRow,
+    number: i64,
+) -> Result<MessageRow, ApiError> {
+    if number < 1 {
+        return Err(no_message(number));
+    }
+    if let Some(m) = store::messages::find(&state.pool, chat.id, number).await? {
+        return Ok(m);
+    }
+    let counters = state.wb.buffer().counters(&app.token, chat.number).await?;
+    let buffered = counters.last_message.is_some_and(|last| number <= last);
+    state
+        .wb
+        .await_stored(buffered, || store::messages::find(&state.pool, chat.id, number))
+        .await?
+        .ok_or_else(|| no_message(number))
+}

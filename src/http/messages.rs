@@ -1,0 +1,137 @@
+//! `/api/v1/applications/{token}/chats/{number}/messages`: creation is write-behind.
+
+use poem::web::Data;
+use poem_openapi::OpenApi;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+
+use super::applications::Deleted;
+use super::chats::CreatedNumber;
+use super::schemas::{Created, Message, MessageInput, MessageList, Meta};
+use super::{ApiTags, AppState, lookup};
+use crate::domain::{MessageBody, Page, is_plausible_token};
+use crate::error::ApiError;
+use crate::store;
+
+/// Operations on messages.
+pub struct MessagesApi;
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Messages")]
+impl MessagesApi {
+    /// Create a message
+    ///
+    /// Answers at once with the message's number; the message is written to
+    /// the database in the background. It can be read, edited and deleted
+    /// right away. Works in a chat created a moment ago.
+    #[oai(path = "/applications/:token/chats/:number/messages", method = "post")]
+    async fn create(
+        &self,
+        state: Data<&AppState>,
+        /// The application's token.
+        token: Path<String>,
+        /// The chat's number.
+        number: Path<i64>,
+        input: Json<MessageInput>,
+    ) -> Result<CreatedNumber, ApiError> {
+        let body = MessageBody::parse(input.0.body, state.config.max_message_bytes)?;
+        if !is_plausible_token(&token.0) || number.0 < 1 {
+            return Err(ApiError::not_found("no such application or chat"));
+        }
+        match state.wb.create_message(&token.0, number.0, body.as_str()).await? {
+            Some(a) => Ok(CreatedNumber::Created(Json(Created { number: a.number }))),
+            None => Err(ApiError::not_found(format!("no chat number {} in this application", number.0))),
+        }
+    }
+
+    /// List messages
+    ///
+    /// By number. Messages created in the last flush interval may not be listed yet.
+    #[oai(path = "/applications/:token/chats/:number/messages", method = "get")]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        /// The application's token.
+        token: Path<String>,
+        /// The chat's number.
+        number: Path<i64>,
+        /// Page number, from 1.
+        #[oai(validator(minimum(value = "1"), maximum(value = "100000")))]
+        page: Query<Option<i64>>,
+        /// Items per page, 1 to 100 (default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        per_page: Query<Option<i64>>,
+    ) -> Result<Json<MessageList>, ApiError> {
+        let page = Page::parse(page.0, per_page.0)?;
+        let app = lookup::application(&state, &token.0).await?;
+        let chat = lookup::chat(&state, &app, number.0).await?;
+        let rows = store::messages::list(&state.pool, chat.id, page).await?;
+        let (rows, meta) = Meta::paginate(page, rows);
+        Ok(Json(MessageList { messages: rows.into_iter().map(Into::into).collect(), meta }))
+    }
+
+    /// Get a message
+    #[oai(path = "/applications/:token/chats/:number/messages/:message_number", method = "get")]
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        /// The application's token.
+        token: Path<String>,
+        /// The chat's number.
+        number: Path<i64>,
+        /// The message's number.
+        message_number: Path<i64>,
+    ) -> Result<Json<Message>, ApiError> {
+        let app = lookup::application(&state, &token.0).await?;
+        let chat = lookup::chat(&state, &app, number.0).await?;
+        Ok(Json(lookup::message(&state, &app, &chat, message_number.0).await?.into()))
+    }
+
+    /// Edit a message
+    #[oai(path = "/applications/:token/chats/:number/messages/:message_number", method = "put")]
+    async fn update(
+        &self,
+        state: Data<&AppState>,
+        /// The application's token.
+        token: Path<String>,
+        /// The chat's number.
+        number: Path<i64>,
+        /// The message's number.
+        message_number: Path<i64>,
+        input: Json<MessageInput>,
+    ) -> Result<Json<Message>, ApiError> {
+        let body = MessageBody::parse(input.0.body, state.config.max_message_bytes)?;
+        let app = lookup::application(&state, &token.0).await?;
+        let chat = lookup::chat(&state, &app, number.0).await?;
+        let msg = lookup::message(&state, &app, &chat, message_number.0).await?;
+        let now = crate::domain::now();
+        if !store::messages::update_body(&state.pool, msg.id, body.as_str(), now).await? {
+            return Err(ApiError::not_found(format!("no message number {} in this chat", msg.number)));
+        }
+        let updated = store::messages::find(&state.pool, chat.id, msg.number)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no message number {} in this chat", msg.number)))?;
+        Ok(Json(updated.into()))
+    }
+
+    /// Delete a message
+    ///
+    /// Its number is not reused.
+    #[oai(path = "/applications/:token/chats/:number/messages/:message_number", method = "delete")]
+    async fn delete(
+        &self,
+        state: Data<&AppState>,
+        /// The application's token.
+        token: Path<String>,
+        /// The chat's number.
+        number: Path<i64>,
+        /// The message's number.
+        message_number: Path<i64>,
+    ) -> Result<Deleted, ApiError> {
+        let app = lookup::application(&state, &token.0).await?;
+        let chat = lookup::chat(&state, &app, number.0).await?;
+        let msg = lookup::message(&state, &app, &chat, message_number.0).await?;
+        store::messages::delete(&state.pool, msg.id, crate::domain::now()).await?;
+        Ok(Deleted::NoContent)
+    }
+}
+

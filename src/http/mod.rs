@@ -1,0 +1,84 @@
+//! The HTTP layer: one module per resource, each an `#[OpenApi]` struct;
+//! [`routes`] assembles them with Swagger UI, the spec and the middleware.
+
+pub mod applications;
+pub mod chats;
+pub mod health;
+pub mod limits;
+pub mod lookup;
+pub mod messages;
+pub mod schemas;
+
+use std::sync::Arc;
+
+use poem::{EndpointExt, Route};
+use poem_openapi::{OpenApiService, Tags};
+use sqlx::MySqlPool;
+
+use crate::config::Config;
+use crate::writebehind::WriteBehind;
+
+/// Everything a handler needs; shared by reference (`Data<&AppState>`).
+#[derive(Clone)]
+pub struct AppState {
+    /// MariaDB pool (reads, application writes, deletes).
+    pub pool: MySqlPool,
+    /// The write-behind core (creates, read-your-writes).
+    pub wb: WriteBehind,
+    /// Settings in force.
+    pub config: Arc<Config>,
+}
+
+/// Groups of operations in the spec and Swagger UI.
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Applications own chats and are identified by a token.
+    Applications,
+    /// Chats, numbered within their application.
+    Chats,
+    /// Messages, numbered within their chat.
+    Messages,
+    /// Liveness and readiness probes.
+    Health,
+}
+
+/// The OpenAPI service with every operation of the API.
+pub type Api = OpenApiService<(applications::ApplicationsApi, chats::ChatsApi, messages::MessagesApi, health::HealthApi), ()>;
+
+/// Builds the OpenAPI service (also used by `chat-api openapi`).
+pub fn api() -> Api {
+    OpenApiService::new(
+        (applications::ApplicationsApi, chats::ChatsApi, messages::MessagesApi, health::HealthApi),
+        "Chat API",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Applications own chats; chats own messages. Creating a chat or a message is \
+         write-behind: the number is allocated in Redis and the record is written to MariaDB \
+         in batches, so lists (and counts) may lag by up to one flush interval \
+         (`FLUSH_INTERVAL_SECS`, default 60 s). A single chat or message can be read, edited and \
+         deleted right after its creation. Errors are `{\"error\": \"...\"}`.",
+    )
+}
+
+/// The spec as JSON, as written to `openapi/openapi.json`.
+pub fn spec_json() -> String {
+    api().spec()
+}
+
+/// All routes: the API, `/openapi.json`, Swagger UI at `/docs`, with the
+/// body-size limit and JSON errors around them.
+pub fn routes(state: AppState) -> impl poem::Endpoint + 'static {
+    let api = api();
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    let max_body = state.config.max_request_bytes;
+    Route::new()
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .nest("/", api)
+        .with(limits::BodyLimit::new(max_body))
+        .around(crate::error::json_errors)
+        .data(state)
+        .with(poem::middleware::Tracing)
+}

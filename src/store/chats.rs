@@ -1,0 +1,76 @@
+//! SQL of the `chats` table (reads and deletes; inserts are in [`super::bulk`]).
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use sqlx::MySqlPool;
+
+use crate::domain::Page;
+
+/// One live row of `chats`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ChatRow {
+    /// Internal id; never sent to clients.
+    pub id: u64,
+    /// Number within the application.
+    pub number: i64,
+    /// Cached count of live messages (refreshed by the counts job).
+    pub messages_count: u64,
+    /// Creation time (UTC).
+    pub created_at: NaiveDateTime,
+    /// Last change (UTC).
+    pub updated_at: NaiveDateTime,
+}
+
+/// One page of the application's live chats, by number.
+pub async fn list(pool: &MySqlPool, application_id: u64, page: Page) -> sqlx::Result<Vec<ChatRow>> {
+    sqlx::query_as(
+        "SELECT id, number, messages_count, created_at, updated_at FROM chats \
+         WHERE application_id = ? AND deleted_at IS NULL ORDER BY number LIMIT ? OFFSET ?",
+    )
+    .bind(application_id)
+    .bind(page.limit_plus_one())
+    .bind(page.offset())
+    .fetch_all(pool)
+    .await
+}
+
+/// The live chat `number` of the application, if stored.
+pub async fn find(pool: &MySqlPool, application_id: u64, number: i64) -> sqlx::Result<Option<ChatRow>> {
+    sqlx::query_as(
+        "SELECT id, number, messages_count, created_at, updated_at FROM chats \
+         WHERE application_id = ? AND number = ? AND deleted_at IS NULL",
+    )
+    .bind(application_id)
+    .bind(number)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Soft-deletes a stored chat and removes its messages, in one transaction.
+/// The chat row stays as a tombstone (see the migration). Returns whether a
+/// live chat was deleted.
+pub async fn delete(pool: &MySqlPool, chat_id: u64, now: DateTime<Utc>) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let done = sqlx::query("UPDATE chats SET deleted_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL")
+        .bind(now.naive_utc())
+        .bind(now.naive_utc())
+        .bind(chat_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM messages WHERE chat_id = ?").bind(chat_id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Whether the chat `number` of the application exists and is live, and its
+/// highest message number ever stored (deleted messages included), for
+/// seeding a cold message counter. `None` if no live chat.
+pub async fn last_message_number(pool: &MySqlPool, application_id: u64, number: i64) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "SELECT COALESCE((SELECT MAX(m.number) FROM messages m WHERE m.chat_id = c.id), 0) \
+         FROM chats c WHERE c.application_id = ? AND c.number = ? AND c.deleted_at IS NULL",
+    )
+    .bind(application_id)
+    .bind(number)
+    .fetch_optional(pool)
+    .await
+}

@@ -1,0 +1,70 @@
+//! SQL of the `messages` table (reads, edits, deletes; inserts are in [`super::bulk`]).
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use sqlx::MySqlPool;
+
+use crate::domain::Page;
+
+/// One live row of `messages`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MessageRow {
+    /// Internal id; never sent to clients.
+    pub id: u64,
+    /// Number within the chat.
+    pub number: i64,
+    /// Body, byte for byte.
+    pub body: String,
+    /// Creation time (UTC).
+    pub created_at: NaiveDateTime,
+    /// Last edit (UTC).
+    pub updated_at: NaiveDateTime,
+}
+
+/// One page of the chat's live messages, by number.
+pub async fn list(pool: &MySqlPool, chat_id: u64, page: Page) -> sqlx::Result<Vec<MessageRow>> {
+    sqlx::query_as(
+        "SELECT id, number, body, created_at, updated_at FROM messages \
+         WHERE chat_id = ? AND deleted_at IS NULL ORDER BY number LIMIT ? OFFSET ?",
+    )
+    .bind(chat_id)
+    .bind(page.limit_plus_one())
+    .bind(page.offset())
+    .fetch_all(pool)
+    .await
+}
+
+/// The live message `number` of the chat, if stored.
+pub async fn find(pool: &MySqlPool, chat_id: u64, number: i64) -> sqlx::Result<Option<MessageRow>> {
+    sqlx::query_as(
+        "SELECT id, number, body, created_at, updated_at FROM messages \
+         WHERE chat_id = ? AND number = ? AND deleted_at IS NULL",
+    )
+    .bind(chat_id)
+    .bind(number)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Replaces the body of a stored message. Returns whether it was live.
+pub async fn update_body(pool: &MySqlPool, id: u64, body: &str, now: DateTime<Utc>) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE messages SET body = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL")
+        .bind(body)
+        .bind(now.naive_utc())
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Soft-deletes a stored message: the body is erased and the row stays as a
+/// tombstone so its number is never reused nor its flush replayed.
+/// Returns whether it was live.
+pub async fn delete(pool: &MySqlPool, id: u64, now: DateTime<Utc>) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE messages SET body = '', deleted_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL")
+        .bind(now.naive_utc())
+        .bind(now.naive_utc())
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}

@@ -1,0 +1,387 @@
+//! The Redis side of the write-behind core: allocate+enqueue on the request
+//! path, and claim / renew / acknowledge / release / recover for the flusher.
+//!
+//! Every call is one Redis round trip (one script) with a time limit
+//! (`REDIS_TIMEOUT_MS`), so a Redis that hangs turns into a prompt 503.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bb8_redis::RedisConnectionManager;
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+
+use super::keys::{Keys, Kind};
+use super::scripts::{Scripts, code};
+
+/// A pool of multiplexed Redis connections.
+pub type RedisPool = bb8::Pool<RedisConnectionManager>;
+
+/// How long a deleted application's or chat's tombstone outlives it in Redis,
+/// in seconds. It only has to outlast a racing cache fill (milliseconds); after
+/// it, MariaDB answers "not found" on its own.
+pub const TOMBSTONE_TTL_SECS: u64 = 24 * 3600;
+
+/// Seconds a client is told to wait (`Retry-After`) when the buffer is full.
+pub const FULL_RETRY_AFTER_SECS: u64 = 5;
+
+/// Why a write to the buffer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    /// The pending list is at `MAX_PENDING` (backpressure).
+    #[error("the write buffer is full")]
+    Full {
+        /// Seconds to tell the client to wait.
+        retry_after_secs: u64,
+    },
+    /// Redis could not be reached, failed, or did not answer in time.
+    #[error("Redis unavailable: {0}")]
+    Unavailable(String),
+    /// A record is buffered but its flush did not store it within
+    /// `READ_YOUR_WRITES_TIMEOUT_MS` (MariaDB slow or down).
+    #[error("the record is still being written")]
+    NotYetStored,
+    /// MariaDB failed while seeding a cold counter.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<redis::RedisError> for BufferError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+impl From<bb8::RunError<redis::RedisError>> for BufferError {
+    fn from(e: bb8::RunError<redis::RedisError>) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// What one run of an enqueue script answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueue {
+    /// The record is queued under this number; the list now holds `pending` records.
+    Queued {
+        /// The allocated number.
+        number: i64,
+        /// Length of the pending list after the push.
+        pending: u64,
+    },
+    /// The token is not cached yet.
+    AppMiss,
+    /// The scope's counter is not cached yet; the application's id is given.
+    CounterMiss {
+        /// `applications.id`
+        application_id: u64,
+    },
+    /// The application or chat was deleted.
+    Deleted,
+}
+
+/// A batch claimed by a flusher: it owns `key` until its lease runs out.
+#[derive(Debug)]
+pub struct Claimed {
+    /// Queue the batch came from.
+    pub kind: Kind,
+    /// The processing list that holds it.
+    pub key: String,
+    /// The raw records, oldest first.
+    pub records: Vec<Vec<u8>>,
+}
+
+/// Handle on the buffer in Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct Buffer {
+    pool: RedisPool,
+    keys: Keys,
+    scripts: std::sync::Arc<Scripts>,
+    timeout: Duration,
+    max_pending: u64,
+}
+
+impl Buffer {
+    /// A buffer over `pool`, with keys under `keys`, calls bounded by
+    /// `timeout`, and backpressure at `max_pending` records per queue.
+    pub fn new(pool: RedisPool, keys: Keys, timeout: Duration, max_pending: u64) -> Self {
+        Self { pool, keys, scripts: Default::default(), timeout, max_pending }
+    }
+
+    /// The key names in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The connection pool (for health checks and admin).
+    pub fn pool(&self) -> &RedisPool {
+        &self.pool
+    }
+
+    /// Runs `f` on a pooled connection, within the time limit.
+    async fn with_conn<T, F, Fut>(&self, f: F) -> Result<T, BufferError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, redis::RedisError>>,
+    {
+        let work = async {
+            // A multiplexed connection is a cheap handle onto one pipelined
+            // socket: clone it and give the pool slot back at once.
+            let conn = self.pool.get().await?.clone();
+            Ok::<_, BufferError>(f(conn).await?)
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(BufferError::Unavailable(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    fn decode_enqueue(&self, reply: (i64, i64)) -> Result<Enqueue, BufferError> {
+        Ok(match reply {
+            (n, len) if n > 0 => Enqueue::Queued { number: n, pending: len as u64 },
+            (code::APP_MISS, _) => Enqueue::AppMiss,
+            (code::COUNTER_MISS, id) => Enqueue::CounterMiss { application_id: id as u64 },
+            (code::DELETED, _) => Enqueue::Deleted,
+            (code::FULL, _) => {
+                return Err(BufferError::Full { retry_after_secs: FULL_RETRY_AFTER_SECS });
+            }
+            other => return Err(BufferError::Unavailable(format!("unexpected script reply {other:?}"))),
+        })
+    }
+
+    /// Allocates a chat number in `token`'s application and queues the chat.
+    pub async fn enqueue_chat(&self, token: &str, created_at_ms: i64) -> Result<Enqueue, BufferError> {
+        let app = self.keys.app(token);
+        let pending = self.keys.pending(Kind::Chats);
+        let reply: (i64, i64) = self
+            .with_conn(|mut c| async move {
+                self.scripts
+                    .enqueue_chat
+                    .key(app)
+                    .key(pending)
+                    .arg(self.max_pending)
+                    .arg(created_at_ms)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        self.decode_enqueue(reply)
+    }
+
+    /// Allocates a message number in chat `chat_number` of `token`'s
+    /// application and queues the message with `body`.
+    pub async fn enqueue_message(
+        &self,
+        token: &str,
+        chat_number: i64,
+        created_at_ms: i64,
+        body: &str,
+    ) -> Result<Enqueue, BufferError> {
+        let app = self.keys.app(token);
+        let pending = self.keys.pending(Kind::Messages);
+        let reply: (i64, i64) = self
+            .with_conn(|mut c| async move {
+                self.scripts
+                    .enqueue_message
+                    .key(app)
+                    .key(pending)
+                    .arg(self.max_pending)
+                    .arg(created_at_ms)
+                    .arg(chat_number)
+                    .arg(body)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        self.decode_enqueue(reply)
+    }
+
+    /// Caches `token` → `application_id`, unless a value (or a tombstone) is
+    /// already there (HSETNX), so a racing delete always wins.
+    pub async fn seed_app(&self, token: &str, application_id: u64) -> Result<(), BufferError> {
+        self.seed_field(token, "id", application_id as i64).await
+    }
+
+    /// Seeds the chat counter of `token`'s application with `last_number`,
+    /// unless it is already set (HSETNX: whoever seeds first wins, and they
+    /// all read the same MariaDB maximum).
+    pub async fn seed_chat_counter(&self, token: &str, last_number: i64) -> Result<(), BufferError> {
+        self.seed_field(token, "chats", last_number).await
+    }
+
+    /// Seeds the message counter of chat `chat_number` with `last_number`,
+    /// unless it is already set or the chat is tombstoned.
+    pub async fn seed_message_counter(
+        &self,
+        token: &str,
+        chat_number: i64,
+        last_number: i64,
+    ) -> Result<(), BufferError> {
+        self.seed_field(token, &chat_number.to_string(), last_number).await
+    }
+
+    async fn seed_field(&self, token: &str, field: &str, value: i64) -> Result<(), BufferError> {
+        let key = self.keys.app(token);
+        self.with_conn(|mut c| async move { c.hset_nx::<_, _, _, ()>(key, field, value).await })
+            .await
+    }
+
+    /// The last chat number handed out in `token`'s application and the last
+    /// message number handed out in its chat `chat_number`, as far as Redis
+    /// knows (`None` where unknown or deleted). Used to tell a buffered record
+    /// (wait for its flush) from a missing one (404).
+    pub async fn counters(&self, token: &str, chat_number: i64) -> Result<Counters, BufferError> {
+        let key = self.keys.app(token);
+        let (id, chat): (Option<String>, Option<String>) = self
+            .with_conn(|mut c| async move {
+                redis::cmd("HMGET").arg(key).arg("id").arg(chat_number).query_async(&mut c).await
+            })
+            .await?;
+        let live = id.as_deref().is_some_and(|v| v != "deleted");
+        let chat_counter = chat.filter(|_| live).and_then(|v| v.parse().ok());
+        Ok(Counters { chat_allocated: chat_counter.is_some(), last_message: chat_counter })
+    }
+
+    /// Tombstones a deleted application in Redis (see [`super::scripts::TOMBSTONE_APP`]).
+    pub async fn tombstone_app(&self, token: &str) -> Result<(), BufferError> {
+        let key = self.keys.app(token);
+        self.with_conn(|mut c| async move {
+            self.scripts.tombstone_app.key(key).arg(TOMBSTONE_TTL_SECS).invoke_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    /// Tombstones a deleted chat: its message counter becomes `deleted`, so
+    /// further messages are refused with 404 and no cache fill revives it.
+    pub async fn tombstone_chat(&self, token: &str, chat_number: i64) -> Result<(), BufferError> {
+        let key = self.keys.app(token);
+        self.with_conn(|mut c| async move {
+            c.hset::<_, _, _, ()>(key, chat_number, "deleted").await
+        })
+        .await
+    }
+
+    /// Number of records waiting in the pending list of `kind`.
+    pub async fn pending_len(&self, kind: Kind) -> Result<u64, BufferError> {
+        let key = self.keys.pending(kind);
+        self.with_conn(|mut c| async move { c.llen(key).await }).await
+    }
+
+    /// Claims up to `max` records of `kind` under a lease of `lease`.
+    /// Returns `None` when nothing is pending.
+    pub async fn claim(&self, kind: Kind, max: usize, lease: Duration) -> Result<Option<Claimed>, BufferError> {
+        let key = self.keys.processing(kind, &uuid::Uuid::new_v4().simple().to_string());
+        let deadline = now_ms() + lease.as_millis() as i64;
+        let pending = self.keys.pending(kind);
+        let leases = self.keys.leases();
+        let k = key.clone();
+        let records: Vec<Vec<u8>> = self
+            .with_conn(|mut c| async move {
+                self.scripts.claim.key(pending).key(k).key(leases).arg(max).arg(deadline).invoke_async(&mut c).await
+            })
+            .await?;
+        Ok((!records.is_empty()).then_some(Claimed { kind, key, records }))
+    }
+
+    /// Extends the lease of a claimed batch. Returns false when it was lost
+    /// (expired and recovered by someone else): then the batch must not be written.
+    pub async fn renew(&self, batch: &Claimed, lease: Duration) -> Result<bool, BufferError> {
+        let deadline = now_ms() + lease.as_millis() as i64;
+        let leases = self.keys.leases();
+        let key = batch.key.clone();
+        let held: i64 = self
+            .with_conn(|mut c| async move {
+                self.scripts.renew.key(leases).arg(key).arg(deadline).invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(held == 1)
+    }
+
+    /// Acknowledges a written batch; `deferred` records go back to the tail of
+    /// the pending list and `dead_letters` (JSON entries) to the dead-letter
+    /// list, atomically. Returns false when the lease had been lost.
+    pub async fn ack(
+        &self,
+        batch: &Claimed,
+        deferred: &[&[u8]],
+        dead_letters: &[String],
+    ) -> Result<bool, BufferError> {
+        let leases = self.keys.leases();
+        let pending = self.keys.pending(batch.kind);
+        let dead = self.keys.dead_letter(batch.kind);
+        let key = batch.key.clone();
+        let held: i64 = self
+            .with_conn(|mut c| async move {
+                let mut inv = self.scripts.ack.key(leases);
+                inv.key(key).key(pending).key(dead).arg(deferred.len());
+                for r in deferred {
+                    inv.arg(*r);
+                }
+                for d in dead_letters {
+                    inv.arg(d.as_str());
+                }
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(held == 1)
+    }
+
+    /// Gives a batch back to the head of its pending list (the write failed
+    /// for a passing reason). Returns the number of records moved back.
+    pub async fn release(&self, batch: &Claimed) -> Result<u64, BufferError> {
+        let leases = self.keys.leases();
+        let pending = self.keys.pending(batch.kind);
+        let key = batch.key.clone();
+        self.with_conn(|mut c| async move {
+            self.scripts.release.key(leases).key(key).key(pending).invoke_async(&mut c).await
+        })
+        .await
+    }
+
+    /// Recovers up to `max_batches` batches whose lease expired before `now_ms`.
+    /// Returns `(batches, records)` moved back to their pending lists.
+    pub async fn recover_expired(&self, now_ms: i64, max_batches: u32) -> Result<(u64, u64), BufferError> {
+        let leases = self.keys.leases();
+        let prefix = self.keys.prefix().to_string();
+        self.with_conn(|mut c| async move {
+            self.scripts.recover.key(leases).arg(now_ms).arg(prefix).arg(max_batches).invoke_async(&mut c).await
+        })
+        .await
+    }
+
+    /// Removes every key under the prefix (tests and `reset` only).
+    pub async fn delete_all_keys(&self) -> Result<u64, BufferError> {
+        let pattern = format!("{}*", self.keys.prefix());
+        self.with_conn(|mut c| async move {
+            let keys: Vec<String> = {
+                let mut iter = c.scan_match::<_, String>(pattern).await?;
+                let mut keys = Vec::new();
+                while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
+                    keys.push(k?);
+                }
+                keys
+            };
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            c.del(keys).await
+        })
+        .await
+    }
+}
+
+/// What Redis knows of a chat's counters (see [`Buffer::counters`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// The chat number was handed out and the chat is not deleted.
+    pub chat_allocated: bool,
+    /// Last message number handed out in the chat.
+    pub last_message: Option<i64>,
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,400 @@
+//! The flusher: drains the pending lists into MariaDB in batches.
+//!
+//! **Who owns a batch, and when it is acknowledged.** A batch is moved
+//! atomically from `pending:{kind}` to a fresh `processing:{kind}:{uuid}`
+//! list, with a lease in the `leases` sorted set ([`Buffer::claim`]). While
+//! the lease runs, only its claimer touches it. The claimer writes it with
+//! idempotent multi-row INSERTs and COMMITs, and only then acknowledges it
+//! ([`Buffer::ack`]), which deletes the processing list and lease. So:
+//! - crash before COMMIT: nothing was written; the lease expires and any
+//!   instance moves the batch back to the head of its pending list
+//!   ([`Flusher::recover_once`], at start-up and every lease period);
+//! - crash after COMMIT, before the acknowledgement: the same happens, and
+//!   the second write is a no-op thanks to the unique keys;
+//! - MariaDB unreachable: the batch is given back at once ([`Buffer::release`])
+//!   and the flusher retries with exponential backoff; meanwhile the request
+//!   path keeps queueing until `MAX_PENDING` (then 503).
+//!
+//! Chats are flushed before messages, so a message normally finds its chat.
+//! When it does not (the chat sits in another flusher's batch), the message is
+//! deferred to the tail of the queue; after `ORPHAN_MAX_AGE_SECS` it is
+//! dead-lettered instead. Records whose application or chat was deleted are
+//! dropped and counted. Neither ever blocks the queue.
+//!
+//! **When it runs** (the policy of Vector's batcher, by count or by time):
+//! when a request pushes a list to its batch size (it wakes the flusher
+//! through a [`Notify`], no polling), and every `FLUSH_INTERVAL_SECS`. On
+//! shutdown it drains what is pending before returning.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use sqlx::MySqlPool;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::buffer::{Buffer, BufferError, Claimed, now_ms};
+use super::keys::Kind;
+use super::record::{ChatRecord, DecodeError, MessageRecord};
+use crate::store::bulk::{self, Disposition};
+
+/// Batch sizes, timer and lease of the flusher.
+#[derive(Debug, Clone)]
+pub struct FlushSettings {
+    /// Records per chat batch (`CHAT_BATCH_SIZE`).
+    pub chat_batch_size: usize,
+    /// Records per message batch (`MESSAGE_BATCH_SIZE`).
+    pub message_batch_size: usize,
+    /// Timer period (`FLUSH_INTERVAL_SECS`).
+    pub interval: Duration,
+    /// Lease of a claimed batch (`LEASE_SECS`).
+    pub lease: Duration,
+    /// Age past which a message whose chat never arrived is dead-lettered.
+    pub orphan_max_age: Duration,
+    /// Time given to the final drain on shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+impl FlushSettings {
+    /// Batch size of `kind`.
+    pub fn batch_size(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Chats => self.chat_batch_size,
+            Kind::Messages => self.message_batch_size,
+        }
+    }
+}
+
+/// What one [`Flusher::flush_once`] did, in records (or batches).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Batches claimed.
+    pub batches: u64,
+    /// Records stored in MariaDB.
+    pub written: u64,
+    /// Records dropped because their application or chat was deleted.
+    pub dropped: u64,
+    /// Messages sent back to wait for their chat.
+    pub deferred: u64,
+    /// Records moved to the dead-letter list.
+    pub dead_lettered: u64,
+    /// Batches written after their lease had been lost (written again by the
+    /// recoverer; harmless, as writes are idempotent).
+    pub lost_leases: u64,
+}
+
+impl std::ops::AddAssign for FlushReport {
+    fn add_assign(&mut self, o: Self) {
+        self.batches += o.batches;
+        self.written += o.written;
+        self.dropped += o.dropped;
+        self.deferred += o.deferred;
+        self.dead_lettered += o.dead_lettered;
+        self.lost_leases += o.lost_leases;
+    }
+}
+
+/// Why a flush stopped early. The batch in hand was given back first.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    /// MariaDB could not be reached.
+    #[error("database unavailable: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Redis could not be reached.
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+    /// The write did not finish within half a lease.
+    #[error("the write took longer than half a lease")]
+    Timeout,
+}
+
+/// The flusher of one service instance.
+pub struct Flusher {
+    buffer: Buffer,
+    pool: MySqlPool,
+    settings: FlushSettings,
+    /// Woken by the request path when a list reaches its batch size, and by
+    /// read-your-writes waiters. Holds at most one permit, so wake-ups that
+    /// arrive during a flush cause exactly one more flush.
+    wake: Arc<Notify>,
+    /// Incremented after every flush attempt; waiters watch it.
+    generation: watch::Sender<u64>,
+}
+
+/// A cheap handle to wake the flusher and wait for its next pass.
+#[derive(Clone)]
+pub struct FlushHandle {
+    wake: Arc<Notify>,
+    generation: watch::Receiver<u64>,
+}
+
+impl FlushHandle {
+    /// Asks for a flush now (size trigger). Never blocks.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Asks for a flush and waits until a flush pass that started after this
+    /// call has ended, or until `timeout`. Returns false on timeout.
+    pub async fn flush_and_wait(&self, timeout: Duration) -> bool {
+        let mut rx = self.generation.clone();
+        let seen = *rx.borrow_and_update();
+        self.wake();
+        // The pass running now may have claimed before our record arrived,
+        // so wait for the one after it as well.
+        tokio::time::timeout(timeout, async {
+            while *rx.borrow_and_update() < seen + 2 {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+impl Flusher {
+    /// A flusher over `buffer` writing to `pool`.
+    pub fn new(buffer: Buffer, pool: MySqlPool, settings: FlushSettings) -> Self {
+        Self { buffer, pool, settings, wake: Arc::new(Notify::new()), generation: watch::Sender::new(0) }
+    }
+
+    /// A handle for the request path.
+    pub fn handle(&self) -> FlushHandle {
+        FlushHandle { wake: self.wake.clone(), generation: self.generation.subscribe() }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &FlushSettings {
+        &self.settings
+    }
+
+    /// One flush pass: chats, then messages. For each, claims and writes
+    /// batches until it has taken as many records as were pending when it
+    /// started (so a pass ends under constant load) or the list is empty.
+    ///
+    /// Errors: MariaDB or Redis unavailable, or a write slower than half a
+    /// lease; the batch in hand was given back to its pending list.
+    pub async fn flush_once(&self) -> Result<FlushReport, FlushError> {
+        let mut report = FlushReport::default();
+        for kind in Kind::ALL {
+            let mut budget = self.buffer.pending_len(kind).await?;
+            while budget > 0 {
+                let Some(batch) = self.buffer.claim(kind, self.settings.batch_size(kind), self.settings.lease).await? else {
+                    break;
+                };
+                budget = budget.saturating_sub(batch.records.len() as u64);
+                report += self.flush_batch(batch).await?;
+            }
+        }
+        if report.batches > 0 {
+            tracing::info!(?report, "flushed");
+        }
+        Ok(report)
+    }
+
+    /// Writes one claimed batch and acknowledges it, or gives it back.
+    async fn flush_batch(&self, batch: Claimed) -> Result<FlushReport, FlushError> {
+        let started = std::time::Instant::now();
+        let write = tokio::time::timeout(self.settings.lease / 2, self.write(&batch)).await;
+        let dispositions = match write {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
+                self.give_back(&batch).await;
+                return Err(e.into());
+            }
+            Err(_) => {
+                self.give_back(&batch).await;
+                return Err(FlushError::Timeout);
+            }
+        };
+        let mut report = FlushReport { batches: 1, ..Default::default() };
+        let mut deferred: Vec<&[u8]> = Vec::new();
+        let mut dead: Vec<String> = Vec::new();
+        for (raw, d) in batch.records.iter().zip(&dispositions) {
+            match d {
+                Disposition::Written => report.written += 1,
+                Disposition::ParentDeleted => report.dropped += 1,
+                Disposition::Deferred => deferred.push(raw),
+                Disposition::DeadLetter(reason) => {
+                    tracing::error!(kind = batch.kind.as_str(), %reason, record = %String::from_utf8_lossy(raw), "record dead-lettered");
+                    dead.push(
+                        serde_json::json!({
+                            "record": String::from_utf8_lossy(raw),
+                            "reason": reason,
+                            "at": chrono::Utc::now().to_rfc3339(),
+                        })
+                        .to_string(),
+                    );
+                }
+            }
+        }
+        report.deferred = deferred.len() as u64;
+        report.dead_lettered = dead.len() as u64;
+        if !self.buffer.ack(&batch, &deferred, &dead).await? {
+            tracing::warn!(key = %batch.key, "lease lost before acknowledgement; the recovered copy will be written again idempotently");
+            report.lost_leases = 1;
+        }
+        tracing::debug!(kind = batch.kind.as_str(), records = batch.records.len(), elapsed_ms = started.elapsed().as_millis() as u64, "batch flushed");
+        Ok(report)
+    }
+
+    /// Decodes a batch and writes it; undecodable records are dead-lettered.
+    async fn write(&self, batch: &Claimed) -> Result<Vec<Disposition>, sqlx::Error> {
+        match batch.kind {
+            Kind::Chats => {
+                let (records, slots) = decode_all(&batch.records, ChatRecord::decode);
+                let written = bulk::write_chats(&self.pool, &records).await?;
+                Ok(merge(slots, written))
+            }
+            Kind::Messages => {
+                let (records, slots) = decode_all(&batch.records, MessageRecord::decode);
+                let cutoff = now_ms() - self.settings.orphan_max_age.as_millis() as i64;
+                let written = bulk::write_messages(&self.pool, &records, cutoff).await?;
+                Ok(merge(slots, written))
+            }
+        }
+    }
+
+    /// Releases a batch after a failed write; if even that fails, the lease
+    /// expiry will bring it back.
+    async fn give_back(&self, batch: &Claimed) {
+        if let Err(e) = self.buffer.release(batch).await {
+            tracing::warn!(error = %e, key = %batch.key, "could not release batch; it returns when its lease expires");
+        }
+    }
+
+    /// Moves batches whose lease expired (their flusher died) back to their
+    /// pending lists. Returns `(batches, records)` recovered.
+    pub async fn recover_once(&self) -> Result<(u64, u64), BufferError> {
+        let mut total = (0, 0);
+        loop {
+            let (b, r) = self.buffer.recover_expired(now_ms(), 100).await?;
+            total.0 += b;
+            total.1 += r;
+            if b < 100 {
+                break;
+            }
+        }
+        if total.0 > 0 {
+            tracing::warn!(batches = total.0, records = total.1, "recovered batches from expired leases");
+        }
+        Ok(total)
+    }
+
+    /// Pending records in both queues.
+    pub async fn pending(&self) -> Result<u64, BufferError> {
+        Ok(self.buffer.pending_len(Kind::Chats).await? + self.buffer.pending_len(Kind::Messages).await?)
+    }
+
+    /// Runs until `shutdown`, then drains what is pending (within
+    /// `SHUTDOWN_TIMEOUT_SECS`). Only schedules: the work is in
+    /// [`Self::flush_once`] and [`Self::recover_once`].
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        if let Err(e) = self.recover_once().await {
+            tracing::warn!(error = %e, "start-up recovery failed; will retry");
+        }
+        let start = tokio::time::Instant::now();
+        let mut timer = tokio::time::interval_at(start + self.settings.interval, self.settings.interval);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut recovery = tokio::time::interval_at(start + self.settings.lease, self.settings.lease);
+        recovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backoff = new_backoff();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = timer.tick() => {}
+                _ = recovery.tick() => {
+                    if let Err(e) = self.recover_once().await {
+                        tracing::warn!(error = %e, "recovery failed");
+                    }
+                    continue;
+                }
+            }
+            let result = self.flush_once().await;
+            self.generation.send_modify(|g| *g += 1);
+            match result {
+                Ok(_) => backoff = new_backoff(),
+                Err(e) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "flush failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    self.wake.notify_one();
+                }
+            }
+        }
+        self.drain().await;
+    }
+
+    /// Flushes until both pending lists are empty or the shutdown timeout passes.
+    async fn drain(&self) {
+        let drained = tokio::time::timeout(self.settings.shutdown_timeout, async {
+            loop {
+                let result = self.flush_once().await;
+                self.generation.send_modify(|g| *g += 1);
+                let step = match result {
+                    // Only deferrals left (messages waiting for a chat that is
+                    // not coming): nothing more a drain can do.
+                    Ok(r) if r.written + r.dropped + r.dead_lettered == 0 && r.batches > 0 => return,
+                    Ok(_) => self.pending().await.map_err(FlushError::from),
+                    Err(e) => Err(e),
+                };
+                match step {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "drain step failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        })
+        .await;
+        match drained {
+            Ok(()) => tracing::info!("buffer drained"),
+            Err(_) => tracing::error!("shutdown timeout passed before the buffer drained; the rest stays in Redis for the next instance"),
+        }
+    }
+}
+
+fn new_backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Decodes each raw record; returns the decoded ones and, per input slot,
+/// either the index into them or the decode error.
+fn decode_all<T>(raw: &[Vec<u8>], decode: fn(&[u8]) -> Result<T, DecodeError>) -> (Vec<T>, Vec<Result<usize, DecodeError>>) {
+    let mut records = Vec::with_capacity(raw.len());
+    let slots = raw
+        .iter()
+        .map(|r| {
+            decode(r).map(|rec| {
+                records.push(rec);
+                records.len() - 1
+            })
+        })
+        .collect();
+    (records, slots)
+}
+
+/// Puts the dispositions of decoded records back in batch order.
+fn merge(slots: Vec<Result<usize, DecodeError>>, written: Vec<Disposition>) -> Vec<Disposition> {
+    slots
+        .into_iter()
+        .map(|s| match s {
+            Ok(i) => written[i].clone(),
+            Err(e) => Disposition::DeadLetter(e.to_string()),
+        })
+        .collect()
+}

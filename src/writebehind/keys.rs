@@ -1,0 +1,69 @@
+//! Names of the Redis keys, all under one prefix (`REDIS_KEY_PREFIX`), so
+//! deployments and tests can share a Redis. See [`super::scripts`] for what
+//! each key holds.
+
+/// The two queues of the buffer. Chats are always flushed before messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `pending:chats`
+    Chats,
+    /// `pending:messages`
+    Messages,
+}
+
+impl Kind {
+    /// Both kinds, in flush order.
+    pub const ALL: [Kind; 2] = [Kind::Chats, Kind::Messages];
+
+    /// The kind's name in keys, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Chats => "chats",
+            Kind::Messages => "messages",
+        }
+    }
+}
+
+/// Builds key names from the prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (for example `chat:`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    /// The prefix itself.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Hash of one application: id, chat counter, message counter per chat.
+    pub fn app(&self, token: &str) -> String {
+        format!("{}app:{token}", self.prefix)
+    }
+
+    /// List of records waiting to be flushed.
+    pub fn pending(&self, kind: Kind) -> String {
+        format!("{}pending:{}", self.prefix, kind.as_str())
+    }
+
+    /// List holding one claimed batch (`batch` is a fresh UUID).
+    pub fn processing(&self, kind: Kind, batch: &str) -> String {
+        format!("{}processing:{}:{batch}", self.prefix, kind.as_str())
+    }
+
+    /// Sorted set of processing keys by lease deadline (ms since the epoch).
+    pub fn leases(&self) -> String {
+        format!("{}leases", self.prefix)
+    }
+
+    /// List of records that could not be written, each a JSON object
+    /// `{"record", "reason", "at"}`.
+    pub fn dead_letter(&self, kind: Kind) -> String {
+        format!("{}deadletter:{}", self.prefix, kind.as_str())
+    }
+}

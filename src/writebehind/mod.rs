@@ -1,0 +1,185 @@
+//! The write-behind core.
+//!
+//! Creating a chat or a message never touches SQL on the hot path: one Redis
+//! script allocates the number and queues the record (see [`scripts`]), and
+//! the client gets its `201` at once. The [`flusher::Flusher`] later writes
+//! the queues to MariaDB in batches. The invariants:
+//!
+//! 1. **Gapless, unique numbers.** A number is handed out only in the same
+//!    atomic step that queues its record. Cold counters are seeded from
+//!    MariaDB's highest number, deleted rows included, with HSETNX.
+//! 2. **Every acknowledged record is stored exactly once.** Batches move
+//!    atomically from pending to a leased processing list, are written with
+//!    idempotent INSERTs, then acknowledged; expired leases are recovered.
+//! 3. **Nothing blocks the queue.** Records of deleted parents are dropped and
+//!    counted; records that cannot be written go to a dead-letter list.
+//!
+//! Reading order: [`WriteBehind`] (what the HTTP layer calls), [`buffer`]
+//! (Redis calls), [`scripts`] (the atomic steps), [`flusher`], then
+//! [`crate::store::bulk`].
+
+pub mod buffer;
+pub mod flusher;
+pub mod keys;
+pub mod record;
+pub mod scripts;
+
+use std::time::Duration;
+
+use sqlx::MySqlPool;
+
+pub use buffer::{Buffer, BufferError, Enqueue, now_ms};
+pub use flusher::{FlushHandle, FlushReport, Flusher};
+pub use keys::Kind;
+
+use crate::store;
+
+/// How many times a create re-runs its script after filling a cold cache
+/// (token, then counter); more means the cache keeps vanishing.
+const MAX_SEED_ROUNDS: usize = 3;
+
+/// A freshly allocated and queued record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allocated {
+    /// Its number in its scope.
+    pub number: i64,
+    /// When it was allocated, in ms since the epoch (its `created_at`).
+    pub created_at_ms: i64,
+}
+
+/// The request path's entry to the core: allocate+enqueue, and waiting for
+/// buffered records to be stored (read-your-writes). Cheap to clone.
+#[derive(Clone)]
+pub struct WriteBehind {
+    buffer: Buffer,
+    pool: MySqlPool,
+    flush: FlushHandle,
+    chat_batch_size: u64,
+    message_batch_size: u64,
+    read_your_writes_timeout: Duration,
+}
+
+impl WriteBehind {
+    /// Assembles the core from its parts.
+    pub fn new(
+        buffer: Buffer,
+        pool: MySqlPool,
+        flush: FlushHandle,
+        chat_batch_size: usize,
+        message_batch_size: usize,
+        read_your_writes_timeout: Duration,
+    ) -> Self {
+        Self {
+            buffer,
+            pool,
+            flush,
+            chat_batch_size: chat_batch_size as u64,
+            message_batch_size: message_batch_size as u64,
+            read_your_writes_timeout,
+        }
+    }
+
+    /// The Redis buffer.
+    pub fn buffer(&self) -> &Buffer {
+        &self.buffer
+    }
+
+    /// Allocates the next chat number of the application `token` and queues
+    /// the chat. One Redis round trip when the cache is warm; on a cold cache,
+    /// MariaDB fills it first. Returns `None` when the application does not
+    /// exist. Errors: buffer full, Redis or MariaDB unavailable.
+    pub async fn create_chat(&self, token: &str) -> Result<Option<Allocated>, BufferError> {
+        for _ in 0..MAX_SEED_ROUNDS {
+            let created_at_ms = now_ms();
+            match self.buffer.enqueue_chat(token, created_at_ms).await? {
+                Enqueue::Queued { number, pending } => {
+                    if pending >= self.chat_batch_size {
+                        self.flush.wake();
+                    }
+                    return Ok(Some(Allocated { number, created_at_ms }));
+                }
+                Enqueue::Deleted => return Ok(None),
+                Enqueue::AppMiss => {
+                    if !self.seed_app(token).await? {
+                        return Ok(None);
+                    }
+                }
+                Enqueue::CounterMiss { application_id } => {
+                    let last = store::applications::last_chat_number(&self.pool, application_id).await?;
+                    self.buffer.seed_chat_counter(token, last).await?;
+                }
+            }
+        }
+        Err(BufferError::Unavailable("the Redis cache was evicted while seeding it".into()))
+    }
+
+    /// Allocates the next message number of chat `chat_number` of the
+    /// application `token` and queues the message. Returns `None` when the
+    /// application or the chat does not exist (a chat still buffered exists).
+    /// Errors: buffer full, Redis or MariaDB unavailable.
+    pub async fn create_message(&self, token: &str, chat_number: i64, body: &str) -> Result<Option<Allocated>, BufferError> {
+        for _ in 0..MAX_SEED_ROUNDS {
+            let created_at_ms = now_ms();
+            match self.buffer.enqueue_message(token, chat_number, created_at_ms, body).await? {
+                Enqueue::Queued { number, pending } => {
+                    if pending >= self.message_batch_size {
+                        self.flush.wake();
+                    }
+                    return Ok(Some(Allocated { number, created_at_ms }));
+                }
+                Enqueue::Deleted => return Ok(None),
+                Enqueue::AppMiss => {
+                    if !self.seed_app(token).await? {
+                        return Ok(None);
+                    }
+                }
+                Enqueue::CounterMiss { application_id } => {
+                    let Some(last) = store::chats::last_message_number(&self.pool, application_id, chat_number).await? else {
+                        return Ok(None);
+                    };
+                    self.buffer.seed_message_counter(token, chat_number, last).await?;
+                }
+            }
+        }
+        Err(BufferError::Unavailable("the Redis cache was evicted while seeding it".into()))
+    }
+
+    /// Caches the application's id; false when no such application.
+    async fn seed_app(&self, token: &str) -> Result<bool, BufferError> {
+        match store::applications::find_id(&self.pool, token).await? {
+            Some(id) => {
+                self.buffer.seed_app(token, id).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Read-your-writes: looks a record up with `lookup`; if it is absent but
+    /// `is_buffered` says it was allocated, asks for flushes and looks again
+    /// until it appears or `READ_YOUR_WRITES_TIMEOUT_MS` passes.
+    ///
+    /// Returns `Ok(None)` when the record does not exist. Errors: a lookup
+    /// error, or [`BufferError::NotYetStored`] when the flush did not store it
+    /// in time (the caller answers 503).
+    pub async fn await_stored<T, F, Fut>(&self, is_buffered: bool, mut lookup: F) -> Result<Option<T>, BufferError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = sqlx::Result<Option<T>>>,
+    {
+        if !is_buffered {
+            return Ok(None);
+        }
+        let deadline = tokio::time::Instant::now() + self.read_your_writes_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(BufferError::NotYetStored);
+            }
+            self.flush.flush_and_wait(left.min(Duration::from_millis(500))).await;
+            if let Some(found) = lookup().await? {
+                return Ok(Some(found));
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The records buffered in Redis, and their wire format.
+//!
+//! The Lua scripts in [`super::scripts`] build each record by concatenation,
+//! so the request path does no serialisation at all. Fields are separated by
+//! a tab; a message body comes last and may itself hold tabs (or any byte).
+//!
+//! ```text
+//! chat:    {application_id}\t{number}\t{created_at_ms}
+//! message: {application_id}\t{chat_number}\t{number}\t{created_at_ms}\t{body}
+//! ```
+
+use chrono::{DateTime, Utc};
+
+/// A chat that has its number but is not yet in MariaDB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatRecord {
+    /// `applications.id` of the owning application.
+    pub application_id: u64,
+    /// The chat's number within its application (from 1).
+    pub number: i64,
+    /// When the number was allocated, in milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+}
+
+/// A message that has its number but is not yet in MariaDB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRecord {
+    /// `applications.id` of the application that owns the chat.
+    pub application_id: u64,
+    /// Number of the chat within its application.
+    pub chat_number: i64,
+    /// The message's number within its chat (from 1).
+    pub number: i64,
+    /// When the number was allocated, in milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    /// The body, byte for byte as the client sent it.
+    pub body: String,
+}
+
+/// Why a buffered record could not be decoded (it goes to the dead-letter list).
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable record: {0}")]
+pub struct DecodeError(pub &'static str);
+
+fn field<'a, T: std::str::FromStr>(
+    it: &mut impl Iterator<Item = &'a [u8]>,
+    name: &'static str,
+) -> Result<T, DecodeError> {
+    let raw = it.next().ok_or(DecodeError(name))?;
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(DecodeError(name))
+}
+
+impl ChatRecord {
+    /// Decodes `{application_id}\t{number}\t{created_at_ms}`.
+    pub fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
+        let mut it = raw.splitn(3, |b| *b == b'\t');
+        Ok(Self {
+            application_id: field(&mut it, "application_id")?,
+            number: field(&mut it, "number")?,
+            created_at_ms: field(&mut it, "created_at_ms")?,
+        })
+    }
+
+    /// Creation time as a UTC timestamp.
+    pub fn created_at(&self) -> DateTime<Utc> {
+        ms_to_utc(self.created_at_ms)
+    }
+}
+
+impl MessageRecord {
+    /// Decodes `{application_id}\t{chat_number}\t{number}\t{created_at_ms}\t{body}`.
+    pub fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
+        let mut it = raw.splitn(5, |b| *b == b'\t');
+        let application_id = field(&mut it, "application_id")?;
+        let chat_number = field(&mut it, "chat_number")?;
+        let number = field(&mut it, "number")?;
+        let created_at_ms = field(&mut it, "created_at_ms")?;
+        let body = it.next().ok_or(DecodeError("body"))?;
+        let body = String::from_utf8(body.to_vec()).map_err(|_| DecodeError("body is not UTF-8"))?;
+        Ok(Self { application_id, chat_number, number, created_at_ms, body })
+    }
+
+    /// Creation time as a UTC timestamp.
+    pub fn created_at(&self) -> DateTime<Utc> {
+        ms_to_utc(self.created_at_ms)
+    }
+}
+
+/// Milliseconds since the Unix epoch to a UTC timestamp (the epoch itself if
+/// out of range, which a record built by our scripts never is).
+pub fn ms_to_utc(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_bodies_with_tabs_and_nul() {
+        let raw = b"7\t3\t12\t1700000000123\ta\tb\0c \xF0\x9F\x98\x80";
+        let r = MessageRecord::decode(raw).unwrap();
+        assert_eq!((r.application_id, r.chat_number, r.number), (7, 3, 12));
+        assert_eq!(r.body, "a\tb\0c 😀");
+        assert_eq!(r.created_at().timestamp_millis(), 1_700_000_000_123);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(ChatRecord::decode(b"x\t1\t2").is_err());
+        assert!(MessageRecord::decode(b"1\t2\t3\t4").is_err());
+        assert!(MessageRecord::decode(b"1\t2\t3\t4\t\xff").is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! The Lua scripts that make each write-behind step atomic in Redis.
+//!
+//! Redis runs a script to completion before any other command, so each one is
+//! a transaction: a number is never handed out without its record being
+//! queued, and a batch is never in two places at once. They are sent with
+//! EVALSHA by [`redis::Script`], which loads them again after a Redis restart.
+//!
+//! Key layout (all under `REDIS_KEY_PREFIX`, see [`super::keys::Keys`]):
+//! - `app:{token}` hash: `id` = `applications.id` (or `deleted`), `chats` =
+//!   the last chat number handed out, and one field per chat number = the
+//!   last message number handed out in that chat (or `deleted`).
+//! - `pending:{kind}` list: records waiting for a flush.
+//! - `processing:{kind}:{batch}` list: a claimed batch, owned under a lease.
+//! - `leases` sorted set: processing key → lease deadline (ms since epoch).
+//! - `deadletter:{kind}` list: records that could not be written, with the reason.
+
+use redis::Script;
+
+/// Result codes the enqueue scripts return instead of a number (all negative).
+pub mod code {
+    /// The token is not cached: look it up in MariaDB and seed `id`.
+    pub const APP_MISS: i64 = -1;
+    /// The application or chat was deleted.
+    pub const DELETED: i64 = -2;
+    /// The counter of the scope is missing: seed it from MariaDB.
+    pub const COUNTER_MISS: i64 = -3;
+    /// The pending list is at `MAX_PENDING`: backpressure.
+    pub const FULL: i64 = -4;
+}
+
+/// Allocates the next chat number and queues the chat record, in one step.
+///
+/// KEYS: app hash, pending chats list. ARGV: max pending, created_at ms.
+/// Returns `{number, pending length}` or `{code, application id}`.
+pub const ENQUEUE_CHAT: &str = r#"
+local id = redis.call('HGET', KEYS[1], 'id')
+if not id then return {-1, 0} end
+if id == 'deleted' then return {-2, 0} end
+if not redis.call('HGET', KEYS[1], 'chats') then return {-3, tonumber(id)} end
+local len = redis.call('LLEN', KEYS[2])
+if len >= tonumber(ARGV[1]) then return {-4, len} end
+local n = redis.call('HINCRBY', KEYS[1], 'chats', 1)
+redis.call('HSETNX', KEYS[1], tostring(n), 0)
+len = redis.call('RPUSH', KEYS[2], id .. '\t' .. n .. '\t' .. ARGV[2])
+return {n, len}
+"#;
+
+/// Allocates the next message number of a chat and queues the message, in one step.
+///
+/// KEYS: app hash, pending messages list.
+/// ARGV: max pending, created_at ms, chat number (canonical decimal), body.
+/// Returns `{number, pending length}` or `{code, application id}`.
+pub const ENQUEUE_MESSAGE: &str = r#"
+local id = redis.call('HGET', KEYS[1], 'id')
+if not id then return {-1, 0} end
+if id == 'deleted' then return {-2, 0} end
+local seq = redis.call('HGET', KEYS[1], ARGV[3])
+if not seq then return {-3, tonumber(id)} end
+if seq == 'deleted' then return {-2, 0} end
+local len = redis.call('LLEN', KEYS[2])
+if len >= tonumber(ARGV[1]) then return {-4, len} end
+local n = redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
+len = redis.call('RPUSH', KEYS[2], id .. '\t' .. ARGV[3] .. '\t' .. n .. '\t' .. ARGV[2] .. '\t' .. ARGV[4])
+return {n, len}
+"#;
+
+/// Moves up to N records from the head of a pending list to a new processing
+/// list and records its lease, in one step.
+///
+/// KEYS: pending list, processing list, leases. ARGV: N, lease deadline ms.
+/// Returns the claimed records (empty when nothing was pending).
+pub const CLAIM: &str = r#"
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #items == 0 then return items end
+redis.call('LTRIM', KEYS[1], #items, -1)
+for i = 1, #items, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
+end
+redis.call('ZADD', KEYS[3], ARGV[2], KEYS[2])
+return items
+"#;
+
+/// Extends a lease if the caller still holds it.
+///
+/// KEYS: leases. ARGV: processing key, new deadline ms. Returns 1 if held, else 0.
+pub const RENEW: &str = r#"
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+/// Acknowledges a written batch: drops it, re-queues its deferred records at
+/// the tail of the pending list, and dead-letters its poison records, in one
+/// step, and only if the caller still held the lease (otherwise the batch was
+/// recovered by another flusher, which will write it again idempotently).
+///
+/// KEYS: leases, processing list, pending list, dead-letter list.
+/// ARGV: number of deferred records D, then D records, then dead-letter entries.
+/// Returns 1 if acknowledged, 0 if the lease had been lost.
+pub const ACK: &str = r#"
+local held = redis.call('ZREM', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[2])
+if held == 0 then return 0 end
+local d = tonumber(ARGV[1])
+for i = 2, d + 1 do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+for i = d + 2, #ARGV do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+return 1
+"#;
+
+/// Gives a batch back: moves its records to the head of the pending list in
+/// their order, so that any flusher retries them first. Used when a write
+/// failed for a reason that should pass (MariaDB unreachable).
+///
+/// KEYS: leases, processing list, pending list. Returns the records moved.
+pub const RELEASE: &str = r#"
+if redis.call('ZREM', KEYS[1], KEYS[2]) == 0 then return 0 end
+local items = redis.call('LRANGE', KEYS[2], 0, -1)
+for i = #items, 1, -1 do redis.call('LPUSH', KEYS[3], items[i]) end
+redis.call('DEL', KEYS[2])
+return #items
+"#;
+
+/// Recovers batches whose lease expired (their flusher died or hung): each
+/// goes back to the head of its pending list, and its lease is removed.
+///
+/// KEYS: leases. ARGV: now ms, key prefix, most batches per call.
+/// Returns `{batches, records}` recovered.
+pub const RECOVER: &str = r#"
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local records = 0
+for _, key in ipairs(expired) do
+  local kind = string.match(key, 'processing:(%w+):[^:]+$')
+  redis.call('ZREM', KEYS[1], key)
+  if kind then
+    local pending = ARGV[2] .. 'pending:' .. kind
+    local items = redis.call('LRANGE', key, 0, -1)
+    for i = #items, 1, -1 do redis.call('LPUSH', pending, items[i]) end
+    records = records + #items
+  end
+  redis.call('DEL', key)
+end
+return {#expired, records}
+"#;
+
+/// Marks an application deleted: drops its counters and leaves a tombstone
+/// that stops a racing cache fill (HSETNX) from bringing it back.
+///
+/// KEYS: app hash. ARGV: tombstone lifetime in seconds.
+pub const TOMBSTONE_APP: &str = r#"
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'id', 'deleted')
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"#;
+
+/// The scripts, hashed once at start-up.
+pub struct Scripts {
+    /// See [`ENQUEUE_CHAT`].
+    pub enqueue_chat: Script,
+    /// See [`ENQUEUE_MESSAGE`].
+    pub enqueue_message: Script,
+    /// See [`CLAIM`].
+    pub claim: Script,
+    /// See [`RENEW`].
+    pub renew: Script,
+    /// See [`ACK`].
+    pub ack: Script,
+    /// See [`RELEASE`].
+    pub release: Script,
+    /// See [`RECOVER`].
+    pub recover: Script,
+    /// See [`TOMBSTONE_APP`].
+    pub tombstone_app: Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self {
+            enqueue_chat: Script::new(ENQUEUE_CHAT),
+            enqueue_message: Script::new(ENQUEUE_MESSAGE),
+            claim: Script::new(CLAIM),
+            renew: Script::new(RENEW),
+            ack: Script::new(ACK),
+            release: Script::new(RELEASE),
+            recover: Script::new(RECOVER),
+            tombstone_app: Script::new(TOMBSTONE_APP),
+        }
+    }
+}
