@@ -15,7 +15,11 @@ use clap::Args;
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// MariaDB (or MySQL) connection URL.
-    #[arg(long, env = "DATABASE_URL", default_value = "mysql://root@127.0.0.1:3306/chat_api")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "mysql://root@127.0.0.1:3306/chat_api"
+    )]
     pub database_url: String,
 
     /// Maximum number of pooled MariaDB connections.

@@ -85,7 +85,9 @@ pub fn new_token() -> String {
 /// Whether `s` can be a token at all (length and alphabet). Anything else is
 /// answered 404 without a database lookup.
 pub fn is_plausible_token(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Page of a list: `page` from 1, `per_page` from 1 to [`Page::MAX_PER_PAGE`].
@@ -121,7 +123,10 @@ impl Page {
                 Self::MAX_PER_PAGE
             )));
         }
-        Ok(Self { page: page as u32, per_page: per_page as u32 })
+        Ok(Self {
+            page: page as u32,
+            per_page: per_page as u32,
+        })
     }
 
     /// SQL `LIMIT`: one more row than a page, to learn whether a next page exists.

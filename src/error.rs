@@ -93,10 +93,9 @@ impl From<crate::writebehind::BufferError> for ApiError {
     fn from(err: crate::writebehind::BufferError) -> Self {
         use crate::writebehind::BufferError;
         match err {
-            BufferError::Full { retry_after_secs } => Self::unavailable(
-                "the write buffer is full; retry later",
-                retry_after_secs,
-            ),
+            BufferError::Full { retry_after_secs } => {
+                Self::unavailable("the write buffer is full; retry later", retry_after_secs)
+            }
             BufferError::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "Redis unavailable");
                 Self::unavailable("the write buffer (Redis) is unavailable; retry later", 2)
@@ -130,22 +129,42 @@ fn error_response(err: poem::Error) -> Response {
     let (status, msg) = if let Some(e) = err.downcast_ref::<ParseRequestPayloadError>() {
         // serde_json syntax errors and poem-openapi schema errors share this
         // type; the latter always start with `failed to parse` or name a type.
-        if e.reason.starts_with("failed to parse") || e.reason.starts_with("Type ") || e.reason.starts_with("Expected input type") {
-            (StatusCode::UNPROCESSABLE_ENTITY, format!("invalid request body: {}", e.reason))
+        if e.reason.starts_with("failed to parse")
+            || e.reason.starts_with("Type ")
+            || e.reason.starts_with("Expected input type")
+        {
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("invalid request body: {}", e.reason),
+            )
         } else {
-            (StatusCode::BAD_REQUEST, format!("malformed JSON: {}", e.reason))
+            (
+                StatusCode::BAD_REQUEST,
+                format!("malformed JSON: {}", e.reason),
+            )
         }
     } else if let Some(e) = err.downcast_ref::<ParseParamError>() {
-        (StatusCode::UNPROCESSABLE_ENTITY, format!("invalid parameter `{}`: {}", e.name, e.reason))
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid parameter `{}`: {}", e.name, e.reason),
+        )
     } else if let Some(e) = err.downcast_ref::<ParsePathError>() {
-        (StatusCode::NOT_FOUND, format!("no resource at this path: {}", e.reason))
+        (
+            StatusCode::NOT_FOUND,
+            format!("no resource at this path: {}", e.reason),
+        )
     } else if let Some(e) = err.downcast_ref::<ContentTypeError>() {
-        (StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("{e}; send `Content-Type: application/json`"))
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("{e}; send `Content-Type: application/json`"),
+        )
     } else {
         let status = err.status();
         let msg = match status {
             StatusCode::NOT_FOUND => "no such route; see /docs for the API".to_string(),
-            StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this route; see /docs".to_string(),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                "method not allowed on this route; see /docs".to_string()
+            }
             s if s.is_server_error() => {
                 tracing::error!(error = %err, "unhandled error");
                 "internal error".to_string()

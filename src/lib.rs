@@ -18,7 +18,7 @@
 //!   acknowledge, the flusher, recovery and dead letters.
 //! - [`store`]: MariaDB queries, bulk inserts included.
 //! - [`startup`]: building and running the service, graceful shutdown.
-//! - [`telemetry`]: logging.
+//! - [`telemetry`] sets up structured logs.
 
 pub mod config;
 pub mod domain;

@@ -26,7 +26,11 @@ enum Command {
     /// Create the database if needed and apply the migrations, then exit.
     Migrate {
         /// MariaDB connection URL.
-        #[arg(long, env = "DATABASE_URL", default_value = "mysql://root@127.0.0.1:3306/chat_api")]
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "mysql://root@127.0.0.1:3306/chat_api"
+        )]
         database_url: String,
     },
     /// Write the OpenAPI spec to a file (default `openapi/openapi.json`).
@@ -43,10 +47,20 @@ async fn main() -> anyhow::Result<()> {
     chat_api::telemetry::init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Serve { config, skip_migrations }) => serve(*config, !skip_migrations).await,
+        Some(Command::Serve {
+            config,
+            skip_migrations,
+        }) => serve(*config, !skip_migrations).await,
         None => {
             // `chat-api` alone is `chat-api serve`, with settings from the environment.
-            let Cli { command: Some(Command::Serve { config, skip_migrations }) } = Cli::parse_from(["chat-api", "serve"]) else {
+            let Cli {
+                command:
+                    Some(Command::Serve {
+                        config,
+                        skip_migrations,
+                    }),
+            } = Cli::parse_from(["chat-api", "serve"])
+            else {
                 unreachable!()
             };
             serve(*config, !skip_migrations).await

@@ -33,7 +33,8 @@ pub struct Application {
 
 /// Opens the Redis pool (lazily: the service starts while Redis is down).
 pub fn redis_pool(config: &Config) -> anyhow::Result<bb8::Pool<RedisConnectionManager>> {
-    let manager = RedisConnectionManager::new(config.redis_url.as_str()).context("REDIS_URL is invalid")?;
+    let manager =
+        RedisConnectionManager::new(config.redis_url.as_str()).context("REDIS_URL is invalid")?;
     Ok(bb8::Pool::builder()
         .max_size(config.redis_pool_size)
         .connection_timeout(config.redis_timeout())
@@ -58,12 +59,25 @@ impl Application {
     pub async fn build(config: Config, run_migrations: bool) -> anyhow::Result<Self> {
         let pool = store::connect_lazy(&config.database_url, config.database_max_connections)?;
         if run_migrations {
-            store::ensure_database(&config.database_url).await.context("could not create the database")?;
-            store::migrate(&pool).await.context("could not run migrations")?;
+            store::ensure_database(&config.database_url)
+                .await
+                .context("could not create the database")?;
+            store::migrate(&pool)
+                .await
+                .context("could not run migrations")?;
         }
         let redis = redis_pool(&config)?;
-        let buffer = Buffer::new(redis, Keys::new(config.redis_key_prefix.clone()), config.redis_timeout(), config.max_pending);
-        let flusher = Arc::new(Flusher::new(buffer.clone(), pool.clone(), flush_settings(&config)));
+        let buffer = Buffer::new(
+            redis,
+            Keys::new(config.redis_key_prefix.clone()),
+            config.redis_timeout(),
+            config.max_pending,
+        );
+        let flusher = Arc::new(Flusher::new(
+            buffer.clone(),
+            pool.clone(),
+            flush_settings(&config),
+        ));
         let wb = WriteBehind::new(
             buffer,
             pool.clone(),
@@ -72,14 +86,26 @@ impl Application {
             config.message_batch_size.get(),
             config.read_your_writes_timeout(),
         );
-        let acceptor = TcpListener::bind(config.bind_addr).into_acceptor().await.with_context(|| format!("could not bind BIND_ADDR={}", config.bind_addr))?;
+        let acceptor = TcpListener::bind(config.bind_addr)
+            .into_acceptor()
+            .await
+            .with_context(|| format!("could not bind BIND_ADDR={}", config.bind_addr))?;
         let addr = acceptor
             .local_addr()
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .context("no local address")?;
-        let state = AppState { pool, wb, config: Arc::new(config) };
-        Ok(Self { addr, acceptor, state, flusher })
+        let state = AppState {
+            pool,
+            wb,
+            config: Arc::new(config),
+        };
+        Ok(Self {
+            addr,
+            acceptor,
+            state,
+            flusher,
+        })
     }
 
     /// The bound address.
@@ -106,7 +132,11 @@ impl Application {
         tracing::info!(addr = %self.addr, "serving");
         let server = poem::Server::new_with_acceptor(self.acceptor);
         let result = server
-            .run_with_graceful_shutdown(http::routes(self.state), shutdown.cancelled_owned(), Some(std::time::Duration::from_secs(10)))
+            .run_with_graceful_shutdown(
+                http::routes(self.state),
+                shutdown.cancelled_owned(),
+                Some(std::time::Duration::from_secs(10)),
+            )
             .await;
         // Requests are done: no more records can arrive from this instance.
         flusher_stop.cancel();

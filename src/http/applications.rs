@@ -36,10 +36,16 @@ impl ApplicationsApi {
     ///
     /// The server generates its token (192 random bits, URL-safe).
     #[oai(path = "/applications", method = "post")]
-    async fn create(&self, state: Data<&AppState>, input: Json<ApplicationInput>) -> Result<CreatedApplication, ApiError> {
+    async fn create(
+        &self,
+        state: Data<&AppState>,
+        input: Json<ApplicationInput>,
+    ) -> Result<CreatedApplication, ApiError> {
         let name = AppName::parse(input.0.name)?;
         let token = new_token();
-        let row = store::applications::create(&state.pool, &token, name.as_str(), crate::domain::now()).await?;
+        let row =
+            store::applications::create(&state.pool, &token, name.as_str(), crate::domain::now())
+                .await?;
         // Warm the Redis cache so the first chat costs one round trip. Best
         // effort: a cold cache is filled on the first miss anyway.
         let buffer = state.wb.buffer();
@@ -71,7 +77,10 @@ impl ApplicationsApi {
         let page = Page::parse(page.0, per_page.0)?;
         let rows = store::applications::list(&state.pool, page).await?;
         let (rows, meta) = Meta::paginate(page, rows);
-        Ok(Json(ApplicationList { applications: rows.into_iter().map(Into::into).collect(), meta }))
+        Ok(Json(ApplicationList {
+            applications: rows.into_iter().map(Into::into).collect(),
+            meta,
+        }))
     }
 
     /// Get an application

@@ -65,7 +65,10 @@ impl ChatsApi {
         let app = lookup::application(&state, &token.0).await?;
         let rows = store::chats::list(&state.pool, app.id, page).await?;
         let (rows, meta) = Meta::paginate(page, rows);
-        Ok(Json(ChatList { chats: rows.into_iter().map(Into::into).collect(), meta }))
+        Ok(Json(ChatList {
+            chats: rows.into_iter().map(Into::into).collect(),
+            meta,
+        }))
     }
 
     /// Get a chat
@@ -99,7 +102,12 @@ impl ChatsApi {
         let chat = lookup::chat(&state, &app, number.0).await?;
         store::chats::delete(&state.pool, chat.id, crate::domain::now()).await?;
         // Messages still buffered for this chat are dropped at flush time.
-        if let Err(e) = state.wb.buffer().tombstone_chat(&app.token, chat.number).await {
+        if let Err(e) = state
+            .wb
+            .buffer()
+            .tombstone_chat(&app.token, chat.number)
+            .await
+        {
             tracing::warn!(error = %e, "could not tombstone a deleted chat in Redis");
         }
         Ok(Deleted::NoContent)

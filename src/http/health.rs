@@ -49,7 +49,9 @@ impl HealthApi {
     /// 200 while the process serves HTTP.
     #[oai(path = "/health/live", method = "get")]
     async fn live(&self) -> Json<Liveness> {
-        Json(Liveness { status: "ok".into() })
+        Json(Liveness {
+            status: "ok".into(),
+        })
     }
 
     /// Readiness
@@ -59,15 +61,36 @@ impl HealthApi {
     async fn ready(&self, state: Data<&AppState>) -> ReadinessResponse {
         let db = async { sqlx::query("SELECT 1").execute(&state.pool).await.is_ok() };
         let redis = async {
-            let Ok(mut c) = state.wb.buffer().pool().get().await else { return false };
-            redis::cmd("PING").query_async::<String>(&mut *c).await.is_ok()
+            let Ok(mut c) = state.wb.buffer().pool().get().await else {
+                return false;
+            };
+            redis::cmd("PING")
+                .query_async::<String>(&mut *c)
+                .await
+                .is_ok()
         };
         let (database, redis) = tokio::join!(
-            async { tokio::time::timeout(PROBE_TIMEOUT, db).await.unwrap_or(false) },
-            async { tokio::time::timeout(PROBE_TIMEOUT, redis).await.unwrap_or(false) },
+            async {
+                tokio::time::timeout(PROBE_TIMEOUT, db)
+                    .await
+                    .unwrap_or(false)
+            },
+            async {
+                tokio::time::timeout(PROBE_TIMEOUT, redis)
+                    .await
+                    .unwrap_or(false)
+            },
         );
         let ok = database && redis;
-        let body = Readiness { status: if ok { "ok" } else { "unavailable" }.into(), database, redis };
-        if ok { ReadinessResponse::Ready(Json(body)) } else { ReadinessResponse::NotReady(Json(body)) }
+        let body = Readiness {
+            status: if ok { "ok" } else { "unavailable" }.into(),
+            database,
+            redis,
+        };
+        if ok {
+            ReadinessResponse::Ready(Json(body))
+        } else {
+            ReadinessResponse::NotReady(Json(body))
+        }
     }
 }

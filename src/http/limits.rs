@@ -22,7 +22,10 @@ impl<E: Endpoint> Middleware<E> for BodyLimit {
     type Output = BodyLimitEndpoint<E>;
 
     fn transform(&self, inner: E) -> Self::Output {
-        BodyLimitEndpoint { inner, max: self.max }
+        BodyLimitEndpoint {
+            inner,
+            max: self.max,
+        }
     }
 }
 
@@ -51,7 +54,11 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
         if declared.is_some_and(|n| n > self.max as u64) {
             return Err(too_large(self.max));
         }
-        if declared.is_none() && req.headers().contains_key(poem::http::header::TRANSFER_ENCODING) {
+        if declared.is_none()
+            && req
+                .headers()
+                .contains_key(poem::http::header::TRANSFER_ENCODING)
+        {
             let mut buf = Vec::new();
             req.take_body()
                 .into_async_read()

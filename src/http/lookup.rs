@@ -14,7 +14,9 @@ pub async fn application(state: &AppState, token: &str) -> Result<AppRow, ApiErr
     if !is_plausible_token(token) {
         return Err(no_application());
     }
-    store::applications::find(&state.pool, token).await?.ok_or_else(no_application)
+    store::applications::find(&state.pool, token)
+        .await?
+        .ok_or_else(no_application)
 }
 
 fn no_application() -> ApiError {
@@ -35,14 +37,19 @@ pub async fn chat(state: &AppState, app: &AppRow, number: i64) -> Result<ChatRow
     if number < 1 {
         return Err(no_chat(number));
     }
-    if let Some(c) = store::chats::find(&state.pool, app.id, number).await? {
-        return Ok(c);
-    }
-    let counters = state.wb.buffer().counters(&app.token, number).await?;
-    state
-        .wb
-        .await_stored(counters.chat_allocated, || store::chats::find(&state.pool, app.id, number))
-        .await?
+    let row = match store::chats::find(&state.pool, app.id, number).await? {
+        Some(c) => Some(c),
+        None => {
+            let counters = state.wb.buffer().counters(&app.token, number).await?;
+            state
+                .wb
+                .await_stored(counters.chat_allocated, || {
+                    store::chats::find(&state.pool, app.id, number)
+                })
+                .await?
+        }
+    };
+    row.filter(|c| c.deleted_at.is_none())
         .ok_or_else(|| no_chat(number))
 }
 
@@ -57,14 +64,20 @@ pub async fn message(
     if number < 1 {
         return Err(no_message(number));
     }
-    if let Some(m) = store::messages::find(&state.pool, chat.id, number).await? {
-        return Ok(m);
-    }
-    let counters = state.wb.buffer().counters(&app.token, chat.number).await?;
-    let buffered = counters.last_message.is_some_and(|last| number <= last);
-    state
-        .wb
-        .await_stored(buffered, || store::messages::find(&state.pool, chat.id, number))
-        .await?
+    let row = match store::messages::find(&state.pool, chat.id, number).await? {
+        Some(m) => Some(m),
+        None => {
+            let counters = state.wb.buffer().counters(&app.token, chat.number).await?;
+            let buffered = counters.last_message.is_some_and(|last| number <= last);
+            state
+                .wb
+                .await_stored(buffered, || {
+                    store::messages::find(&state.pool, chat.id, number)
+                })
+                .await?
+        }
+    };
+    // A deleted record's row stays as a tombstone: it is stored, and gone.
+    row.filter(|m| m.deleted_at.is_none())
         .ok_or_else(|| no_message(number))
 }

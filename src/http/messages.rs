@@ -37,9 +37,16 @@ impl MessagesApi {
         if !is_plausible_token(&token.0) || number.0 < 1 {
             return Err(ApiError::not_found("no such application or chat"));
         }
-        match state.wb.create_message(&token.0, number.0, body.as_str()).await? {
+        match state
+            .wb
+            .create_message(&token.0, number.0, body.as_str())
+            .await?
+        {
             Some(a) => Ok(CreatedNumber::Created(Json(Created { number: a.number }))),
-            None => Err(ApiError::not_found(format!("no chat number {} in this application", number.0))),
+            None => Err(ApiError::not_found(format!(
+                "no chat number {} in this application",
+                number.0
+            ))),
         }
     }
 
@@ -66,11 +73,17 @@ impl MessagesApi {
         let chat = lookup::chat(&state, &app, number.0).await?;
         let rows = store::messages::list(&state.pool, chat.id, page).await?;
         let (rows, meta) = Meta::paginate(page, rows);
-        Ok(Json(MessageList { messages: rows.into_iter().map(Into::into).collect(), meta }))
+        Ok(Json(MessageList {
+            messages: rows.into_iter().map(Into::into).collect(),
+            meta,
+        }))
     }
 
     /// Get a message
-    #[oai(path = "/applications/:token/chats/:number/messages/:message_number", method = "get")]
+    #[oai(
+        path = "/applications/:token/chats/:number/messages/:message_number",
+        method = "get"
+    )]
     async fn get(
         &self,
         state: Data<&AppState>,
@@ -83,11 +96,18 @@ impl MessagesApi {
     ) -> Result<Json<Message>, ApiError> {
         let app = lookup::application(&state, &token.0).await?;
         let chat = lookup::chat(&state, &app, number.0).await?;
-        Ok(Json(lookup::message(&state, &app, &chat, message_number.0).await?.into()))
+        Ok(Json(
+            lookup::message(&state, &app, &chat, message_number.0)
+                .await?
+                .into(),
+        ))
     }
 
     /// Edit a message
-    #[oai(path = "/applications/:token/chats/:number/messages/:message_number", method = "put")]
+    #[oai(
+        path = "/applications/:token/chats/:number/messages/:message_number",
+        method = "put"
+    )]
     async fn update(
         &self,
         state: Data<&AppState>,
@@ -105,18 +125,27 @@ impl MessagesApi {
         let msg = lookup::message(&state, &app, &chat, message_number.0).await?;
         let now = crate::domain::now();
         if !store::messages::update_body(&state.pool, msg.id, body.as_str(), now).await? {
-            return Err(ApiError::not_found(format!("no message number {} in this chat", msg.number)));
+            return Err(ApiError::not_found(format!(
+                "no message number {} in this chat",
+                msg.number
+            )));
         }
         let updated = store::messages::find(&state.pool, chat.id, msg.number)
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("no message number {} in this chat", msg.number)))?;
+            .filter(|m| m.deleted_at.is_none())
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no message number {} in this chat", msg.number))
+            })?;
         Ok(Json(updated.into()))
     }
 
     /// Delete a message
     ///
     /// Its number is not reused.
-    #[oai(path = "/applications/:token/chats/:number/messages/:message_number", method = "delete")]
+    #[oai(
+        path = "/applications/:token/chats/:number/messages/:message_number",
+        method = "delete"
+    )]
     async fn delete(
         &self,
         state: Data<&AppState>,
@@ -134,4 +163,3 @@ impl MessagesApi {
         Ok(Deleted::NoContent)
     }
 }
-

@@ -43,12 +43,25 @@ pub enum ApiTags {
 }
 
 /// The OpenAPI service with every operation of the API.
-pub type Api = OpenApiService<(applications::ApplicationsApi, chats::ChatsApi, messages::MessagesApi, health::HealthApi), ()>;
+pub type Api = OpenApiService<
+    (
+        applications::ApplicationsApi,
+        chats::ChatsApi,
+        messages::MessagesApi,
+        health::HealthApi,
+    ),
+    (),
+>;
 
 /// Builds the OpenAPI service (also used by `chat-api openapi`).
 pub fn api() -> Api {
     OpenApiService::new(
-        (applications::ApplicationsApi, chats::ChatsApi, messages::MessagesApi, health::HealthApi),
+        (
+            applications::ApplicationsApi,
+            chats::ChatsApi,
+            messages::MessagesApi,
+            health::HealthApi,
+        ),
         "Chat API",
         env!("CARGO_PKG_VERSION"),
     )

@@ -79,7 +79,12 @@ pub struct Message {
 
 impl From<MessageRow> for Message {
     fn from(r: MessageRow) -> Self {
-        Self { number: r.number, body: r.body, created_at: utc(r.created_at), updated_at: utc(r.updated_at) }
+        Self {
+            number: r.number,
+            body: r.body,
+            created_at: utc(r.created_at),
+            updated_at: utc(r.updated_at),
+        }
     }
 }
 

@@ -27,7 +27,12 @@ const COLUMNS: &str = "id, token, name, chats_count, created_at, updated_at";
 
 /// Inserts an application. Errors: a unique violation on the token (which
 /// at 192 random bits does not happen) or an unreachable database.
-pub async fn create(pool: &MySqlPool, token: &str, name: &str, now: DateTime<Utc>) -> sqlx::Result<AppRow> {
+pub async fn create(
+    pool: &MySqlPool,
+    token: &str,
+    name: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<AppRow> {
     let now = now.naive_utc();
     let id = sqlx::query(
         "INSERT INTO applications (token, name, chats_count, created_at, updated_at) VALUES (?, ?, 0, ?, ?)",
@@ -39,7 +44,14 @@ pub async fn create(pool: &MySqlPool, token: &str, name: &str, now: DateTime<Utc
     .execute(pool)
     .await?
     .last_insert_id();
-    Ok(AppRow { id, token: token.into(), name: name.into(), chats_count: 0, created_at: now, updated_at: now })
+    Ok(AppRow {
+        id,
+        token: token.into(),
+        name: name.into(),
+        chats_count: 0,
+        created_at: now,
+        updated_at: now,
+    })
 }
 
 /// One page of applications in creation order.
@@ -55,14 +67,21 @@ pub async fn list(pool: &MySqlPool, page: Page) -> sqlx::Result<Vec<AppRow>> {
 
 /// The application with `token`, if any.
 pub async fn find(pool: &MySqlPool, token: &str) -> sqlx::Result<Option<AppRow>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM applications WHERE token = ?")))
-        .bind(token)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM applications WHERE token = ?"
+    )))
+    .bind(token)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Renames the application with `token`; `None` if there is none.
-pub async fn rename(pool: &MySqlPool, token: &str, name: &str, now: DateTime<Utc>) -> sqlx::Result<Option<AppRow>> {
+pub async fn rename(
+    pool: &MySqlPool,
+    token: &str,
+    name: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Option<AppRow>> {
     let done = sqlx::query("UPDATE applications SET name = ?, updated_at = ? WHERE token = ?")
         .bind(name)
         .bind(now.naive_utc())
@@ -80,13 +99,19 @@ pub async fn rename(pool: &MySqlPool, token: &str, name: &str, now: DateTime<Utc
 /// Deletes the application with `token` and, by cascade, its chats and
 /// messages. Returns whether it existed.
 pub async fn delete(pool: &MySqlPool, token: &str) -> sqlx::Result<bool> {
-    let done = sqlx::query("DELETE FROM applications WHERE token = ?").bind(token).execute(pool).await?;
+    let done = sqlx::query("DELETE FROM applications WHERE token = ?")
+        .bind(token)
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected() > 0)
 }
 
 /// The id of the application with `token`, if any (to seed the Redis cache).
 pub async fn find_id(pool: &MySqlPool, token: &str) -> sqlx::Result<Option<u64>> {
-    sqlx::query_scalar("SELECT id FROM applications WHERE token = ?").bind(token).fetch_optional(pool).await
+    sqlx::query_scalar("SELECT id FROM applications WHERE token = ?")
+        .bind(token)
+        .fetch_optional(pool)
+        .await
 }
 
 /// The highest chat number ever stored for the application, deleted chats

@@ -35,8 +35,15 @@ const MAX_BYTES_PER_STATEMENT: usize = 4 << 20;
 const ER_NO_REFERENCED_ROW: u16 = 1452;
 
 /// Ids of the `applications` among `ids` that still exist.
-async fn existing_applications(pool: &MySqlPool, ids: impl IntoIterator<Item = u64>) -> sqlx::Result<HashSet<u64>> {
-    let ids: Vec<u64> = ids.into_iter().collect::<HashSet<_>>().into_iter().collect();
+async fn existing_applications(
+    pool: &MySqlPool,
+    ids: impl IntoIterator<Item = u64>,
+) -> sqlx::Result<HashSet<u64>> {
+    let ids: Vec<u64> = ids
+        .into_iter()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
     let mut found = HashSet::new();
     for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
         let mut qb = QueryBuilder::<MySql>::new("SELECT id FROM applications WHERE id IN (");
@@ -53,13 +60,24 @@ async fn existing_applications(pool: &MySqlPool, ids: impl IntoIterator<Item = u
 /// Writes a batch of chats. Records of deleted applications are dropped.
 /// Errors: only when MariaDB is unavailable (see [`super::is_unavailable`]);
 /// the caller then gives the batch back, untouched in meaning.
-pub async fn write_chats(pool: &MySqlPool, records: &[ChatRecord]) -> sqlx::Result<Vec<Disposition>> {
+pub async fn write_chats(
+    pool: &MySqlPool,
+    records: &[ChatRecord],
+) -> sqlx::Result<Vec<Disposition>> {
     let apps = existing_applications(pool, records.iter().map(|r| r.application_id)).await?;
     let mut out: Vec<Disposition> = records
         .iter()
-        .map(|r| if apps.contains(&r.application_id) { Disposition::Written } else { Disposition::ParentDeleted })
+        .map(|r| {
+            if apps.contains(&r.application_id) {
+                Disposition::Written
+            } else {
+                Disposition::ParentDeleted
+            }
+        })
         .collect();
-    let live: Vec<usize> = (0..records.len()).filter(|i| out[*i] == Disposition::Written).collect();
+    let live: Vec<usize> = (0..records.len())
+        .filter(|i| out[*i] == Disposition::Written)
+        .collect();
     let result = async {
         let mut tx = pool.begin().await?;
         for chunk in live.chunks(MAX_ROWS_PER_STATEMENT) {
@@ -81,7 +99,10 @@ pub async fn write_chats(pool: &MySqlPool, records: &[ChatRecord]) -> sqlx::Resu
     }
 }
 
-async fn insert_chats<'a, 'e, E>(exec: E, rows: impl Iterator<Item = &'a ChatRecord>) -> sqlx::Result<()>
+async fn insert_chats<'a, 'e, E>(
+    exec: E,
+    rows: impl Iterator<Item = &'a ChatRecord>,
+) -> sqlx::Result<()>
 where
     E: sqlx::Executor<'e, Database = MySql>,
 {
@@ -90,7 +111,11 @@ where
     );
     qb.push_values(rows, |mut b, r| {
         let at = r.created_at().naive_utc();
-        b.push_bind(r.application_id).push_bind(r.number).push("0").push_bind(at).push_bind(at);
+        b.push_bind(r.application_id)
+            .push_bind(r.number)
+            .push("0")
+            .push_bind(at)
+            .push_bind(at);
     });
     qb.push(" ON DUPLICATE KEY UPDATE id = id");
     qb.build().execute(exec).await.map(|_| ())
@@ -101,7 +126,9 @@ fn one_by_one(result: sqlx::Result<()>) -> sqlx::Result<Disposition> {
     match result {
         Ok(()) => Ok(Disposition::Written),
         Err(e) if super::is_unavailable(&e) => Err(e),
-        Err(e) if super::error_number(&e) == Some(ER_NO_REFERENCED_ROW) => Ok(Disposition::ParentDeleted),
+        Err(e) if super::error_number(&e) == Some(ER_NO_REFERENCED_ROW) => {
+            Ok(Disposition::ParentDeleted)
+        }
         Err(e) => Ok(Disposition::DeadLetter(e.to_string())),
     }
 }
@@ -149,7 +176,11 @@ pub async fn write_messages(
             if i > 0 {
                 qb.push(" OR ");
             }
-            qb.push("(application_id = ").push_bind(*app).push(" AND number = ").push_bind(*number).push(")");
+            qb.push("(application_id = ")
+                .push_bind(*app)
+                .push(" AND number = ")
+                .push_bind(*number)
+                .push(")");
         }
         qb.push(" LOCK IN SHARE MODE");
         for c in qb.build_query_as::<ChatRef>().fetch_all(&mut *tx).await? {
@@ -161,7 +192,11 @@ pub async fn write_messages(
         .filter(|r| !chats.contains_key(&(r.application_id, r.chat_number)))
         .map(|r| r.application_id)
         .collect();
-    let apps = if missing_apps.is_empty() { HashSet::new() } else { existing_applications(pool, missing_apps).await? };
+    let apps = if missing_apps.is_empty() {
+        HashSet::new()
+    } else {
+        existing_applications(pool, missing_apps).await?
+    };
 
     let mut out = Vec::with_capacity(records.len());
     let mut rows: Vec<(usize, u64)> = Vec::with_capacity(records.len());
@@ -187,11 +222,21 @@ pub async fn write_messages(
         while start < rows.len() {
             let mut end = start;
             let mut bytes = 0;
-            while end < rows.len() && end - start < MAX_ROWS_PER_STATEMENT && (end == start || bytes + records[rows[end].0].body.len() <= MAX_BYTES_PER_STATEMENT) {
+            while end < rows.len()
+                && end - start < MAX_ROWS_PER_STATEMENT
+                && (end == start
+                    || bytes + records[rows[end].0].body.len() <= MAX_BYTES_PER_STATEMENT)
+            {
                 bytes += records[rows[end].0].body.len();
                 end += 1;
             }
-            insert_messages(&mut *tx, rows[start..end].iter().map(|(i, chat_id)| (&records[*i], *chat_id))).await?;
+            insert_messages(
+                &mut *tx,
+                rows[start..end]
+                    .iter()
+                    .map(|(i, chat_id)| (&records[*i], *chat_id)),
+            )
+            .await?;
             start = end;
         }
         tx.commit().await
@@ -203,21 +248,32 @@ pub async fn write_messages(
         Err(e) => {
             tracing::warn!(error = %e, "bulk insert of messages failed; retrying row by row");
             for (i, chat_id) in rows {
-                out[i] = one_by_one(insert_messages(pool, std::iter::once((&records[i], chat_id))).await)?;
+                out[i] = one_by_one(
+                    insert_messages(pool, std::iter::once((&records[i], chat_id))).await,
+                )?;
             }
             Ok(out)
         }
     }
 }
 
-async fn insert_messages<'a, 'e, E>(exec: E, rows: impl Iterator<Item = (&'a MessageRecord, u64)>) -> sqlx::Result<()>
+async fn insert_messages<'a, 'e, E>(
+    exec: E,
+    rows: impl Iterator<Item = (&'a MessageRecord, u64)>,
+) -> sqlx::Result<()>
 where
     E: sqlx::Executor<'e, Database = MySql>,
 {
-    let mut qb = QueryBuilder::<MySql>::new("INSERT INTO messages (chat_id, number, body, created_at, updated_at) ");
+    let mut qb = QueryBuilder::<MySql>::new(
+        "INSERT INTO messages (chat_id, number, body, created_at, updated_at) ",
+    );
     qb.push_values(rows, |mut b, (r, chat_id)| {
         let at = r.created_at().naive_utc();
-        b.push_bind(chat_id).push_bind(r.number).push_bind(r.body.as_str()).push_bind(at).push_bind(at);
+        b.push_bind(chat_id)
+            .push_bind(r.number)
+            .push_bind(r.body.as_str())
+            .push_bind(at)
+            .push_bind(at);
     });
     qb.push(" ON DUPLICATE KEY UPDATE id = id");
     qb.build().execute(exec).await.map(|_| ())

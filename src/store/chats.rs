@@ -18,12 +18,14 @@ pub struct ChatRow {
     pub created_at: NaiveDateTime,
     /// Last change (UTC).
     pub updated_at: NaiveDateTime,
+    /// Set when deleted (the row is a tombstone).
+    pub deleted_at: Option<NaiveDateTime>,
 }
 
 /// One page of the application's live chats, by number.
 pub async fn list(pool: &MySqlPool, application_id: u64, page: Page) -> sqlx::Result<Vec<ChatRow>> {
     sqlx::query_as(
-        "SELECT id, number, messages_count, created_at, updated_at FROM chats \
+        "SELECT id, number, messages_count, created_at, updated_at, deleted_at FROM chats \
          WHERE application_id = ? AND deleted_at IS NULL ORDER BY number LIMIT ? OFFSET ?",
     )
     .bind(application_id)
@@ -33,11 +35,16 @@ pub async fn list(pool: &MySqlPool, application_id: u64, page: Page) -> sqlx::Re
     .await
 }
 
-/// The live chat `number` of the application, if stored.
-pub async fn find(pool: &MySqlPool, application_id: u64, number: i64) -> sqlx::Result<Option<ChatRow>> {
+/// The chat `number` of the application, if stored, live or deleted (check
+/// `deleted_at`).
+pub async fn find(
+    pool: &MySqlPool,
+    application_id: u64,
+    number: i64,
+) -> sqlx::Result<Option<ChatRow>> {
     sqlx::query_as(
-        "SELECT id, number, messages_count, created_at, updated_at FROM chats \
-         WHERE application_id = ? AND number = ? AND deleted_at IS NULL",
+        "SELECT id, number, messages_count, created_at, updated_at, deleted_at FROM chats \
+         WHERE application_id = ? AND number = ?",
     )
     .bind(application_id)
     .bind(number)
@@ -50,13 +57,18 @@ pub async fn find(pool: &MySqlPool, application_id: u64, number: i64) -> sqlx::R
 /// live chat was deleted.
 pub async fn delete(pool: &MySqlPool, chat_id: u64, now: DateTime<Utc>) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
-    let done = sqlx::query("UPDATE chats SET deleted_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL")
-        .bind(now.naive_utc())
-        .bind(now.naive_utc())
+    let done = sqlx::query(
+        "UPDATE chats SET deleted_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL",
+    )
+    .bind(now.naive_utc())
+    .bind(now.naive_utc())
+    .bind(chat_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM messages WHERE chat_id = ?")
         .bind(chat_id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM messages WHERE chat_id = ?").bind(chat_id).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(done.rows_affected() > 0)
 }
@@ -64,7 +76,11 @@ pub async fn delete(pool: &MySqlPool, chat_id: u64, now: DateTime<Utc>) -> sqlx:
 /// Whether the chat `number` of the application exists and is live, and its
 /// highest message number ever stored (deleted messages included), for
 /// seeding a cold message counter. `None` if no live chat.
-pub async fn last_message_number(pool: &MySqlPool, application_id: u64, number: i64) -> sqlx::Result<Option<i64>> {
+pub async fn last_message_number(
+    pool: &MySqlPool,
+    application_id: u64,
+    number: i64,
+) -> sqlx::Result<Option<i64>> {
     sqlx::query_scalar(
         "SELECT COALESCE((SELECT MAX(m.number) FROM messages m WHERE m.chat_id = c.id), 0) \
          FROM chats c WHERE c.application_id = ? AND c.number = ? AND c.deleted_at IS NULL",

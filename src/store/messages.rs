@@ -18,12 +18,14 @@ pub struct MessageRow {
     pub created_at: NaiveDateTime,
     /// Last edit (UTC).
     pub updated_at: NaiveDateTime,
+    /// Set when deleted (the row is a tombstone).
+    pub deleted_at: Option<NaiveDateTime>,
 }
 
 /// One page of the chat's live messages, by number.
 pub async fn list(pool: &MySqlPool, chat_id: u64, page: Page) -> sqlx::Result<Vec<MessageRow>> {
     sqlx::query_as(
-        "SELECT id, number, body, created_at, updated_at FROM messages \
+        "SELECT id, number, body, created_at, updated_at, deleted_at FROM messages \
          WHERE chat_id = ? AND deleted_at IS NULL ORDER BY number LIMIT ? OFFSET ?",
     )
     .bind(chat_id)
@@ -33,11 +35,12 @@ pub async fn list(pool: &MySqlPool, chat_id: u64, page: Page) -> sqlx::Result<Ve
     .await
 }
 
-/// The live message `number` of the chat, if stored.
+/// The message `number` of the chat, if stored, live or deleted (check
+/// `deleted_at`).
 pub async fn find(pool: &MySqlPool, chat_id: u64, number: i64) -> sqlx::Result<Option<MessageRow>> {
     sqlx::query_as(
-        "SELECT id, number, body, created_at, updated_at FROM messages \
-         WHERE chat_id = ? AND number = ? AND deleted_at IS NULL",
+        "SELECT id, number, body, created_at, updated_at, deleted_at FROM messages \
+         WHERE chat_id = ? AND number = ?",
     )
     .bind(chat_id)
     .bind(number)
@@ -46,13 +49,20 @@ pub async fn find(pool: &MySqlPool, chat_id: u64, number: i64) -> sqlx::Result<O
 }
 
 /// Replaces the body of a stored message. Returns whether it was live.
-pub async fn update_body(pool: &MySqlPool, id: u64, body: &str, now: DateTime<Utc>) -> sqlx::Result<bool> {
-    let done = sqlx::query("UPDATE messages SET body = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL")
-        .bind(body)
-        .bind(now.naive_utc())
-        .bind(id)
-        .execute(pool)
-        .await?;
+pub async fn update_body(
+    pool: &MySqlPool,
+    id: u64,
+    body: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE messages SET body = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL",
+    )
+    .bind(body)
+    .bind(now.naive_utc())
+    .bind(id)
+    .execute(pool)
+    .await?;
     Ok(done.rows_affected() > 0)
 }
 

@@ -34,8 +34,13 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
         anyhow::bail!("DATABASE_URL names no database");
     };
     let mut conn = opts.database("").connect().await?;
-    let sql = format!("CREATE DATABASE IF NOT EXISTS `{}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin", name.replace('`', "``"));
-    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await?;
+    let sql = format!(
+        "CREATE DATABASE IF NOT EXISTS `{}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+        name.replace('`', "``")
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await?;
     Ok(())
 }
 
@@ -59,13 +64,18 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Protocol(_)
-    ) || matches!(error_number(err), Some(1040 | 1053 | 1205 | 1213 | 1927 | 2006 | 2013))
+    ) || matches!(
+        error_number(err),
+        Some(1040 | 1053 | 1205 | 1213 | 1927 | 2006 | 2013)
+    )
 }
 
 /// MariaDB error number of a database error, if it is one.
 pub fn error_number(err: &sqlx::Error) -> Option<u16> {
     match err {
-        sqlx::Error::Database(e) => e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().map(|m| m.number()),
+        sqlx::Error::Database(e) => e
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .map(|m| m.number()),
         _ => None,
     }
 }

@@ -104,7 +104,13 @@ impl Buffer {
     /// A buffer over `pool`, with keys under `keys`, calls bounded by
     /// `timeout`, and backpressure at `max_pending` records per queue.
     pub fn new(pool: RedisPool, keys: Keys, timeout: Duration, max_pending: u64) -> Self {
-        Self { pool, keys, scripts: Default::default(), timeout, max_pending }
+        Self {
+            pool,
+            keys,
+            scripts: Default::default(),
+            timeout,
+            max_pending,
+        }
     }
 
     /// The key names in use.
@@ -140,19 +146,34 @@ impl Buffer {
 
     fn decode_enqueue(&self, reply: (i64, i64)) -> Result<Enqueue, BufferError> {
         Ok(match reply {
-            (n, len) if n > 0 => Enqueue::Queued { number: n, pending: len as u64 },
+            (n, len) if n > 0 => Enqueue::Queued {
+                number: n,
+                pending: len as u64,
+            },
             (code::APP_MISS, _) => Enqueue::AppMiss,
-            (code::COUNTER_MISS, id) => Enqueue::CounterMiss { application_id: id as u64 },
+            (code::COUNTER_MISS, id) => Enqueue::CounterMiss {
+                application_id: id as u64,
+            },
             (code::DELETED, _) => Enqueue::Deleted,
             (code::FULL, _) => {
-                return Err(BufferError::Full { retry_after_secs: FULL_RETRY_AFTER_SECS });
+                return Err(BufferError::Full {
+                    retry_after_secs: FULL_RETRY_AFTER_SECS,
+                });
             }
-            other => return Err(BufferError::Unavailable(format!("unexpected script reply {other:?}"))),
+            other => {
+                return Err(BufferError::Unavailable(format!(
+                    "unexpected script reply {other:?}"
+                )));
+            }
         })
     }
 
     /// Allocates a chat number in `token`'s application and queues the chat.
-    pub async fn enqueue_chat(&self, token: &str, created_at_ms: i64) -> Result<Enqueue, BufferError> {
+    pub async fn enqueue_chat(
+        &self,
+        token: &str,
+        created_at_ms: i64,
+    ) -> Result<Enqueue, BufferError> {
         let app = self.keys.app(token);
         let pending = self.keys.pending(Kind::Chats);
         let reply: (i64, i64) = self
@@ -207,7 +228,11 @@ impl Buffer {
     /// Seeds the chat counter of `token`'s application with `last_number`,
     /// unless it is already set (HSETNX: whoever seeds first wins, and they
     /// all read the same MariaDB maximum).
-    pub async fn seed_chat_counter(&self, token: &str, last_number: i64) -> Result<(), BufferError> {
+    pub async fn seed_chat_counter(
+        &self,
+        token: &str,
+        last_number: i64,
+    ) -> Result<(), BufferError> {
         self.seed_field(token, "chats", last_number).await
     }
 
@@ -219,7 +244,8 @@ impl Buffer {
         chat_number: i64,
         last_number: i64,
     ) -> Result<(), BufferError> {
-        self.seed_field(token, &chat_number.to_string(), last_number).await
+        self.seed_field(token, &chat_number.to_string(), last_number)
+            .await
     }
 
     async fn seed_field(&self, token: &str, field: &str, value: i64) -> Result<(), BufferError> {
@@ -236,19 +262,32 @@ impl Buffer {
         let key = self.keys.app(token);
         let (id, chat): (Option<String>, Option<String>) = self
             .with_conn(|mut c| async move {
-                redis::cmd("HMGET").arg(key).arg("id").arg(chat_number).query_async(&mut c).await
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg("id")
+                    .arg(chat_number)
+                    .query_async(&mut c)
+                    .await
             })
             .await?;
         let live = id.as_deref().is_some_and(|v| v != "deleted");
         let chat_counter = chat.filter(|_| live).and_then(|v| v.parse().ok());
-        Ok(Counters { chat_allocated: chat_counter.is_some(), last_message: chat_counter })
+        Ok(Counters {
+            chat_allocated: chat_counter.is_some(),
+            last_message: chat_counter,
+        })
     }
 
     /// Tombstones a deleted application in Redis (see [`super::scripts::TOMBSTONE_APP`]).
     pub async fn tombstone_app(&self, token: &str) -> Result<(), BufferError> {
         let key = self.keys.app(token);
         self.with_conn(|mut c| async move {
-            self.scripts.tombstone_app.key(key).arg(TOMBSTONE_TTL_SECS).invoke_async::<()>(&mut c).await
+            self.scripts
+                .tombstone_app
+                .key(key)
+                .arg(TOMBSTONE_TTL_SECS)
+                .invoke_async::<()>(&mut c)
+                .await
         })
         .await
     }
@@ -257,29 +296,45 @@ impl Buffer {
     /// further messages are refused with 404 and no cache fill revives it.
     pub async fn tombstone_chat(&self, token: &str, chat_number: i64) -> Result<(), BufferError> {
         let key = self.keys.app(token);
-        self.with_conn(|mut c| async move {
-            c.hset::<_, _, _, ()>(key, chat_number, "deleted").await
-        })
+        self.with_conn(
+            |mut c| async move { c.hset::<_, _, _, ()>(key, chat_number, "deleted").await },
+        )
         .await
     }
 
     /// Number of records waiting in the pending list of `kind`.
     pub async fn pending_len(&self, kind: Kind) -> Result<u64, BufferError> {
         let key = self.keys.pending(kind);
-        self.with_conn(|mut c| async move { c.llen(key).await }).await
+        self.with_conn(|mut c| async move { c.llen(key).await })
+            .await
     }
 
     /// Claims up to `max` records of `kind` under a lease of `lease`.
     /// Returns `None` when nothing is pending.
-    pub async fn claim(&self, kind: Kind, max: usize, lease: Duration) -> Result<Option<Claimed>, BufferError> {
-        let key = self.keys.processing(kind, &uuid::Uuid::new_v4().simple().to_string());
+    pub async fn claim(
+        &self,
+        kind: Kind,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Option<Claimed>, BufferError> {
+        let key = self
+            .keys
+            .processing(kind, &uuid::Uuid::new_v4().simple().to_string());
         let deadline = now_ms() + lease.as_millis() as i64;
         let pending = self.keys.pending(kind);
         let leases = self.keys.leases();
         let k = key.clone();
         let records: Vec<Vec<u8>> = self
             .with_conn(|mut c| async move {
-                self.scripts.claim.key(pending).key(k).key(leases).arg(max).arg(deadline).invoke_async(&mut c).await
+                self.scripts
+                    .claim
+                    .key(pending)
+                    .key(k)
+                    .key(leases)
+                    .arg(max)
+                    .arg(deadline)
+                    .invoke_async(&mut c)
+                    .await
             })
             .await?;
         Ok((!records.is_empty()).then_some(Claimed { kind, key, records }))
@@ -293,7 +348,13 @@ impl Buffer {
         let key = batch.key.clone();
         let held: i64 = self
             .with_conn(|mut c| async move {
-                self.scripts.renew.key(leases).arg(key).arg(deadline).invoke_async(&mut c).await
+                self.scripts
+                    .renew
+                    .key(leases)
+                    .arg(key)
+                    .arg(deadline)
+                    .invoke_async(&mut c)
+                    .await
             })
             .await?;
         Ok(held == 1)
@@ -335,18 +396,35 @@ impl Buffer {
         let pending = self.keys.pending(batch.kind);
         let key = batch.key.clone();
         self.with_conn(|mut c| async move {
-            self.scripts.release.key(leases).key(key).key(pending).invoke_async(&mut c).await
+            self.scripts
+                .release
+                .key(leases)
+                .key(key)
+                .key(pending)
+                .invoke_async(&mut c)
+                .await
         })
         .await
     }
 
     /// Recovers up to `max_batches` batches whose lease expired before `now_ms`.
     /// Returns `(batches, records)` moved back to their pending lists.
-    pub async fn recover_expired(&self, now_ms: i64, max_batches: u32) -> Result<(u64, u64), BufferError> {
+    pub async fn recover_expired(
+        &self,
+        now_ms: i64,
+        max_batches: u32,
+    ) -> Result<(u64, u64), BufferError> {
         let leases = self.keys.leases();
         let prefix = self.keys.prefix().to_string();
         self.with_conn(|mut c| async move {
-            self.scripts.recover.key(leases).arg(now_ms).arg(prefix).arg(max_batches).invoke_async(&mut c).await
+            self.scripts
+                .recover
+                .key(leases)
+                .arg(now_ms)
+                .arg(prefix)
+                .arg(max_batches)
+                .invoke_async(&mut c)
+                .await
         })
         .await
     }

@@ -158,12 +158,21 @@ impl FlushHandle {
 impl Flusher {
     /// A flusher over `buffer` writing to `pool`.
     pub fn new(buffer: Buffer, pool: MySqlPool, settings: FlushSettings) -> Self {
-        Self { buffer, pool, settings, wake: Arc::new(Notify::new()), generation: watch::Sender::new(0) }
+        Self {
+            buffer,
+            pool,
+            settings,
+            wake: Arc::new(Notify::new()),
+            generation: watch::Sender::new(0),
+        }
     }
 
     /// A handle for the request path.
     pub fn handle(&self) -> FlushHandle {
-        FlushHandle { wake: self.wake.clone(), generation: self.generation.subscribe() }
+        FlushHandle {
+            wake: self.wake.clone(),
+            generation: self.generation.subscribe(),
+        }
     }
 
     /// The settings in force.
@@ -182,7 +191,11 @@ impl Flusher {
         for kind in Kind::ALL {
             let mut budget = self.buffer.pending_len(kind).await?;
             while budget > 0 {
-                let Some(batch) = self.buffer.claim(kind, self.settings.batch_size(kind), self.settings.lease).await? else {
+                let Some(batch) = self
+                    .buffer
+                    .claim(kind, self.settings.batch_size(kind), self.settings.lease)
+                    .await?
+                else {
                     break;
                 };
                 budget = budget.saturating_sub(batch.records.len() as u64);
@@ -210,7 +223,10 @@ impl Flusher {
                 return Err(FlushError::Timeout);
             }
         };
-        let mut report = FlushReport { batches: 1, ..Default::default() };
+        let mut report = FlushReport {
+            batches: 1,
+            ..Default::default()
+        };
         let mut deferred: Vec<&[u8]> = Vec::new();
         let mut dead: Vec<String> = Vec::new();
         for (raw, d) in batch.records.iter().zip(&dispositions) {
@@ -237,7 +253,12 @@ impl Flusher {
             tracing::warn!(key = %batch.key, "lease lost before acknowledgement; the recovered copy will be written again idempotently");
             report.lost_leases = 1;
         }
-        tracing::debug!(kind = batch.kind.as_str(), records = batch.records.len(), elapsed_ms = started.elapsed().as_millis() as u64, "batch flushed");
+        tracing::debug!(
+            kind = batch.kind.as_str(),
+            records = batch.records.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch flushed"
+        );
         Ok(report)
     }
 
@@ -279,14 +300,19 @@ impl Flusher {
             }
         }
         if total.0 > 0 {
-            tracing::warn!(batches = total.0, records = total.1, "recovered batches from expired leases");
+            tracing::warn!(
+                batches = total.0,
+                records = total.1,
+                "recovered batches from expired leases"
+            );
         }
         Ok(total)
     }
 
     /// Pending records in both queues.
     pub async fn pending(&self) -> Result<u64, BufferError> {
-        Ok(self.buffer.pending_len(Kind::Chats).await? + self.buffer.pending_len(Kind::Messages).await?)
+        Ok(self.buffer.pending_len(Kind::Chats).await?
+            + self.buffer.pending_len(Kind::Messages).await?)
     }
 
     /// Runs until `shutdown`, then drains what is pending (within
@@ -297,9 +323,11 @@ impl Flusher {
             tracing::warn!(error = %e, "start-up recovery failed; will retry");
         }
         let start = tokio::time::Instant::now();
-        let mut timer = tokio::time::interval_at(start + self.settings.interval, self.settings.interval);
+        let mut timer =
+            tokio::time::interval_at(start + self.settings.interval, self.settings.interval);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut recovery = tokio::time::interval_at(start + self.settings.lease, self.settings.lease);
+        let mut recovery =
+            tokio::time::interval_at(start + self.settings.lease, self.settings.lease);
         recovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff = new_backoff();
         loop {
@@ -341,7 +369,9 @@ impl Flusher {
                 let step = match result {
                     // Only deferrals left (messages waiting for a chat that is
                     // not coming): nothing more a drain can do.
-                    Ok(r) if r.written + r.dropped + r.dead_lettered == 0 && r.batches > 0 => return,
+                    Ok(r) if r.written + r.dropped + r.dead_lettered == 0 && r.batches > 0 => {
+                        return;
+                    }
                     Ok(_) => self.pending().await.map_err(FlushError::from),
                     Err(e) => Err(e),
                 };
@@ -358,7 +388,9 @@ impl Flusher {
         .await;
         match drained {
             Ok(()) => tracing::info!("buffer drained"),
-            Err(_) => tracing::error!("shutdown timeout passed before the buffer drained; the rest stays in Redis for the next instance"),
+            Err(_) => tracing::error!(
+                "shutdown timeout passed before the buffer drained; the rest stays in Redis for the next instance"
+            ),
         }
     }
 }
@@ -374,7 +406,10 @@ fn new_backoff() -> impl Iterator<Item = Duration> {
 
 /// Decodes each raw record; returns the decoded ones and, per input slot,
 /// either the index into them or the decode error.
-fn decode_all<T>(raw: &[Vec<u8>], decode: fn(&[u8]) -> Result<T, DecodeError>) -> (Vec<T>, Vec<Result<usize, DecodeError>>) {
+fn decode_all<T>(
+    raw: &[Vec<u8>],
+    decode: fn(&[u8]) -> Result<T, DecodeError>,
+) -> (Vec<T>, Vec<Result<usize, DecodeError>>) {
     let mut records = Vec::with_capacity(raw.len());
     let slots = raw
         .iter()

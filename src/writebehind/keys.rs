@@ -33,7 +33,9 @@ pub struct Keys {
 impl Keys {
     /// Keys under `prefix` (for example `chat:`).
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        Self {
+            prefix: prefix.into(),
+        }
     }
 
     /// The prefix itself.

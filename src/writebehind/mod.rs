@@ -96,7 +96,10 @@ impl WriteBehind {
                     if pending >= self.chat_batch_size {
                         self.flush.wake();
                     }
-                    return Ok(Some(Allocated { number, created_at_ms }));
+                    return Ok(Some(Allocated {
+                        number,
+                        created_at_ms,
+                    }));
                 }
                 Enqueue::Deleted => return Ok(None),
                 Enqueue::AppMiss => {
@@ -105,27 +108,42 @@ impl WriteBehind {
                     }
                 }
                 Enqueue::CounterMiss { application_id } => {
-                    let last = store::applications::last_chat_number(&self.pool, application_id).await?;
+                    let last =
+                        store::applications::last_chat_number(&self.pool, application_id).await?;
                     self.buffer.seed_chat_counter(token, last).await?;
                 }
             }
         }
-        Err(BufferError::Unavailable("the Redis cache was evicted while seeding it".into()))
+        Err(BufferError::Unavailable(
+            "the Redis cache was evicted while seeding it".into(),
+        ))
     }
 
     /// Allocates the next message number of chat `chat_number` of the
     /// application `token` and queues the message. Returns `None` when the
     /// application or the chat does not exist (a chat still buffered exists).
     /// Errors: buffer full, Redis or MariaDB unavailable.
-    pub async fn create_message(&self, token: &str, chat_number: i64, body: &str) -> Result<Option<Allocated>, BufferError> {
+    pub async fn create_message(
+        &self,
+        token: &str,
+        chat_number: i64,
+        body: &str,
+    ) -> Result<Option<Allocated>, BufferError> {
         for _ in 0..MAX_SEED_ROUNDS {
             let created_at_ms = now_ms();
-            match self.buffer.enqueue_message(token, chat_number, created_at_ms, body).await? {
+            match self
+                .buffer
+                .enqueue_message(token, chat_number, created_at_ms, body)
+                .await?
+            {
                 Enqueue::Queued { number, pending } => {
                     if pending >= self.message_batch_size {
                         self.flush.wake();
                     }
-                    return Ok(Some(Allocated { number, created_at_ms }));
+                    return Ok(Some(Allocated {
+                        number,
+                        created_at_ms,
+                    }));
                 }
                 Enqueue::Deleted => return Ok(None),
                 Enqueue::AppMiss => {
@@ -134,14 +152,21 @@ impl WriteBehind {
                     }
                 }
                 Enqueue::CounterMiss { application_id } => {
-                    let Some(last) = store::chats::last_message_number(&self.pool, application_id, chat_number).await? else {
+                    let Some(last) =
+                        store::chats::last_message_number(&self.pool, application_id, chat_number)
+                            .await?
+                    else {
                         return Ok(None);
                     };
-                    self.buffer.seed_message_counter(token, chat_number, last).await?;
+                    self.buffer
+                        .seed_message_counter(token, chat_number, last)
+                        .await?;
                 }
             }
         }
-        Err(BufferError::Unavailable("the Redis cache was evicted while seeding it".into()))
+        Err(BufferError::Unavailable(
+            "the Redis cache was evicted while seeding it".into(),
+        ))
     }
 
     /// Caches the application's id; false when no such application.
@@ -162,7 +187,11 @@ impl WriteBehind {
     /// Returns `Ok(None)` when the record does not exist. Errors: a lookup
     /// error, or [`BufferError::NotYetStored`] when the flush did not store it
     /// in time (the caller answers 503).
-    pub async fn await_stored<T, F, Fut>(&self, is_buffered: bool, mut lookup: F) -> Result<Option<T>, BufferError>
+    pub async fn await_stored<T, F, Fut>(
+        &self,
+        is_buffered: bool,
+        mut lookup: F,
+    ) -> Result<Option<T>, BufferError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = sqlx::Result<Option<T>>>,
@@ -176,7 +205,9 @@ impl WriteBehind {
             if left.is_zero() {
                 return Err(BufferError::NotYetStored);
             }
-            self.flush.flush_and_wait(left.min(Duration::from_millis(500))).await;
+            self.flush
+                .flush_and_wait(left.min(Duration::from_millis(500)))
+                .await;
             if let Some(found) = lookup().await? {
                 return Ok(Some(found));
             }

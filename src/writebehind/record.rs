@@ -79,8 +79,15 @@ impl MessageRecord {
         let number = field(&mut it, "number")?;
         let created_at_ms = field(&mut it, "created_at_ms")?;
         let body = it.next().ok_or(DecodeError("body"))?;
-        let body = String::from_utf8(body.to_vec()).map_err(|_| DecodeError("body is not UTF-8"))?;
-        Ok(Self { application_id, chat_number, number, created_at_ms, body })
+        let body =
+            String::from_utf8(body.to_vec()).map_err(|_| DecodeError("body is not UTF-8"))?;
+        Ok(Self {
+            application_id,
+            chat_number,
+            number,
+            created_at_ms,
+            body,
+        })
     }
 
     /// Creation time as a UTC timestamp.

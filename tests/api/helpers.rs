@@ -1,0 +1,280 @@
+//! `spawn_app()`: the real service on a random port, against its own
+//! MariaDB database and its own Redis key prefix, cleaned up on drop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_api::config::Config;
+use chat_api::startup::Application;
+use chat_api::writebehind::{Buffer, Flusher};
+use clap::Parser;
+use serde_json::{Value, json};
+use sqlx::MySqlPool;
+use tokio_util::sync::CancellationToken;
+
+/// MariaDB server the tests create their databases on.
+pub fn admin_url() -> String {
+    std::env::var("TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+/// Redis the tests use.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+#[derive(Parser)]
+struct Wrapper {
+    #[command(flatten)]
+    config: Config,
+}
+
+/// A test configuration: own database and prefix, port 0, and a flush
+/// timer of an hour so that tests decide when to flush.
+pub fn test_config() -> Config {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut config = Wrapper::parse_from(["test"]).config;
+    config.database_url = format!("{}/chat_test_{}", admin_url(), &id[..16]);
+    config.redis_url = redis_url();
+    config.redis_key_prefix = format!("test:{id}:");
+    config.bind_addr = "127.0.0.1:0".parse().unwrap();
+    config.flush_interval = Duration::from_secs(3600);
+    config.database_max_connections = 5;
+    config
+}
+
+/// A running service.
+pub struct TestApp {
+    /// `http://127.0.0.1:{port}`
+    pub address: String,
+    /// HTTP client.
+    pub client: reqwest::Client,
+    /// The service's MariaDB pool.
+    pub pool: MySqlPool,
+    /// The service's flusher (call `flush_once` to flush now).
+    pub flusher: Arc<Flusher>,
+    /// The service's buffer.
+    pub buffer: Buffer,
+    /// Its configuration.
+    pub config: Config,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    cleanup: bool,
+}
+
+/// Starts the service with the default test configuration.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the service after `tweak` changed the test configuration.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = test_config();
+    tweak(&mut config);
+    spawn_config(config, true).await
+}
+
+/// Starts the service with exactly `config`; `cleanup` drops the database and
+/// keys when the returned app is dropped.
+pub async fn spawn_config(config: Config, cleanup: bool) -> TestApp {
+    chat_api::telemetry::init();
+    let app = Application::build(config.clone(), true)
+        .await
+        .expect("the service builds");
+    let address = format!("http://{}", app.addr());
+    let pool = app.state().pool.clone();
+    let buffer = app.state().wb.buffer().clone();
+    let flusher = app.flusher();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(app.run_until(shutdown.clone()));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        pool,
+        flusher,
+        buffer,
+        config,
+        shutdown,
+        server: Some(server),
+        cleanup,
+    }
+}
+
+impl TestApp {
+    /// `{address}/api/v1{path}`
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.address)
+    }
+
+    /// POST JSON.
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// PUT JSON.
+    pub async fn put(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .put(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// DELETE.
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Creates an application and returns its token.
+    pub async fn create_app(&self, name: &str) -> String {
+        let r = self.post("/applications", json!({ "name": name })).await;
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Creates a chat and returns its number.
+    pub async fn create_chat(&self, token: &str) -> i64 {
+        let r = self
+            .post(&format!("/applications/{token}/chats"), json!({}))
+            .await;
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+        r.json::<Value>().await.unwrap()["number"].as_i64().unwrap()
+    }
+
+    /// Creates a message and returns its number.
+    pub async fn create_message(&self, token: &str, chat: i64, body: &str) -> i64 {
+        let r = self
+            .post(
+                &format!("/applications/{token}/chats/{chat}/messages"),
+                json!({ "body": body }),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+        r.json::<Value>().await.unwrap()["number"].as_i64().unwrap()
+    }
+
+    /// Flushes until both queues are empty.
+    pub async fn flush(&self) -> chat_api::writebehind::FlushReport {
+        let mut total = chat_api::writebehind::FlushReport::default();
+        for _ in 0..20 {
+            total += self.flusher.flush_once().await.expect("flush");
+            if self.flusher.pending().await.unwrap() == 0 {
+                break;
+            }
+        }
+        total
+    }
+
+    /// Stored (live and deleted) message rows of the application's chat:
+    /// `(number, body)` by number.
+    pub async fn stored_messages(&self, token: &str, chat: i64) -> Vec<(i64, String)> {
+        sqlx::query_as(
+            "SELECT m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id \
+             JOIN applications a ON a.id = c.application_id WHERE a.token = ? AND c.number = ? ORDER BY m.number",
+        )
+        .bind(token)
+        .bind(chat)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Number of rows in `table`.
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Asks the service to stop (as SIGTERM does) and waits for it to drain.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(s) = self.server.take() {
+            s.await.expect("server task").expect("server result");
+        }
+    }
+
+    /// Polls `check` every 50 ms until it holds or `within` passes.
+    pub async fn eventually<F, Fut>(&self, within: Duration, mut check: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if check().await {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if !self.cleanup {
+            return;
+        }
+        let db_url = self.config.database_url.clone();
+        let redis = self.config.redis_url.clone();
+        let prefix = self.config.redis_key_prefix.clone();
+        // Drop may run inside the test's runtime, so clean up from a thread
+        // with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let name = db_url.rsplit('/').next().unwrap_or_default().to_string();
+                if let Ok(pool) = MySqlPool::connect(&admin_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS `{name}`"
+                    )))
+                    .execute(&pool)
+                    .await;
+                }
+                if let Ok(client) = redis::Client::open(redis.as_str())
+                    && let Ok(mut c) = client.get_multiplexed_async_connection().await
+                {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{prefix}*"))
+                        .query_async(&mut c)
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: Result<(), _> =
+                            redis::cmd("DEL").arg(keys).query_async(&mut c).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real service over real HTTP, against real MariaDB
+//! and Redis (one database and key prefix per test, so they run in parallel).
+
+mod applications;
+mod chats;
+mod helpers;
+mod messages;
+mod openapi;
+mod writebehind;

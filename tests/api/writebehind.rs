@@ -1,0 +1,326 @@
+//! The write-behind invariants: triggers, leases, backpressure, shutdown,
+//! cold caches, dead letters, several flushers.
+
+use std::time::Duration;
+
+use chat_api::writebehind::Kind;
+use chat_api::writebehind::record::MessageRecord;
+use serde_json::{Value, json};
+
+use crate::helpers::{spawn_app, spawn_app_with, spawn_config};
+
+#[tokio::test]
+async fn reaching_the_batch_size_flushes_without_the_timer() {
+    let app = spawn_app_with(|c| c.message_batch_size = 10.try_into().unwrap()).await;
+    let t = app.create_app("a").await;
+    let c = app.create_chat(&t).await;
+    for i in 0..9 {
+        app.create_message(&t, c, &format!("m{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.count("messages").await,
+        0,
+        "below the batch size nothing is flushed"
+    );
+    app.create_message(&t, c, "the tenth").await;
+    let flushed = app
+        .eventually(Duration::from_secs(5), || async {
+            app.count("messages").await == 10
+        })
+        .await;
+    assert!(flushed, "the tenth message woke the flusher");
+}
+
+#[tokio::test]
+async fn the_timer_flushes_below_the_batch_size() {
+    let app = spawn_app_with(|c| c.flush_interval = Duration::from_secs(1)).await;
+    let t = app.create_app("a").await;
+    let c = app.create_chat(&t).await;
+    app.create_message(&t, c, "only one").await;
+    assert_eq!(app.count("messages").await, 0);
+    let flushed = app
+        .eventually(Duration::from_secs(4), || async {
+            app.count("messages").await == 1
+        })
+        .await;
+    assert!(flushed, "the one-second timer flushed the lone message");
+    assert_eq!(app.count("chats").await, 1);
+}
+
+#[tokio::test]
+async fn a_batch_whose_flusher_died_is_written_exactly_once_by_another() {
+    let app = spawn_app().await;
+    let t = app.create_app("a").await;
+    let c = app.create_chat(&t).await;
+    for i in 1..=20 {
+        app.create_message(&t, c, &format!("m{i}")).await;
+    }
+    app.flusher.flush_once().await.unwrap();
+    assert_eq!(app.count("messages").await, 20);
+    for i in 21..=30 {
+        app.create_message(&t, c, &format!("m{i}")).await;
+    }
+
+    // A "dead" flusher claims a batch with a short lease, writes half of it
+    // (as if it died between COMMIT and its acknowledgement), and never acks.
+    let batch = app
+        .buffer
+        .claim(Kind::Messages, 100, Duration::from_millis(200))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.records.len(), 10);
+    let records: Vec<MessageRecord> = batch
+        .records
+        .iter()
+        .map(|r| MessageRecord::decode(r).unwrap())
+        .collect();
+    chat_api::store::bulk::write_messages(&app.pool, &records[..5], 0)
+        .await
+        .unwrap();
+    assert_eq!(app.count("messages").await, 25);
+
+    // While the lease runs, nobody else takes the batch.
+    assert_eq!(app.flusher.recover_once().await.unwrap(), (0, 0));
+    assert_eq!(app.flusher.flush_once().await.unwrap().written, 0);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.flusher.recover_once().await.unwrap(), (1, 10));
+    let report = app.flusher.flush_once().await.unwrap();
+    assert_eq!(report.written, 10);
+    // The dead flusher's late acknowledgement is refused.
+    assert!(!app.buffer.ack(&batch, &[], &[]).await.unwrap());
+
+    let stored = app.stored_messages(&t, c).await;
+    let expected: Vec<(i64, String)> = (1..=30).map(|i| (i, format!("m{i}"))).collect();
+    assert_eq!(stored, expected, "each record exactly once");
+}
+
+#[tokio::test]
+async fn a_full_buffer_answers_503_with_retry_after() {
+    let app = spawn_app_with(|c| c.max_pending = 5).await;
+    let t = app.create_app("a").await;
+    let c = app.create_chat(&t).await;
+    for i in 0..5 {
+        app.create_message(&t, c, &format!("m{i}")).await;
+    }
+    let r = app
+        .post(
+            &format!("/applications/{t}/chats/{c}/messages"),
+            json!({ "body": "one too many" }),
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    assert!(
+        r.json::<Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("full")
+    );
+
+    app.flush().await;
+    assert_eq!(
+        app.create_message(&t, c, "room again").await,
+        6,
+        "no number was spent on the refused request"
+    );
+    app.flush().await;
+    assert_eq!(app.stored_messages(&t, c).await.len(), 6);
+}
+
+#[tokio::test]
+async fn shutdown_flushes_what_is_pending() {
+    let mut app = spawn_app().await;
+    let t = app.create_app("a").await;
+    let c = app.create_chat(&t).await;
+    for i in 0..50 {
+        app.create_message(&t, c, &format!("m{i}")).await;
+    }
+    assert_eq!(app.count("messages").await, 0);
+    app.stop().await;
+    assert_eq!(app.count("chats").await, 1);
+    assert_eq!(app.count("messages").await, 50);
+}
+
+#[tokio::test]
+async fn counters_survive_a_cold_redis() {
+    let app = spawn_app().await;
+    let t = app.create_app("a").await;
+    let c1 = app.create_chat(&t).await;
+    let c2 = app.create_chat(&t).await;
+    for i in 1..=3 {
+        app.create_message(&t, c1, &format!("m{i}")).await;
+    }
+    app.flush().await;
+    assert_eq!(
+        app.delete(&format!("/applications/{t}/chats/{c1}/messages/3"))
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(
+        app.delete(&format!("/applications/{t}/chats/{c2}"))
+            .await
+            .status(),
+        204
+    );
+
+    // Redis loses everything (a restart without persistence).
+    app.buffer.delete_all_keys().await.unwrap();
+
+    assert_eq!(
+        app.create_message(&t, c1, "after").await,
+        4,
+        "seeded from the highest number, deleted ones included"
+    );
+    assert_eq!(
+        app.create_chat(&t).await,
+        3,
+        "deleted chat 2 keeps its number"
+    );
+    let r = app
+        .post(
+            &format!("/applications/{t}/chats/{c2}/messages"),
+            json!({ "body": "x" }),
+        )
+        .await;
+    assert_eq!(r.status(), 404, "a deleted chat stays deleted");
+    app.flush().await;
+    assert_eq!(
+        app.stored_messages(&t, c1).await.last().unwrap(),
+        &(4, "after".to_string())
+    );
+}
+
+#[tokio::test]
+async fn an_undecodable_record_is_dead_lettered_and_does_not_block_the_queue() {
+    let app = spawn_app().await;
+    let t = app.create_app("a").await;
+    let c = app.create_chat(&t).await;
+    app.create_message(&t, c, "before").await;
+    let mut conn = app.buffer.pool().get().await.unwrap().clone();
+    let _: () = redis::cmd("RPUSH")
+        .arg(app.buffer.keys().pending(Kind::Messages))
+        .arg("garbage")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    app.create_message(&t, c, "after").await;
+
+    let report = app.flush().await;
+    assert_eq!(report.dead_lettered, 1);
+    assert_eq!(
+        app.stored_messages(&t, c).await,
+        vec![(1, "before".into()), (2, "after".into())]
+    );
+    let dead: Vec<String> = redis::cmd("LRANGE")
+        .arg(app.buffer.keys().dead_letter(Kind::Messages))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    let entry: Value = serde_json::from_str(&dead[0]).unwrap();
+    assert_eq!(entry["record"], "garbage");
+    assert!(entry["reason"].as_str().unwrap().contains("undecodable"));
+}
+
+#[tokio::test]
+async fn two_instances_share_the_work_without_duplicates() {
+    let a = spawn_app().await;
+    let mut config = a.config.clone();
+    config.bind_addr = "127.0.0.1:0".parse().unwrap();
+    let b = spawn_config(config, false).await;
+    let t = a.create_app("shared").await;
+    let c1 = a.create_chat(&t).await;
+    let c2 = b.create_chat(&t).await;
+    assert_eq!((c1, c2), (1, 2), "one counter across instances");
+
+    // Both instances allocate concurrently, in two chats.
+    let posts = (0..200).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let chat = if i % 3 == 0 { c1 } else { c2 };
+        let t = t.clone();
+        async move { (chat, app.create_message(&t, chat, &format!("b{i}")).await) }
+    });
+    let numbers = futures::future::join_all(posts).await;
+    for chat in [c1, c2] {
+        let mut got: Vec<i64> = numbers
+            .iter()
+            .filter(|(c, _)| *c == chat)
+            .map(|(_, n)| *n)
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            (1..=got.len() as i64).collect::<Vec<_>>(),
+            "gapless in chat {chat}"
+        );
+    }
+    let (ra, rb) = tokio::join!(a.flusher.flush_once(), b.flusher.flush_once());
+    let written = ra.unwrap().written + rb.unwrap().written;
+    a.flush().await;
+    assert!(written <= 202);
+    assert_eq!(a.count("messages").await, 200);
+    assert_eq!(a.count("chats").await, 2);
+    let dupes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT chat_id, number FROM messages GROUP BY chat_id, number HAVING COUNT(*) > 1) d")
+        .fetch_one(&a.pool)
+        .await
+        .unwrap();
+    assert_eq!(dupes, 0);
+}
+
+#[tokio::test]
+async fn redis_down_answers_503_promptly_and_reads_still_work() {
+    let app = spawn_app().await;
+    let t = app.create_app("a").await;
+    let c = app.create_chat(&t).await;
+    app.create_message(&t, c, "stored").await;
+    app.flush().await;
+
+    // A second instance on the same database whose Redis is unreachable.
+    let mut config = app.config.clone();
+    config.redis_url = "redis://127.0.0.1:1".into();
+    config.redis_timeout_ms = 500;
+    let down = spawn_config(config, false).await;
+    let started = std::time::Instant::now();
+    let r = down
+        .post(
+            &format!("/applications/{t}/chats/{c}/messages"),
+            json!({ "body": "x" }),
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(started.elapsed() < Duration::from_secs(3), "no hang");
+    assert_eq!(down.get(&format!("/applications/{t}")).await.status(), 200);
+    let m: Value = down
+        .get(&format!("/applications/{t}/chats/{c}/messages/1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["body"], "stored");
+    let ready = down
+        .client
+        .get(format!("{}/health/ready", down.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready = app
+        .client
+        .get(format!("{}/health/ready", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}
