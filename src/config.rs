@@ -89,6 +89,30 @@ pub struct Config {
     #[arg(long, env = "READ_YOUR_WRITES_TIMEOUT_MS", default_value_t = 5000)]
     pub read_your_writes_timeout_ms: u64,
 
+    /// When to refresh `chats_count` and `messages_count`: a cron expression
+    /// with six fields, seconds first (default: every minute).
+    #[arg(long, env = "COUNTS_REFRESH_CRON", default_value = "0 * * * * *", value_parser = parse_cron)]
+    pub counts_refresh_cron: cron::Schedule,
+
+    /// Ids per counts UPDATE statement.
+    #[arg(long, env = "COUNTS_BATCH_SIZE", default_value = "500")]
+    pub counts_batch_size: NonZeroUsize,
+
+    /// Requests per minute allowed to one client IP; 0 disables the limit.
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 600)]
+    pub rate_limit_per_minute: u32,
+
+    /// Requests one client IP may send at once before the per-minute rate
+    /// applies (the bucket size).
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 100)]
+    pub rate_limit_burst: u32,
+
+    /// Comma-separated CIDRs of reverse proxies whose `X-Forwarded-For` is
+    /// trusted (for example `10.0.0.0/8,127.0.0.1/32`). Empty: trust none,
+    /// and the client IP is the socket's peer address.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = parse_cidrs)]
+    pub trusted_proxies: TrustedProxies,
+
     /// Seconds the service gives itself on SIGTERM/Ctrl-C to drain the buffer.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value = "30", value_parser = parse_nonzero_secs)]
     pub shutdown_timeout: Duration,
@@ -116,4 +140,36 @@ fn parse_nonzero_secs(s: &str) -> Result<Duration, String> {
         return Err("must be at least 1 second".into());
     }
     Ok(Duration::from_secs(secs))
+}
+
+/// Parses a six-field cron expression (seconds first), as the `cron` crate does.
+fn parse_cron(s: &str) -> Result<cron::Schedule, String> {
+    use std::str::FromStr;
+    cron::Schedule::from_str(s.trim()).map_err(|e| {
+        format!("not a six-field cron expression (sec min hour day month weekday): {e}")
+    })
+}
+
+/// The proxies whose `X-Forwarded-For` header is believed.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Whether `ip` is one of the trusted proxies.
+    pub fn contains(&self, ip: &std::net::IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(ip))
+    }
+}
+
+/// Parses comma-separated CIDRs; a bare address means that one host.
+fn parse_cidrs(s: &str) -> Result<TrustedProxies, String> {
+    let mut nets = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let net = part
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| part.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| format!("`{part}` is not a CIDR (like 10.0.0.0/8) or an IP address"))?;
+        nets.push(net);
+    }
+    Ok(TrustedProxies(nets))
 }

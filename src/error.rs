@@ -40,13 +40,30 @@ pub enum ApiError {
     /// out-of-range page or per_page).
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
-    /// 429: the client's IP is over its rate limit; retry after the given seconds.
+    /// 429: the client's IP is over its rate limit (`RATE_LIMIT_PER_MINUTE`);
+    /// retry after `Retry-After` seconds.
     #[oai(status = 429)]
-    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+    TooManyRequests(
+        Json<ErrorBody>,
+        /// Whole seconds to wait, rounded up.
+        #[oai(header = "Retry-After")]
+        u64,
+        /// Requests allowed per minute.
+        #[oai(header = "X-RateLimit-Limit")]
+        u32,
+        /// Requests left in the burst (0 here).
+        #[oai(header = "X-RateLimit-Remaining")]
+        u32,
+    ),
     /// 503: the write buffer is full, or Redis or MariaDB cannot be reached;
     /// retry after the given number of seconds.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+    Unavailable(
+        Json<ErrorBody>,
+        /// Whole seconds to wait before retrying.
+        #[oai(header = "Retry-After")]
+        u64,
+    ),
     /// 500: a fault of the service; the cause is logged, not sent.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
@@ -94,6 +111,7 @@ impl From<crate::writebehind::BufferError> for ApiError {
         use crate::writebehind::BufferError;
         match err {
             BufferError::Full { retry_after_secs } => {
+                crate::telemetry::metrics::backpressure_rejected();
                 Self::unavailable("the write buffer is full; retry later", retry_after_secs)
             }
             BufferError::Unavailable(cause) => {

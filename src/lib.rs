@@ -17,6 +17,7 @@
 //! - [`writebehind`]: the core: allocate+enqueue scripts, claim / lease /
 //!   acknowledge, the flusher, recovery and dead letters.
 //! - [`store`]: MariaDB queries, bulk inserts included.
+//! - [`jobs`]: scheduled work (the counts refresh).
 //! - [`startup`]: building and running the service, graceful shutdown.
 //! - [`telemetry`] sets up structured logs.
 
@@ -24,6 +25,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use bb8_redis::RedisConnectionManager;
@@ -11,8 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::http::ratelimit::{self, RateLimit};
 use crate::http::{self, AppState};
+use crate::jobs::counts::{CountsRefresher, DirtyMarks};
 use crate::store;
+use crate::writebehind::Kind;
 use crate::writebehind::flusher::FlushSettings;
 use crate::writebehind::keys::Keys;
 use crate::writebehind::{Buffer, Flusher, WriteBehind};
@@ -29,6 +33,7 @@ pub struct Application {
     acceptor: poem::listener::TcpAcceptor,
     state: AppState,
     flusher: Arc<Flusher>,
+    counts: Arc<CountsRefresher>,
 }
 
 /// Opens the Redis pool (lazily: the service starts while Redis is down).
@@ -66,7 +71,9 @@ impl Application {
                 .await
                 .context("could not run migrations")?;
         }
+        crate::telemetry::metrics::install();
         let redis = redis_pool(&config)?;
+        let marks = DirtyMarks::new(redis.clone(), config.redis_key_prefix.clone());
         let buffer = Buffer::new(
             redis,
             Keys::new(config.redis_key_prefix.clone()),
@@ -76,8 +83,30 @@ impl Application {
         let flusher = Arc::new(Flusher::new(
             buffer.clone(),
             pool.clone(),
+            marks.clone(),
             flush_settings(&config),
         ));
+        let counts = Arc::new(CountsRefresher::new(
+            marks.clone(),
+            pool.clone(),
+            config.counts_batch_size.get(),
+            config.lease,
+        ));
+        let rate_limit = RateLimit::new(
+            config.rate_limit_per_minute,
+            config.rate_limit_burst,
+            config.trusted_proxies.clone(),
+        );
+        if config.rate_limit_per_minute == 0 {
+            tracing::warn!("rate limit disabled (RATE_LIMIT_PER_MINUTE=0)");
+        } else {
+            tracing::info!(
+                per_minute = config.rate_limit_per_minute,
+                burst = config.rate_limit_burst,
+                trusted_proxies = ?config.trusted_proxies.0,
+                "rate limit per client IP"
+            );
+        }
         let wb = WriteBehind::new(
             buffer,
             pool.clone(),
@@ -99,12 +128,15 @@ impl Application {
             pool,
             wb,
             config: Arc::new(config),
+            marks,
+            rate_limit,
         };
         Ok(Self {
             addr,
             acceptor,
             state,
             flusher,
+            counts,
         })
     }
 
@@ -123,12 +155,41 @@ impl Application {
         self.flusher.clone()
     }
 
+    /// The counts refresher (tests call `refresh_counts_once` on it directly).
+    pub fn counts(&self) -> Arc<CountsRefresher> {
+        self.counts.clone()
+    }
+
     /// Serves until `shutdown` is cancelled; then stops accepting, finishes
     /// in-flight requests, drains the buffer and returns.
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tasks = TaskTracker::new();
         let flusher_stop = CancellationToken::new();
         tasks.spawn(self.flusher.clone().run(flusher_stop.clone()));
+        let jobs_stop = CancellationToken::new();
+        let schedule = self.state.config.counts_refresh_cron.clone();
+        let counts = self.counts.clone();
+        let stop = jobs_stop.clone();
+        tasks.spawn(async move { counts.run(schedule, stop).await });
+        if let Some(limiter) = self.state.rate_limit.limiter() {
+            tasks.spawn(every(
+                Duration::from_secs(60),
+                jobs_stop.clone(),
+                move || {
+                    let limiter = limiter.clone();
+                    async move {
+                        let tracked = ratelimit::prune(&limiter);
+                        tracing::debug!(tracked, "rate-limit state pruned");
+                    }
+                },
+            ));
+        }
+        let buffer = self.state.wb.buffer().clone();
+        tasks.spawn(every(
+            Duration::from_secs(5),
+            jobs_stop.clone(),
+            move || sample_queues(buffer.clone()),
+        ));
         tracing::info!(addr = %self.addr, "serving");
         let server = poem::Server::new_with_acceptor(self.acceptor);
         let result = server
@@ -139,11 +200,41 @@ impl Application {
             )
             .await;
         // Requests are done: no more records can arrive from this instance.
+        jobs_stop.cancel();
         flusher_stop.cancel();
         tasks.close();
         tasks.wait().await;
         tracing::info!("stopped");
         result.context("HTTP server failed")
+    }
+}
+
+/// Runs `step` every `period` until `stop`.
+async fn every<F, Fut>(period: Duration, stop: CancellationToken, mut step: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => step().await,
+        }
+    }
+}
+
+/// Publishes the depth and oldest age of each queue as gauges.
+async fn sample_queues(buffer: Buffer) {
+    for kind in Kind::ALL {
+        if let Ok((len, oldest)) = buffer.queue_stats(kind).await {
+            let age = oldest.map_or(0, |ms| (crate::writebehind::now_ms() - ms).max(0));
+            crate::telemetry::metrics::queue_sampled(
+                kind.as_str(),
+                len,
+                Duration::from_millis(age as u64),
+            );
+        }
     }
 }
 

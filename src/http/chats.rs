@@ -110,6 +110,9 @@ impl ChatsApi {
         {
             tracing::warn!(error = %e, "could not tombstone a deleted chat in Redis");
         }
+        if let Err(e) = state.marks.mark(&[app.id], &[]).await {
+            tracing::warn!(error = %e, "could not mark the application's chats_count dirty");
+        }
         Ok(Deleted::NoContent)
     }
 }

@@ -160,6 +160,9 @@ impl MessagesApi {
         let chat = lookup::chat(&state, &app, number.0).await?;
         let msg = lookup::message(&state, &app, &chat, message_number.0).await?;
         store::messages::delete(&state.pool, msg.id, crate::domain::now()).await?;
+        if let Err(e) = state.marks.mark(&[], &[chat.id]).await {
+            tracing::warn!(error = %e, "could not mark the chat's messages_count dirty");
+        }
         Ok(Deleted::NoContent)
     }
 }

@@ -7,6 +7,7 @@ pub mod health;
 pub mod limits;
 pub mod lookup;
 pub mod messages;
+pub mod ratelimit;
 pub mod schemas;
 
 use std::sync::Arc;
@@ -27,6 +28,10 @@ pub struct AppState {
     pub wb: WriteBehind,
     /// Settings in force.
     pub config: Arc<Config>,
+    /// Dirty marks for the counts refresh (deletes change counts).
+    pub marks: crate::jobs::counts::DirtyMarks,
+    /// The per-IP rate limit.
+    pub rate_limit: ratelimit::RateLimit,
 }
 
 /// Groups of operations in the spec and Swagger UI.
@@ -79,19 +84,32 @@ pub fn spec_json() -> String {
     api().spec()
 }
 
-/// All routes: the API, `/openapi.json`, Swagger UI at `/docs`, with the
-/// body-size limit and JSON errors around them.
+/// Serves the Prometheus text format.
+#[poem::handler]
+fn metrics() -> poem::Response {
+    poem::Response::builder()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::telemetry::metrics::render())
+}
+
+/// All routes: the API, `/openapi.json`, Swagger UI at `/docs`, `/metrics`,
+/// with, from the outside in: logs, latency metrics, the rate limit, JSON
+/// errors and the body-size limit.
 pub fn routes(state: AppState) -> impl poem::Endpoint + 'static {
     let api = api();
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let max_body = state.config.max_request_bytes;
+    let rate_limit = state.rate_limit.clone();
     Route::new()
         .at("/openapi.json", spec)
+        .at("/metrics", poem::get(metrics))
         .nest("/docs", docs)
         .nest("/", api)
         .with(limits::BodyLimit::new(max_body))
         .around(crate::error::json_errors)
+        .with(rate_limit)
+        .around(crate::telemetry::metrics::track_requests)
         .data(state)
         .with(poem::middleware::Tracing)
 }

@@ -26,6 +26,16 @@ pub enum Disposition {
     DeadLetter(String),
 }
 
+/// The outcome of writing one batch.
+#[derive(Debug, Clone, Default)]
+pub struct BatchOutcome {
+    /// What became of each record, in batch order.
+    pub dispositions: Vec<Disposition>,
+    /// Parents whose cached count changed: application ids for a chat batch,
+    /// chat ids for a message batch (for the counts refresh).
+    pub touched: Vec<u64>,
+}
+
 /// Most rows in one multi-row statement.
 const MAX_ROWS_PER_STATEMENT: usize = 2_000;
 /// Most body bytes in one multi-row statement, well below MariaDB's default
@@ -60,10 +70,7 @@ async fn existing_applications(
 /// Writes a batch of chats. Records of deleted applications are dropped.
 /// Errors: only when MariaDB is unavailable (see [`super::is_unavailable`]);
 /// the caller then gives the batch back, untouched in meaning.
-pub async fn write_chats(
-    pool: &MySqlPool,
-    records: &[ChatRecord],
-) -> sqlx::Result<Vec<Disposition>> {
+pub async fn write_chats(pool: &MySqlPool, records: &[ChatRecord]) -> sqlx::Result<BatchOutcome> {
     let apps = existing_applications(pool, records.iter().map(|r| r.application_id)).await?;
     let mut out: Vec<Disposition> = records
         .iter()
@@ -87,16 +94,27 @@ pub async fn write_chats(
     }
     .await;
     match result {
-        Ok(()) => Ok(out),
-        Err(e) if super::is_unavailable(&e) => Err(e),
+        Ok(()) => {}
+        Err(e) if super::is_unavailable(&e) => return Err(e),
         Err(e) => {
             tracing::warn!(error = %e, "bulk insert of chats failed; retrying row by row");
             for i in live {
                 out[i] = one_by_one(insert_chats(pool, std::iter::once(&records[i])).await)?;
             }
-            Ok(out)
         }
     }
+    let touched = records
+        .iter()
+        .zip(&out)
+        .filter(|(_, d)| **d == Disposition::Written)
+        .map(|(r, _)| r.application_id)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    Ok(BatchOutcome {
+        dispositions: out,
+        touched,
+    })
 }
 
 async fn insert_chats<'a, 'e, E>(
@@ -156,7 +174,7 @@ pub async fn write_messages(
     pool: &MySqlPool,
     records: &[MessageRecord],
     orphan_cutoff_ms: i64,
-) -> sqlx::Result<Vec<Disposition>> {
+) -> sqlx::Result<BatchOutcome> {
     let pairs: Vec<(u64, i64)> = records
         .iter()
         .map(|r| (r.application_id, r.chat_number))
@@ -243,18 +261,28 @@ pub async fn write_messages(
     }
     .await;
     match result {
-        Ok(()) => Ok(out),
-        Err(e) if super::is_unavailable(&e) => Err(e),
+        Ok(()) => {}
+        Err(e) if super::is_unavailable(&e) => return Err(e),
         Err(e) => {
             tracing::warn!(error = %e, "bulk insert of messages failed; retrying row by row");
-            for (i, chat_id) in rows {
+            for &(i, chat_id) in &rows {
                 out[i] = one_by_one(
                     insert_messages(pool, std::iter::once((&records[i], chat_id))).await,
                 )?;
             }
-            Ok(out)
         }
     }
+    let touched = rows
+        .iter()
+        .filter(|(i, _)| out[*i] == Disposition::Written)
+        .map(|(_, chat_id)| *chat_id)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    Ok(BatchOutcome {
+        dispositions: out,
+        touched,
+    })
 }
 
 async fn insert_messages<'a, 'e, E>(

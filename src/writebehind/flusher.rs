@@ -37,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 use super::buffer::{Buffer, BufferError, Claimed, now_ms};
 use super::keys::Kind;
 use super::record::{ChatRecord, DecodeError, MessageRecord};
-use crate::store::bulk::{self, Disposition};
+use crate::jobs::counts::DirtyMarks;
+use crate::store::bulk::{self, BatchOutcome, Disposition};
 
 /// Batch sizes, timer and lease of the flusher.
 #[derive(Debug, Clone)]
@@ -114,6 +115,8 @@ pub struct Flusher {
     buffer: Buffer,
     pool: MySqlPool,
     settings: FlushSettings,
+    /// Where the flusher marks the parents whose counts changed.
+    marks: DirtyMarks,
     /// Woken by the request path when a list reaches its batch size, and by
     /// read-your-writes waiters. Holds at most one permit, so wake-ups that
     /// arrive during a flush cause exactly one more flush.
@@ -157,11 +160,17 @@ impl FlushHandle {
 
 impl Flusher {
     /// A flusher over `buffer` writing to `pool`.
-    pub fn new(buffer: Buffer, pool: MySqlPool, settings: FlushSettings) -> Self {
+    pub fn new(
+        buffer: Buffer,
+        pool: MySqlPool,
+        marks: DirtyMarks,
+        settings: FlushSettings,
+    ) -> Self {
         Self {
             buffer,
             pool,
             settings,
+            marks,
             wake: Arc::new(Notify::new()),
             generation: watch::Sender::new(0),
         }
@@ -212,7 +221,7 @@ impl Flusher {
     async fn flush_batch(&self, batch: Claimed) -> Result<FlushReport, FlushError> {
         let started = std::time::Instant::now();
         let write = tokio::time::timeout(self.settings.lease / 2, self.write(&batch)).await;
-        let dispositions = match write {
+        let outcome = match write {
             Ok(Ok(d)) => d,
             Ok(Err(e)) => {
                 self.give_back(&batch).await;
@@ -223,13 +232,23 @@ impl Flusher {
                 return Err(FlushError::Timeout);
             }
         };
+        // Mark before acknowledging: if the mark is lost, the batch is
+        // written again (a no-op) and marked then.
+        let (apps, chats): (&[u64], &[u64]) = match batch.kind {
+            Kind::Chats => (&outcome.touched, &[]),
+            Kind::Messages => (&[], &outcome.touched),
+        };
+        if let Err(e) = self.marks.mark(apps, chats).await {
+            self.give_back(&batch).await;
+            return Err(FlushError::Buffer(e.into()));
+        }
         let mut report = FlushReport {
             batches: 1,
             ..Default::default()
         };
         let mut deferred: Vec<&[u8]> = Vec::new();
         let mut dead: Vec<String> = Vec::new();
-        for (raw, d) in batch.records.iter().zip(&dispositions) {
+        for (raw, d) in batch.records.iter().zip(&outcome.dispositions) {
             match d {
                 Disposition::Written => report.written += 1,
                 Disposition::ParentDeleted => report.dropped += 1,
@@ -253,17 +272,19 @@ impl Flusher {
             tracing::warn!(key = %batch.key, "lease lost before acknowledgement; the recovered copy will be written again idempotently");
             report.lost_leases = 1;
         }
-        tracing::debug!(
-            kind = batch.kind.as_str(),
-            records = batch.records.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "batch flushed"
+        crate::telemetry::metrics::batch_flushed(
+            batch.kind.as_str(),
+            batch.records.len(),
+            report.written,
+            report.dropped,
+            report.dead_lettered,
+            started.elapsed(),
         );
         Ok(report)
     }
 
     /// Decodes a batch and writes it; undecodable records are dead-lettered.
-    async fn write(&self, batch: &Claimed) -> Result<Vec<Disposition>, sqlx::Error> {
+    async fn write(&self, batch: &Claimed) -> Result<BatchOutcome, sqlx::Error> {
         match batch.kind {
             Kind::Chats => {
                 let (records, slots) = decode_all(&batch.records, ChatRecord::decode);
@@ -300,6 +321,7 @@ impl Flusher {
             }
         }
         if total.0 > 0 {
+            crate::telemetry::metrics::batches_recovered(total.0);
             tracing::warn!(
                 batches = total.0,
                 records = total.1,
@@ -347,6 +369,7 @@ impl Flusher {
             match result {
                 Ok(_) => backoff = new_backoff(),
                 Err(e) => {
+                    crate::telemetry::metrics::flush_failed();
                     let delay = backoff.next().unwrap_or(Duration::from_secs(10));
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "flush failed");
                     tokio::select! {
@@ -424,12 +447,16 @@ fn decode_all<T>(
 }
 
 /// Puts the dispositions of decoded records back in batch order.
-fn merge(slots: Vec<Result<usize, DecodeError>>, written: Vec<Disposition>) -> Vec<Disposition> {
-    slots
+fn merge(slots: Vec<Result<usize, DecodeError>>, written: BatchOutcome) -> BatchOutcome {
+    let dispositions = slots
         .into_iter()
         .map(|s| match s {
-            Ok(i) => written[i].clone(),
+            Ok(i) => written.dispositions[i].clone(),
             Err(e) => Disposition::DeadLetter(e.to_string()),
         })
-        .collect()
+        .collect();
+    BatchOutcome {
+        dispositions,
+        touched: written.touched,
+    }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_api::config::Config;
+use chat_api::jobs::counts::{CountsRefresher, DirtyMarks};
 use chat_api::startup::Application;
 use chat_api::writebehind::{Buffer, Flusher};
 use clap::Parser;
@@ -39,6 +40,8 @@ pub fn test_config() -> Config {
     config.bind_addr = "127.0.0.1:0".parse().unwrap();
     config.flush_interval = Duration::from_secs(3600);
     config.database_max_connections = 5;
+    // Rate-limit tests turn it on; the others send bursts from one IP.
+    config.rate_limit_per_minute = 0;
     config
 }
 
@@ -54,6 +57,10 @@ pub struct TestApp {
     pub flusher: Arc<Flusher>,
     /// The service's buffer.
     pub buffer: Buffer,
+    /// The counts refresher (call `refresh_counts_once`).
+    pub counts: Arc<CountsRefresher>,
+    /// The dirty marks of the counts refresh.
+    pub marks: DirtyMarks,
     /// Its configuration.
     pub config: Config,
     shutdown: CancellationToken,
@@ -84,6 +91,8 @@ pub async fn spawn_config(config: Config, cleanup: bool) -> TestApp {
     let pool = app.state().pool.clone();
     let buffer = app.state().wb.buffer().clone();
     let flusher = app.flusher();
+    let counts = app.counts();
+    let marks = app.state().marks.clone();
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run_until(shutdown.clone()));
     TestApp {
@@ -92,6 +101,8 @@ pub async fn spawn_config(config: Config, cleanup: bool) -> TestApp {
         pool,
         flusher,
         buffer,
+        counts,
+        marks,
         config,
         shutdown,
         server: Some(server),

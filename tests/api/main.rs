@@ -3,7 +3,9 @@
 
 mod applications;
 mod chats;
+mod counts;
 mod helpers;
 mod messages;
 mod openapi;
+mod ratelimit;
 mod writebehind;

@@ -17,3 +17,5 @@ pub fn init() {
         builder.try_init()
     };
 }
+
+pub mod metrics;

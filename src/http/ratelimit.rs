@@ -1,0 +1,164 @@
+//! Per-client-IP rate limit, a poem middleware around `governor`'s keyed
+//! GCRA limiter (`RATE_LIMIT_PER_MINUTE`, `RATE_LIMIT_BURST`).
+//!
+//! - The client IP is the socket's peer address. `X-Forwarded-For` is read
+//!   only when the peer is a trusted proxy (`TRUSTED_PROXIES`); then the
+//!   client is the right-most address in the header that is not itself a
+//!   trusted proxy (the left-most entries are whatever the client wrote, so
+//!   they are never believed on their own).
+//! - Past the limit: 429 with `Retry-After` (whole seconds, rounded up),
+//!   `X-RateLimit-Limit`, `X-RateLimit-Remaining` and a JSON error. Allowed
+//!   responses carry the two `X-RateLimit-*` headers as well.
+//! - `/health/*` and `/metrics` are not limited; everything else is,
+//!   Swagger UI and `/openapi.json` included.
+//! - The keyed state grows with every IP seen; [`prune`] (run every minute)
+//!   forgets the IPs whose bucket is full again and frees the memory.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result};
+
+use crate::config::TrustedProxies;
+use crate::error::{ApiError, ErrorBody};
+
+/// The keyed limiter, reporting the remaining burst on every check.
+pub type KeyedLimiter =
+    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
+
+/// The middleware; `None` limiter means disabled (`RATE_LIMIT_PER_MINUTE=0`).
+#[derive(Clone)]
+pub struct RateLimit {
+    limiter: Option<Arc<KeyedLimiter>>,
+    per_minute: u32,
+    trusted: Arc<TrustedProxies>,
+}
+
+impl RateLimit {
+    /// A limit of `per_minute` requests per IP with bursts of `burst`
+    /// (at least 1); `per_minute == 0` disables it.
+    pub fn new(per_minute: u32, burst: u32, trusted: TrustedProxies) -> Self {
+        let limiter = NonZeroU32::new(per_minute).map(|rate| {
+            let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+            Arc::new(
+                RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst))
+                    .with_middleware::<StateInformationMiddleware>(),
+            )
+        });
+        Self {
+            limiter,
+            per_minute,
+            trusted: Arc::new(trusted),
+        }
+    }
+
+    /// The limiter, for pruning and for measurements; `None` when disabled.
+    pub fn limiter(&self) -> Option<Arc<KeyedLimiter>> {
+        self.limiter.clone()
+    }
+}
+
+/// Forgets IPs whose bucket has refilled and returns freed memory.
+/// Returns the number of IPs still tracked.
+pub fn prune(limiter: &KeyedLimiter) -> usize {
+    limiter.retain_recent();
+    limiter.shrink_to_fit();
+    limiter.len()
+}
+
+/// The client's IP: the peer, or for a trusted peer the right-most
+/// untrusted address of `X-Forwarded-For`.
+pub fn client_ip(req: &Request, trusted: &TrustedProxies) -> Option<IpAddr> {
+    let peer = req.remote_addr().as_socket_addr()?.ip().to_canonical();
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    for value in req.headers().get_all("x-forwarded-for") {
+        let Ok(value) = value.to_str() else {
+            return Some(client);
+        };
+        for hop in value.rsplit(',').map(str::trim) {
+            let Ok(ip) = hop.parse::<IpAddr>().map(|ip| ip.to_canonical()) else {
+                return Some(client);
+            };
+            client = ip;
+            if !trusted.contains(&ip) {
+                return Some(ip);
+            }
+        }
+    }
+    Some(client)
+}
+
+fn exempt(path: &str) -> bool {
+    path.starts_with("/health/") || path == "/metrics"
+}
+
+impl<E: Endpoint> Middleware<E> for RateLimit {
+    type Output = RateLimitEndpoint<E>;
+
+    fn transform(&self, inner: E) -> Self::Output {
+        RateLimitEndpoint {
+            inner,
+            limit: self.clone(),
+        }
+    }
+}
+
+/// Endpoint made by [`RateLimit`].
+pub struct RateLimitEndpoint<E> {
+    inner: E,
+    limit: RateLimit,
+}
+
+impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> Result<Response> {
+        let Some(limiter) = &self.limit.limiter else {
+            return Ok(self.inner.call(req).await?.into_response());
+        };
+        if exempt(req.uri().path()) {
+            return Ok(self.inner.call(req).await?.into_response());
+        }
+        let Some(ip) = client_ip(&req, &self.limit.trusted) else {
+            return Ok(self.inner.call(req).await?.into_response());
+        };
+        match limiter.check_key(&ip) {
+            Ok(snapshot) => {
+                let mut resp = self.inner.call(req).await?.into_response();
+                let h = resp.headers_mut();
+                h.insert("x-ratelimit-limit", self.limit.per_minute.into());
+                h.insert(
+                    "x-ratelimit-remaining",
+                    snapshot.remaining_burst_capacity().into(),
+                );
+                Ok(resp)
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                crate::telemetry::metrics::rate_limited();
+                Ok(ApiError::TooManyRequests(
+                    poem_openapi::payload::Json(ErrorBody {
+                        error: format!(
+                            "rate limit of {} requests per minute exceeded; retry in {} s",
+                            self.limit.per_minute,
+                            retry_after.max(1)
+                        ),
+                    }),
+                    retry_after.max(1),
+                    self.limit.per_minute,
+                    0,
+                )
+                .into_response())
+            }
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The counts refresh: `applications.chats_count` and `chats.messages_count`
+//! are cached columns, recomputed only for the rows that changed.
+//!
+//! **Dirty marks.** The flusher (after each COMMIT, before acknowledging its
+//! batch) and every delete add the ids of the applications and chats they
+//! touched to the Redis sets `dirty:apps` and `dirty:chats`
+//! ([`DirtyMarks::mark`]). A crash between a flush's COMMIT and its mark loses
+//! nothing: the batch is not acknowledged yet, so it is written again (a
+//! no-op) and marked then.
+//!
+//! **Taking marks** follows the flusher's claim / lease / acknowledge: a Lua
+//! script SPOPs up to `COUNTS_BATCH_SIZE` ids into a fresh processing set with
+//! a lease; the UPDATE runs; then the processing set is deleted. A refresh that
+//! fails puts its ids back; a refresher that dies leaves a lease that expires,
+//! and any instance then puts the ids back ([`DirtyMarks::recover_expired`]).
+//! SPOP hands each id to one instance only, so several instances share the
+//! work without doing it twice.
+//!
+//! **Cost** is proportional to what changed: each UPDATE touches only the
+//! listed primary keys, and each count is an index range scan of the unique
+//! keys `(chat_id, number)` / `(application_id, number)`.
+//!
+//! **Lag.** A count is exact after the refresh that follows the flush of the
+//! change, so the worst case is `FLUSH_INTERVAL_SECS` plus the cron period
+//! (default 60 s + 60 s), plus the lease when a refresher dies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::Script;
+use sqlx::{MySql, MySqlPool, QueryBuilder};
+use tokio_util::sync::CancellationToken;
+
+use crate::writebehind::buffer::{RedisPool, now_ms};
+
+/// Which cached column a mark is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `applications.chats_count`; marks are application ids.
+    Apps,
+    /// `chats.messages_count`; marks are chat ids.
+    Chats,
+}
+
+impl Scope {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scope::Apps => "apps",
+            Scope::Chats => "chats",
+        }
+    }
+}
+
+const CLAIM: &str = r#"
+local ids = redis.call('SPOP', KEYS[1], tonumber(ARGV[1]))
+if #ids == 0 then return ids end
+for i = 1, #ids, 1000 do
+  redis.call('SADD', KEYS[2], unpack(ids, i, math.min(i + 999, #ids)))
+end
+redis.call('ZADD', KEYS[3], ARGV[2], KEYS[2])
+return ids
+"#;
+
+const ACK: &str = r#"
+redis.call('ZREM', KEYS[1], KEYS[2])
+return redis.call('DEL', KEYS[2])
+"#;
+
+const RELEASE: &str = r#"
+if redis.call('ZREM', KEYS[1], KEYS[2]) == 0 then return 0 end
+redis.call('SUNIONSTORE', KEYS[3], KEYS[3], KEYS[2])
+return redis.call('DEL', KEYS[2])
+"#;
+
+const RECOVER: &str = r#"
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
+for _, key in ipairs(expired) do
+  local scope = string.match(key, 'dirtyproc:(%w+):[^:]+$')
+  redis.call('ZREM', KEYS[1], key)
+  if scope then
+    local dirty = ARGV[2] .. 'dirty:' .. scope
+    redis.call('SUNIONSTORE', dirty, dirty, key)
+  end
+  redis.call('DEL', key)
+end
+return #expired
+"#;
+
+/// The dirty marks in Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct DirtyMarks {
+    pool: RedisPool,
+    prefix: String,
+    scripts: Arc<[Script; 4]>,
+}
+
+/// Ids taken for one refresh step, owned under a lease until acknowledged.
+#[derive(Debug)]
+pub struct TakenMarks {
+    /// What the ids are.
+    pub scope: Scope,
+    /// The processing set holding them.
+    pub key: String,
+    /// The ids.
+    pub ids: Vec<u64>,
+}
+
+impl DirtyMarks {
+    /// Marks under `prefix` (the `REDIS_KEY_PREFIX`).
+    pub fn new(pool: RedisPool, prefix: impl Into<String>) -> Self {
+        Self {
+            pool,
+            prefix: prefix.into(),
+            scripts: Arc::new([
+                Script::new(CLAIM),
+                Script::new(ACK),
+                Script::new(RELEASE),
+                Script::new(RECOVER),
+            ]),
+        }
+    }
+
+    /// Name of the dirty set of `scope`.
+    pub fn dirty_key(&self, scope: Scope) -> String {
+        format!("{}dirty:{}", self.prefix, scope.as_str())
+    }
+
+    fn leases_key(&self) -> String {
+        format!("{}dirtyleases", self.prefix)
+    }
+
+    async fn conn(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        self.pool
+            .get()
+            .await
+            .map(|c| c.clone())
+            .map_err(|e| match e {
+                bb8::RunError::User(e) => e,
+                bb8::RunError::TimedOut => {
+                    redis::RedisError::from((redis::ErrorKind::Io, "Redis pool timed out"))
+                }
+            })
+    }
+
+    /// Marks applications and chats dirty (one round trip). Errors: Redis
+    /// unavailable.
+    pub async fn mark(&self, apps: &[u64], chats: &[u64]) -> redis::RedisResult<()> {
+        if apps.is_empty() && chats.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        if !apps.is_empty() {
+            pipe.sadd(self.dirty_key(Scope::Apps), apps).ignore();
+        }
+        if !chats.is_empty() {
+            pipe.sadd(self.dirty_key(Scope::Chats), chats).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn().await?).await
+    }
+
+    /// Takes up to `max` marks of `scope` under a lease of `lease`.
+    pub async fn take(
+        &self,
+        scope: Scope,
+        max: usize,
+        lease: Duration,
+    ) -> redis::RedisResult<Option<TakenMarks>> {
+        let key = format!(
+            "{}dirtyproc:{}:{}",
+            self.prefix,
+            scope.as_str(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let ids: Vec<u64> = self.scripts[0]
+            .key(self.dirty_key(scope))
+            .key(&key)
+            .key(self.leases_key())
+            .arg(max)
+            .arg(now_ms() + lease.as_millis() as i64)
+            .invoke_async(&mut self.conn().await?)
+            .await?;
+        Ok((!ids.is_empty()).then_some(TakenMarks { scope, key, ids }))
+    }
+
+    /// Drops taken marks once their counts are updated.
+    pub async fn ack(&self, taken: &TakenMarks) -> redis::RedisResult<()> {
+        self.scripts[1]
+            .key(self.leases_key())
+            .key(&taken.key)
+            .invoke_async::<()>(&mut self.conn().await?)
+            .await
+    }
+
+    /// Puts taken marks back (the update failed).
+    pub async fn release(&self, taken: &TakenMarks) -> redis::RedisResult<()> {
+        self.scripts[2]
+            .key(self.leases_key())
+            .key(&taken.key)
+            .key(self.dirty_key(taken.scope))
+            .invoke_async::<()>(&mut self.conn().await?)
+            .await
+    }
+
+    /// Puts back the marks of refreshers whose lease expired. Returns the
+    /// number of processing sets recovered.
+    pub async fn recover_expired(&self) -> redis::RedisResult<u64> {
+        self.scripts[3]
+            .key(self.leases_key())
+            .arg(now_ms())
+            .arg(&self.prefix)
+            .invoke_async(&mut self.conn().await?)
+            .await
+    }
+}
+
+/// What one [`CountsRefresher::refresh_counts_once`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshReport {
+    /// Applications whose `chats_count` was recomputed.
+    pub apps: u64,
+    /// Chats whose `messages_count` was recomputed.
+    pub chats: u64,
+}
+
+/// Recomputes the counts of dirty rows.
+pub struct CountsRefresher {
+    marks: DirtyMarks,
+    pool: MySqlPool,
+    batch_size: usize,
+    lease: Duration,
+}
+
+impl CountsRefresher {
+    /// A refresher taking `batch_size` ids per UPDATE, under `lease`.
+    pub fn new(marks: DirtyMarks, pool: MySqlPool, batch_size: usize, lease: Duration) -> Self {
+        Self {
+            marks,
+            pool,
+            batch_size,
+            lease,
+        }
+    }
+
+    /// One refresh: recovers expired marks, then for applications and then
+    /// chats, takes marks in batches and recomputes those rows' counts until
+    /// no mark is left. Errors: Redis or MariaDB unavailable (the marks in
+    /// hand are put back first).
+    pub async fn refresh_counts_once(&self) -> anyhow::Result<RefreshReport> {
+        self.marks.recover_expired().await?;
+        let mut report = RefreshReport::default();
+        for scope in [Scope::Apps, Scope::Chats] {
+            while let Some(taken) = self.marks.take(scope, self.batch_size, self.lease).await? {
+                match tokio::time::timeout(
+                    self.lease / 2,
+                    update_counts(&self.pool, scope, &taken.ids),
+                )
+                .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        let _ = self.marks.release(&taken).await;
+                        return Err(e.into());
+                    }
+                    Err(_) => {
+                        let _ = self.marks.release(&taken).await;
+                        anyhow::bail!("counts update took longer than half a lease");
+                    }
+                }
+                self.marks.ack(&taken).await?;
+                match scope {
+                    Scope::Apps => report.apps += taken.ids.len() as u64,
+                    Scope::Chats => report.chats += taken.ids.len() as u64,
+                }
+            }
+        }
+        if report != RefreshReport::default() {
+            tracing::info!(?report, "counts refreshed");
+        }
+        Ok(report)
+    }
+
+    /// Runs `refresh_counts_once` at every time `schedule` gives, until `shutdown`.
+    pub async fn run(self: Arc<Self>, schedule: cron::Schedule, shutdown: CancellationToken) {
+        loop {
+            let Some(next) = schedule.upcoming(chrono::Utc).next() else {
+                tracing::warn!("the counts schedule has no upcoming time; counts refresh stops");
+                return;
+            };
+            let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if let Err(e) = self.refresh_counts_once().await {
+                tracing::warn!(error = %e, "counts refresh failed; its marks wait for the next run");
+            }
+        }
+    }
+}
+
+/// Recomputes the cached count of each listed row from `COUNT(*)` of its live children.
+async fn update_counts(pool: &MySqlPool, scope: Scope, ids: &[u64]) -> sqlx::Result<()> {
+    let mut qb = QueryBuilder::<MySql>::new(match scope {
+        Scope::Apps => {
+            "UPDATE applications a SET a.chats_count = \
+             (SELECT COUNT(*) FROM chats c WHERE c.application_id = a.id AND c.deleted_at IS NULL) WHERE a.id IN ("
+        }
+        Scope::Chats => {
+            "UPDATE chats c SET c.messages_count = \
+             (SELECT COUNT(*) FROM messages m WHERE m.chat_id = c.id AND m.deleted_at IS NULL) WHERE c.id IN ("
+        }
+    });
+    let mut sep = qb.separated(", ");
+    for id in ids {
+        sep.push_bind(*id);
+    }
+    qb.push(")");
+    qb.build().execute(pool).await.map(|_| ())
+}

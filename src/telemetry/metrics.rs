@@ -1,0 +1,124 @@
+//! Prometheus metrics, through the `metrics` facade and
+//! `metrics-exporter-prometheus` (served as text at `/metrics`).
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `chat_pending_records` | gauge | `queue` | records waiting in Redis |
+//! | `chat_pending_oldest_age_seconds` | gauge | `queue` | age of the oldest pending record |
+//! | `chat_flushed_records_total` | counter | `queue` | records written to MariaDB |
+//! | `chat_flush_batch_size` | histogram | `queue` | records per flushed batch |
+//! | `chat_flush_duration_seconds` | histogram | `queue` | time to write and acknowledge a batch |
+//! | `chat_flush_failures_total` | counter | | flush passes that failed (MariaDB/Redis down) |
+//! | `chat_dead_lettered_records_total` | counter | `queue` | records moved to the dead-letter list |
+//! | `chat_dropped_records_total` | counter | `queue` | records dropped: their parent was deleted |
+//! | `chat_recovered_batches_total` | counter | | batches recovered from expired leases |
+//! | `chat_backpressure_rejections_total` | counter | | 503s because the buffer was full |
+//! | `chat_rate_limited_total` | counter | | 429s from the rate limit |
+//! | `http_request_duration_seconds` | histogram | `method`, `route`, `status` | request latency |
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use poem::{Endpoint, IntoResponse, Request, Response};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder once per process and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let latency = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ];
+            let sizes = [
+                1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("http_request_duration_seconds".into()),
+                    &latency,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("chat_flush_duration_seconds".into()),
+                        &latency,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full("chat_flush_batch_size".into()), &sizes)
+                })
+                .expect("valid buckets")
+                .install_recorder()
+                .expect("no other metrics recorder is installed")
+        })
+        .clone()
+}
+
+/// Renders every metric in the Prometheus text format.
+pub fn render() -> String {
+    install().render()
+}
+
+/// A flushed batch: its size in records, written count, and duration.
+pub fn batch_flushed(
+    queue: &'static str,
+    records: usize,
+    written: u64,
+    dropped: u64,
+    dead: u64,
+    took: Duration,
+) {
+    histogram!("chat_flush_batch_size", "queue" => queue).record(records as f64);
+    histogram!("chat_flush_duration_seconds", "queue" => queue).record(took.as_secs_f64());
+    counter!("chat_flushed_records_total", "queue" => queue).increment(written);
+    counter!("chat_dropped_records_total", "queue" => queue).increment(dropped);
+    counter!("chat_dead_lettered_records_total", "queue" => queue).increment(dead);
+}
+
+/// A flush pass failed.
+pub fn flush_failed() {
+    counter!("chat_flush_failures_total").increment(1);
+}
+
+/// Batches recovered from expired leases.
+pub fn batches_recovered(n: u64) {
+    counter!("chat_recovered_batches_total").increment(n);
+}
+
+/// Depth and oldest age of a queue (sampled).
+pub fn queue_sampled(queue: &'static str, pending: u64, oldest_age: Duration) {
+    gauge!("chat_pending_records", "queue" => queue).set(pending as f64);
+    gauge!("chat_pending_oldest_age_seconds", "queue" => queue).set(oldest_age.as_secs_f64());
+}
+
+/// A create refused with 503 because the buffer was full.
+pub fn backpressure_rejected() {
+    counter!("chat_backpressure_rejections_total").increment(1);
+}
+
+/// A request refused with 429.
+pub fn rate_limited() {
+    counter!("chat_rate_limited_total").increment(1);
+}
+
+/// Middleware recording `http_request_duration_seconds` by method, route
+/// pattern (for example `/api/v1/applications/:token`) and status.
+pub async fn track_requests<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    let method = req.method().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.call(req).await?.into_response();
+    let route = resp
+        .data::<poem::PathPattern>()
+        .map(|p| p.0.to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    histogram!(
+        "http_request_duration_seconds",
+        "method" => method,
+        "route" => route,
+        "status" => resp.status().as_u16().to_string()
+    )
+    .record(started.elapsed().as_secs_f64());
+    Ok(resp)
+}
