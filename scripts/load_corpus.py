@@ -39,8 +39,9 @@ def conn(base):
     return c
 
 
-def call(base, method, path, body=None, retries=20):
-    """One request with keep-alive; retries 503 (backpressure) after Retry-After."""
+def call(base, method, path, body=None, retries=100):
+    """One request with keep-alive; retries 503 (backpressure) and 429 (rate
+    limit) after Retry-After."""
     for _ in range(retries):
         c = conn(base)
         data = None if body is None else json.dumps(body).encode()
@@ -53,11 +54,11 @@ def call(base, method, path, body=None, retries=20):
             _local.conn = None
             time.sleep(0.2)
             continue
-        if r.status == 503:
+        if r.status in (429, 503):
             time.sleep(float(r.getheader("retry-after") or 1))
             continue
         return r.status, (json.loads(raw) if raw else None)
-    raise RuntimeError(f"{method} {path}: still 503 after {retries} tries")
+    raise RuntimeError(f"{method} {path}: still 503/429 after {retries} tries")
 
 
 def load_corpus():
@@ -128,8 +129,10 @@ def main():
             expected[(jobs[fut], chat)] = sent
     elapsed = time.monotonic() - started
     records = len(expected) + sum(len(v) for v in expected.values())
+    skipped = n_lines - (records - len(expected))
     print(f"loaded: {len(corpus)} applications, {len(expected)} chats, "
-          f"{records - len(expected)} messages in {elapsed:.1f} s ({records / elapsed:.0f} records/s)")
+          f"{records - len(expected)} messages in {elapsed:.1f} s ({records / elapsed:.0f} records/s); "
+          f"{skipped} blank lines refused with 422 by design")
 
     deadline = time.monotonic() + args.wait_secs
     pending = dict(expected)
