@@ -113,6 +113,20 @@ pub struct Config {
     #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = parse_cidrs)]
     pub trusted_proxies: TrustedProxies,
 
+    /// Meilisearch URL (for example `http://127.0.0.1:7700`). Unset: search
+    /// uses MariaDB's FULLTEXT index instead.
+    #[arg(long, env = "MEILI_URL")]
+    pub meili_url: Option<String>,
+
+    /// Meilisearch API key (the master key or a key allowed to search,
+    /// index documents and change settings). Optional.
+    #[arg(long, env = "MEILI_API_KEY", hide_env_values = true)]
+    pub meili_api_key: Option<String>,
+
+    /// Name of the Meilisearch index.
+    #[arg(long, env = "MEILI_INDEX", default_value = "messages")]
+    pub meili_index: String,
+
     /// Seconds the service gives itself on SIGTERM/Ctrl-C to drain the buffer.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value = "30", value_parser = parse_nonzero_secs)]
     pub shutdown_timeout: Duration,

@@ -33,6 +33,16 @@ enum Command {
         )]
         database_url: String,
     },
+    /// Rebuild the Meilisearch index from MariaDB, in batches, with a progress
+    /// bar. Safe while the service runs: documents are replaced, and search
+    /// hits are always re-read from MariaDB.
+    Reindex {
+        #[command(flatten)]
+        config: Box<Config>,
+        /// Messages per add_or_replace call.
+        #[arg(long, default_value_t = 1000)]
+        batch_size: i64,
+    },
     /// Write the OpenAPI spec to a file (default `openapi/openapi.json`).
     Openapi {
         /// Where to write it.
@@ -72,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Some(Command::Reindex { config, batch_size }) => reindex(&config, batch_size).await,
         Some(Command::Openapi { out }) => {
             std::fs::write(&out, chat_api::http::spec_json() + "\n")?;
             println!("wrote {}", out.display());
@@ -83,4 +94,37 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(config: Config, migrate: bool) -> anyhow::Result<()> {
     let app = Application::build(config, migrate).await?;
     app.run_until(startup::shutdown_signal()).await
+}
+
+async fn reindex(config: &Config, batch_size: i64) -> anyhow::Result<()> {
+    use chat_api::store::search::meili::MeiliSearch;
+    let Some(url) = &config.meili_url else {
+        anyhow::bail!("MEILI_URL is not set: there is no Meilisearch index to rebuild");
+    };
+    let meili = MeiliSearch::new(url, config.meili_api_key.as_deref(), &config.meili_index)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    meili.ensure_index().await?;
+    let pool = chat_api::store::connect_lazy(&config.database_url, 2)?;
+    let total = chat_api::store::messages::count_live(&pool).await?;
+    let bar = indicatif::ProgressBar::new(total.max(0) as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} messages ({per_sec}, eta {eta})",
+        )?,
+    );
+    let (mut after, mut indexed) = (0u64, 0u64);
+    loop {
+        let (docs, last) =
+            chat_api::store::messages::search_docs_after(&pool, after, batch_size).await?;
+        let Some(last) = last else { break };
+        meili.upsert(&docs).await?;
+        indexed += docs.len() as u64;
+        bar.inc(docs.len() as u64);
+        after = last;
+    }
+    bar.finish();
+    println!(
+        "reindexed {indexed} messages into index `{}`",
+        config.meili_index
+    );
+    Ok(())
 }

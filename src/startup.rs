@@ -15,7 +15,10 @@ use crate::config::Config;
 use crate::http::ratelimit::{self, RateLimit};
 use crate::http::{self, AppState};
 use crate::jobs::counts::{CountsRefresher, DirtyMarks};
+use crate::jobs::indexer::Indexer;
 use crate::store;
+use crate::store::search::SearchBackend;
+use crate::store::search::meili::MeiliSearch;
 use crate::writebehind::Kind;
 use crate::writebehind::flusher::FlushSettings;
 use crate::writebehind::keys::Keys;
@@ -34,6 +37,7 @@ pub struct Application {
     state: AppState,
     flusher: Arc<Flusher>,
     counts: Arc<CountsRefresher>,
+    indexer: Option<Arc<Indexer>>,
 }
 
 /// Opens the Redis pool (lazily: the service starts while Redis is down).
@@ -55,6 +59,7 @@ pub fn flush_settings(config: &Config) -> FlushSettings {
         lease: config.lease,
         orphan_max_age: config.orphan_max_age,
         shutdown_timeout: config.shutdown_timeout,
+        index_search: config.meili_url.is_some(),
     }
 }
 
@@ -107,6 +112,7 @@ impl Application {
                 "rate limit per client IP"
             );
         }
+        let buffer_for_indexer = buffer.clone();
         let wb = WriteBehind::new(
             buffer,
             pool.clone(),
@@ -124,12 +130,34 @@ impl Application {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .context("no local address")?;
+        let (search, indexer) = match &config.meili_url {
+            Some(url) => {
+                let meili =
+                    MeiliSearch::new(url, config.meili_api_key.as_deref(), &config.meili_index)
+                        .map_err(|e| {
+                            anyhow::anyhow!("MEILI_URL or MEILI_API_KEY is invalid: {e}")
+                        })?;
+                let indexer = Indexer::new(
+                    buffer_for_indexer.clone(),
+                    pool.clone(),
+                    meili.clone(),
+                    config.lease,
+                );
+                (
+                    SearchBackend::Meili(meili, pool.clone()),
+                    Some(Arc::new(indexer)),
+                )
+            }
+            None => (SearchBackend::Database(pool.clone()), None),
+        };
+        tracing::info!(backend = search.name(), index = %config.meili_index, "search backend");
         let state = AppState {
             pool,
             wb,
             config: Arc::new(config),
             marks,
             rate_limit,
+            search,
         };
         Ok(Self {
             addr,
@@ -137,6 +165,7 @@ impl Application {
             state,
             flusher,
             counts,
+            indexer,
         })
     }
 
@@ -153,6 +182,12 @@ impl Application {
     /// The flusher (tests call `flush_once` on it directly).
     pub fn flusher(&self) -> Arc<Flusher> {
         self.flusher.clone()
+    }
+
+    /// The search indexer, when Meilisearch is configured (tests call
+    /// `index_once` on it directly).
+    pub fn indexer(&self) -> Option<Arc<Indexer>> {
+        self.indexer.clone()
     }
 
     /// The counts refresher (tests call `refresh_counts_once` on it directly).
@@ -183,6 +218,9 @@ impl Application {
                     }
                 },
             ));
+        }
+        if let Some(indexer) = &self.indexer {
+            tasks.spawn(indexer.clone().run(jobs_stop.clone()));
         }
         let buffer = self.state.wb.buffer().clone();
         tasks.spawn(every(

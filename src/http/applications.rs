@@ -10,6 +10,7 @@ use super::{ApiTags, AppState, lookup};
 use crate::domain::{AppName, Page, is_plausible_token, new_token};
 use crate::error::ApiError;
 use crate::store;
+use crate::store::search::meili::IndexOp;
 
 /// Operations on applications.
 pub struct ApplicationsApi;
@@ -125,6 +126,11 @@ impl ApplicationsApi {
     ) -> Result<Deleted, ApiError> {
         let app = lookup::application(&state, &token.0).await?;
         store::applications::delete(&state.pool, &app.token).await?;
+        state
+            .queue_index(IndexOp::DeleteApplication {
+                application_id: app.id,
+            })
+            .await;
         // Buffered records of this application are dropped at flush time.
         if let Err(e) = state.wb.buffer().tombstone_app(&app.token).await {
             tracing::warn!(error = %e, "could not tombstone a deleted application in Redis");

@@ -11,6 +11,7 @@ use super::{ApiTags, AppState, lookup};
 use crate::domain::{Page, is_plausible_token};
 use crate::error::ApiError;
 use crate::store;
+use crate::store::search::meili::IndexOp;
 
 /// Operations on chats.
 pub struct ChatsApi;
@@ -110,6 +111,9 @@ impl ChatsApi {
         {
             tracing::warn!(error = %e, "could not tombstone a deleted chat in Redis");
         }
+        state
+            .queue_index(IndexOp::DeleteChat { chat_id: chat.id })
+            .await;
         if let Err(e) = state.marks.mark(&[app.id], &[]).await {
             tracing::warn!(error = %e, "could not mark the application's chats_count dirty");
         }

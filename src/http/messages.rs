@@ -12,6 +12,7 @@ use super::{ApiTags, AppState, lookup};
 use crate::domain::{MessageBody, Page, is_plausible_token};
 use crate::error::ApiError;
 use crate::store;
+use crate::store::search::meili::IndexOp;
 
 /// Operations on messages.
 pub struct MessagesApi;
@@ -130,6 +131,11 @@ impl MessagesApi {
                 msg.number
             )));
         }
+        state
+            .queue_index(IndexOp::Sync {
+                messages: vec![(chat.id, msg.number)],
+            })
+            .await;
         let updated = store::messages::find(&state.pool, chat.id, msg.number)
             .await?
             .filter(|m| m.deleted_at.is_none())
@@ -160,6 +166,11 @@ impl MessagesApi {
         let chat = lookup::chat(&state, &app, number.0).await?;
         let msg = lookup::message(&state, &app, &chat, message_number.0).await?;
         store::messages::delete(&state.pool, msg.id, crate::domain::now()).await?;
+        state
+            .queue_index(IndexOp::Sync {
+                messages: vec![(chat.id, msg.number)],
+            })
+            .await;
         if let Err(e) = state.marks.mark(&[], &[chat.id]).await {
             tracing::warn!(error = %e, "could not mark the chat's messages_count dirty");
         }

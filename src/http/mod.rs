@@ -9,6 +9,7 @@ pub mod lookup;
 pub mod messages;
 pub mod ratelimit;
 pub mod schemas;
+pub mod search;
 
 use std::sync::Arc;
 
@@ -32,6 +33,23 @@ pub struct AppState {
     pub marks: crate::jobs::counts::DirtyMarks,
     /// The per-IP rate limit.
     pub rate_limit: ratelimit::RateLimit,
+    /// The search backend (Meilisearch or MariaDB FULLTEXT).
+    pub search: crate::store::search::SearchBackend,
+}
+
+impl AppState {
+    /// Queues a change for Meilisearch (nothing with the database backend).
+    /// A failure is logged and otherwise ignored: search hits are always read
+    /// back from MariaDB, so a stale document can never show a deleted or
+    /// outdated message; it can only be missing until the next `reindex`.
+    pub async fn queue_index(&self, op: crate::store::search::meili::IndexOp) {
+        if self.search.meili().is_none() {
+            return;
+        }
+        if let Err(e) = self.wb.buffer().push_search_op(&op).await {
+            tracing::warn!(error = %e, ?op, "could not queue a search index update");
+        }
+    }
 }
 
 /// Groups of operations in the spec and Swagger UI.
@@ -52,6 +70,7 @@ pub type Api = OpenApiService<
     (
         applications::ApplicationsApi,
         chats::ChatsApi,
+        search::SearchApi,
         messages::MessagesApi,
         health::HealthApi,
     ),
@@ -64,6 +83,7 @@ pub fn api() -> Api {
         (
             applications::ApplicationsApi,
             chats::ChatsApi,
+            search::SearchApi,
             messages::MessagesApi,
             health::HealthApi,
         ),

@@ -31,9 +31,17 @@ pub enum Disposition {
 pub struct BatchOutcome {
     /// What became of each record, in batch order.
     pub dispositions: Vec<Disposition>,
-    /// Parents whose cached count changed: application ids for a chat batch,
-    /// chat ids for a message batch (for the counts refresh).
-    pub touched: Vec<u64>,
+    /// The stored records: `(index in the batch, parent id)`, where the
+    /// parent is the application (chat batches) or the chat (message batches).
+    pub stored: Vec<(usize, u64)>,
+}
+
+impl BatchOutcome {
+    /// Parents whose cached count changed, each once (for the counts refresh).
+    pub fn touched(&self) -> Vec<u64> {
+        let set: HashSet<u64> = self.stored.iter().map(|(_, p)| *p).collect();
+        set.into_iter().collect()
+    }
 }
 
 /// Most rows in one multi-row statement.
@@ -103,17 +111,13 @@ pub async fn write_chats(pool: &MySqlPool, records: &[ChatRecord]) -> sqlx::Resu
             }
         }
     }
-    let touched = records
-        .iter()
-        .zip(&out)
-        .filter(|(_, d)| **d == Disposition::Written)
-        .map(|(r, _)| r.application_id)
-        .collect::<HashSet<_>>()
-        .into_iter()
+    let stored = (0..records.len())
+        .filter(|i| out[*i] == Disposition::Written)
+        .map(|i| (i, records[i].application_id))
         .collect();
     Ok(BatchOutcome {
         dispositions: out,
-        touched,
+        stored,
     })
 }
 
@@ -272,16 +276,13 @@ pub async fn write_messages(
             }
         }
     }
-    let touched = rows
-        .iter()
-        .filter(|(i, _)| out[*i] == Disposition::Written)
-        .map(|(_, chat_id)| *chat_id)
-        .collect::<HashSet<_>>()
+    let stored = rows
         .into_iter()
+        .filter(|(i, _)| out[*i] == Disposition::Written)
         .collect();
     Ok(BatchOutcome {
         dispositions: out,
-        touched,
+        stored,
     })
 }
 

@@ -48,6 +48,93 @@ pub async fn find(pool: &MySqlPool, chat_id: u64, number: i64) -> sqlx::Result<O
     .await
 }
 
+/// The live messages of chat `chat_id` among `numbers`, in the order of
+/// `numbers` (missing and deleted ones left out).
+pub async fn find_many_live(
+    pool: &MySqlPool,
+    chat_id: u64,
+    numbers: &[i64],
+) -> sqlx::Result<Vec<MessageRow>> {
+    if numbers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut qb = sqlx::QueryBuilder::<sqlx::MySql>::new(
+        "SELECT id, number, body, created_at, updated_at, deleted_at FROM messages WHERE deleted_at IS NULL AND chat_id = ",
+    );
+    qb.push_bind(chat_id).push(" AND number IN (");
+    let mut sep = qb.separated(", ");
+    for n in numbers {
+        sep.push_bind(*n);
+    }
+    qb.push(")");
+    let rows: Vec<MessageRow> = qb.build_query_as().fetch_all(pool).await?;
+    let mut by_number: std::collections::HashMap<i64, MessageRow> =
+        rows.into_iter().map(|r| (r.number, r)).collect();
+    Ok(numbers.iter().filter_map(|n| by_number.remove(n)).collect())
+}
+
+/// Search documents of the live messages among `keys` (`(chat_id, number)`),
+/// with their application; keys of missing or deleted messages are left out.
+pub async fn search_docs(
+    pool: &MySqlPool,
+    keys: &[(u64, i64)],
+) -> sqlx::Result<Vec<crate::store::search::meili::MessageDoc>> {
+    let mut docs = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(1000) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::MySql>::new(
+            "SELECT c.application_id, m.chat_id, m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id \
+             WHERE m.deleted_at IS NULL AND c.deleted_at IS NULL AND (",
+        );
+        for (i, (chat_id, number)) in chunk.iter().enumerate() {
+            if i > 0 {
+                qb.push(" OR ");
+            }
+            qb.push("(m.chat_id = ")
+                .push_bind(*chat_id)
+                .push(" AND m.number = ")
+                .push_bind(*number)
+                .push(")");
+        }
+        qb.push(")");
+        let rows: Vec<(u64, u64, i64, String)> = qb.build_query_as().fetch_all(pool).await?;
+        docs.extend(
+            rows.into_iter()
+                .map(|(a, c, n, b)| crate::store::search::meili::MessageDoc::new(a, c, n, b)),
+        );
+    }
+    Ok(docs)
+}
+
+/// Search documents of live messages with `id > after_id`, by id, at most
+/// `limit`, with the last id seen (for `reindex`, a keyset scan).
+pub async fn search_docs_after(
+    pool: &MySqlPool,
+    after_id: u64,
+    limit: i64,
+) -> sqlx::Result<(Vec<crate::store::search::meili::MessageDoc>, Option<u64>)> {
+    let rows: Vec<(u64, u64, u64, i64, String)> = sqlx::query_as(
+        "SELECT m.id, c.application_id, m.chat_id, m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id \
+         WHERE m.id > ? AND m.deleted_at IS NULL AND c.deleted_at IS NULL ORDER BY m.id LIMIT ?",
+    )
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let last = rows.last().map(|r| r.0);
+    let docs = rows
+        .into_iter()
+        .map(|(_, a, c, n, b)| crate::store::search::meili::MessageDoc::new(a, c, n, b))
+        .collect();
+    Ok((docs, last))
+}
+
+/// Number of live messages (for `reindex`'s progress bar).
+pub async fn count_live(pool: &MySqlPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE deleted_at IS NULL")
+        .fetch_one(pool)
+        .await
+}
+
 /// Replaces the body of a stored message. Returns whether it was live.
 pub async fn update_body(
     pool: &MySqlPool,

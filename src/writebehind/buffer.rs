@@ -302,6 +302,18 @@ impl Buffer {
         .await
     }
 
+    /// Queues a change to the search index (durable; applied by the indexer).
+    pub async fn push_search_op(
+        &self,
+        op: &crate::store::search::meili::IndexOp,
+    ) -> Result<(), BufferError> {
+        let key = self.keys.pending(Kind::Search);
+        let json =
+            serde_json::to_string(op).map_err(|e| BufferError::Unavailable(e.to_string()))?;
+        self.with_conn(|mut c| async move { c.rpush::<_, _, ()>(key, json).await })
+            .await
+    }
+
     /// Number of records waiting in the pending list of `kind`.
     pub async fn pending_len(&self, kind: Kind) -> Result<u64, BufferError> {
         let key = self.keys.pending(kind);
@@ -329,6 +341,7 @@ impl Buffer {
             Kind::Messages => super::record::MessageRecord::decode(&raw)
                 .ok()
                 .map(|r| r.created_at_ms),
+            Kind::Search => None,
         });
         Ok((len, created))
     }

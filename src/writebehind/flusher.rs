@@ -39,6 +39,7 @@ use super::keys::Kind;
 use super::record::{ChatRecord, DecodeError, MessageRecord};
 use crate::jobs::counts::DirtyMarks;
 use crate::store::bulk::{self, BatchOutcome, Disposition};
+use crate::store::search::meili::IndexOp;
 
 /// Batch sizes, timer and lease of the flusher.
 #[derive(Debug, Clone)]
@@ -55,14 +56,16 @@ pub struct FlushSettings {
     pub orphan_max_age: Duration,
     /// Time given to the final drain on shutdown.
     pub shutdown_timeout: Duration,
+    /// Whether stored messages are queued for Meilisearch (`MEILI_URL` set).
+    pub index_search: bool,
 }
 
 impl FlushSettings {
     /// Batch size of `kind`.
     pub fn batch_size(&self, kind: Kind) -> usize {
         match kind {
-            Kind::Chats => self.chat_batch_size,
             Kind::Messages => self.message_batch_size,
+            _ => self.chat_batch_size,
         }
     }
 }
@@ -221,7 +224,7 @@ impl Flusher {
     async fn flush_batch(&self, batch: Claimed) -> Result<FlushReport, FlushError> {
         let started = std::time::Instant::now();
         let write = tokio::time::timeout(self.settings.lease / 2, self.write(&batch)).await;
-        let outcome = match write {
+        let (outcome, search_op) = match write {
             Ok(Ok(d)) => d,
             Ok(Err(e)) => {
                 self.give_back(&batch).await;
@@ -234,13 +237,21 @@ impl Flusher {
         };
         // Mark before acknowledging: if the mark is lost, the batch is
         // written again (a no-op) and marked then.
+        let touched = outcome.touched();
         let (apps, chats): (&[u64], &[u64]) = match batch.kind {
-            Kind::Chats => (&outcome.touched, &[]),
-            Kind::Messages => (&[], &outcome.touched),
+            Kind::Messages => (&[], &touched),
+            _ => (&touched, &[]),
         };
         if let Err(e) = self.marks.mark(apps, chats).await {
             self.give_back(&batch).await;
             return Err(FlushError::Buffer(e.into()));
+        }
+        // Queue the index update durably before acknowledging, for the same reason.
+        if let Some(op) = &search_op
+            && let Err(e) = self.buffer.push_search_op(op).await
+        {
+            self.give_back(&batch).await;
+            return Err(e.into());
         }
         let mut report = FlushReport {
             batches: 1,
@@ -284,18 +295,29 @@ impl Flusher {
     }
 
     /// Decodes a batch and writes it; undecodable records are dead-lettered.
-    async fn write(&self, batch: &Claimed) -> Result<BatchOutcome, sqlx::Error> {
+    /// For a message batch with Meilisearch on, also returns the index update
+    /// of the stored messages (one upsert per batch).
+    async fn write(&self, batch: &Claimed) -> Result<(BatchOutcome, Option<IndexOp>), sqlx::Error> {
         match batch.kind {
-            Kind::Chats => {
-                let (records, slots) = decode_all(&batch.records, ChatRecord::decode);
-                let written = bulk::write_chats(&self.pool, &records).await?;
-                Ok(merge(slots, written))
-            }
             Kind::Messages => {
                 let (records, slots) = decode_all(&batch.records, MessageRecord::decode);
                 let cutoff = now_ms() - self.settings.orphan_max_age.as_millis() as i64;
                 let written = bulk::write_messages(&self.pool, &records, cutoff).await?;
-                Ok(merge(slots, written))
+                let op = (self.settings.index_search && !written.stored.is_empty()).then(|| {
+                    IndexOp::Sync {
+                        messages: written
+                            .stored
+                            .iter()
+                            .map(|&(i, chat_id)| (chat_id, records[i].number))
+                            .collect(),
+                    }
+                });
+                Ok((merge(slots, written), op))
+            }
+            _ => {
+                let (records, slots) = decode_all(&batch.records, ChatRecord::decode);
+                let written = bulk::write_chats(&self.pool, &records).await?;
+                Ok((merge(slots, written), None))
             }
         }
     }
@@ -457,6 +479,6 @@ fn merge(slots: Vec<Result<usize, DecodeError>>, written: BatchOutcome) -> Batch
         .collect();
     BatchOutcome {
         dispositions,
-        touched: written.touched,
+        stored: written.stored,
     }
 }

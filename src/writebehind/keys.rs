@@ -9,10 +9,13 @@ pub enum Kind {
     Chats,
     /// `pending:messages`
     Messages,
+    /// `pending:search`: changes waiting to be applied to Meilisearch
+    /// (see [`crate::jobs::indexer`]); not a write to MariaDB.
+    Search,
 }
 
 impl Kind {
-    /// Both kinds, in flush order.
+    /// The kinds the flusher writes to MariaDB, in flush order.
     pub const ALL: [Kind; 2] = [Kind::Chats, Kind::Messages];
 
     /// The kind's name in keys, logs and metrics.
@@ -20,6 +23,7 @@ impl Kind {
         match self {
             Kind::Chats => "chats",
             Kind::Messages => "messages",
+            Kind::Search => "search",
         }
     }
 }

@@ -42,6 +42,8 @@ pub fn test_config() -> Config {
     config.database_max_connections = 5;
     // Rate-limit tests turn it on; the others send bursts from one IP.
     config.rate_limit_per_minute = 0;
+    // Meilisearch tests opt in; the rest use the database backend.
+    config.meili_url = None;
     config
 }
 
@@ -61,6 +63,8 @@ pub struct TestApp {
     pub counts: Arc<CountsRefresher>,
     /// The dirty marks of the counts refresh.
     pub marks: DirtyMarks,
+    /// The search indexer, when `meili_url` is set.
+    pub indexer: Option<Arc<chat_api::jobs::indexer::Indexer>>,
     /// Its configuration.
     pub config: Config,
     shutdown: CancellationToken,
@@ -93,6 +97,7 @@ pub async fn spawn_config(config: Config, cleanup: bool) -> TestApp {
     let flusher = app.flusher();
     let counts = app.counts();
     let marks = app.state().marks.clone();
+    let indexer = app.indexer();
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run_until(shutdown.clone()));
     TestApp {
@@ -103,6 +108,7 @@ pub async fn spawn_config(config: Config, cleanup: bool) -> TestApp {
         buffer,
         counts,
         marks,
+        indexer,
         config,
         shutdown,
         server: Some(server),

@@ -8,4 +8,5 @@ mod helpers;
 mod messages;
 mod openapi;
 mod ratelimit;
+mod search;
 mod writebehind;

@@ -1,0 +1,171 @@
+//! The search indexer: applies the changes queued in `pending:search` to
+//! Meilisearch (only when `MEILI_URL` is set).
+//!
+//! The queue is durable (Redis) and is drained with the flusher's claim /
+//! lease / acknowledge machinery ([`Buffer::claim`]): a batch of ops is owned
+//! under a lease, applied, then acknowledged. While Meilisearch is down (or
+//! answers with an internal error), the batch is given back and retried with
+//! exponential backoff, so nothing is lost; the batch of a dead indexer comes
+//! back when its lease expires. An op that Meilisearch rejects as invalid is
+//! dead-lettered (`deadletter:search`) with the reason.
+//!
+//! **Lag.** While Meilisearch is up, a message is searchable about
+//! [`POLL_INTERVAL`] plus Meilisearch's own processing time after its flush;
+//! during an outage, until the outage ends (plus at most the backoff, 30 s).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use sqlx::MySqlPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::search::meili::{ApplyError, IndexOp, MeiliSearch, doc_id};
+use crate::writebehind::{Buffer, BufferError, Kind};
+
+/// How often the indexer looks for queued ops.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Ops claimed per batch.
+const OPS_PER_BATCH: usize = 50;
+
+/// Why an indexing pass stopped early (its batch was given back).
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// Meilisearch unreachable or failing.
+    #[error(transparent)]
+    Meili(#[from] ApplyError),
+    /// Redis unavailable.
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+    /// MariaDB unavailable.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Applies queued index changes.
+pub struct Indexer {
+    buffer: Buffer,
+    pool: MySqlPool,
+    meili: MeiliSearch,
+    lease: Duration,
+}
+
+impl Indexer {
+    /// An indexer reading `buffer`'s search queue.
+    pub fn new(buffer: Buffer, pool: MySqlPool, meili: MeiliSearch, lease: Duration) -> Self {
+        Self {
+            buffer,
+            pool,
+            meili,
+            lease,
+        }
+    }
+
+    /// Applies every op queued when it starts. Returns the number applied.
+    /// Errors: Meilisearch, Redis or MariaDB unavailable (the batch in hand is
+    /// given back first).
+    pub async fn index_once(&self) -> Result<u64, IndexError> {
+        let mut budget = self.buffer.pending_len(Kind::Search).await?;
+        let mut applied = 0;
+        while budget > 0 {
+            let Some(batch) = self
+                .buffer
+                .claim(Kind::Search, OPS_PER_BATCH, self.lease)
+                .await?
+            else {
+                break;
+            };
+            budget = budget.saturating_sub(batch.records.len() as u64);
+            let mut dead = Vec::new();
+            for raw in &batch.records {
+                let result = match serde_json::from_slice::<IndexOp>(raw) {
+                    Ok(op) => self.apply(&op).await,
+                    Err(e) => Err(IndexError::Meili(ApplyError::Rejected(format!(
+                        "undecodable op: {e}"
+                    )))),
+                };
+                match result {
+                    Ok(()) => applied += 1,
+                    Err(IndexError::Meili(ApplyError::Rejected(reason))) => {
+                        tracing::error!(%reason, op = %String::from_utf8_lossy(raw), "index op dead-lettered");
+                        dead.push(
+                            serde_json::json!({
+                                "record": String::from_utf8_lossy(raw),
+                                "reason": reason,
+                                "at": chrono::Utc::now().to_rfc3339(),
+                            })
+                            .to_string(),
+                        );
+                    }
+                    Err(e) => {
+                        if let Err(re) = self.buffer.release(&batch).await {
+                            tracing::warn!(error = %re, "could not release index batch; it returns when its lease expires");
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            self.buffer.ack(&batch, &[], &dead).await?;
+        }
+        Ok(applied)
+    }
+
+    async fn apply(&self, op: &IndexOp) -> Result<(), IndexError> {
+        match op {
+            IndexOp::Sync { messages } => {
+                let docs = crate::store::messages::search_docs(&self.pool, messages).await?;
+                let live: std::collections::HashSet<&str> =
+                    docs.iter().map(|d| d.id.as_str()).collect();
+                let gone: Vec<String> = messages
+                    .iter()
+                    .map(|(c, n)| doc_id(*c, *n))
+                    .filter(|id| !live.contains(id.as_str()))
+                    .collect();
+                Ok(self.meili.replace_and_delete(&docs, &gone).await?)
+            }
+            other => Ok(self.meili.apply_delete(other).await?),
+        }
+    }
+
+    /// Sets up the index, then applies queued ops every [`POLL_INTERVAL`]
+    /// until `stop`, backing off while Meilisearch is down.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut backoff = new_backoff();
+        let mut ready = false;
+        loop {
+            let step = async {
+                if !ready {
+                    self.meili.ensure_index().await?;
+                    ready = true;
+                    tracing::info!("Meilisearch index ready");
+                }
+                self.index_once().await
+            };
+            let delay = match step.await {
+                Ok(_) => {
+                    backoff = new_backoff();
+                    POLL_INTERVAL
+                }
+                Err(e) => {
+                    let d = backoff.next().unwrap_or(Duration::from_secs(30));
+                    tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "indexing failed; ops stay queued");
+                    d
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+fn new_backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}

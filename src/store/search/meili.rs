@@ -1,0 +1,238 @@
+//! The Meilisearch backend, through `meilisearch-sdk`.
+//!
+//! One document per message: `{"id": "{chat_id}-{number}", "application_id",
+//! "chat_id", "number", "body"}`. `body` is the only searchable attribute;
+//! `chat_id` and `application_id` are filterable, and every filter expression
+//! is built from those integers (which the service owns), never from client text.
+
+use std::time::Duration;
+
+use meilisearch_sdk::client::Client;
+use meilisearch_sdk::documents::DocumentDeletionQuery;
+use meilisearch_sdk::indexes::Index;
+use meilisearch_sdk::tasks::Task;
+use serde::{Deserialize, Serialize};
+
+use super::SearchError;
+use crate::domain::Page;
+
+/// How long to wait for Meilisearch to process one task.
+const TASK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One indexed message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageDoc {
+    /// `{chat_id}-{number}`: unique, and derived from the row's unique key.
+    pub id: String,
+    /// `applications.id` (for deleting an application's documents).
+    pub application_id: u64,
+    /// `chats.id` (the search scope).
+    pub chat_id: u64,
+    /// Number within the chat.
+    pub number: i64,
+    /// The body.
+    pub body: String,
+}
+
+impl MessageDoc {
+    /// The document of message `number` of chat `chat_id`.
+    pub fn new(application_id: u64, chat_id: u64, number: i64, body: String) -> Self {
+        Self {
+            id: doc_id(chat_id, number),
+            application_id,
+            chat_id,
+            number,
+            body,
+        }
+    }
+}
+
+/// Document id of message `number` of chat `chat_id`.
+pub fn doc_id(chat_id: u64, number: i64) -> String {
+    format!("{chat_id}-{number}")
+}
+
+/// A change to the index, queued durably in Redis (`pending:search`) and
+/// applied by the indexer ([`crate::jobs::indexer`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum IndexOp {
+    /// Bring these messages, given as `(chat_id, number)`, in line with
+    /// MariaDB: the indexer reads them at apply time, replaces the live ones
+    /// (one add_or_replace) and deletes the rest. Reading at apply time makes
+    /// the order of ops irrelevant: the index always converges to the
+    /// database. Queued once per flushed batch, and by each edit and delete.
+    Sync {
+        /// `(chat_id, number)` of each message.
+        messages: Vec<(u64, i64)>,
+    },
+    /// Delete every document of a chat.
+    DeleteChat {
+        /// `chats.id`
+        chat_id: u64,
+    },
+    /// Delete every document of an application.
+    DeleteApplication {
+        /// `applications.id`
+        application_id: u64,
+    },
+}
+
+/// A handle on the index.
+#[derive(Clone)]
+pub struct MeiliSearch {
+    client: Client,
+    index: Index,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> SearchError {
+    SearchError::Unavailable(e.to_string())
+}
+
+/// How applying an [`IndexOp`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Meilisearch could not be reached: retry the op later.
+    #[error("Meilisearch unreachable: {0}")]
+    Unreachable(String),
+    /// Meilisearch rejected the task: retrying will not help.
+    #[error("Meilisearch rejected the task: {0}")]
+    Rejected(String),
+}
+
+impl MeiliSearch {
+    /// A client of the server at `url` for index `index`. Errors: an invalid URL or key.
+    pub fn new(url: &str, api_key: Option<&str>, index: &str) -> Result<Self, SearchError> {
+        let client = Client::new(url, api_key).map_err(unavailable)?;
+        let index = client.index(index);
+        Ok(Self { client, index })
+    }
+
+    /// Creates the index if needed and applies its settings. Idempotent.
+    /// Errors: Meilisearch unreachable or rejecting a settings task.
+    pub async fn ensure_index(&self) -> Result<(), ApplyError> {
+        // Creating an existing index makes a failed task; that is fine.
+        let created = self
+            .client
+            .create_index(&self.index.uid, Some("id"))
+            .await
+            .map_err(unreachable)?;
+        let _ = created
+            .wait_for_completion(&self.client, None, Some(TASK_TIMEOUT))
+            .await;
+        let task = self
+            .index
+            .set_searchable_attributes(["body"])
+            .await
+            .map_err(unreachable)?;
+        self.finish(task).await?;
+        let task = self
+            .index
+            .set_filterable_attributes(["chat_id", "application_id"])
+            .await
+            .map_err(unreachable)?;
+        self.finish(task).await
+    }
+
+    /// Replaces `docs` and deletes the documents `gone`, waiting for both.
+    pub async fn replace_and_delete(
+        &self,
+        docs: &[MessageDoc],
+        gone: &[String],
+    ) -> Result<(), ApplyError> {
+        if !docs.is_empty() {
+            self.upsert(docs).await?;
+        }
+        if !gone.is_empty() {
+            let task = self
+                .index
+                .delete_documents(gone)
+                .await
+                .map_err(unreachable)?;
+            self.finish(task).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies a delete-by-filter op and waits until Meilisearch processed it
+    /// ([`IndexOp::Sync`] needs MariaDB: see [`Self::replace_and_delete`]).
+    pub async fn apply_delete(&self, op: &IndexOp) -> Result<(), ApplyError> {
+        let task = match op {
+            IndexOp::Sync { .. } => return Ok(()),
+            IndexOp::DeleteChat { chat_id } => {
+                let filter = format!("chat_id = {chat_id}");
+                let mut q = DocumentDeletionQuery::new(&self.index);
+                q.with_filter(&filter);
+                self.index.delete_documents_with(&q).await
+            }
+            IndexOp::DeleteApplication { application_id } => {
+                let filter = format!("application_id = {application_id}");
+                let mut q = DocumentDeletionQuery::new(&self.index);
+                q.with_filter(&filter);
+                self.index.delete_documents_with(&q).await
+            }
+        }
+        .map_err(unreachable)?;
+        self.finish(task).await
+    }
+
+    async fn finish(&self, task: meilisearch_sdk::task_info::TaskInfo) -> Result<(), ApplyError> {
+        match task
+            .wait_for_completion(&self.client, None, Some(TASK_TIMEOUT))
+            .await
+            .map_err(unreachable)?
+        {
+            Task::Failed { content } => Err(unreachable(
+                meilisearch_sdk::errors::Error::Meilisearch(content.error),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Numbers of the messages of chat `chat_id` matching `query`, best first.
+    pub async fn search(
+        &self,
+        chat_id: u64,
+        query: &str,
+        page: Page,
+    ) -> Result<Vec<i64>, SearchError> {
+        #[derive(Deserialize)]
+        struct Hit {
+            number: i64,
+        }
+        let filter = format!("chat_id = {chat_id}");
+        let results = self
+            .index
+            .search()
+            .with_query(query)
+            .with_filter(&filter)
+            .with_limit(page.limit_plus_one() as usize)
+            .with_offset(page.offset() as usize)
+            .execute::<Hit>()
+            .await
+            .map_err(unavailable)?;
+        Ok(results.hits.into_iter().map(|h| h.result.number).collect())
+    }
+
+    /// Sends one batch of documents (used by `reindex`) and waits for it.
+    pub async fn upsert(&self, docs: &[MessageDoc]) -> Result<(), ApplyError> {
+        let task = self
+            .index
+            .add_or_replace(docs, Some("id"))
+            .await
+            .map_err(unreachable)?;
+        self.finish(task).await
+    }
+}
+
+/// Only an invalid request is a rejection; an unreachable server, an
+/// internal error or a wrong key may pass, so those are retried.
+fn unreachable(e: meilisearch_sdk::errors::Error) -> ApplyError {
+    use meilisearch_sdk::errors::{Error, ErrorType};
+    match e {
+        Error::Meilisearch(m) if m.error_type == ErrorType::InvalidRequest => {
+            ApplyError::Rejected(m.error_message)
+        }
+        other => ApplyError::Unreachable(other.to_string()),
+    }
+}
