@@ -109,6 +109,8 @@ def main():
     ap.add_argument("--base-url", default="http://127.0.0.1:3000")
     ap.add_argument("--wait-secs", type=float, default=75, help="how long to wait for the flush before reading back")
     ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--search-check", action="store_true",
+                    help="then search a word found in exactly one conversation, and time searches")
     args = ap.parse_args()
 
     corpus = load_corpus()
@@ -122,11 +124,15 @@ def main():
         for lang, convs in corpus.items():
             status, app = call(args.base_url, "POST", "/applications", {"name": f"chatterbot-corpus {lang}"})
             assert status == 201, (status, app)
-            for lines in convs:
-                jobs[pool.submit(post_conversation, args.base_url, app["token"], lines)] = app["token"]
+            for i, lines in enumerate(convs):
+                fut = pool.submit(post_conversation, args.base_url, app["token"], lines)
+                jobs[fut] = (app["token"], lang, i)
+        where = {}  # (lang, conversation index) -> (token, chat)
         for fut in cf.as_completed(jobs):
             chat, sent = fut.result()
-            expected[(jobs[fut], chat)] = sent
+            token, lang, i = jobs[fut]
+            expected[(token, chat)] = sent
+            where[(lang, i)] = (token, chat)
     elapsed = time.monotonic() - started
     records = len(expected) + sum(len(v) for v in expected.values())
     skipped = n_lines - (records - len(expected))
@@ -148,6 +154,49 @@ def main():
         print(f"FAILED: {len(pending)} chats not read back identically after {waited:.0f} s, e.g. {k}", file=sys.stderr)
         sys.exit(1)
     print(f"verified: every line read back byte for byte and in order ({waited:.0f} s after loading)")
+    if args.search_check:
+        search_check(args, corpus, where)
+
+
+def search(base, token, chat, q):
+    path = f"/applications/{token}/chats/{chat}/messages/search?per_page=100&q=" + urllib.parse.quote(q)
+    started = time.monotonic()
+    status, body = call(base, "GET", path)
+    took = time.monotonic() - started
+    assert status == 200, (status, body)
+    return [m["body"] for m in body["messages"]], took
+
+
+def search_check(args, corpus, where):
+    """A word that occurs in exactly one conversation is found in that chat
+    and in no other chat of its application; then search latency is timed."""
+    import re
+    seen = {}
+    for lang, convs in corpus.items():
+        for i, lines in enumerate(convs):
+            for w in set(re.findall(r"[a-z]{7,}", " ".join(lines).lower())):
+                seen.setdefault(w, set()).add((lang, i))
+    word, (lang, i) = next((w, next(iter(s))) for w, s in sorted(seen.items())
+                           if len(s) == 1 and next(iter(s))[0] == "english")
+    token, chat = where[(lang, i)]
+    hits, _ = search(args.base_url, token, chat, word)
+    assert hits and all(word in h.lower() for h in hits), (word, hits)
+    others = [(t, c) for (t, c) in where.values() if t == token and c != chat]
+    with cf.ThreadPoolExecutor(args.workers) as pool:
+        leaks = [k for k, (h, _) in zip(others, pool.map(lambda k: search(args.base_url, *k, word), others)) if h]
+    assert not leaks, f"{word!r} found in other chats: {leaks[:5]}"
+    print(f"search check: {word!r} found in its chat ({len(hits)} hit) and in none of the other {len(others)} chats")
+
+    # Latency over the loaded corpus: a word of each conversation, searched in its chat.
+    probes = []
+    for (lang, i), (t, c) in sorted(where.items())[:: max(1, len(where) // 1000)]:
+        words = re.findall(r"\w{4,}", " ".join(corpus[lang][i]))
+        if words:
+            probes.append((t, c, words[0]))
+    with cf.ThreadPoolExecutor(4) as pool:
+        times = sorted(took for _, took in pool.map(lambda p: search(args.base_url, *p), probes))
+    pct = lambda p: times[min(len(times) - 1, int(p * len(times)))] * 1000
+    print(f"search latency over {len(times)} searches: p50 {pct(0.50):.1f} ms, p99 {pct(0.99):.1f} ms")
 
 
 if __name__ == "__main__":
