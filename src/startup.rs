@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bb8_redis::RedisConnectionManager;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,13 +40,13 @@ pub struct Application {
 }
 
 /// Opens the Redis pool (lazily: the service starts while Redis is down).
-pub fn redis_pool(config: &Config) -> anyhow::Result<bb8::Pool<RedisConnectionManager>> {
-    let manager =
-        RedisConnectionManager::new(config.redis_url.as_str()).context("REDIS_URL is invalid")?;
-    Ok(bb8::Pool::builder()
-        .max_size(config.redis_pool_size)
-        .connection_timeout(config.redis_timeout())
-        .build_unchecked(manager))
+pub fn redis_pool(config: &Config) -> anyhow::Result<crate::store::redis::RedisPool> {
+    crate::store::redis::pool(
+        &config.redis_url,
+        config.redis_pool_size,
+        config.redis_timeout(),
+    )
+    .context("REDIS_URL is invalid")
 }
 
 /// Flusher settings from the configuration.

@@ -61,11 +61,11 @@ impl HealthApi {
     async fn ready(&self, state: Data<&AppState>) -> ReadinessResponse {
         let db = async { sqlx::query("SELECT 1").execute(&state.pool).await.is_ok() };
         let redis = async {
-            let Ok(mut c) = state.wb.buffer().pool().get().await else {
+            let Ok((mut c, _)) = crate::store::redis::get(state.wb.buffer().pool()).await else {
                 return false;
             };
             redis::cmd("PING")
-                .query_async::<String>(&mut *c)
+                .query_async::<String>(&mut c)
                 .await
                 .is_ok()
         };

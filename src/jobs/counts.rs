@@ -133,7 +133,7 @@ impl DirtyMarks {
         self.pool
             .get()
             .await
-            .map(|c| c.clone())
+            .map(|c| c.conn.clone())
             .map_err(|e| match e {
                 bb8::RunError::User(e) => e,
                 bb8::RunError::TimedOut => {

@@ -6,6 +6,7 @@ pub mod applications;
 pub mod bulk;
 pub mod chats;
 pub mod messages;
+pub mod redis;
 pub mod search;
 
 use std::time::Duration;

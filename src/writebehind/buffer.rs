@@ -7,15 +7,13 @@
 use std::future::Future;
 use std::time::Duration;
 
-use bb8_redis::RedisConnectionManager;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 
 use super::keys::{Keys, Kind};
 use super::scripts::{Scripts, code};
 
-/// A pool of multiplexed Redis connections.
-pub type RedisPool = bb8::Pool<RedisConnectionManager>;
+pub use crate::store::redis::RedisPool;
 
 /// How long a deleted application's or chat's tombstone outlives it in Redis,
 /// in seconds. It only has to outlast a racing cache fill (milliseconds); after
@@ -129,18 +127,27 @@ impl Buffer {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, redis::RedisError>>,
     {
-        let work = async {
-            // A multiplexed connection is a cheap handle onto one pipelined
-            // socket: clone it and give the pool slot back at once.
-            let conn = self.pool.get().await?.clone();
-            Ok::<_, BufferError>(f(conn).await?)
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timed_out = || {
+            BufferError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis()))
         };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(r) => r,
-            Err(_) => Err(BufferError::Unavailable(format!(
-                "no answer within {} ms",
-                self.timeout.as_millis()
-            ))),
+        // A multiplexed connection is a cheap handle onto one pipelined
+        // socket: clone it and give the pool slot back at once.
+        let (conn, broken) =
+            tokio::time::timeout_at(deadline, crate::store::redis::get(&self.pool))
+                .await
+                .map_err(|_| timed_out())??;
+        match tokio::time::timeout_at(deadline, f(conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                broken.note(&e);
+                Err(e.into())
+            }
+            Err(_) => {
+                // A connection that hangs is as good as dead.
+                broken.set();
+                Err(timed_out())
+            }
         }
     }
 

@@ -205,7 +205,7 @@ async fn an_undecodable_record_is_dead_lettered_and_does_not_block_the_queue() {
     let t = app.create_app("a").await;
     let c = app.create_chat(&t).await;
     app.create_message(&t, c, "before").await;
-    let mut conn = app.buffer.pool().get().await.unwrap().clone();
+    let mut conn = app.buffer.pool().get().await.unwrap().conn.clone();
     let _: () = redis::cmd("RPUSH")
         .arg(app.buffer.keys().pending(Kind::Messages))
         .arg("garbage")
