@@ -113,6 +113,18 @@ pub struct Config {
     #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = parse_cidrs)]
     pub trusted_proxies: TrustedProxies,
 
+    /// Fault injection for the crash tests: the flusher sleeps this long
+    /// between committing a batch and acknowledging it, in milliseconds, so
+    /// that a kill can land inside a flush. 0 (the default) in production.
+    #[arg(long, env = "FAULT_FLUSH_DELAY_MS", default_value_t = 0, hide = true)]
+    pub fault_flush_delay_ms: u64,
+
+    /// Start even when Redis may evict keys (`maxmemory-policy` other than
+    /// `noeviction`), with a warning. Eviction silently loses buffered
+    /// records and counters, so by default the service refuses to start.
+    #[arg(long, env = "ALLOW_REDIS_EVICTION")]
+    pub allow_redis_eviction: bool,
+
     /// Meilisearch URL (for example `http://127.0.0.1:7700`). Unset: search
     /// uses MariaDB's FULLTEXT index instead.
     #[arg(long, env = "MEILI_URL")]

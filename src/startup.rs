@@ -59,6 +59,7 @@ pub fn flush_settings(config: &Config) -> FlushSettings {
         orphan_max_age: config.orphan_max_age,
         shutdown_timeout: config.shutdown_timeout,
         index_search: config.meili_url.is_some(),
+        fault_delay: Duration::from_millis(config.fault_flush_delay_ms),
     }
 }
 
@@ -77,6 +78,7 @@ impl Application {
         }
         crate::telemetry::metrics::install();
         let redis = redis_pool(&config)?;
+        check_redis(&redis, config.allow_redis_eviction).await?;
         let marks = DirtyMarks::new(redis.clone(), config.redis_key_prefix.clone());
         let buffer = Buffer::new(
             redis,
@@ -244,6 +246,52 @@ impl Application {
         tracing::info!("stopped");
         result.context("HTTP server failed")
     }
+}
+
+/// Refuses to start when Redis may evict keys (unless allowed), and logs
+/// whether AOF persistence is on. A Redis that cannot be reached now is only
+/// logged: the service starts, and creation answers 503 until Redis is back.
+async fn check_redis(
+    pool: &crate::store::redis::RedisPool,
+    allow_eviction: bool,
+) -> anyhow::Result<()> {
+    let safety = match tokio::time::timeout(
+        Duration::from_secs(3),
+        crate::store::redis::server_safety(pool),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not check Redis's eviction policy and persistence; Redis seems down");
+            return Ok(());
+        }
+        Err(_) => {
+            tracing::warn!(
+                "could not check Redis's eviction policy and persistence: no answer in 3 s"
+            );
+            return Ok(());
+        }
+    };
+    if safety.may_evict() {
+        let msg = format!(
+            "Redis maxmemory-policy is `{}`: Redis may evict keys, silently losing buffered records and counters. \
+             Set `maxmemory-policy noeviction`, or set ALLOW_REDIS_EVICTION=true to start anyway",
+            safety.maxmemory_policy
+        );
+        if !allow_eviction {
+            anyhow::bail!(msg);
+        }
+        tracing::warn!("{msg} (ALLOW_REDIS_EVICTION is set: starting anyway)");
+    }
+    if safety.aof_enabled {
+        tracing::info!("Redis AOF persistence is on: buffered records survive a Redis restart");
+    } else {
+        tracing::warn!(
+            "Redis AOF persistence is OFF: a Redis restart loses the records not yet flushed (see README)"
+        );
+    }
+    Ok(())
 }
 
 /// Runs `step` every `period` until `stop`.

@@ -92,6 +92,42 @@ pub fn pool(url: &str, max_size: u32, timeout: Duration) -> redis::RedisResult<R
         .build_unchecked(RedisManager { inner }))
 }
 
+/// What the start-up check found out about the Redis server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSafety {
+    /// `maxmemory-policy` (for example `noeviction`).
+    pub maxmemory_policy: String,
+    /// Whether AOF persistence is on (`aof_enabled:1`).
+    pub aof_enabled: bool,
+}
+
+impl ServerSafety {
+    /// Whether Redis may evict keys to make room.
+    pub fn may_evict(&self) -> bool {
+        self.maxmemory_policy != "noeviction"
+    }
+}
+
+/// Reads `maxmemory-policy` and `aof_enabled` from `INFO` (which, unlike
+/// `CONFIG GET`, managed Redis services allow). Errors: Redis unavailable.
+pub async fn server_safety(pool: &RedisPool) -> anyhow::Result<ServerSafety> {
+    let (mut c, _) = get(pool).await?;
+    let memory: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await?;
+    let persistence: String = redis::cmd("INFO")
+        .arg("persistence")
+        .query_async(&mut c)
+        .await?;
+    let field = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
+            .map(|v| v.trim().to_string())
+    };
+    Ok(ServerSafety {
+        maxmemory_policy: field(&memory, "maxmemory_policy").unwrap_or_else(|| "unknown".into()),
+        aof_enabled: field(&persistence, "aof_enabled").as_deref() == Some("1"),
+    })
+}
+
 /// Gets a connection clone and its flag from the pool. Errors: no connection
 /// could be made in time.
 pub async fn get(

@@ -58,6 +58,9 @@ pub struct FlushSettings {
     pub shutdown_timeout: Duration,
     /// Whether stored messages are queued for Meilisearch (`MEILI_URL` set).
     pub index_search: bool,
+    /// Fault injection (`FAULT_FLUSH_DELAY_MS`): a pause between COMMIT and
+    /// acknowledgement, zero in production.
+    pub fault_delay: Duration,
 }
 
 impl FlushSettings {
@@ -237,6 +240,9 @@ impl Flusher {
         };
         // Mark before acknowledging: if the mark is lost, the batch is
         // written again (a no-op) and marked then.
+        if !self.settings.fault_delay.is_zero() {
+            tokio::time::sleep(self.settings.fault_delay).await;
+        }
         let touched = outcome.touched();
         let (apps, chats): (&[u64], &[u64]) = match batch.kind {
             Kind::Messages => (&[], &touched),

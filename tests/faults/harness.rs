@@ -1,0 +1,493 @@
+//! The fault-test harness: the service as a real process (the release binary
+//! when `CHAT_API_BIN` names it, as `scripts/test` does), its own database
+//! and Redis prefix, a load generator that records every answer, a TCP proxy
+//! the test can cut, and the checks of the write-behind promise.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::MySqlPool;
+
+/// MariaDB server the tests create their databases on.
+pub fn mysql_url() -> String {
+    std::env::var("TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+/// Redis the tests use.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The binary under test: `CHAT_API_BIN` (the release build) or the debug build.
+pub fn binary() -> String {
+    std::env::var("CHAT_API_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_chat-api").to_string())
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Settings of one test: database, prefix and environment of the processes.
+pub struct World {
+    /// Database name.
+    pub db: String,
+    /// Redis key prefix.
+    pub prefix: String,
+    /// Environment shared by every process of the test.
+    pub env: Vec<(String, String)>,
+    /// Pool on the test database (direct, never through a proxy).
+    pub pool: MySqlPool,
+    /// Redis connection (direct).
+    pub redis: redis::aio::MultiplexedConnection,
+}
+
+impl World {
+    /// A fresh database and prefix; `database_url`/`redis_url` default to the
+    /// direct ones, and `extra` adds to or overrides the environment.
+    pub async fn new(extra: &[(&str, String)]) -> World {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let db = format!("chat_fault_{}", &id[..12]);
+        let prefix = format!("fault:{id}:");
+        let mut env: Vec<(String, String)> = vec![
+            ("DATABASE_URL".into(), format!("{}/{db}", mysql_url())),
+            ("REDIS_URL".into(), redis_url()),
+            ("REDIS_KEY_PREFIX".into(), prefix.clone()),
+            ("RATE_LIMIT_PER_MINUTE".into(), "0".into()),
+            ("RUST_LOG".into(), "warn,chat_api=info".into()),
+            ("LOG_FORMAT".into(), "text".into()),
+        ];
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.clone()));
+        }
+        chat_api::store::ensure_database(&format!("{}/{db}", mysql_url()))
+            .await
+            .unwrap();
+        let pool = MySqlPool::connect(&format!("{}/{db}", mysql_url()))
+            .await
+            .unwrap();
+        chat_api::store::migrate(&pool).await.unwrap();
+        let redis = redis::Client::open(redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        World {
+            db,
+            prefix,
+            env,
+            pool,
+            redis,
+        }
+    }
+
+    /// Starts a service process on `port`, and waits until it answers.
+    pub async fn start(&self, port: u16) -> Service {
+        let log = std::fs::File::create(format!(
+            "{}/fault-{}-{port}.log",
+            std::env::temp_dir().display(),
+            self.db
+        ))
+        .unwrap();
+        let child = Command::new(binary())
+            .arg("serve")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the service binary starts");
+        let service = Service { child, port };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if client
+                .get(format!("{}/health/live", service.base()))
+                .send()
+                .await
+                .is_ok()
+            {
+                return service;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the service did not come up on port {port}");
+    }
+
+    /// Records waiting or in flight in Redis: pending chats and messages plus
+    /// the records of leased batches.
+    pub async fn in_redis(&self) -> (u64, u64) {
+        let mut c = self.redis.clone();
+        let p = &self.prefix;
+        let pending: (u64, u64) = redis::pipe()
+            .llen(format!("{p}pending:chats"))
+            .llen(format!("{p}pending:messages"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let leases: u64 = redis::cmd("ZCARD")
+            .arg(format!("{p}leases"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        (pending.0 + pending.1, leases)
+    }
+
+    /// Waits until nothing is pending nor leased (a live service drains it).
+    pub async fn wait_drained(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let (pending, leases) = self.in_redis().await;
+            if pending == 0 && leases == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not drained in {within:?}: {pending} pending, {leases} leased batches"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stored messages of the application: `(chat number, number, body)`.
+    pub async fn stored(&self, token: &str) -> Vec<(i64, i64, String)> {
+        sqlx::query_as(
+            "SELECT c.number, m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id \
+             JOIN applications a ON a.id = c.application_id WHERE a.token = ? ORDER BY c.number, m.number",
+        )
+        .bind(token)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Drops the database and the keys.
+    pub async fn cleanup(self) {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS `{}`",
+            self.db
+        )))
+        .execute(&self.pool)
+        .await;
+        let mut c = self.redis.clone();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut c).await;
+        }
+    }
+}
+
+/// A running service process.
+pub struct Service {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Service {
+    /// `http://127.0.0.1:{port}`
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: no chance to flush or acknowledge anything.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits; returns whether it exited 0 within `within`.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+        false
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates an application with `chats` chats through `base`; returns its token.
+pub async fn setup_app(base: &str, chats: usize) -> String {
+    let client = reqwest::Client::new();
+    let app: Value = client
+        .post(format!("{base}/api/v1/applications"))
+        .json(&json!({"name": "fault test"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = app["token"].as_str().unwrap().to_string();
+    for _ in 0..chats {
+        let r = client
+            .post(format!("{base}/api/v1/applications/{token}/chats"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    token
+}
+
+/// What the load saw.
+#[derive(Default)]
+pub struct Ledger {
+    /// 201s: `(chat, number) -> body`.
+    pub acked: BTreeMap<(i64, i64), String>,
+    /// Bodies sent without a usable answer (transport error or 503): each may
+    /// or may not have been stored, but never twice.
+    pub unknown: HashSet<String>,
+    /// Requests made.
+    pub requests: u64,
+    /// Statuses seen, with counts.
+    pub statuses: BTreeMap<u16, u64>,
+    /// 503s that carried `Retry-After`.
+    pub retry_after: u64,
+}
+
+/// A closed-loop load of message POSTs over `chats` chats by `workers` tasks,
+/// spread over `bases` (one service each), until `stop`.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+impl Load {
+    /// Starts the load; `tag` starts every body, so that bodies are unique
+    /// across loads.
+    pub fn start(tag: &str, bases: Vec<String>, token: &str, chats: i64, workers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let tasks = (0..workers)
+            .map(|w| {
+                let (stop, ledger, client, token, bases, tag) = (
+                    stop.clone(),
+                    ledger.clone(),
+                    client.clone(),
+                    token.to_string(),
+                    bases.clone(),
+                    tag.to_string(),
+                );
+                tokio::spawn(async move {
+                    let mut seq = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        seq += 1;
+                        let chat = 1 + (seq as i64 + w as i64) % chats;
+                        let base = &bases[(w + seq as usize) % bases.len()];
+                        let body = format!("{tag}w{w}-{seq} ✓");
+                        let r = client
+                            .post(format!(
+                                "{base}/api/v1/applications/{token}/chats/{chat}/messages"
+                            ))
+                            .json(&json!({ "body": body }))
+                            .send()
+                            .await;
+                        // What the answer says, worked out before taking the lock.
+                        let (status, retry_after, number) = match r {
+                            Ok(resp) => {
+                                let status = resp.status().as_u16();
+                                let retry_after = resp.headers().contains_key("retry-after");
+                                let number = if status == 201 {
+                                    resp.json::<Value>()
+                                        .await
+                                        .ok()
+                                        .and_then(|v| v["number"].as_i64())
+                                } else {
+                                    None
+                                };
+                                (Some(status), retry_after, number)
+                            }
+                            Err(_) => (None, false, None),
+                        };
+                        {
+                            let mut l = ledger.lock().unwrap();
+                            l.requests += 1;
+                            if let Some(status) = status {
+                                *l.statuses.entry(status).or_default() += 1;
+                                if status == 503 && retry_after {
+                                    l.retry_after += 1;
+                                }
+                            }
+                            match number {
+                                Some(n) => {
+                                    let prev = l.acked.insert((chat, n), body);
+                                    assert!(
+                                        prev.is_none(),
+                                        "number {n} of chat {chat} acknowledged twice"
+                                    );
+                                    continue;
+                                }
+                                None => {
+                                    l.unknown.insert(body);
+                                }
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            tasks,
+            ledger,
+        }
+    }
+
+    /// Stops the load and returns what it saw.
+    pub async fn stop(self) -> Ledger {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        Arc::try_unwrap(self.ledger)
+            .ok()
+            .unwrap()
+            .into_inner()
+            .unwrap()
+    }
+
+    /// Statuses seen so far.
+    pub fn statuses(&self) -> BTreeMap<u16, u64> {
+        self.ledger.lock().unwrap().statuses.clone()
+    }
+}
+
+/// The promise: every 201 is stored once with its body; nothing else is
+/// stored but bodies whose request got no answer, each at most once; numbers
+/// are 1..N with no gap in every chat. Returns the number of stored rows.
+pub fn check_promise(ledger: &Ledger, stored: &[(i64, i64, String)]) -> usize {
+    let mut by_key: HashMap<(i64, i64), &str> = HashMap::new();
+    let mut bodies: HashSet<&str> = HashSet::new();
+    for (chat, n, body) in stored {
+        assert!(
+            by_key.insert((*chat, *n), body).is_none(),
+            "({chat}, {n}) stored twice"
+        );
+        assert!(bodies.insert(body), "body {body:?} stored twice");
+    }
+    for ((chat, n), body) in &ledger.acked {
+        assert_eq!(
+            by_key.get(&(*chat, *n)).copied(),
+            Some(body.as_str()),
+            "acknowledged ({chat}, {n}) missing or different"
+        );
+    }
+    for ((chat, n), body) in &by_key {
+        if ledger.acked.get(&(*chat, *n)).map(String::as_str) != Some(*body) {
+            assert!(
+                ledger.unknown.contains(*body),
+                "({chat}, {n}) {body:?} was never acknowledged nor left unanswered"
+            );
+        }
+    }
+    let mut per_chat: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for (chat, n, _) in stored {
+        per_chat.entry(*chat).or_default().push(*n);
+    }
+    for (chat, mut numbers) in per_chat {
+        numbers.sort();
+        let expected: Vec<i64> = (1..=numbers.len() as i64).collect();
+        assert_eq!(numbers, expected, "chat {chat} has a gap");
+    }
+    stored.len()
+}
+
+/// A TCP proxy the test can cut: when cut, every open connection is dropped
+/// and new ones are accepted and closed at once.
+pub struct Proxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// A proxy on a free loopback port forwarding to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (c2, k2) = (cut.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if c2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let h = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                k2.lock().unwrap().push(h.abort_handle());
+            }
+        });
+        Proxy {
+            addr,
+            cut,
+            conns,
+            task,
+        }
+    }
+
+    /// Cuts every connection, now and until [`Self::heal`].
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! Fault tests: the write-behind promise under SIGKILL, a dead instance, a
+//! MariaDB outage and a Redis outage. Each is bounded in time, stops by
+//! itself, and talks to loopback only.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Load, Proxy, World, check_promise, free_port, setup_app};
+
+/// A small deterministic generator for kill times (seed printed for replay).
+struct Lcg(u64);
+
+impl Lcg {
+    fn between_ms(&mut self, lo: u64, hi: u64) -> Duration {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        Duration::from_millis(lo + (self.0 >> 33) % (hi - lo))
+    }
+}
+
+fn seed() -> u64 {
+    let s = std::env::var("FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("FAULT_SEED={s}");
+    s
+}
+
+/// Small batches, a one-second timer, a two-second lease and a pause between
+/// COMMIT and acknowledgement: kills land inside flushes, and a dead
+/// flusher's batches come back quickly.
+fn crashy() -> Vec<(&'static str, String)> {
+    vec![
+        ("MESSAGE_BATCH_SIZE", "50".into()),
+        ("CHAT_BATCH_SIZE", "5".into()),
+        ("FLUSH_INTERVAL_SECS", "1".into()),
+        ("LEASE_SECS", "2".into()),
+        ("FAULT_FLUSH_DELAY_MS", "50".into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_nothing_and_duplicates_nothing() {
+    let mut rng = Lcg(seed());
+    let world = World::new(&crashy()).await;
+    let port = free_port();
+    let mut service = world.start(port).await;
+    let token = setup_app(&service.base(), 5).await;
+    let load = Load::start("k", vec![service.base()], &token, 5, 8);
+    let mut kills_in_flush = 0;
+    for _ in 0..4 {
+        tokio::time::sleep(rng.between_ms(800, 2500)).await;
+        service.kill9();
+        let (_, leased) = world.in_redis().await;
+        if leased > 0 {
+            kills_in_flush += 1;
+        }
+        service = world.start(port).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ledger = load.stop().await;
+    // The last instance recovers the dead ones' batches (leases of 2 s) and drains.
+    world.wait_drained(Duration::from_secs(30)).await;
+    assert!(
+        service.terminate(Duration::from_secs(30)),
+        "SIGTERM exits 0"
+    );
+    let stored = world.stored(&token).await;
+    let rows = check_promise(&ledger, &stored);
+    eprintln!(
+        "kill -9: {} requests, {} acknowledged, {} unanswered, {} rows in the database, {kills_in_flush}/4 kills inside a flush",
+        ledger.requests,
+        ledger.acked.len(),
+        ledger.unknown.len(),
+        rows
+    );
+    assert!(ledger.acked.len() > 100, "the load made progress");
+    assert!(
+        kills_in_flush >= 1,
+        "at least one kill landed inside a flush"
+    );
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_survivor_of_two_instances_recovers_the_dead_ones_batches() {
+    let world = World::new(&crashy()).await;
+    let mut a = world.start(free_port()).await;
+    let b = world.start(free_port()).await;
+    let token = setup_app(&a.base(), 4).await;
+    let load_a = Load::start("a", vec![a.base()], &token, 4, 4);
+    let load_b = Load::start("b", vec![b.base()], &token, 4, 4);
+    // Kill A while one of its flushes holds a lease (the delay hook makes it likely).
+    let mut killed_in_flush = false;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..50 {
+        let (_, leased) = world.in_redis().await;
+        if leased > 0 {
+            a.kill9();
+            killed_in_flush = world.in_redis().await.1 > 0;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !killed_in_flush {
+        a.kill9();
+    }
+    let mut ledger = load_a.stop().await;
+    // B keeps serving for more than a lease period, then the load stops.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ledger_b = load_b.stop().await;
+    world.wait_drained(Duration::from_secs(30)).await;
+    let metrics = reqwest::get(format!("{}/metrics", b.base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let recovered: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chat_recovered_batches_total "))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0);
+    let mut b = b;
+    assert!(b.terminate(Duration::from_secs(30)));
+    ledger.requests += ledger_b.requests;
+    ledger.unknown.extend(ledger_b.unknown);
+    for (k, v) in ledger_b.acked {
+        assert!(
+            ledger.acked.insert(k, v).is_none(),
+            "a number was handed out by both instances"
+        );
+    }
+    let stored = world.stored(&token).await;
+    let rows = check_promise(&ledger, &stored);
+    eprintln!(
+        "two instances: {} requests, {} acknowledged, {} rows in the database, killed inside a flush: {killed_in_flush}, batches recovered by the survivor: {recovered}",
+        ledger.requests,
+        ledger.acked.len(),
+        rows
+    );
+    if killed_in_flush {
+        assert!(
+            recovered >= 1.0,
+            "the survivor claimed the dead instance's expired batch"
+        );
+    }
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_buffers_then_refuses_with_503_and_loses_nothing() {
+    let proxy = Proxy::start("127.0.0.1:3306".parse().unwrap()).await;
+    let db_via_proxy = |db: &str| {
+        let direct = harness::mysql_url();
+        let creds = direct
+            .trim_start_matches("mysql://")
+            .split('@')
+            .next()
+            .unwrap()
+            .to_string();
+        format!("mysql://{creds}@{}/{db}", proxy.addr)
+    };
+    let mut world = World::new(&[
+        ("MAX_PENDING", "300".into()),
+        ("FLUSH_INTERVAL_SECS", "1".into()),
+    ])
+    .await;
+    let url = db_via_proxy(&world.db);
+    world.env.retain(|(k, _)| k != "DATABASE_URL");
+    world.env.push(("DATABASE_URL".into(), url));
+    let mut service = world.start(free_port()).await;
+    let token = setup_app(&service.base(), 3).await;
+    let load = Load::start("d", vec![service.base()], &token, 3, 4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    proxy.cut();
+    let client = reqwest::Client::new();
+    let mut not_ready = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let r = client
+            .get(format!("{}/health/ready", service.base()))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 503 {
+            not_ready += 1;
+        }
+    }
+    let during = load.statuses();
+    proxy.heal();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ledger = load.stop().await;
+    world.wait_drained(Duration::from_secs(60)).await;
+    assert!(service.terminate(Duration::from_secs(30)));
+
+    assert!(
+        not_ready >= 25,
+        "readiness reported not-ready during the outage ({not_ready}/30)"
+    );
+    assert_eq!(
+        ledger
+            .statuses
+            .keys()
+            .filter(|s| **s >= 500 && **s != 503)
+            .count(),
+        0,
+        "never a 500: {:?}",
+        ledger.statuses
+    );
+    assert!(
+        during.get(&503).copied().unwrap_or(0) > 0,
+        "503 once MAX_PENDING was reached: {during:?}"
+    );
+    assert_eq!(
+        ledger.retry_after,
+        ledger.statuses.get(&503).copied().unwrap_or(0),
+        "every 503 has Retry-After"
+    );
+    let stored = world.stored(&token).await;
+    let rows = check_promise(&ledger, &stored);
+    eprintln!(
+        "database outage: {} requests, {} acknowledged, statuses {:?}, {} rows in the database",
+        ledger.requests,
+        ledger.acked.len(),
+        ledger.statuses,
+        rows
+    );
+    drop(proxy);
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_answers_503_promptly_and_reads_keep_working() {
+    let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let mut world = World::new(&[
+        ("REDIS_TIMEOUT_MS", "500".into()),
+        ("FLUSH_INTERVAL_SECS", "1".into()),
+    ])
+    .await;
+    world.env.retain(|(k, _)| k != "REDIS_URL");
+    world
+        .env
+        .push(("REDIS_URL".into(), format!("redis://{}", proxy.addr)));
+    let mut service = world.start(free_port()).await;
+    let base = service.base();
+    let token = setup_app(&base, 1).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let post = |body: &'static str| {
+        client
+            .post(format!(
+                "{base}/api/v1/applications/{token}/chats/1/messages"
+            ))
+            .json(&serde_json::json!({ "body": body }))
+            .send()
+    };
+    assert_eq!(post("before").await.unwrap().status(), 201);
+    let stored = client
+        .get(format!(
+            "{base}/api/v1/applications/{token}/chats/1/messages/1"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 200, "read-your-writes flushed it");
+
+    proxy.cut();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let r = post("during").await.unwrap();
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(r.status(), 503);
+        assert!(r.headers().contains_key("retry-after"));
+    }
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "503 within REDIS_TIMEOUT_MS plus slack, took {slowest:?}"
+    );
+    let r = client
+        .get(format!(
+            "{base}/api/v1/applications/{token}/chats/1/messages/1"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "stored data is read from MariaDB");
+    assert_eq!(
+        client
+            .get(format!("{base}/api/v1/applications/{token}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+
+    proxy.heal();
+    let mut resumed = false;
+    for _ in 0..50 {
+        if post("after").await.unwrap().status() == 201 {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(resumed, "creation resumes when Redis is back");
+    world.wait_drained(Duration::from_secs(10)).await;
+    assert!(service.terminate(Duration::from_secs(30)));
+    let bodies: Vec<String> = world
+        .stored(&token)
+        .await
+        .into_iter()
+        .map(|(_, _, b)| b)
+        .collect();
+    assert_eq!(bodies.first().map(String::as_str), Some("before"));
+    assert!(
+        !bodies.iter().any(|b| b == "during"),
+        "a 503 stored nothing"
+    );
+    eprintln!(
+        "redis outage: 5 creates during the outage, slowest 503 in {slowest:?}; resumed after healing"
+    );
+    drop(proxy);
+    world.cleanup().await;
+}
+
+#[test]
+fn search_outage_does_not_apply_to_the_database_backend() {
+    if std::env::var("MEILI_URL").is_err() {
+        eprintln!(
+            "SKIPPED search outage: MEILI_URL is not set; with the database search backend there is no separate search engine to lose"
+        );
+    } else {
+        eprintln!(
+            "SKIPPED search outage: not automated yet; the Meilisearch test in tests/api/search.rs covers indexing after flushes"
+        );
+    }
+}
+
+#[tokio::test]
+async fn start_up_refuses_a_redis_that_may_evict_keys() {
+    let port = free_port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory-policy",
+            "allkeys-lru",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (scripts/services.sh installs it)");
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut ok = false;
+    for _ in 0..50 {
+        if redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "private redis-server started");
+    let out = std::process::Command::new(harness::binary())
+        .arg("serve")
+        .env("REDIS_URL", &url)
+        .env(
+            "DATABASE_URL",
+            format!("{}/chat_fault_never", harness::mysql_url()),
+        )
+        .env("SKIP_MIGRATIONS", "true")
+        .env("BIND_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let _ = redis.kill();
+    let _ = redis.wait();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("maxmemory-policy") && stderr.contains("ALLOW_REDIS_EVICTION"),
+        "{stderr}"
+    );
+}
