@@ -18,7 +18,7 @@ impl AppName {
 
     /// Checks a client-supplied name. Errors: 422 when blank or too long.
     pub fn parse(s: String) -> Result<Self, ApiError> {
-        if s.trim().is_empty() {
+        if is_blank(&s) {
             return Err(ApiError::unprocessable("name must not be blank"));
         }
         let chars = s.chars().count();
@@ -45,7 +45,7 @@ impl MessageBody {
     /// Checks a client-supplied body against `max_bytes`. Errors: 422 when
     /// blank (empty or whitespace only) or longer than `max_bytes` bytes.
     pub fn parse(s: String, max_bytes: u32) -> Result<Self, ApiError> {
-        if s.trim().is_empty() {
+        if is_blank(&s) {
             return Err(ApiError::unprocessable("body must not be blank"));
         }
         if s.len() > max_bytes as usize {
@@ -66,6 +66,13 @@ impl MessageBody {
     pub fn into_inner(self) -> String {
         self.0
     }
+}
+
+/// Whether `s` is blank: empty, or only spaces, tabs, CRs and LFs. This is
+/// the same set the spec's `pattern: [^ \t\r\n]` names, so that clients,
+/// schema validators and the service agree on what "blank" means.
+pub fn is_blank(s: &str) -> bool {
+    s.chars().all(|c| matches!(c, ' ' | '\t' | '\r' | '\n'))
 }
 
 /// The current time, cut to the microseconds that `DATETIME(6)` stores, so

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// 413: the request body is larger than `MAX_REQUEST_BYTES`.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
+    /// 415: the body is not sent as `Content-Type: application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// 422: well-formed but invalid input (blank or too long name or body,
     /// out-of-range page or per_page).
     #[oai(status = 422)]
@@ -131,13 +134,29 @@ impl From<crate::writebehind::BufferError> for ApiError {
 /// JSON response: unknown route 404, bad JSON 400, failed schema check or
 /// out-of-range parameter 422, a path that does not parse 404, and so on.
 pub async fn json_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    let path = req.uri().path().to_string();
     match next.call(req).await {
         Ok(resp) => Ok(resp.into_response()),
-        Err(err) => Ok(error_response(err)),
+        Err(err) => Ok(error_response(err, &path)),
     }
 }
 
-fn error_response(err: poem::Error) -> Response {
+/// 405 with the `Allow` header RFC 9110 requires, listing the methods the
+/// spec declares for the path.
+fn method_not_allowed(path: &str) -> Response {
+    let allow = crate::http::allowed_methods(path).join(", ");
+    let body = serde_json::to_vec(&ErrorBody {
+        error: format!("method not allowed on this route; allowed: {allow}"),
+    })
+    .unwrap_or_default();
+    Response::builder()
+        .status(StatusCode::METHOD_NOT_ALLOWED)
+        .header("allow", allow)
+        .content_type("application/json; charset=utf-8")
+        .body(body)
+}
+
+fn error_response(err: poem::Error, path: &str) -> Response {
     use poem_openapi::error::{
         ContentTypeError, ParseParamError, ParsePathError, ParseRequestPayloadError,
     };
@@ -178,11 +197,12 @@ fn error_response(err: poem::Error) -> Response {
         )
     } else {
         let status = err.status();
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            return method_not_allowed(&path);
+        }
         let msg = match status {
             StatusCode::NOT_FOUND => "no such route; see /docs for the API".to_string(),
-            StatusCode::METHOD_NOT_ALLOWED => {
-                "method not allowed on this route; see /docs".to_string()
-            }
+
             s if s.is_server_error() => {
                 tracing::error!(error = %err, "unhandled error");
                 "internal error".to_string()

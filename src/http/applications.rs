@@ -42,7 +42,7 @@ impl ApplicationsApi {
         state: Data<&AppState>,
         input: Json<ApplicationInput>,
     ) -> Result<CreatedApplication, ApiError> {
-        let name = AppName::parse(input.0.name)?;
+        let name = AppName::parse(input.0.name.0)?;
         let token = new_token();
         let row =
             store::applications::create(&state.pool, &token, name.as_str(), crate::domain::now())
@@ -107,7 +107,7 @@ impl ApplicationsApi {
         if !is_plausible_token(&token.0) {
             return Err(ApiError::not_found("no application with this token"));
         }
-        let name = AppName::parse(input.0.name)?;
+        let name = AppName::parse(input.0.name.0)?;
         store::applications::rename(&state.pool, &token.0, name.as_str(), crate::domain::now())
             .await?
             .map(|row| Json(row.into()))

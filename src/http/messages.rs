@@ -34,7 +34,7 @@ impl MessagesApi {
         number: Path<i64>,
         input: Json<MessageInput>,
     ) -> Result<CreatedNumber, ApiError> {
-        let body = MessageBody::parse(input.0.body, state.config.max_message_bytes)?;
+        let body = MessageBody::parse(input.0.body.0, state.config.max_message_bytes)?;
         if !is_plausible_token(&token.0) || number.0 < 1 {
             return Err(ApiError::not_found("no such application or chat"));
         }
@@ -120,7 +120,7 @@ impl MessagesApi {
         message_number: Path<i64>,
         input: Json<MessageInput>,
     ) -> Result<Json<Message>, ApiError> {
-        let body = MessageBody::parse(input.0.body, state.config.max_message_bytes)?;
+        let body = MessageBody::parse(input.0.body.0, state.config.max_message_bytes)?;
         let app = lookup::application(&state, &token.0).await?;
         let chat = lookup::chat(&state, &app, number.0).await?;
         let msg = lookup::message(&state, &app, &chat, message_number.0).await?;

@@ -10,6 +10,7 @@ pub mod messages;
 pub mod ratelimit;
 pub mod schemas;
 pub mod search;
+pub mod text;
 
 use std::sync::Arc;
 
@@ -97,6 +98,42 @@ pub fn api() -> Api {
          (`FLUSH_INTERVAL_SECS`, default 60 s). A single chat or message can be read, edited and \
          deleted right after its creation. Errors are `{\"error\": \"...\"}`.",
     )
+}
+
+/// The methods the spec declares for a concrete request path (for the
+/// `Allow` header of a 405), upper-case, for example `["GET", "POST"]`.
+pub fn allowed_methods(path: &str) -> Vec<String> {
+    type Routes = Vec<(Vec<String>, Vec<String>)>;
+    static ROUTES: std::sync::OnceLock<Routes> = std::sync::OnceLock::new();
+    let routes = ROUTES.get_or_init(|| {
+        let spec: serde_json::Value = serde_json::from_str(&spec_json()).unwrap_or_default();
+        let mut routes = Vec::new();
+        if let Some(paths) = spec["paths"].as_object() {
+            for (template, ops) in paths {
+                let segments = template.split('/').map(str::to_owned).collect();
+                let methods = ops
+                    .as_object()
+                    .map(|o| o.keys().map(|m| m.to_uppercase()).collect())
+                    .unwrap_or_default();
+                routes.push((segments, methods));
+            }
+        }
+        routes
+    });
+    let parts: Vec<&str> = path.split('/').collect();
+    routes
+        .iter()
+        .filter(|(segments, _)| {
+            segments.len() == parts.len()
+                && segments
+                    .iter()
+                    .zip(&parts)
+                    .all(|(s, p)| s.starts_with('{') || s == p)
+        })
+        // A literal segment (`/messages/search`) wins over a parameter.
+        .min_by_key(|(segments, _)| segments.iter().filter(|s| s.starts_with('{')).count())
+        .map(|(_, methods)| methods.clone())
+        .unwrap_or_default()
 }
 
 /// The spec as JSON, as written to `openapi/openapi.json`.

@@ -4,6 +4,7 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use poem_openapi::Object;
 
+use super::text::Text;
 use crate::domain::Page;
 use crate::store::applications::AppRow;
 use crate::store::chats::ChatRow;
@@ -98,18 +99,18 @@ pub struct Created {
 /// Body of POST and PUT of an application.
 #[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
 pub struct ApplicationInput {
-    /// 1 to 255 characters, not only whitespace.
-    #[oai(validator(min_length = 1, max_length = 255))]
-    pub name: String,
+    /// 1 to 255 characters, at least one of them not a space, tab, CR or LF.
+    #[oai(validator(min_length = 1, max_length = 255, pattern = r"[^ \t\r\n]"))]
+    pub name: Text,
 }
 
 /// Body of POST and PUT of a message.
 #[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
 pub struct MessageInput {
-    /// 1 byte up to `MAX_MESSAGE_BYTES` bytes of UTF-8 (default 65536), not
-    /// only whitespace. Any script and emoji are kept byte for byte.
-    #[oai(validator(min_length = 1))]
-    pub body: String,
+    /// 1 byte up to `MAX_MESSAGE_BYTES` bytes of UTF-8 (default 65536), at
+    /// least one character not a space, tab, CR or LF. Any script and emoji are kept byte for byte.
+    #[oai(validator(min_length = 1, pattern = r"[^ \t\r\n]"))]
+    pub body: Text,
 }
 
 /// Where a page sits in a list.
@@ -120,8 +121,10 @@ pub struct Meta {
     /// Items per page (1 to 100).
     pub per_page: u32,
     /// The next page, or null on the last page.
+    #[oai(nullable)]
     pub next_page: Option<u32>,
     /// The previous page, or null on the first page.
+    #[oai(nullable)]
     pub previous_page: Option<u32>,
 }
 

@@ -35,8 +35,10 @@ impl SearchApi {
         token: Path<String>,
         /// The chat's number.
         number: Path<i64>,
-        /// What to look for: 1 to 512 bytes, not blank.
-        q: Query<Option<String>>,
+        /// What to look for: 1 to 512 bytes, at least one character not a
+        /// space, tab, CR or LF.
+        #[oai(validator(min_length = 1, pattern = r"[^ \t\r\n]"))]
+        q: Query<String>,
         /// Page number, from 1.
         #[oai(validator(minimum(value = "1"), maximum(value = "100000")))]
         page: Query<Option<i64>>,
@@ -44,8 +46,8 @@ impl SearchApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
     ) -> Result<Json<MessageList>, ApiError> {
-        let query = q.0.unwrap_or_default();
-        if query.trim().is_empty() {
+        let query = q.0;
+        if crate::domain::is_blank(&query) {
             return Err(ApiError::unprocessable("q must not be empty"));
         }
         if query.len() > MAX_QUERY_BYTES {

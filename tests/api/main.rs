@@ -2,6 +2,7 @@
 //! and Redis (one database and key prefix per test, so they run in parallel).
 
 mod applications;
+mod badinput;
 mod chats;
 mod counts;
 mod helpers;
