@@ -198,7 +198,7 @@ fn error_response(err: poem::Error, path: &str) -> Response {
     } else {
         let status = err.status();
         if status == StatusCode::METHOD_NOT_ALLOWED {
-            return method_not_allowed(&path);
+            return method_not_allowed(path);
         }
         let msg = match status {
             StatusCode::NOT_FOUND => "no such route; see /docs for the API".to_string(),
