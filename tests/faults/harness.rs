@@ -143,6 +143,19 @@ impl World {
         (pending.0 + pending.1, leases)
     }
 
+    /// The leased batches: processing key → lease deadline (ms since the epoch).
+    pub async fn leases(&self) -> Vec<(String, i64)> {
+        let mut c = self.redis.clone();
+        redis::cmd("ZRANGE")
+            .arg(format!("{}leases", self.prefix))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut c)
+            .await
+            .unwrap()
+    }
+
     /// Waits until nothing is pending nor leased (a live service drains it).
     pub async fn wait_drained(&self, within: Duration) {
         let deadline = Instant::now() + within;

@@ -57,13 +57,21 @@ async fn kill_9_under_load_loses_nothing_and_duplicates_nothing() {
     let token = setup_app(&service.base(), 5).await;
     let load = Load::start("k", vec![service.base()], &token, 5, 8);
     let mut kills_in_flush = 0;
+    let mut started_ms = chrono::Utc::now().timestamp_millis();
     for _ in 0..4 {
         tokio::time::sleep(rng.between_ms(800, 2500)).await;
         service.kill9();
-        let (_, leased) = world.in_redis().await;
-        if leased > 0 {
+        // A lease claimed since this process started (deadline = claim + 2 s)
+        // is one the kill left behind: the kill landed inside a flush.
+        if world
+            .leases()
+            .await
+            .iter()
+            .any(|(_, deadline)| deadline - 2000 >= started_ms)
+        {
             kills_in_flush += 1;
         }
+        started_ms = chrono::Utc::now().timestamp_millis();
         service = world.start(port).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -93,30 +101,35 @@ async fn kill_9_under_load_loses_nothing_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_survivor_of_two_instances_recovers_the_dead_ones_batches() {
-    let world = World::new(&crashy()).await;
-    let mut a = world.start(free_port()).await;
+    let mut env = crashy();
+    env.retain(|(k, _)| *k != "LEASE_SECS");
+    env.push(("LEASE_SECS", "4".into()));
+    let world = World::new(&env).await;
+    let port_a = free_port();
+    let mut a = world.start(port_a).await;
     let b = world.start(free_port()).await;
     let token = setup_app(&a.base(), 4).await;
     let load_a = Load::start("a", vec![a.base()], &token, 4, 4);
     let load_b = Load::start("b", vec![b.base()], &token, 4, 4);
-    // Kill A while one of its flushes holds a lease (the delay hook makes it likely).
+    // Kill A, and see whether it died holding a batch: a lease present at the
+    // kill and still there a second later is not B's (B acknowledges its own
+    // within milliseconds) and has not expired yet (4 s). Try until one does.
     let mut killed_in_flush = false;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for _ in 0..50 {
-        let (_, leased) = world.in_redis().await;
-        if leased > 0 {
-            a.kill9();
-            killed_in_flush = world.in_redis().await.1 > 0;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let before: Vec<String> = world.leases().await.into_iter().map(|(k, _)| k).collect();
+        a.kill9();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after: Vec<String> = world.leases().await.into_iter().map(|(k, _)| k).collect();
+        if before.iter().any(|k| after.contains(k)) {
+            killed_in_flush = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if !killed_in_flush {
-        a.kill9();
+        a = world.start(port_a).await;
     }
     let mut ledger = load_a.stop().await;
     // B keeps serving for more than a lease period, then the load stops.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let ledger_b = load_b.stop().await;
     world.wait_drained(Duration::from_secs(30)).await;
     let metrics = reqwest::get(format!("{}/metrics", b.base()))
@@ -148,12 +161,11 @@ async fn the_survivor_of_two_instances_recovers_the_dead_ones_batches() {
         ledger.acked.len(),
         rows
     );
-    if killed_in_flush {
-        assert!(
-            recovered >= 1.0,
-            "the survivor claimed the dead instance's expired batch"
-        );
-    }
+    assert!(killed_in_flush, "one of 8 kills landed inside a flush of A");
+    assert!(
+        recovered >= 1.0,
+        "the survivor claimed the dead instance's expired batch"
+    );
     world.cleanup().await;
 }
 

@@ -1,0 +1,914 @@
+//! The benchmark driver behind `bench/run`: everything of BENCHMARKS.md in one
+//! run, on loopback, with `oha` as the HTTP load generator.
+//!
+//! Subcommands: `all` (the driver), and the two comparison servers it
+//! starts as separate processes: `ceiling` (a bare poem-openapi endpoint that
+//! answers the same 201 without Redis) and `baseline` (one synchronous,
+//! transactional INSERT per request, the design write-behind replaces).
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi, param::Path};
+use serde_json::{Value, json};
+use sqlx::MySqlPool;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every benchmark and write the report.
+    All(Opts),
+    /// Serve the ceiling endpoint on `port`.
+    Ceiling { port: u16 },
+    /// Serve the baseline endpoint on `port` against `database_url`.
+    Baseline { port: u16, database_url: String },
+}
+
+#[derive(clap::Args, Clone)]
+struct Opts {
+    /// MariaDB server (no database part).
+    #[arg(
+        long,
+        env = "BENCH_MYSQL_URL",
+        default_value = "mysql://root@127.0.0.1:3306"
+    )]
+    mysql: String,
+    /// Redis URL.
+    #[arg(
+        long,
+        env = "BENCH_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis: String,
+    /// Runs per figure (the report gives median, min and max).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds per load run.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    /// Concurrent connections of the closed-loop runs.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// Records pre-filled for the flush benchmark, per batch size.
+    #[arg(long, default_value_t = 1_000_000)]
+    flush_records: u64,
+    /// Seconds of the sustained-balance run.
+    #[arg(long, default_value_t = 60)]
+    balance_secs: u64,
+    /// Stored messages at the base scale of the cost-growth figure (10× at the large one).
+    #[arg(long, default_value_t = 100_000)]
+    stored_messages: u64,
+    /// Where to write results.json and results.md.
+    #[arg(long, default_value = "bench/out")]
+    out: String,
+    /// Also write BENCHMARKS.md's table.
+    #[arg(long)]
+    write_benchmarks_md: bool,
+}
+
+/// Median, min and max of a figure.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stat(mut v: Vec<f64>) -> Stat {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Stat {
+        median: v[v.len() / 2],
+        min: v[0],
+        max: v[v.len() - 1],
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+    }
+}
+
+async fn wait_up(port: u16, path: &str) {
+    let c = reqwest::Client::new();
+    for _ in 0..200 {
+        if c.get(format!("http://127.0.0.1:{port}{path}"))
+            .send()
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing answers on port {port}");
+}
+
+fn rss_peak_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Runs oha and returns its JSON report.
+fn oha(args: &[String]) -> Value {
+    let out = Command::new("oha")
+        .args(["--no-tui", "--output-format", "json"])
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("oha is installed (bench/run installs it with cargo install oha)");
+    assert!(out.status.success(), "oha failed");
+    serde_json::from_slice(&out.stdout).expect("oha JSON")
+}
+
+fn rps(report: &Value) -> f64 {
+    report["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0)
+}
+
+fn status_share(report: &Value, code: &str) -> f64 {
+    let dist = report["statusCodeDistribution"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let total: f64 = dist.values().filter_map(Value::as_f64).sum();
+    dist.get(code).and_then(Value::as_f64).unwrap_or(0.0) / total.max(1.0)
+}
+
+fn body_100() -> String {
+    json!({ "body": "b".repeat(100) }).to_string()
+}
+
+/// A closed-loop POST run of `secs` against the URL pattern.
+fn post_closed(url_regex: &str, secs: u64, connections: u32) -> Value {
+    oha(&[
+        "-z".into(),
+        format!("{secs}s"),
+        "-c".into(),
+        connections.to_string(),
+        "-m".into(),
+        "POST".into(),
+        "-H".into(),
+        "content-type: application/json".into(),
+        "-d".into(),
+        body_100(),
+        "--rand-regex-url".into(),
+        url_regex.into(),
+    ])
+}
+
+fn url_regex(port: u16, tokens: &[String], chats: u32) -> String {
+    let chat_re = if chats == 100 {
+        "([1-9][0-9]?|100)".to_string()
+    } else {
+        format!("(1|{})", chats)
+    };
+    format!(
+        "http://127\\.0\\.0\\.1:{port}/api/v1/applications/({})/chats/{chat_re}/messages",
+        tokens.join("|")
+    )
+}
+
+struct Env {
+    opts: Opts,
+    db: String,
+    prefix: String,
+}
+
+impl Env {
+    fn database_url(&self) -> String {
+        format!("{}/{}", self.opts.mysql, self.db)
+    }
+
+    fn start_service(&self, port: u16, extra: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new("target/release/chat-api");
+        cmd.arg("serve")
+            .env("DATABASE_URL", self.database_url())
+            .env("REDIS_URL", &self.opts.redis)
+            .env("REDIS_KEY_PREFIX", &self.prefix)
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("RATE_LIMIT_PER_MINUTE", "1000000000")
+            .env("RATE_LIMIT_BURST", "1000000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        Proc(
+            cmd.spawn()
+                .expect("target/release/chat-api exists (bench/run builds it)"),
+        )
+    }
+}
+
+/// Creates `apps` applications of `chats` chats each, stored; returns tokens.
+async fn seed(port: u16, apps: usize, chats: u32) -> Vec<String> {
+    let c = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}/api/v1");
+    let mut tokens = Vec::new();
+    for i in 0..apps {
+        let a: Value = c
+            .post(format!("{base}/applications"))
+            .json(&json!({"name": format!("bench {i}")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let t = a["token"].as_str().unwrap().to_string();
+        let posts = (0..chats).map(|_| c.post(format!("{base}/applications/{t}/chats")).send());
+        for r in futures::future::join_all(posts).await {
+            assert_eq!(r.unwrap().status(), 201);
+        }
+        tokens.push(t);
+    }
+    // Reading the last chat of each application waits for its flush.
+    for t in &tokens {
+        assert_eq!(
+            c.get(format!("{base}/applications/{t}/chats/{chats}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    tokens
+}
+
+async fn all(opts: Opts) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.out)?;
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let env = Env {
+        opts: opts.clone(),
+        db: format!("chat_bench_{id}"),
+        prefix: format!("bench:{id}:"),
+    };
+    chat_api::store::ensure_database(&env.database_url()).await?;
+    let pool = MySqlPool::connect(&env.database_url()).await?;
+    chat_api::store::migrate(&pool).await?;
+    let redis = redis::Client::open(opts.redis.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let mut results: BTreeMap<String, Value> = BTreeMap::new();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    results.insert(
+        "machine".into(),
+        json!({ "cores": cores, "date": chrono::Utc::now().to_rfc3339() }),
+    );
+
+    // The three servers.
+    let (sp, cp, bp) = (free_port(), free_port(), free_port());
+    let service = env.start_service(sp, &[]);
+    let exe = std::env::current_exe()?;
+    let _ceiling = Proc(
+        Command::new(&exe)
+            .args(["ceiling", &cp.to_string()])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let _baseline = Proc(
+        Command::new(&exe)
+            .args(["baseline", &bp.to_string(), &env.database_url()])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    wait_up(sp, "/health/live").await;
+    wait_up(cp, "/").await;
+    wait_up(bp, "/").await;
+    eprintln!("seeding 10 applications × 100 chats…");
+    let tokens = seed(sp, 10, 100).await;
+
+    // 1. Create throughput, interleaved so that each run's ratios share the machine's mood.
+    let (mut s_rps, mut c_rps, mut b_rps, mut vs_c, mut vs_b) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for run in 0..opts.runs {
+        eprintln!(
+            "figure 1, run {}: ceiling, service, baseline ({} s each)…",
+            run + 1,
+            opts.secs
+        );
+        let c = rps(&post_closed(
+            &url_regex(cp, &tokens, 100),
+            opts.secs,
+            opts.connections,
+        ));
+        let s_report = post_closed(&url_regex(sp, &tokens, 100), opts.secs, opts.connections);
+        assert!(
+            status_share(&s_report, "201") > 0.99,
+            "the service answered 201: {:?}",
+            s_report["statusCodeDistribution"]
+        );
+        let s = rps(&s_report);
+        let b = rps(&post_closed(
+            &url_regex(bp, &tokens, 100),
+            opts.secs,
+            opts.connections,
+        ));
+        s_rps.push(s);
+        c_rps.push(c);
+        b_rps.push(b);
+        vs_c.push(s / c);
+        vs_b.push(s / b);
+    }
+    let service_max = stat(s_rps.clone()).median;
+    results.insert(
+        "create_throughput".into(),
+        json!({ "service_rps": stat(s_rps), "ceiling_rps": stat(c_rps), "baseline_rps": stat(b_rps),
+                "service_vs_ceiling": stat(vs_c), "service_vs_baseline": stat(vs_b) }),
+    );
+
+    // 2. Latency, open loop at half the measured maximum.
+    let rate = (service_max / 2.0).max(10.0) as u64;
+    let (mut p50, mut p99, mut p999) = (vec![], vec![], vec![]);
+    for run in 0..opts.runs {
+        eprintln!("figure 2, run {}: open loop at {rate} requests/s…", run + 1);
+        let r = oha(&[
+            "-z".into(),
+            format!("{}s", opts.secs),
+            "-q".into(),
+            rate.to_string(),
+            "-c".into(),
+            opts.connections.to_string(),
+            "--latency-correction".into(),
+            "-m".into(),
+            "POST".into(),
+            "-H".into(),
+            "content-type: application/json".into(),
+            "-d".into(),
+            body_100(),
+            "--rand-regex-url".into(),
+            url_regex(sp, &tokens, 100),
+        ]);
+        let p = &r["latencyPercentiles"];
+        p50.push(p["p50"].as_f64().unwrap_or(0.0) * 1000.0);
+        p99.push(p["p99"].as_f64().unwrap_or(0.0) * 1000.0);
+        p999.push(p["p99.9"].as_f64().unwrap_or(0.0) * 1000.0);
+    }
+    results.insert(
+        "latency_ms".into(),
+        json!({ "rate_rps": rate, "p50": stat(p50), "p99": stat(p99), "p99_9": stat(p999) }),
+    );
+
+    // 4. Sustained balance: the maximum rate for balance_secs, pending depth each second.
+    eprintln!(
+        "figure 4: {} s at the maximum rate, sampling the queue…",
+        opts.balance_secs
+    );
+    let pending_key = format!("{}pending:messages", env.prefix);
+    let sampler = {
+        let mut r = redis.clone();
+        let key = pending_key.clone();
+        let secs = opts.balance_secs;
+        tokio::spawn(async move {
+            let mut depth = Vec::new();
+            for _ in 0..secs {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                depth.push(
+                    redis::cmd("LLEN")
+                        .arg(&key)
+                        .query_async::<u64>(&mut r)
+                        .await
+                        .unwrap_or(0),
+                );
+            }
+            depth
+        })
+    };
+    let url = url_regex(sp, &tokens, 100);
+    let (secs, conns) = (opts.balance_secs, opts.connections);
+    let balance_report =
+        tokio::task::spawn_blocking(move || post_closed(&url, secs, conns)).await?;
+    let depth = sampler.await?;
+    results.insert(
+        "sustained_balance".into(),
+        json!({ "rps": rps(&balance_report), "pending_depth_per_second": depth,
+                "max_depth": depth.iter().max(), "final_depth": depth.last() }),
+    );
+    let peak_rss = rss_peak_kib(service.0.id());
+    drop(service);
+
+    // 5. Memory: Redis bytes per pending message (no flusher on this prefix).
+    let mem_prefix = format!("{}mem:", env.prefix);
+    let mut r = redis.clone();
+    let used = |info: String| -> i64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let n_mem = 100_000u64.min(opts.flush_records);
+    let before = used(redis::cmd("INFO").arg("memory").query_async(&mut r).await?);
+    prefill(
+        &mut r,
+        &format!("{mem_prefix}pending:messages"),
+        1,
+        100,
+        n_mem,
+    )
+    .await?;
+    let after = used(redis::cmd("INFO").arg("memory").query_async(&mut r).await?);
+    let per_record = (after - before) as f64 / n_mem as f64;
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{mem_prefix}pending:messages"))
+        .query_async(&mut r)
+        .await?;
+    results.insert(
+        "memory".into(),
+        json!({ "redis_bytes_per_pending_message": per_record, "ratio_to_body": per_record / 100.0,
+                "service_peak_rss_mib": peak_rss as f64 / 1024.0 }),
+    );
+
+    // 3. Flush throughput from a pre-filled queue, at several batch sizes.
+    let mut flush = serde_json::Map::new();
+    for size in [250usize, 1000, 2000, 5000] {
+        let mut rates = vec![];
+        for run in 0..opts.runs.min(2) {
+            eprintln!(
+                "figure 3: batch size {size}, run {}: {} records…",
+                run + 1,
+                opts.flush_records
+            );
+            rates.push(flush_rate(&env, &pool, &mut r, size, opts.flush_records).await?);
+        }
+        flush.insert(size.to_string(), json!(stat(rates)));
+    }
+    results.insert("flush_rows_per_sec".into(), Value::Object(flush));
+
+    // 6. Cost growth: 10× applications, chats and stored messages.
+    let mut growth = serde_json::Map::new();
+    for (label, apps, stored) in [
+        ("base", 10usize, opts.stored_messages),
+        ("x10", 100, opts.stored_messages * 10),
+    ] {
+        eprintln!("figure 6, {label}: {apps} applications × 100 chats, {stored} stored messages…");
+        let gid = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let genv = Env {
+            opts: opts.clone(),
+            db: format!("chat_bench_{gid}"),
+            prefix: format!("bench:{gid}:"),
+        };
+        chat_api::store::ensure_database(&genv.database_url()).await?;
+        let gpool = MySqlPool::connect(&genv.database_url()).await?;
+        chat_api::store::migrate(&gpool).await?;
+        let port = free_port();
+        let svc = genv.start_service(port, &[]);
+        wait_up(port, "/health/live").await;
+        let gtokens = seed(port, apps, 100).await;
+        store_messages(&gpool, stored).await?;
+        let mut rates = vec![];
+        for _ in 0..opts.runs {
+            rates.push(rps(&post_closed(
+                &url_regex(port, &gtokens, 100),
+                opts.secs,
+                opts.connections,
+            )));
+        }
+        // Reads of one chat, and a counts refresh of one dirty chat.
+        let read = oha(&[
+            "-n".into(),
+            "2000".into(),
+            "-c".into(),
+            "8".into(),
+            format!(
+                "http://127.0.0.1:{port}/api/v1/applications/{}/chats/7",
+                gtokens[0]
+            ),
+        ]);
+        let read_p50 = read["latencyPercentiles"]["p50"].as_f64().unwrap_or(0.0) * 1000.0;
+        let refresh_ms = refresh_one(&genv, &gpool).await?;
+        growth.insert(label.into(), json!({ "applications": apps, "chats": apps * 100, "stored_messages": stored,
+            "create_rps": stat(rates), "read_one_chat_p50_ms": read_p50, "refresh_one_chat_ms": refresh_ms }));
+        drop(svc);
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{}`", genv.db)))
+            .execute(&pool)
+            .await?;
+        cleanup_prefix(&mut r, &genv.prefix).await?;
+    }
+    let base = growth["base"]["create_rps"]["median"]
+        .as_f64()
+        .unwrap_or(1.0);
+    let large = growth["x10"]["create_rps"]["median"]
+        .as_f64()
+        .unwrap_or(0.0);
+    growth.insert("create_rps_ratio_x10_to_base".into(), json!(large / base));
+    results.insert("cost_growth".into(), Value::Object(growth));
+
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{}`", env.db)))
+        .execute(&pool)
+        .await?;
+    cleanup_prefix(&mut r, &env.prefix).await?;
+
+    let json_text = serde_json::to_string_pretty(&results)?;
+    std::fs::write(format!("{}/results.json", opts.out), &json_text)?;
+    let md = markdown(&results);
+    std::fs::write(format!("{}/results.md", opts.out), &md)?;
+    if opts.write_benchmarks_md {
+        let doc = std::fs::read_to_string("BENCHMARKS.md")?;
+        let start = doc
+            .find("<!-- results:start -->")
+            .expect("BENCHMARKS.md has a results marker");
+        let end = doc
+            .find("<!-- results:end -->")
+            .expect("BENCHMARKS.md has a results end marker");
+        let doc = format!(
+            "{}<!-- results:start -->\n{md}{}",
+            &doc[..start],
+            &doc[end..]
+        );
+        std::fs::write("BENCHMARKS.md", doc)?;
+    }
+    println!("{md}");
+    Ok(())
+}
+
+/// Pushes `n` message records for chats 1..=`chats` of application `app` (numbers from 1).
+async fn prefill(
+    r: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    app: u64,
+    chats: i64,
+    n: u64,
+) -> anyhow::Result<()> {
+    let body = "b".repeat(100);
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut i = 0u64;
+    while i < n {
+        let mut pipe = redis::pipe();
+        let mut cmd = redis::cmd("RPUSH");
+        cmd.arg(key);
+        for _ in 0..5000.min(n - i) {
+            let chat = 1 + (i as i64 % chats);
+            let number = 1 + (i as i64 / chats);
+            cmd.arg(format!("{app}\t{chat}\t{number}\t{now}\t{body}"));
+            i += 1;
+        }
+        pipe.add_command(cmd).ignore();
+        pipe.query_async::<()>(r).await?;
+    }
+    Ok(())
+}
+
+/// Messages per second the flusher writes from a pre-filled queue.
+async fn flush_rate(
+    env: &Env,
+    pool: &MySqlPool,
+    r: &mut redis::aio::MultiplexedConnection,
+    batch: usize,
+    n: u64,
+) -> anyhow::Result<f64> {
+    use chat_api::writebehind::flusher::FlushSettings;
+    use chat_api::writebehind::keys::Keys;
+    let prefix = format!("{}flush{}:", env.prefix, uuid::Uuid::new_v4().simple());
+    // A fresh application with 100 stored chats.
+    let app = sqlx::query("INSERT INTO applications (token, name, created_at, updated_at) VALUES (?, 'flush', NOW(6), NOW(6))")
+        .bind(chat_api::domain::new_token())
+        .execute(pool)
+        .await?
+        .last_insert_id();
+    sqlx::query("INSERT INTO chats (application_id, number, created_at, updated_at) SELECT ?, seq, NOW(6), NOW(6) FROM seq_1_to_100")
+        .bind(app)
+        .execute(pool)
+        .await?;
+    prefill(r, &format!("{prefix}pending:messages"), app, 100, n).await?;
+    let rpool = chat_api::store::redis::pool(&env.opts.redis, 4, Duration::from_secs(5))?;
+    let buffer = chat_api::writebehind::Buffer::new(
+        rpool.clone(),
+        Keys::new(prefix.clone()),
+        Duration::from_secs(5),
+        u64::MAX,
+    );
+    let marks = chat_api::jobs::counts::DirtyMarks::new(rpool, prefix.clone());
+    let settings = FlushSettings {
+        chat_batch_size: batch,
+        message_batch_size: batch,
+        interval: Duration::from_secs(3600),
+        lease: Duration::from_secs(60),
+        orphan_max_age: Duration::from_secs(3600),
+        shutdown_timeout: Duration::from_secs(30),
+        index_search: false,
+        fault_delay: Duration::ZERO,
+    };
+    let flusher = chat_api::writebehind::Flusher::new(buffer, pool.clone(), marks, settings);
+    let started = Instant::now();
+    let mut written = 0;
+    while flusher.pending().await? > 0 {
+        written += flusher.flush_once().await?.written;
+    }
+    let rate = written as f64 / started.elapsed().as_secs_f64();
+    anyhow::ensure!(written == n, "wrote {written} of {n}");
+    sqlx::query("DELETE FROM applications WHERE id = ?")
+        .bind(app)
+        .execute(pool)
+        .await?;
+    cleanup_prefix(r, &prefix).await?;
+    Ok(rate)
+}
+
+/// Stores `n` messages across the stored chats, straight in SQL (setup only).
+async fn store_messages(pool: &MySqlPool, n: u64) -> anyhow::Result<()> {
+    let chats: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chats")
+        .fetch_one(pool)
+        .await?;
+    let per_chat = (n as i64 / chats.max(1)).max(1);
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO messages (chat_id, number, body, created_at, updated_at) \
+         SELECT c.id, 1000000 + s.seq, REPEAT('s', 100), NOW(6), NOW(6) FROM chats c JOIN seq_1_to_{per_chat} s"
+    )))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Milliseconds to refresh the counts of one dirty chat.
+async fn refresh_one(env: &Env, pool: &MySqlPool) -> anyhow::Result<f64> {
+    let rpool = chat_api::store::redis::pool(&env.opts.redis, 2, Duration::from_secs(5))?;
+    let marks = chat_api::jobs::counts::DirtyMarks::new(rpool, format!("{}refresh:", env.prefix));
+    let refresher = chat_api::jobs::counts::CountsRefresher::new(
+        marks.clone(),
+        pool.clone(),
+        500,
+        Duration::from_secs(60),
+    );
+    let chat_id: u64 = sqlx::query_scalar("SELECT id FROM chats ORDER BY id LIMIT 1 OFFSET 50")
+        .fetch_one(pool)
+        .await?;
+    let mut times = vec![];
+    for _ in 0..5 {
+        marks.mark(&[], &[chat_id]).await?;
+        let started = Instant::now();
+        refresher.refresh_counts_once().await?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(stat(times).median)
+}
+
+async fn cleanup_prefix(
+    r: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(r)
+        .await?;
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query_async(r).await?;
+    }
+    Ok(())
+}
+
+fn f(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if x >= 100.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.2}"),
+        None => "-".into(),
+    }
+}
+
+fn s(v: &Value) -> String {
+    format!("{} ({} – {})", f(&v["median"]), f(&v["min"]), f(&v["max"]))
+}
+
+fn markdown(r: &BTreeMap<String, Value>) -> String {
+    let m = &r["machine"];
+    let c = &r["create_throughput"];
+    let l = &r["latency_ms"];
+    let b = &r["sustained_balance"];
+    let mem = &r["memory"];
+    let g = &r["cost_growth"];
+    let mut out = format!(
+        "Run on {} with {} cores. Figures: median (min – max) over the runs.\n\n| figure | value | target |\n|---|---|---|\n",
+        m["date"].as_str().unwrap_or("?"),
+        m["cores"]
+    );
+    out += &format!(
+        "| 1. create throughput, service (req/s) | {} | |\n",
+        s(&c["service_rps"])
+    );
+    out += &format!(
+        "| 1. ceiling: bare poem-openapi 201 (req/s) | {} | |\n",
+        s(&c["ceiling_rps"])
+    );
+    out += &format!(
+        "| 1. baseline: one transactional INSERT per request (req/s) | {} | |\n",
+        s(&c["baseline_rps"])
+    );
+    out += &format!(
+        "| 1. service ÷ ceiling, same run | {} | ≥ 0.5 |\n",
+        s(&c["service_vs_ceiling"])
+    );
+    out += &format!(
+        "| 1. service ÷ baseline, same run | {} | ≥ 10 |\n",
+        s(&c["service_vs_baseline"])
+    );
+    out += &format!(
+        "| 2. latency at {} req/s (half the max), p50 ms | {} | |\n",
+        l["rate_rps"],
+        s(&l["p50"])
+    );
+    out += &format!("| 2. p99 ms | {} | < 5 |\n", s(&l["p99"]));
+    out += &format!("| 2. p99.9 ms | {} | |\n", s(&l["p99_9"]));
+    if let Some(fl) = r["flush_rows_per_sec"].as_object() {
+        for (size, v) in fl {
+            out += &format!(
+                "| 3. flush throughput, batch {size} (rows/s) | {} | ≥ 50000 at the best size |\n",
+                s(v)
+            );
+        }
+    }
+    let depth: Vec<u64> = b["pending_depth_per_second"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    out += &format!(
+        "| 4. sustained balance: {} req/s; pending depth max / final | {} / {} | bounded |\n",
+        f(&b["rps"]),
+        b["max_depth"],
+        b["final_depth"]
+    );
+    out += &format!(
+        "| 5. Redis bytes per pending message (100-byte body) | {} ({}× the body) | ≤ 2.5× |\n",
+        f(&mem["redis_bytes_per_pending_message"]),
+        f(&mem["ratio_to_body"])
+    );
+    out += &format!(
+        "| 5. service peak RSS under load (MiB) | {} | < 100 |\n",
+        f(&mem["service_peak_rss_mib"])
+    );
+    out += &format!(
+        "| 6. create throughput, base scale (req/s) | {} | |\n",
+        s(&g["base"]["create_rps"])
+    );
+    out += &format!(
+        "| 6. create throughput, 10× scale (req/s) | {} | |\n",
+        s(&g["x10"]["create_rps"])
+    );
+    out += &format!(
+        "| 6. 10× ÷ base | {} | ≥ 0.9 |\n",
+        f(&g["create_rps_ratio_x10_to_base"])
+    );
+    out += &format!(
+        "| 6. read one chat p50 ms, base / 10× | {} / {} | flat |\n",
+        f(&g["base"]["read_one_chat_p50_ms"]),
+        f(&g["x10"]["read_one_chat_p50_ms"])
+    );
+    out += &format!(
+        "| 6. counts refresh of one dirty chat ms, base / 10× | {} / {} | flat |\n",
+        f(&g["base"]["refresh_one_chat_ms"]),
+        f(&g["x10"]["refresh_one_chat_ms"])
+    );
+    out += &format!("\nPending depth each second of figure 4: {depth:?}\n");
+    out
+}
+
+// ---- the comparison servers ----
+
+#[derive(Object)]
+struct Created {
+    number: i64,
+}
+
+#[derive(ApiResponse)]
+enum CreatedResp {
+    #[oai(status = 201)]
+    Created(Json<Created>),
+}
+
+#[derive(Object)]
+struct Input {
+    body: String,
+}
+
+struct CeilingApi;
+
+#[OpenApi]
+impl CeilingApi {
+    /// The same 201 as the service, touching nothing.
+    #[oai(
+        path = "/api/v1/applications/:token/chats/:number/messages",
+        method = "post"
+    )]
+    async fn create(
+        &self,
+        token: Path<String>,
+        number: Path<i64>,
+        input: Json<Input>,
+    ) -> CreatedResp {
+        let _ = (token, number, input);
+        CreatedResp::Created(Json(Created { number: 1 }))
+    }
+}
+
+struct BaselineApi {
+    pool: MySqlPool,
+}
+
+#[OpenApi]
+impl BaselineApi {
+    /// One transaction per request: lock the chat, take MAX(number) + 1, INSERT, COMMIT.
+    #[oai(
+        path = "/api/v1/applications/:token/chats/:number/messages",
+        method = "post"
+    )]
+    async fn create(
+        &self,
+        token: Path<String>,
+        number: Path<i64>,
+        input: Json<Input>,
+    ) -> poem::Result<CreatedResp> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(poem::error::InternalServerError)?;
+        let chat_id: u64 = sqlx::query_scalar(
+            "SELECT c.id FROM chats c JOIN applications a ON a.id = c.application_id WHERE a.token = ? AND c.number = ? FOR UPDATE",
+        )
+        .bind(&token.0)
+        .bind(number.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(poem::error::NotFound)?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(number), 0) + 1 FROM messages WHERE chat_id = ?",
+        )
+        .bind(chat_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(poem::error::InternalServerError)?;
+        sqlx::query("INSERT INTO messages (chat_id, number, body, created_at, updated_at) VALUES (?, ?, ?, NOW(6), NOW(6))")
+            .bind(chat_id)
+            .bind(n)
+            .bind(&input.0.body)
+            .execute(&mut *tx)
+            .await
+            .map_err(poem::error::InternalServerError)?;
+        tx.commit()
+            .await
+            .map_err(poem::error::InternalServerError)?;
+        Ok(CreatedResp::Created(Json(Created { number: n })))
+    }
+}
+
+async fn serve<T: OpenApi + 'static>(api: T, port: u16) -> anyhow::Result<()> {
+    let svc = poem_openapi::OpenApiService::new(api, "bench", "1");
+    let app = poem::Route::new()
+        .nest("/", svc)
+        .at("/", poem::get(poem::endpoint::make_sync(|_| "ok")));
+    poem::Server::new(poem::listener::TcpListener::bind(("127.0.0.1", port)))
+        .run(app)
+        .await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::All(opts) => all(opts).await,
+        Cmd::Ceiling { port } => serve(CeilingApi, port).await,
+        Cmd::Baseline { port, database_url } => {
+            let pool = sqlx::mysql::MySqlPoolOptions::new()
+                .max_connections(32)
+                .connect(&database_url)
+                .await?;
+            serve(BaselineApi { pool }, port).await
+        }
+    }
+}
