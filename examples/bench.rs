@@ -197,7 +197,7 @@ fn url_regex(port: u16, tokens: &[String], chats: u32) -> String {
         format!("(1|{})", chats)
     };
     format!(
-        "http://127\\.0\\.0\\.1:{port}/api/v1/applications/({})/chats/{chat_re}/messages",
+        "http://127.0.0.1:{port}/api/v1/applications/({})/chats/{chat_re}/messages",
         tokens.join("|")
     )
 }
