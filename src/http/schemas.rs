@@ -4,7 +4,7 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use poem_openapi::Object;
 
-use super::text::Text;
+use super::text::NonBlank;
 use crate::domain::Page;
 use crate::store::applications::AppRow;
 use crate::store::chats::ChatRow;
@@ -100,8 +100,8 @@ pub struct Created {
 #[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
 pub struct ApplicationInput {
     /// 1 to 255 characters, at least one of them not a space, tab, CR or LF.
-    #[oai(validator(min_length = 1, max_length = 255, pattern = r"[^ \t\r\n]"))]
-    pub name: Text,
+    #[oai(validator(max_length = 255))]
+    pub name: NonBlank,
 }
 
 /// Body of POST and PUT of a message.
@@ -109,8 +109,7 @@ pub struct ApplicationInput {
 pub struct MessageInput {
     /// 1 byte up to `MAX_MESSAGE_BYTES` bytes of UTF-8 (default 65536), at
     /// least one character not a space, tab, CR or LF. Any script and emoji are kept byte for byte.
-    #[oai(validator(min_length = 1, pattern = r"[^ \t\r\n]"))]
-    pub body: Text,
+    pub body: NonBlank,
 }
 
 /// Where a page sits in a list.

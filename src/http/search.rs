@@ -37,8 +37,7 @@ impl SearchApi {
         number: Path<i64>,
         /// What to look for: 1 to 512 bytes, at least one character not a
         /// space, tab, CR or LF.
-        #[oai(validator(min_length = 1, pattern = r"[^ \t\r\n]"))]
-        q: Query<String>,
+        q: Query<crate::http::text::NonBlank>,
         /// Page number, from 1.
         #[oai(validator(minimum(value = "1"), maximum(value = "100000")))]
         page: Query<Option<i64>>,
@@ -46,7 +45,7 @@ impl SearchApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
     ) -> Result<Json<MessageList>, ApiError> {
-        let query = q.0;
+        let query = q.0.0;
         if crate::domain::is_blank(&query) {
             return Err(ApiError::unprocessable("q must not be empty"));
         }
