@@ -57,6 +57,9 @@ struct Opts {
     /// Concurrent connections of the closed-loop runs.
     #[arg(long, default_value_t = 64)]
     connections: u32,
+    /// Runs per batch size of the flush benchmark (each writes `flush_records` rows).
+    #[arg(long, default_value_t = 1)]
+    flush_runs: usize,
     /// Records pre-filled for the flush benchmark, per batch size.
     #[arg(long, default_value_t = 1_000_000)]
     flush_records: u64,
@@ -460,7 +463,7 @@ async fn all(opts: Opts) -> anyhow::Result<()> {
     let mut flush = serde_json::Map::new();
     for size in [250usize, 1000, 2000, 5000] {
         let mut rates = vec![];
-        for run in 0..opts.runs.min(2) {
+        for run in 0..opts.flush_runs {
             eprintln!(
                 "figure 3: batch size {size}, run {}: {} records…",
                 run + 1,

@@ -53,7 +53,8 @@ pub struct Config {
     pub chat_batch_size: NonZeroUsize,
 
     /// Pending messages that wake the flusher (rows per multi-row INSERT).
-    #[arg(long, env = "MESSAGE_BATCH_SIZE", default_value = "1000")]
+    /// 5000 was the fastest of 250, 1000, 2000 and 5000 in BENCHMARKS.md (figure 3).
+    #[arg(long, env = "MESSAGE_BATCH_SIZE", default_value = "5000")]
     pub message_batch_size: NonZeroUsize,
 
     /// Seconds between timer-triggered flushes; also the longest time a record

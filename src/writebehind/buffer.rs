@@ -503,6 +503,17 @@ pub struct Counters {
     pub last_message: Option<i64>,
 }
 
+/// A dead-letter list entry: the raw record (lossy UTF-8), why it could not
+/// be written, and when, as one JSON object.
+pub fn dead_letter_entry(raw: &[u8], reason: &str) -> String {
+    serde_json::json!({
+        "record": String::from_utf8_lossy(raw),
+        "reason": reason,
+        "at": chrono::Utc::now().to_rfc3339(),
+    })
+    .to_string()
+}
+
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

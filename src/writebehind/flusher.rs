@@ -272,14 +272,7 @@ impl Flusher {
                 Disposition::Deferred => deferred.push(raw),
                 Disposition::DeadLetter(reason) => {
                     tracing::error!(kind = batch.kind.as_str(), %reason, record = %String::from_utf8_lossy(raw), "record dead-lettered");
-                    dead.push(
-                        serde_json::json!({
-                            "record": String::from_utf8_lossy(raw),
-                            "reason": reason,
-                            "at": chrono::Utc::now().to_rfc3339(),
-                        })
-                        .to_string(),
-                    );
+                    dead.push(crate::writebehind::buffer::dead_letter_entry(raw, reason));
                 }
             }
         }

@@ -38,6 +38,15 @@ use crate::store;
 /// (token, then counter); more means the cache keeps vanishing.
 const MAX_SEED_ROUNDS: usize = 3;
 
+/// What a create allocates a number for.
+#[derive(Debug, Clone, Copy)]
+enum Target<'a> {
+    /// A chat of the application.
+    Chat,
+    /// A message of chat `chat_number`, with its body.
+    Message { chat_number: i64, body: &'a str },
+}
+
 /// A freshly allocated and queued record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Allocated {
@@ -89,34 +98,7 @@ impl WriteBehind {
     /// MariaDB fills it first. Returns `None` when the application does not
     /// exist. Errors: buffer full, Redis or MariaDB unavailable.
     pub async fn create_chat(&self, token: &str) -> Result<Option<Allocated>, BufferError> {
-        for _ in 0..MAX_SEED_ROUNDS {
-            let created_at_ms = now_ms();
-            match self.buffer.enqueue_chat(token, created_at_ms).await? {
-                Enqueue::Queued { number, pending } => {
-                    if pending >= self.chat_batch_size {
-                        self.flush.wake();
-                    }
-                    return Ok(Some(Allocated {
-                        number,
-                        created_at_ms,
-                    }));
-                }
-                Enqueue::Deleted => return Ok(None),
-                Enqueue::AppMiss => {
-                    if !self.seed_app(token).await? {
-                        return Ok(None);
-                    }
-                }
-                Enqueue::CounterMiss { application_id } => {
-                    let last =
-                        store::applications::last_chat_number(&self.pool, application_id).await?;
-                    self.buffer.seed_chat_counter(token, last).await?;
-                }
-            }
-        }
-        Err(BufferError::Unavailable(
-            "the Redis cache was evicted while seeding it".into(),
-        ))
+        self.allocate(token, Target::Chat).await
     }
 
     /// Allocates the next message number of chat `chat_number` of the
@@ -129,15 +111,36 @@ impl WriteBehind {
         chat_number: i64,
         body: &str,
     ) -> Result<Option<Allocated>, BufferError> {
+        self.allocate(token, Target::Message { chat_number, body })
+            .await
+    }
+
+    /// Runs the enqueue script of `target`, filling a cold cache from MariaDB
+    /// (the token, then the counter) and trying again, at most
+    /// [`MAX_SEED_ROUNDS`] times. Wakes the flusher when the queue reaches its
+    /// batch size.
+    async fn allocate(
+        &self,
+        token: &str,
+        target: Target<'_>,
+    ) -> Result<Option<Allocated>, BufferError> {
         for _ in 0..MAX_SEED_ROUNDS {
             let created_at_ms = now_ms();
-            match self
-                .buffer
-                .enqueue_message(token, chat_number, created_at_ms, body)
-                .await?
-            {
+            let reply = match target {
+                Target::Chat => self.buffer.enqueue_chat(token, created_at_ms).await?,
+                Target::Message { chat_number, body } => {
+                    self.buffer
+                        .enqueue_message(token, chat_number, created_at_ms, body)
+                        .await?
+                }
+            };
+            match reply {
                 Enqueue::Queued { number, pending } => {
-                    if pending >= self.message_batch_size {
+                    let batch_size = match target {
+                        Target::Chat => self.chat_batch_size,
+                        Target::Message { .. } => self.message_batch_size,
+                    };
+                    if pending >= batch_size {
                         self.flush.wake();
                     }
                     return Ok(Some(Allocated {
@@ -151,17 +154,28 @@ impl WriteBehind {
                         return Ok(None);
                     }
                 }
-                Enqueue::CounterMiss { application_id } => {
-                    let Some(last) =
-                        store::chats::last_message_number(&self.pool, application_id, chat_number)
-                            .await?
-                    else {
-                        return Ok(None);
-                    };
-                    self.buffer
-                        .seed_message_counter(token, chat_number, last)
-                        .await?;
-                }
+                Enqueue::CounterMiss { application_id } => match target {
+                    Target::Chat => {
+                        let last =
+                            store::applications::last_chat_number(&self.pool, application_id)
+                                .await?;
+                        self.buffer.seed_chat_counter(token, last).await?;
+                    }
+                    Target::Message { chat_number, .. } => {
+                        let Some(last) = store::chats::last_message_number(
+                            &self.pool,
+                            application_id,
+                            chat_number,
+                        )
+                        .await?
+                        else {
+                            return Ok(None);
+                        };
+                        self.buffer
+                            .seed_message_counter(token, chat_number, last)
+                            .await?;
+                    }
+                },
             }
         }
         Err(BufferError::Unavailable(
