@@ -18,15 +18,8 @@ async fn create_get_rename_delete_an_application() {
     );
     assert_eq!(created["name"], name);
     assert_eq!(created["chats_count"], 0);
-    let mut keys: Vec<&str> = created
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort();
     assert_eq!(
-        keys,
+        crate::helpers::keys_of(&created),
         ["chats_count", "created_at", "name", "token", "updated_at"],
         "no database id is exposed"
     );

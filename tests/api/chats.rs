@@ -18,15 +18,8 @@ async fn chats_are_numbered_per_application_and_readable_before_the_flush() {
     let chat: Value = r.json().await.unwrap();
     assert_eq!(chat["number"], 2);
     assert_eq!(chat["messages_count"], 0);
-    let mut keys: Vec<&str> = chat
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort();
     assert_eq!(
-        keys,
+        crate::helpers::keys_of(&chat),
         ["created_at", "messages_count", "number", "updated_at"]
     );
 

@@ -47,6 +47,19 @@ pub fn test_config() -> Config {
     config
 }
 
+/// The keys of a JSON object, sorted (to check that no internal field,
+/// such as a database id, leaks into a response).
+pub fn keys_of(v: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = v
+        .as_object()
+        .expect("a JSON object")
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
+
 /// A running service.
 pub struct TestApp {
     /// `http://127.0.0.1:{port}`

@@ -26,14 +26,10 @@ async fn a_message_can_be_read_edited_and_deleted_right_after_its_creation() {
     let got: Value = r.json().await.unwrap();
     assert_eq!(got["body"], body, "byte for byte");
     assert_eq!(got["number"], 1);
-    let mut keys: Vec<&str> = got
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort();
-    assert_eq!(keys, ["body", "created_at", "number", "updated_at"]);
+    assert_eq!(
+        crate::helpers::keys_of(&got),
+        ["body", "created_at", "number", "updated_at"]
+    );
 
     let n2 = app.create_message(&t, c, "second").await;
     let r = app
