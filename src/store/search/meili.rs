@@ -209,8 +209,17 @@ impl MeiliSearch {
             .with_limit(page.limit_plus_one() as usize)
             .with_offset(page.offset() as usize)
             .execute::<Hit>()
-            .await
-            .map_err(unavailable)?;
+            .await;
+        let results = match results {
+            Ok(r) => r,
+            // Nothing was indexed yet (the indexer creates the index): no hits.
+            Err(meilisearch_sdk::errors::Error::Meilisearch(e))
+                if e.error_code == meilisearch_sdk::errors::ErrorCode::IndexNotFound =>
+            {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
         Ok(results.hits.into_iter().map(|h| h.result.number).collect())
     }
 
