@@ -101,6 +101,9 @@ impl World {
         .unwrap();
         let child = Command::new(binary())
             .arg("serve")
+            // Only a test that asks for Meilisearch gets it.
+            .env_remove("MEILI_URL")
+            .env_remove("MEILI_API_KEY")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())

@@ -40,7 +40,7 @@ fn seed() -> u64 {
 /// flusher's batches come back quickly.
 fn crashy() -> Vec<(&'static str, String)> {
     vec![
-        ("MESSAGE_BATCH_SIZE", "50".into()),
+        ("MESSAGE_BATCH_SIZE", "200".into()),
         ("CHAT_BATCH_SIZE", "5".into()),
         ("FLUSH_INTERVAL_SECS", "1".into()),
         ("LEASE_SECS", "2".into()),
@@ -77,7 +77,7 @@ async fn kill_9_under_load_loses_nothing_and_duplicates_nothing() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let ledger = load.stop().await;
     // The last instance recovers the dead ones' batches (leases of 2 s) and drains.
-    world.wait_drained(Duration::from_secs(30)).await;
+    world.wait_drained(Duration::from_secs(90)).await;
     assert!(
         service.terminate(Duration::from_secs(30)),
         "SIGTERM exits 0"
@@ -131,7 +131,7 @@ async fn the_survivor_of_two_instances_recovers_the_dead_ones_batches() {
     // B keeps serving for more than a lease period, then the load stops.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let ledger_b = load_b.stop().await;
-    world.wait_drained(Duration::from_secs(30)).await;
+    world.wait_drained(Duration::from_secs(90)).await;
     let metrics = reqwest::get(format!("{}/metrics", b.base()))
         .await
         .unwrap()
