@@ -32,11 +32,22 @@ test('POST /applications from Swagger UI answers 201 with a token', { timeout: 6
     await op.locator('.opblock-summary').click();
     await op.locator('.try-out__btn').click();
     await op.locator('textarea.body-param__text').fill('{"name": "made in Swagger UI"}');
-    await op.locator('.execute').click();
     const status = op.locator('.live-responses-table tbody .response-col_status').first();
-    await status.waitFor({ timeout: 15_000 });
-    const body = await op.locator('.live-responses-table tbody .response-col_description').first().innerText();
-    assert.equal((await status.innerText()).trim().split(/\s/)[0], '201', `live response: ${body}`);
+    const description = op.locator('.live-responses-table tbody .response-col_description').first();
+    // Execute; if the browser reports no HTTP status at all (a fetch that
+    // failed before any answer, seen once in CI), say so and click again, as
+    // a person would. Any HTTP status, right or wrong, is asserted as is.
+    let code = '';
+    for (let attempt = 1; attempt <= 2 && !/^\d{3}$/.test(code); attempt++) {
+      await op.locator('.execute').click();
+      await status.waitFor({ timeout: 15_000 });
+      await page.waitForTimeout(200);
+      code = (await status.innerText()).trim().split(/\s/)[0];
+      if (!/^\d{3}$/.test(code)) {
+        console.log(`attempt ${attempt}: no HTTP status; live response: ${await description.innerText()}`);
+      }
+    }
+    assert.equal(code, '201', `live response: ${await description.innerText()}`);
     const json = await op.locator('.live-responses-table tbody .response-col_description pre').first().innerText();
     const token = JSON.parse(json).token;
     assert.match(token, /^[A-Za-z0-9_-]{22,}$/);
