@@ -24,12 +24,7 @@ async fn create_get_rename_delete_an_application() {
         "no database id is exposed"
     );
 
-    let got: Value = app
-        .get(&format!("/applications/{token}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let got: Value = app.get_json(&format!("/applications/{token}")).await;
     assert_eq!(
         got, created,
         "a read returns exactly what the create returned"
@@ -144,12 +139,7 @@ async fn applications_are_paginated_in_creation_order() {
     for i in 0..5 {
         app.create_app(&format!("app {i}")).await;
     }
-    let page: Value = app
-        .get("/applications?page=2&per_page=2")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get_json("/applications?page=2&per_page=2").await;
     let names: Vec<&str> = page["applications"]
         .as_array()
         .unwrap()
@@ -161,14 +151,9 @@ async fn applications_are_paginated_in_creation_order() {
         page["meta"],
         json!({ "page": 2, "per_page": 2, "next_page": 3, "previous_page": 1 })
     );
-    let last: Value = app
-        .get("/applications?page=3&per_page=2")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let last: Value = app.get_json("/applications?page=3&per_page=2").await;
     assert_eq!(last["meta"]["next_page"], Value::Null);
-    let first: Value = app.get("/applications").await.json().await.unwrap();
+    let first: Value = app.get_json("/applications").await;
     assert_eq!(
         first["meta"],
         json!({ "page": 1, "per_page": 20, "next_page": null, "previous_page": null })

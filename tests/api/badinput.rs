@@ -139,19 +139,11 @@ async fn sql_and_filter_looking_text_is_just_text() {
     let c = app.create_chat(&t).await;
     app.create_message(&t, c, nasty).await;
     app.flush().await;
-    let a: Value = app
-        .get(&format!("/applications/{t}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let a: Value = app.get_json(&format!("/applications/{t}")).await;
     assert_eq!(a["name"], nasty);
     let m: Value = app
-        .get(&format!("/applications/{t}/chats/{c}/messages/1"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/applications/{t}/chats/{c}/messages/1"))
+        .await;
     assert_eq!(m["body"], nasty);
     let r = app
         .client

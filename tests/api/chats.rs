@@ -24,12 +24,7 @@ async fn chats_are_numbered_per_application_and_readable_before_the_flush() {
     );
 
     app.flush().await;
-    let list: Value = app
-        .get(&format!("/applications/{a}/chats"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json(&format!("/applications/{a}/chats")).await;
     let numbers: Vec<i64> = list["chats"]
         .as_array()
         .unwrap()

@@ -45,19 +45,9 @@ async fn counts_are_exact_after_a_refresh_including_deletes() {
     app.flush().await;
     let report = app.counts.refresh_counts_once().await.unwrap();
     assert_eq!((report.apps, report.chats), (1, 2));
-    let a: Value = app
-        .get(&format!("/applications/{t}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let a: Value = app.get_json(&format!("/applications/{t}")).await;
     assert_eq!(a["chats_count"], 3);
-    let c: Value = app
-        .get(&format!("/applications/{t}/chats/1"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let c: Value = app.get_json(&format!("/applications/{t}/chats/1")).await;
     assert_eq!(c["messages_count"], 5);
     assert_counts_exact(&app).await;
 
@@ -74,19 +64,9 @@ async fn counts_are_exact_after_a_refresh_including_deletes() {
         204
     );
     app.counts.refresh_counts_once().await.unwrap();
-    let a: Value = app
-        .get(&format!("/applications/{t}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let a: Value = app.get_json(&format!("/applications/{t}")).await;
     assert_eq!(a["chats_count"], 2);
-    let c: Value = app
-        .get(&format!("/applications/{t}/chats/1"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let c: Value = app.get_json(&format!("/applications/{t}/chats/1")).await;
     assert_eq!(c["messages_count"], 4);
     assert_counts_exact(&app).await;
 }
@@ -157,12 +137,7 @@ async fn marks_taken_by_a_refresher_that_died_are_not_lost() {
         "expired marks are recovered"
     );
     assert_counts_exact(&app).await;
-    let c: Value = app
-        .get(&format!("/applications/{t}/chats/1"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let c: Value = app.get_json(&format!("/applications/{t}/chats/1")).await;
     assert_eq!(c["messages_count"], 4);
 }
 

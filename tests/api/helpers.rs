@@ -164,6 +164,11 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// GET, and the response body as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.expect("a JSON body")
+    }
+
     /// DELETE.
     pub async fn delete(&self, path: &str) -> reqwest::Response {
         self.client

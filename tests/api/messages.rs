@@ -69,11 +69,8 @@ async fn a_message_can_be_read_edited_and_deleted_right_after_its_creation() {
 
     app.flush().await;
     let list: Value = app
-        .get(&format!("/applications/{t}/chats/{c}/messages"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/applications/{t}/chats/{c}/messages"))
+        .await;
     let bodies: Vec<&str> = list["messages"]
         .as_array()
         .unwrap()
@@ -182,13 +179,10 @@ async fn messages_are_paginated_by_number() {
     }
     app.flush().await;
     let page: Value = app
-        .get(&format!(
+        .get_json(&format!(
             "/applications/{t}/chats/{c}/messages?page=2&per_page=3"
         ))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     let numbers: Vec<i64> = page["messages"]
         .as_array()
         .unwrap()

@@ -303,11 +303,8 @@ async fn redis_down_answers_503_promptly_and_reads_still_work() {
     assert!(started.elapsed() < Duration::from_secs(3), "no hang");
     assert_eq!(down.get(&format!("/applications/{t}")).await.status(), 200);
     let m: Value = down
-        .get(&format!("/applications/{t}/chats/{c}/messages/1"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/applications/{t}/chats/{c}/messages/1"))
+        .await;
     assert_eq!(m["body"], "stored");
     let ready = down
         .client

@@ -28,6 +28,25 @@ pub fn binary() -> String {
     std::env::var("CHAT_API_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_chat-api").to_string())
 }
 
+/// Polls `check` every 200 ms until it holds or `within` passes; returns
+/// whether it held.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -411,21 +411,23 @@ async fn a_search_outage_loses_no_index_update() {
         post("before the outage: aardvark").await.unwrap().status(),
         201
     );
-    let mut indexed = false;
-    for _ in 0..100 {
-        let r = search("aardvark").await.unwrap();
-        if r.status() == 200
-            && r.json::<serde_json::Value>().await.unwrap()["messages"]
-                .as_array()
-                .unwrap()
-                .len()
-                == 1
-        {
-            indexed = true;
-            break;
+    // One hit for `q` in chat 1, once the search engine has indexed it.
+    let one_hit = |q: &'static str| {
+        let search = &search;
+        async move {
+            match search(q).await {
+                Ok(r) if r.status() == 200 => {
+                    r.json::<serde_json::Value>()
+                        .await
+                        .ok()
+                        .and_then(|v| v["messages"].as_array().map(Vec::len))
+                        == Some(1)
+                }
+                _ => false,
+            }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
+    let indexed = harness::eventually(Duration::from_secs(20), || one_hit("aardvark")).await;
     assert!(indexed, "indexed before the outage");
 
     proxy.cut();
@@ -451,21 +453,7 @@ async fn a_search_outage_loses_no_index_update() {
 
     proxy.heal();
     let started = std::time::Instant::now();
-    let mut caught_up = false;
-    while started.elapsed() < Duration::from_secs(60) {
-        let r = search("zebra").await.unwrap();
-        if r.status() == 200
-            && r.json::<serde_json::Value>().await.unwrap()["messages"]
-                .as_array()
-                .unwrap()
-                .len()
-                == 1
-        {
-            caught_up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let caught_up = harness::eventually(Duration::from_secs(60), || one_hit("zebra")).await;
     assert!(caught_up, "indexing caught up after the outage");
     eprintln!(
         "search outage: 3 s cut; the queued index update applied {:?} after healing",
