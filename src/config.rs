@@ -140,6 +140,18 @@ pub struct Config {
     #[arg(long, env = "MEILI_INDEX", default_value = "messages")]
     pub meili_index: String,
 
+    /// Bearer key of the operator API (`/api/v1/admin/...`). Unset: the
+    /// operator API is off and every admin path answers 404. Use a long random
+    /// value (for example `openssl rand -base64 32`); it is compared in
+    /// constant time and never logged.
+    #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
+    pub admin_api_key: Option<secrecy::SecretString>,
+
+    /// Name of this instance, shown as the owner of the batches it is
+    /// flushing (`GET /api/v1/admin/queues`). Default: `{hostname}-{pid}`.
+    #[arg(long, env = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
     /// Seconds the service gives itself on SIGTERM/Ctrl-C to drain the buffer.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value = "30", value_parser = parse_nonzero_secs)]
     pub shutdown_timeout: Duration,
@@ -149,6 +161,17 @@ impl Config {
     /// Time limit of one Redis call on the request path.
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    /// This instance's name: `INSTANCE_ID`, or `{hostname}-{pid}`.
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                gethostname::gethostname().to_string_lossy(),
+                std::process::id()
+            )
+        })
     }
 
     /// Bound on waiting for a buffered record to reach MariaDB.

@@ -158,10 +158,14 @@ fn method_not_allowed(path: &str) -> Response {
 
 fn error_response(err: poem::Error, path: &str) -> Response {
     use poem_openapi::error::{
-        ContentTypeError, ParseParamError, ParsePathError, ParseRequestPayloadError,
+        AuthorizationError, ContentTypeError, ParseParamError, ParsePathError,
+        ParseRequestPayloadError,
     };
     if err.is_from_response() {
         return err.into_response();
+    }
+    if err.is::<AuthorizationError>() {
+        return crate::http::admin::unauthorized_response();
     }
     let (status, msg) = if let Some(e) = err.downcast_ref::<ParseRequestPayloadError>() {
         // serde_json syntax errors and poem-openapi schema errors share this

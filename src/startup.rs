@@ -85,7 +85,8 @@ impl Application {
             Keys::new(config.redis_key_prefix.clone()),
             config.redis_timeout(),
             config.max_pending,
-        );
+        )
+        .with_owner(config.instance_id());
         let flusher = Arc::new(Flusher::new(
             buffer.clone(),
             pool.clone(),
@@ -159,6 +160,8 @@ impl Application {
             marks,
             rate_limit,
             search,
+            flusher: flusher.clone(),
+            indexer: indexer.clone(),
         };
         Ok(Self {
             addr,

@@ -1,6 +1,7 @@
 //! The HTTP layer: one module per resource, each an `#[OpenApi]` struct;
 //! [`routes`] assembles them with Swagger UI, the spec and the middleware.
 
+pub mod admin;
 pub mod applications;
 pub mod chats;
 pub mod health;
@@ -36,6 +37,10 @@ pub struct AppState {
     pub rate_limit: ratelimit::RateLimit,
     /// The search backend (Meilisearch or MariaDB FULLTEXT).
     pub search: crate::store::search::SearchBackend,
+    /// The flusher (for `POST /admin/flush`).
+    pub flusher: Arc<crate::writebehind::Flusher>,
+    /// The search indexer, when Meilisearch is configured.
+    pub indexer: Option<Arc<crate::jobs::indexer::Indexer>>,
 }
 
 impl AppState {
@@ -64,6 +69,10 @@ pub enum ApiTags {
     Messages,
     /// Liveness and readiness probes.
     Health,
+    /// The operator API: queues, dead letters, forced flushes, listings
+    /// across applications. Off unless `ADMIN_API_KEY` is set; requires
+    /// `Authorization: Bearer <ADMIN_API_KEY>`.
+    Admin,
 }
 
 /// The OpenAPI service with every operation of the API.
@@ -74,6 +83,8 @@ pub type Api = OpenApiService<
         search::SearchApi,
         messages::MessagesApi,
         health::HealthApi,
+        admin::queues::QueuesAdminApi,
+        admin::listings::ListingsAdminApi,
     ),
     (),
 >;
@@ -87,6 +98,8 @@ pub fn api() -> Api {
             search::SearchApi,
             messages::MessagesApi,
             health::HealthApi,
+            admin::queues::QueuesAdminApi,
+            admin::listings::ListingsAdminApi,
         ),
         "Chat API",
         env!("CARGO_PKG_VERSION"),
@@ -163,6 +176,7 @@ pub fn routes(state: AppState) -> impl poem::Endpoint + 'static {
         .at("/metrics", poem::get(metrics))
         .nest("/docs", docs)
         .nest("/", api)
+        .around(admin::gate)
         .with(limits::BodyLimit::new(max_body))
         .around(crate::error::json_errors)
         .with(rate_limit)

@@ -169,3 +169,37 @@ pub struct MessageList {
     /// Pagination.
     pub meta: Meta,
 }
+
+/// A search hit: the message and how well it matches.
+#[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
+pub struct SearchHit {
+    /// The message.
+    #[oai(flatten)]
+    #[serde(flatten)]
+    pub message: Message,
+    /// Relevance, higher is better; hits come best first. With Meilisearch
+    /// (`MEILI_URL` set) it is the ranking score, from 0.0 to 1.0, where 1.0
+    /// matches every ranking rule perfectly. With the MariaDB backend it is
+    /// the `MATCH … AGAINST` relevance: 0 or more with no upper bound, growing
+    /// with how often the query's words occur in the body and how rare they
+    /// are in the index. Either way, compare scores within one query only.
+    pub score: f64,
+}
+
+impl From<crate::store::search::ScoredRow> for SearchHit {
+    fn from(r: crate::store::search::ScoredRow) -> Self {
+        Self {
+            message: r.row.into(),
+            score: r.score,
+        }
+    }
+}
+
+/// A page of search hits.
+#[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
+pub struct SearchResults {
+    /// Hits, best first.
+    pub messages: Vec<SearchHit>,
+    /// Pagination.
+    pub meta: Meta,
+}

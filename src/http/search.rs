@@ -5,7 +5,7 @@ use poem_openapi::OpenApi;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 
-use super::schemas::{MessageList, Meta};
+use super::schemas::{Meta, SearchResults};
 use super::{ApiTags, AppState, lookup};
 use crate::domain::Page;
 use crate::error::ApiError;
@@ -18,8 +18,9 @@ pub struct SearchApi;
 impl SearchApi {
     /// Search messages of a chat
     ///
-    /// Full-text search of the chat's message bodies, best match first; only
-    /// messages of this chat are ever returned. With Meilisearch (when the
+    /// Full-text search of the chat's message bodies, best match first, each
+    /// hit with its relevance `score` (higher is better); only messages of
+    /// this chat are ever returned. With Meilisearch (when the
     /// service has `MEILI_URL`) matching is typo-tolerant and works in any
     /// script, and results may lag new messages by about a second after
     /// their flush; without it, MariaDB's FULLTEXT index matches whole words
@@ -44,7 +45,7 @@ impl SearchApi {
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
-    ) -> Result<Json<MessageList>, ApiError> {
+    ) -> Result<Json<SearchResults>, ApiError> {
         let query = q.0.0;
         if crate::domain::is_blank(&query) {
             return Err(ApiError::unprocessable("q must not be empty"));
@@ -70,7 +71,7 @@ impl SearchApi {
                 }
             })?;
         let (rows, meta) = Meta::paginate(page, rows);
-        Ok(Json(MessageList {
+        Ok(Json(SearchResults {
             messages: rows.into_iter().map(Into::into).collect(),
             meta,
         }))

@@ -89,7 +89,7 @@ impl Indexer {
                     Ok(()) => applied += 1,
                     Err(IndexError::Meili(ApplyError::Rejected(reason))) => {
                         tracing::error!(%reason, op = %String::from_utf8_lossy(raw), "index op dead-lettered");
-                        dead.push(crate::writebehind::buffer::dead_letter_entry(raw, &reason));
+                        dead.push(crate::writebehind::deadletter::entry(raw, &reason));
                     }
                     Err(e) => {
                         if let Err(re) = self.buffer.release(&batch).await {

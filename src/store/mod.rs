@@ -5,6 +5,7 @@
 pub mod applications;
 pub mod bulk;
 pub mod chats;
+pub mod listings;
 pub mod messages;
 pub mod redis;
 pub mod search;

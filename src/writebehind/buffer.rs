@@ -96,6 +96,7 @@ pub struct Buffer {
     scripts: std::sync::Arc<Scripts>,
     timeout: Duration,
     max_pending: u64,
+    owner: std::sync::Arc<str>,
 }
 
 impl Buffer {
@@ -108,7 +109,25 @@ impl Buffer {
             scripts: Default::default(),
             timeout,
             max_pending,
+            owner: "unnamed".into(),
         }
+    }
+
+    /// The same buffer, claiming batches in the name of `owner` (the
+    /// instance id shown to operators).
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into().into();
+        self
+    }
+
+    /// The name batches are claimed under.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The Lua scripts.
+    pub(super) fn scripts(&self) -> &Scripts {
+        &self.scripts
     }
 
     /// The key names in use.
@@ -122,7 +141,8 @@ impl Buffer {
     }
 
     /// Runs `f` on a pooled connection, within the time limit.
-    async fn with_conn<T, F, Fut>(&self, f: F) -> Result<T, BufferError>
+    /// Errors: [`BufferError::Unavailable`] when Redis fails or is too slow.
+    pub(crate) async fn with_conn<T, F, Fut>(&self, f: F) -> Result<T, BufferError>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, redis::RedisError>>,
@@ -309,14 +329,18 @@ impl Buffer {
         .await
     }
 
-    /// Queues a change to the search index (durable; applied by the indexer).
+    /// Queues a change to the search index (durable; applied by the indexer),
+    /// stamped with `queued_at_ms`.
     pub async fn push_search_op(
         &self,
         op: &crate::store::search::meili::IndexOp,
     ) -> Result<(), BufferError> {
         let key = self.keys.pending(Kind::Search);
-        let json =
-            serde_json::to_string(op).map_err(|e| BufferError::Unavailable(e.to_string()))?;
+        // Stamped so operators can see how long the oldest op has waited.
+        let mut value =
+            serde_json::to_value(op).map_err(|e| BufferError::Unavailable(e.to_string()))?;
+        value["queued_at_ms"] = now_ms().into();
+        let json = value.to_string();
         self.with_conn(|mut c| async move { c.rpush::<_, _, ()>(key, json).await })
             .await
     }
@@ -367,6 +391,8 @@ impl Buffer {
         let deadline = now_ms() + lease.as_millis() as i64;
         let pending = self.keys.pending(kind);
         let leases = self.keys.leases();
+        let batches = self.keys.batches();
+        let owner = format!("{}\t{}", self.owner, now_ms());
         let k = key.clone();
         let records: Vec<Vec<u8>> = self
             .with_conn(|mut c| async move {
@@ -375,8 +401,10 @@ impl Buffer {
                     .key(pending)
                     .key(k)
                     .key(leases)
+                    .key(batches)
                     .arg(max)
                     .arg(deadline)
+                    .arg(owner)
                     .invoke_async(&mut c)
                     .await
             })
@@ -416,11 +444,16 @@ impl Buffer {
         let leases = self.keys.leases();
         let pending = self.keys.pending(batch.kind);
         let dead = self.keys.dead_letter(batch.kind);
+        let batches = self.keys.batches();
         let key = batch.key.clone();
         let held: i64 = self
             .with_conn(|mut c| async move {
                 let mut inv = self.scripts.ack.key(leases);
-                inv.key(key).key(pending).key(dead).arg(deferred.len());
+                inv.key(key)
+                    .key(pending)
+                    .key(dead)
+                    .key(batches)
+                    .arg(deferred.len());
                 for r in deferred {
                     inv.arg(*r);
                 }
@@ -438,6 +471,7 @@ impl Buffer {
     pub async fn release(&self, batch: &Claimed) -> Result<u64, BufferError> {
         let leases = self.keys.leases();
         let pending = self.keys.pending(batch.kind);
+        let batches = self.keys.batches();
         let key = batch.key.clone();
         self.with_conn(|mut c| async move {
             self.scripts
@@ -445,6 +479,7 @@ impl Buffer {
                 .key(leases)
                 .key(key)
                 .key(pending)
+                .key(batches)
                 .invoke_async(&mut c)
                 .await
         })
@@ -459,11 +494,13 @@ impl Buffer {
         max_batches: u32,
     ) -> Result<(u64, u64), BufferError> {
         let leases = self.keys.leases();
+        let batches = self.keys.batches();
         let prefix = self.keys.prefix().to_string();
         self.with_conn(|mut c| async move {
             self.scripts
                 .recover
                 .key(leases)
+                .key(batches)
                 .arg(now_ms)
                 .arg(prefix)
                 .arg(max_batches)
@@ -501,17 +538,6 @@ pub struct Counters {
     pub chat_allocated: bool,
     /// Last message number handed out in the chat.
     pub last_message: Option<i64>,
-}
-
-/// A dead-letter list entry: the raw record (lossy UTF-8), why it could not
-/// be written, and when, as one JSON object.
-pub fn dead_letter_entry(raw: &[u8], reason: &str) -> String {
-    serde_json::json!({
-        "record": String::from_utf8_lossy(raw),
-        "reason": reason,
-        "at": chrono::Utc::now().to_rfc3339(),
-    })
-    .to_string()
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.

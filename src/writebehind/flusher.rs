@@ -272,7 +272,7 @@ impl Flusher {
                 Disposition::Deferred => deferred.push(raw),
                 Disposition::DeadLetter(reason) => {
                     tracing::error!(kind = batch.kind.as_str(), %reason, record = %String::from_utf8_lossy(raw), "record dead-lettered");
-                    dead.push(crate::writebehind::buffer::dead_letter_entry(raw, reason));
+                    dead.push(crate::writebehind::deadletter::entry(raw, reason));
                 }
             }
         }
@@ -402,6 +402,29 @@ impl Flusher {
             }
         }
         self.drain().await;
+    }
+
+    /// Flushes until both pending lists are empty, or only messages waiting
+    /// for their chat are left, or `budget` has passed (then it finishes the
+    /// batch in hand and stops). For operators (`POST /api/v1/admin/flush`);
+    /// safe beside the running flusher, as claims are atomic.
+    ///
+    /// Returns what was done and whether the lists were drained. Errors: as
+    /// [`Self::flush_once`]; what was flushed before the error stays flushed.
+    pub async fn flush_all(&self, budget: Duration) -> Result<(FlushReport, bool), FlushError> {
+        let deadline = tokio::time::Instant::now() + budget;
+        let mut total = FlushReport::default();
+        loop {
+            let report = self.flush_once().await;
+            self.generation.send_modify(|g| *g += 1);
+            let report = report?;
+            total += report;
+            let stuck =
+                report.batches > 0 && report.written + report.dropped + report.dead_lettered == 0;
+            if report.batches == 0 || stuck || tokio::time::Instant::now() >= deadline {
+                return Ok((total, self.pending().await? == 0));
+            }
+        }
     }
 
     /// Flushes until both pending lists are empty or the shutdown timeout passes.

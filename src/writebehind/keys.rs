@@ -18,6 +18,9 @@ impl Kind {
     /// The kinds the flusher writes to MariaDB, in flush order.
     pub const ALL: [Kind; 2] = [Kind::Chats, Kind::Messages];
 
+    /// Every queue, the search-index queue last.
+    pub const QUEUES: [Kind; 3] = [Kind::Chats, Kind::Messages, Kind::Search];
+
     /// The kind's name in keys, logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -67,8 +70,13 @@ impl Keys {
         format!("{}leases", self.prefix)
     }
 
+    /// Hash of claimed batches: processing key → `{owner}\t{claimed_at_ms}`.
+    pub fn batches(&self) -> String {
+        format!("{}batches", self.prefix)
+    }
+
     /// List of records that could not be written, each a JSON object
-    /// `{"record", "reason", "at"}`.
+    /// `{"record", "reason", "at"}` (see [`super::deadletter`]).
     pub fn dead_letter(&self, kind: Kind) -> String {
         format!("{}deadletter:{}", self.prefix, kind.as_str())
     }

@@ -19,7 +19,9 @@
 //! [`crate::store::bulk`].
 
 pub mod buffer;
+pub mod deadletter;
 pub mod flusher;
+pub mod inspect;
 pub mod keys;
 pub mod record;
 pub mod scripts;

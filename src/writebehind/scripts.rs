@@ -12,6 +12,8 @@
 //! - `pending:{kind}` list: records waiting for a flush.
 //! - `processing:{kind}:{batch}` list: a claimed batch, owned under a lease.
 //! - `leases` sorted set: processing key → lease deadline (ms since epoch).
+//! - `batches` hash: processing key → `{owner}\t{claimed_at_ms}` (who claimed
+//!   it and when; for operators, see `GET /api/v1/admin/queues`).
 //! - `deadletter:{kind}` list: records that could not be written, with the reason.
 
 use redis::Script;
@@ -65,9 +67,10 @@ return {n, len}
 "#;
 
 /// Moves up to N records from the head of a pending list to a new processing
-/// list and records its lease, in one step.
+/// list and records its lease and owner, in one step.
 ///
-/// KEYS: pending list, processing list, leases. ARGV: N, lease deadline ms.
+/// KEYS: pending list, processing list, leases, batches.
+/// ARGV: N, lease deadline ms, `{owner}\t{claimed_at_ms}`.
 /// Returns the claimed records (empty when nothing was pending).
 pub const CLAIM: &str = r#"
 local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
@@ -77,6 +80,7 @@ for i = 1, #items, 1000 do
   redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
 end
 redis.call('ZADD', KEYS[3], ARGV[2], KEYS[2])
+redis.call('HSET', KEYS[4], KEYS[2], ARGV[3])
 return items
 "#;
 
@@ -96,12 +100,13 @@ return 0
 /// step, and only if the caller still held the lease (otherwise the batch was
 /// recovered by another flusher, which will write it again idempotently).
 ///
-/// KEYS: leases, processing list, pending list, dead-letter list.
+/// KEYS: leases, processing list, pending list, dead-letter list, batches.
 /// ARGV: number of deferred records D, then D records, then dead-letter entries.
 /// Returns 1 if acknowledged, 0 if the lease had been lost.
 pub const ACK: &str = r#"
 local held = redis.call('ZREM', KEYS[1], KEYS[2])
 redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[5], KEYS[2])
 if held == 0 then return 0 end
 local d = tonumber(ARGV[1])
 for i = 2, d + 1 do redis.call('RPUSH', KEYS[3], ARGV[i]) end
@@ -113,8 +118,9 @@ return 1
 /// their order, so that any flusher retries them first. Used when a write
 /// failed for a reason that should pass (MariaDB unreachable).
 ///
-/// KEYS: leases, processing list, pending list. Returns the records moved.
+/// KEYS: leases, processing list, pending list, batches. Returns the records moved.
 pub const RELEASE: &str = r#"
+redis.call('HDEL', KEYS[4], KEYS[2])
 if redis.call('ZREM', KEYS[1], KEYS[2]) == 0 then return 0 end
 local items = redis.call('LRANGE', KEYS[2], 0, -1)
 for i = #items, 1, -1 do redis.call('LPUSH', KEYS[3], items[i]) end
@@ -125,7 +131,7 @@ return #items
 /// Recovers batches whose lease expired (their flusher died or hung): each
 /// goes back to the head of its pending list, and its lease is removed.
 ///
-/// KEYS: leases. ARGV: now ms, key prefix, most batches per call.
+/// KEYS: leases, batches. ARGV: now ms, key prefix, most batches per call.
 /// Returns `{batches, records}` recovered.
 pub const RECOVER: &str = r#"
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
@@ -133,6 +139,7 @@ local records = 0
 for _, key in ipairs(expired) do
   local kind = string.match(key, 'processing:(%w+):[^:]+$')
   redis.call('ZREM', KEYS[1], key)
+  redis.call('HDEL', KEYS[2], key)
   if kind then
     local pending = ARGV[2] .. 'pending:' .. kind
     local items = redis.call('LRANGE', key, 0, -1)
@@ -155,6 +162,30 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 "#;
 
+/// Puts dead-lettered records back on their pending list (tail), each only
+/// if its entry is still in the dead-letter list, so a record is replayed at
+/// most once however many operators press the button.
+///
+/// KEYS: dead-letter list, pending list. ARGV: pairs of (entry, record).
+/// Returns the number of records replayed.
+pub const REPLAY: &str = r#"
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    redis.call('RPUSH', KEYS[2], ARGV[i + 1])
+    n = n + 1
+  end
+end
+return n
+"#;
+
+/// Empties a dead-letter list. KEYS: the list. Returns how many entries it held.
+pub const DISCARD_ALL: &str = r#"
+local n = redis.call('LLEN', KEYS[1])
+redis.call('DEL', KEYS[1])
+return n
+"#;
+
 /// The scripts, hashed once at start-up.
 pub struct Scripts {
     /// See [`ENQUEUE_CHAT`].
@@ -173,6 +204,10 @@ pub struct Scripts {
     pub recover: Script,
     /// See [`TOMBSTONE_APP`].
     pub tombstone_app: Script,
+    /// See [`REPLAY`].
+    pub replay: Script,
+    /// See [`DISCARD_ALL`].
+    pub discard_all: Script,
 }
 
 impl Default for Scripts {
@@ -186,6 +221,8 @@ impl Default for Scripts {
             release: Script::new(RELEASE),
             recover: Script::new(RECOVER),
             tombstone_app: Script::new(TOMBSTONE_APP),
+            replay: Script::new(REPLAY),
+            discard_all: Script::new(DISCARD_ALL),
         }
     }
 }

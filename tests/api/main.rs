@@ -1,6 +1,7 @@
 //! Integration tests: the real service over real HTTP, against real MariaDB
 //! and Redis (one database and key prefix per test, so they run in parallel).
 
+mod admin;
 mod applications;
 mod badinput;
 mod chats;

@@ -30,6 +30,58 @@ async fn numbers(app: &TestApp, token: &str, chat: i64, q: &str) -> Vec<i64> {
         .collect()
 }
 
+/// `(number, score)` of each hit, in the order returned.
+async fn scored(app: &TestApp, token: &str, chat: i64, q: &str) -> Vec<(i64, f64)> {
+    let r = search(app, token, chat, q).await;
+    assert_eq!(r.status(), 200, "search {q:?}");
+    let body: Value = r.json().await.unwrap();
+    body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let score = m["score"].as_f64();
+            assert!(score.is_some(), "every hit has a numeric score: {m}");
+            (m["number"].as_i64().unwrap(), score.unwrap())
+        })
+        .collect()
+}
+
+/// Asserts the hits are ordered from the best score to the worst.
+fn assert_best_first(hits: &[(i64, f64)]) {
+    assert!(
+        hits.windows(2).all(|w| w[0].1 >= w[1].1),
+        "scores best first: {hits:?}"
+    );
+}
+
+#[tokio::test]
+async fn database_search_scores_hits_best_first() {
+    let app = spawn_app().await;
+    let t = app.create_app("scores").await;
+    let c = app.create_chat(&t).await;
+    app.create_message(&t, c, "one apple").await;
+    app.create_message(&t, c, "apple apple apple, apple pie and apple juice")
+        .await;
+    app.create_message(&t, c, "no fruit here").await;
+    app.create_message(&t, c, "apple apple").await;
+    for i in 0..6 {
+        // Rows without the word, so that "apple" is rare enough to weigh.
+        app.create_message(&t, c, &format!("filler message number {i}"))
+            .await;
+    }
+    app.flush().await;
+    let hits = scored(&app, &t, c, "apple").await;
+    assert_eq!(
+        hits.iter().map(|h| h.0).collect::<Vec<_>>(),
+        [2, 4, 1],
+        "more occurrences rank higher: {hits:?}"
+    );
+    assert_best_first(&hits);
+    assert!(hits.iter().all(|h| h.1 > 0.0), "{hits:?}");
+    assert!(hits[0].1 > hits[2].1, "{hits:?}");
+}
+
 #[tokio::test]
 async fn database_search_ranks_relevant_messages_first_and_never_crosses_chats() {
     let app = spawn_app().await;
@@ -182,6 +234,11 @@ async fn meilisearch_backend_indexes_after_flush_and_follows_edits_and_deletes()
         .await;
     assert!(found, "indexed after the flush, scoped to chat 1");
     assert_eq!(numbers(&app, &a, 1, "quikc").await, [1], "typo tolerance");
+    let hits = scored(&app, &a, 1, "quick").await;
+    assert!(
+        hits.iter().all(|h| (0.0..=1.0).contains(&h.1) && h.1 > 0.0),
+        "Meilisearch's ranking score is in (0, 1]: {hits:?}"
+    );
 
     assert_eq!(
         app.put(
@@ -207,4 +264,44 @@ async fn meilisearch_backend_indexes_after_flush_and_follows_edits_and_deletes()
         .await;
     assert!(followed, "edits re-index and deletes remove");
     assert_eq!(numbers(&app, &a, 2, "quick").await, [1]);
+}
+
+/// Meilisearch's ranking score on the hits, against the server at `MEILI_URL`.
+#[tokio::test]
+async fn meilisearch_scores_hits_best_first() {
+    let Ok(url) = std::env::var("MEILI_URL") else {
+        eprintln!(
+            "SKIPPED meilisearch_scores_hits_best_first: MEILI_URL is not set (no Meilisearch server to test against)"
+        );
+        return;
+    };
+    let index = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let app = spawn_app_with(|c| {
+        c.meili_url = Some(url);
+        c.meili_api_key = std::env::var("MEILI_API_KEY").ok();
+        c.meili_index = index;
+    })
+    .await;
+    let indexer = app.indexer.clone().expect("an indexer runs with MEILI_URL");
+    let a = app.create_app("a").await;
+    app.create_chat(&a).await;
+    app.create_message(&a, 1, "an apple a day").await;
+    app.create_message(&a, 1, "apple pie").await;
+    app.create_message(&a, 1, "pie crust, then apple slices on top of the pie")
+        .await;
+    app.create_message(&a, 1, "nothing to see").await;
+    app.flush().await;
+    let indexed = app
+        .eventually(Duration::from_secs(20), || async {
+            let _ = indexer.index_once().await;
+            scored(&app, &a, 1, "apple pie").await.len() >= 2
+        })
+        .await;
+    assert!(indexed, "indexed after the flush");
+    let hits = scored(&app, &a, 1, "apple pie").await;
+    assert_eq!(hits[0].0, 2, "the exact phrase ranks first: {hits:?}");
+    assert_best_first(&hits);
+    assert!(hits.iter().all(|h| (0.0..=1.0).contains(&h.1)), "{hits:?}");
+    assert!(hits[0].1 > hits[hits.len() - 1].1, "{hits:?}");
+    assert!(!hits.iter().any(|h| h.0 == 4));
 }

@@ -189,13 +189,16 @@ impl MeiliSearch {
         }
     }
 
-    /// Numbers of the messages of chat `chat_id` matching `query`, best first.
+    /// Numbers of the messages of chat `chat_id` matching `query`, best
+    /// first, each with Meilisearch's ranking score (`_rankingScore`: 0.0 to
+    /// 1.0, where 1.0 matches every ranking rule perfectly; see Meilisearch's
+    /// "Ranking score" reference).
     pub async fn search(
         &self,
         chat_id: u64,
         query: &str,
         page: Page,
-    ) -> Result<Vec<i64>, SearchError> {
+    ) -> Result<Vec<(i64, f64)>, SearchError> {
         #[derive(Deserialize)]
         struct Hit {
             number: i64,
@@ -208,6 +211,7 @@ impl MeiliSearch {
             .with_filter(&filter)
             .with_limit(page.limit_plus_one() as usize)
             .with_offset(page.offset() as usize)
+            .with_show_ranking_score(true)
             .execute::<Hit>()
             .await;
         let results = match results {
@@ -220,7 +224,11 @@ impl MeiliSearch {
             }
             Err(e) => return Err(unavailable(e)),
         };
-        Ok(results.hits.into_iter().map(|h| h.result.number).collect())
+        Ok(results
+            .hits
+            .into_iter()
+            .map(|h| (h.result.number, h.ranking_score.unwrap_or(0.0)))
+            .collect())
     }
 
     /// Sends one batch of documents (used by `reindex`) and waits for it.

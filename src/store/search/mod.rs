@@ -23,6 +23,17 @@ use sqlx::MySqlPool;
 use crate::domain::Page;
 use crate::store::messages::MessageRow;
 
+/// A search hit: the stored message and its relevance (higher is better;
+/// the scale depends on the backend, see [`database`] and [`meili`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ScoredRow {
+    /// The message as stored.
+    #[sqlx(flatten)]
+    pub row: MessageRow,
+    /// The engine's relevance score.
+    pub score: f64,
+}
+
 /// Longest accepted query, in bytes.
 pub const MAX_QUERY_BYTES: usize = 512;
 
@@ -64,21 +75,30 @@ impl SearchBackend {
     }
 
     /// One page (fetched with `LIMIT per_page + 1`) of the live messages of
-    /// chat `chat_id` that match `query`, best match first. Errors: the engine
-    /// or MariaDB unavailable.
+    /// chat `chat_id` that match `query`, best match first, with their
+    /// scores. Errors: the engine or MariaDB unavailable.
     pub async fn search(
         &self,
         chat_id: u64,
         query: &str,
         page: Page,
-    ) -> Result<Vec<MessageRow>, SearchError> {
+    ) -> Result<Vec<ScoredRow>, SearchError> {
         match self {
             SearchBackend::Database(pool) => {
                 Ok(database::search(pool, chat_id, query, page).await?)
             }
             SearchBackend::Meili(m, pool) => {
-                let numbers = m.search(chat_id, query, page).await?;
-                Ok(crate::store::messages::find_many_live(pool, chat_id, &numbers).await?)
+                let hits = m.search(chat_id, query, page).await?;
+                let numbers: Vec<i64> = hits.iter().map(|&(n, _)| n).collect();
+                let scores: std::collections::HashMap<i64, f64> = hits.into_iter().collect();
+                let rows = crate::store::messages::find_many_live(pool, chat_id, &numbers).await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|row| ScoredRow {
+                        score: scores.get(&row.number).copied().unwrap_or(0.0),
+                        row,
+                    })
+                    .collect())
             }
         }
     }

@@ -1,0 +1,196 @@
+//! `GET /api/v1/admin/chats` and `/admin/messages`: live chats and messages of
+//! every application, newest first, with cursor pagination (see
+//! [`crate::store::listings`]). Only stored records appear: records still in
+//! the buffer show up after their flush.
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::Query;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+
+use super::{AdminError, AdminKey};
+use crate::error::ApiError;
+use crate::http::{ApiTags, AppState};
+use crate::store::listings::{self, Cursor};
+
+/// Items per page when `per_page` is omitted.
+const DEFAULT_PER_PAGE: i64 = 20;
+
+/// A chat, with the token of its application.
+#[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
+pub struct AdminChat {
+    /// Token of the owning application.
+    pub application_token: String,
+    /// Number within the application.
+    pub number: i64,
+    /// Number of messages; refreshed periodically, so it may lag.
+    pub messages_count: u64,
+    /// Creation time, RFC 3339 UTC.
+    pub created_at: DateTime<Utc>,
+    /// Last update time, RFC 3339 UTC.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A message, with the token of its application and its chat's number.
+#[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
+pub struct AdminMessage {
+    /// Token of the application that owns the chat.
+    pub application_token: String,
+    /// Number of the chat within its application.
+    pub chat_number: i64,
+    /// Number within the chat.
+    pub number: i64,
+    /// Body, byte for byte.
+    pub body: String,
+    /// Creation time, RFC 3339 UTC.
+    pub created_at: DateTime<Utc>,
+    /// Last edit time, RFC 3339 UTC.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Where a cursor-paged list continues.
+#[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
+pub struct CursorMeta {
+    /// Items per page (1 to 100).
+    pub per_page: u32,
+    /// Pass it as `after` to get the next page; null on the last page.
+    #[oai(nullable)]
+    pub next_cursor: Option<String>,
+}
+
+/// A page of chats across applications, newest first.
+#[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
+pub struct AdminChatList {
+    /// Chats, newest first.
+    pub chats: Vec<AdminChat>,
+    /// Pagination.
+    pub meta: CursorMeta,
+}
+
+/// A page of messages across applications, newest first.
+#[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
+pub struct AdminMessageList {
+    /// Messages, newest first.
+    pub messages: Vec<AdminMessage>,
+    /// Pagination.
+    pub meta: CursorMeta,
+}
+
+/// Checks `after` and `per_page`. Errors: 422 for a cursor this service did
+/// not make, or `per_page` out of 1..=100.
+fn parse(
+    after: Option<String>,
+    per_page: Option<i64>,
+) -> Result<(Option<Cursor>, i64), AdminError> {
+    let per_page = per_page.unwrap_or(DEFAULT_PER_PAGE);
+    if !(1..=100).contains(&per_page) {
+        return Err(ApiError::unprocessable("per_page must be between 1 and 100").into());
+    }
+    let after = match after {
+        None => None,
+        Some(s) => Some(Cursor::decode(&s).ok_or_else(|| {
+            ApiError::unprocessable("`after` is not a cursor from a previous page's next_cursor")
+        })?),
+    };
+    Ok((after, per_page))
+}
+
+/// Trims rows fetched with `LIMIT per_page + 1` and makes the next cursor.
+fn page<T>(mut rows: Vec<T>, per_page: i64, cursor: impl Fn(&T) -> Cursor) -> (Vec<T>, CursorMeta) {
+    let more = rows.len() as i64 > per_page;
+    rows.truncate(per_page as usize);
+    let next_cursor = more
+        .then(|| rows.last().map(|r| cursor(r).encode()))
+        .flatten();
+    (
+        rows,
+        CursorMeta {
+            per_page: per_page as u32,
+            next_cursor,
+        },
+    )
+}
+
+/// Listings across applications.
+pub struct ListingsAdminApi;
+
+#[OpenApi(prefix_path = "/api/v1/admin", tag = "ApiTags::Admin")]
+impl ListingsAdminApi {
+    /// List chats of every application
+    ///
+    /// Stored, live chats of all applications, newest first (by creation
+    /// time), each with its application's token. Page with `after`, the
+    /// previous page's `meta.next_cursor`.
+    #[oai(path = "/chats", method = "get")]
+    async fn chats(
+        &self,
+        state: Data<&AppState>,
+        _key: AdminKey,
+        /// Cursor: `meta.next_cursor` of the previous page; omitted: the newest.
+        #[oai(validator(max_length = 64))]
+        after: Query<Option<String>>,
+        /// Items per page, 1 to 100 (default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        per_page: Query<Option<i64>>,
+    ) -> Result<Json<AdminChatList>, AdminError> {
+        let (after, per_page) = parse(after.0, per_page.0)?;
+        let rows = listings::chats(&state.pool, after, per_page + 1).await?;
+        let (rows, meta) = page(rows, per_page, |r| Cursor {
+            created_at: r.created_at,
+            id: r.id,
+        });
+        Ok(Json(AdminChatList {
+            chats: rows
+                .into_iter()
+                .map(|r| AdminChat {
+                    application_token: r.application_token,
+                    number: r.number,
+                    messages_count: r.messages_count,
+                    created_at: r.created_at.and_utc(),
+                    updated_at: r.updated_at.and_utc(),
+                })
+                .collect(),
+            meta,
+        }))
+    }
+
+    /// List messages of every application
+    ///
+    /// Stored, live messages of all applications, newest first (by creation
+    /// time), each with its application's token and chat number. Page with
+    /// `after`, the previous page's `meta.next_cursor`.
+    #[oai(path = "/messages", method = "get")]
+    async fn messages(
+        &self,
+        state: Data<&AppState>,
+        _key: AdminKey,
+        /// Cursor: `meta.next_cursor` of the previous page; omitted: the newest.
+        #[oai(validator(max_length = 64))]
+        after: Query<Option<String>>,
+        /// Items per page, 1 to 100 (default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        per_page: Query<Option<i64>>,
+    ) -> Result<Json<AdminMessageList>, AdminError> {
+        let (after, per_page) = parse(after.0, per_page.0)?;
+        let rows = listings::messages(&state.pool, after, per_page + 1).await?;
+        let (rows, meta) = page(rows, per_page, |r| Cursor {
+            created_at: r.created_at,
+            id: r.id,
+        });
+        Ok(Json(AdminMessageList {
+            messages: rows
+                .into_iter()
+                .map(|r| AdminMessage {
+                    application_token: r.application_token,
+                    chat_number: r.chat_number,
+                    number: r.number,
+                    body: r.body,
+                    created_at: r.created_at.and_utc(),
+                    updated_at: r.updated_at.and_utc(),
+                })
+                .collect(),
+            meta,
+        }))
+    }
+}

@@ -1,0 +1,167 @@
+//! The operator API, `/api/v1/admin/...`: a look into the write-behind
+//! buffer and levers on it ([`queues`]), and listings across applications
+//! ([`listings`]). Tenants never reach it:
+//!
+//! - It is off unless `ADMIN_API_KEY` is set; then every admin path answers
+//!   404 ([`gate`]), exactly like a route that does not exist.
+//! - Every operation requires `Authorization: Bearer <ADMIN_API_KEY>`
+//!   ([`AdminKey`], declared as an OpenAPI security scheme, so Swagger UI
+//!   shows an Authorize button). A missing or wrong key answers 401 with
+//!   `WWW-Authenticate: Bearer` (RFC 6750 §3).
+//! - The key is compared in constant time: both sides are hashed with
+//!   SHA-256 and the digests compared with `subtle`, so neither the content
+//!   nor the length of the key leaks through timing. The key lives in a
+//!   `secrecy::SecretString`, whose `Debug` prints `[REDACTED]`, so it cannot
+//!   reach a log line by accident.
+
+pub mod listings;
+pub mod queues;
+
+use poem::http::StatusCode;
+use poem::{Endpoint, IntoResponse, Request, Response};
+use poem_openapi::auth::Bearer;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, SecurityScheme};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use crate::error::{ApiError, ErrorBody};
+
+/// Path prefix of every admin operation.
+pub const PREFIX: &str = "/api/v1/admin";
+
+/// The operator key: `Authorization: Bearer <ADMIN_API_KEY>`.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", checker = "check_key")]
+pub struct AdminKey(());
+
+/// Accepts the bearer token when it equals `ADMIN_API_KEY` (constant time).
+/// Errors: poem-openapi's `AuthorizationError`, which [`crate::error`] turns
+/// into a JSON 401 with `WWW-Authenticate`.
+async fn check_key(req: &Request, bearer: Bearer) -> poem::Result<()> {
+    let expected = req
+        .data::<AppState>()
+        .and_then(|s| s.config.admin_api_key.as_ref());
+    let Some(expected) = expected else {
+        return Err(poem_openapi::error::AuthorizationError.into());
+    };
+    let given = Sha256::digest(bearer.token.as_bytes());
+    let wanted = Sha256::digest(expected.expose_secret().as_bytes());
+    if bool::from(given.ct_eq(&wanted)) {
+        Ok(())
+    } else {
+        tracing::warn!(path = %req.uri().path(), "admin request with a wrong key");
+        Err(poem_openapi::error::AuthorizationError.into())
+    }
+}
+
+/// Answers 404 on every admin path while `ADMIN_API_KEY` is unset, before
+/// any other check (so a probe learns nothing, not even that a key exists).
+pub async fn gate<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    let path = req.uri().path();
+    let is_admin = path == PREFIX || path.starts_with(&format!("{PREFIX}/"));
+    let enabled = req
+        .data::<AppState>()
+        .is_some_and(|s| s.config.admin_api_key.is_some());
+    if is_admin && !enabled {
+        return Ok(ApiError::not_found("no such route; see /docs for the API").into_response());
+    }
+    next.call(req).await.map(IntoResponse::into_response)
+}
+
+/// The 401 of the operator API, as JSON with `WWW-Authenticate: Bearer`.
+pub fn unauthorized_response() -> Response {
+    let body = serde_json::to_vec(&ErrorBody {
+        error: "missing or wrong operator key; send `Authorization: Bearer <ADMIN_API_KEY>`".into(),
+    })
+    .unwrap_or_default();
+    Response::builder()
+        .status(StatusCode::UNAUTHORIZED)
+        .header("www-authenticate", "Bearer realm=\"admin\"")
+        .content_type("application/json; charset=utf-8")
+        .body(body)
+}
+
+/// Every error an admin operation can answer with: those of [`ApiError`]
+/// plus 401.
+#[derive(Debug, ApiResponse)]
+pub enum AdminError {
+    /// 400: the request is malformed (for example invalid JSON).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// 401: the `Authorization: Bearer` key is missing or wrong.
+    #[oai(status = 401)]
+    Unauthorized(
+        Json<ErrorBody>,
+        /// `Bearer realm="admin"`.
+        #[oai(header = "WWW-Authenticate")]
+        String,
+    ),
+    /// 404: the operator API is off (`ADMIN_API_KEY` unset).
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// 413: the request body is larger than `MAX_REQUEST_BYTES`.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// 415: the body is not sent as `Content-Type: application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
+    /// 422: well-formed but invalid input (an unknown queue, a bad cursor, a
+    /// parameter out of range).
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
+    /// 429: the client's IP is over its rate limit; retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooManyRequests(
+        Json<ErrorBody>,
+        /// Whole seconds to wait, rounded up.
+        #[oai(header = "Retry-After")]
+        u64,
+        /// Requests allowed per minute.
+        #[oai(header = "X-RateLimit-Limit")]
+        u32,
+        /// Requests left in the burst (0 here).
+        #[oai(header = "X-RateLimit-Remaining")]
+        u32,
+    ),
+    /// 503: Redis or MariaDB cannot be reached; retry after the given seconds.
+    #[oai(status = 503)]
+    Unavailable(
+        Json<ErrorBody>,
+        /// Whole seconds to wait before retrying.
+        #[oai(header = "Retry-After")]
+        u64,
+    ),
+    /// 500: a fault of the service; the cause is logged, not sent.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+impl From<ApiError> for AdminError {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::BadRequest(b) => Self::BadRequest(b),
+            ApiError::NotFound(b) => Self::NotFound(b),
+            ApiError::PayloadTooLarge(b) => Self::PayloadTooLarge(b),
+            ApiError::UnsupportedMediaType(b) => Self::UnsupportedMediaType(b),
+            ApiError::Unprocessable(b) => Self::Unprocessable(b),
+            ApiError::TooManyRequests(b, a, l, r) => Self::TooManyRequests(b, a, l, r),
+            ApiError::Unavailable(b, a) => Self::Unavailable(b, a),
+            ApiError::Internal(b) => Self::Internal(b),
+        }
+    }
+}
+
+impl From<crate::writebehind::BufferError> for AdminError {
+    fn from(e: crate::writebehind::BufferError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl From<sqlx::Error> for AdminError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::from(e).into()
+    }
+}

@@ -1,0 +1,318 @@
+//! Dead letters: records that a flush (or the search indexer) could not
+//! write, kept in `deadletter:{queue}` with the reason, so that nothing is
+//! lost and an operator can look at them, replay them once the cause is
+//! fixed, or discard them (`/api/v1/admin/dead-letters`).
+//!
+//! **Entry format.** One JSON object per list element:
+//! `{"record": "...", "reason": "...", "at": "RFC 3339"}`, where `record` is
+//! the raw buffered record when it is UTF-8 (it always is for records built by
+//! our scripts), and `record_base64` replaces it when it is not, so a replay
+//! puts back exactly the bytes that failed.
+//!
+//! **Ids.** An entry's id is content-addressed: the first 16 bytes of the
+//! SHA-256 of the stored entry, in hex (32 characters). Entries are unique
+//! (a record is unique, and `at` has nanoseconds), so ids are too, and they
+//! stay valid while entries before them are removed, with no id to store.
+//!
+//! **Replay** moves records back to the tail of their pending list with
+//! [`super::scripts::REPLAY`], which removes the entry and pushes its record
+//! in one atomic step: a record is replayed at most once, even when two
+//! operators replay at the same time. A replayed record that fails again is
+//! dead-lettered again, with a new reason and time.
+
+use std::collections::HashSet;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::{DateTime, Utc};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::buffer::{Buffer, BufferError};
+use super::keys::Kind;
+
+/// Entries read from Redis per LRANGE while scanning a dead-letter list.
+const SCAN_CHUNK: isize = 1000;
+
+/// Entries replayed per script call (keeps each atomic step short).
+const REPLAY_CHUNK: usize = 500;
+
+/// A dead-letter entry as stored.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredEntry {
+    /// The raw record, when it is UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    record: Option<String>,
+    /// The raw record in standard base64, when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    record_base64: Option<String>,
+    /// Why it could not be written.
+    reason: String,
+    /// When it failed (its last failure), RFC 3339.
+    at: String,
+}
+
+impl StoredEntry {
+    /// The raw record bytes, if the entry holds them.
+    fn raw(&self) -> Option<Vec<u8>> {
+        match (&self.record, &self.record_base64) {
+            (Some(r), _) => Some(r.as_bytes().to_vec()),
+            (None, Some(b)) => BASE64.decode(b).ok(),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Builds the dead-letter entry of `raw`, which failed for `reason`, now.
+pub fn entry(raw: &[u8], reason: &str) -> String {
+    let (record, record_base64) = match std::str::from_utf8(raw) {
+        Ok(s) => (Some(s.to_owned()), None),
+        Err(_) => (None, Some(BASE64.encode(raw))),
+    };
+    serde_json::to_string(&StoredEntry {
+        record,
+        record_base64,
+        reason: reason.to_owned(),
+        at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+    })
+    .expect("a dead-letter entry serialises")
+}
+
+/// The id of a stored entry: 32 hex characters (see the module docs).
+pub fn entry_id(entry: &[u8]) -> String {
+    hex::encode(&Sha256::digest(entry)[..16])
+}
+
+/// One dead-lettered record, as operators see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Content-addressed id (see [`entry_id`]).
+    pub id: String,
+    /// The queue it came from.
+    pub queue: Kind,
+    /// The record (lossy UTF-8 for display; a replay uses the exact bytes).
+    pub record: String,
+    /// Why it could not be written.
+    pub reason: String,
+    /// Its last failure; `None` if the entry is unreadable.
+    pub failed_at: Option<DateTime<Utc>>,
+}
+
+impl DeadLetter {
+    fn parse(queue: Kind, raw_entry: &[u8]) -> Self {
+        let id = entry_id(raw_entry);
+        match serde_json::from_slice::<StoredEntry>(raw_entry) {
+            Ok(e) => Self {
+                id,
+                queue,
+                record: e
+                    .raw()
+                    .map(|r| String::from_utf8_lossy(&r).into_owned())
+                    .unwrap_or_default(),
+                reason: e.reason,
+                failed_at: DateTime::parse_from_rfc3339(&e.at)
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc)),
+            },
+            Err(_) => Self {
+                id,
+                queue,
+                record: String::from_utf8_lossy(raw_entry).into_owned(),
+                reason: "unreadable dead-letter entry (not written by this service)".into(),
+                failed_at: None,
+            },
+        }
+    }
+}
+
+/// What a replay or a discard did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Records replayed, or entries discarded.
+    pub count: u64,
+    /// Ids that were asked for and found (and acted on, unless another
+    /// operator acted on them first).
+    pub found: HashSet<String>,
+}
+
+impl Buffer {
+    /// Number of entries in the dead-letter list of `queue`.
+    /// Errors: Redis unavailable.
+    pub async fn dead_letter_len(&self, queue: Kind) -> Result<u64, BufferError> {
+        let key = self.keys().dead_letter(queue);
+        self.with_conn(|mut c| async move { c.llen(key).await })
+            .await
+    }
+
+    /// Up to `count` entries of the dead-letter list of `queue` from position
+    /// `offset` (0 = the oldest). Errors: Redis unavailable.
+    pub async fn dead_letters(
+        &self,
+        queue: Kind,
+        offset: u64,
+        count: u64,
+    ) -> Result<Vec<DeadLetter>, BufferError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.keys().dead_letter(queue);
+        let start = offset as isize;
+        let stop = (offset + count - 1) as isize;
+        let raw: Vec<Vec<u8>> = self
+            .with_conn(|mut c| async move { c.lrange(key, start, stop).await })
+            .await?;
+        Ok(raw.iter().map(|e| DeadLetter::parse(queue, e)).collect())
+    }
+
+    /// Entries of `queue`'s dead-letter list whose id is in `ids` (all of
+    /// them when `ids` is `None`), with their raw records; entries without a
+    /// readable record are left out. Scans the list in chunks.
+    async fn select_dead_letters(
+        &self,
+        queue: Kind,
+        ids: Option<&HashSet<String>>,
+    ) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, BufferError> {
+        let key = self.keys().dead_letter(queue);
+        let mut selected = Vec::new();
+        let mut start: isize = 0;
+        loop {
+            let k = key.clone();
+            let chunk: Vec<Vec<u8>> = self
+                .with_conn(|mut c| async move { c.lrange(k, start, start + SCAN_CHUNK - 1).await })
+                .await?;
+            let n = chunk.len() as isize;
+            for e in chunk {
+                if ids.is_none_or(|ids| ids.contains(&entry_id(&e))) {
+                    let raw = serde_json::from_slice::<StoredEntry>(&e)
+                        .ok()
+                        .and_then(|s| s.raw());
+                    selected.push((e, raw));
+                }
+            }
+            if n < SCAN_CHUNK {
+                return Ok(selected);
+            }
+            start += n;
+        }
+    }
+
+    /// Puts dead-lettered records of `queue` back at the tail of its pending
+    /// list: those whose id is in `ids`, or all of them when `ids` is `None`.
+    /// Each is replayed at most once (see the module docs). The caller wakes
+    /// the flusher. Errors: Redis unavailable (what was replayed stays replayed).
+    pub async fn replay_dead_letters(
+        &self,
+        queue: Kind,
+        ids: Option<&HashSet<String>>,
+    ) -> Result<Outcome, BufferError> {
+        let selected = self.select_dead_letters(queue, ids).await?;
+        let mut outcome = Outcome::default();
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = selected
+            .into_iter()
+            .filter_map(|(entry, raw)| {
+                if ids.is_some() {
+                    outcome.found.insert(entry_id(&entry));
+                }
+                match raw {
+                    Some(raw) => Some((entry, raw)),
+                    None => {
+                        tracing::warn!(id = %entry_id(&entry), "dead letter without a readable record; not replayed");
+                        None
+                    }
+                }
+            })
+            .collect();
+        let dead = self.keys().dead_letter(queue);
+        let pending = self.keys().pending(queue);
+        for chunk in pairs.chunks(REPLAY_CHUNK) {
+            let (dead, pending) = (dead.clone(), pending.clone());
+            let n: u64 = self
+                .with_conn(|mut c| async move {
+                    let mut inv = self.scripts().replay.key(dead);
+                    inv.key(pending);
+                    for (entry, raw) in chunk {
+                        inv.arg(entry.as_slice()).arg(raw.as_slice());
+                    }
+                    inv.invoke_async(&mut c).await
+                })
+                .await?;
+            outcome.count += n;
+        }
+        Ok(outcome)
+    }
+
+    /// Removes entries from `queue`'s dead-letter list: those whose id is in
+    /// `ids`, or all of them when `ids` is `None` (atomically).
+    /// Errors: Redis unavailable.
+    pub async fn discard_dead_letters(
+        &self,
+        queue: Kind,
+        ids: Option<&HashSet<String>>,
+    ) -> Result<Outcome, BufferError> {
+        let dead = self.keys().dead_letter(queue);
+        let Some(ids) = ids else {
+            let count: u64 = self
+                .with_conn(|mut c| async move {
+                    self.scripts()
+                        .discard_all
+                        .key(dead)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await?;
+            return Ok(Outcome {
+                count,
+                found: HashSet::new(),
+            });
+        };
+        let selected = self.select_dead_letters(queue, Some(ids)).await?;
+        let mut outcome = Outcome::default();
+        for chunk in selected.chunks(REPLAY_CHUNK) {
+            let dead = dead.clone();
+            let removed: Vec<u64> = self
+                .with_conn(|mut c| async move {
+                    let mut pipe = redis::pipe();
+                    for (entry, _) in chunk {
+                        pipe.lrem(&dead, 1, entry.as_slice());
+                    }
+                    pipe.query_async(&mut c).await
+                })
+                .await?;
+            outcome.count += removed.iter().sum::<u64>();
+            outcome
+                .found
+                .extend(chunk.iter().map(|(entry, _)| entry_id(entry)));
+        }
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_keep_the_exact_bytes_of_any_record() {
+        for raw in [
+            &b"7\t3\t12\t1700000000123\thello\tworld"[..],
+            b"1\t2\t\xff\xfe",
+        ] {
+            let e = entry(raw, "boom");
+            let stored: StoredEntry = serde_json::from_str(&e).unwrap();
+            assert_eq!(stored.raw().unwrap(), raw);
+            let parsed = DeadLetter::parse(Kind::Messages, e.as_bytes());
+            assert_eq!(parsed.reason, "boom");
+            assert!(parsed.failed_at.is_some());
+            assert_eq!(parsed.id.len(), 32);
+        }
+    }
+
+    #[test]
+    fn ids_are_content_addressed() {
+        let a = entry(b"1\t2\t3", "x");
+        assert_eq!(entry_id(a.as_bytes()), entry_id(a.as_bytes()));
+        let b = entry(b"1\t2\t4", "x");
+        assert_ne!(entry_id(a.as_bytes()), entry_id(b.as_bytes()));
+    }
+}
