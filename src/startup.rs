@@ -18,7 +18,6 @@ use crate::jobs::indexer::Indexer;
 use crate::store;
 use crate::store::search::SearchBackend;
 use crate::store::search::meili::MeiliSearch;
-use crate::writebehind::Kind;
 use crate::writebehind::flusher::FlushSettings;
 use crate::writebehind::keys::Keys;
 use crate::writebehind::{Buffer, Flusher, WriteBehind};
@@ -63,6 +62,31 @@ pub fn flush_settings(config: &Config) -> FlushSettings {
     }
 }
 
+/// Shortest accepted `ADMIN_API_KEY`, in bytes.
+pub const MIN_ADMIN_KEY_BYTES: usize = 16;
+
+/// Refuses an `ADMIN_API_KEY` that is too short to resist guessing, without
+/// echoing it; an empty one (`ADMIN_API_KEY=`) means unset. Logs whether the
+/// operator API is on.
+fn check_admin_key(config: &mut Config) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    if config
+        .admin_api_key
+        .as_ref()
+        .is_some_and(|k| k.expose_secret().is_empty())
+    {
+        config.admin_api_key = None;
+    }
+    match &config.admin_api_key {
+        Some(key) if key.expose_secret().len() < MIN_ADMIN_KEY_BYTES => anyhow::bail!(
+            "ADMIN_API_KEY is shorter than {MIN_ADMIN_KEY_BYTES} bytes; use a long random value (for example `openssl rand -base64 32`)"
+        ),
+        Some(_) => tracing::info!("operator API on at /api/v1/admin (ADMIN_API_KEY set)"),
+        None => tracing::info!("operator API off (ADMIN_API_KEY unset)"),
+    }
+    Ok(())
+}
+
 impl Application {
     /// Connects, optionally migrates, and binds `BIND_ADDR` (port 0 picks one).
     /// Errors: invalid URLs, failed migrations, or a port that cannot be bound.
@@ -76,6 +100,8 @@ impl Application {
                 .await
                 .context("could not run migrations")?;
         }
+        let mut config = config;
+        check_admin_key(&mut config)?;
         crate::telemetry::metrics::install();
         let redis = redis_pool(&config)?;
         check_redis(&redis, config.allow_redis_eviction).await?;
@@ -312,17 +338,20 @@ where
     }
 }
 
-/// Publishes the depth and oldest age of each queue as gauges.
+/// Publishes the depth, oldest age and dead letters of each queue as gauges.
 async fn sample_queues(buffer: Buffer) {
-    for kind in Kind::ALL {
-        if let Ok((len, oldest)) = buffer.queue_stats(kind).await {
-            let age = oldest.map_or(0, |ms| (crate::writebehind::now_ms() - ms).max(0));
-            crate::telemetry::metrics::queue_sampled(
-                kind.as_str(),
-                len,
-                Duration::from_millis(age as u64),
-            );
-        }
+    let Ok(stats) = buffer.inspect().await else {
+        return;
+    };
+    let now = crate::writebehind::now_ms();
+    for s in stats {
+        let age = s.oldest_created_at_ms.map_or(0, |ms| (now - ms).max(0));
+        crate::telemetry::metrics::queue_sampled(
+            s.queue.as_str(),
+            s.pending,
+            Duration::from_millis(age as u64),
+            s.dead_letters,
+        );
     }
 }
 

@@ -87,10 +87,11 @@ pub fn batches_recovered(n: u64) {
     counter!("chat_recovered_batches_total").increment(n);
 }
 
-/// Depth and oldest age of a queue (sampled).
-pub fn queue_sampled(queue: &'static str, pending: u64, oldest_age: Duration) {
+/// Depth, oldest age (the head record's) and dead-letter count of a queue (sampled).
+pub fn queue_sampled(queue: &'static str, pending: u64, oldest_age: Duration, dead_letters: u64) {
     gauge!("chat_pending_records", "queue" => queue).set(pending as f64);
     gauge!("chat_pending_oldest_age_seconds", "queue" => queue).set(oldest_age.as_secs_f64());
+    gauge!("chat_dead_letters", "queue" => queue).set(dead_letters as f64);
 }
 
 /// A create refused with 503 because the buffer was full.

@@ -352,31 +352,6 @@ impl Buffer {
             .await
     }
 
-    /// Depth of the pending list of `kind` and the creation time (ms since
-    /// the epoch) of its oldest record, if any: one round trip.
-    pub async fn queue_stats(&self, kind: Kind) -> Result<(u64, Option<i64>), BufferError> {
-        let key = self.keys.pending(kind);
-        let (len, head): (u64, Option<Vec<u8>>) = self
-            .with_conn(|mut c| async move {
-                redis::pipe()
-                    .llen(&key)
-                    .lindex(&key, 0)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        let created = head.and_then(|raw| match kind {
-            Kind::Chats => super::record::ChatRecord::decode(&raw)
-                .ok()
-                .map(|r| r.created_at_ms),
-            Kind::Messages => super::record::MessageRecord::decode(&raw)
-                .ok()
-                .map(|r| r.created_at_ms),
-            Kind::Search => None,
-        });
-        Ok((len, created))
-    }
-
     /// Claims up to `max` records of `kind` under a lease of `lease`.
     /// Returns `None` when nothing is pending.
     pub async fn claim(
