@@ -79,3 +79,81 @@ impl ToJSON for NonBlank {
         Some(Value::String(self.0.clone()))
     }
 }
+
+/// 128 bits as 32 lowercase hex characters: dead-letter ids and listing
+/// cursors. Strict like [`NonBlank`] (a JSON string only), and checked
+/// without a regex; the schema publishes the same rule as a pattern. Any other
+/// value is a parse error, which the API answers with 422.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Hex128(pub String);
+
+/// The spec's pattern of [`Hex128`].
+pub const HEX128_PATTERN: &str = "^[0-9a-f]{32}$";
+
+impl Hex128 {
+    /// The 16 bytes it spells.
+    pub fn bytes(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        // Checked at parse time, so this cannot fail.
+        let _ = hex::decode_to_slice(&self.0, &mut out);
+        out
+    }
+}
+
+fn hex128(s: String) -> ParseResult<Hex128> {
+    if s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(Hex128(s))
+    } else {
+        Err(ParseError::custom(
+            "must be 32 lowercase hex characters, as given by this API",
+        ))
+    }
+}
+
+impl Type for Hex128 {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = String;
+    type RawElementValueType = String;
+
+    fn name() -> Cow<'static, str> {
+        "string".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        let mut schema = MetaSchema::new("string");
+        schema.min_length = Some(32);
+        schema.max_length = Some(32);
+        schema.pattern = Some(HEX128_PATTERN.to_string());
+        MetaSchemaRef::Inline(Box::new(schema))
+    }
+
+    fn as_raw_value(&self) -> Option<&String> {
+        Some(&self.0)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+        Box::new(std::iter::once(&self.0))
+    }
+}
+
+impl ParseFromJSON for Hex128 {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value.unwrap_or_default() {
+            Value::String(s) => hex128(s),
+            other => Err(ParseError::expected_type(other)),
+        }
+    }
+}
+
+impl poem_openapi::types::ParseFromParameter for Hex128 {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        hex128(value.to_string())
+    }
+}
+
+impl ToJSON for Hex128 {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.0.clone()))
+    }
+}

@@ -8,13 +8,14 @@
 //! rows inserted meanwhile never shift a page (see Markus Winand, "We need
 //! tool support for keyset pagination", use-the-index-luke.com/no-offset).
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::NaiveDateTime;
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use sqlx::{MySql, MySqlPool, QueryBuilder};
 
-/// Where a page ends: the `(created_at, id)` of its last row. Opaque to
-/// clients: URL-safe base64 of `{created_at in µs since the epoch}.{id}`.
+/// Where a page ends: the `(created_at, id)` of its last row. Its text
+/// form is 32 hex characters: `created_at` in µs since the epoch (i64) and
+/// `id` (u64), both big-endian. Every such string is a valid cursor (times
+/// outside MariaDB's DATETIME range are clamped to it), so a cursor can only
+/// be malformed, never "unknown".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     /// `created_at` of the last row shown.
@@ -24,26 +25,37 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// The cursor's text form.
-    pub fn encode(&self) -> String {
-        let micros = self.created_at.and_utc().timestamp_micros();
-        URL_SAFE_NO_PAD.encode(format!("{micros}.{}", self.id))
+    /// The cursor's 16 bytes (see the type's docs).
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.created_at.and_utc().timestamp_micros().to_be_bytes());
+        out[8..].copy_from_slice(&self.id.to_be_bytes());
+        out
     }
 
-    /// Parses a cursor made by [`Self::encode`]; `None` for anything else.
-    pub fn decode(s: &str) -> Option<Self> {
-        let raw = URL_SAFE_NO_PAD.decode(s.as_bytes()).ok()?;
-        let text = std::str::from_utf8(&raw).ok()?;
-        let (micros, id) = text.split_once('.')?;
-        let created_at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?.naive_utc();
-        // MariaDB's DATETIME range; anything else was not made by us.
-        if !(1000..=9999).contains(&chrono::Datelike::year(&created_at)) {
-            return None;
-        }
-        Some(Self {
-            created_at,
-            id: id.parse().ok()?,
-        })
+    /// The cursor's text form: its 16 bytes in lowercase hex.
+    pub fn encode(&self) -> String {
+        hex::encode(self.to_bytes())
+    }
+
+    /// The cursor spelled by `bytes`.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        let (micros, id) = bytes.split_at(8);
+        let micros = i64::from_be_bytes(micros.try_into().expect("8 bytes"));
+        let id = u64::from_be_bytes(id.try_into().expect("8 bytes"));
+        // MariaDB's DATETIME range: 1000-01-01 to 9999-12-31.
+        let lo = NaiveDate::from_ymd_opt(1000, 1, 1)
+            .expect("a date")
+            .and_time(NaiveTime::MIN);
+        let hi = NaiveDate::from_ymd_opt(9999, 12, 31)
+            .expect("a date")
+            .and_hms_micro_opt(23, 59, 59, 999_999)
+            .expect("a time");
+        let created_at = chrono::DateTime::from_timestamp_micros(micros)
+            .map(|t| t.naive_utc())
+            .unwrap_or(if micros < 0 { lo } else { hi })
+            .clamp(lo, hi);
+        Self { created_at, id }
     }
 }
 
@@ -138,24 +150,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cursors_round_trip_and_reject_garbage() {
+    fn cursors_round_trip_and_any_bytes_are_a_cursor() {
         let c = Cursor {
             created_at: chrono::DateTime::from_timestamp_micros(1_763_780_000_123_456)
                 .unwrap()
                 .naive_utc(),
             id: 42,
         };
-        assert_eq!(Cursor::decode(&c.encode()), Some(c));
-        let far = URL_SAFE_NO_PAD.encode(format!("{}.1", i64::MAX / 2));
-        for bad in [
-            &far,
-            "",
-            "x",
-            "!!!",
-            &URL_SAFE_NO_PAD.encode("12"),
-            &URL_SAFE_NO_PAD.encode("a.b"),
-        ] {
-            assert_eq!(Cursor::decode(bad), None, "{bad}");
+        assert_eq!(Cursor::from_bytes(c.to_bytes()), c);
+        assert_eq!(c.encode().len(), 32);
+        for bytes in [[0u8; 16], [0xff; 16], [0x7f; 16], [0x80; 16]] {
+            let year = chrono::Datelike::year(&Cursor::from_bytes(bytes).created_at);
+            assert!((1000..=9999).contains(&year), "{bytes:?} → {year}");
         }
     }
 }

@@ -431,6 +431,21 @@ async fn discarding_removes_the_given_entries_or_all_and_counts_them() {
     )
     .await;
     assert_eq!(r.status(), 422);
+    // Ids are 32 lowercase hex characters, JSON strings only.
+    for body in [
+        json!({"ids": [false]}),
+        json!({"ids": ["x"]}),
+        json!({"ids": "abc"}),
+    ] {
+        let r = admin(
+            &app,
+            reqwest::Method::POST,
+            "/dead-letters/replay",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(r.status(), 422, "{body}");
+    }
 }
 
 #[tokio::test]
@@ -513,10 +528,44 @@ async fn cross_application_listings_page_with_after_newest_first() {
 
     for bad in [
         "/chats?after=not-a-cursor",
+        "/chats?after=0123456789ABCDEF0123456789ABCDEF",
         "/messages?per_page=0",
         "/chats?per_page=101",
     ] {
         let r = admin(&app, reqwest::Method::GET, bad, None).await;
         assert_eq!(r.status(), 422, "{bad}");
     }
+    // Any 32 lowercase hex characters are a cursor: all zeros is "before 1970".
+    let r = admin_json(
+        &app,
+        reqwest::Method::GET,
+        &format!("/chats?after={}", "0".repeat(32)),
+        None,
+    )
+    .await;
+    assert_eq!(r["chats"], json!([]));
+    let r = admin_json(
+        &app,
+        reqwest::Method::GET,
+        &format!("/chats?after={}", "f".repeat(32)),
+        None,
+    )
+    .await;
+    assert_eq!(
+        r["chats"],
+        json!([]),
+        "a negative time is clamped to year 1000"
+    );
+    let r = admin_json(
+        &app,
+        reqwest::Method::GET,
+        &format!("/chats?after=7{}", "f".repeat(31)),
+        None,
+    )
+    .await;
+    assert_eq!(
+        r["chats"].as_array().unwrap().len(),
+        5,
+        "the far future: everything"
+    );
 }

@@ -11,6 +11,7 @@ use poem_openapi::{Object, OpenApi};
 
 use super::{AdminError, AdminKey};
 use crate::error::ApiError;
+use crate::http::text::Hex128;
 use crate::http::{ApiTags, AppState};
 use crate::store::listings::{self, Cursor};
 
@@ -77,23 +78,17 @@ pub struct AdminMessageList {
     pub meta: CursorMeta,
 }
 
-/// Checks `after` and `per_page`. Errors: 422 for a cursor this service did
-/// not make, or `per_page` out of 1..=100.
+/// Checks `per_page` and reads the cursor. Errors: 422 when `per_page` is
+/// out of 1..=100 (a malformed cursor never gets here: it fails to parse).
 fn parse(
-    after: Option<String>,
+    after: Option<Hex128>,
     per_page: Option<i64>,
 ) -> Result<(Option<Cursor>, i64), AdminError> {
     let per_page = per_page.unwrap_or(DEFAULT_PER_PAGE);
     if !(1..=100).contains(&per_page) {
         return Err(ApiError::unprocessable("per_page must be between 1 and 100").into());
     }
-    let after = match after {
-        None => None,
-        Some(s) => Some(Cursor::decode(&s).ok_or_else(|| {
-            ApiError::unprocessable("`after` is not a cursor from a previous page's next_cursor")
-        })?),
-    };
-    Ok((after, per_page))
+    Ok((after.map(|a| Cursor::from_bytes(a.bytes())), per_page))
 }
 
 /// Trims rows fetched with `LIMIT per_page + 1` and makes the next cursor.
@@ -128,8 +123,7 @@ impl ListingsAdminApi {
         state: Data<&AppState>,
         _key: AdminKey,
         /// Cursor: `meta.next_cursor` of the previous page; omitted: the newest.
-        #[oai(validator(max_length = 64))]
-        after: Query<Option<String>>,
+        after: Query<Option<Hex128>>,
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
@@ -166,8 +160,7 @@ impl ListingsAdminApi {
         state: Data<&AppState>,
         _key: AdminKey,
         /// Cursor: `meta.next_cursor` of the previous page; omitted: the newest.
-        #[oai(validator(max_length = 64))]
-        after: Query<Option<String>>,
+        after: Query<Option<Hex128>>,
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,

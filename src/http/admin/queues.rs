@@ -17,6 +17,7 @@ use super::{AdminError, AdminKey};
 use crate::domain::Page;
 use crate::error::ApiError;
 use crate::http::schemas::Meta;
+use crate::http::text::Hex128;
 use crate::http::{ApiTags, AppState};
 use crate::writebehind::Kind;
 use crate::writebehind::flusher::FlushError;
@@ -148,7 +149,7 @@ pub struct ReplayRequest {
     /// Only these entries (ids from `GET /admin/dead-letters`); omitted:
     /// every entry.
     #[oai(validator(max_items = 1000))]
-    pub ids: Option<Vec<String>>,
+    pub ids: Option<Vec<Hex128>>,
 }
 
 /// What a replay did.
@@ -194,12 +195,12 @@ pub struct FlushResult {
 }
 
 /// Turns a list of requested ids into a set. Errors: 422 when there are too many.
-fn id_set(ids: Option<Vec<String>>) -> Result<Option<HashSet<String>>, AdminError> {
+fn id_set(ids: Option<Vec<Hex128>>) -> Result<Option<HashSet<String>>, AdminError> {
     match ids {
         Some(ids) if ids.len() > MAX_IDS => {
             Err(ApiError::unprocessable(format!("at most {MAX_IDS} ids per request")).into())
         }
-        other => Ok(other.map(|v| v.into_iter().collect())),
+        other => Ok(other.map(|v| v.into_iter().map(|id| id.0).collect())),
     }
 }
 
@@ -364,7 +365,7 @@ impl QueuesAdminApi {
         queue: Query<QueueName>,
         /// Only these entries (repeat the parameter for several); omitted:
         /// every entry of the queue.
-        id: Query<Option<Vec<String>>>,
+        id: Query<Option<Vec<Hex128>>>,
     ) -> Result<Json<DiscardResult>, AdminError> {
         let ids = id_set(id.0)?;
         let kind: Kind = queue.0.into();
