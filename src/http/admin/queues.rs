@@ -143,12 +143,13 @@ pub struct DeadLetterList {
 /// Which dead letters to replay.
 #[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
 pub struct ReplayRequest {
-    /// Only this queue; omitted: every queue, chats first (so a replayed
-    /// message finds its replayed chat).
+    /// Only this queue; omitted or null: every queue, chats first (so a
+    /// replayed message finds its replayed chat).
+    #[oai(nullable)]
     pub queue: Option<QueueName>,
-    /// Only these entries (ids from `GET /admin/dead-letters`); omitted:
-    /// every entry.
-    #[oai(validator(max_items = 1000))]
+    /// Only these entries (ids from `GET /admin/dead-letters`); omitted or
+    /// null: every entry.
+    #[oai(nullable, validator(max_items = 1000))]
     pub ids: Option<Vec<Hex128>>,
 }
 
