@@ -40,12 +40,13 @@ pub async fn chat(state: &AppState, app: &AppRow, number: i64) -> Result<ChatRow
     let row = match store::chats::find(&state.pool, app.id, number).await? {
         Some(c) => Some(c),
         None => {
-            let counters = state.wb.buffer().counters(&app.token, number).await?;
+            let buffer = state.wb.buffer();
             state
                 .wb
-                .await_stored(counters.chat_allocated, || {
-                    store::chats::find(&state.pool, app.id, number)
-                })
+                .await_stored(
+                    || async { Ok(buffer.counters(&app.token, number).await?.chat_allocated) },
+                    || store::chats::find(&state.pool, app.id, number),
+                )
                 .await?
         }
     };
@@ -67,13 +68,16 @@ pub async fn message(
     let row = match store::messages::find(&state.pool, chat.id, number).await? {
         Some(m) => Some(m),
         None => {
-            let counters = state.wb.buffer().counters(&app.token, chat.number).await?;
-            let buffered = counters.last_message.is_some_and(|last| number <= last);
+            let buffer = state.wb.buffer();
             state
                 .wb
-                .await_stored(buffered, || {
-                    store::messages::find(&state.pool, chat.id, number)
-                })
+                .await_stored(
+                    || async {
+                        let counters = buffer.counters(&app.token, chat.number).await?;
+                        Ok(counters.last_message.is_some_and(|last| number <= last))
+                    },
+                    || store::messages::find(&state.pool, chat.id, number),
+                )
                 .await?
         }
     };

@@ -196,27 +196,32 @@ impl WriteBehind {
         }
     }
 
-    /// Read-your-writes: looks a record up with `lookup`; if it is absent but
-    /// `is_buffered` says it was allocated, asks for flushes and looks again
-    /// until it appears or `READ_YOUR_WRITES_TIMEOUT_MS` passes.
+    /// Read-your-writes: looks a record up with `lookup`; while it is
+    /// absent and `still_buffered` says its number is allocated (and its
+    /// parents not deleted), asks for flushes and looks again, until it
+    /// appears or `READ_YOUR_WRITES_TIMEOUT_MS` passes.
     ///
-    /// Returns `Ok(None)` when the record does not exist. Errors: a lookup
-    /// error, or [`BufferError::NotYetStored`] when the flush did not store it
-    /// in time (the caller answers 503).
-    pub async fn await_stored<T, F, Fut>(
+    /// Returns `Ok(None)` when the record does not exist, or stopped being
+    /// on its way (its application or chat was deleted while we waited, so
+    /// its record was dropped). Errors: a lookup error, Redis unavailable, or
+    /// [`BufferError::NotYetStored`] when the flush did not store it in time
+    /// (the caller answers 503).
+    pub async fn await_stored<T, F, Fut, B, BFut>(
         &self,
-        is_buffered: bool,
+        mut still_buffered: B,
         mut lookup: F,
     ) -> Result<Option<T>, BufferError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = sqlx::Result<Option<T>>>,
+        B: FnMut() -> BFut,
+        BFut: Future<Output = Result<bool, BufferError>>,
     {
-        if !is_buffered {
-            return Ok(None);
-        }
         let deadline = tokio::time::Instant::now() + self.read_your_writes_timeout;
         loop {
+            if !still_buffered().await? {
+                return Ok(None);
+            }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 return Err(BufferError::NotYetStored);

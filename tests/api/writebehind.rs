@@ -321,3 +321,35 @@ async fn redis_down_answers_503_promptly_and_reads_still_work() {
         .unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test]
+async fn a_read_waiting_for_a_buffered_chat_is_404_once_its_application_is_deleted() {
+    let app = spawn_app_with(|c| c.read_your_writes_timeout_ms = 20_000).await;
+    // MariaDB refuses the chat, so a read of it waits for a flush that
+    // cannot store it (until the timeout, or until the chat stops being on
+    // its way).
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_chats BEFORE INSERT ON chats FOR EACH ROW \
+         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let t = app.create_app("a").await;
+    let c = app.create_chat(&t).await;
+    let started = std::time::Instant::now();
+    let path = format!("/applications/{t}/chats/{c}");
+    let read = app.get(&path);
+    let delete = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        app.delete(&format!("/applications/{t}")).await
+    };
+    let (read, deleted) = tokio::join!(read, delete);
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(read.status(), 404, "{:?}", read.text().await);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered when the application went, not at the timeout: {:?}",
+        started.elapsed()
+    );
+}
