@@ -13,13 +13,16 @@
 //! - [`config`]: every environment variable, typed and documented.
 //! - [`error`]: the one API error type, with a status per variant.
 //! - [`domain`]: validated values (names, bodies, tokens, pages).
-//! - [`http`]: one module per resource, assembled with Swagger UI and the spec.
+//! - [`http`]: one module per resource, assembled with Swagger UI and the
+//!   spec; [`http::admin`] is the operator API behind `ADMIN_API_KEY`.
 //! - [`writebehind`]: the core: allocate+enqueue scripts, claim / lease /
-//!   acknowledge, the flusher, recovery and dead letters.
-//! - [`store`]: MariaDB queries, bulk inserts included.
-//! - [`jobs`]: scheduled work (the counts refresh).
+//!   acknowledge, the flusher, recovery, dead letters (list, replay,
+//!   discard) and a read-only look into the queues for operators.
+//! - [`store`]: MariaDB queries, bulk inserts included; the cross-application
+//!   listings; the two search backends.
+//! - [`jobs`]: scheduled work (the counts refresh, the search indexer).
 //! - [`startup`]: building and running the service, graceful shutdown.
-//! - [`telemetry`] sets up structured logs.
+//! - [`telemetry`]: structured logs and Prometheus metrics.
 
 pub mod config;
 pub mod domain;

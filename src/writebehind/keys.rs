@@ -2,7 +2,8 @@
 //! deployments and tests can share a Redis. See [`super::scripts`] for what
 //! each key holds.
 
-/// The two queues of the buffer. Chats are always flushed before messages.
+/// The queues of the buffer: two flushed to MariaDB (chats always before
+/// messages) and one applied to Meilisearch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// `pending:chats`
