@@ -7,6 +7,13 @@
 //! the `*_created_idx` indexes, so page 10,000 costs what page 1 costs and
 //! rows inserted meanwhile never shift a page (see Markus Winand, "We need
 //! tool support for keyset pagination", use-the-index-luke.com/no-offset).
+//!
+//! `STRAIGHT_JOIN` makes MariaDB read the listed table first, backwards
+//! along its `(created_at, id)` index, and join each row to its parents by
+//! primary key. Without it, with few applications, the optimizer starts from
+//! `applications`, joins every row and sorts: measured on 300,000 messages,
+//! a page read 301,010 index entries that way, and 21 entries plus 42 key
+//! lookups this way, on page 1 and at row 150,000 alike.
 
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use sqlx::{MySql, MySqlPool, QueryBuilder};
@@ -118,7 +125,7 @@ pub async fn chats(
     limit: i64,
 ) -> sqlx::Result<Vec<ChatListing>> {
     let mut qb = QueryBuilder::<MySql>::new(
-        "SELECT c.id, a.token AS application_token, c.number, c.messages_count, \
+        "SELECT STRAIGHT_JOIN c.id, a.token AS application_token, c.number, c.messages_count, \
          c.created_at, c.updated_at \
          FROM chats c JOIN applications a ON a.id = c.application_id \
          WHERE c.deleted_at IS NULL",
@@ -134,12 +141,14 @@ pub async fn messages(
     after: Option<Cursor>,
     limit: i64,
 ) -> sqlx::Result<Vec<MessageListing>> {
+    // A deleted chat's messages are removed with it, so `m.deleted_at` is
+    // the only liveness test needed.
     let mut qb = QueryBuilder::<MySql>::new(
-        "SELECT m.id, a.token AS application_token, c.number AS chat_number, m.number, \
-         m.body, m.created_at, m.updated_at \
+        "SELECT STRAIGHT_JOIN m.id, a.token AS application_token, c.number AS chat_number, \
+         m.number, m.body, m.created_at, m.updated_at \
          FROM messages m JOIN chats c ON c.id = m.chat_id \
          JOIN applications a ON a.id = c.application_id \
-         WHERE m.deleted_at IS NULL AND c.deleted_at IS NULL",
+         WHERE m.deleted_at IS NULL",
     );
     seek(&mut qb, "m", after, limit);
     qb.build_query_as().fetch_all(pool).await
