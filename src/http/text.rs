@@ -1,9 +1,12 @@
-//! [`NonBlank`]: a JSON string field that is only a string, and not blank.
+//! Strict string types for request fields and parameters: [`NonBlank`] (a
+//! name, a body, a search query) and [`Hex128`] (dead-letter ids, listing
+//! cursors).
 //!
 //! poem-openapi's `String` also accepts JSON numbers and booleans (`false`
 //! becomes `"false"`), which would store what the client never meant as
-//! text and contradict the schema; `NonBlank` accepts JSON strings only, so
-//! anything else is a 422.
+//! text and contradict the schema; these accept JSON strings only, so
+//! anything else is a 422. Each publishes its rule in the schema (as a
+//! pattern) and checks it in code without a regex.
 
 use std::borrow::Cow;
 
@@ -24,29 +27,62 @@ pub const NOT_BLANK_PATTERN: &str = "[^ \\t\\r\\n]";
 #[serde(transparent)]
 pub struct NonBlank(pub String);
 
-impl Type for NonBlank {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = String;
-    type RawElementValueType = String;
+/// Implements poem-openapi's `Type`, `ParseFromJSON`, `ParseFromParameter`
+/// and `ToJSON` for a `String` newtype: the schema comes from `$schema()`,
+/// a JSON value must be a string (anything else is a type error), and every
+/// value, from JSON or a parameter, goes through `$check(String)`.
+macro_rules! strict_string {
+    ($ty:ident, $schema:path, $check:path) => {
+        impl Type for $ty {
+            const IS_REQUIRED: bool = true;
+            type RawValueType = String;
+            type RawElementValueType = String;
 
-    fn name() -> Cow<'static, str> {
-        "string".into()
-    }
+            fn name() -> Cow<'static, str> {
+                "string".into()
+            }
 
-    fn schema_ref() -> MetaSchemaRef {
-        let mut schema = MetaSchema::new("string");
-        schema.min_length = Some(1);
-        schema.pattern = Some(NOT_BLANK_PATTERN.to_string());
-        MetaSchemaRef::Inline(Box::new(schema))
-    }
+            fn schema_ref() -> MetaSchemaRef {
+                MetaSchemaRef::Inline(Box::new($schema()))
+            }
 
-    fn as_raw_value(&self) -> Option<&String> {
-        Some(&self.0)
-    }
+            fn as_raw_value(&self) -> Option<&String> {
+                Some(&self.0)
+            }
 
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a String> + 'a> {
-        Box::new(std::iter::once(&self.0))
-    }
+            fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+                Box::new(std::iter::once(&self.0))
+            }
+        }
+
+        impl ParseFromJSON for $ty {
+            fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+                match value.unwrap_or_default() {
+                    Value::String(s) => $check(s),
+                    other => Err(ParseError::expected_type(other)),
+                }
+            }
+        }
+
+        impl poem_openapi::types::ParseFromParameter for $ty {
+            fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+                $check(value.to_string())
+            }
+        }
+
+        impl ToJSON for $ty {
+            fn to_json(&self) -> Option<Value> {
+                Some(Value::String(self.0.clone()))
+            }
+        }
+    };
+}
+
+fn non_blank_schema() -> MetaSchema {
+    let mut schema = MetaSchema::new("string");
+    schema.min_length = Some(1);
+    schema.pattern = Some(NOT_BLANK_PATTERN.to_string());
+    schema
 }
 
 fn non_blank(s: String) -> ParseResult<NonBlank> {
@@ -59,26 +95,7 @@ fn non_blank(s: String) -> ParseResult<NonBlank> {
     }
 }
 
-impl ParseFromJSON for NonBlank {
-    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        match value.unwrap_or_default() {
-            Value::String(s) => non_blank(s),
-            other => Err(ParseError::expected_type(other)),
-        }
-    }
-}
-
-impl poem_openapi::types::ParseFromParameter for NonBlank {
-    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
-        non_blank(value.to_string())
-    }
-}
-
-impl ToJSON for NonBlank {
-    fn to_json(&self) -> Option<Value> {
-        Some(Value::String(self.0.clone()))
-    }
-}
+strict_string!(NonBlank, non_blank_schema, non_blank);
 
 /// 128 bits as 32 lowercase hex characters: dead-letter ids and listing
 /// cursors. Strict like [`NonBlank`] (a JSON string only), and checked
@@ -111,49 +128,12 @@ fn hex128(s: String) -> ParseResult<Hex128> {
     }
 }
 
-impl Type for Hex128 {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = String;
-    type RawElementValueType = String;
-
-    fn name() -> Cow<'static, str> {
-        "string".into()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        let mut schema = MetaSchema::new("string");
-        schema.min_length = Some(32);
-        schema.max_length = Some(32);
-        schema.pattern = Some(HEX128_PATTERN.to_string());
-        MetaSchemaRef::Inline(Box::new(schema))
-    }
-
-    fn as_raw_value(&self) -> Option<&String> {
-        Some(&self.0)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a String> + 'a> {
-        Box::new(std::iter::once(&self.0))
-    }
+fn hex128_schema() -> MetaSchema {
+    let mut schema = MetaSchema::new("string");
+    schema.min_length = Some(32);
+    schema.max_length = Some(32);
+    schema.pattern = Some(HEX128_PATTERN.to_string());
+    schema
 }
 
-impl ParseFromJSON for Hex128 {
-    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        match value.unwrap_or_default() {
-            Value::String(s) => hex128(s),
-            other => Err(ParseError::expected_type(other)),
-        }
-    }
-}
-
-impl poem_openapi::types::ParseFromParameter for Hex128 {
-    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
-        hex128(value.to_string())
-    }
-}
-
-impl ToJSON for Hex128 {
-    fn to_json(&self) -> Option<Value> {
-        Some(Value::String(self.0.clone()))
-    }
-}
+strict_string!(Hex128, hex128_schema, hex128);

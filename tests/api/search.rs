@@ -198,14 +198,15 @@ async fn search_input_is_validated_and_the_search_route_wins() {
     assert!(err["error"].as_str().unwrap().contains("q"));
 }
 
-/// The Meilisearch backend, against the server at `MEILI_URL`.
-#[tokio::test]
-async fn meilisearch_backend_indexes_after_flush_and_follows_edits_and_deletes() {
+/// The service with the Meilisearch backend on a fresh index of the server
+/// at `MEILI_URL`, and its indexer; `None` (after printing a SKIPPED line
+/// naming `test`) when `MEILI_URL` is not set.
+async fn spawn_meili_app(
+    test: &str,
+) -> Option<(TestApp, std::sync::Arc<chat_api::jobs::indexer::Indexer>)> {
     let Ok(url) = std::env::var("MEILI_URL") else {
-        eprintln!(
-            "SKIPPED meilisearch_backend_indexes_after_flush_and_follows_edits_and_deletes: MEILI_URL is not set (no Meilisearch server to test against)"
-        );
-        return;
+        eprintln!("SKIPPED {test}: MEILI_URL is not set (no Meilisearch server to test against)");
+        return None;
     };
     let index = format!("test_{}", uuid::Uuid::new_v4().simple());
     let app = spawn_app_with(|c| {
@@ -215,6 +216,18 @@ async fn meilisearch_backend_indexes_after_flush_and_follows_edits_and_deletes()
     })
     .await;
     let indexer = app.indexer.clone().expect("an indexer runs with MEILI_URL");
+    Some((app, indexer))
+}
+
+/// The Meilisearch backend, against the server at `MEILI_URL`.
+#[tokio::test]
+async fn meilisearch_backend_indexes_after_flush_and_follows_edits_and_deletes() {
+    let Some((app, indexer)) =
+        spawn_meili_app("meilisearch_backend_indexes_after_flush_and_follows_edits_and_deletes")
+            .await
+    else {
+        return;
+    };
     let a = app.create_app("a").await;
     app.create_chat(&a).await;
     app.create_chat(&a).await;
@@ -270,20 +283,9 @@ async fn meilisearch_backend_indexes_after_flush_and_follows_edits_and_deletes()
 /// Meilisearch's ranking score on the hits, against the server at `MEILI_URL`.
 #[tokio::test]
 async fn meilisearch_scores_hits_best_first() {
-    let Ok(url) = std::env::var("MEILI_URL") else {
-        eprintln!(
-            "SKIPPED meilisearch_scores_hits_best_first: MEILI_URL is not set (no Meilisearch server to test against)"
-        );
+    let Some((app, indexer)) = spawn_meili_app("meilisearch_scores_hits_best_first").await else {
         return;
     };
-    let index = format!("test_{}", uuid::Uuid::new_v4().simple());
-    let app = spawn_app_with(|c| {
-        c.meili_url = Some(url);
-        c.meili_api_key = std::env::var("MEILI_API_KEY").ok();
-        c.meili_index = index;
-    })
-    .await;
-    let indexer = app.indexer.clone().expect("an indexer runs with MEILI_URL");
     let a = app.create_app("a").await;
     app.create_chat(&a).await;
     app.create_message(&a, 1, "an apple a day").await;
