@@ -35,8 +35,9 @@ use super::keys::Kind;
 /// Entries read from Redis per LRANGE while scanning a dead-letter list.
 const SCAN_CHUNK: isize = 1000;
 
-/// Entries replayed per script call (keeps each atomic step short).
-const REPLAY_CHUNK: usize = 500;
+/// Entries replayed per script call and read per chunk when replaying all
+/// (keeps each atomic step short and memory to one chunk of records).
+const REPLAY_CHUNK: usize = 200;
 
 /// A dead-letter entry as stored.
 #[derive(Debug, Serialize, Deserialize)]
@@ -165,31 +166,32 @@ impl Buffer {
         Ok(raw.iter().map(|e| DeadLetter::parse(queue, e)).collect())
     }
 
-    /// Entries of `queue`'s dead-letter list whose id is in `ids` (all of
-    /// them when `ids` is `None`), with their raw records; entries without a
-    /// readable record are left out. Scans the list in chunks.
+    /// Up to `count` raw entries of `queue`'s dead-letter list from `start`.
+    async fn dead_letter_range(
+        &self,
+        queue: Kind,
+        start: isize,
+        count: isize,
+    ) -> Result<Vec<Vec<u8>>, BufferError> {
+        let key = self.keys().dead_letter(queue);
+        self.with_conn(|mut c| async move { c.lrange(key, start, start + count - 1).await })
+            .await
+    }
+
+    /// The entries of `queue`'s dead-letter list whose id is in `ids`,
+    /// scanning the list in chunks (so memory holds one chunk plus the
+    /// matches, at most `ids.len()`).
     async fn select_dead_letters(
         &self,
         queue: Kind,
-        ids: Option<&HashSet<String>>,
-    ) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, BufferError> {
-        let key = self.keys().dead_letter(queue);
+        ids: &HashSet<String>,
+    ) -> Result<Vec<Vec<u8>>, BufferError> {
         let mut selected = Vec::new();
         let mut start: isize = 0;
         loop {
-            let k = key.clone();
-            let chunk: Vec<Vec<u8>> = self
-                .with_conn(|mut c| async move { c.lrange(k, start, start + SCAN_CHUNK - 1).await })
-                .await?;
+            let chunk = self.dead_letter_range(queue, start, SCAN_CHUNK).await?;
             let n = chunk.len() as isize;
-            for e in chunk {
-                if ids.is_none_or(|ids| ids.contains(&entry_id(&e))) {
-                    let raw = serde_json::from_slice::<StoredEntry>(&e)
-                        .ok()
-                        .and_then(|s| s.raw());
-                    selected.push((e, raw));
-                }
-            }
+            selected.extend(chunk.into_iter().filter(|e| ids.contains(&entry_id(e))));
             if n < SCAN_CHUNK {
                 return Ok(selected);
             }
@@ -197,36 +199,32 @@ impl Buffer {
         }
     }
 
-    /// Puts dead-lettered records of `queue` back at the tail of its pending
-    /// list: those whose id is in `ids`, or all of them when `ids` is `None`.
-    /// Each is replayed at most once (see the module docs). The caller wakes
-    /// the flusher. Errors: Redis unavailable (what was replayed stays replayed).
-    pub async fn replay_dead_letters(
+    /// Runs [`super::scripts::REPLAY`] on `entries` (each with its readable
+    /// record; the others are logged and skipped). Returns the records
+    /// replayed and the number of unreadable entries.
+    async fn replay_entries(
         &self,
         queue: Kind,
-        ids: Option<&HashSet<String>>,
-    ) -> Result<Outcome, BufferError> {
-        let selected = self.select_dead_letters(queue, ids).await?;
-        let mut outcome = Outcome::default();
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = selected
+        entries: Vec<Vec<u8>>,
+    ) -> Result<(u64, usize), BufferError> {
+        let mut unreadable = 0;
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = entries
             .into_iter()
-            .filter_map(|(entry, raw)| {
-                if ids.is_some() {
-                    outcome.found.insert(entry_id(&entry));
+            .filter_map(|entry| {
+                let raw = serde_json::from_slice::<StoredEntry>(&entry)
+                    .ok()
+                    .and_then(|s| s.raw());
+                if raw.is_none() {
+                    unreadable += 1;
+                    tracing::warn!(id = %entry_id(&entry), "dead letter without a readable record; not replayed");
                 }
-                match raw {
-                    Some(raw) => Some((entry, raw)),
-                    None => {
-                        tracing::warn!(id = %entry_id(&entry), "dead letter without a readable record; not replayed");
-                        None
-                    }
-                }
+                raw.map(|raw| (entry, raw))
             })
             .collect();
-        let dead = self.keys().dead_letter(queue);
-        let pending = self.keys().pending(queue);
+        let mut replayed = 0;
         for chunk in pairs.chunks(REPLAY_CHUNK) {
-            let (dead, pending) = (dead.clone(), pending.clone());
+            let dead = self.keys().dead_letter(queue);
+            let pending = self.keys().pending(queue);
             let n: u64 = self
                 .with_conn(|mut c| async move {
                     let mut inv = self.scripts().replay.key(dead);
@@ -237,7 +235,47 @@ impl Buffer {
                     inv.invoke_async(&mut c).await
                 })
                 .await?;
-            outcome.count += n;
+            replayed += n;
+        }
+        Ok((replayed, unreadable))
+    }
+
+    /// Puts dead-lettered records of `queue` back at the tail of its pending
+    /// list: those whose id is in `ids`, or all of them when `ids` is `None`.
+    /// Each is replayed at most once (see the module docs). Replaying all
+    /// works from the head in chunks of [`REPLAY_CHUNK`] and stops after as
+    /// many entries as the list held when it started, so memory holds one
+    /// chunk, and records that fail again meanwhile are not replayed twice in
+    /// one call. The caller wakes the flusher.
+    /// Errors: Redis unavailable (what was replayed stays replayed).
+    pub async fn replay_dead_letters(
+        &self,
+        queue: Kind,
+        ids: Option<&HashSet<String>>,
+    ) -> Result<Outcome, BufferError> {
+        let mut outcome = Outcome::default();
+        if let Some(ids) = ids {
+            let selected = self.select_dead_letters(queue, ids).await?;
+            outcome.found = selected.iter().map(|e| entry_id(e)).collect();
+            outcome.count = self.replay_entries(queue, selected).await?.0;
+            return Ok(outcome);
+        }
+        let total = self.dead_letter_len(queue).await? as usize;
+        // Unreadable entries stay at the head; skip past them.
+        let mut skip = 0usize;
+        let mut seen = 0usize;
+        while seen < total {
+            let want = (total - seen).min(REPLAY_CHUNK);
+            let chunk = self
+                .dead_letter_range(queue, skip as isize, want as isize)
+                .await?;
+            if chunk.is_empty() {
+                break;
+            }
+            seen += chunk.len();
+            let (replayed, unreadable) = self.replay_entries(queue, chunk).await?;
+            outcome.count += replayed;
+            skip += unreadable;
         }
         Ok(outcome)
     }
@@ -266,23 +304,21 @@ impl Buffer {
                 found: HashSet::new(),
             });
         };
-        let selected = self.select_dead_letters(queue, Some(ids)).await?;
+        let selected = self.select_dead_letters(queue, ids).await?;
         let mut outcome = Outcome::default();
         for chunk in selected.chunks(REPLAY_CHUNK) {
             let dead = dead.clone();
             let removed: Vec<u64> = self
                 .with_conn(|mut c| async move {
                     let mut pipe = redis::pipe();
-                    for (entry, _) in chunk {
+                    for entry in chunk {
                         pipe.lrem(&dead, 1, entry.as_slice());
                     }
                     pipe.query_async(&mut c).await
                 })
                 .await?;
             outcome.count += removed.iter().sum::<u64>();
-            outcome
-                .found
-                .extend(chunk.iter().map(|(entry, _)| entry_id(entry)));
+            outcome.found.extend(chunk.iter().map(|e| entry_id(e)));
         }
         Ok(outcome)
     }

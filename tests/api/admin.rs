@@ -569,3 +569,43 @@ async fn cross_application_listings_page_with_after_newest_first() {
         "the far future: everything"
     );
 }
+
+#[tokio::test]
+async fn replaying_all_goes_through_a_long_list_in_chunks_and_leaves_unreadable_entries() {
+    let app = spawn_admin().await;
+    let mut c = redis_conn(&app).await;
+    let key = app.buffer.keys().dead_letter(Kind::Chats);
+    let _: () = c
+        .rpush(&key, "not an entry this service wrote")
+        .await
+        .unwrap();
+    for i in 0..449 {
+        let e = chat_api::writebehind::deadletter::entry(format!("999\t{i}\t0").as_bytes(), "test");
+        let _: () = c.rpush(&key, e).await.unwrap();
+    }
+    let r = admin_json(
+        &app,
+        reqwest::Method::POST,
+        "/dead-letters/replay",
+        Some(json!({"queue": "chats"})),
+    )
+    .await;
+    assert_eq!(r["replayed"], 449);
+    let left: Vec<String> = c.lrange(&key, 0, -1).await.unwrap();
+    assert_eq!(left, ["not an entry this service wrote"]);
+    let list = admin_json(
+        &app,
+        reqwest::Method::GET,
+        "/dead-letters?queue=chats",
+        None,
+    )
+    .await;
+    assert_eq!(list["total"], 1);
+    assert!(
+        list["dead_letters"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unreadable")
+    );
+    assert!(list["dead_letters"][0]["failed_at"].is_null());
+}
