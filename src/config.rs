@@ -143,7 +143,8 @@ pub struct Config {
     /// Bearer key of the operator API (`/api/v1/admin/...`). Unset: the
     /// operator API is off and every admin path answers 404. Use a long random
     /// value (for example `openssl rand -base64 32`); it is compared in
-    /// constant time and never logged.
+    /// constant time and never logged. Set it in the environment rather than
+    /// as a flag, which other users can read in `ps`.
     #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
     pub admin_api_key: Option<secrecy::SecretString>,
 
