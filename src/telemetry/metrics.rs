@@ -82,6 +82,16 @@ pub fn flush_failed() {
     counter!("chat_flush_failures_total").increment(1);
 }
 
+/// Dead letters an operator replayed (`n` records) from `queue`.
+pub fn dead_letters_replayed(queue: &'static str, n: u64) {
+    counter!("chat_dead_letters_replayed_total", "queue" => queue).increment(n);
+}
+
+/// Dead letters an operator discarded (`n` entries) from `queue`.
+pub fn dead_letters_discarded(queue: &'static str, n: u64) {
+    counter!("chat_dead_letters_discarded_total", "queue" => queue).increment(n);
+}
+
 /// Batches recovered from expired leases.
 pub fn batches_recovered(n: u64) {
     counter!("chat_recovered_batches_total").increment(n);

@@ -337,6 +337,7 @@ impl QueuesAdminApi {
         for kind in queues {
             let outcome = buffer.replay_dead_letters(kind, ids.as_ref()).await?;
             if outcome.count > 0 {
+                crate::telemetry::metrics::dead_letters_replayed(kind.as_str(), outcome.count);
                 tracing::warn!(
                     queue = kind.as_str(),
                     replayed = outcome.count,
@@ -375,6 +376,7 @@ impl QueuesAdminApi {
             .buffer()
             .discard_dead_letters(kind, ids.as_ref())
             .await?;
+        crate::telemetry::metrics::dead_letters_discarded(kind.as_str(), outcome.count);
         tracing::warn!(
             queue = kind.as_str(),
             discarded = outcome.count,
