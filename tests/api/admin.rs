@@ -608,4 +608,22 @@ async fn replaying_all_goes_through_a_long_list_in_chunks_and_leaves_unreadable_
             .contains("unreadable")
     );
     assert!(list["dead_letters"][0]["failed_at"].is_null());
+    // Counted for /metrics (the recorder is shared by the tests of this
+    // process, so at least this replay's records).
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let replayed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chat_dead_letters_replayed_total{queue=\"chats\"} "))
+        .expect("the replay counter is exported")
+        .parse()
+        .unwrap();
+    assert!(replayed >= 449.0, "{replayed}");
 }
