@@ -109,6 +109,8 @@ def main():
     ap.add_argument("--base-url", default="http://127.0.0.1:3000")
     ap.add_argument("--wait-secs", type=float, default=75, help="how long to wait for the flush before reading back")
     ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--index-wait-secs", type=float, default=0,
+                    help="with --search-check: how long to wait for an external index (Meilisearch) to catch up")
     ap.add_argument("--search-check", action="store_true",
                     help="then search a word found in exactly one conversation, and time searches")
     args = ap.parse_args()
@@ -179,7 +181,14 @@ def search_check(args, corpus, where):
     word, (lang, i) = next((w, next(iter(s))) for w, s in sorted(seen.items())
                            if len(s) == 1 and next(iter(s))[0] == "english")
     token, chat = where[(lang, i)]
+    started = time.monotonic()
     hits, _ = search(args.base_url, token, chat, word)
+    # An external index lags the database: wait for it to catch up.
+    while not hits and time.monotonic() - started < args.index_wait_secs:
+        time.sleep(0.5)
+        hits, _ = search(args.base_url, token, chat, word)
+    if args.index_wait_secs:
+        print(f"search index caught up {time.monotonic() - started:.1f} s after the read-back")
     assert hits and all(word in h.lower() for h in hits), (word, hits)
     others = [(t, c) for (t, c) in where.values() if t == token and c != chat]
     with cf.ThreadPoolExecutor(args.workers) as pool:
