@@ -118,7 +118,7 @@ fn seek(qb: &mut QueryBuilder<MySql>, t: &str, after: Option<Cursor>, limit: i64
 }
 
 /// Up to `limit` live chats of all applications created before `after`
-/// (all when `None`), newest first.
+/// (all when `None`), newest first. Errors: MariaDB failures.
 pub async fn chats(
     pool: &MySqlPool,
     after: Option<Cursor>,
@@ -135,7 +135,7 @@ pub async fn chats(
 }
 
 /// Up to `limit` live messages of all applications created before `after`
-/// (all when `None`), newest first.
+/// (all when `None`), newest first. Errors: MariaDB failures.
 pub async fn messages(
     pool: &MySqlPool,
     after: Option<Cursor>,

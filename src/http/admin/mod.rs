@@ -59,6 +59,7 @@ async fn check_key(req: &Request, bearer: Bearer) -> poem::Result<()> {
 
 /// Answers 404 on every admin path while `ADMIN_API_KEY` is unset, before
 /// any other check (so a probe learns nothing, not even that a key exists).
+/// Errors: only those of `next`.
 pub async fn gate<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     let path = req.uri().path();
     let is_admin = path == PREFIX || path.starts_with(&format!("{PREFIX}/"));
