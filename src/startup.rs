@@ -345,11 +345,10 @@ async fn sample_queues(buffer: Buffer) {
     };
     let now = crate::writebehind::now_ms();
     for s in stats {
-        let age = s.oldest_created_at_ms.map_or(0, |ms| (now - ms).max(0));
         crate::telemetry::metrics::queue_sampled(
             s.queue.as_str(),
             s.pending,
-            Duration::from_millis(age as u64),
+            s.oldest_age(now).unwrap_or_default(),
             s.dead_letters,
         );
     }

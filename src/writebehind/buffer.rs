@@ -345,11 +345,15 @@ impl Buffer {
             .await
     }
 
-    /// Number of records waiting in the pending list of `kind`.
-    pub async fn pending_len(&self, kind: Kind) -> Result<u64, BufferError> {
-        let key = self.keys.pending(kind);
+    /// Length of the list at `key`. Errors: Redis unavailable.
+    pub(crate) async fn list_len(&self, key: String) -> Result<u64, BufferError> {
         self.with_conn(|mut c| async move { c.llen(key).await })
             .await
+    }
+
+    /// Number of records waiting in the pending list of `kind`.
+    pub async fn pending_len(&self, kind: Kind) -> Result<u64, BufferError> {
+        self.list_len(self.keys.pending(kind)).await
     }
 
     /// Claims up to `max` records of `kind` under a lease of `lease`.

@@ -141,9 +141,7 @@ impl Buffer {
     /// Number of entries in the dead-letter list of `queue`.
     /// Errors: Redis unavailable.
     pub async fn dead_letter_len(&self, queue: Kind) -> Result<u64, BufferError> {
-        let key = self.keys().dead_letter(queue);
-        self.with_conn(|mut c| async move { c.llen(key).await })
-            .await
+        self.list_len(self.keys().dead_letter(queue)).await
     }
 
     /// Up to `count` entries of the dead-letter list of `queue` from position
@@ -157,16 +155,14 @@ impl Buffer {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let key = self.keys().dead_letter(queue);
-        let start = offset as isize;
-        let stop = (offset + count - 1) as isize;
-        let raw: Vec<Vec<u8>> = self
-            .with_conn(|mut c| async move { c.lrange(key, start, stop).await })
+        let raw = self
+            .dead_letter_range(queue, offset as isize, count as isize)
             .await?;
         Ok(raw.iter().map(|e| DeadLetter::parse(queue, e)).collect())
     }
 
-    /// Up to `count` raw entries of `queue`'s dead-letter list from `start`.
+    /// Up to `count` (at least 1) raw entries of `queue`'s dead-letter list
+    /// from position `start`.
     async fn dead_letter_range(
         &self,
         queue: Kind,

@@ -91,6 +91,15 @@ pub struct FlushReport {
     pub lost_leases: u64,
 }
 
+impl FlushReport {
+    /// Whether the pass claimed batches but only deferred them: what is left
+    /// is messages waiting for a chat that is not coming, and flushing again
+    /// now would do nothing more.
+    pub fn only_deferred(&self) -> bool {
+        self.batches > 0 && self.written + self.dropped + self.dead_lettered == 0
+    }
+}
+
 impl std::ops::AddAssign for FlushReport {
     fn add_assign(&mut self, o: Self) {
         self.batches += o.batches;
@@ -419,9 +428,10 @@ impl Flusher {
             self.generation.send_modify(|g| *g += 1);
             let report = report?;
             total += report;
-            let stuck =
-                report.batches > 0 && report.written + report.dropped + report.dead_lettered == 0;
-            if report.batches == 0 || stuck || tokio::time::Instant::now() >= deadline {
+            if report.batches == 0
+                || report.only_deferred()
+                || tokio::time::Instant::now() >= deadline
+            {
                 return Ok((total, self.pending().await? == 0));
             }
         }
@@ -434,11 +444,8 @@ impl Flusher {
                 let result = self.flush_once().await;
                 self.generation.send_modify(|g| *g += 1);
                 let step = match result {
-                    // Only deferrals left (messages waiting for a chat that is
-                    // not coming): nothing more a drain can do.
-                    Ok(r) if r.written + r.dropped + r.dead_lettered == 0 && r.batches > 0 => {
-                        return;
-                    }
+                    // Nothing more a drain can do.
+                    Ok(r) if r.only_deferred() => return,
                     Ok(_) => self.pending().await.map_err(FlushError::from),
                     Err(e) => Err(e),
                 };

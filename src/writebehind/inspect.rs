@@ -45,6 +45,15 @@ pub struct QueueStats {
     pub dead_letters: u64,
 }
 
+impl QueueStats {
+    /// Age at `now_ms` of the record at the head of the queue (zero if its
+    /// clock was ahead); `None` when the queue is empty.
+    pub fn oldest_age(&self, now_ms: i64) -> Option<std::time::Duration> {
+        self.oldest_created_at_ms
+            .map(|at| std::time::Duration::from_millis((now_ms - at).max(0) as u64))
+    }
+}
+
 /// Creation time, in ms since the epoch, of a raw record of `queue`.
 fn created_at_ms(queue: Kind, raw: &[u8]) -> Option<i64> {
     match queue {

@@ -246,9 +246,7 @@ impl QueuesAdminApi {
             .map(|s| QueueView {
                 queue: s.queue.into(),
                 pending: s.pending,
-                oldest_pending_age_secs: s
-                    .oldest_created_at_ms
-                    .map(|at| ((now - at).max(0)) as f64 / 1000.0),
+                oldest_pending_age_secs: s.oldest_age(now).map(|d| d.as_secs_f64()),
                 processing: s
                     .batches
                     .into_iter()
