@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::http::admin::KeyDigest;
 use crate::http::ratelimit::{self, RateLimit};
 use crate::http::{self, AppState};
 use crate::jobs::counts::{CountsRefresher, DirtyMarks};
@@ -179,6 +180,7 @@ impl Application {
             None => (SearchBackend::Database(pool.clone()), None),
         };
         tracing::info!(backend = search.name(), index = %config.meili_index, "search backend");
+        let admin_key = config.admin_api_key.as_ref().map(KeyDigest::of);
         let state = AppState {
             pool,
             wb,
@@ -188,6 +190,7 @@ impl Application {
             search,
             flusher: flusher.clone(),
             indexer: indexer.clone(),
+            admin_key,
         };
         Ok(Self {
             addr,

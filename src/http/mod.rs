@@ -41,6 +41,8 @@ pub struct AppState {
     pub flusher: Arc<crate::writebehind::Flusher>,
     /// The search indexer, when Meilisearch is configured.
     pub indexer: Option<Arc<crate::jobs::indexer::Indexer>>,
+    /// The digest of `ADMIN_API_KEY`; `None` while the operator API is off.
+    pub admin_key: Option<admin::KeyDigest>,
 }
 
 impl AppState {
@@ -75,22 +77,9 @@ pub enum ApiTags {
     Admin,
 }
 
-/// The OpenAPI service with every operation of the API.
-pub type Api = OpenApiService<
-    (
-        applications::ApplicationsApi,
-        chats::ChatsApi,
-        search::SearchApi,
-        messages::MessagesApi,
-        health::HealthApi,
-        admin::queues::QueuesAdminApi,
-        admin::listings::ListingsAdminApi,
-    ),
-    (),
->;
-
-/// Builds the OpenAPI service (also used by `chat-api openapi`).
-pub fn api() -> Api {
+/// Builds the OpenAPI service with every operation of the API (also used
+/// by `chat-api openapi`).
+pub fn api() -> OpenApiService<impl poem_openapi::OpenApi, ()> {
     OpenApiService::new(
         (
             applications::ApplicationsApi,
@@ -171,12 +160,13 @@ pub fn routes(state: AppState) -> impl poem::Endpoint + 'static {
     let docs = api.swagger_ui();
     let max_body = state.config.max_request_bytes;
     let rate_limit = state.rate_limit.clone();
+    let admin_on = state.admin_key.is_some();
     Route::new()
         .at("/openapi.json", spec)
         .at("/metrics", poem::get(metrics))
         .nest("/docs", docs)
         .nest("/", api)
-        .around(admin::gate)
+        .around(move |next, req| admin::gate(next, req, admin_on))
         .with(limits::BodyLimit::new(max_body))
         .around(crate::error::json_errors)
         .with(rate_limit)

@@ -37,36 +37,47 @@ pub const PREFIX: &str = "/api/v1/admin";
 #[oai(ty = "bearer", checker = "check_key")]
 pub struct AdminKey(());
 
+/// The SHA-256 of `ADMIN_API_KEY`, computed once at start-up. Comparing
+/// digests of equal length in constant time hides both the key's content and
+/// its length.
+#[derive(Clone, Copy)]
+pub struct KeyDigest([u8; 32]);
+
+impl KeyDigest {
+    /// The digest of `key`.
+    pub fn of(key: &secrecy::SecretString) -> Self {
+        Self(Sha256::digest(key.expose_secret().as_bytes()).into())
+    }
+
+    /// Whether `token` is the key (constant time).
+    pub fn matches(&self, token: &str) -> bool {
+        Sha256::digest(token.as_bytes()).ct_eq(&self.0).into()
+    }
+}
+
 /// Accepts the bearer token when it equals `ADMIN_API_KEY` (constant time).
 /// Errors: poem-openapi's `AuthorizationError`, which [`crate::error`] turns
 /// into a JSON 401 with `WWW-Authenticate`.
 async fn check_key(req: &Request, bearer: Bearer) -> poem::Result<()> {
-    let expected = req
-        .data::<AppState>()
-        .and_then(|s| s.config.admin_api_key.as_ref());
-    let Some(expected) = expected else {
-        return Err(poem_openapi::error::AuthorizationError.into());
-    };
-    let given = Sha256::digest(bearer.token.as_bytes());
-    let wanted = Sha256::digest(expected.expose_secret().as_bytes());
-    if bool::from(given.ct_eq(&wanted)) {
-        Ok(())
-    } else {
-        tracing::warn!(path = %req.uri().path(), "admin request with a wrong key");
-        Err(poem_openapi::error::AuthorizationError.into())
+    let key = req.data::<AppState>().and_then(|s| s.admin_key);
+    if key.is_some_and(|k| k.matches(&bearer.token)) {
+        return Ok(());
     }
+    tracing::warn!(path = %req.uri().path(), "admin request with a wrong key");
+    Err(poem_openapi::error::AuthorizationError.into())
 }
 
-/// Answers 404 on every admin path while `ADMIN_API_KEY` is unset, before
-/// any other check (so a probe learns nothing, not even that a key exists).
-/// Errors: only those of `next`.
-pub async fn gate<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
-    let path = req.uri().path();
-    let is_admin = path == PREFIX || path.starts_with(&format!("{PREFIX}/"));
-    let enabled = req
-        .data::<AppState>()
-        .is_some_and(|s| s.config.admin_api_key.is_some());
-    if is_admin && !enabled {
+/// Whether `path` is an admin path (`/api/v1/admin` or below it).
+fn is_admin_path(path: &str) -> bool {
+    path.strip_prefix(PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// While the operator API is off (`enabled` false: `ADMIN_API_KEY` unset),
+/// answers 404 on every admin path before any other check, so a probe learns
+/// nothing, not even that a key exists. Errors: only those of `next`.
+pub async fn gate<E: Endpoint>(next: E, req: Request, enabled: bool) -> poem::Result<Response> {
+    if !enabled && is_admin_path(req.uri().path()) {
         return Ok(ApiError::not_found("no such route; see /docs for the API").into_response());
     }
     next.call(req).await.map(IntoResponse::into_response)
