@@ -44,6 +44,11 @@ async fn admin_json(
     r.json().await.unwrap()
 }
 
+/// GET an admin path with the key; asserts 200 and returns the body.
+async fn admin_get(app: &TestApp, path: &str) -> Value {
+    admin_json(app, reqwest::Method::GET, path, None).await
+}
+
 async fn redis_conn(app: &TestApp) -> redis::aio::MultiplexedConnection {
     redis::Client::open(app.config.redis_url.as_str())
         .unwrap()
@@ -166,7 +171,7 @@ async fn queue_figures_match_the_real_redis_state() {
     let entry = chat_api::writebehind::deadletter::entry(b"1\t999\t1700000000000", "test");
     let _: () = c.rpush(&dead_key, &entry).await.unwrap();
 
-    let view = admin_json(&app, reqwest::Method::GET, "/queues", None).await;
+    let view = admin_get(&app, "/queues").await;
     assert_eq!(view["instance"], app.buffer.owner());
     for (name, kind) in [
         ("chats", Kind::Chats),
@@ -208,7 +213,7 @@ async fn queue_figures_match_the_real_redis_state() {
     assert_eq!(app.count("messages").await, 7);
     // Once its flusher gives the batch back, the rest follows.
     app.buffer.release(&batch).await.unwrap();
-    let view = admin_json(&app, reqwest::Method::GET, "/queues", None).await;
+    let view = admin_get(&app, "/queues").await;
     assert_eq!(queue(&view, "messages")["pending"], 5);
     assert!(
         queue(&view, "messages")["processing"]
@@ -219,7 +224,7 @@ async fn queue_figures_match_the_real_redis_state() {
     let flushed = admin_json(&app, reqwest::Method::POST, "/flush", None).await;
     assert_eq!(flushed["written"], 5);
     assert_eq!(app.count("messages").await, 12);
-    let view = admin_json(&app, reqwest::Method::GET, "/queues", None).await;
+    let view = admin_get(&app, "/queues").await;
     assert_eq!(queue(&view, "messages")["pending"], 0);
     assert!(queue(&view, "messages")["oldest_pending_age_secs"].is_null());
 }
@@ -267,13 +272,7 @@ async fn a_dead_lettered_chat_and_its_message_are_replayed_once_the_cause_is_fix
     assert_eq!(r.dead_lettered, 1, "the orphaned message is dead-lettered");
     assert_eq!(stored(&app, &token, 2).await, (0, 0));
 
-    let chats = admin_json(
-        &app,
-        reqwest::Method::GET,
-        "/dead-letters?queue=chats",
-        None,
-    )
-    .await;
+    let chats = admin_get(&app, "/dead-letters?queue=chats").await;
     assert_eq!(chats["total"], 1);
     let chat_entry = &chats["dead_letters"][0];
     assert!(
@@ -285,13 +284,7 @@ async fn a_dead_lettered_chat_and_its_message_are_replayed_once_the_cause_is_fix
     );
     assert!(chat_entry["failed_at"].is_string());
     assert_eq!(chat_entry["queue"], "chats");
-    let messages = admin_json(
-        &app,
-        reqwest::Method::GET,
-        "/dead-letters?queue=messages",
-        None,
-    )
-    .await;
+    let messages = admin_get(&app, "/dead-letters?queue=messages").await;
     assert_eq!(messages["total"], 1);
     let message_entry = &messages["dead_letters"][0];
     assert!(
@@ -317,13 +310,7 @@ async fn a_dead_lettered_chat_and_its_message_are_replayed_once_the_cause_is_fix
     .await;
     assert_eq!(r["replayed"], 1);
     admin_json(&app, reqwest::Method::POST, "/flush", None).await;
-    let again = admin_json(
-        &app,
-        reqwest::Method::GET,
-        "/dead-letters?queue=chats",
-        None,
-    )
-    .await;
+    let again = admin_get(&app, "/dead-letters?queue=chats").await;
     assert_eq!(again["total"], 1);
     assert_ne!(again["dead_letters"][0]["id"], chat_entry["id"]);
 
@@ -352,7 +339,7 @@ async fn a_dead_lettered_chat_and_its_message_are_replayed_once_the_cause_is_fix
     assert_eq!(m["body"], "stuck behind its chat");
 
     // Nothing is left to replay, and a second replay changes nothing.
-    let view = admin_json(&app, reqwest::Method::GET, "/queues", None).await;
+    let view = admin_get(&app, "/queues").await;
     assert_eq!(queue(&view, "chats")["dead_letters"], 0);
     assert_eq!(queue(&view, "messages")["dead_letters"], 0);
     let r = admin_json(
@@ -379,13 +366,7 @@ async fn discarding_removes_the_given_entries_or_all_and_counts_them() {
             chat_api::writebehind::deadletter::entry(format!("1\t1\t{i}\t0\tx").as_bytes(), "test");
         let _: () = c.rpush(&key, e).await.unwrap();
     }
-    let page = admin_json(
-        &app,
-        reqwest::Method::GET,
-        "/dead-letters?queue=messages&per_page=2&page=1",
-        None,
-    )
-    .await;
+    let page = admin_get(&app, "/dead-letters?queue=messages&per_page=2&page=1").await;
     assert_eq!(page["total"], 5);
     assert_eq!(page["meta"]["next_page"], 2);
     let ids: Vec<String> = page["dead_letters"]
@@ -476,7 +457,7 @@ async fn cross_application_listings_page_with_after_newest_first() {
             Some(c) => format!("/chats?per_page=2&after={c}"),
             None => "/chats?per_page=2".into(),
         };
-        let page = admin_json(&app, reqwest::Method::GET, &path, None).await;
+        let page = admin_get(&app, &path).await;
         pages += 1;
         for c in page["chats"].as_array().unwrap() {
             seen.push((
@@ -510,7 +491,7 @@ async fn cross_application_listings_page_with_after_newest_first() {
             Some(c) => format!("/messages?per_page=3&after={c}"),
             None => "/messages?per_page=3".into(),
         };
-        let page = admin_json(&app, reqwest::Method::GET, &path, None).await;
+        let page = admin_get(&app, &path).await;
         pages += 1;
         for m in page["messages"].as_array().unwrap() {
             let token = m["application_token"].as_str().unwrap().to_owned();
@@ -536,33 +517,15 @@ async fn cross_application_listings_page_with_after_newest_first() {
         assert_eq!(r.status(), 422, "{bad}");
     }
     // Any 32 lowercase hex characters are a cursor: all zeros is "before 1970".
-    let r = admin_json(
-        &app,
-        reqwest::Method::GET,
-        &format!("/chats?after={}", "0".repeat(32)),
-        None,
-    )
-    .await;
+    let r = admin_get(&app, &format!("/chats?after={}", "0".repeat(32))).await;
     assert_eq!(r["chats"], json!([]));
-    let r = admin_json(
-        &app,
-        reqwest::Method::GET,
-        &format!("/chats?after={}", "f".repeat(32)),
-        None,
-    )
-    .await;
+    let r = admin_get(&app, &format!("/chats?after={}", "f".repeat(32))).await;
     assert_eq!(
         r["chats"],
         json!([]),
         "a negative time is clamped to year 1000"
     );
-    let r = admin_json(
-        &app,
-        reqwest::Method::GET,
-        &format!("/chats?after=7{}", "f".repeat(31)),
-        None,
-    )
-    .await;
+    let r = admin_get(&app, &format!("/chats?after=7{}", "f".repeat(31))).await;
     assert_eq!(
         r["chats"].as_array().unwrap().len(),
         5,
@@ -593,13 +556,7 @@ async fn replaying_all_goes_through_a_long_list_in_chunks_and_leaves_unreadable_
     assert_eq!(r["replayed"], 449);
     let left: Vec<String> = c.lrange(&key, 0, -1).await.unwrap();
     assert_eq!(left, ["not an entry this service wrote"]);
-    let list = admin_json(
-        &app,
-        reqwest::Method::GET,
-        "/dead-letters?queue=chats",
-        None,
-    )
-    .await;
+    let list = admin_get(&app, "/dead-letters?queue=chats").await;
     assert_eq!(list["total"], 1);
     assert!(
         list["dead_letters"][0]["reason"]

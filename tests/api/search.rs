@@ -219,6 +219,28 @@ async fn spawn_meili_app(
     Some((app, indexer))
 }
 
+/// Runs the indexer and searches `q` in the chat until the number of hits
+/// satisfies `enough` (within 20 s). The search answers 503 until the indexer
+/// has set the index up. Returns whether it got there.
+async fn until_indexed(
+    app: &TestApp,
+    indexer: &chat_api::jobs::indexer::Indexer,
+    token: &str,
+    chat: i64,
+    q: &str,
+    enough: impl Fn(usize) -> bool,
+) -> bool {
+    app.eventually(Duration::from_secs(20), || async {
+        let _ = indexer.index_once().await;
+        let r = search(app, token, chat, q).await;
+        r.status() == 200
+            && r.json::<Value>().await.unwrap()["messages"]
+                .as_array()
+                .is_some_and(|m| enough(m.len()))
+    })
+    .await
+}
+
 /// The Meilisearch backend, against the server at `MEILI_URL`.
 #[tokio::test]
 async fn meilisearch_backend_indexes_after_flush_and_follows_edits_and_deletes() {
@@ -235,17 +257,7 @@ async fn meilisearch_backend_indexes_after_flush_and_follows_edits_and_deletes()
     app.create_message(&a, 1, "lazy dogs sleep").await;
     app.create_message(&a, 2, "a quick fox in chat two").await;
     app.flush().await;
-    let found = app
-        .eventually(Duration::from_secs(20), || async {
-            let _ = indexer.index_once().await;
-            let r = search(&app, &a, 1, "quick").await;
-            r.status() == 200
-                && r.json::<Value>().await.unwrap()["messages"]
-                    .as_array()
-                    .map(Vec::len)
-                    == Some(1)
-        })
-        .await;
+    let found = until_indexed(&app, &indexer, &a, 1, "quick", |n| n == 1).await;
     assert!(found, "indexed after the flush, scoped to chat 1");
     assert_eq!(numbers(&app, &a, 1, "quikc").await, [1], "typo tolerance");
     let hits = scored(&app, &a, 1, "quick").await;
@@ -294,17 +306,7 @@ async fn meilisearch_scores_hits_best_first() {
         .await;
     app.create_message(&a, 1, "nothing to see").await;
     app.flush().await;
-    let indexed = app
-        .eventually(Duration::from_secs(20), || async {
-            let _ = indexer.index_once().await;
-            // 503 until the indexer has set the index up.
-            let r = search(&app, &a, 1, "apple pie").await;
-            r.status() == 200
-                && r.json::<Value>().await.unwrap()["messages"]
-                    .as_array()
-                    .is_some_and(|m| m.len() >= 2)
-        })
-        .await;
+    let indexed = until_indexed(&app, &indexer, &a, 1, "apple pie", |n| n >= 2).await;
     assert!(indexed, "indexed after the flush");
     let hits = scored(&app, &a, 1, "apple pie").await;
     println!("Meilisearch (number, score) for \"apple pie\": {hits:?}");
