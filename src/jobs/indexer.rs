@@ -16,7 +16,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
 
@@ -155,10 +154,5 @@ impl Indexer {
 }
 
 fn new_backoff() -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build()
+    crate::writebehind::flusher::retry_backoff(Duration::from_millis(500), Duration::from_secs(30))
 }

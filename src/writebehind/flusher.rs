@@ -470,9 +470,15 @@ impl Flusher {
 }
 
 fn new_backoff() -> impl Iterator<Item = Duration> {
+    retry_backoff(Duration::from_millis(200), Duration::from_secs(10))
+}
+
+/// Delays between retries of a background job whose dependency is down:
+/// exponential from `min` to `max`, with jitter, never giving up (backon).
+pub fn retry_backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
     backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
+        .with_min_delay(min)
+        .with_max_delay(max)
         .with_jitter()
         .without_max_times()
         .build()

@@ -129,9 +129,10 @@ impl Buffer {
                 dead_letters,
             })
             .collect();
+        let processing_prefix = format!("{}processing:", keys.prefix());
         for ((key, deadline), records) in leases.into_iter().zip(sizes) {
             // `{prefix}processing:{queue}:{id}`
-            let Some(rest) = key.strip_prefix(&format!("{}processing:", keys.prefix())) else {
+            let Some(rest) = key.strip_prefix(&processing_prefix) else {
                 continue;
             };
             let Some((queue, id)) = rest.split_once(':') else {
