@@ -22,7 +22,7 @@ fn rss_kib() -> u64 {
 fn main() {
     // 600/min with a burst of 100, as the service's defaults; one request per
     // IP leaves a bucket that refills in 100 ms.
-    let limit = RateLimit::new(600, 100, Default::default());
+    let limit = RateLimit::new(600, 100, Default::default(), 64);
     let limiter = limit.limiter().expect("enabled");
     let before = rss_kib();
     for i in 0..100_000u32 {

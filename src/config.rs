@@ -48,6 +48,21 @@ pub struct Config {
     #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:3000")]
     pub bind_addr: SocketAddr,
 
+    /// Address and port of a second, operator-only listener (port 0 picks a
+    /// free port). When set, the operator surface (`/api/v1/admin/...`,
+    /// `/metrics` and the key-protected `GET /api/v1/applications`) is served
+    /// only there, and the public listener (`BIND_ADDR`) answers 404 for it.
+    /// Unset: everything is served on `BIND_ADDR`.
+    #[arg(long, env = "ADMIN_BIND_ADDR")]
+    pub admin_bind_addr: Option<SocketAddr>,
+
+    /// Serve `GET /api/v1/applications` (every application, with its token)
+    /// to anyone, as the original chat-system challenge did. Every token is
+    /// then public, so anyone can read, change and delete every application:
+    /// for demos only. Default false: the listing needs the operator key.
+    #[arg(long, env = "PUBLIC_APPLICATION_LIST")]
+    pub public_application_list: bool,
+
     /// Pending chats that wake the flusher (rows per multi-row INSERT).
     #[arg(long, env = "CHAT_BATCH_SIZE", default_value = "500")]
     pub chat_batch_size: NonZeroUsize,
@@ -107,6 +122,13 @@ pub struct Config {
     /// applies (the bucket size).
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 100)]
     pub rate_limit_burst: u32,
+
+    /// Length of the prefix that identifies one IPv6 client for the rate
+    /// limit, in bits (0 to 128). One host usually controls a whole /64, so
+    /// keying on the full address would let it rotate addresses to escape the
+    /// limit. IPv4 clients are keyed by their full address.
+    #[arg(long, env = "RATE_LIMIT_IPV6_PREFIX", default_value_t = 64, value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub rate_limit_ipv6_prefix: u8,
 
     /// Comma-separated CIDRs of reverse proxies whose `X-Forwarded-For` is
     /// trusted (for example `10.0.0.0/8,127.0.0.1/32`). Empty: trust none,

@@ -157,6 +157,7 @@ fn method_not_allowed(path: &str) -> Response {
 }
 
 fn error_response(err: poem::Error, path: &str) -> Response {
+    use crate::http::body::{InvalidBody, MalformedJson};
     use poem_openapi::error::{
         AuthorizationError, ContentTypeError, ParseParamError, ParsePathError,
         ParseRequestPayloadError,
@@ -167,23 +168,18 @@ fn error_response(err: poem::Error, path: &str) -> Response {
     if err.is::<AuthorizationError>() {
         return crate::http::admin::unauthorized_response();
     }
-    let (status, msg) = if let Some(e) = err.downcast_ref::<ParseRequestPayloadError>() {
-        // serde_json syntax errors and poem-openapi schema errors share this
-        // type; the latter always start with `failed to parse` or name a type.
-        if e.reason.starts_with("failed to parse")
-            || e.reason.starts_with("Type ")
-            || e.reason.starts_with("Expected input type")
-        {
-            (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("invalid request body: {}", e.reason),
-            )
-        } else {
-            (
-                StatusCode::BAD_REQUEST,
-                format!("malformed JSON: {}", e.reason),
-            )
-        }
+    let (status, msg) = if let Some(e) = err.downcast_ref::<MalformedJson>() {
+        (StatusCode::BAD_REQUEST, e.to_string())
+    } else if let Some(e) = err.downcast_ref::<InvalidBody>() {
+        (StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+    } else if let Some(e) = err.downcast_ref::<ParseRequestPayloadError>() {
+        // Only poem-openapi's own payloads raise it; every body of this API
+        // is a `JsonBody`, so this is a body of some other content type that
+        // did not parse.
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid request body: {}", e.reason),
+        )
     } else if let Some(e) = err.downcast_ref::<ParseParamError>() {
         (
             StatusCode::UNPROCESSABLE_ENTITY,

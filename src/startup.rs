@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::listener::{Acceptor, AcceptorExt, BoxAcceptor, Listener, TcpListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,7 +32,8 @@ pub fn load_dotenv() {
 /// A built service: bound to its port, with its flusher, not yet serving.
 pub struct Application {
     addr: SocketAddr,
-    acceptor: poem::listener::TcpAcceptor,
+    admin_addr: Option<SocketAddr>,
+    acceptor: BoxAcceptor,
     state: AppState,
     flusher: Arc<Flusher>,
     counts: Arc<CountsRefresher>,
@@ -130,6 +131,7 @@ impl Application {
             config.rate_limit_per_minute,
             config.rate_limit_burst,
             config.trusted_proxies.clone(),
+            config.rate_limit_ipv6_prefix,
         );
         if config.rate_limit_per_minute == 0 {
             tracing::warn!("rate limit disabled (RATE_LIMIT_PER_MINUTE=0)");
@@ -138,6 +140,7 @@ impl Application {
                 per_minute = config.rate_limit_per_minute,
                 burst = config.rate_limit_burst,
                 trusted_proxies = ?config.trusted_proxies.0,
+                ipv6_prefix = config.rate_limit_ipv6_prefix,
                 "rate limit per client IP"
             );
         }
@@ -150,15 +153,13 @@ impl Application {
             config.message_batch_size.get(),
             config.read_your_writes_timeout(),
         );
-        let acceptor = TcpListener::bind(config.bind_addr)
-            .into_acceptor()
-            .await
-            .with_context(|| format!("could not bind BIND_ADDR={}", config.bind_addr))?;
-        let addr = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
-            .context("no local address")?;
+        let (acceptor, addr, admin_addr) = bind(&mut config).await?;
+        if config.public_application_list {
+            tracing::warn!(
+                "PUBLIC_APPLICATION_LIST is on: GET /api/v1/applications shows every application's \
+                 token to anyone, and a token grants full access to its application; use it for demos only"
+            );
+        }
         let (search, indexer) = match &config.meili_url {
             Some(url) => {
                 let meili =
@@ -194,6 +195,7 @@ impl Application {
         };
         Ok(Self {
             addr,
+            admin_addr,
             acceptor,
             state,
             flusher,
@@ -202,9 +204,14 @@ impl Application {
         })
     }
 
-    /// The bound address.
+    /// The bound address of the public listener (`BIND_ADDR`).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound address of the operator listener, when `ADMIN_BIND_ADDR` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The shared state (tests use its pool and buffer).
@@ -278,6 +285,42 @@ impl Application {
         tracing::info!("stopped");
         result.context("HTTP server failed")
     }
+}
+
+/// Binds `BIND_ADDR` and, when set, `ADMIN_BIND_ADDR` (port 0 picks a free
+/// port; the picked ports are written back into `config`, so that the
+/// operator gate knows which listener a request came in on). Returns one
+/// acceptor for both, the public address and the operator address.
+/// Errors: a port that cannot be bound, named by its variable.
+async fn bind(
+    config: &mut Config,
+) -> anyhow::Result<(BoxAcceptor, SocketAddr, Option<SocketAddr>)> {
+    let public = TcpListener::bind(config.bind_addr)
+        .into_acceptor()
+        .await
+        .with_context(|| format!("could not bind BIND_ADDR={}", config.bind_addr))?;
+    let addr = bound_addr(&public)?;
+    config.bind_addr = addr;
+    let Some(admin_bind) = config.admin_bind_addr else {
+        return Ok((public.boxed(), addr, None));
+    };
+    let admin = TcpListener::bind(admin_bind)
+        .into_acceptor()
+        .await
+        .with_context(|| format!("could not bind ADMIN_BIND_ADDR={admin_bind}"))?;
+    let admin_addr = bound_addr(&admin)?;
+    config.admin_bind_addr = Some(admin_addr);
+    tracing::info!(addr = %admin_addr, "operator listener: /api/v1/admin, /metrics and the application listing are served only here");
+    Ok((public.combine(admin).boxed(), addr, Some(admin_addr)))
+}
+
+/// The first socket address an acceptor is bound to.
+fn bound_addr(acceptor: &impl Acceptor) -> anyhow::Result<SocketAddr> {
+    acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().copied())
+        .context("no local address")
 }
 
 /// Refuses to start when Redis may evict keys (unless allowed), and logs

@@ -5,6 +5,8 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
+use super::admin::{AdminError, OptionalAdminKey};
+use super::body::JsonBody;
 use super::schemas::{Application, ApplicationInput, ApplicationList, Meta};
 use super::{ApiTags, AppState, lookup};
 use crate::domain::{AppName, Page, is_plausible_token, new_token};
@@ -40,7 +42,7 @@ impl ApplicationsApi {
     async fn create(
         &self,
         state: Data<&AppState>,
-        input: Json<ApplicationInput>,
+        input: JsonBody<ApplicationInput>,
     ) -> Result<CreatedApplication, ApiError> {
         let name = AppName::parse(input.0.name.0)?;
         let token = new_token();
@@ -61,20 +63,30 @@ impl ApplicationsApi {
         Ok(CreatedApplication::Created(Json(row.into())))
     }
 
-    /// List applications
+    /// List applications (operator key)
     ///
-    /// In creation order, `per_page` (default 20, at most 100) per page.
+    /// Every application, with its token, in creation order, `per_page`
+    /// (default 20, at most 100) per page. A token grants full access to its
+    /// application, so this listing is part of the operator surface: it needs
+    /// `Authorization: Bearer <ADMIN_API_KEY>` (401 without it), answers 404
+    /// while `ADMIN_API_KEY` is unset, and is served only on `ADMIN_BIND_ADDR`
+    /// when that is set. A deployment started with
+    /// `PUBLIC_APPLICATION_LIST=true` (for demos) serves it to anyone.
     #[oai(path = "/applications", method = "get")]
     async fn list(
         &self,
         state: Data<&AppState>,
+        key: OptionalAdminKey,
         /// Page number, from 1.
         #[oai(validator(minimum(value = "1"), maximum(value = "100000")))]
         page: Query<Option<i64>>,
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
-    ) -> Result<Json<ApplicationList>, ApiError> {
+    ) -> Result<Json<ApplicationList>, AdminError> {
+        if matches!(key, OptionalAdminKey::Missing) && !state.config.public_application_list {
+            return Err(AdminError::unauthorized());
+        }
         let page = Page::parse(page.0, per_page.0)?;
         let rows = store::applications::list(&state.pool, page).await?;
         let (rows, meta) = Meta::paginate(page, rows);
@@ -102,7 +114,7 @@ impl ApplicationsApi {
         state: Data<&AppState>,
         /// The application's token.
         token: Path<String>,
-        input: Json<ApplicationInput>,
+        input: JsonBody<ApplicationInput>,
     ) -> Result<Json<Application>, ApiError> {
         if !is_plausible_token(&token.0) {
             return Err(ApiError::not_found("no application with this token"));

@@ -1,10 +1,24 @@
-//! The request-body limit (`MAX_REQUEST_BYTES`): larger bodies get 413
-//! before any parsing. Unlike poem's `SizeLimit`, it does not require a
-//! `Content-Length` (a chunked body is counted as it is read).
+//! The request-body limit (`MAX_REQUEST_BYTES`): a body larger than the
+//! limit gets 413, however it is framed.
+//!
+//! - A declared `Content-Length` over the limit is refused before anything
+//!   is read.
+//! - Every other body (HTTP/1.1 chunked, HTTP/2 or h2c without
+//!   `content-length`, or a declared length within the limit) is wrapped in a
+//!   counting stream that fails as soon as it has yielded more than the
+//!   limit. Whatever the handler or extractor then makes of that failure, the
+//!   answer is 413. So the service never holds more than the limit plus one
+//!   read chunk of a body in memory, and a client streaming hundreds of MiB
+//!   is cut off after the first `MAX_REQUEST_BYTES`.
+//!
+//! Unlike poem's `SizeLimit`, it does not require a `Content-Length`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::StreamExt;
 use poem::http::StatusCode;
 use poem::{Body, Endpoint, Middleware, Request, Result};
-use tokio::io::AsyncReadExt;
 
 /// Middleware that caps request bodies at `max` bytes.
 pub struct BodyLimit {
@@ -42,6 +56,24 @@ fn too_large(max: usize) -> poem::Error {
     )
 }
 
+/// Wraps `body` so that reading past `max` bytes fails with an I/O error and
+/// sets `exceeded`. Errors of the underlying body pass through unchanged.
+fn limited(body: Body, max: usize, exceeded: Arc<AtomicBool>) -> Body {
+    let mut seen: usize = 0;
+    let stream = body.into_bytes_stream().map(move |chunk| {
+        let chunk = chunk?;
+        seen = seen.saturating_add(chunk.len());
+        if seen > max {
+            exceeded.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other(format!(
+                "request body is larger than {max} bytes (MAX_REQUEST_BYTES)"
+            )));
+        }
+        Ok(chunk)
+    });
+    Body::from_bytes_stream(stream)
+}
+
 impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
     type Output = E::Output;
 
@@ -54,23 +86,17 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
         if declared.is_some_and(|n| n > self.max as u64) {
             return Err(too_large(self.max));
         }
-        if declared.is_none()
-            && req
-                .headers()
-                .contains_key(poem::http::header::TRANSFER_ENCODING)
-        {
-            let mut buf = Vec::new();
-            req.take_body()
-                .into_async_read()
-                .take(self.max as u64 + 1)
-                .read_to_end(&mut buf)
-                .await
-                .map_err(|e| poem::Error::from_string(e.to_string(), StatusCode::BAD_REQUEST))?;
-            if buf.len() > self.max {
-                return Err(too_large(self.max));
-            }
-            req.set_body(Body::from(buf));
+        let body = req.take_body();
+        if declared == Some(0) || body.is_empty() {
+            req.set_body(body);
+            return self.inner.call(req).await;
         }
-        self.inner.call(req).await
+        let exceeded = Arc::new(AtomicBool::new(false));
+        req.set_body(limited(body, self.max, exceeded.clone()));
+        let result = self.inner.call(req).await;
+        if exceeded.load(Ordering::Relaxed) {
+            return Err(too_large(self.max));
+        }
+        result
     }
 }

@@ -6,6 +6,7 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 
 use super::applications::Deleted;
+use super::body::JsonBody;
 use super::chats::CreatedNumber;
 use super::schemas::{Created, Message, MessageInput, MessageList, Meta};
 use super::{ApiTags, AppState, lookup};
@@ -32,7 +33,7 @@ impl MessagesApi {
         token: Path<String>,
         /// The chat's number.
         number: Path<i64>,
-        input: Json<MessageInput>,
+        input: JsonBody<MessageInput>,
     ) -> Result<CreatedNumber, ApiError> {
         let body = MessageBody::parse(input.0.body.0, state.config.max_message_bytes)?;
         if !is_plausible_token(&token.0) || number.0 < 1 {
@@ -118,7 +119,7 @@ impl MessagesApi {
         number: Path<i64>,
         /// The message's number.
         message_number: Path<i64>,
-        input: Json<MessageInput>,
+        input: JsonBody<MessageInput>,
     ) -> Result<Json<Message>, ApiError> {
         let body = MessageBody::parse(input.0.body.0, state.config.max_message_bytes)?;
         let app = lookup::application(&state, &token.0).await?;

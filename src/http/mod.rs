@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod applications;
+pub mod body;
 pub mod chats;
 pub mod health;
 pub mod limits;
@@ -98,7 +99,12 @@ pub fn api() -> OpenApiService<impl poem_openapi::OpenApi, ()> {
          write-behind: the number is allocated in Redis and the record is written to MariaDB \
          in batches, so lists (and counts) may lag by up to one flush interval \
          (`FLUSH_INTERVAL_SECS`, default 60 s). A single chat or message can be read, edited and \
-         deleted right after its creation. Errors are `{\"error\": \"...\"}`.",
+         deleted right after its creation. Errors are `{\"error\": \"...\"}`.\n\n\
+         **Tokens.** An application's token is its only credential: whoever holds it can read, \
+         change and delete that application and all of its chats and messages. Keep it secret; \
+         responses that carry it are `Cache-Control: no-store`. No operation lists tokens to a \
+         tenant: the listing of every application needs the operator key \
+         (`Authorization: Bearer <ADMIN_API_KEY>`).",
     )
 }
 
@@ -151,24 +157,47 @@ fn metrics() -> poem::Response {
         .body(crate::telemetry::metrics::render())
 }
 
+/// Marks every response of the API (`/api/...`) `Cache-Control: no-store`
+/// (RFC 9111 §5.2.2.5): they carry tokens (in the body, or in the URL they
+/// answer, since a token is part of every tenant path) and tenant data, which
+/// no shared or browser cache may keep.
+async fn no_store<E: poem::Endpoint>(next: E, req: poem::Request) -> poem::Result<poem::Response> {
+    use poem::IntoResponse;
+    let api = req.uri().path().starts_with("/api/");
+    let mut resp = next.call(req).await?.into_response();
+    if api {
+        resp.headers_mut().insert(
+            poem::http::header::CACHE_CONTROL,
+            poem::http::HeaderValue::from_static("no-store"),
+        );
+    }
+    Ok(resp)
+}
+
 /// All routes: the API, `/openapi.json`, Swagger UI at `/docs`, `/metrics`,
-/// with, from the outside in: logs, latency metrics, the rate limit, JSON
-/// errors and the body-size limit.
+/// with, from the outside in: logs, latency metrics, the rate limit,
+/// `Cache-Control: no-store` on the API, JSON errors, the body-size limit and
+/// the operator gate (see [`admin::gate`]).
 pub fn routes(state: AppState) -> impl poem::Endpoint + 'static {
     let api = api();
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let max_body = state.config.max_request_bytes;
     let rate_limit = state.rate_limit.clone();
-    let admin_on = state.admin_key.is_some();
+    let surface = admin::OperatorSurface {
+        enabled: state.admin_key.is_some(),
+        public_application_list: state.config.public_application_list,
+        admin_listener: state.config.admin_bind_addr,
+    };
     Route::new()
         .at("/openapi.json", spec)
         .at("/metrics", poem::get(metrics))
         .nest("/docs", docs)
         .nest("/", api)
-        .around(move |next, req| admin::gate(next, req, admin_on))
+        .around(move |next, req| admin::gate(next, req, surface))
         .with(limits::BodyLimit::new(max_body))
         .around(crate::error::json_errors)
+        .around(no_store)
         .with(rate_limit)
         .around(crate::telemetry::metrics::track_requests)
         .data(state)

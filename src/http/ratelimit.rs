@@ -2,10 +2,18 @@
 //! GCRA limiter (`RATE_LIMIT_PER_MINUTE`, `RATE_LIMIT_BURST`).
 //!
 //! - The client IP is the socket's peer address. `X-Forwarded-For` is read
-//!   only when the peer is a trusted proxy (`TRUSTED_PROXIES`); then the
-//!   client is the right-most address in the header that is not itself a
-//!   trusted proxy (the left-most entries are whatever the client wrote, so
-//!   they are never believed on their own).
+//!   only when the peer is a trusted proxy (`TRUSTED_PROXIES`). The chain is
+//!   every `X-Forwarded-For` line of the request, in order, joined by commas
+//!   (RFC 9110 §5.3: several lines of a list header are one list), and each
+//!   proxy appends its hop at the end. So the chain is walked from the right,
+//!   and the client is the right-most address that is not itself a trusted
+//!   proxy: the left-most entries are whatever the client wrote, so they are
+//!   never believed on their own. An entry that is not an IP address stops
+//!   the walk at the last address believed.
+//! - IPv6 clients are keyed by their prefix of `RATE_LIMIT_IPV6_PREFIX` bits
+//!   (default 64): one host usually controls a whole /64 (RFC 6177, RFC 8981
+//!   temporary addresses), so the full address would let it pick a fresh
+//!   bucket for every request. IPv4 clients are keyed by the full address.
 //! - Past the limit: 429 with `Retry-After` (whole seconds, rounded up),
 //!   `X-RateLimit-Limit`, `X-RateLimit-Remaining` and a JSON error. Allowed
 //!   responses carry the two `X-RateLimit-*` headers as well.
@@ -37,12 +45,14 @@ pub struct RateLimit {
     limiter: Option<Arc<KeyedLimiter>>,
     per_minute: u32,
     trusted: Arc<TrustedProxies>,
+    ipv6_prefix: u8,
 }
 
 impl RateLimit {
-    /// A limit of `per_minute` requests per IP with bursts of `burst`
-    /// (at least 1); `per_minute == 0` disables it.
-    pub fn new(per_minute: u32, burst: u32, trusted: TrustedProxies) -> Self {
+    /// A limit of `per_minute` requests per client with bursts of `burst`
+    /// (at least 1); `per_minute == 0` disables it. A client is an IPv4
+    /// address or an IPv6 prefix of `ipv6_prefix` bits (clamped to 128).
+    pub fn new(per_minute: u32, burst: u32, trusted: TrustedProxies, ipv6_prefix: u8) -> Self {
         let limiter = NonZeroU32::new(per_minute).map(|rate| {
             let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
             Arc::new(
@@ -54,6 +64,18 @@ impl RateLimit {
             limiter,
             per_minute,
             trusted: Arc::new(trusted),
+            ipv6_prefix: ipv6_prefix.min(128),
+        }
+    }
+
+    /// The bucket key of `ip`: an IPv4 address as is, an IPv6 address with
+    /// every bit past the configured prefix cleared.
+    pub fn bucket_of(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, self.ipv6_prefix)
+                .map(|net| IpAddr::V6(net.network()))
+                .unwrap_or(ip),
         }
     }
 
@@ -72,25 +94,32 @@ pub fn prune(limiter: &KeyedLimiter) -> usize {
 }
 
 /// The client's IP: the peer, or for a trusted peer the right-most
-/// untrusted address of `X-Forwarded-For`.
+/// untrusted address of the `X-Forwarded-For` chain (every line of the
+/// header, in order, joined by commas). `None` when the peer is not a TCP
+/// socket address.
 pub fn client_ip(req: &Request, trusted: &TrustedProxies) -> Option<IpAddr> {
     let peer = req.remote_addr().as_socket_addr()?.ip().to_canonical();
     if !trusted.contains(&peer) {
         return Some(peer);
     }
+    let mut chain = Vec::new();
+    for line in req.headers().get_all("x-forwarded-for") {
+        let Ok(line) = line.to_str() else {
+            // A line that is not text cannot be read: walk only the hops
+            // appended after it.
+            chain.clear();
+            continue;
+        };
+        chain.extend(line.split(',').map(str::trim).filter(|h| !h.is_empty()));
+    }
     let mut client = peer;
-    for value in req.headers().get_all("x-forwarded-for") {
-        let Ok(value) = value.to_str() else {
+    for hop in chain.iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>().map(|ip| ip.to_canonical()) else {
             return Some(client);
         };
-        for hop in value.rsplit(',').map(str::trim) {
-            let Ok(ip) = hop.parse::<IpAddr>().map(|ip| ip.to_canonical()) else {
-                return Some(client);
-            };
-            client = ip;
-            if !trusted.contains(&ip) {
-                return Some(ip);
-            }
+        client = ip;
+        if !trusted.contains(&ip) {
+            return Some(ip);
         }
     }
     Some(client)
@@ -130,7 +159,7 @@ impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
         let Some(ip) = client_ip(&req, &self.limit.trusted) else {
             return Ok(self.inner.call(req).await?.into_response());
         };
-        match limiter.check_key(&ip) {
+        match limiter.check_key(&self.limit.bucket_of(ip)) {
             Ok(snapshot) => {
                 let mut resp = self.inner.call(req).await?.into_response();
                 let h = resp.headers_mut();

@@ -114,16 +114,41 @@ pub fn rate_limited() {
     counter!("chat_rate_limited_total").increment(1);
 }
 
-/// Middleware recording `http_request_duration_seconds` by method, route
-/// pattern (for example `/api/v1/applications/:token`) and status.
+/// The `method` label of a request: one of the nine methods of RFC 9110 §9
+/// plus `PATCH` (RFC 5789), or `other`, so that a client inventing methods
+/// cannot create series without bound.
+pub fn method_label(method: &poem::http::Method) -> &'static str {
+    use poem::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::CONNECT => "CONNECT",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+/// The `route` label shared by every request that matched no route.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Middleware recording `http_request_duration_seconds` by method (see
+/// [`method_label`]), route pattern (for example
+/// `/api/v1/applications/:token`, or [`UNMATCHED_ROUTE`] for every path no
+/// route matched) and status. The label sets are bounded by the routes, the
+/// methods and the statuses the service answers with.
 pub async fn track_requests<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let started = std::time::Instant::now();
     let resp = next.call(req).await?.into_response();
     let route = resp
         .data::<poem::PathPattern>()
         .map(|p| p.0.to_string())
-        .unwrap_or_else(|| "unmatched".into());
+        .unwrap_or_else(|| UNMATCHED_ROUTE.into());
     histogram!(
         "http_request_duration_seconds",
         "method" => method,

@@ -1,6 +1,6 @@
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn create_get_rename_delete_an_application() {
@@ -135,7 +135,7 @@ async fn unknown_and_tricky_tokens_are_404() {
 
 #[tokio::test]
 async fn applications_are_paginated_in_creation_order() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|c| c.public_application_list = true).await;
     for i in 0..5 {
         app.create_app(&format!("app {i}")).await;
     }

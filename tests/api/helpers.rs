@@ -64,6 +64,9 @@ pub fn keys_of(v: &Value) -> Vec<String> {
 pub struct TestApp {
     /// `http://127.0.0.1:{port}`
     pub address: String,
+    /// `http://127.0.0.1:{port}` of the operator listener, when
+    /// `admin_bind_addr` is set.
+    pub admin_address: Option<String>,
     /// HTTP client.
     pub client: reqwest::Client,
     /// The service's MariaDB pool.
@@ -105,6 +108,7 @@ pub async fn spawn_config(config: Config, cleanup: bool) -> TestApp {
         .await
         .expect("the service builds");
     let address = format!("http://{}", app.addr());
+    let admin_address = app.admin_addr().map(|a| format!("http://{a}"));
     let pool = app.state().pool.clone();
     let buffer = app.state().wb.buffer().clone();
     let flusher = app.flusher();
@@ -115,6 +119,7 @@ pub async fn spawn_config(config: Config, cleanup: bool) -> TestApp {
     let server = tokio::spawn(app.run_until(shutdown.clone()));
     TestApp {
         address,
+        admin_address,
         client: reqwest::Client::new(),
         pool,
         flusher,

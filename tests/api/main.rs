@@ -11,4 +11,5 @@ mod messages;
 mod openapi;
 mod ratelimit;
 mod search;
+mod security;
 mod writebehind;

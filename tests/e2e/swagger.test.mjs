@@ -1,7 +1,8 @@
 // Swagger UI, tried as a person would: open /docs in Debian's chromium,
 // expand POST /applications, Try it out, Execute, and see a 201 with a token;
-// and for the operator API, see a 401 until the key is given through the
-// Authorize button, then a 200.
+// and for the operator API and the application listing (which shows every
+// token), see a 401 until the key is given through the Authorize button,
+// then a 200.
 // Every request the page makes must stay on this machine (the UI's assets
 // are compiled into the binary). BASE_URL names the running service.
 import { test } from 'node:test';
@@ -97,6 +98,18 @@ test('the operator API answers 401 until the key is given with Authorize, then 2
     const queues = JSON.parse(json).queues.map((q) => q.queue);
     assert.deepEqual(queues, ['chats', 'messages', 'search']);
     console.log('Swagger UI: GET /admin/queues answered 401 without the key, 200 after Authorize');
+
+    // The listing of every application (with tokens) uses the same key.
+    const list = page.locator('.opblock-get').filter({
+      has: page.locator('.opblock-summary-path[data-path="/api/v1/applications"]'),
+    });
+    await list.locator('.opblock-summary').click();
+    await list.locator('.try-out__btn').click();
+    res = await execute(page, list);
+    assert.equal(res.code, '200', `the listing with the key: ${res.body}`);
+    const listing = await list.locator('.live-responses-table tbody .response-col_description pre').first().innerText();
+    assert.ok(Array.isArray(JSON.parse(listing).applications));
+    console.log('Swagger UI: GET /applications answered 200 after Authorize');
   } finally {
     await browser.close();
   }

@@ -239,6 +239,17 @@ impl Service {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// A memory figure of the process from `/proc/{pid}/status`, in KiB:
+    /// `VmRSS` (resident now) or `VmHWM` (the peak resident set).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc/pid/status"))
+    }
+
     /// SIGKILL: no chance to flush or acknowledge anything.
     pub fn kill9(&mut self) {
         self.child.kill().unwrap();

@@ -255,9 +255,13 @@ async fn a_database_outage_buffers_then_refuses_with_503_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_answers_503_promptly_and_reads_keep_working() {
     let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    // A flush cut off mid-claim leaves its batch leased until the lease
+    // expires (the release cannot reach Redis): a short lease brings it back
+    // within the drain wait below.
     let mut world = World::new(&[
         ("REDIS_TIMEOUT_MS", "500".into()),
         ("FLUSH_INTERVAL_SECS", "1".into()),
+        ("LEASE_SECS", "2".into()),
     ])
     .await;
     world.env.retain(|(k, _)| k != "REDIS_URL");
@@ -517,4 +521,78 @@ async fn start_up_refuses_a_redis_that_may_evict_keys() {
         stderr.contains("maxmemory-policy") && stderr.contains("ALLOW_REDIS_EVICTION"),
         "{stderr}"
     );
+}
+
+/// A hostile client streams 200 MiB with no `content-length` over h2c
+/// (HTTP/2 with prior knowledge, so no `Transfer-Encoding` either). The body
+/// limit cuts it off after `MAX_REQUEST_BYTES`: the answer is 413 (or the
+/// stream is reset), and the service's peak resident memory stays put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mib_body_without_a_length_over_h2c_does_not_grow_memory() {
+    const CHUNK: usize = 64 * 1024;
+    const TOTAL: usize = 200 * 1024 * 1024;
+    let world = World::new(&[]).await;
+    let service = world.start(free_port()).await;
+    let token = setup_app(&service.base(), 1).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let url = format!(
+        "{}/api/v1/applications/{token}/chats/1/messages",
+        service.base()
+    );
+    // Warm up the h2 path with an ordinary request.
+    let r = h2
+        .post(&url)
+        .json(&serde_json::json!({"body": "warm-up"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let (rss_before, peak_before) = (service.memory_kib("VmRSS"), service.memory_kib("VmHWM"));
+
+    let chunks = (0..TOTAL / CHUNK).map(|i| {
+        let mut chunk = vec![b'a'; CHUNK];
+        if i == 0 {
+            chunk[..9].copy_from_slice(b"{\"body\":\"");
+        }
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let outcome = h2
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await;
+    let (rss_after, peak_after) = (service.memory_kib("VmRSS"), service.memory_kib("VmHWM"));
+    eprintln!(
+        "200 MiB over h2c without content-length: {:?}; RSS {rss_before} -> {rss_after} KiB, peak {peak_before} -> {peak_after} KiB",
+        outcome.as_ref().map(|r| r.status())
+    );
+    if let Ok(r) = &outcome {
+        assert_eq!(r.status(), 413, "an oversized body is refused");
+    }
+    assert!(
+        peak_after.saturating_sub(peak_before) < 8 * 1024,
+        "peak RSS grew by {} KiB",
+        peak_after - peak_before
+    );
+    assert!(
+        rss_after.saturating_sub(rss_before) < 8 * 1024,
+        "RSS grew by {} KiB",
+        rss_after - rss_before
+    );
+    // The service still serves.
+    let r = h2
+        .post(&url)
+        .json(&serde_json::json!({"body": "after"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    drop(service);
+    world.cleanup().await;
 }

@@ -37,6 +37,17 @@ pub const PREFIX: &str = "/api/v1/admin";
 #[oai(ty = "bearer", checker = "check_key")]
 pub struct AdminKey(());
 
+/// The operator key where it may be waived (`PUBLIC_APPLICATION_LIST`): the
+/// spec declares the key as optional, and the handler decides.
+#[derive(SecurityScheme)]
+pub enum OptionalAdminKey {
+    /// The right key was sent.
+    Key(AdminKey),
+    /// No key, or a wrong one.
+    #[oai(fallback)]
+    Missing,
+}
+
 /// The SHA-256 of `ADMIN_API_KEY`, computed once at start-up. Comparing
 /// digests of equal length in constant time hides both the key's content and
 /// its length.
@@ -73,25 +84,97 @@ fn is_admin_path(path: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// While the operator API is off (`enabled` false: `ADMIN_API_KEY` unset),
-/// answers 404 on every admin path before any other check, so a probe learns
-/// nothing, not even that a key exists. Errors: only those of `next`.
-pub async fn gate<E: Endpoint>(next: E, req: Request, enabled: bool) -> poem::Result<Response> {
-    if !enabled && is_admin_path(req.uri().path()) {
+/// Path of the application listing (`GET`), which shows every token.
+pub const APPLICATION_LIST_PATH: &str = "/api/v1/applications";
+
+/// Whether the request is the application listing (`GET` or `HEAD` of
+/// [`APPLICATION_LIST_PATH`], with or without a trailing slash).
+fn is_application_list(req: &Request) -> bool {
+    use poem::http::Method;
+    (req.method() == Method::GET || req.method() == Method::HEAD)
+        && req.uri().path().trim_end_matches('/') == APPLICATION_LIST_PATH
+}
+
+/// Where the operator surface is served, fixed at start-up.
+#[derive(Debug, Clone, Copy)]
+pub struct OperatorSurface {
+    /// `ADMIN_API_KEY` is set: the operator API is on.
+    pub enabled: bool,
+    /// `PUBLIC_APPLICATION_LIST`: the listing is open to anyone, so it is
+    /// not part of the operator surface.
+    pub public_application_list: bool,
+    /// `ADMIN_BIND_ADDR` as bound: when set, the operator surface is served
+    /// only on this listener.
+    pub admin_listener: Option<std::net::SocketAddr>,
+}
+
+impl OperatorSurface {
+    /// Whether `req` asks for the key-protected part of the operator
+    /// surface: an admin path, or the listing unless it is public.
+    fn is_protected(&self, req: &Request) -> bool {
+        is_admin_path(req.uri().path())
+            || (!self.public_application_list && is_application_list(req))
+    }
+
+    /// Whether `req` must not be served on the listener it came in on: with
+    /// `ADMIN_BIND_ADDR` set, the operator surface (`/metrics` included) on
+    /// the public listener.
+    fn is_off_listener(&self, req: &Request) -> bool {
+        let Some(admin) = self.admin_listener else {
+            return false;
+        };
+        let on_admin = req.local_addr().as_socket_addr() == Some(&admin);
+        !on_admin && (self.is_protected(req) || req.uri().path() == "/metrics")
+    }
+}
+
+/// Answers 404, exactly like a route that does not exist, before any other
+/// check, so that a probe learns nothing (not even that a key exists):
+/// - while the operator API is off (`ADMIN_API_KEY` unset), on every admin
+///   path and on the application listing (unless `PUBLIC_APPLICATION_LIST`);
+/// - with `ADMIN_BIND_ADDR` set, on the public listener, for the operator
+///   surface and `/metrics`.
+///
+/// Errors: only those of `next`.
+pub async fn gate<E: Endpoint>(
+    next: E,
+    req: Request,
+    surface: OperatorSurface,
+) -> poem::Result<Response> {
+    if (!surface.enabled && surface.is_protected(&req)) || surface.is_off_listener(&req) {
         return Ok(ApiError::not_found("no such route; see /docs for the API").into_response());
     }
     next.call(req).await.map(IntoResponse::into_response)
 }
 
+impl AdminError {
+    /// 401 with `WWW-Authenticate: Bearer realm="admin"`.
+    pub fn unauthorized() -> Self {
+        Self::Unauthorized(
+            Json(ErrorBody {
+                error: UNAUTHORIZED_MESSAGE.into(),
+            }),
+            WWW_AUTHENTICATE.into(),
+        )
+    }
+}
+
+/// Message of every 401 of the operator surface.
+const UNAUTHORIZED_MESSAGE: &str =
+    "missing or wrong operator key; send `Authorization: Bearer <ADMIN_API_KEY>`";
+
+/// `WWW-Authenticate` of every 401 of the operator surface (RFC 6750 §3).
+const WWW_AUTHENTICATE: &str = "Bearer realm=\"admin\"";
+
 /// The 401 of the operator API, as JSON with `WWW-Authenticate: Bearer`.
 pub fn unauthorized_response() -> Response {
     let body = serde_json::to_vec(&ErrorBody {
-        error: "missing or wrong operator key; send `Authorization: Bearer <ADMIN_API_KEY>`".into(),
+        error: UNAUTHORIZED_MESSAGE.into(),
     })
     .unwrap_or_default();
     Response::builder()
         .status(StatusCode::UNAUTHORIZED)
-        .header("www-authenticate", "Bearer realm=\"admin\"")
+        .header("www-authenticate", WWW_AUTHENTICATE)
         .content_type("application/json; charset=utf-8")
         .body(body)
 }

@@ -16,6 +16,7 @@ use poem_openapi::{Enum, Object, OpenApi};
 use super::{AdminError, AdminKey};
 use crate::domain::Page;
 use crate::error::ApiError;
+use crate::http::body::JsonBody;
 use crate::http::schemas::Meta;
 use crate::http::text::Hex128;
 use crate::http::{ApiTags, AppState};
@@ -322,7 +323,7 @@ impl QueuesAdminApi {
         &self,
         state: Data<&AppState>,
         _key: AdminKey,
-        request: Json<ReplayRequest>,
+        request: JsonBody<ReplayRequest>,
     ) -> Result<Json<ReplayResult>, AdminError> {
         let ids = id_set(request.0.ids)?;
         let queues: Vec<Kind> = match request.0.queue {

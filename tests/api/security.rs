@@ -1,0 +1,254 @@
+//! Tenant isolation and hostile clients: who may list tokens, caching of
+//! responses that carry one, the body limit however a body is framed, the
+//! operator listener, and bounded metric labels. (The client-IP and IPv6
+//! rate-limit keys are in `ratelimit.rs`; a 200 MiB body's effect on memory
+//! is a fault test, since it measures the service process.)
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+
+const KEY: &str = "test-operator-key-5e1d0c3b";
+
+/// GET `{base}/api/v1/applications`, with `key` as a bearer token if given.
+async fn list_at(app: &TestApp, base: &str, key: Option<&str>) -> reqwest::Response {
+    let mut req = app.client.get(format!("{base}/api/v1/applications"));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_application_listing_needs_the_operator_key() {
+    // Operator API off: the listing does not exist, key or no key.
+    let off = spawn_app().await;
+    off.create_app("a tenant").await;
+    for key in [None, Some(KEY)] {
+        let r = list_at(&off, &off.address, key).await;
+        assert_eq!(r.status(), 404, "operator API off, key {key:?}");
+        assert!(!r.text().await.unwrap().contains("token"));
+    }
+
+    // Operator API on: 401 with WWW-Authenticate without the right key.
+    let on = spawn_app_with(|c| c.admin_api_key = Some(KEY.into())).await;
+    let token = on.create_app("a tenant").await;
+    for key in [None, Some("not-the-operator-key-at-all")] {
+        let r = list_at(&on, &on.address, key).await;
+        assert_eq!(r.status(), 401, "key {key:?}");
+        assert!(
+            r.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+        let body = r.text().await.unwrap();
+        assert!(!body.contains(&token), "no token leaks in a 401");
+        assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
+    }
+    let r = list_at(&on, &on.address, Some(KEY)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(page["applications"][0]["token"], token.as_str());
+
+    // PUBLIC_APPLICATION_LIST brings back the open listing.
+    let public = spawn_app_with(|c| c.public_application_list = true).await;
+    let token = public.create_app("a demo").await;
+    let r = list_at(&public, &public.address, None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(page["applications"][0]["token"], token.as_str());
+}
+
+#[tokio::test]
+async fn responses_that_carry_a_token_are_not_stored_by_caches() {
+    let app = spawn_app().await;
+    let r = app.post("/applications", json!({"name": "cached?"})).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let token = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app.get(&format!("/applications/{token}")).await;
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let r = app
+        .put(
+            &format!("/applications/{token}"),
+            json!({"name": "renamed"}),
+        )
+        .await;
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let chat = app.create_chat(&token).await;
+    let r = app
+        .get(&format!("/applications/{token}/chats/{chat}"))
+        .await;
+    assert_eq!(r.headers()["cache-control"], "no-store");
+}
+
+/// A JSON body of `len` bytes (a message body of `a`s), as a stream of 4 KiB
+/// chunks, so that the client sends no `content-length`.
+fn streamed_body(len: usize) -> reqwest::Body {
+    let mut bytes = format!("{{\"body\": \"{}\"}}", "a".repeat(len - 12)).into_bytes();
+    bytes.truncate(len);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        bytes.chunks(4096).map(|c| Ok(c.to_vec())).collect();
+    reqwest::Body::wrap_stream(futures::stream::iter(chunks).boxed())
+}
+
+#[tokio::test]
+async fn the_body_limit_holds_however_the_body_is_framed() {
+    let app = spawn_app_with(|c| {
+        c.max_request_bytes = 8 * 1024;
+        c.max_message_bytes = 1_000_000;
+    })
+    .await;
+    let token = app.create_app("limits").await;
+    let chat = app.create_chat(&token).await;
+    let url = app.url(&format!("/applications/{token}/chats/{chat}/messages"));
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (framing, client) in [
+        ("HTTP/1.1 chunked", &app.client),
+        ("h2c, no content-length", &h2),
+    ] {
+        // Within the limit: stored.
+        let r = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(streamed_body(4 * 1024))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{framing}: a body within the limit");
+        // Over it: 413, as JSON.
+        let r = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(streamed_body(64 * 1024))
+            .send()
+            .await
+            .unwrap();
+        if framing.starts_with("h2c") {
+            assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        }
+        assert_eq!(r.status(), 413, "{framing}: a body over the limit");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("MAX_REQUEST_BYTES"),
+            "{body}"
+        );
+    }
+    app.flush().await;
+    assert_eq!(
+        app.count("messages").await,
+        2,
+        "only the two bodies within the limit"
+    );
+}
+
+#[tokio::test]
+async fn with_an_admin_listener_the_operator_surface_is_served_only_there() {
+    let app = spawn_app_with(|c| {
+        c.admin_api_key = Some(KEY.into());
+        c.admin_bind_addr = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let admin = app.admin_address.clone().expect("an operator listener");
+    assert_ne!(admin, app.address);
+    let token = app.create_app("public side").await;
+
+    let get = |base: String, path: &'static str| {
+        app.client
+            .get(format!("{base}{path}"))
+            .bearer_auth(KEY)
+            .send()
+    };
+    for path in ["/api/v1/admin/queues", "/metrics", "/api/v1/applications"] {
+        let r = get(app.address.clone(), path).await.unwrap();
+        assert_eq!(r.status(), 404, "public listener, {path}");
+        let r = get(admin.clone(), path).await.unwrap();
+        assert_eq!(r.status(), 200, "operator listener, {path}");
+    }
+    // Tenants keep the public listener: create and read an application.
+    let r = app.get(&format!("/applications/{token}")).await;
+    assert_eq!(r.status(), 200);
+    let r = app
+        .post("/applications", json!({"name": "still public"}))
+        .await;
+    assert_eq!(r.status(), 201);
+}
+
+/// The label sets of `http_request_duration_seconds` in `/metrics`:
+/// `(method, route)` of each `_count` series.
+async fn request_series(app: &TestApp) -> Vec<(String, String)> {
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let label = |line: &str, name: &str| {
+        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+        let len = line[start..].find('"')?;
+        Some(line[start..start + len].to_string())
+    };
+    text.lines()
+        .filter(|l| l.starts_with("http_request_duration_seconds_count{"))
+        .filter_map(|l| Some((label(l, "method")?, label(l, "route")?)))
+        .collect()
+}
+
+#[tokio::test]
+async fn invented_methods_and_paths_add_a_bounded_number_of_series() {
+    let app = spawn_app().await;
+    let mut invented = Vec::new();
+    for i in 0..1000 {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let method =
+            reqwest::Method::from_bytes(format!("X{}", &id[..8].to_uppercase()).as_bytes())
+                .unwrap();
+        let path = match i % 3 {
+            0 => format!("/{id}"),
+            1 => format!("/api/v1/{id}/x"),
+            _ => format!("/api/v1/applications/{id}/chats/{i}/nowhere"),
+        };
+        invented.push(id);
+        let r = app
+            .client
+            .request(method, format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_client_error(), "{path}: {}", r.status());
+    }
+    let series = request_series(&app).await;
+    let known = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "other",
+    ];
+    for (method, route) in &series {
+        assert!(known.contains(&method.as_str()), "method label {method}");
+        assert!(
+            !invented.iter().any(|id| route.contains(&id[..8])),
+            "route label {route} names an invented path"
+        );
+    }
+    // 1,000 invented methods share one method label; with the few routes
+    // and statuses they can reach, that is a handful of series.
+    let other: Vec<_> = series.iter().filter(|(m, _)| m == "other").collect();
+    assert!(
+        !other.is_empty() && other.len() <= 10,
+        "series of invented methods: {other:?}"
+    );
+}
