@@ -6,7 +6,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::admin::{AdminError, OptionalAdminKey};
-use super::body::JsonBody;
+use super::body::{FlatOrWrapped, JsonBody};
 use super::schemas::{Application, ApplicationInput, ApplicationList, Meta};
 use super::{ApiTags, AppState, lookup};
 use crate::domain::{AppName, Page, is_plausible_token, new_token};
@@ -42,9 +42,9 @@ impl ApplicationsApi {
     async fn create(
         &self,
         state: Data<&AppState>,
-        input: JsonBody<ApplicationInput>,
+        input: JsonBody<FlatOrWrapped<ApplicationInput>>,
     ) -> Result<CreatedApplication, ApiError> {
-        let name = AppName::parse(input.0.name.0)?;
+        let name = AppName::parse(input.0.0.name.0)?;
         let token = new_token();
         let row =
             store::applications::create(&state.pool, &token, name.as_str(), crate::domain::now())
@@ -114,12 +114,12 @@ impl ApplicationsApi {
         state: Data<&AppState>,
         /// The application's token.
         token: Path<String>,
-        input: JsonBody<ApplicationInput>,
+        input: JsonBody<FlatOrWrapped<ApplicationInput>>,
     ) -> Result<Json<Application>, ApiError> {
         if !is_plausible_token(&token.0) {
             return Err(ApiError::not_found("no application with this token"));
         }
-        let name = AppName::parse(input.0.name.0)?;
+        let name = AppName::parse(input.0.0.name.0)?;
         store::applications::rename(&state.pool, &token.0, name.as_str(), crate::domain::now())
             .await?
             .map(|row| Json(row.into()))

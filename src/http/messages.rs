@@ -6,7 +6,7 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 
 use super::applications::Deleted;
-use super::body::JsonBody;
+use super::body::{FlatOrWrapped, JsonBody};
 use super::chats::CreatedNumber;
 use super::schemas::{Created, Message, MessageInput, MessageList, Meta};
 use super::{ApiTags, AppState, lookup};
@@ -33,9 +33,9 @@ impl MessagesApi {
         token: Path<String>,
         /// The chat's number.
         number: Path<i64>,
-        input: JsonBody<MessageInput>,
+        input: JsonBody<FlatOrWrapped<MessageInput>>,
     ) -> Result<CreatedNumber, ApiError> {
-        let body = MessageBody::parse(input.0.body.0, state.config.max_message_bytes)?;
+        let body = MessageBody::parse(input.0.0.body.0, state.config.max_message_bytes)?;
         if !is_plausible_token(&token.0) || number.0 < 1 {
             return Err(ApiError::not_found("no such application or chat"));
         }
@@ -119,9 +119,9 @@ impl MessagesApi {
         number: Path<i64>,
         /// The message's number.
         message_number: Path<i64>,
-        input: JsonBody<MessageInput>,
+        input: JsonBody<FlatOrWrapped<MessageInput>>,
     ) -> Result<Json<Message>, ApiError> {
-        let body = MessageBody::parse(input.0.body.0, state.config.max_message_bytes)?;
+        let body = MessageBody::parse(input.0.0.body.0, state.config.max_message_bytes)?;
         let app = lookup::application(&state, &token.0).await?;
         let chat = lookup::chat(&state, &app, number.0).await?;
         let msg = lookup::message(&state, &app, &chat, message_number.0).await?;

@@ -104,12 +104,28 @@ pub struct ApplicationInput {
     pub name: NonBlank,
 }
 
+impl crate::http::body::Wrappable for ApplicationInput {
+    const WRAPPER: &'static str = "application";
+
+    fn example() -> serde_json::Value {
+        serde_json::json!({"name": "My app"})
+    }
+}
+
 /// Body of POST and PUT of a message.
 #[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
 pub struct MessageInput {
     /// 1 byte up to `MAX_MESSAGE_BYTES` bytes of UTF-8 (default 65536), at
     /// least one character not a space, tab, CR or LF. Any script and emoji are kept byte for byte.
     pub body: NonBlank,
+}
+
+impl crate::http::body::Wrappable for MessageInput {
+    const WRAPPER: &'static str = "message";
+
+    fn example() -> serde_json::Value {
+        serde_json::json!({"body": "Hello!"})
+    }
 }
 
 /// Where a page sits in a list.

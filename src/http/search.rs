@@ -11,6 +11,25 @@ use crate::domain::Page;
 use crate::error::ApiError;
 use crate::store::search::{MAX_QUERY_BYTES, SearchError};
 
+/// The `query` parameter, the alias of `q`: `None` when absent. Errors
+/// (422): given twice, or blank.
+fn query_alias(req: &poem::Request) -> Result<Option<String>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Alias {
+        query: Option<String>,
+    }
+    let alias = req
+        .params::<Alias>()
+        .map_err(|e| ApiError::unprocessable(format!("invalid parameter `query`: {e}")))?
+        .query;
+    if alias.as_deref().is_some_and(crate::domain::is_blank) {
+        return Err(ApiError::unprocessable(
+            "invalid parameter `query`: must not be blank (empty, or only spaces, tabs, CRs and LFs)",
+        ));
+    }
+    Ok(alias)
+}
+
 /// Full-text search.
 pub struct SearchApi;
 
@@ -29,6 +48,8 @@ impl SearchApi {
         path = "/applications/:token/chats/:number/messages/search",
         method = "get"
     )]
+    // Each argument is a parameter of the operation, as the spec lists them.
+    #[allow(clippy::too_many_arguments)]
     async fn search(
         &self,
         state: Data<&AppState>,
@@ -37,8 +58,11 @@ impl SearchApi {
         /// The chat's number.
         number: Path<i64>,
         /// What to look for: 1 to 512 bytes, at least one character not a
-        /// space, tab, CR or LF.
-        q: Query<crate::http::text::NonBlank>,
+        /// space, tab, CR or LF. `query` is accepted as another name for it
+        /// (clients of Rails implementations send that); with both, they must
+        /// be equal.
+        q: Query<crate::http::text::SearchTerms>,
+        req: &poem::Request,
         /// Page number, from 1.
         #[oai(validator(minimum(value = "1"), maximum(value = "100000")))]
         page: Query<Option<i64>>,
@@ -46,7 +70,19 @@ impl SearchApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
     ) -> Result<Json<SearchResults>, ApiError> {
-        let query = q.0.0;
+        let query = match (q.0.0.map(|q| q.0), query_alias(req)?) {
+            (Some(q), Some(alias)) if q != alias => {
+                return Err(ApiError::unprocessable(
+                    "q and query name the same parameter; send one of them, or the same value in both",
+                ));
+            }
+            (Some(q), _) | (None, Some(q)) => q,
+            (None, None) => {
+                return Err(ApiError::unprocessable(
+                    "the query parameter q (or its alias query) is required",
+                ));
+            }
+        };
         if crate::domain::is_blank(&query) {
             return Err(ApiError::unprocessable("q must not be empty"));
         }

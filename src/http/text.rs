@@ -137,3 +137,51 @@ fn hex128_schema() -> MetaSchema {
 }
 
 strict_string!(Hex128, hex128_schema, hex128);
+
+/// The search parameter `q`. The spec declares it required (a non-blank
+/// string), yet a request without it still parses, as `None`, so that the
+/// handler can take its alias `query` instead: OpenAPI 3.0 cannot say "one of
+/// these two parameters", and a spec that made both optional would call a
+/// request with neither valid. A `q` that is present is checked like
+/// [`NonBlank`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchTerms(pub Option<NonBlank>);
+
+impl Type for SearchTerms {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = String;
+    type RawElementValueType = String;
+
+    fn name() -> Cow<'static, str> {
+        "string".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(non_blank_schema()))
+    }
+
+    fn as_raw_value(&self) -> Option<&String> {
+        self.0.as_ref().map(|n| &n.0)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl poem_openapi::types::ParseFromParameter for SearchTerms {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        non_blank(value.to_string())
+            .map(|v| Self(Some(v)))
+            .map_err(ParseError::propagate)
+    }
+
+    fn parse_from_parameters<I: IntoIterator<Item = A>, A: AsRef<str>>(
+        iter: I,
+    ) -> ParseResult<Self> {
+        match iter.into_iter().next() {
+            Some(value) => Self::parse_from_parameter(value.as_ref()),
+            None => Ok(Self(None)),
+        }
+    }
+}

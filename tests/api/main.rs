@@ -12,4 +12,5 @@ mod openapi;
 mod ratelimit;
 mod search;
 mod security;
+mod wrapped;
 mod writebehind;
