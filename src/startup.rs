@@ -42,10 +42,11 @@ pub struct Application {
 
 /// Opens the Redis pool (lazily: the service starts while Redis is down).
 pub fn redis_pool(config: &Config) -> anyhow::Result<crate::store::redis::RedisPool> {
-    crate::store::redis::pool(
+    crate::store::redis::pool_with_epoch(
         &config.redis_url,
         config.redis_pool_size,
         config.redis_timeout(),
+        Some(Keys::new(config.redis_key_prefix.clone()).epoch()),
     )
     .context("REDIS_URL is invalid")
 }
@@ -267,6 +268,21 @@ impl Application {
             Duration::from_secs(5),
             jobs_stop.clone(),
             move || sample_queues(buffer.clone()),
+        ));
+        // New connections run the epoch check already; this catches a key
+        // lost without a restart (see crate::store::redis).
+        let buffer = self.state.wb.buffer().clone();
+        tasks.spawn(every(
+            Duration::from_secs(2),
+            jobs_stop.clone(),
+            move || {
+                let buffer = buffer.clone();
+                async move {
+                    if let Err(e) = buffer.check_epoch().await {
+                        tracing::debug!(error = %e, "epoch check failed; Redis seems down");
+                    }
+                }
+            },
         ));
         tracing::info!(addr = %self.addr, "serving");
         let server = poem::Server::new_with_acceptor(self.acceptor);

@@ -54,7 +54,16 @@ impl ApplicationsApi {
         let buffer = state.wb.buffer();
         if let Err(e) = async {
             buffer.seed_app(&token, row.id).await?;
-            buffer.seed_chat_counter(&token, 0).await
+            let epoch = buffer.check_epoch().await?;
+            buffer
+                .reconcile(
+                    &token,
+                    crate::writebehind::CounterScope::Chats,
+                    0,
+                    epoch,
+                    false,
+                )
+                .await
         }
         .await
         {

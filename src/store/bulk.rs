@@ -2,10 +2,23 @@
 //! and messages, after sorting out records whose parent is gone.
 //!
 //! Idempotency comes from the unique keys `(application_id, number)` and
-//! `(chat_id, number)` with `ON DUPLICATE KEY UPDATE id = id` (a no-op), so
-//! a batch written twice (a flusher died after COMMIT and before its
-//! acknowledgement) stores each row once. `INSERT IGNORE` is not used: it
-//! would also turn real errors (truncation, a missing parent) into warnings.
+//! `(chat_id, number)` with `ON DUPLICATE KEY UPDATE`, so a batch written
+//! twice (a flusher died after COMMIT and before its acknowledgement) stores
+//! each row once. `INSERT IGNORE` is not used: it would also turn real errors
+//! (truncation, a missing parent) into warnings.
+//!
+//! **Collisions are never silent.** A duplicate key that holds the *same*
+//! record (same `created_at`; for a message never edited, the same body too)
+//! is an idempotent replay and stays silent. One that holds a *different*
+//! record is a collision: Redis handed out a number MariaDB already had (it
+//! came back from an older snapshot, or a replica was promoted). The update
+//! clause adds 1 to the stored row's `collisions` exactly then, so MariaDB
+//! reports that row as changed: with `CLIENT_FOUND_ROWS` (which sqlx sets) a
+//! statement's affected rows are 1 per inserted or replayed row and 2 per
+//! collision. Only a statement whose count exceeds its rows pays for a
+//! read-back, which tells the colliding records apart; they become
+//! [`Disposition::Collision`] (dead-lettered, counted, logged), never
+//! "written". The stored row keeps its data.
 
 use std::collections::{HashMap, HashSet};
 
@@ -24,6 +37,10 @@ pub enum Disposition {
     Deferred,
     /// It cannot be written; the reason goes to the dead-letter list.
     DeadLetter(String),
+    /// Its unique key already holds another record (see the module docs):
+    /// not written; dead-lettered with reason `collision`. Holds what the
+    /// stored row has, for the log.
+    Collision(String),
 }
 
 /// The outcome of writing one batch.
@@ -95,19 +112,39 @@ pub async fn write_chats(pool: &MySqlPool, records: &[ChatRecord]) -> sqlx::Resu
         .collect();
     let result = async {
         let mut tx = pool.begin().await?;
+        let mut collided = Vec::new();
         for chunk in live.chunks(MAX_ROWS_PER_STATEMENT) {
-            insert_chats(&mut *tx, chunk.iter().map(|i| &records[*i])).await?;
+            let affected = insert_chats(&mut *tx, chunk.iter().map(|i| &records[*i])).await?;
+            if affected > chunk.len() as u64 {
+                collided.extend(chat_collisions(&mut tx, records, chunk).await?);
+            }
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(collided)
     }
     .await;
     match result {
-        Ok(()) => {}
+        Ok(collided) => {
+            for (i, what) in collided {
+                out[i] = Disposition::Collision(what);
+            }
+        }
         Err(e) if super::is_unavailable(&e) => return Err(e),
         Err(e) => {
             tracing::warn!(error = %e, "bulk insert of chats failed; retrying row by row");
             for i in live {
-                out[i] = one_by_one(insert_chats(pool, std::iter::once(&records[i])).await)?;
+                out[i] = match insert_chats(pool, std::iter::once(&records[i])).await {
+                    Ok(1) => Disposition::Written,
+                    Ok(_) => {
+                        let mut tx = pool.begin().await?;
+                        let what = chat_collisions(&mut tx, records, &[i]).await?;
+                        tx.commit().await?;
+                        what.into_iter()
+                            .next()
+                            .map_or(Disposition::Written, |(_, w)| Disposition::Collision(w))
+                    }
+                    Err(e) => row_failed(e)?,
+                };
             }
         }
     }
@@ -121,10 +158,12 @@ pub async fn write_chats(pool: &MySqlPool, records: &[ChatRecord]) -> sqlx::Resu
     })
 }
 
+/// Inserts chats; returns the affected rows (1 per inserted or replayed
+/// row, 2 per collision: see the module docs).
 async fn insert_chats<'a, 'e, E>(
     exec: E,
     rows: impl Iterator<Item = &'a ChatRecord>,
-) -> sqlx::Result<()>
+) -> sqlx::Result<u64>
 where
     E: sqlx::Executor<'e, Database = MySql>,
 {
@@ -139,20 +178,69 @@ where
             .push_bind(at)
             .push_bind(at);
     });
-    qb.push(" ON DUPLICATE KEY UPDATE id = id");
-    qb.build().execute(exec).await.map(|_| ())
+    qb.push(
+        " ON DUPLICATE KEY UPDATE collisions = collisions + (NOT (created_at <=> VALUES(created_at)))",
+    );
+    Ok(qb.build().execute(exec).await?.rows_affected())
 }
 
-/// Maps the result of a single-row insert to the record's disposition.
-fn one_by_one(result: sqlx::Result<()>) -> sqlx::Result<Disposition> {
-    match result {
-        Ok(()) => Ok(Disposition::Written),
-        Err(e) if super::is_unavailable(&e) => Err(e),
-        Err(e) if super::error_number(&e) == Some(ER_NO_REFERENCED_ROW) => {
-            Ok(Disposition::ParentDeleted)
-        }
-        Err(e) => Ok(Disposition::DeadLetter(e.to_string())),
+/// The chats among `rows` (indexes into `records`) whose key holds another
+/// chat: `(index, what the stored row has)`. Reads inside `tx`, after the
+/// INSERT, so it sees what the INSERT met.
+async fn chat_collisions(
+    tx: &mut sqlx::Transaction<'_, MySql>,
+    records: &[ChatRecord],
+    rows: &[usize],
+) -> sqlx::Result<Vec<(usize, String)>> {
+    let mut qb = QueryBuilder::<MySql>::new(
+        "SELECT application_id, number, created_at FROM chats WHERE (application_id, number) IN (",
+    );
+    let mut sep = qb.separated(", ");
+    for i in rows {
+        sep.push("(")
+            .push_bind_unseparated(records[*i].application_id)
+            .push_unseparated(", ")
+            .push_bind_unseparated(records[*i].number)
+            .push_unseparated(")");
     }
+    qb.push(")");
+    let stored: HashMap<(u64, i64), chrono::NaiveDateTime> = qb
+        .build_query_as::<(u64, i64, chrono::NaiveDateTime)>()
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .map(|(app, n, at)| ((app, n), at))
+        .collect();
+    Ok(rows
+        .iter()
+        .filter_map(|&i| {
+            let r = &records[i];
+            let at = stored.get(&(r.application_id, r.number))?;
+            (*at != r.created_at().naive_utc()).then(|| {
+                (
+                    i,
+                    format!(
+                        "chat {} of application {} is already stored, created at {at}; this one was created at {}",
+                        r.number,
+                        r.application_id,
+                        r.created_at().naive_utc()
+                    ),
+                )
+            })
+        })
+        .collect())
+}
+
+/// The disposition of a record whose single-row insert failed. Errors: the
+/// failure itself when MariaDB is unavailable.
+fn row_failed(e: sqlx::Error) -> sqlx::Result<Disposition> {
+    if super::is_unavailable(&e) {
+        return Err(e);
+    }
+    if super::error_number(&e) == Some(ER_NO_REFERENCED_ROW) {
+        return Ok(Disposition::ParentDeleted);
+    }
+    Ok(Disposition::DeadLetter(e.to_string()))
 }
 
 /// A stored chat, as the message flush needs it.
@@ -240,6 +328,7 @@ pub async fn write_messages(
     }
 
     let result = async {
+        let mut collided = Vec::new();
         let mut start = 0;
         while start < rows.len() {
             let mut end = start;
@@ -252,27 +341,34 @@ pub async fn write_messages(
                 bytes += records[rows[end].0].body.len();
                 end += 1;
             }
-            insert_messages(
+            let statement = &rows[start..end];
+            let affected = insert_messages(
                 &mut *tx,
-                rows[start..end]
+                statement
                     .iter()
                     .map(|(i, chat_id)| (&records[*i], *chat_id)),
             )
             .await?;
+            if affected > statement.len() as u64 {
+                collided.extend(message_collisions(&mut tx, records, statement).await?);
+            }
             start = end;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(collided)
     }
     .await;
     match result {
-        Ok(()) => {}
+        Ok(collided) => {
+            for (i, what) in collided {
+                out[i] = Disposition::Collision(what);
+            }
+        }
         Err(e) if super::is_unavailable(&e) => return Err(e),
         Err(e) => {
             tracing::warn!(error = %e, "bulk insert of messages failed; retrying row by row");
             for &(i, chat_id) in &rows {
-                out[i] = one_by_one(
-                    insert_messages(pool, std::iter::once((&records[i], chat_id))).await,
-                )?;
+                out[i] = insert_message_alone(pool, records, i, chat_id).await?;
             }
         }
     }
@@ -286,10 +382,109 @@ pub async fn write_messages(
     })
 }
 
+/// Writes one message on its own (the fallback after a failed batch), under
+/// the same lock as the batch path: its chat is read with a shared lock in
+/// the insert's transaction, so a chat deleted meanwhile drops the message
+/// instead of storing it under a tombstone. Errors: MariaDB unavailable.
+async fn insert_message_alone(
+    pool: &MySqlPool,
+    records: &[MessageRecord],
+    i: usize,
+    chat_id: u64,
+) -> sqlx::Result<Disposition> {
+    let attempt = async {
+        let mut tx = pool.begin().await?;
+        let live: Option<i64> = sqlx::query_scalar(
+            "SELECT deleted_at IS NULL FROM chats WHERE id = ? LOCK IN SHARE MODE",
+        )
+        .bind(chat_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if live != Some(1) {
+            return Ok(Disposition::ParentDeleted);
+        }
+        let affected = insert_messages(&mut *tx, std::iter::once((&records[i], chat_id))).await?;
+        let disposition = if affected > 1 {
+            message_collisions(&mut tx, records, &[(i, chat_id)])
+                .await?
+                .into_iter()
+                .next()
+                .map_or(Disposition::Written, |(_, w)| Disposition::Collision(w))
+        } else {
+            Disposition::Written
+        };
+        tx.commit().await?;
+        Ok(disposition)
+    }
+    .await;
+    attempt.or_else(row_failed)
+}
+
+/// The messages among `rows` (`(index into records, chat id)`) whose key
+/// holds another message: `(index, what the stored row has)`. A stored row
+/// is the same message when its `created_at` is the record's and, unless it
+/// was edited since (`updated_at` moved), its body too. Reads inside `tx`.
+async fn message_collisions(
+    tx: &mut sqlx::Transaction<'_, MySql>,
+    records: &[MessageRecord],
+    rows: &[(usize, u64)],
+) -> sqlx::Result<Vec<(usize, String)>> {
+    type Stored = (
+        u64,
+        i64,
+        chrono::NaiveDateTime,
+        chrono::NaiveDateTime,
+        String,
+    );
+    let mut qb = QueryBuilder::<MySql>::new(
+        "SELECT chat_id, number, created_at, updated_at, body FROM messages WHERE (chat_id, number) IN (",
+    );
+    let mut sep = qb.separated(", ");
+    for (i, chat_id) in rows {
+        sep.push("(")
+            .push_bind_unseparated(*chat_id)
+            .push_unseparated(", ")
+            .push_bind_unseparated(records[*i].number)
+            .push_unseparated(")");
+    }
+    qb.push(")");
+    let stored: HashMap<(u64, i64), Stored> = qb
+        .build_query_as::<Stored>()
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .map(|row| ((row.0, row.1), row))
+        .collect();
+    Ok(rows
+        .iter()
+        .filter_map(|&(i, chat_id)| {
+            let r = &records[i];
+            let (_, _, created, updated, body) = stored.get(&(chat_id, r.number))?;
+            let at = r.created_at().naive_utc();
+            let same = *created == at && (updated != created || *body == r.body);
+            (!same).then(|| {
+                (
+                    i,
+                    format!(
+                        "message {} of chat {} (application {}) is already stored, created at {created} with {} bytes of body; this one was created at {at} with {} bytes",
+                        r.number,
+                        r.chat_number,
+                        r.application_id,
+                        body.len(),
+                        r.body.len()
+                    ),
+                )
+            })
+        })
+        .collect())
+}
+
+/// Inserts messages; returns the affected rows (1 per inserted or replayed
+/// row, 2 per collision: see the module docs).
 async fn insert_messages<'a, 'e, E>(
     exec: E,
     rows: impl Iterator<Item = (&'a MessageRecord, u64)>,
-) -> sqlx::Result<()>
+) -> sqlx::Result<u64>
 where
     E: sqlx::Executor<'e, Database = MySql>,
 {
@@ -304,6 +499,11 @@ where
             .push_bind(at)
             .push_bind(at);
     });
-    qb.push(" ON DUPLICATE KEY UPDATE id = id");
-    qb.build().execute(exec).await.map(|_| ())
+    // The body is compared byte for byte (its collation is case-insensitive
+    // for the FULLTEXT index), and only on a row never edited since.
+    qb.push(
+        " ON DUPLICATE KEY UPDATE collisions = collisions + (NOT (created_at <=> VALUES(created_at)) \
+         OR (updated_at = created_at AND NOT (BINARY body <=> BINARY VALUES(body))))",
+    );
+    Ok(qb.build().execute(exec).await?.rows_affected())
 }

@@ -90,3 +90,25 @@ pub async fn last_message_number(
     .fetch_optional(pool)
     .await
 }
+
+/// What MariaDB says of chat `number` of application `application_id`, for
+/// re-checking its message counter: `None` when no such chat is stored (it
+/// may still be buffered), else whether it is deleted and its highest
+/// message number, deleted messages included (0 when it has none).
+/// Errors: MariaDB failed.
+pub async fn message_floor(
+    pool: &MySqlPool,
+    application_id: u64,
+    number: i64,
+) -> sqlx::Result<Option<(bool, i64)>> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT c.deleted_at IS NOT NULL, \
+         COALESCE((SELECT MAX(m.number) FROM messages m WHERE m.chat_id = c.id), 0) \
+         FROM chats c WHERE c.application_id = ? AND c.number = ?",
+    )
+    .bind(application_id)
+    .bind(number)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(deleted, max)| (deleted != 0, max)))
+}

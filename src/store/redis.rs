@@ -1,4 +1,4 @@
-//! The Redis connection pool: bb8 over `bb8-redis`, with one change.
+//! The Redis connection pool: bb8 over `bb8-redis`, with two changes.
 //!
 //! `bb8-redis` checks a connection with a PING on every checkout
 //! (`test_on_check_out`), which would double the round trips of the request
@@ -7,6 +7,18 @@
 //! tests are off, and a connection is reported broken once a command on it
 //! failed at the connection level ([`RedisConn::note`]); bb8 then replaces it
 //! the next time it comes back to the pool.
+//!
+//! And every new connection first runs the **epoch check** ([`CHECK_EPOCH`])
+//! when the pool is given an epoch key: Redis may come back with less than
+//! it had (a restart with AOF `everysec` or without persistence, a replica
+//! promoted by a failover, an older backup restored), and each of those
+//! changes the server's `run_id` or loses the key. The check then raises the
+//! epoch, which tells the write-behind core to re-check its counters against
+//! MariaDB before it hands out another number (see
+//! [`crate::writebehind::scripts`]). All of those events break the old
+//! connections, so no number is handed out on the new server before its
+//! check has run; a background task also runs the check every few seconds,
+//! for a key lost without a restart (`FLUSHALL`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,9 +67,52 @@ impl RedisConn {
     }
 }
 
-/// `bb8_redis::RedisConnectionManager` with a working `has_broken`.
+/// `bb8_redis::RedisConnectionManager` with a working `has_broken`, and the
+/// epoch check on every new connection when `epoch_key` is set.
 pub struct RedisManager {
     inner: RedisConnectionManager,
+    epoch_key: Option<String>,
+}
+
+/// Raises the epoch when the server is not the one that set it: its `run_id`
+/// differs from the recorded one (a restart, a failover, a restore) or the
+/// record is missing (lost, or never made).
+///
+/// An epoch is the server's clock in microseconds when it was raised, so
+/// that it is new even when the hash itself was lost (a counter would start
+/// again at a value that counters still carry); it is only ever compared for
+/// equality.
+///
+/// KEYS: the epoch hash (`epoch`, `run_id`). Returns `{epoch, raised (0/1)}`.
+pub const CHECK_EPOCH: &str = r#"
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch or redis.call('HGET', KEYS[1], 'run_id') ~= run_id then
+  local t = redis.call('TIME')
+  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'run_id', run_id)
+  return {epoch, 1}
+end
+return {epoch, 0}
+"#;
+
+/// Runs [`CHECK_EPOCH`] on `conn` against `epoch_key`; returns the epoch in
+/// force. Logs a warning when it raised it. Errors: Redis failed.
+pub async fn check_epoch(
+    conn: &mut MultiplexedConnection,
+    epoch_key: &str,
+) -> redis::RedisResult<i64> {
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(CHECK_EPOCH));
+    let (epoch, raised): (i64, i64) = SCRIPT.key(epoch_key).invoke_async(conn).await?;
+    if raised == 1 {
+        tracing::warn!(
+            epoch,
+            "Redis is not the server the counters were last checked on (restart, failover or restore) \
+             or lost the epoch key: every counter is re-checked against MariaDB on its next use"
+        );
+    }
+    Ok(epoch)
 }
 
 impl bb8::ManageConnection for RedisManager {
@@ -65,8 +120,12 @@ impl bb8::ManageConnection for RedisManager {
     type Error = redis::RedisError;
 
     async fn connect(&self) -> Result<RedisConn, redis::RedisError> {
+        let mut conn = self.inner.connect().await?;
+        if let Some(key) = &self.epoch_key {
+            check_epoch(&mut conn, key).await?;
+        }
         Ok(RedisConn {
-            conn: self.inner.connect().await?,
+            conn,
             broken: Arc::default(),
         })
     }
@@ -84,12 +143,23 @@ impl bb8::ManageConnection for RedisManager {
 /// at most `max_size` connections, `timeout` to get one.
 /// Errors: an invalid URL.
 pub fn pool(url: &str, max_size: u32, timeout: Duration) -> redis::RedisResult<RedisPool> {
+    pool_with_epoch(url, max_size, timeout, None)
+}
+
+/// [`pool`], whose new connections first run the epoch check on
+/// `epoch_key` (see the module docs). Errors: an invalid URL.
+pub fn pool_with_epoch(
+    url: &str,
+    max_size: u32,
+    timeout: Duration,
+    epoch_key: Option<String>,
+) -> redis::RedisResult<RedisPool> {
     let inner = RedisConnectionManager::new(url)?;
     Ok(bb8::Pool::builder()
         .max_size(max_size)
         .connection_timeout(timeout)
         .test_on_check_out(false)
-        .build_unchecked(RedisManager { inner }))
+        .build_unchecked(RedisManager { inner, epoch_key }))
 }
 
 /// What the start-up check found out about the Redis server.

@@ -11,6 +11,7 @@
 //! | `chat_flush_failures_total` | counter | | flush passes that failed (MariaDB/Redis down) |
 //! | `chat_dead_lettered_records_total` | counter | `queue` | records moved to the dead-letter list |
 //! | `chat_dropped_records_total` | counter | `queue` | records dropped: their parent was deleted |
+//! | `chat_collisions_total` | counter | `queue` | records whose number already held another record (dead-lettered) |
 //! | `chat_recovered_batches_total` | counter | | batches recovered from expired leases |
 //! | `chat_backpressure_rejections_total` | counter | | 503s because the buffer was full |
 //! | `chat_rate_limited_total` | counter | | 429s from the rate limit |
@@ -75,6 +76,12 @@ pub fn batch_flushed(
     counter!("chat_flushed_records_total", "queue" => queue).increment(written);
     counter!("chat_dropped_records_total", "queue" => queue).increment(dropped);
     counter!("chat_dead_lettered_records_total", "queue" => queue).increment(dead);
+}
+
+/// A flushed record collided with another stored under its number (see
+/// [`crate::store::bulk`]); it was dead-lettered.
+pub fn collision(queue: &'static str) {
+    counter!("chat_collisions_total", "queue" => queue).increment(1);
 }
 
 /// A flush pass failed.

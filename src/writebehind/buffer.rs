@@ -72,6 +72,16 @@ pub enum Enqueue {
     CounterMiss {
         /// `applications.id`
         application_id: u64,
+        /// The epoch in force (0: none is set yet).
+        epoch: i64,
+    },
+    /// The scope's counter was not checked against MariaDB in this epoch
+    /// (see [`super::scripts`]).
+    Unverified {
+        /// `applications.id`
+        application_id: u64,
+        /// The epoch in force (0: none is set yet).
+        epoch: i64,
     },
     /// The application or chat was deleted.
     Deleted,
@@ -171,18 +181,23 @@ impl Buffer {
         }
     }
 
-    fn decode_enqueue(&self, reply: (i64, i64)) -> Result<Enqueue, BufferError> {
+    fn decode_enqueue(&self, reply: (i64, i64, i64)) -> Result<Enqueue, BufferError> {
         Ok(match reply {
-            (n, len) if n > 0 => Enqueue::Queued {
+            (n, len, _) if n > 0 => Enqueue::Queued {
                 number: n,
                 pending: len as u64,
             },
-            (code::APP_MISS, _) => Enqueue::AppMiss,
-            (code::COUNTER_MISS, id) => Enqueue::CounterMiss {
+            (code::APP_MISS, _, _) => Enqueue::AppMiss,
+            (code::COUNTER_MISS, id, epoch) => Enqueue::CounterMiss {
                 application_id: id as u64,
+                epoch,
             },
-            (code::DELETED, _) => Enqueue::Deleted,
-            (code::FULL, _) => {
+            (code::UNVERIFIED, id, epoch) => Enqueue::Unverified {
+                application_id: id as u64,
+                epoch,
+            },
+            (code::DELETED, _, _) => Enqueue::Deleted,
+            (code::FULL, _, _) => {
                 return Err(BufferError::Full {
                     retry_after_secs: FULL_RETRY_AFTER_SECS,
                 });
@@ -203,12 +218,14 @@ impl Buffer {
     ) -> Result<Enqueue, BufferError> {
         let app = self.keys.app(token);
         let pending = self.keys.pending(Kind::Chats);
-        let reply: (i64, i64) = self
+        let epoch = self.keys.epoch();
+        let reply: (i64, i64, i64) = self
             .with_conn(|mut c| async move {
                 self.scripts
                     .enqueue_chat
                     .key(app)
                     .key(pending)
+                    .key(epoch)
                     .arg(self.max_pending)
                     .arg(created_at_ms)
                     .invoke_async(&mut c)
@@ -229,12 +246,14 @@ impl Buffer {
     ) -> Result<Enqueue, BufferError> {
         let app = self.keys.app(token);
         let pending = self.keys.pending(Kind::Messages);
-        let reply: (i64, i64) = self
+        let epoch = self.keys.epoch();
+        let reply: (i64, i64, i64) = self
             .with_conn(|mut c| async move {
                 self.scripts
                     .enqueue_message
                     .key(app)
                     .key(pending)
+                    .key(epoch)
                     .arg(self.max_pending)
                     .arg(created_at_ms)
                     .arg(chat_number)
@@ -252,26 +271,46 @@ impl Buffer {
         self.seed_field(token, "id", application_id as i64).await
     }
 
-    /// Seeds the chat counter of `token`'s application with `last_number`,
-    /// unless it is already set (HSETNX: whoever seeds first wins, and they
-    /// all read the same MariaDB maximum).
-    pub async fn seed_chat_counter(
+    /// Raises a counter of `token`'s application to at least `floor` (or
+    /// marks the chat deleted) and marks it checked in `epoch` (see
+    /// [`super::scripts::RECONCILE`]). `scope` is [`CounterScope::Chats`] for
+    /// the chat counter, or a chat for its message counter.
+    pub async fn reconcile(
         &self,
         token: &str,
-        last_number: i64,
+        scope: CounterScope,
+        floor: i64,
+        epoch: i64,
+        deleted: bool,
     ) -> Result<(), BufferError> {
-        self.seed_field(token, "chats", last_number).await
+        let key = self.keys.app(token);
+        let (field, checked) = match scope {
+            CounterScope::Chats => ("chats".to_string(), "v".to_string()),
+            CounterScope::Messages { chat_number } => {
+                (chat_number.to_string(), format!("v:{chat_number}"))
+            }
+        };
+        self.with_conn(|mut c| async move {
+            self.scripts
+                .reconcile
+                .key(key)
+                .arg(field)
+                .arg(checked)
+                .arg(floor)
+                .arg(epoch)
+                .arg(if deleted { "1" } else { "0" })
+                .invoke_async::<i64>(&mut c)
+                .await
+        })
+        .await
+        .map(|_| ())
     }
 
-    /// Seeds the message counter of chat `chat_number` with `last_number`,
-    /// unless it is already set or the chat is tombstoned.
-    pub async fn seed_message_counter(
-        &self,
-        token: &str,
-        chat_number: i64,
-        last_number: i64,
-    ) -> Result<(), BufferError> {
-        self.seed_field(token, &chat_number.to_string(), last_number)
+    /// Runs the epoch check now (see [`crate::store::redis::CHECK_EPOCH`]);
+    /// returns the epoch in force. Errors: Redis unavailable.
+    pub async fn check_epoch(&self) -> Result<i64, BufferError> {
+        let key = self.keys.epoch();
+        self.with_conn(|mut c| async move { crate::store::redis::check_epoch(&mut c, &key).await })
             .await
     }
 
@@ -508,6 +547,18 @@ impl Buffer {
         })
         .await
     }
+}
+
+/// Which counter of an application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterScope {
+    /// The application's chat counter.
+    Chats,
+    /// The message counter of one of its chats.
+    Messages {
+        /// The chat's number.
+        chat_number: i64,
+    },
 }
 
 /// What Redis knows of a chat's counters (see [`Buffer::counters`]).

@@ -65,6 +65,10 @@ impl StoredEntry {
     }
 }
 
+/// The reason of a dead letter whose number already held another record in
+/// MariaDB (see [`crate::store::bulk`]).
+pub const COLLISION: &str = "collision";
+
 /// Builds the dead-letter entry of `raw`, which failed for `reason`, now.
 pub fn entry(raw: &[u8], reason: &str) -> String {
     let (record, record_base64) = match std::str::from_utf8(raw) {

@@ -283,6 +283,19 @@ impl Flusher {
                     tracing::error!(kind = batch.kind.as_str(), %reason, record = %String::from_utf8_lossy(raw), "record dead-lettered");
                     dead.push(crate::writebehind::deadletter::entry(raw, reason));
                 }
+                Disposition::Collision(stored) => {
+                    tracing::error!(
+                        kind = batch.kind.as_str(),
+                        %stored,
+                        record = %String::from_utf8_lossy(raw),
+                        "collision: the record's number already holds another record; dead-lettered"
+                    );
+                    crate::telemetry::metrics::collision(batch.kind.as_str());
+                    dead.push(crate::writebehind::deadletter::entry(
+                        raw,
+                        crate::writebehind::deadletter::COLLISION,
+                    ));
+                }
             }
         }
         report.deferred = deferred.len() as u64;

@@ -56,6 +56,13 @@ impl Keys {
         format!("{}app:{token}", self.prefix)
     }
 
+    /// Hash of the Redis epoch: `epoch` (raised each time Redis may have
+    /// lost data) and `run_id` (of the server that set it); see
+    /// [`crate::store::redis::CHECK_EPOCH`].
+    pub fn epoch(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
+
     /// List of records waiting to be flushed.
     pub fn pending(&self, kind: Kind) -> String {
         format!("{}pending:{}", self.prefix, kind.as_str())

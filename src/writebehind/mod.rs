@@ -5,9 +5,12 @@
 //! the client gets its `201` at once. The [`flusher::Flusher`] later writes
 //! the queues to MariaDB in batches. The invariants:
 //!
-//! 1. **Gapless, unique numbers.** A number is handed out only in the same
-//!    atomic step that queues its record. Cold counters are seeded from
-//!    MariaDB's highest number, deleted rows included, with HSETNX.
+//! 1. **Unique numbers, gapless while Redis keeps its writes.** A number is
+//!    handed out only in the same atomic step that queues its record. A
+//!    counter is used only once checked against MariaDB's highest number,
+//!    deleted rows included, in the current epoch (see [`scripts`]), so a
+//!    Redis that lost data never hands out a number MariaDB has; a record
+//!    that still lands on one is a collision (see [`crate::store::bulk`]).
 //! 2. **Every acknowledged record is stored exactly once.** Batches move
 //!    atomically from pending to a leased processing list, are written with
 //!    idempotent INSERTs, then acknowledged; expired leases are recovered.
@@ -30,15 +33,16 @@ use std::time::Duration;
 
 use sqlx::MySqlPool;
 
-pub use buffer::{Buffer, BufferError, Enqueue, now_ms};
+pub use buffer::{Buffer, BufferError, CounterScope, Enqueue, now_ms};
 pub use flusher::{FlushHandle, FlushReport, Flusher};
 pub use keys::Kind;
 
 use crate::store;
 
 /// How many times a create re-runs its script after filling a cold cache
-/// (token, then counter); more means the cache keeps vanishing.
-const MAX_SEED_ROUNDS: usize = 3;
+/// (the epoch, the token, then the counter); more means the cache keeps
+/// vanishing.
+const MAX_SEED_ROUNDS: usize = 4;
 
 /// What a create allocates a number for.
 #[derive(Debug, Clone, Copy)]
@@ -156,33 +160,98 @@ impl WriteBehind {
                         return Ok(None);
                     }
                 }
-                Enqueue::CounterMiss { application_id } => match target {
-                    Target::Chat => {
-                        let last =
-                            store::applications::last_chat_number(&self.pool, application_id)
-                                .await?;
-                        self.buffer.seed_chat_counter(token, last).await?;
-                    }
-                    Target::Message { chat_number, .. } => {
-                        let Some(last) = store::chats::last_message_number(
-                            &self.pool,
-                            application_id,
-                            chat_number,
-                        )
+                Enqueue::CounterMiss {
+                    application_id,
+                    epoch,
+                } => {
+                    if !self
+                        .reconcile(token, target, application_id, epoch, true)
                         .await?
-                        else {
-                            return Ok(None);
-                        };
-                        self.buffer
-                            .seed_message_counter(token, chat_number, last)
-                            .await?;
+                    {
+                        return Ok(None);
                     }
-                },
+                }
+                Enqueue::Unverified {
+                    application_id,
+                    epoch,
+                } => {
+                    if !self
+                        .reconcile(token, target, application_id, epoch, false)
+                        .await?
+                    {
+                        return Ok(None);
+                    }
+                }
             }
         }
         Err(BufferError::Unavailable(
             "the Redis cache was evicted while seeding it".into(),
         ))
+    }
+
+    /// Checks the counter of `target` against MariaDB (see [`scripts`]):
+    /// raises it to MariaDB's highest number of the scope, or marks its chat
+    /// deleted, and marks it checked in `epoch` (read by the script before
+    /// this query, so a newer epoch is checked again). `missing`: Redis has no
+    /// counter for the scope, so a chat that MariaDB does not have does not
+    /// exist. With no epoch set yet (0), runs the epoch check instead.
+    ///
+    /// Returns false when the scope does not exist (the application is gone
+    /// from MariaDB, which also tombstones it in Redis, or the chat is
+    /// unknown). Errors: Redis or MariaDB unavailable.
+    async fn reconcile(
+        &self,
+        token: &str,
+        target: Target<'_>,
+        application_id: u64,
+        epoch: i64,
+        missing: bool,
+    ) -> Result<bool, BufferError> {
+        if epoch == 0 {
+            self.buffer.check_epoch().await?;
+            return Ok(true);
+        }
+        if !missing
+            && store::applications::find_id(&self.pool, token).await? != Some(application_id)
+        {
+            // Redis came back with an application MariaDB no longer has.
+            self.buffer.tombstone_app(token).await?;
+            return Ok(false);
+        }
+        let (scope, floor, deleted) = match target {
+            Target::Chat => {
+                let last =
+                    store::applications::last_chat_number(&self.pool, application_id).await?;
+                (CounterScope::Chats, last, false)
+            }
+            Target::Message { chat_number, .. } => {
+                let found =
+                    store::chats::message_floor(&self.pool, application_id, chat_number).await?;
+                match found {
+                    // Unknown to both: no such chat.
+                    None if missing => return Ok(false),
+                    // Known to Redis only: a chat still buffered.
+                    None => (CounterScope::Messages { chat_number }, 0, false),
+                    Some((deleted, last)) => {
+                        (CounterScope::Messages { chat_number }, last, deleted)
+                    }
+                }
+            }
+        };
+        if floor > 0 || deleted {
+            tracing::debug!(
+                application_id,
+                ?scope,
+                floor,
+                deleted,
+                epoch,
+                "counter checked against MariaDB"
+            );
+        }
+        self.buffer
+            .reconcile(token, scope, floor, epoch, deleted)
+            .await?;
+        Ok(true)
     }
 
     /// Caches the application's id; false when no such application.

@@ -15,6 +15,31 @@
 //! - `batches` hash: processing key → `{owner}\t{claimed_at_ms}` (who claimed
 //!   it and when; for operators, see `GET /api/v1/admin/queues`).
 //! - `deadletter:{kind}` list: records that could not be written, with the reason.
+//! - `epoch` hash: `epoch`, raised each time Redis may have lost data, and the
+//!   `run_id` of the server that raised it (see
+//!   [`crate::store::redis::CHECK_EPOCH`]).
+//! - In `app:{token}`, `v` = the epoch in which the chat counter was last
+//!   checked against MariaDB, and `v:{n}` = the same for chat `n`'s message
+//!   counter.
+//!
+//! ## Counters that survive Redis losing data
+//!
+//! A counter that comes back lower than MariaDB's highest number (Redis
+//! restarted without the last writes, a replica was promoted, a backup was
+//! restored) would hand out a number twice. So a counter is used only when it
+//! was checked in the current epoch: the enqueue scripts compare the scope's
+//! `v` field with the epoch and, when they differ, answer
+//! [`code::UNVERIFIED`] instead of a number. The caller then reads MariaDB's
+//! highest number for the scope, tombstones included, and [`RECONCILE`]
+//! raises the counter to at least that (a counter restored from the same
+//! snapshot as the pending lists is already at or above every number pending
+//! in Redis) and marks the scope checked for the epoch it read before its
+//! query. The check is lazy, one scope at a time on its first use, so nothing
+//! stops while every application is checked. A chat created in a checked
+//! epoch starts its message counter checked: its number is above every chat
+//! MariaDB has, so no message of it can be there. What escapes this (a batch
+//! committed after the check by a flusher of the old server) is caught at
+//! flush as a collision (see [`crate::store::bulk`]), never stored silently.
 
 use redis::Script;
 
@@ -28,42 +53,78 @@ pub mod code {
     pub const COUNTER_MISS: i64 = -3;
     /// The pending list is at `MAX_PENDING`: backpressure.
     pub const FULL: i64 = -4;
+    /// The counter was not checked against MariaDB in the current epoch (or
+    /// no epoch is set): check it with `RECONCILE` and try again.
+    pub const UNVERIFIED: i64 = -5;
 }
 
 /// Allocates the next chat number and queues the chat record, in one step.
+/// The new chat's message counter starts at 0, checked in this epoch.
 ///
-/// KEYS: app hash, pending chats list. ARGV: max pending, created_at ms.
-/// Returns `{number, pending length}` or `{code, application id}`.
+/// KEYS: app hash, pending chats list, epoch hash. ARGV: max pending, created_at ms.
+/// Returns `{number, pending length, 0}` or `{code, application id, epoch}`
+/// (epoch 0 when none is set).
 pub const ENQUEUE_CHAT: &str = r#"
 local id = redis.call('HGET', KEYS[1], 'id')
-if not id then return {-1, 0} end
-if id == 'deleted' then return {-2, 0} end
-if not redis.call('HGET', KEYS[1], 'chats') then return {-3, tonumber(id)} end
+if not id then return {-1, 0, 0} end
+if id == 'deleted' then return {-2, 0, 0} end
+local epoch = redis.call('HGET', KEYS[3], 'epoch')
+if not redis.call('HGET', KEYS[1], 'chats') then return {-3, tonumber(id), tonumber(epoch or 0)} end
+if not epoch or redis.call('HGET', KEYS[1], 'v') ~= epoch then return {-5, tonumber(id), tonumber(epoch or 0)} end
 local len = redis.call('LLEN', KEYS[2])
-if len >= tonumber(ARGV[1]) then return {-4, len} end
+if len >= tonumber(ARGV[1]) then return {-4, len, 0} end
 local n = redis.call('HINCRBY', KEYS[1], 'chats', 1)
-redis.call('HSETNX', KEYS[1], tostring(n), 0)
+if redis.call('HSETNX', KEYS[1], tostring(n), 0) == 1 then
+  redis.call('HSET', KEYS[1], 'v:' .. n, epoch)
+end
 len = redis.call('RPUSH', KEYS[2], id .. '\t' .. n .. '\t' .. ARGV[2])
-return {n, len}
+return {n, len, 0}
 "#;
 
 /// Allocates the next message number of a chat and queues the message, in one step.
 ///
-/// KEYS: app hash, pending messages list.
+/// KEYS: app hash, pending messages list, epoch hash.
 /// ARGV: max pending, created_at ms, chat number (canonical decimal), body.
-/// Returns `{number, pending length}` or `{code, application id}`.
+/// Returns `{number, pending length, 0}` or `{code, application id, epoch}`
+/// (epoch 0 when none is set).
 pub const ENQUEUE_MESSAGE: &str = r#"
 local id = redis.call('HGET', KEYS[1], 'id')
-if not id then return {-1, 0} end
-if id == 'deleted' then return {-2, 0} end
+if not id then return {-1, 0, 0} end
+if id == 'deleted' then return {-2, 0, 0} end
 local seq = redis.call('HGET', KEYS[1], ARGV[3])
-if not seq then return {-3, tonumber(id)} end
-if seq == 'deleted' then return {-2, 0} end
+local epoch = redis.call('HGET', KEYS[3], 'epoch')
+if not seq then return {-3, tonumber(id), tonumber(epoch or 0)} end
+if seq == 'deleted' then return {-2, 0, 0} end
+if not epoch or redis.call('HGET', KEYS[1], 'v:' .. ARGV[3]) ~= epoch then return {-5, tonumber(id), tonumber(epoch or 0)} end
 local len = redis.call('LLEN', KEYS[2])
-if len >= tonumber(ARGV[1]) then return {-4, len} end
+if len >= tonumber(ARGV[1]) then return {-4, len, 0} end
 local n = redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
 len = redis.call('RPUSH', KEYS[2], id .. '\t' .. ARGV[3] .. '\t' .. n .. '\t' .. ARGV[2] .. '\t' .. ARGV[4])
-return {n, len}
+return {n, len, 0}
+"#;
+
+/// Raises a counter to at least MariaDB's highest number of its scope (or
+/// marks its chat deleted), and marks it checked for the epoch the caller
+/// read before querying MariaDB. Creates the counter when it is missing. Does
+/// nothing to an application that is missing or deleted in Redis.
+///
+/// KEYS: app hash. ARGV: counter field (`chats` or a chat number), checked
+/// field (`v` or `v:{n}`), floor (MariaDB's highest number), epoch, deleted
+/// (`1`: the chat is deleted in MariaDB). Returns 1 if applied, else 0.
+pub const RECONCILE: &str = r#"
+local id = redis.call('HGET', KEYS[1], 'id')
+if not id or id == 'deleted' then return 0 end
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[5] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[1], 'deleted')
+elseif cur ~= 'deleted' then
+  local floor = tonumber(ARGV[3])
+  if not cur or tonumber(cur) < floor then
+    redis.call('HSET', KEYS[1], ARGV[1], floor)
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
+return 1
 "#;
 
 /// Moves up to N records from the head of a pending list to a new processing
@@ -194,6 +255,8 @@ pub struct Scripts {
     pub enqueue_message: Script,
     /// See [`CLAIM`].
     pub claim: Script,
+    /// See [`RECONCILE`].
+    pub reconcile: Script,
     /// See [`RENEW`].
     pub renew: Script,
     /// See [`ACK`].
@@ -216,6 +279,7 @@ impl Default for Scripts {
             enqueue_chat: Script::new(ENQUEUE_CHAT),
             enqueue_message: Script::new(ENQUEUE_MESSAGE),
             claim: Script::new(CLAIM),
+            reconcile: Script::new(RECONCILE),
             renew: Script::new(RENEW),
             ack: Script::new(ACK),
             release: Script::new(RELEASE),

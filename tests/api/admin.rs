@@ -310,7 +310,16 @@ async fn a_dead_lettered_chat_and_its_message_are_replayed_once_the_cause_is_fix
     .await;
     assert_eq!(r["replayed"], 1);
     admin_json(&app, reqwest::Method::POST, "/flush", None).await;
-    let again = admin_get(&app, "/dead-letters?queue=chats").await;
+    // The replay woke the flusher, which may hold the batch while the forced
+    // flush finds the queue empty: wait for the write to settle.
+    let mut again = Value::Null;
+    for _ in 0..50 {
+        again = admin_get(&app, "/dead-letters?queue=chats").await;
+        if again["total"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(again["total"], 1);
     assert_ne!(again["dead_letters"][0]["id"], chat_entry["id"]);
 

@@ -9,6 +9,7 @@ mod counts;
 mod helpers;
 mod messages;
 mod openapi;
+mod promise;
 mod ratelimit;
 mod search;
 mod security;

@@ -96,7 +96,12 @@ impl World {
             .await
             .unwrap();
         chat_api::store::migrate(&pool).await.unwrap();
-        let redis = redis::Client::open(redis_url())
+        let direct_redis = env
+            .iter()
+            .find(|(k, _)| k == "REDIS_URL")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(redis_url);
+        let redis = redis::Client::open(direct_redis)
             .unwrap()
             .get_multiplexed_async_connection()
             .await
@@ -108,6 +113,15 @@ impl World {
             pool,
             redis,
         }
+    }
+
+    /// Opens a new direct Redis connection (after the test restarted Redis).
+    pub async fn reconnect_redis(&mut self, url: &str) {
+        self.redis = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
     }
 
     /// Starts a service process on `port`, and waits until it answers.
@@ -535,5 +549,105 @@ impl Drop for Proxy {
         for h in self.conns.lock().unwrap().drain(..) {
             h.abort();
         }
+    }
+}
+
+/// A private `redis-server` on a free loopback port, persisting only when
+/// told to (`SAVE`, RDB; no AOF), in a directory of its own; killed on drop.
+pub struct PrivateRedis {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateRedis {
+    /// Starts it and waits until it answers PING.
+    pub async fn start() -> PrivateRedis {
+        let dir =
+            std::env::temp_dir().join(format!("chat-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = PrivateRedis {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        redis.spawn().await;
+        redis
+    }
+
+    /// `redis://127.0.0.1:{port}`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dbfilename",
+                "dump.rdb",
+            ])
+            .args(["--maxmemory-policy", "noeviction", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (Debian package redis-server)");
+        self.child = Some(child);
+        let url = self.url();
+        let up = eventually(Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                match redis::Client::open(url) {
+                    Ok(c) => match c.get_multiplexed_async_connection().await {
+                        Ok(mut conn) => redis::cmd("PING")
+                            .query_async::<String>(&mut conn)
+                            .await
+                            .is_ok(),
+                        Err(_) => false,
+                    },
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        assert!(up, "the private redis-server answers on {}", self.port);
+    }
+
+    /// `SAVE`: a snapshot of now, in `dump.rdb`.
+    pub async fn save(&self) {
+        let mut c = redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: () = redis::cmd("SAVE").query_async(&mut c).await.unwrap();
+    }
+
+    /// SIGKILL: everything since the last `SAVE` is gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, from the last snapshot.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,0 +1,201 @@
+//! The promise when Redis loses data: a counter that comes back too low is
+//! raised before it hands out a number MariaDB has, and a record that still
+//! lands on a taken number is a collision (dead-lettered, counted), never a
+//! silent "written".
+
+use redis::AsyncCommands;
+use serde_json::Value;
+
+use crate::helpers::{TestApp, spawn_app};
+
+async fn redis_conn(app: &TestApp) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(app.config.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// `applications.id` of `token`.
+async fn app_id(app: &TestApp, token: &str) -> u64 {
+    sqlx::query_scalar("SELECT id FROM applications WHERE token = ?")
+        .bind(token)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// The dead-letter entries of the messages queue, as JSON.
+async fn dead_messages(app: &TestApp) -> Vec<Value> {
+    let mut c = redis_conn(app).await;
+    let raw: Vec<String> = c
+        .lrange(
+            format!("{}deadletter:messages", app.config.redis_key_prefix),
+            0,
+            -1,
+        )
+        .await
+        .unwrap();
+    raw.iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
+}
+
+/// The value of `chat_collisions_total{queue="messages"}` in `/metrics`
+/// (0 when absent). The recorder is per process, so callers compare deltas.
+async fn collisions_metric(app: &TestApp) -> f64 {
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("chat_collisions_total{queue=\"messages\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_record_on_a_taken_number_is_a_collision_and_a_replay_is_silent() {
+    let app = spawn_app().await;
+    let token = app.create_app("collisions").await;
+    let chat = app.create_chat(&token).await;
+    for body in ["one", "two"] {
+        app.create_message(&token, chat, body).await;
+    }
+    app.flush().await;
+    let id = app_id(&app, &token).await;
+    let (created_ms,): (i64,) = sqlx::query_as(
+        "SELECT CAST(UNIX_TIMESTAMP(m.created_at) * 1000 AS SIGNED) FROM messages m \
+         JOIN chats c ON c.id = m.chat_id WHERE c.application_id = ? AND m.number = 2",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let before = collisions_metric(&app).await;
+
+    // As if Redis had handed out 2 again (another body, another time), and
+    // as if a flusher replayed the stored record 2 (same body, same time).
+    let pending = format!("{}pending:messages", app.config.redis_key_prefix);
+    let mut c = redis_conn(&app).await;
+    let _: () = c
+        .rpush(
+            &pending,
+            vec![
+                format!("{id}\t{chat}\t2\t{}\tan impostor", created_ms + 1234),
+                format!("{id}\t{chat}\t2\t{created_ms}\ttwo"),
+            ],
+        )
+        .await
+        .unwrap();
+    let report = app.flush().await;
+    assert_eq!(
+        report.written, 1,
+        "the replay counts as written: {report:?}"
+    );
+    assert_eq!(report.dead_lettered, 1, "the impostor does not: {report:?}");
+    assert_eq!(
+        app.stored_messages(&token, chat).await,
+        [(1, "one".to_string()), (2, "two".to_string())],
+        "the stored record is untouched"
+    );
+    let dead = dead_messages(&app).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["reason"], "collision");
+    assert!(dead[0]["record"].as_str().unwrap().ends_with("an impostor"));
+    assert!(collisions_metric(&app).await >= before + 1.0);
+
+    // A stored message edited since (PUT) and then replayed is no collision.
+    let r = app
+        .put(
+            &format!("/applications/{token}/chats/{chat}/messages/1"),
+            serde_json::json!({"body": "one, edited"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let (created_1,): (i64,) = sqlx::query_as(
+        "SELECT CAST(UNIX_TIMESTAMP(m.created_at) * 1000 AS SIGNED) FROM messages m \
+         JOIN chats c ON c.id = m.chat_id WHERE c.application_id = ? AND m.number = 1",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let _: () = c
+        .rpush(&pending, format!("{id}\t{chat}\t1\t{created_1}\tone"))
+        .await
+        .unwrap();
+    let report = app.flush().await;
+    assert_eq!((report.written, report.dead_lettered), (1, 0), "{report:?}");
+    assert_eq!(dead_messages(&app).await.len(), 1);
+}
+
+#[tokio::test]
+async fn counters_that_come_back_too_low_are_raised_before_use() {
+    let app = spawn_app().await;
+    let token = app.create_app("lost counters").await;
+    let chat = app.create_chat(&token).await;
+    for body in ["one", "two", "three"] {
+        app.create_message(&token, chat, body).await;
+    }
+    let second = app.create_chat(&token).await;
+    assert_eq!(second, 2);
+    app.flush().await;
+    // Redis "loses" the last writes: the counters go back, and the epoch key
+    // is gone (as after a restart from an older snapshot of a fresh Redis).
+    let key = format!("{}app:{token}", app.config.redis_key_prefix);
+    let mut c = redis_conn(&app).await;
+    let _: () = c.hset(&key, chat.to_string(), 1).await.unwrap();
+    let _: () = c.hset(&key, "chats", 1).await.unwrap();
+    let _: () = c
+        .del(format!("{}epoch", app.config.redis_key_prefix))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        app.create_message(&token, chat, "four").await,
+        4,
+        "not 2: MariaDB has 3"
+    );
+    assert_eq!(
+        app.create_chat(&token).await,
+        3,
+        "not 2: MariaDB has chat 2"
+    );
+    app.flush().await;
+    assert_eq!(
+        app.stored_messages(&token, chat).await,
+        [
+            (1, "one".to_string()),
+            (2, "two".to_string()),
+            (3, "three".to_string()),
+            (4, "four".to_string())
+        ]
+    );
+    assert!(dead_messages(&app).await.is_empty(), "no collision");
+
+    // A raised epoch (a restart, a failover) re-checks too, and a chat that
+    // MariaDB has deleted stays deleted even if Redis forgot it.
+    let r = app
+        .delete(&format!("/applications/{token}/chats/{second}"))
+        .await;
+    assert_eq!(r.status(), 204);
+    let _: () = c.hset(&key, second.to_string(), 0).await.unwrap();
+    let _: () = c
+        .hincr(format!("{}epoch", app.config.redis_key_prefix), "epoch", 1)
+        .await
+        .unwrap();
+    let r = app
+        .post(
+            &format!("/applications/{token}/chats/{second}/messages"),
+            serde_json::json!({"body": "to a deleted chat"}),
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(app.create_message(&token, chat, "five").await, 5);
+}
