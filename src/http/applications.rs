@@ -137,7 +137,9 @@ impl ApplicationsApi {
 
     /// Delete an application
     ///
-    /// Removes its chats and messages, including those still buffered.
+    /// Removes its chats and messages, including those still buffered. No
+    /// create in it is acknowledged after this answers 204; when Redis cannot
+    /// be reached, it answers 503 and deletes nothing.
     #[oai(path = "/applications/:token", method = "delete")]
     async fn delete(
         &self,
@@ -146,16 +148,21 @@ impl ApplicationsApi {
         token: Path<String>,
     ) -> Result<Deleted, ApiError> {
         let app = lookup::application(&state, &token.0).await?;
-        store::applications::delete(&state.pool, &app.token).await?;
+        // Tombstone first, in the step that stops new numbers: no create can
+        // be acknowledged after this answers. No tombstone, no delete (503).
+        let buffer = state.wb.buffer();
+        let tombstone = buffer.tombstone_app(&app.token).await?;
+        if let Err(e) = store::applications::delete(&state.pool, &app.token).await {
+            if let Err(undo) = buffer.untombstone(&tombstone).await {
+                tracing::error!(error = %undo, "the delete failed and its Redis tombstone could not be lifted: creates in this application answer 404 until it is");
+            }
+            return Err(e.into());
+        }
         state
             .queue_index(IndexOp::DeleteApplication {
                 application_id: app.id,
             })
             .await;
-        // Buffered records of this application are dropped at flush time.
-        if let Err(e) = state.wb.buffer().tombstone_app(&app.token).await {
-            tracing::warn!(error = %e, "could not tombstone a deleted application in Redis");
-        }
         Ok(Deleted::NoContent)
     }
 }

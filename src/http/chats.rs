@@ -89,7 +89,8 @@ impl ChatsApi {
     /// Delete a chat
     ///
     /// Removes its messages, including those still buffered. Its number is
-    /// not reused.
+    /// not reused. No message in it is acknowledged after this answers 204;
+    /// when Redis cannot be reached, it answers 503 and deletes nothing.
     #[oai(path = "/applications/:token/chats/:number", method = "delete")]
     async fn delete(
         &self,
@@ -101,15 +102,16 @@ impl ChatsApi {
     ) -> Result<Deleted, ApiError> {
         let app = lookup::application(&state, &token.0).await?;
         let chat = lookup::chat(&state, &app, number.0).await?;
-        store::chats::delete(&state.pool, chat.id, crate::domain::now()).await?;
+        // Tombstone first, in the step that stops new numbers: no message can
+        // be acknowledged after this answers. No tombstone, no delete (503).
         // Messages still buffered for this chat are dropped at flush time.
-        if let Err(e) = state
-            .wb
-            .buffer()
-            .tombstone_chat(&app.token, chat.number)
-            .await
-        {
-            tracing::warn!(error = %e, "could not tombstone a deleted chat in Redis");
+        let buffer = state.wb.buffer();
+        let tombstone = buffer.tombstone_chat(&app.token, chat.number).await?;
+        if let Err(e) = store::chats::delete(&state.pool, chat.id, crate::domain::now()).await {
+            if let Err(undo) = buffer.untombstone(&tombstone).await {
+                tracing::error!(error = %undo, "the delete failed and its Redis tombstone could not be lifted: messages to this chat answer 404 until it is");
+            }
+            return Err(e.into());
         }
         state
             .queue_index(IndexOp::DeleteChat { chat_id: chat.id })

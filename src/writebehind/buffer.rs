@@ -344,28 +344,67 @@ impl Buffer {
         })
     }
 
-    /// Tombstones a deleted application in Redis (see [`super::scripts::TOMBSTONE_APP`]).
-    pub async fn tombstone_app(&self, token: &str) -> Result<(), BufferError> {
+    /// Tombstones an application in Redis (see
+    /// [`super::scripts::TOMBSTONE`]): no more numbers are handed out in it.
+    /// Returns what [`Buffer::untombstone`] needs to undo it. Errors: Redis
+    /// unavailable (then nothing changed, or the tombstone is in place).
+    pub async fn tombstone_app(&self, token: &str) -> Result<Tombstone, BufferError> {
+        self.tombstone(token, "id".into(), TOMBSTONE_TTL_SECS).await
+    }
+
+    /// Tombstones chat `chat_number` of `token`'s application (see
+    /// [`Buffer::tombstone_app`]).
+    pub async fn tombstone_chat(
+        &self,
+        token: &str,
+        chat_number: i64,
+    ) -> Result<Tombstone, BufferError> {
+        self.tombstone(token, chat_number.to_string(), 0).await
+    }
+
+    async fn tombstone(
+        &self,
+        token: &str,
+        field: String,
+        ttl_secs: u64,
+    ) -> Result<Tombstone, BufferError> {
         let key = self.keys.app(token);
+        let f = field.clone();
+        let previous: Option<String> = self
+            .with_conn(|mut c| async move {
+                self.scripts
+                    .tombstone
+                    .key(key)
+                    .arg(f)
+                    .arg(ttl_secs)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(Tombstone {
+            token: token.to_string(),
+            field,
+            previous: previous.filter(|p| p != "deleted"),
+        })
+    }
+
+    /// Undoes a tombstone after the SQL delete failed (see
+    /// [`super::scripts::UNTOMBSTONE`]). Errors: Redis unavailable.
+    pub async fn untombstone(&self, tombstone: &Tombstone) -> Result<(), BufferError> {
+        let key = self.keys.app(&tombstone.token);
+        let field = tombstone.field.clone();
+        let previous = tombstone.previous.clone().unwrap_or_default();
         self.with_conn(|mut c| async move {
             self.scripts
-                .tombstone_app
+                .untombstone
                 .key(key)
-                .arg(TOMBSTONE_TTL_SECS)
-                .invoke_async::<()>(&mut c)
+                .arg(field)
+                .arg(previous)
+                .invoke_async::<i64>(&mut c)
                 .await
         })
         .await
-    }
-
-    /// Tombstones a deleted chat: its message counter becomes `deleted`, so
-    /// further messages are refused with 404 and no cache fill revives it.
-    pub async fn tombstone_chat(&self, token: &str, chat_number: i64) -> Result<(), BufferError> {
-        let key = self.keys.app(token);
-        self.with_conn(
-            |mut c| async move { c.hset::<_, _, _, ()>(key, chat_number, "deleted").await },
-        )
-        .await
+        .map(|_| ())
     }
 
     /// Queues a change to the search index (durable; applied by the indexer),
@@ -547,6 +586,14 @@ impl Buffer {
         })
         .await
     }
+}
+
+/// A tombstone just set, with what undoing it needs.
+#[derive(Debug, Clone)]
+pub struct Tombstone {
+    token: String,
+    field: String,
+    previous: Option<String>,
 }
 
 /// Which counter of an application.

@@ -212,14 +212,36 @@ end
 return {#expired, records}
 "#;
 
-/// Marks an application deleted: drops its counters and leaves a tombstone
-/// that stops a racing cache fill (HSETNX) from bringing it back.
+/// Tombstones an application or a chat: sets its field (`id`, or the chat's
+/// number) to `deleted`, so that no number is handed out in it any more and
+/// no cache fill (HSETNX) brings it back. A delete runs this *before* its SQL
+/// delete, so that no create can be acknowledged after the delete answers;
+/// if the SQL delete fails, [`UNTOMBSTONE`] puts the old value back. An
+/// application's hash then expires after the given time (its counters go with
+/// it); a chat's field stays (it is one field of its application).
 ///
-/// KEYS: app hash. ARGV: tombstone lifetime in seconds.
-pub const TOMBSTONE_APP: &str = r#"
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'id', 'deleted')
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+/// KEYS: app hash. ARGV: field, time to live in seconds (0: none).
+/// Returns the field's previous value (nil when it had none).
+pub const TOMBSTONE: &str = r#"
+local prev = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], 'deleted')
+if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
+return prev
+"#;
+
+/// Undoes [`TOMBSTONE`] after a failed SQL delete: if the field is still
+/// `deleted`, puts the previous value back (or removes the field when it had
+/// none, so that it is filled from MariaDB again) and removes the expiry.
+///
+/// KEYS: app hash. ARGV: field, previous value (empty: none).
+pub const UNTOMBSTONE: &str = r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= 'deleted' then return 0 end
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('PERSIST', KEYS[1])
 return 1
 "#;
 
@@ -265,8 +287,10 @@ pub struct Scripts {
     pub release: Script,
     /// See [`RECOVER`].
     pub recover: Script,
-    /// See [`TOMBSTONE_APP`].
-    pub tombstone_app: Script,
+    /// See [`TOMBSTONE`].
+    pub tombstone: Script,
+    /// See [`UNTOMBSTONE`].
+    pub untombstone: Script,
     /// See [`REPLAY`].
     pub replay: Script,
     /// See [`DISCARD_ALL`].
@@ -284,7 +308,8 @@ impl Default for Scripts {
             ack: Script::new(ACK),
             release: Script::new(RELEASE),
             recover: Script::new(RECOVER),
-            tombstone_app: Script::new(TOMBSTONE_APP),
+            tombstone: Script::new(TOMBSTONE),
+            untombstone: Script::new(UNTOMBSTONE),
             replay: Script::new(REPLAY),
             discard_all: Script::new(DISCARD_ALL),
         }

@@ -6,6 +6,7 @@ mod applications;
 mod badinput;
 mod chats;
 mod counts;
+mod deletes;
 mod helpers;
 mod messages;
 mod openapi;
