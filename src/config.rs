@@ -82,6 +82,11 @@ pub struct Config {
     #[arg(long, env = "MAX_PENDING", default_value_t = 1_000_000)]
     pub max_pending: u64,
 
+    /// How long an `Idempotency-Key` is remembered, in seconds: a retry with
+    /// the same key within it gets the first answer and creates nothing.
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value = "86400", value_parser = parse_nonzero_secs)]
+    pub idempotency_ttl: Duration,
+
     /// Largest accepted message body, in bytes of UTF-8.
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=16_000_000))]
     pub max_message_bytes: u32,

@@ -33,6 +33,10 @@ pub enum ApiError {
     /// 404: no application, chat or message with that token or number.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
+    /// 409: a request with the same `Idempotency-Key` is still in progress;
+    /// retry once it has answered.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
     /// 413: the request body is larger than `MAX_REQUEST_BYTES`.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
@@ -76,6 +80,11 @@ impl ApiError {
     /// 404 with the given message.
     pub fn not_found(msg: impl Into<String>) -> Self {
         Self::NotFound(ErrorBody::json(msg))
+    }
+
+    /// 409 with the given message.
+    pub fn conflict(msg: impl Into<String>) -> Self {
+        Self::Conflict(ErrorBody::json(msg))
     }
 
     /// 422 with the given message.
@@ -124,6 +133,9 @@ impl From<crate::writebehind::BufferError> for ApiError {
             BufferError::NotYetStored => Self::unavailable(
                 "the record is still being written to the database; retry shortly",
                 2,
+            ),
+            BufferError::KeyReused => Self::unprocessable(
+                "this Idempotency-Key was already used with another request (another body, chat or operation); use a new key for a new request",
             ),
             BufferError::Database(e) => e.into(),
         }

@@ -115,7 +115,8 @@ impl Application {
             config.redis_timeout(),
             config.max_pending,
         )
-        .with_owner(config.instance_id());
+        .with_owner(config.instance_id())
+        .with_idempotency_ttl(config.idempotency_ttl);
         let flusher = Arc::new(Flusher::new(
             buffer.clone(),
             pool.clone(),

@@ -1,18 +1,20 @@
 //! `/api/v1/applications`: applications are written to MariaDB synchronously.
 
 use poem::web::Data;
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::admin::{AdminError, OptionalAdminKey};
 use super::body::{FlatOrWrapped, JsonBody};
 use super::schemas::{Application, ApplicationInput, ApplicationList, Meta};
+use super::text::IdempotencyKey;
 use super::{ApiTags, AppState, lookup};
 use crate::domain::{AppName, Page, is_plausible_token, new_token};
 use crate::error::ApiError;
 use crate::store;
 use crate::store::search::meili::IndexOp;
+use crate::writebehind::{Idempotency, KeyState};
 
 /// Operations on applications.
 pub struct ApplicationsApi;
@@ -42,13 +44,55 @@ impl ApplicationsApi {
     async fn create(
         &self,
         state: Data<&AppState>,
+        req: &poem::Request,
+        /// Makes a retry safe: the same key from the same client (IP) with
+        /// the same name within `IDEMPOTENCY_TTL_SECS` (default a day) gets
+        /// the same application, and creates nothing; with another name it is
+        /// a 422, and while the first request is in progress a 409. A UUID,
+        /// for example.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<IdempotencyKey>>,
         input: JsonBody<FlatOrWrapped<ApplicationInput>>,
     ) -> Result<CreatedApplication, ApiError> {
         let name = AppName::parse(input.0.0.name.0)?;
+        let buffer = state.wb.buffer();
+        // No application, hence no token, exists yet to scope the key by: it
+        // is scoped by the client, so that no other client can learn a token
+        // by replaying a key it guessed.
+        let idem = idempotency_key.0.map(|k| {
+            let client = super::ratelimit::client_ip(req, &state.config.trusted_proxies)
+                .map(|ip| ip.to_string())
+                .unwrap_or_default();
+            Idempotency::new(
+                &[client.as_bytes(), k.0.as_bytes()],
+                &[b"POST applications", name.as_str().as_bytes()],
+            )
+        });
+        if let Some(idem) = &idem {
+            match buffer.begin_application_key(idem).await? {
+                KeyState::New => {}
+                KeyState::Done(token) => {
+                    let app = lookup::application(&state, &token).await?;
+                    return Ok(CreatedApplication::Created(Json(app.into())));
+                }
+                KeyState::InProgress => {
+                    return Err(ApiError::conflict(
+                        "a request with this Idempotency-Key is still in progress; retry once it has answered",
+                    ));
+                }
+            }
+        }
         let token = new_token();
-        let row =
+        let created =
             store::applications::create(&state.pool, &token, name.as_str(), crate::domain::now())
-                .await?;
+                .await;
+        if let Some(idem) = &idem {
+            let made = created.as_ref().ok().map(|_| token.as_str());
+            if let Err(e) = buffer.finish_application_key(idem, made).await {
+                tracing::warn!(error = %e, "could not record the outcome of an Idempotency-Key; a retry within its lifetime answers 409");
+            }
+        }
+        let row = created?;
         // Warm the Redis cache so the first chat costs one round trip. Best
         // effort: a cold cache is filled on the first miss anyway.
         let buffer = state.wb.buffer();

@@ -1,17 +1,19 @@
 //! `/api/v1/applications/{token}/chats`: creation is write-behind.
 
 use poem::web::Data;
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::applications::Deleted;
 use super::schemas::{Chat, ChatList, Created, Meta};
+use super::text::IdempotencyKey;
 use super::{ApiTags, AppState, lookup};
 use crate::domain::{Page, is_plausible_token};
 use crate::error::ApiError;
 use crate::store;
 use crate::store::search::meili::IndexOp;
+use crate::writebehind::Idempotency;
 
 /// Operations on chats.
 pub struct ChatsApi;
@@ -36,11 +38,19 @@ impl ChatsApi {
         state: Data<&AppState>,
         /// The application's token.
         token: Path<String>,
+        /// Makes a retry safe: a request with the same key in the same
+        /// application within `IDEMPOTENCY_TTL_SECS` (default a day) gets the
+        /// same answer and creates nothing. A UUID, for example.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<IdempotencyKey>>,
     ) -> Result<CreatedNumber, ApiError> {
         if !is_plausible_token(&token.0) {
             return Err(ApiError::not_found("no application with this token"));
         }
-        match state.wb.create_chat(&token.0).await? {
+        let idem = idempotency_key
+            .0
+            .map(|k| Idempotency::new(&[k.0.as_bytes()], &[b"POST chats"]));
+        match state.wb.create_chat(&token.0, idem.as_ref()).await? {
             Some(a) => Ok(CreatedNumber::Created(Json(Created { number: a.number }))),
             None => Err(ApiError::not_found("no application with this token")),
         }

@@ -2,18 +2,20 @@
 
 use poem::web::Data;
 use poem_openapi::OpenApi;
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 
 use super::applications::Deleted;
 use super::body::{FlatOrWrapped, JsonBody};
 use super::chats::CreatedNumber;
 use super::schemas::{Created, Message, MessageInput, MessageList, Meta};
+use super::text::IdempotencyKey;
 use super::{ApiTags, AppState, lookup};
 use crate::domain::{MessageBody, Page, is_plausible_token};
 use crate::error::ApiError;
 use crate::store;
 use crate::store::search::meili::IndexOp;
+use crate::writebehind::Idempotency;
 
 /// Operations on messages.
 pub struct MessagesApi;
@@ -33,15 +35,31 @@ impl MessagesApi {
         token: Path<String>,
         /// The chat's number.
         number: Path<i64>,
+        /// Makes a retry safe: a request with the same key in the same
+        /// application within `IDEMPOTENCY_TTL_SECS` (default a day) gets the
+        /// same answer and creates nothing; the same key with another body or
+        /// chat is a 422. A UUID, for example.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<IdempotencyKey>>,
         input: JsonBody<FlatOrWrapped<MessageInput>>,
     ) -> Result<CreatedNumber, ApiError> {
         let body = MessageBody::parse(input.0.0.body.0, state.config.max_message_bytes)?;
         if !is_plausible_token(&token.0) || number.0 < 1 {
             return Err(ApiError::not_found("no such application or chat"));
         }
+        let idem = idempotency_key.0.map(|k| {
+            Idempotency::new(
+                &[k.0.as_bytes()],
+                &[
+                    b"POST messages",
+                    number.0.to_string().as_bytes(),
+                    body.as_str().as_bytes(),
+                ],
+            )
+        });
         match state
             .wb
-            .create_message(&token.0, number.0, body.as_str())
+            .create_message(&token.0, number.0, body.as_str(), idem.as_ref())
             .await?
         {
             Some(a) => Ok(CreatedNumber::Created(Json(Created { number: a.number }))),

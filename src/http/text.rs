@@ -185,3 +185,22 @@ impl poem_openapi::types::ParseFromParameter for SearchTerms {
         }
     }
 }
+
+/// The `Idempotency-Key` request header (IETF draft
+/// `draft-ietf-httpapi-idempotency-key-header`): any value the header can
+/// carry (a UUID is a good choice). The service keeps only its SHA-256, so
+/// its length costs nothing; HTTP itself trims surrounding spaces, so the
+/// spec sets no pattern it could not hold to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct IdempotencyKey(pub String);
+
+fn idempotency_key(s: String) -> ParseResult<IdempotencyKey> {
+    Ok(IdempotencyKey(s))
+}
+
+fn idempotency_key_schema() -> MetaSchema {
+    MetaSchema::new("string")
+}
+
+strict_string!(IdempotencyKey, idempotency_key_schema, idempotency_key);

@@ -39,6 +39,10 @@ pub enum BufferError {
     /// `READ_YOUR_WRITES_TIMEOUT_MS` (MariaDB slow or down).
     #[error("the record is still being written")]
     NotYetStored,
+    /// The `Idempotency-Key` was used before, within its lifetime, with
+    /// another request (another body, chat or operation): 422.
+    #[error("the Idempotency-Key was already used with another request")]
+    KeyReused,
     /// MariaDB failed while seeding a cold counter.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -63,8 +67,11 @@ pub enum Enqueue {
     Queued {
         /// The allocated number.
         number: i64,
-        /// Length of the pending list after the push.
+        /// Length of the pending list after the push (0 for a replay).
         pending: u64,
+        /// The `Idempotency-Key` was seen before with the same request: the
+        /// number is the one handed out then, and nothing new was queued.
+        replayed: bool,
     },
     /// The token is not cached yet.
     AppMiss,
@@ -107,6 +114,43 @@ pub struct Buffer {
     timeout: Duration,
     max_pending: u64,
     owner: std::sync::Arc<str>,
+    idempotency_ttl_secs: u64,
+}
+
+/// A client's `Idempotency-Key` for one create: the key's digest, and the
+/// fingerprint of what the request asks for, so that the key reused with
+/// another request is told apart (IETF draft
+/// `draft-ietf-httpapi-idempotency-key-header`).
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    /// Hex SHA-256 of the header's value (any length, any bytes).
+    pub key: String,
+    /// Hex SHA-256 of the request's operation and content.
+    pub fingerprint: String,
+}
+
+/// Hex SHA-256 of `parts`, each prefixed by its length (so that no two
+/// different lists of parts hash alike by concatenation).
+pub fn digest(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    hex::encode(h.finalize())
+}
+
+impl Idempotency {
+    /// The key made of `key_parts` (the header's value, and for an
+    /// application create the client too) for a request made of `parts`
+    /// (operation name, path parameters, body).
+    pub fn new(key_parts: &[&[u8]], parts: &[&[u8]]) -> Self {
+        Self {
+            key: digest(key_parts),
+            fingerprint: digest(parts),
+        }
+    }
 }
 
 impl Buffer {
@@ -120,7 +164,15 @@ impl Buffer {
             timeout,
             max_pending,
             owner: "unnamed".into(),
+            idempotency_ttl_secs: 86_400,
         }
+    }
+
+    /// The same buffer, remembering `Idempotency-Key`s for `ttl` (whole
+    /// seconds, at least 1).
+    pub fn with_idempotency_ttl(mut self, ttl: Duration) -> Self {
+        self.idempotency_ttl_secs = ttl.as_secs().max(1);
+        self
     }
 
     /// The same buffer, claiming batches in the name of `owner` (the
@@ -183,10 +235,12 @@ impl Buffer {
 
     fn decode_enqueue(&self, reply: (i64, i64, i64)) -> Result<Enqueue, BufferError> {
         Ok(match reply {
-            (n, len, _) if n > 0 => Enqueue::Queued {
+            (n, len, replayed) if n > 0 => Enqueue::Queued {
                 number: n,
                 pending: len as u64,
+                replayed: replayed == 1,
             },
+            (code::KEY_REUSED, _, _) => return Err(BufferError::KeyReused),
             (code::APP_MISS, _, _) => Enqueue::AppMiss,
             (code::COUNTER_MISS, id, epoch) => Enqueue::CounterMiss {
                 application_id: id as u64,
@@ -210,15 +264,31 @@ impl Buffer {
         })
     }
 
-    /// Allocates a chat number in `token`'s application and queues the chat.
+    /// The idempotency key and fingerprint arguments of an enqueue script:
+    /// the key's Redis name (the app hash again when there is none, so that
+    /// every key of the script is the application's) and the fingerprint
+    /// (empty when none).
+    fn idempotency_args(&self, token: &str, idem: Option<&Idempotency>) -> (String, String) {
+        match idem {
+            Some(i) => (self.keys.idempotency(token, &i.key), i.fingerprint.clone()),
+            None => (self.keys.app(token), String::new()),
+        }
+    }
+
+    /// Allocates a chat number in `token`'s application and queues the chat;
+    /// with `idem`, answers the number of an earlier request with the same
+    /// key and fingerprint instead. Errors: buffer full, Redis unavailable,
+    /// the key reused with another request.
     pub async fn enqueue_chat(
         &self,
         token: &str,
         created_at_ms: i64,
+        idem: Option<&Idempotency>,
     ) -> Result<Enqueue, BufferError> {
         let app = self.keys.app(token);
         let pending = self.keys.pending(Kind::Chats);
         let epoch = self.keys.epoch();
+        let (idem_key, fingerprint) = self.idempotency_args(token, idem);
         let reply: (i64, i64, i64) = self
             .with_conn(|mut c| async move {
                 self.scripts
@@ -226,8 +296,13 @@ impl Buffer {
                     .key(app)
                     .key(pending)
                     .key(epoch)
+                    .key(idem_key)
                     .arg(self.max_pending)
                     .arg(created_at_ms)
+                    .arg("")
+                    .arg("")
+                    .arg(fingerprint)
+                    .arg(self.idempotency_ttl_secs)
                     .invoke_async(&mut c)
                     .await
             })
@@ -236,17 +311,20 @@ impl Buffer {
     }
 
     /// Allocates a message number in chat `chat_number` of `token`'s
-    /// application and queues the message with `body`.
+    /// application and queues the message with `body`; `idem` as in
+    /// [`Buffer::enqueue_chat`].
     pub async fn enqueue_message(
         &self,
         token: &str,
         chat_number: i64,
         created_at_ms: i64,
         body: &str,
+        idem: Option<&Idempotency>,
     ) -> Result<Enqueue, BufferError> {
         let app = self.keys.app(token);
         let pending = self.keys.pending(Kind::Messages);
         let epoch = self.keys.epoch();
+        let (idem_key, fingerprint) = self.idempotency_args(token, idem);
         let reply: (i64, i64, i64) = self
             .with_conn(|mut c| async move {
                 self.scripts
@@ -254,10 +332,13 @@ impl Buffer {
                     .key(app)
                     .key(pending)
                     .key(epoch)
+                    .key(idem_key)
                     .arg(self.max_pending)
                     .arg(created_at_ms)
                     .arg(chat_number)
                     .arg(body)
+                    .arg(fingerprint)
+                    .arg(self.idempotency_ttl_secs)
                     .invoke_async(&mut c)
                     .await
             })
@@ -269,6 +350,53 @@ impl Buffer {
     /// already there (HSETNX), so a racing delete always wins.
     pub async fn seed_app(&self, token: &str, application_id: u64) -> Result<(), BufferError> {
         self.seed_field(token, "id", application_id as i64).await
+    }
+
+    /// Starts an application create under `idem`, whose key is already the
+    /// digest of the client and its `Idempotency-Key` (see
+    /// [`super::scripts::BEGIN_KEY`]). Errors: Redis unavailable, or
+    /// [`BufferError::KeyReused`].
+    pub async fn begin_application_key(&self, idem: &Idempotency) -> Result<KeyState, BufferError> {
+        let key = self.keys.application_idempotency(&idem.key);
+        let (state, result): (i64, String) = self
+            .with_conn(|mut c| async move {
+                self.scripts
+                    .begin_key
+                    .key(key)
+                    .arg(&idem.fingerprint)
+                    .arg(self.idempotency_ttl_secs)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        match state {
+            0 => Ok(KeyState::New),
+            1 => Ok(KeyState::Done(result)),
+            2 => Err(BufferError::KeyReused),
+            _ => Ok(KeyState::InProgress),
+        }
+    }
+
+    /// Records the token an application create under `idem` made (`Some`),
+    /// or forgets the key after it failed (`None`), so a retry starts again.
+    /// Errors: Redis unavailable.
+    pub async fn finish_application_key(
+        &self,
+        idem: &Idempotency,
+        token: Option<&str>,
+    ) -> Result<(), BufferError> {
+        let key = self.keys.application_idempotency(&idem.key);
+        let value = token.map(|t| format!("{}\t{t}", idem.fingerprint));
+        self.with_conn(|mut c| async move {
+            match value {
+                Some(v) => {
+                    c.set_ex::<_, _, ()>(key, v, self.idempotency_ttl_secs)
+                        .await
+                }
+                None => c.del::<_, ()>(key).await,
+            }
+        })
+        .await
     }
 
     /// Raises a counter of `token`'s application to at least `floor` (or
@@ -594,6 +722,18 @@ pub struct Tombstone {
     token: String,
     field: String,
     previous: Option<String>,
+}
+
+/// Where an application create under an `Idempotency-Key` stands (see
+/// [`Buffer::begin_application_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyState {
+    /// The key is new: go ahead, then [`Buffer::finish_application_key`].
+    New,
+    /// The same request succeeded before: here is its token.
+    Done(String),
+    /// The same request is still in progress.
+    InProgress,
 }
 
 /// Which counter of an application.

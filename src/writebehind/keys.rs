@@ -63,6 +63,20 @@ impl Keys {
         format!("{}epoch", self.prefix)
     }
 
+    /// The record of one `Idempotency-Key` of an application (by the key's
+    /// digest): `{fingerprint}\t{number}`, expiring after
+    /// `IDEMPOTENCY_TTL_SECS`.
+    pub fn idempotency(&self, token: &str, key_digest: &str) -> String {
+        format!("{}idem:{token}:{key_digest}", self.prefix)
+    }
+
+    /// The record of one `Idempotency-Key` of an application create, by the
+    /// digest of the client and the key (no application exists yet to scope
+    /// it by): `{fingerprint}\t{token}`.
+    pub fn application_idempotency(&self, digest: &str) -> String {
+        format!("{}idem-apps:{digest}", self.prefix)
+    }
+
     /// List of records waiting to be flushed.
     pub fn pending(&self, kind: Kind) -> String {
         format!("{}pending:{}", self.prefix, kind.as_str())

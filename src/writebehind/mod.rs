@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use sqlx::MySqlPool;
 
-pub use buffer::{Buffer, BufferError, CounterScope, Enqueue, now_ms};
+pub use buffer::{Buffer, BufferError, CounterScope, Enqueue, Idempotency, KeyState, now_ms};
 pub use flusher::{FlushHandle, FlushReport, Flusher};
 pub use keys::Kind;
 
@@ -58,8 +58,12 @@ enum Target<'a> {
 pub struct Allocated {
     /// Its number in its scope.
     pub number: i64,
-    /// When it was allocated, in ms since the epoch (its `created_at`).
+    /// When it was allocated, in ms since the epoch (its `created_at`); for
+    /// a replay, when this request was made.
     pub created_at_ms: i64,
+    /// The request repeated an earlier one with the same `Idempotency-Key`:
+    /// `number` is the earlier one's, and nothing new was queued.
+    pub replayed: bool,
 }
 
 /// The request path's entry to the core: allocate+enqueue, and waiting for
@@ -103,21 +107,29 @@ impl WriteBehind {
     /// the chat. One Redis round trip when the cache is warm; on a cold cache,
     /// MariaDB fills it first. Returns `None` when the application does not
     /// exist. Errors: buffer full, Redis or MariaDB unavailable.
-    pub async fn create_chat(&self, token: &str) -> Result<Option<Allocated>, BufferError> {
-        self.allocate(token, Target::Chat).await
+    pub async fn create_chat(
+        &self,
+        token: &str,
+        idem: Option<&Idempotency>,
+    ) -> Result<Option<Allocated>, BufferError> {
+        self.allocate(token, Target::Chat, idem).await
     }
 
     /// Allocates the next message number of chat `chat_number` of the
     /// application `token` and queues the message. Returns `None` when the
     /// application or the chat does not exist (a chat still buffered exists).
-    /// Errors: buffer full, Redis or MariaDB unavailable.
+    /// With `idem`, a request that repeats an earlier one with the same
+    /// `Idempotency-Key` gets the earlier number and queues nothing.
+    /// Errors: buffer full, Redis or MariaDB unavailable, the key reused with
+    /// another request.
     pub async fn create_message(
         &self,
         token: &str,
         chat_number: i64,
         body: &str,
+        idem: Option<&Idempotency>,
     ) -> Result<Option<Allocated>, BufferError> {
-        self.allocate(token, Target::Message { chat_number, body })
+        self.allocate(token, Target::Message { chat_number, body }, idem)
             .await
     }
 
@@ -129,19 +141,24 @@ impl WriteBehind {
         &self,
         token: &str,
         target: Target<'_>,
+        idem: Option<&Idempotency>,
     ) -> Result<Option<Allocated>, BufferError> {
         for _ in 0..MAX_SEED_ROUNDS {
             let created_at_ms = now_ms();
             let reply = match target {
-                Target::Chat => self.buffer.enqueue_chat(token, created_at_ms).await?,
+                Target::Chat => self.buffer.enqueue_chat(token, created_at_ms, idem).await?,
                 Target::Message { chat_number, body } => {
                     self.buffer
-                        .enqueue_message(token, chat_number, created_at_ms, body)
+                        .enqueue_message(token, chat_number, created_at_ms, body, idem)
                         .await?
                 }
             };
             match reply {
-                Enqueue::Queued { number, pending } => {
+                Enqueue::Queued {
+                    number,
+                    pending,
+                    replayed,
+                } => {
                     let batch_size = match target {
                         Target::Chat => self.chat_batch_size,
                         Target::Message { .. } => self.message_batch_size,
@@ -152,6 +169,7 @@ impl WriteBehind {
                     return Ok(Some(Allocated {
                         number,
                         created_at_ms,
+                        replayed,
                     }));
                 }
                 Enqueue::Deleted => return Ok(None),

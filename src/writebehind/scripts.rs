@@ -56,18 +56,53 @@ pub mod code {
     /// The counter was not checked against MariaDB in the current epoch (or
     /// no epoch is set): check it with `RECONCILE` and try again.
     pub const UNVERIFIED: i64 = -5;
+    /// The `Idempotency-Key` was used before with another request.
+    pub const KEY_REUSED: i64 = -6;
 }
+
+/// The idempotency step shared by the enqueue scripts (spliced into them):
+/// with a fingerprint (`ARGV[5]`, empty: no `Idempotency-Key`), a key seen
+/// before (`KEYS[4]` = `{fingerprint}\t{number}`) answers its number again,
+/// flagged replayed, or [`code::KEY_REUSED`] for another request; a new key is
+/// recorded by [`REMEMBER_KEY`] in the same script, after the allocation.
+const REPLAY_KEY: &str = r#"
+if ARGV[5] ~= '' then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then
+    local fp, num = string.match(seen, '^(%x+)\t(%d+)$')
+    if fp ~= ARGV[5] then return {-6, 0, 0} end
+    return {tonumber(num), 0, 1}
+  end
+end
+"#;
+
+/// See [`REPLAY_KEY`]: records `{fingerprint}\t{n}` for `ARGV[6]` seconds.
+const REMEMBER_KEY: &str = r#"
+if ARGV[5] ~= '' then
+  redis.call('SET', KEYS[4], ARGV[5] .. '\t' .. n, 'EX', tonumber(ARGV[6]))
+end
+"#;
 
 /// Allocates the next chat number and queues the chat record, in one step.
 /// The new chat's message counter starts at 0, checked in this epoch.
 ///
-/// KEYS: app hash, pending chats list, epoch hash. ARGV: max pending, created_at ms.
-/// Returns `{number, pending length, 0}` or `{code, application id, epoch}`
-/// (epoch 0 when none is set).
-pub const ENQUEUE_CHAT: &str = r#"
+/// KEYS: app hash, pending chats list, epoch hash, idempotency key (the app
+/// hash again when there is none). ARGV: max pending, created_at ms, unused,
+/// unused, request fingerprint (empty: no key), key lifetime in seconds.
+/// Returns `{number, pending length, replayed (0/1)}` or `{code, application
+/// id, epoch}` (epoch 0 when none is set).
+pub fn enqueue_chat() -> String {
+    ENQUEUE_CHAT
+        .replace("--REPLAY_KEY", REPLAY_KEY)
+        .replace("--REMEMBER_KEY", REMEMBER_KEY)
+}
+
+/// The text of [`enqueue_chat`] before its idempotency steps are spliced in.
+const ENQUEUE_CHAT: &str = r#"
 local id = redis.call('HGET', KEYS[1], 'id')
 if not id then return {-1, 0, 0} end
 if id == 'deleted' then return {-2, 0, 0} end
+--REPLAY_KEY
 local epoch = redis.call('HGET', KEYS[3], 'epoch')
 if not redis.call('HGET', KEYS[1], 'chats') then return {-3, tonumber(id), tonumber(epoch or 0)} end
 if not epoch or redis.call('HGET', KEYS[1], 'v') ~= epoch then return {-5, tonumber(id), tonumber(epoch or 0)} end
@@ -78,19 +113,30 @@ if redis.call('HSETNX', KEYS[1], tostring(n), 0) == 1 then
   redis.call('HSET', KEYS[1], 'v:' .. n, epoch)
 end
 len = redis.call('RPUSH', KEYS[2], id .. '\t' .. n .. '\t' .. ARGV[2])
+--REMEMBER_KEY
 return {n, len, 0}
 "#;
 
 /// Allocates the next message number of a chat and queues the message, in one step.
 ///
-/// KEYS: app hash, pending messages list, epoch hash.
-/// ARGV: max pending, created_at ms, chat number (canonical decimal), body.
-/// Returns `{number, pending length, 0}` or `{code, application id, epoch}`
-/// (epoch 0 when none is set).
-pub const ENQUEUE_MESSAGE: &str = r#"
+/// KEYS: app hash, pending messages list, epoch hash, idempotency key (the
+/// app hash again when there is none). ARGV: max pending, created_at ms, chat
+/// number (canonical decimal), body, request fingerprint (empty: no key), key
+/// lifetime in seconds.
+/// Returns `{number, pending length, replayed (0/1)}` or `{code, application
+/// id, epoch}` (epoch 0 when none is set).
+pub fn enqueue_message() -> String {
+    ENQUEUE_MESSAGE
+        .replace("--REPLAY_KEY", REPLAY_KEY)
+        .replace("--REMEMBER_KEY", REMEMBER_KEY)
+}
+
+/// The text of [`enqueue_message`] before its idempotency steps are spliced in.
+const ENQUEUE_MESSAGE: &str = r#"
 local id = redis.call('HGET', KEYS[1], 'id')
 if not id then return {-1, 0, 0} end
 if id == 'deleted' then return {-2, 0, 0} end
+--REPLAY_KEY
 local seq = redis.call('HGET', KEYS[1], ARGV[3])
 local epoch = redis.call('HGET', KEYS[3], 'epoch')
 if not seq then return {-3, tonumber(id), tonumber(epoch or 0)} end
@@ -100,6 +146,7 @@ local len = redis.call('LLEN', KEYS[2])
 if len >= tonumber(ARGV[1]) then return {-4, len, 0} end
 local n = redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
 len = redis.call('RPUSH', KEYS[2], id .. '\t' .. ARGV[3] .. '\t' .. n .. '\t' .. ARGV[2] .. '\t' .. ARGV[4])
+--REMEMBER_KEY
 return {n, len, 0}
 "#;
 
@@ -245,6 +292,26 @@ redis.call('PERSIST', KEYS[1])
 return 1
 "#;
 
+/// Starts a create that runs outside Redis (an application, in MariaDB)
+/// under an `Idempotency-Key`: records the key as in progress, unless it is
+/// known.
+///
+/// KEYS: the key's record (`{fingerprint}\t{result}`, result empty while in
+/// progress). ARGV: fingerprint, lifetime in seconds.
+/// Returns `{0, ''}` new, `{1, result}` done before, `{2, ''}` another request
+/// used the key, `{3, ''}` the same request is still in progress.
+pub const BEGIN_KEY: &str = r#"
+local seen = redis.call('GET', KEYS[1])
+if not seen then
+  redis.call('SET', KEYS[1], ARGV[1] .. '\t', 'EX', tonumber(ARGV[2]))
+  return {0, ''}
+end
+local fp, result = string.match(seen, '^(%x+)\t(.*)$')
+if fp ~= ARGV[1] then return {2, ''} end
+if result == '' then return {3, ''} end
+return {1, result}
+"#;
+
 /// Puts dead-lettered records back on their pending list (tail), each only
 /// if its entry is still in the dead-letter list, so a record is replayed at
 /// most once however many operators press the button.
@@ -271,14 +338,16 @@ return n
 
 /// The scripts, hashed once at start-up.
 pub struct Scripts {
-    /// See [`ENQUEUE_CHAT`].
+    /// See [`enqueue_chat`].
     pub enqueue_chat: Script,
-    /// See [`ENQUEUE_MESSAGE`].
+    /// See [`enqueue_message`].
     pub enqueue_message: Script,
     /// See [`CLAIM`].
     pub claim: Script,
     /// See [`RECONCILE`].
     pub reconcile: Script,
+    /// See [`BEGIN_KEY`].
+    pub begin_key: Script,
     /// See [`RENEW`].
     pub renew: Script,
     /// See [`ACK`].
@@ -300,10 +369,11 @@ pub struct Scripts {
 impl Default for Scripts {
     fn default() -> Self {
         Self {
-            enqueue_chat: Script::new(ENQUEUE_CHAT),
-            enqueue_message: Script::new(ENQUEUE_MESSAGE),
+            enqueue_chat: Script::new(&enqueue_chat()),
+            enqueue_message: Script::new(&enqueue_message()),
             claim: Script::new(CLAIM),
             reconcile: Script::new(RECONCILE),
+            begin_key: Script::new(BEGIN_KEY),
             renew: Script::new(RENEW),
             ack: Script::new(ACK),
             release: Script::new(RELEASE),

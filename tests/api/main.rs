@@ -8,6 +8,7 @@ mod chats;
 mod counts;
 mod deletes;
 mod helpers;
+mod idempotency;
 mod messages;
 mod openapi;
 mod promise;

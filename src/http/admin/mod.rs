@@ -197,6 +197,9 @@ pub enum AdminError {
     /// 404: the operator API is off (`ADMIN_API_KEY` unset).
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
+    /// 409: a request with the same `Idempotency-Key` is still in progress.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
     /// 413: the request body is larger than `MAX_REQUEST_BYTES`.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
@@ -239,6 +242,7 @@ impl From<ApiError> for AdminError {
         match e {
             ApiError::BadRequest(b) => Self::BadRequest(b),
             ApiError::NotFound(b) => Self::NotFound(b),
+            ApiError::Conflict(b) => Self::Conflict(b),
             ApiError::PayloadTooLarge(b) => Self::PayloadTooLarge(b),
             ApiError::UnsupportedMediaType(b) => Self::UnsupportedMediaType(b),
             ApiError::Unprocessable(b) => Self::Unprocessable(b),
