@@ -613,12 +613,11 @@ async fn flush_rate(
     prefill(r, &format!("{prefix}pending:messages"), app, 100, n).await?;
     let rpool = chat_api::store::redis::pool(&env.opts.redis, 4, Duration::from_secs(5))?;
     let buffer = chat_api::writebehind::Buffer::new(
-        rpool.clone(),
+        rpool,
         Keys::new(prefix.clone()),
         Duration::from_secs(5),
         u64::MAX,
     );
-    let marks = chat_api::jobs::counts::DirtyMarks::new(rpool, prefix.clone());
     let settings = FlushSettings {
         chat_batch_size: batch,
         message_batch_size: batch,
@@ -629,7 +628,7 @@ async fn flush_rate(
         index_search: false,
         fault_delay: Duration::ZERO,
     };
-    let flusher = chat_api::writebehind::Flusher::new(buffer, pool.clone(), marks, settings);
+    let flusher = chat_api::writebehind::Flusher::new(buffer, pool.clone(), settings);
     let started = Instant::now();
     let mut written = 0;
     while flusher.pending().await? > 0 {

@@ -87,6 +87,13 @@ pub struct Config {
     #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value = "86400", value_parser = parse_nonzero_secs)]
     pub idempotency_ttl: Duration,
 
+    /// Bytes of Redis memory a pending list may take (Redis's own estimate,
+    /// `MEMORY USAGE`) past which creation answers 503 with `Retry-After`,
+    /// like `MAX_PENDING`; 0: no limit. Keeps a MariaDB outage from filling
+    /// Redis with large messages.
+    #[arg(long, env = "MAX_PENDING_BYTES", default_value_t = 536_870_912)]
+    pub max_pending_bytes: u64,
+
     /// Largest accepted message body, in bytes of UTF-8.
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=16_000_000))]
     pub max_message_bytes: u32,

@@ -116,11 +116,11 @@ impl Application {
             config.max_pending,
         )
         .with_owner(config.instance_id())
-        .with_idempotency_ttl(config.idempotency_ttl);
+        .with_idempotency_ttl(config.idempotency_ttl)
+        .with_max_pending_bytes(config.max_pending_bytes);
         let flusher = Arc::new(Flusher::new(
             buffer.clone(),
             pool.clone(),
-            marks.clone(),
             flush_settings(&config),
         ));
         let counts = Arc::new(CountsRefresher::new(

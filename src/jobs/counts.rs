@@ -122,7 +122,7 @@ impl DirtyMarks {
 
     /// Name of the dirty set of `scope`.
     pub fn dirty_key(&self, scope: Scope) -> String {
-        format!("{}dirty:{}", self.prefix, scope.as_str())
+        crate::writebehind::keys::Keys::new(self.prefix.clone()).dirty(scope.as_str())
     }
 
     fn leases_key(&self) -> String {

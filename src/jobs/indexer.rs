@@ -98,7 +98,9 @@ impl Indexer {
                     }
                 }
             }
-            self.buffer.ack(&batch, &[], &dead).await?;
+            self.buffer
+                .ack(&batch, &[], &dead, (&[], &[]), None)
+                .await?;
         }
         Ok(applied)
     }

@@ -259,7 +259,10 @@ struct ChatRef {
 /// - found but deleted, or its application is gone: dropped ([`Disposition::ParentDeleted`]);
 /// - not stored yet (its chat is still buffered, perhaps in another
 ///   flusher's batch): [`Disposition::Deferred`], unless the record was
-///   created before `orphan_cutoff_ms` (ms since the epoch), then dead-lettered.
+///   first deferred before `orphan_cutoff_ms` (ms since the epoch), then
+///   dead-lettered. A record is aged from its first deferral, not from its
+///   creation, so a backlog after a long MariaDB outage is not dead-lettered
+///   on arrival.
 ///
 /// Errors: only when MariaDB is unavailable.
 pub async fn write_messages(
@@ -318,10 +321,12 @@ pub async fn write_messages(
                 Disposition::Written
             }
             None if !apps.contains(&r.application_id) => Disposition::ParentDeleted,
-            None if r.created_at_ms < orphan_cutoff_ms => Disposition::DeadLetter(format!(
-                "chat {} of application {} never reached the database",
-                r.chat_number, r.application_id
-            )),
+            None if r.deferred_since_ms.is_some_and(|t| t < orphan_cutoff_ms) => {
+                Disposition::DeadLetter(format!(
+                    "chat {} of application {} never reached the database",
+                    r.chat_number, r.application_id
+                ))
+            }
             None => Disposition::Deferred,
         };
         out.push(d);

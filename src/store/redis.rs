@@ -72,6 +72,7 @@ impl RedisConn {
 pub struct RedisManager {
     inner: RedisConnectionManager,
     epoch_key: Option<String>,
+    response_timeout: Duration,
 }
 
 /// Raises the epoch when the server is not the one that set it: its `run_id`
@@ -121,6 +122,9 @@ impl bb8::ManageConnection for RedisManager {
 
     async fn connect(&self) -> Result<RedisConn, redis::RedisError> {
         let mut conn = self.inner.connect().await?;
+        // Every command on this connection (and its clones) gives up after
+        // the configured time, whichever path sent it.
+        conn.set_response_timeout(self.response_timeout);
         if let Some(key) = &self.epoch_key {
             check_epoch(&mut conn, key).await?;
         }
@@ -147,7 +151,9 @@ pub fn pool(url: &str, max_size: u32, timeout: Duration) -> redis::RedisResult<R
 }
 
 /// [`pool`], whose new connections first run the epoch check on
-/// `epoch_key` (see the module docs). Errors: an invalid URL.
+/// `epoch_key` (see the module docs). `timeout` bounds getting a connection
+/// and every command sent on one (`REDIS_TIMEOUT_MS`). Errors: an invalid
+/// URL.
 pub fn pool_with_epoch(
     url: &str,
     max_size: u32,
@@ -159,7 +165,11 @@ pub fn pool_with_epoch(
         .max_size(max_size)
         .connection_timeout(timeout)
         .test_on_check_out(false)
-        .build_unchecked(RedisManager { inner, epoch_key }))
+        .build_unchecked(RedisManager {
+            inner,
+            epoch_key,
+            response_timeout: timeout,
+        }))
 }
 
 /// What the start-up check found out about the Redis server.

@@ -113,6 +113,7 @@ pub struct Buffer {
     scripts: std::sync::Arc<Scripts>,
     timeout: Duration,
     max_pending: u64,
+    max_pending_bytes: u64,
     owner: std::sync::Arc<str>,
     idempotency_ttl_secs: u64,
 }
@@ -163,9 +164,17 @@ impl Buffer {
             scripts: Default::default(),
             timeout,
             max_pending,
+            max_pending_bytes: 0,
             owner: "unnamed".into(),
             idempotency_ttl_secs: 86_400,
         }
+    }
+
+    /// The same buffer, refusing creation (503) once a pending list takes
+    /// `max` bytes of Redis memory (Redis's own estimate); 0: no limit.
+    pub fn with_max_pending_bytes(mut self, max: u64) -> Self {
+        self.max_pending_bytes = max;
+        self
     }
 
     /// The same buffer, remembering `Idempotency-Key`s for `ttl` (whole
@@ -303,6 +312,7 @@ impl Buffer {
                     .arg("")
                     .arg(fingerprint)
                     .arg(self.idempotency_ttl_secs)
+                    .arg(self.max_pending_bytes)
                     .invoke_async(&mut c)
                     .await
             })
@@ -339,6 +349,7 @@ impl Buffer {
                     .arg(body)
                     .arg(fingerprint)
                     .arg(self.idempotency_ttl_secs)
+                    .arg(self.max_pending_bytes)
                     .invoke_async(&mut c)
                     .await
             })
@@ -542,11 +553,7 @@ impl Buffer {
         op: &crate::store::search::meili::IndexOp,
     ) -> Result<(), BufferError> {
         let key = self.keys.pending(Kind::Search);
-        // Stamped so operators can see how long the oldest op has waited.
-        let mut value =
-            serde_json::to_value(op).map_err(|e| BufferError::Unavailable(e.to_string()))?;
-        value["queued_at_ms"] = now_ms().into();
-        let json = value.to_string();
+        let json = search_op_json(op)?;
         self.with_conn(|mut c| async move { c.rpush::<_, _, ()>(key, json).await })
             .await
     }
@@ -617,20 +624,27 @@ impl Buffer {
         Ok(held == 1)
     }
 
-    /// Acknowledges a written batch; `deferred` records go back to the tail of
-    /// the pending list and `dead_letters` (JSON entries) to the dead-letter
-    /// list, atomically. Returns false when the lease had been lost.
+    /// Acknowledges a written batch, atomically with what follows from it
+    /// (see [`super::scripts::ACK`]): `deferred` records go back to the tail
+    /// of the pending list, `dead_letters` (JSON entries) to the dead-letter
+    /// list, the parents in `marks` (application ids, chat ids) are marked
+    /// dirty for the counts refresh, and `search_op` (JSON) is queued for the
+    /// indexer. Returns false when the lease had been lost (then none of it
+    /// happened). Errors: Redis unavailable.
     pub async fn ack(
         &self,
         batch: &Claimed,
         deferred: &[&[u8]],
         dead_letters: &[String],
+        marks: (&[u64], &[u64]),
+        search_op: Option<&str>,
     ) -> Result<bool, BufferError> {
         let leases = self.keys.leases();
         let pending = self.keys.pending(batch.kind);
         let dead = self.keys.dead_letter(batch.kind);
         let batches = self.keys.batches();
         let key = batch.key.clone();
+        let (apps, chats) = marks;
         let held: i64 = self
             .with_conn(|mut c| async move {
                 let mut inv = self.scripts.ack.key(leases);
@@ -638,12 +652,25 @@ impl Buffer {
                     .key(pending)
                     .key(dead)
                     .key(batches)
-                    .arg(deferred.len());
+                    .key(self.keys.dirty("apps"))
+                    .key(self.keys.dirty("chats"))
+                    .key(self.keys.pending(Kind::Search))
+                    .arg(deferred.len())
+                    .arg(dead_letters.len())
+                    .arg(apps.len())
+                    .arg(chats.len())
+                    .arg(usize::from(search_op.is_some()));
                 for r in deferred {
                     inv.arg(*r);
                 }
                 for d in dead_letters {
                     inv.arg(d.as_str());
+                }
+                for id in apps.iter().chain(chats) {
+                    inv.arg(*id);
+                }
+                if let Some(op) = search_op {
+                    inv.arg(op);
                 }
                 inv.invoke_async(&mut c).await
             })
@@ -755,6 +782,16 @@ pub struct Counters {
     pub chat_allocated: bool,
     /// Last message number handed out in the chat.
     pub last_message: Option<i64>,
+}
+
+/// The queued form of a search-index change: its JSON, stamped with
+/// `queued_at_ms` so operators can see how long the oldest op has waited.
+/// Errors: the op does not serialise (a bug), as [`BufferError::Unavailable`].
+pub fn search_op_json(op: &crate::store::search::meili::IndexOp) -> Result<String, BufferError> {
+    let mut value =
+        serde_json::to_value(op).map_err(|e| BufferError::Unavailable(e.to_string()))?;
+    value["queued_at_ms"] = now_ms().into();
+    Ok(value.to_string())
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.

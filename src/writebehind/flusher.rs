@@ -37,7 +37,6 @@ use tokio_util::sync::CancellationToken;
 use super::buffer::{Buffer, BufferError, Claimed, now_ms};
 use super::keys::Kind;
 use super::record::{ChatRecord, DecodeError, MessageRecord};
-use crate::jobs::counts::DirtyMarks;
 use crate::store::bulk::{self, BatchOutcome, Disposition};
 use crate::store::search::meili::IndexOp;
 
@@ -130,8 +129,6 @@ pub struct Flusher {
     buffer: Buffer,
     pool: MySqlPool,
     settings: FlushSettings,
-    /// Where the flusher marks the parents whose counts changed.
-    marks: DirtyMarks,
     /// Woken by the request path when a list reaches its batch size, and by
     /// read-your-writes waiters. Holds at most one permit, so wake-ups that
     /// arrive during a flush cause exactly one more flush.
@@ -175,17 +172,11 @@ impl FlushHandle {
 
 impl Flusher {
     /// A flusher over `buffer` writing to `pool`.
-    pub fn new(
-        buffer: Buffer,
-        pool: MySqlPool,
-        marks: DirtyMarks,
-        settings: FlushSettings,
-    ) -> Self {
+    pub fn new(buffer: Buffer, pool: MySqlPool, settings: FlushSettings) -> Self {
         Self {
             buffer,
             pool,
             settings,
-            marks,
             wake: Arc::new(Notify::new()),
             generation: watch::Sender::new(0),
         }
@@ -247,38 +238,35 @@ impl Flusher {
                 return Err(FlushError::Timeout);
             }
         };
-        // Mark before acknowledging: if the mark is lost, the batch is
-        // written again (a no-op) and marked then.
         if !self.settings.fault_delay.is_zero() {
             tokio::time::sleep(self.settings.fault_delay).await;
         }
+        // The dirty marks and the index update are written by the
+        // acknowledgement itself (one script), so a full Redis cannot refuse
+        // them while accepting the acknowledgement, or the other way round.
         let touched = outcome.touched();
-        let (apps, chats): (&[u64], &[u64]) = match batch.kind {
+        let marks: (&[u64], &[u64]) = match batch.kind {
             Kind::Messages => (&[], &touched),
             _ => (&touched, &[]),
         };
-        if let Err(e) = self.marks.mark(apps, chats).await {
-            self.give_back(&batch).await;
-            return Err(FlushError::Buffer(e.into()));
-        }
-        // Queue the index update durably before acknowledging, for the same reason.
-        if let Some(op) = &search_op
-            && let Err(e) = self.buffer.push_search_op(op).await
-        {
-            self.give_back(&batch).await;
-            return Err(e.into());
-        }
+        let search_op = match &search_op {
+            Some(op) => Some(crate::writebehind::buffer::search_op_json(op)?),
+            None => None,
+        };
         let mut report = FlushReport {
             batches: 1,
             ..Default::default()
         };
-        let mut deferred: Vec<&[u8]> = Vec::new();
+        let mut deferred: Vec<std::borrow::Cow<'_, [u8]>> = Vec::new();
+        let deferred_at = now_ms();
         let mut dead: Vec<String> = Vec::new();
         for (raw, d) in batch.records.iter().zip(&outcome.dispositions) {
             match d {
                 Disposition::Written => report.written += 1,
                 Disposition::ParentDeleted => report.dropped += 1,
-                Disposition::Deferred => deferred.push(raw),
+                Disposition::Deferred => deferred.push(
+                    crate::writebehind::record::MessageRecord::stamp_deferred(raw, deferred_at),
+                ),
                 Disposition::DeadLetter(reason) => {
                     tracing::error!(kind = batch.kind.as_str(), %reason, record = %String::from_utf8_lossy(raw), "record dead-lettered");
                     dead.push(crate::writebehind::deadletter::entry(raw, reason));
@@ -300,7 +288,17 @@ impl Flusher {
         }
         report.deferred = deferred.len() as u64;
         report.dead_lettered = dead.len() as u64;
-        if !self.buffer.ack(&batch, &deferred, &dead).await? {
+        if !self
+            .buffer
+            .ack(
+                &batch,
+                &deferred.iter().map(|r| r.as_ref()).collect::<Vec<_>>(),
+                &dead,
+                marks,
+                search_op.as_deref(),
+            )
+            .await?
+        {
             tracing::warn!(key = %batch.key, "lease lost before acknowledgement; the recovered copy will be written again idempotently");
             report.lost_leases = 1;
         }

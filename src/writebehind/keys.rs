@@ -77,6 +77,12 @@ impl Keys {
         format!("{}idem-apps:{digest}", self.prefix)
     }
 
+    /// Set of ids whose cached count is stale (`scope` is `apps` or `chats`),
+    /// for the counts refresh ([`crate::jobs::counts`]).
+    pub fn dirty(&self, scope: &str) -> String {
+        format!("{}dirty:{scope}", self.prefix)
+    }
+
     /// List of records waiting to be flushed.
     pub fn pending(&self, kind: Kind) -> String {
         format!("{}pending:{}", self.prefix, kind.as_str())

@@ -8,6 +8,12 @@
 //! chat:    {application_id}\t{number}\t{created_at_ms}
 //! message: {application_id}\t{chat_number}\t{number}\t{created_at_ms}\t{body}
 //! ```
+//!
+//! A message the flusher deferred (its chat was not stored yet) goes back to
+//! the queue prefixed with `d{first_deferred_ms}\t`, so that it is aged from
+//! its first deferral rather than from its creation: a backlog that waited
+//! out a long MariaDB outage is not dead-lettered on arrival. (Application
+//! ids are digits, so the prefix cannot be mistaken for one.)
 
 use chrono::{DateTime, Utc};
 
@@ -35,6 +41,9 @@ pub struct MessageRecord {
     pub created_at_ms: i64,
     /// The body, byte for byte as the client sent it.
     pub body: String,
+    /// When the flusher first deferred it, in ms since the Unix epoch
+    /// (`None`: never deferred).
+    pub deferred_since_ms: Option<i64>,
 }
 
 /// Why a buffered record could not be decoded (it goes to the dead-letter list).
@@ -71,8 +80,17 @@ impl ChatRecord {
 }
 
 impl MessageRecord {
-    /// Decodes `{application_id}\t{chat_number}\t{number}\t{created_at_ms}\t{body}`.
+    /// Decodes `{application_id}\t{chat_number}\t{number}\t{created_at_ms}\t{body}`,
+    /// with or without the `d{first_deferred_ms}\t` prefix.
     pub fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
+        let (deferred_since_ms, raw) = match raw.strip_prefix(b"d") {
+            Some(rest) => {
+                let mut it = rest.splitn(2, |b| *b == b'\t');
+                let since = field(&mut it, "deferred_since_ms")?;
+                (Some(since), it.next().ok_or(DecodeError("record"))?)
+            }
+            None => (None, raw),
+        };
         let mut it = raw.splitn(5, |b| *b == b'\t');
         let application_id = field(&mut it, "application_id")?;
         let chat_number = field(&mut it, "chat_number")?;
@@ -87,12 +105,24 @@ impl MessageRecord {
             number,
             created_at_ms,
             body,
+            deferred_since_ms,
         })
     }
 
     /// Creation time as a UTC timestamp.
     pub fn created_at(&self) -> DateTime<Utc> {
         ms_to_utc(self.created_at_ms)
+    }
+
+    /// `raw` as it goes back to the queue when deferred at `now_ms`: stamped
+    /// with its first deferral, unless it already is.
+    pub fn stamp_deferred(raw: &[u8], now_ms: i64) -> std::borrow::Cow<'_, [u8]> {
+        if raw.starts_with(b"d") {
+            return raw.into();
+        }
+        let mut stamped = format!("d{now_ms}\t").into_bytes();
+        stamped.extend_from_slice(raw);
+        stamped.into()
     }
 }
 
@@ -113,6 +143,19 @@ mod tests {
         assert_eq!((r.application_id, r.chat_number, r.number), (7, 3, 12));
         assert_eq!(r.body, "a\tb\0c 😀");
         assert_eq!(r.created_at().timestamp_millis(), 1_700_000_000_123);
+    }
+
+    #[test]
+    fn a_deferred_record_keeps_its_first_deferral() {
+        let raw = b"7\t3\t12\t1700000000123\tbody";
+        assert_eq!(MessageRecord::decode(raw).unwrap().deferred_since_ms, None);
+        let once = MessageRecord::stamp_deferred(raw, 1_800_000_000_000).into_owned();
+        let twice = MessageRecord::stamp_deferred(&once, 1_900_000_000_000).into_owned();
+        assert_eq!(once, twice, "the first deferral is kept");
+        let r = MessageRecord::decode(&twice).unwrap();
+        assert_eq!(r.deferred_since_ms, Some(1_800_000_000_000));
+        assert_eq!((r.number, r.body.as_str()), (12, "body"));
+        assert!(MessageRecord::decode(b"dx\t7\t3\t12\t1\tb").is_err());
     }
 
     #[test]

@@ -76,6 +76,17 @@ if ARGV[5] ~= '' then
 end
 "#;
 
+/// The byte limit shared by the enqueue scripts (`MAX_PENDING_BYTES`,
+/// `ARGV[7]`, 0: none): Redis's own estimate of the pending list's memory
+/// (`MEMORY USAGE` with 5 samples, so O(1)) at or over it is
+/// [`code::FULL`].
+const BYTES_LIMIT: &str = r#"
+if tonumber(ARGV[7]) > 0 then
+  local used = redis.call('MEMORY', 'USAGE', KEYS[2], 'SAMPLES', 5)
+  if used and used >= tonumber(ARGV[7]) then return {-4, len, 0} end
+end
+"#;
+
 /// See [`REPLAY_KEY`]: records `{fingerprint}\t{n}` for `ARGV[6]` seconds.
 const REMEMBER_KEY: &str = r#"
 if ARGV[5] ~= '' then
@@ -88,12 +99,14 @@ end
 ///
 /// KEYS: app hash, pending chats list, epoch hash, idempotency key (the app
 /// hash again when there is none). ARGV: max pending, created_at ms, unused,
-/// unused, request fingerprint (empty: no key), key lifetime in seconds.
+/// unused, request fingerprint (empty: no key), key lifetime in seconds, max
+/// pending bytes (0: none).
 /// Returns `{number, pending length, replayed (0/1)}` or `{code, application
 /// id, epoch}` (epoch 0 when none is set).
 pub fn enqueue_chat() -> String {
     ENQUEUE_CHAT
         .replace("--REPLAY_KEY", REPLAY_KEY)
+        .replace("--BYTES_LIMIT", BYTES_LIMIT)
         .replace("--REMEMBER_KEY", REMEMBER_KEY)
 }
 
@@ -108,6 +121,7 @@ if not redis.call('HGET', KEYS[1], 'chats') then return {-3, tonumber(id), tonum
 if not epoch or redis.call('HGET', KEYS[1], 'v') ~= epoch then return {-5, tonumber(id), tonumber(epoch or 0)} end
 local len = redis.call('LLEN', KEYS[2])
 if len >= tonumber(ARGV[1]) then return {-4, len, 0} end
+--BYTES_LIMIT
 local n = redis.call('HINCRBY', KEYS[1], 'chats', 1)
 if redis.call('HSETNX', KEYS[1], tostring(n), 0) == 1 then
   redis.call('HSET', KEYS[1], 'v:' .. n, epoch)
@@ -122,12 +136,13 @@ return {n, len, 0}
 /// KEYS: app hash, pending messages list, epoch hash, idempotency key (the
 /// app hash again when there is none). ARGV: max pending, created_at ms, chat
 /// number (canonical decimal), body, request fingerprint (empty: no key), key
-/// lifetime in seconds.
+/// lifetime in seconds, max pending bytes (0: none).
 /// Returns `{number, pending length, replayed (0/1)}` or `{code, application
 /// id, epoch}` (epoch 0 when none is set).
 pub fn enqueue_message() -> String {
     ENQUEUE_MESSAGE
         .replace("--REPLAY_KEY", REPLAY_KEY)
+        .replace("--BYTES_LIMIT", BYTES_LIMIT)
         .replace("--REMEMBER_KEY", REMEMBER_KEY)
 }
 
@@ -144,6 +159,7 @@ if seq == 'deleted' then return {-2, 0, 0} end
 if not epoch or redis.call('HGET', KEYS[1], 'v:' .. ARGV[3]) ~= epoch then return {-5, tonumber(id), tonumber(epoch or 0)} end
 local len = redis.call('LLEN', KEYS[2])
 if len >= tonumber(ARGV[1]) then return {-4, len, 0} end
+--BYTES_LIMIT
 local n = redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
 len = redis.call('RPUSH', KEYS[2], id .. '\t' .. ARGV[3] .. '\t' .. n .. '\t' .. ARGV[2] .. '\t' .. ARGV[4])
 --REMEMBER_KEY
@@ -180,7 +196,7 @@ return 1
 /// KEYS: pending list, processing list, leases, batches.
 /// ARGV: N, lease deadline ms, `{owner}\t{claimed_at_ms}`.
 /// Returns the claimed records (empty when nothing was pending).
-pub const CLAIM: &str = r#"
+pub const CLAIM: &str = r#"#!lua flags=allow-oom
 local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 if #items == 0 then return items end
 redis.call('LTRIM', KEYS[1], #items, -1)
@@ -195,7 +211,7 @@ return items
 /// Extends a lease if the caller still holds it.
 ///
 /// KEYS: leases. ARGV: processing key, new deadline ms. Returns 1 if held, else 0.
-pub const RENEW: &str = r#"
+pub const RENEW: &str = r#"#!lua flags=allow-oom
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
   return 1
@@ -203,22 +219,42 @@ end
 return 0
 "#;
 
-/// Acknowledges a written batch: drops it, re-queues its deferred records at
-/// the tail of the pending list, and dead-letters its poison records, in one
-/// step, and only if the caller still held the lease (otherwise the batch was
-/// recovered by another flusher, which will write it again idempotently).
+/// Acknowledges a written batch, in one step and only if the caller still
+/// held the lease (otherwise the batch was recovered by another flusher,
+/// which will write it again idempotently, and mark and index it then):
+/// drops it, re-queues its deferred records at the tail of the pending list,
+/// dead-letters its poison records, marks the parents whose counts changed
+/// dirty, and queues the batch's search-index update.
 ///
-/// KEYS: leases, processing list, pending list, dead-letter list, batches.
-/// ARGV: number of deferred records D, then D records, then dead-letter entries.
+/// The marks and the index update are part of the acknowledgement, not
+/// writes before it: under `maxmemory` with `noeviction` a separate write is
+/// refused, the batch would be handed back, and nothing would drain. The
+/// scripts that move batches (this one, [`CLAIM`], [`RELEASE`],
+/// [`RECOVER`]) run with `allow-oom`, so a full Redis still drains; only
+/// creation, which adds records, is refused (503).
+///
+/// KEYS: leases, processing list, pending list, dead-letter list, batches,
+/// dirty applications set, dirty chats set, pending search list.
+/// ARGV: counts D, E, A, C, S, then D deferred records, E dead-letter
+/// entries, A application ids, C chat ids, S (0 or 1) search-index ops.
 /// Returns 1 if acknowledged, 0 if the lease had been lost.
-pub const ACK: &str = r#"
+pub const ACK: &str = r#"#!lua flags=allow-oom
 local held = redis.call('ZREM', KEYS[1], KEYS[2])
 redis.call('DEL', KEYS[2])
 redis.call('HDEL', KEYS[5], KEYS[2])
 if held == 0 then return 0 end
-local d = tonumber(ARGV[1])
-for i = 2, d + 1 do redis.call('RPUSH', KEYS[3], ARGV[i]) end
-for i = d + 2, #ARGV do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+local i = 6
+local function push(key, n, cmd)
+  for j = i, i + n - 1, 1000 do
+    redis.call(cmd, key, unpack(ARGV, j, math.min(j + 999, i + n - 1)))
+  end
+  i = i + n
+end
+push(KEYS[3], tonumber(ARGV[1]), 'RPUSH')
+push(KEYS[4], tonumber(ARGV[2]), 'RPUSH')
+push(KEYS[6], tonumber(ARGV[3]), 'SADD')
+push(KEYS[7], tonumber(ARGV[4]), 'SADD')
+push(KEYS[8], tonumber(ARGV[5]), 'RPUSH')
 return 1
 "#;
 
@@ -227,7 +263,7 @@ return 1
 /// failed for a reason that should pass (MariaDB unreachable).
 ///
 /// KEYS: leases, processing list, pending list, batches. Returns the records moved.
-pub const RELEASE: &str = r#"
+pub const RELEASE: &str = r#"#!lua flags=allow-oom
 redis.call('HDEL', KEYS[4], KEYS[2])
 if redis.call('ZREM', KEYS[1], KEYS[2]) == 0 then return 0 end
 local items = redis.call('LRANGE', KEYS[2], 0, -1)
@@ -241,7 +277,7 @@ return #items
 ///
 /// KEYS: leases, batches. ARGV: now ms, key prefix, most batches per call.
 /// Returns `{batches, records}` recovered.
-pub const RECOVER: &str = r#"
+pub const RECOVER: &str = r#"#!lua flags=allow-oom
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 local records = 0
 for _, key in ipairs(expired) do
@@ -269,7 +305,7 @@ return {#expired, records}
 ///
 /// KEYS: app hash. ARGV: field, time to live in seconds (0: none).
 /// Returns the field's previous value (nil when it had none).
-pub const TOMBSTONE: &str = r#"
+pub const TOMBSTONE: &str = r#"#!lua flags=allow-oom
 local prev = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], 'deleted')
 if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
@@ -281,7 +317,7 @@ return prev
 /// none, so that it is filled from MariaDB again) and removes the expiry.
 ///
 /// KEYS: app hash. ARGV: field, previous value (empty: none).
-pub const UNTOMBSTONE: &str = r#"
+pub const UNTOMBSTONE: &str = r#"#!lua flags=allow-oom
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= 'deleted' then return 0 end
 if ARGV[2] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])

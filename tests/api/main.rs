@@ -3,6 +3,7 @@
 
 mod admin;
 mod applications;
+mod backpressure;
 mod badinput;
 mod chats;
 mod counts;

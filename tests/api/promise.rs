@@ -199,3 +199,43 @@ async fn counters_that_come_back_too_low_are_raised_before_use() {
     assert_eq!(r.status(), 404);
     assert_eq!(app.create_message(&token, chat, "five").await, 5);
 }
+
+#[tokio::test]
+async fn a_deferred_message_is_aged_from_its_first_deferral_not_its_creation() {
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.orphan_max_age = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let token = app.create_app("backlog").await;
+    let id = app_id(&app, &token).await;
+    // A message created two hours ago (it waited out a MariaDB outage) whose
+    // chat is not stored yet.
+    let two_hours_ago = chat_api::writebehind::now_ms() - 2 * 3600 * 1000;
+    let mut c = redis_conn(&app).await;
+    let _: () = c
+        .rpush(
+            format!("{}pending:messages", app.config.redis_key_prefix),
+            format!("{id}\t5\t1\t{two_hours_ago}\tfrom the backlog"),
+        )
+        .await
+        .unwrap();
+    let first = app.flusher.flush_once().await.unwrap();
+    assert_eq!(
+        (first.deferred, first.dead_lettered),
+        (1, 0),
+        "deferred, not dead-lettered on arrival: {first:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let later = app.flusher.flush_once().await.unwrap();
+    assert_eq!(
+        later.dead_lettered, 1,
+        "dead-lettered once deferred for ORPHAN_MAX_AGE: {later:?}"
+    );
+    let dead = dead_messages(&app).await;
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("never reached the database")
+    );
+}

@@ -90,7 +90,12 @@ async fn a_batch_whose_flusher_died_is_written_exactly_once_by_another() {
     let report = app.flusher.flush_once().await.unwrap();
     assert_eq!(report.written, 10);
     // The dead flusher's late acknowledgement is refused.
-    assert!(!app.buffer.ack(&batch, &[], &[]).await.unwrap());
+    assert!(
+        !app.buffer
+            .ack(&batch, &[], &[], (&[], &[]), None)
+            .await
+            .unwrap()
+    );
 
     let stored = app.stored_messages(&t, c).await;
     let expected: Vec<(i64, String)> = (1..=30).map(|i| (i, format!("m{i}"))).collect();

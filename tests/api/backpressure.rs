@@ -1,0 +1,146 @@
+//! Backpressure on memory: `MAX_PENDING_BYTES`, and a Redis whose
+//! `maxmemory` is reached (`noeviction`): creation answers 503, the flusher
+//! still drains (its scripts run with `allow-oom`, and the dirty marks and
+//! index updates are part of the acknowledgement), and creation resumes.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{TestApp, spawn_app_with};
+
+/// A private `redis-server` with `maxmemory` set, on a free port; killed on drop.
+struct SmallRedis(Child, u16);
+
+impl SmallRedis {
+    async fn start(maxmemory: &str) -> SmallRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--maxmemory", maxmemory, "--maxmemory-policy", "noeviction"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        // Owned at once, so that it is killed and waited for on any exit.
+        let redis = SmallRedis(child, port);
+        for _ in 0..100 {
+            if let Ok(c) = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                && let Ok(mut conn) = c.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+            {
+                return redis;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the private redis-server did not come up");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.1)
+    }
+}
+
+impl Drop for SmallRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Posts messages of `size` bytes until one is refused (at most `max`
+/// tries); returns the numbers acknowledged and the refusal's status and
+/// `Retry-After`.
+async fn fill(app: &TestApp, token: &str, size: usize, max: usize) -> (Vec<i64>, u16, bool) {
+    let mut numbers = Vec::new();
+    for i in 0..max {
+        let mut body = format!("{i:08} ");
+        body.push_str(&"x".repeat(size));
+        let r = app
+            .post(
+                &format!("/applications/{token}/chats/1/messages"),
+                json!({ "body": body }),
+            )
+            .await;
+        if r.status() != 201 {
+            let retry = r.headers().contains_key("retry-after");
+            return (numbers, r.status().as_u16(), retry);
+        }
+        numbers.push(
+            r.json::<serde_json::Value>().await.unwrap()["number"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    panic!("{max} messages of {size} bytes were all accepted");
+}
+
+#[tokio::test]
+async fn max_pending_bytes_refuses_creation_until_the_flush_drains() {
+    let app = spawn_app_with(|c| c.max_pending_bytes = 64 * 1024).await;
+    let token = app.create_app("bytes").await;
+    app.create_chat(&token).await;
+    let (numbers, status, retry) = fill(&app, &token, 2000, 1000).await;
+    assert_eq!((status, retry), (503, true));
+    assert!(
+        (10..=60).contains(&numbers.len()),
+        "about 64 KiB of 2 KB messages: {}",
+        numbers.len()
+    );
+    app.flush().await;
+    assert_eq!(app.stored_messages(&token, 1).await.len(), numbers.len());
+    assert_eq!(
+        app.create_message(&token, 1, "room again").await,
+        numbers.len() as i64 + 1
+    );
+}
+
+#[tokio::test]
+async fn a_full_redis_refuses_creation_but_still_drains() {
+    let redis = SmallRedis::start("4mb").await;
+    let app = spawn_app_with(|c| {
+        c.redis_url = redis.url();
+        c.max_pending_bytes = 0;
+        c.redis_timeout_ms = 1000;
+    })
+    .await;
+    let token = app.create_app("full").await;
+    app.create_chat(&token).await;
+    let (numbers, status, retry) = fill(&app, &token, 8000, 5000).await;
+    assert_eq!(
+        (status, retry),
+        (503, true),
+        "Redis is full: creation is refused"
+    );
+    assert!(
+        numbers.len() > 50,
+        "{} accepted before Redis was full",
+        numbers.len()
+    );
+
+    // The flusher drains a full Redis: claim, write, acknowledge (with the
+    // dirty marks for the counts refresh) all go through.
+    let report = app.flush().await;
+    assert_eq!(report.written, numbers.len() as u64 + 1, "{report:?}");
+    assert_eq!(app.flusher.pending().await.unwrap(), 0);
+    assert_eq!(app.stored_messages(&token, 1).await.len(), numbers.len());
+    // Creation resumes once drained, and the counts were marked.
+    assert_eq!(
+        app.create_message(&token, 1, "room again").await,
+        numbers.len() as i64 + 1
+    );
+    app.counts.refresh_counts_once().await.unwrap();
+    let chat: serde_json::Value = app
+        .get_json(&format!("/applications/{token}/chats/1"))
+        .await;
+    assert_eq!(chat["messages_count"], numbers.len() as i64);
+}
