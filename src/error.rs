@@ -134,6 +134,9 @@ impl From<crate::writebehind::BufferError> for ApiError {
                 "the record is still being written to the database; retry shortly",
                 2,
             ),
+            BufferError::Lost(reason) => Self::not_found(format!(
+                "this number was handed out, but its record could not be stored: it is in the dead-letter list ({reason}); an operator can replay it"
+            )),
             BufferError::KeyReused => Self::unprocessable(
                 "this Idempotency-Key was already used with another request (another body, chat or operation); use a new key for a new request",
             ),

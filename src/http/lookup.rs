@@ -8,6 +8,8 @@ use crate::domain::is_plausible_token;
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::store::{self, applications::AppRow, chats::ChatRow, messages::MessageRow};
+use crate::writebehind::BufferError;
+use crate::writebehind::record::{chat_lost_field, message_lost_field};
 
 /// The application with `token`. Errors: 404 if none.
 pub async fn application(state: &AppState, token: &str) -> Result<AppRow, ApiError> {
@@ -31,8 +33,18 @@ fn no_message(number: i64) -> ApiError {
     ApiError::not_found(format!("no message number {number} in this chat"))
 }
 
+/// Errors with [`BufferError::Lost`] when the record under `field` was
+/// dead-lettered: no flush will store it, so the lookup answers at once.
+async fn not_lost(buffer: &crate::writebehind::Buffer, field: String) -> Result<(), BufferError> {
+    match buffer.lost_reason(field).await? {
+        Some(reason) => Err(BufferError::Lost(reason)),
+        None => Ok(()),
+    }
+}
+
 /// The live chat `number` of `app`, waiting for its flush if it is buffered.
-/// Errors: 404 if none, 503 if buffered and not stored in time or Redis down.
+/// Errors: 404 if none, or if its record was dead-lettered (saying so); 503
+/// if buffered and not stored in time or Redis down.
 pub async fn chat(state: &AppState, app: &AppRow, number: i64) -> Result<ChatRow, ApiError> {
     if number < 1 {
         return Err(no_chat(number));
@@ -44,7 +56,13 @@ pub async fn chat(state: &AppState, app: &AppRow, number: i64) -> Result<ChatRow
             state
                 .wb
                 .await_stored(
-                    || async { Ok(buffer.counters(&app.token, number).await?.chat_allocated) },
+                    || async {
+                        let allocated = buffer.counters(&app.token, number).await?.chat_allocated;
+                        if allocated {
+                            not_lost(buffer, chat_lost_field(app.id, number)).await?;
+                        }
+                        Ok(allocated)
+                    },
                     || store::chats::find(&state.pool, app.id, number),
                 )
                 .await?
@@ -74,7 +92,12 @@ pub async fn message(
                 .await_stored(
                     || async {
                         let counters = buffer.counters(&app.token, chat.number).await?;
-                        Ok(counters.last_message.is_some_and(|last| number <= last))
+                        let allocated = counters.last_message.is_some_and(|last| number <= last);
+                        if allocated {
+                            not_lost(buffer, message_lost_field(app.id, chat.number, number))
+                                .await?;
+                        }
+                        Ok(allocated)
                     },
                     || store::messages::find(&state.pool, chat.id, number),
                 )

@@ -99,7 +99,7 @@ impl Indexer {
                 }
             }
             self.buffer
-                .ack(&batch, &[], &dead, (&[], &[]), None)
+                .ack(&batch, &[], &dead, (&[], &[]), None, &[])
                 .await?;
         }
         Ok(applied)

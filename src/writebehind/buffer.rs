@@ -43,6 +43,10 @@ pub enum BufferError {
     /// another request (another body, chat or operation): 422.
     #[error("the Idempotency-Key was already used with another request")]
     KeyReused,
+    /// The record under this number was acknowledged but could not be
+    /// stored: it is in the dead-letter list, with this reason.
+    #[error("the record was dead-lettered: {0}")]
+    Lost(String),
     /// MariaDB failed while seeding a cold counter.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -445,6 +449,15 @@ impl Buffer {
         .map(|_| ())
     }
 
+    /// The reason the record under `field` of the lost hash (see
+    /// [`super::record::lost_field`]) was dead-lettered, if it was and was
+    /// not replayed since. Errors: Redis unavailable.
+    pub async fn lost_reason(&self, field: String) -> Result<Option<String>, BufferError> {
+        let key = self.keys.lost();
+        self.with_conn(|mut c| async move { c.hget(key, field).await })
+            .await
+    }
+
     /// Runs the epoch check now (see [`crate::store::redis::CHECK_EPOCH`]);
     /// returns the epoch in force. Errors: Redis unavailable.
     pub async fn check_epoch(&self) -> Result<i64, BufferError> {
@@ -628,8 +641,9 @@ impl Buffer {
     /// (see [`super::scripts::ACK`]): `deferred` records go back to the tail
     /// of the pending list, `dead_letters` (JSON entries) to the dead-letter
     /// list, the parents in `marks` (application ids, chat ids) are marked
-    /// dirty for the counts refresh, and `search_op` (JSON) is queued for the
-    /// indexer. Returns false when the lease had been lost (then none of it
+    /// dirty for the counts refresh, `search_op` (JSON) is queued for the
+    /// indexer, and the `lost` (field, reason) pairs of the dead letters go to
+    /// the lost hash. Returns false when the lease had been lost (then none of it
     /// happened). Errors: Redis unavailable.
     pub async fn ack(
         &self,
@@ -638,6 +652,7 @@ impl Buffer {
         dead_letters: &[String],
         marks: (&[u64], &[u64]),
         search_op: Option<&str>,
+        lost: &[(String, String)],
     ) -> Result<bool, BufferError> {
         let leases = self.keys.leases();
         let pending = self.keys.pending(batch.kind);
@@ -655,11 +670,13 @@ impl Buffer {
                     .key(self.keys.dirty("apps"))
                     .key(self.keys.dirty("chats"))
                     .key(self.keys.pending(Kind::Search))
+                    .key(self.keys.lost())
                     .arg(deferred.len())
                     .arg(dead_letters.len())
                     .arg(apps.len())
                     .arg(chats.len())
-                    .arg(usize::from(search_op.is_some()));
+                    .arg(usize::from(search_op.is_some()))
+                    .arg(lost.len());
                 for r in deferred {
                     inv.arg(*r);
                 }
@@ -671,6 +688,9 @@ impl Buffer {
                 }
                 if let Some(op) = search_op {
                     inv.arg(op);
+                }
+                for (field, reason) in lost {
+                    inv.arg(field.as_str()).arg(reason.as_str());
                 }
                 inv.invoke_async(&mut c).await
             })

@@ -228,9 +228,10 @@ impl Buffer {
             let n: u64 = self
                 .with_conn(|mut c| async move {
                     let mut inv = self.scripts().replay.key(dead);
-                    inv.key(pending);
+                    inv.key(pending).key(self.keys().lost());
                     for (entry, raw) in chunk {
-                        inv.arg(entry.as_slice()).arg(raw.as_slice());
+                        let lost = super::record::lost_field(queue, raw).unwrap_or_default();
+                        inv.arg(entry.as_slice()).arg(raw.as_slice()).arg(lost);
                     }
                     inv.invoke_async(&mut c).await
                 })

@@ -260,6 +260,7 @@ impl Flusher {
         let mut deferred: Vec<std::borrow::Cow<'_, [u8]>> = Vec::new();
         let deferred_at = now_ms();
         let mut dead: Vec<String> = Vec::new();
+        let mut lost: Vec<(String, String)> = Vec::new();
         for (raw, d) in batch.records.iter().zip(&outcome.dispositions) {
             match d {
                 Disposition::Written => report.written += 1,
@@ -270,6 +271,9 @@ impl Flusher {
                 Disposition::DeadLetter(reason) => {
                     tracing::error!(kind = batch.kind.as_str(), %reason, record = %String::from_utf8_lossy(raw), "record dead-lettered");
                     dead.push(crate::writebehind::deadletter::entry(raw, reason));
+                    if let Some(field) = crate::writebehind::record::lost_field(batch.kind, raw) {
+                        lost.push((field, reason.clone()));
+                    }
                 }
                 Disposition::Collision(stored) => {
                     tracing::error!(
@@ -283,6 +287,8 @@ impl Flusher {
                         raw,
                         crate::writebehind::deadletter::COLLISION,
                     ));
+                    // No lost mark: the number's row in MariaDB is another
+                    // record, which a lookup finds and shows.
                 }
             }
         }
@@ -296,6 +302,7 @@ impl Flusher {
                 &dead,
                 marks,
                 search_op.as_deref(),
+                &lost,
             )
             .await?
         {

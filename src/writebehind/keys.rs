@@ -83,6 +83,14 @@ impl Keys {
         format!("{}dirty:{scope}", self.prefix)
     }
 
+    /// Hash of numbers whose record was dead-lettered, so that a lookup
+    /// answers at once instead of waiting for a flush that will not store
+    /// it: `c:{application_id}:{n}` or `m:{application_id}:{chat}:{n}` → the
+    /// reason (see [`super::record::lost_field`]).
+    pub fn lost(&self) -> String {
+        format!("{}lost", self.prefix)
+    }
+
     /// List of records waiting to be flushed.
     pub fn pending(&self, kind: Kind) -> String {
         format!("{}pending:{}", self.prefix, kind.as_str())

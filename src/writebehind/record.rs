@@ -126,6 +126,32 @@ impl MessageRecord {
     }
 }
 
+/// The field of a dead-lettered record in the `lost` hash (see
+/// [`super::keys::Keys::lost`]): `c:{application_id}:{n}` for a chat,
+/// `m:{application_id}:{chat}:{n}` for a message; `None` for a record that
+/// does not decode.
+pub fn lost_field(kind: super::Kind, raw: &[u8]) -> Option<String> {
+    match kind {
+        super::Kind::Chats => ChatRecord::decode(raw)
+            .ok()
+            .map(|r| chat_lost_field(r.application_id, r.number)),
+        super::Kind::Messages => MessageRecord::decode(raw)
+            .ok()
+            .map(|r| message_lost_field(r.application_id, r.chat_number, r.number)),
+        super::Kind::Search => None,
+    }
+}
+
+/// The `lost` field of chat `number` of application `application_id`.
+pub fn chat_lost_field(application_id: u64, number: i64) -> String {
+    format!("c:{application_id}:{number}")
+}
+
+/// The `lost` field of message `number` of chat `chat_number`.
+pub fn message_lost_field(application_id: u64, chat_number: i64, number: i64) -> String {
+    format!("m:{application_id}:{chat_number}:{number}")
+}
+
 /// Milliseconds since the Unix epoch to a UTC timestamp (the epoch itself if
 /// out of range, which a record built by our scripts never is).
 pub fn ms_to_utc(ms: i64) -> DateTime<Utc> {

@@ -233,17 +233,21 @@ return 0
 /// [`RECOVER`]) run with `allow-oom`, so a full Redis still drains; only
 /// creation, which adds records, is refused (503).
 ///
+/// The numbers of the dead-lettered records go to the `lost` hash with their
+/// reason, so that a lookup of one answers at once.
+///
 /// KEYS: leases, processing list, pending list, dead-letter list, batches,
-/// dirty applications set, dirty chats set, pending search list.
-/// ARGV: counts D, E, A, C, S, then D deferred records, E dead-letter
-/// entries, A application ids, C chat ids, S (0 or 1) search-index ops.
+/// dirty applications set, dirty chats set, pending search list, lost hash.
+/// ARGV: counts D, E, A, C, S, L, then D deferred records, E dead-letter
+/// entries, A application ids, C chat ids, S (0 or 1) search-index ops, L
+/// (field, reason) pairs for the lost hash.
 /// Returns 1 if acknowledged, 0 if the lease had been lost.
 pub const ACK: &str = r#"#!lua flags=allow-oom
 local held = redis.call('ZREM', KEYS[1], KEYS[2])
 redis.call('DEL', KEYS[2])
 redis.call('HDEL', KEYS[5], KEYS[2])
 if held == 0 then return 0 end
-local i = 6
+local i = 7
 local function push(key, n, cmd)
   for j = i, i + n - 1, 1000 do
     redis.call(cmd, key, unpack(ARGV, j, math.min(j + 999, i + n - 1)))
@@ -255,6 +259,7 @@ push(KEYS[4], tonumber(ARGV[2]), 'RPUSH')
 push(KEYS[6], tonumber(ARGV[3]), 'SADD')
 push(KEYS[7], tonumber(ARGV[4]), 'SADD')
 push(KEYS[8], tonumber(ARGV[5]), 'RPUSH')
+push(KEYS[9], 2 * tonumber(ARGV[6]), 'HSET')
 return 1
 "#;
 
@@ -350,15 +355,17 @@ return {1, result}
 
 /// Puts dead-lettered records back on their pending list (tail), each only
 /// if its entry is still in the dead-letter list, so a record is replayed at
-/// most once however many operators press the button.
+/// most once however many operators press the button; its number leaves the
+/// `lost` hash.
 ///
-/// KEYS: dead-letter list, pending list. ARGV: pairs of (entry, record).
-/// Returns the number of records replayed.
+/// KEYS: dead-letter list, pending list, lost hash. ARGV: triples of (entry,
+/// record, lost field or empty). Returns the number of records replayed.
 pub const REPLAY: &str = r#"
 local n = 0
-for i = 1, #ARGV, 2 do
+for i = 1, #ARGV, 3 do
   if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
     redis.call('RPUSH', KEYS[2], ARGV[i + 1])
+    if ARGV[i + 2] ~= '' then redis.call('HDEL', KEYS[3], ARGV[i + 2]) end
     n = n + 1
   end
 end

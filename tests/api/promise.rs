@@ -239,3 +239,67 @@ async fn a_deferred_message_is_aged_from_its_first_deferral_not_its_creation() {
             .contains("never reached the database")
     );
 }
+
+#[tokio::test]
+async fn a_lookup_of_a_dead_lettered_number_answers_at_once_and_says_why() {
+    let app = spawn_app().await;
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON messages FOR EACH ROW \
+         IF NEW.body = 'poison' THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'poison refused'; END IF",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let token = app.create_app("lost numbers").await;
+    let chat = app.create_chat(&token).await;
+    app.create_message(&token, chat, "fine").await;
+    let poisoned = app.create_message(&token, chat, "poison").await;
+    let report = app.flush().await;
+    assert_eq!(report.dead_lettered, 1, "{report:?}");
+
+    let path = format!("/applications/{token}/chats/{chat}/messages/{poisoned}");
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
+        let started = std::time::Instant::now();
+        let r = app
+            .client
+            .request(method.clone(), app.url(&path))
+            .json(&serde_json::json!({"body": "edited"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed()
+                < std::time::Duration::from_millis(app.config.read_your_writes_timeout_ms / 2),
+            "{method} answered at once, not after READ_YOUR_WRITES_TIMEOUT_MS: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(r.status(), 404, "{method}");
+        let error = r.json::<Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("dead-letter") && error.contains("poison refused"),
+            "{error}"
+        );
+    }
+
+    // Once the cause is fixed and the operator replays it, it is found.
+    sqlx::raw_sql("DROP TRIGGER refuse_poison")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let replayed = app
+        .buffer
+        .replay_dead_letters(chat_api::writebehind::Kind::Messages, None)
+        .await
+        .unwrap();
+    assert_eq!(replayed.count, 1);
+    let r = app.get(&path).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["body"], "poison");
+}

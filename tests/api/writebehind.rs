@@ -92,7 +92,7 @@ async fn a_batch_whose_flusher_died_is_written_exactly_once_by_another() {
     // The dead flusher's late acknowledgement is refused.
     assert!(
         !app.buffer
-            .ack(&batch, &[], &[], (&[], &[]), None)
+            .ack(&batch, &[], &[], (&[], &[]), None, &[])
             .await
             .unwrap()
     );
