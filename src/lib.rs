@@ -14,7 +14,8 @@
 //! - [`error`]: the one API error type, with a status per variant.
 //! - [`domain`]: validated values (names, bodies, tokens, pages).
 //! - [`http`]: one module per resource, assembled with Swagger UI and the
-//!   spec; [`http::admin`] is the operator API behind `ADMIN_API_KEY`.
+//!   spec; [`http::admin`] is the operator API behind `ADMIN_API_KEY` (and,
+//!   with `ADMIN_BIND_ADDR`, on a listener of its own).
 //! - [`writebehind`]: the core: allocate+enqueue scripts, claim / lease /
 //!   acknowledge, the flusher, recovery, dead letters (list, replay,
 //!   discard) and a read-only look into the queues for operators.
