@@ -44,6 +44,19 @@ pub struct Config {
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 2000)]
     pub redis_timeout_ms: u64,
 
+    /// What a `201` for a chat or a message promises about Redis:
+    /// `memory` (it is in Redis's memory; the default), `replica` (at least
+    /// one replica has it: `WAIT 1 REDIS_WAIT_MS` after the enqueue, else
+    /// 503), or `fsync` (start-up refuses a Redis whose `appendfsync` is not
+    /// `always`, so it is on the primary's disk).
+    #[arg(long, env = "REDIS_DURABILITY", value_enum, default_value_t = Durability::Memory)]
+    pub redis_durability: Durability,
+
+    /// With `REDIS_DURABILITY=replica`: how long a create waits for a replica
+    /// to confirm its write, in milliseconds (less than `REDIS_TIMEOUT_MS`).
+    #[arg(long, env = "REDIS_WAIT_MS", default_value_t = 500)]
+    pub redis_wait_ms: u64,
+
     /// Address and port the HTTP server listens on (port 0 picks a free port).
     #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:3000")]
     pub bind_addr: SocketAddr,
@@ -213,6 +226,18 @@ impl Config {
     pub fn read_your_writes_timeout(&self) -> Duration {
         Duration::from_millis(self.read_your_writes_timeout_ms)
     }
+}
+
+/// What a `201` promises about Redis (`REDIS_DURABILITY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// In Redis's memory: lost if Redis dies before persisting or
+    /// replicating it (as with AOF `everysec`, up to about a second).
+    Memory,
+    /// On at least one replica too (`WAIT 1 REDIS_WAIT_MS`), else 503.
+    Replica,
+    /// On the primary's disk: Redis must run `appendfsync always`.
+    Fsync,
 }
 
 /// Parses a whole, non-zero number of seconds.

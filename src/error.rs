@@ -134,6 +134,13 @@ impl From<crate::writebehind::BufferError> for ApiError {
                 "the record is still being written to the database; retry shortly",
                 2,
             ),
+            BufferError::NotReplicated => {
+                tracing::warn!("no Redis replica confirmed a write within REDIS_WAIT_MS");
+                Self::unavailable(
+                    "the write was not confirmed by a Redis replica in time (REDIS_DURABILITY=replica); retry, with the same Idempotency-Key to get the same number if it was stored",
+                    1,
+                )
+            }
             BufferError::Lost(reason) => Self::not_found(format!(
                 "this number was handed out, but its record could not be stored: it is in the dead-letter list ({reason}); an operator can replay it"
             )),

@@ -108,6 +108,7 @@ impl Application {
         crate::telemetry::metrics::install();
         let redis = redis_pool(&config)?;
         check_redis(&redis, config.allow_redis_eviction).await?;
+        check_durability(&redis, &config).await?;
         let marks = DirtyMarks::new(redis.clone(), config.redis_key_prefix.clone());
         let buffer = Buffer::new(
             redis,
@@ -118,6 +119,12 @@ impl Application {
         .with_owner(config.instance_id())
         .with_idempotency_ttl(config.idempotency_ttl)
         .with_max_pending_bytes(config.max_pending_bytes);
+        let buffer = match config.redis_durability {
+            crate::config::Durability::Replica => {
+                buffer.with_replica_wait(Duration::from_millis(config.redis_wait_ms))
+            }
+            _ => buffer,
+        };
         let flusher = Arc::new(Flusher::new(
             buffer.clone(),
             pool.clone(),
@@ -384,6 +391,66 @@ async fn check_redis(
         );
     }
     Ok(())
+}
+
+/// Checks that Redis can keep the promise `REDIS_DURABILITY` makes.
+/// `replica`: `REDIS_WAIT_MS` must be below `REDIS_TIMEOUT_MS`, and a Redis
+/// with no replica now is logged (creation answers 503 until one is back).
+/// `fsync`: Redis must answer, with AOF on and `appendfsync always`; anything
+/// else, or a Redis that cannot be asked, refuses start-up.
+/// Errors: the reasons above, each with what to change.
+async fn check_durability(
+    pool: &crate::store::redis::RedisPool,
+    config: &Config,
+) -> anyhow::Result<()> {
+    use crate::config::Durability;
+    match config.redis_durability {
+        Durability::Memory => Ok(()),
+        Durability::Replica => {
+            if config.redis_wait_ms >= config.redis_timeout_ms {
+                anyhow::bail!(
+                    "REDIS_WAIT_MS ({}) must be below REDIS_TIMEOUT_MS ({}), or every create times out",
+                    config.redis_wait_ms,
+                    config.redis_timeout_ms
+                );
+            }
+            tracing::info!(
+                wait_ms = config.redis_wait_ms,
+                "REDIS_DURABILITY=replica: a create answers 201 once a replica has it"
+            );
+            Ok(())
+        }
+        Durability::Fsync => {
+            let (mut c, _) = crate::store::redis::get(pool)
+                .await
+                .context("REDIS_DURABILITY=fsync: could not reach Redis to check `appendfsync`")?;
+            let persistence: String = redis::cmd("INFO")
+                .arg("persistence")
+                .query_async(&mut c)
+                .await
+                .context("REDIS_DURABILITY=fsync: INFO persistence failed")?;
+            let fsync: Vec<String> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("appendfsync")
+                .query_async(&mut c)
+                .await
+                .context(
+                    "REDIS_DURABILITY=fsync: CONFIG GET appendfsync failed (is CONFIG allowed?)",
+                )?;
+            let aof = persistence.lines().any(|l| l.trim() == "aof_enabled:1");
+            let always = fsync.get(1).map(String::as_str) == Some("always");
+            if !aof || !always {
+                anyhow::bail!(
+                    "REDIS_DURABILITY=fsync needs Redis with `appendonly yes` and `appendfsync always` \
+                     (found appendonly {}, appendfsync {})",
+                    if aof { "yes" } else { "no" },
+                    fsync.get(1).map(String::as_str).unwrap_or("unknown")
+                );
+            }
+            tracing::info!("REDIS_DURABILITY=fsync: Redis fsyncs every write before answering");
+            Ok(())
+        }
+    }
 }
 
 /// Runs `step` every `period` until `stop`.

@@ -43,6 +43,11 @@ pub enum BufferError {
     /// another request (another body, chat or operation): 422.
     #[error("the Idempotency-Key was already used with another request")]
     KeyReused,
+    /// `REDIS_DURABILITY=replica`: the record reached the primary but no
+    /// replica confirmed it within `REDIS_WAIT_MS`. It may still be stored;
+    /// a retry with the same `Idempotency-Key` gets its number.
+    #[error("no Redis replica confirmed the write in time")]
+    NotReplicated,
     /// The record under this number was acknowledged but could not be
     /// stored: it is in the dead-letter list, with this reason.
     #[error("the record was dead-lettered: {0}")]
@@ -120,6 +125,7 @@ pub struct Buffer {
     max_pending_bytes: u64,
     owner: std::sync::Arc<str>,
     idempotency_ttl_secs: u64,
+    replica_wait: Option<Duration>,
 }
 
 /// A client's `Idempotency-Key` for one create: the key's digest, and the
@@ -171,7 +177,32 @@ impl Buffer {
             max_pending_bytes: 0,
             owner: "unnamed".into(),
             idempotency_ttl_secs: 86_400,
+            replica_wait: None,
         }
+    }
+
+    /// The same buffer, answering a create only once a replica has its write
+    /// (`REDIS_DURABILITY=replica`): after the enqueue script, `WAIT 1
+    /// wait_ms` on the same connection; no replica in time is
+    /// [`BufferError::NotReplicated`].
+    pub fn with_replica_wait(mut self, wait: Duration) -> Self {
+        self.replica_wait = Some(wait);
+        self
+    }
+
+    /// With `REDIS_DURABILITY=replica`, waits on `c` for one replica to have
+    /// this connection's writes; returns whether one did (always true in the
+    /// other modes).
+    async fn replicated(&self, c: &mut MultiplexedConnection) -> redis::RedisResult<bool> {
+        let Some(wait) = self.replica_wait else {
+            return Ok(true);
+        };
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(wait.as_millis() as u64)
+            .query_async(c)
+            .await?;
+        Ok(acked >= 1)
     }
 
     /// The same buffer, refusing creation (503) once a pending list takes
@@ -246,6 +277,19 @@ impl Buffer {
         }
     }
 
+    /// [`Buffer::decode_enqueue`], after the replica wait: a record queued
+    /// but not confirmed by a replica is [`BufferError::NotReplicated`].
+    fn decode_replicated(
+        &self,
+        (reply, replicated): ((i64, i64, i64), bool),
+    ) -> Result<Enqueue, BufferError> {
+        let enqueue = self.decode_enqueue(reply)?;
+        if !replicated {
+            return Err(BufferError::NotReplicated);
+        }
+        Ok(enqueue)
+    }
+
     fn decode_enqueue(&self, reply: (i64, i64, i64)) -> Result<Enqueue, BufferError> {
         Ok(match reply {
             (n, len, replayed) if n > 0 => Enqueue::Queued {
@@ -302,9 +346,10 @@ impl Buffer {
         let pending = self.keys.pending(Kind::Chats);
         let epoch = self.keys.epoch();
         let (idem_key, fingerprint) = self.idempotency_args(token, idem);
-        let reply: (i64, i64, i64) = self
+        let reply = self
             .with_conn(|mut c| async move {
-                self.scripts
+                let reply = self
+                    .scripts
                     .enqueue_chat
                     .key(app)
                     .key(pending)
@@ -317,11 +362,13 @@ impl Buffer {
                     .arg(fingerprint)
                     .arg(self.idempotency_ttl_secs)
                     .arg(self.max_pending_bytes)
-                    .invoke_async(&mut c)
-                    .await
+                    .invoke_async::<(i64, i64, i64)>(&mut c)
+                    .await?;
+                let replicated = reply.0 <= 0 || self.replicated(&mut c).await?;
+                Ok((reply, replicated))
             })
             .await?;
-        self.decode_enqueue(reply)
+        self.decode_replicated(reply)
     }
 
     /// Allocates a message number in chat `chat_number` of `token`'s
@@ -339,9 +386,10 @@ impl Buffer {
         let pending = self.keys.pending(Kind::Messages);
         let epoch = self.keys.epoch();
         let (idem_key, fingerprint) = self.idempotency_args(token, idem);
-        let reply: (i64, i64, i64) = self
+        let reply = self
             .with_conn(|mut c| async move {
-                self.scripts
+                let reply = self
+                    .scripts
                     .enqueue_message
                     .key(app)
                     .key(pending)
@@ -354,11 +402,13 @@ impl Buffer {
                     .arg(fingerprint)
                     .arg(self.idempotency_ttl_secs)
                     .arg(self.max_pending_bytes)
-                    .invoke_async(&mut c)
-                    .await
+                    .invoke_async::<(i64, i64, i64)>(&mut c)
+                    .await?;
+                let replicated = reply.0 <= 0 || self.replicated(&mut c).await?;
+                Ok((reply, replicated))
             })
             .await?;
-        self.decode_enqueue(reply)
+        self.decode_replicated(reply)
     }
 
     /// Caches `token` → `application_id`, unless a value (or a tombstone) is

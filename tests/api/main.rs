@@ -8,6 +8,7 @@ mod badinput;
 mod chats;
 mod counts;
 mod deletes;
+mod durability;
 mod helpers;
 mod idempotency;
 mod messages;
