@@ -98,16 +98,22 @@ impl ApplicationsApi {
         let buffer = state.wb.buffer();
         if let Err(e) = async {
             buffer.seed_app(&token, row.id).await?;
-            let epoch = buffer.check_epoch().await?;
-            buffer
-                .reconcile(
-                    &token,
-                    crate::writebehind::CounterScope::Chats,
-                    0,
-                    epoch,
-                    false,
-                )
-                .await
+            // A new application has no chat in MariaDB: its counter starts
+            // checked at 0 (with no epoch set yet, the first create checks it).
+            match buffer.current_epoch().await? {
+                Some(epoch) => {
+                    buffer
+                        .reconcile(
+                            &token,
+                            crate::writebehind::CounterScope::Chats,
+                            0,
+                            epoch,
+                            false,
+                        )
+                        .await
+                }
+                None => Ok(()),
+            }
         }
         .await
         {

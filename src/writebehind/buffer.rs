@@ -335,45 +335,21 @@ impl Buffer {
     /// Allocates a chat number in `token`'s application and queues the chat;
     /// with `idem`, answers the number of an earlier request with the same
     /// key and fingerprint instead. Errors: buffer full, Redis unavailable,
-    /// the key reused with another request.
+    /// the key reused with another request, no replica in time (`replica`
+    /// durability).
     pub async fn enqueue_chat(
         &self,
         token: &str,
         created_at_ms: i64,
         idem: Option<&Idempotency>,
     ) -> Result<Enqueue, BufferError> {
-        let app = self.keys.app(token);
-        let pending = self.keys.pending(Kind::Chats);
-        let epoch = self.keys.epoch();
-        let (idem_key, fingerprint) = self.idempotency_args(token, idem);
-        let reply = self
-            .with_conn(|mut c| async move {
-                let reply = self
-                    .scripts
-                    .enqueue_chat
-                    .key(app)
-                    .key(pending)
-                    .key(epoch)
-                    .key(idem_key)
-                    .arg(self.max_pending)
-                    .arg(created_at_ms)
-                    .arg("")
-                    .arg("")
-                    .arg(fingerprint)
-                    .arg(self.idempotency_ttl_secs)
-                    .arg(self.max_pending_bytes)
-                    .invoke_async::<(i64, i64, i64)>(&mut c)
-                    .await?;
-                let replicated = reply.0 <= 0 || self.replicated(&mut c).await?;
-                Ok((reply, replicated))
-            })
-            .await?;
-        self.decode_replicated(reply)
+        self.enqueue(Kind::Chats, token, created_at_ms, None, idem)
+            .await
     }
 
     /// Allocates a message number in chat `chat_number` of `token`'s
-    /// application and queues the message with `body`; `idem` as in
-    /// [`Buffer::enqueue_chat`].
+    /// application and queues the message with `body`; `idem` and errors as
+    /// in [`Buffer::enqueue_chat`].
     pub async fn enqueue_message(
         &self,
         token: &str,
@@ -382,15 +358,43 @@ impl Buffer {
         body: &str,
         idem: Option<&Idempotency>,
     ) -> Result<Enqueue, BufferError> {
+        self.enqueue(
+            Kind::Messages,
+            token,
+            created_at_ms,
+            Some((chat_number, body)),
+            idem,
+        )
+        .await
+    }
+
+    /// Runs the enqueue script of `kind` (see [`super::scripts::enqueue_chat`]
+    /// and [`super::scripts::enqueue_message`], which take the same keys and
+    /// arguments; a chat has no chat number nor body), then, with `replica`
+    /// durability, waits for a replica on the same connection.
+    async fn enqueue(
+        &self,
+        kind: Kind,
+        token: &str,
+        created_at_ms: i64,
+        message: Option<(i64, &str)>,
+        idem: Option<&Idempotency>,
+    ) -> Result<Enqueue, BufferError> {
+        let script = match kind {
+            Kind::Messages => &self.scripts.enqueue_message,
+            _ => &self.scripts.enqueue_chat,
+        };
         let app = self.keys.app(token);
-        let pending = self.keys.pending(Kind::Messages);
+        let pending = self.keys.pending(kind);
         let epoch = self.keys.epoch();
         let (idem_key, fingerprint) = self.idempotency_args(token, idem);
+        let (chat_number, body) = match message {
+            Some((chat, body)) => (chat.to_string(), body),
+            None => (String::new(), ""),
+        };
         let reply = self
             .with_conn(|mut c| async move {
-                let reply = self
-                    .scripts
-                    .enqueue_message
+                let reply = script
                     .key(app)
                     .key(pending)
                     .key(epoch)
@@ -505,6 +509,15 @@ impl Buffer {
     pub async fn lost_reason(&self, field: String) -> Result<Option<String>, BufferError> {
         let key = self.keys.lost();
         self.with_conn(|mut c| async move { c.hget(key, field).await })
+            .await
+    }
+
+    /// The epoch in force, as the enqueue scripts read it (`None`: none is
+    /// set yet). One HGET, unlike [`Buffer::check_epoch`]. Errors: Redis
+    /// unavailable.
+    pub async fn current_epoch(&self) -> Result<Option<i64>, BufferError> {
+        let key = self.keys.epoch();
+        self.with_conn(|mut c| async move { c.hget(key, "epoch").await })
             .await
     }
 

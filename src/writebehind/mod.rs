@@ -181,20 +181,14 @@ impl WriteBehind {
                 Enqueue::CounterMiss {
                     application_id,
                     epoch,
-                } => {
-                    if !self
-                        .reconcile(token, target, application_id, epoch, true)
-                        .await?
-                    {
-                        return Ok(None);
-                    }
                 }
-                Enqueue::Unverified {
+                | Enqueue::Unverified {
                     application_id,
                     epoch,
                 } => {
+                    let missing = matches!(reply, Enqueue::CounterMiss { .. });
                     if !self
-                        .reconcile(token, target, application_id, epoch, false)
+                        .reconcile(token, target, application_id, epoch, missing)
                         .await?
                     {
                         return Ok(None);
