@@ -49,14 +49,6 @@ async fn admin_get(app: &TestApp, path: &str) -> Value {
     admin_json(app, reqwest::Method::GET, path, None).await
 }
 
-async fn redis_conn(app: &TestApp) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(app.config.redis_url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
 fn queue<'a>(view: &'a Value, name: &str) -> &'a Value {
     view["queues"]
         .as_array()
@@ -166,7 +158,7 @@ async fn queue_figures_match_the_real_redis_state() {
         .unwrap()
         .unwrap();
     // And a dead letter.
-    let mut c = redis_conn(&app).await;
+    let mut c = app.redis_conn().await;
     let dead_key = app.buffer.keys().dead_letter(Kind::Chats);
     let entry = chat_api::writebehind::deadletter::entry(b"1\t999\t1700000000000", "test");
     let _: () = c.rpush(&dead_key, &entry).await.unwrap();
@@ -368,7 +360,7 @@ async fn a_dead_lettered_chat_and_its_message_are_replayed_once_the_cause_is_fix
 #[tokio::test]
 async fn discarding_removes_the_given_entries_or_all_and_counts_them() {
     let app = spawn_admin().await;
-    let mut c = redis_conn(&app).await;
+    let mut c = app.redis_conn().await;
     let key = app.buffer.keys().dead_letter(Kind::Messages);
     for i in 0..5 {
         let e =
@@ -545,7 +537,7 @@ async fn cross_application_listings_page_with_after_newest_first() {
 #[tokio::test]
 async fn replaying_all_goes_through_a_long_list_in_chunks_and_leaves_unreadable_entries() {
     let app = spawn_admin().await;
-    let mut c = redis_conn(&app).await;
+    let mut c = app.redis_conn().await;
     let key = app.buffer.keys().dead_letter(Kind::Chats);
     let _: () = c
         .rpush(&key, "not an entry this service wrote")
@@ -576,15 +568,7 @@ async fn replaying_all_goes_through_a_long_list_in_chunks_and_leaves_unreadable_
     assert!(list["dead_letters"][0]["failed_at"].is_null());
     // Counted for /metrics (the recorder is shared by the tests of this
     // process, so at least this replay's records).
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     let replayed: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("chat_dead_letters_replayed_total{queue=\"chats\"} "))

@@ -3,59 +3,9 @@
 //! still drains (its scripts run with `allow-oom`, and the dirty marks and
 //! index updates are part of the acknowledgement), and creation resumes.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use serde_json::json;
 
-use crate::helpers::{TestApp, spawn_app_with};
-
-/// A private `redis-server` with `maxmemory` set, on a free port; killed on drop.
-struct SmallRedis(Child, u16);
-
-impl SmallRedis {
-    async fn start(maxmemory: &str) -> SmallRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--maxmemory", maxmemory, "--maxmemory-policy", "noeviction"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        // Owned at once, so that it is killed and waited for on any exit.
-        let redis = SmallRedis(child, port);
-        for _ in 0..100 {
-            if let Ok(c) = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-                && let Ok(mut conn) = c.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok()
-            {
-                return redis;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the private redis-server did not come up");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.1)
-    }
-}
-
-impl Drop for SmallRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::helpers::{PrivateRedis, TestApp, spawn_app_with};
 
 /// Posts messages of `size` bytes until one is refused (at most `max`
 /// tries); returns the numbers acknowledged and the refusal's status and
@@ -106,7 +56,8 @@ async fn max_pending_bytes_refuses_creation_until_the_flush_drains() {
 
 #[tokio::test]
 async fn a_full_redis_refuses_creation_but_still_drains() {
-    let redis = SmallRedis::start("4mb").await;
+    let redis =
+        PrivateRedis::start(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]).await;
     let app = spawn_app_with(|c| {
         c.redis_url = redis.url();
         c.max_pending_bytes = 0;

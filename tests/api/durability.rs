@@ -2,72 +2,14 @@
 //! write (503 when none confirms it in time); `fsync` refuses to start on a
 //! Redis that does not fsync every write.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chat_api::config::Durability;
 
-use crate::helpers::{spawn_app_with, test_config};
-
-/// A private `redis-server` on a free port with `args`; killed on drop.
-struct Server(Child, u16, std::path::PathBuf);
-
-impl Server {
-    async fn start(args: &[&str]) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("chat-dur-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let server = Server(child, port, dir);
-        for _ in 0..100 {
-            if let Ok(c) = redis::Client::open(server.url())
-                && let Ok(mut conn) = c.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok()
-            {
-                return server;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the private redis-server did not come up");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.1)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.2);
-    }
-}
+use crate::helpers::{PrivateRedis, spawn_app_with, test_config};
 
 /// Waits until `primary` reports `n` replicas, all online (synced).
-async fn replicas(primary: &Server, n: usize) {
+async fn replicas(primary: &PrivateRedis, n: usize) {
     let mut c = redis::Client::open(primary.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -91,8 +33,9 @@ async fn replicas(primary: &Server, n: usize) {
 
 #[tokio::test]
 async fn replica_durability_answers_201_only_once_a_replica_has_the_write() {
-    let primary = Server::start(&["--maxmemory-policy", "noeviction"]).await;
-    let replica = Server::start(&["--replicaof", "127.0.0.1", &primary.1.to_string()]).await;
+    let primary = PrivateRedis::start(&["--maxmemory-policy", "noeviction"]).await;
+    let replica =
+        PrivateRedis::start(&["--replicaof", "127.0.0.1", &primary.port.to_string()]).await;
     replicas(&primary, 1).await;
     let app = spawn_app_with(|c| {
         c.redis_url = primary.url();
@@ -124,7 +67,7 @@ async fn replica_durability_answers_201_only_once_a_replica_has_the_write() {
 
 #[tokio::test]
 async fn fsync_durability_refuses_a_redis_that_does_not_fsync_every_write() {
-    let lazy = Server::start(&["--appendonly", "yes", "--appendfsync", "everysec"]).await;
+    let lazy = PrivateRedis::start(&["--appendonly", "yes", "--appendfsync", "everysec"]).await;
     let mut config = test_config();
     config.redis_url = lazy.url();
     config.redis_durability = Durability::Fsync;
@@ -132,7 +75,7 @@ async fn fsync_durability_refuses_a_redis_that_does_not_fsync_every_write() {
     let err = format!("{:#}", refused.err().expect("start-up is refused"));
     assert!(err.contains("appendfsync always"), "{err}");
 
-    let strict = Server::start(&["--appendonly", "yes", "--appendfsync", "always"]).await;
+    let strict = PrivateRedis::start(&["--appendonly", "yes", "--appendfsync", "always"]).await;
     let app = spawn_app_with(|c| {
         c.redis_url = strict.url();
         c.redis_durability = Durability::Fsync;

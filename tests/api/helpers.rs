@@ -183,6 +183,27 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .expect("request sent")
+            .text()
+            .await
+            .expect("a text body")
+    }
+
+    /// A direct connection to the service's Redis.
+    pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.config.redis_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
     /// Creates an application and returns its token.
     pub async fn create_app(&self, name: &str) -> String {
         let r = self.post("/applications", json!({ "name": name })).await;
@@ -316,5 +337,74 @@ impl Drop for TestApp {
             });
         })
         .join();
+    }
+}
+
+/// A private `redis-server` on a free loopback port, started with `args`
+/// (after its port, no snapshots, and a directory of its own), for tests
+/// that need Redis configured otherwise than the shared one; killed and its
+/// directory removed on drop.
+pub struct PrivateRedis {
+    child: std::process::Child,
+    /// Its port.
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateRedis {
+    /// Starts it and waits until it answers PING.
+    pub async fn start(args: &[&str]) -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("chat-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts (Debian package redis-server)");
+        // Owned at once, so that it is killed and waited for on any exit.
+        let redis = PrivateRedis { child, port, dir };
+        for _ in 0..100 {
+            if let Ok(c) = redis::Client::open(redis.url())
+                && let Ok(mut conn) = c.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+            {
+                return redis;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the private redis-server did not come up on port {port}");
+    }
+
+    /// `redis://127.0.0.1:{port}`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -8,14 +8,6 @@ use serde_json::Value;
 
 use crate::helpers::{TestApp, spawn_app};
 
-async fn redis_conn(app: &TestApp) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(app.config.redis_url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
 /// `applications.id` of `token`.
 async fn app_id(app: &TestApp, token: &str) -> u64 {
     sqlx::query_scalar("SELECT id FROM applications WHERE token = ?")
@@ -25,9 +17,22 @@ async fn app_id(app: &TestApp, token: &str) -> u64 {
         .unwrap()
 }
 
+/// `created_at` of message `number` of application `id`, in ms.
+async fn created_ms(app: &TestApp, id: u64, number: i64) -> i64 {
+    sqlx::query_scalar(
+        "SELECT CAST(UNIX_TIMESTAMP(m.created_at) * 1000 AS SIGNED) FROM messages m \
+         JOIN chats c ON c.id = m.chat_id WHERE c.application_id = ? AND m.number = ?",
+    )
+    .bind(id)
+    .bind(number)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
 /// The dead-letter entries of the messages queue, as JSON.
 async fn dead_messages(app: &TestApp) -> Vec<Value> {
-    let mut c = redis_conn(app).await;
+    let mut c = app.redis_conn().await;
     let raw: Vec<String> = c
         .lrange(
             format!("{}deadletter:messages", app.config.redis_key_prefix),
@@ -44,16 +49,9 @@ async fn dead_messages(app: &TestApp) -> Vec<Value> {
 /// The value of `chat_collisions_total{queue="messages"}` in `/metrics`
 /// (0 when absent). The recorder is per process, so callers compare deltas.
 async fn collisions_metric(app: &TestApp) -> f64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
+    app.metrics_text()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find(|l| l.starts_with("chat_collisions_total{queue=\"messages\"}"))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0)
@@ -69,26 +67,19 @@ async fn a_record_on_a_taken_number_is_a_collision_and_a_replay_is_silent() {
     }
     app.flush().await;
     let id = app_id(&app, &token).await;
-    let (created_ms,): (i64,) = sqlx::query_as(
-        "SELECT CAST(UNIX_TIMESTAMP(m.created_at) * 1000 AS SIGNED) FROM messages m \
-         JOIN chats c ON c.id = m.chat_id WHERE c.application_id = ? AND m.number = 2",
-    )
-    .bind(id)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let created_2 = created_ms(&app, id, 2).await;
     let before = collisions_metric(&app).await;
 
     // As if Redis had handed out 2 again (another body, another time), and
     // as if a flusher replayed the stored record 2 (same body, same time).
     let pending = format!("{}pending:messages", app.config.redis_key_prefix);
-    let mut c = redis_conn(&app).await;
+    let mut c = app.redis_conn().await;
     let _: () = c
         .rpush(
             &pending,
             vec![
-                format!("{id}\t{chat}\t2\t{}\tan impostor", created_ms + 1234),
-                format!("{id}\t{chat}\t2\t{created_ms}\ttwo"),
+                format!("{id}\t{chat}\t2\t{}\tan impostor", created_2 + 1234),
+                format!("{id}\t{chat}\t2\t{created_2}\ttwo"),
             ],
         )
         .await
@@ -118,14 +109,7 @@ async fn a_record_on_a_taken_number_is_a_collision_and_a_replay_is_silent() {
         )
         .await;
     assert_eq!(r.status(), 200);
-    let (created_1,): (i64,) = sqlx::query_as(
-        "SELECT CAST(UNIX_TIMESTAMP(m.created_at) * 1000 AS SIGNED) FROM messages m \
-         JOIN chats c ON c.id = m.chat_id WHERE c.application_id = ? AND m.number = 1",
-    )
-    .bind(id)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let created_1 = created_ms(&app, id, 1).await;
     let _: () = c
         .rpush(&pending, format!("{id}\t{chat}\t1\t{created_1}\tone"))
         .await
@@ -149,7 +133,7 @@ async fn counters_that_come_back_too_low_are_raised_before_use() {
     // Redis "loses" the last writes: the counters go back, and the epoch key
     // is gone (as after a restart from an older snapshot of a fresh Redis).
     let key = format!("{}app:{token}", app.config.redis_key_prefix);
-    let mut c = redis_conn(&app).await;
+    let mut c = app.redis_conn().await;
     let _: () = c.hset(&key, chat.to_string(), 1).await.unwrap();
     let _: () = c.hset(&key, "chats", 1).await.unwrap();
     let _: () = c
@@ -211,7 +195,7 @@ async fn a_deferred_message_is_aged_from_its_first_deferral_not_its_creation() {
     // A message created two hours ago (it waited out a MariaDB outage) whose
     // chat is not stored yet.
     let two_hours_ago = chat_api::writebehind::now_ms() - 2 * 3600 * 1000;
-    let mut c = redis_conn(&app).await;
+    let mut c = app.redis_conn().await;
     let _: () = c
         .rpush(
             format!("{}pending:messages", app.config.redis_key_prefix),

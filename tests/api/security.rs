@@ -190,15 +190,7 @@ async fn with_an_admin_listener_the_operator_surface_is_served_only_there() {
 /// The label sets of `http_request_duration_seconds` in `/metrics`:
 /// `(method, route)` of each `_count` series.
 async fn request_series(app: &TestApp) -> Vec<(String, String)> {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     let label = |line: &str, name: &str| {
         let start = line.find(&format!("{name}=\""))? + name.len() + 2;
         let len = line[start..].find('"')?;
