@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 
 use super::buffer::{Buffer, BufferError};
 use super::keys::Kind;
+use super::record::MessageRecord;
 
 /// Entries read from Redis per LRANGE while scanning a dead-letter list.
 const SCAN_CHUNK: isize = 1000;
@@ -218,7 +219,14 @@ impl Buffer {
                     unreadable += 1;
                     tracing::warn!(id = %entry_id(&entry), "dead letter without a readable record; not replayed");
                 }
-                raw.map(|raw| (entry, raw))
+                // A replay restarts the orphan clock (see `unstamp_deferred`).
+                raw.map(|raw| {
+                    let raw = match queue {
+                        Kind::Messages => MessageRecord::unstamp_deferred(&raw).to_vec(),
+                        _ => raw,
+                    };
+                    (entry, raw)
+                })
             })
             .collect();
         let mut replayed = 0;

@@ -124,6 +124,20 @@ impl MessageRecord {
         stamped.extend_from_slice(raw);
         stamped.into()
     }
+
+    /// `raw` without its `d{first_deferred_ms}\t` stamp, if it has one: a
+    /// replayed record starts its orphan clock again, so a message replayed
+    /// together with its chat is deferred while the chat is in another
+    /// flusher's batch, not dead-lettered at once for an old deferral.
+    pub fn unstamp_deferred(raw: &[u8]) -> &[u8] {
+        match raw.strip_prefix(b"d") {
+            Some(rest) => match rest.iter().position(|b| *b == b'\t') {
+                Some(tab) if rest[..tab].iter().all(u8::is_ascii_digit) => &rest[tab + 1..],
+                _ => raw,
+            },
+            None => raw,
+        }
+    }
 }
 
 /// The field of a dead-lettered record in the `lost` hash (see
@@ -182,6 +196,16 @@ mod tests {
         assert_eq!(r.deferred_since_ms, Some(1_800_000_000_000));
         assert_eq!((r.number, r.body.as_str()), (12, "body"));
         assert!(MessageRecord::decode(b"dx\t7\t3\t12\t1\tb").is_err());
+    }
+
+    #[test]
+    fn a_replayed_record_loses_its_deferral_stamp_and_nothing_else() {
+        let raw = b"1\t2\t3\t1700000000000\thello";
+        let stamped = MessageRecord::stamp_deferred(raw, 1_800_000_000_000);
+        assert_eq!(MessageRecord::unstamp_deferred(&stamped), raw);
+        assert_eq!(MessageRecord::unstamp_deferred(raw), raw);
+        // A body is never taken for a stamp: only a whole record starts with `d`.
+        assert_eq!(MessageRecord::unstamp_deferred(b"dx\ty"), b"dx\ty");
     }
 
     #[test]
