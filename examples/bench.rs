@@ -26,10 +26,31 @@ struct Cli {
 enum Cmd {
     /// Run every benchmark and write the report.
     All(Opts),
+    /// Only figure 7: the cost of each `REDIS_DURABILITY` mode.
+    Durability(Opts),
+    /// Only the flush rate with message text at several stored sizes, with
+    /// and without the FULLTEXT index (figure 8).
+    FlushText(FlushTextOpts),
     /// Serve the ceiling endpoint on `port`.
     Ceiling { port: u16 },
     /// Serve the baseline endpoint on `port` against `database_url`.
     Baseline { port: u16, database_url: String },
+}
+
+/// Options of `flush-text`.
+#[derive(clap::Args, Clone)]
+struct FlushTextOpts {
+    #[command(flatten)]
+    opts: Opts,
+    /// Stored messages before each measurement (comma-separated, ascending).
+    #[arg(long, value_delimiter = ',', default_value = "0,1000000,10000000")]
+    levels: Vec<u64>,
+    /// Records flushed at each level.
+    #[arg(long, default_value_t = 100_000)]
+    records: u64,
+    /// Rows per INSERT (`MESSAGE_BATCH_SIZE`).
+    #[arg(long, default_value_t = 5000)]
+    batch: usize,
 }
 
 #[derive(clap::Args, Clone)]
@@ -534,6 +555,8 @@ async fn all(opts: Opts) -> anyhow::Result<()> {
     growth.insert("create_rps_ratio_x10_to_base".into(), json!(large / base));
     results.insert("cost_growth".into(), Value::Object(growth));
 
+    results.insert("durability".into(), durability_cost(&opts).await?);
+
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{}`", env.db)))
         .execute(&pool)
         .await?;
@@ -560,6 +583,335 @@ async fn all(opts: Opts) -> anyhow::Result<()> {
     }
     println!("{md}");
     Ok(())
+}
+
+/// A `redis-server` of the bench's own on a free loopback port, in a fresh
+/// directory, with `args`; killed (and its directory removed) on drop.
+struct BenchRedis {
+    proc: Option<Proc>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl BenchRedis {
+    async fn start(args: &[&str]) -> anyhow::Result<BenchRedis> {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "chat-bench-redis-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let redis = BenchRedis {
+            proc: Some(Proc(child)),
+            port,
+            dir,
+        };
+        let client = redis::Client::open(redis.url())?;
+        for _ in 0..200 {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            {
+                return Ok(redis);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("redis-server did not answer on {port}")
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for BenchRedis {
+    fn drop(&mut self) {
+        self.proc.take();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Figure 7: what each `REDIS_DURABILITY` mode costs. One primary with one
+/// replica serves `memory` and `replica` (so that the only difference is the
+/// `WAIT`), a second Redis with `appendonly yes`, `appendfsync always` serves
+/// `fsync`. For each mode, interleaved over the runs: closed-loop create
+/// throughput (req/s) and its p99 (ms), and the ratio to `memory` in the
+/// same run.
+async fn durability_cost(opts: &Opts) -> anyhow::Result<Value> {
+    let primary = BenchRedis::start(&["--appendonly", "no"]).await?;
+    let replica = BenchRedis::start(&[
+        "--appendonly",
+        "no",
+        "--replicaof",
+        "127.0.0.1",
+        &primary.port.to_string(),
+    ])
+    .await?;
+    let fsync = BenchRedis::start(&["--appendonly", "yes", "--appendfsync", "always"]).await?;
+    // The replica is in sync before the figure starts.
+    let mut c = redis::Client::open(replica.url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    for _ in 0..200 {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut c)
+            .await?;
+        if info.contains("master_link_status:up") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let modes = [
+        ("memory", primary.url()),
+        ("replica", primary.url()),
+        ("fsync", fsync.url()),
+    ];
+    let mut services = Vec::new();
+    let mut envs = Vec::new();
+    for (mode, url) in &modes {
+        let env = Env {
+            opts: Opts {
+                redis: url.clone(),
+                ..opts.clone()
+            },
+            db: format!("chat_bench_{id}_{mode}"),
+            prefix: format!("bench:{id}:{mode}:"),
+        };
+        chat_api::store::ensure_database(&env.database_url()).await?;
+        let pool = MySqlPool::connect(&env.database_url()).await?;
+        chat_api::store::migrate(&pool).await?;
+        pool.close().await;
+        let port = free_port();
+        let svc = env.start_service(port, &[("REDIS_DURABILITY", mode)]);
+        wait_up(port, "/health/live").await;
+        let tokens = seed(port, 2, 100).await;
+        services.push((mode.to_string(), port, tokens, svc));
+        envs.push(env);
+    }
+    // mode → (req/s, p99 ms, ÷ memory) per run.
+    type Runs = (Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut figures: BTreeMap<String, Runs> = BTreeMap::new();
+    for run in 0..opts.runs {
+        let mut memory_rps = 0.0;
+        for (mode, port, tokens, _) in &services {
+            eprintln!("figure 7, run {}: REDIS_DURABILITY={mode}…", run + 1);
+            let report = post_closed(&url_regex(*port, tokens, 100), opts.secs, opts.connections);
+            assert!(
+                status_share(&report, "201") > 0.99,
+                "REDIS_DURABILITY={mode} answered 201: {:?}",
+                report["statusCodeDistribution"]
+            );
+            let rate = rps(&report);
+            if mode == "memory" {
+                memory_rps = rate;
+            }
+            let p99 = report["latencyPercentiles"]["p99"].as_f64().unwrap_or(0.0) * 1000.0;
+            let entry = figures.entry(mode.clone()).or_default();
+            entry.0.push(rate);
+            entry.1.push(p99);
+            entry.2.push(rate / memory_rps.max(1.0));
+        }
+    }
+    let admin = MySqlPool::connect(&opts.mysql).await?;
+    for env in &envs {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS `{}`",
+            env.db
+        )))
+        .execute(&admin)
+        .await?;
+    }
+    drop(services);
+    let mut out = serde_json::Map::new();
+    for (mode, (rate, p99, ratio)) in figures {
+        out.insert(
+            mode,
+            json!({ "create_rps": stat(rate), "p99_ms": stat(p99), "vs_memory": stat(ratio) }),
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+/// The rows of figure 7 in BENCHMARKS.md's table.
+fn durability_markdown(d: &Value) -> String {
+    let mut out = String::new();
+    for mode in ["memory", "replica", "fsync"] {
+        let v = &d[mode];
+        out += &format!(
+            "| 7. REDIS_DURABILITY={mode}: create req/s; p99 ms; ÷ memory, same run | {}; {}; {} | |\n",
+            s(&v["create_rps"]),
+            s(&v["p99_ms"]),
+            s(&v["vs_memory"])
+        );
+    }
+    out
+}
+
+/// About 100 bytes of message text: 14 words drawn from a vocabulary of
+/// 20,000 (`w0` … `w19999`, skewed towards the small ones, as words are) by
+/// the generator `state`, so that the FULLTEXT index has real work to do.
+fn message_text(state: &mut u64) -> String {
+    let mut words = Vec::with_capacity(14);
+    for _ in 0..14 {
+        *state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let r = (*state >> 33) % 20_000;
+        words.push(format!("w{}", r * r / 20_000));
+    }
+    words.join(" ")
+}
+
+/// Figure 8: messages per second the flusher writes, with message text
+/// ([`message_text`]), at each stored size of `levels`, into a schema with
+/// the FULLTEXT index on `messages.body` (MariaDB search) and one without it
+/// (Meilisearch, after `chat-api fulltext drop`). The stored rows are added
+/// in SQL between measurements, with text of the same shape.
+async fn flush_text(o: &FlushTextOpts) -> anyhow::Result<Value> {
+    use chat_api::writebehind::flusher::FlushSettings;
+    use chat_api::writebehind::keys::Keys;
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let mut r = redis::Client::open(o.opts.redis.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let mut out = serde_json::Map::new();
+    let mut seed = 42u64;
+    for variant in ["fulltext", "no_fulltext"] {
+        let env = Env {
+            opts: o.opts.clone(),
+            db: format!("chat_bench_{id}_{variant}"),
+            prefix: format!("bench:{id}:{variant}:"),
+        };
+        chat_api::store::ensure_database(&env.database_url()).await?;
+        let pool = MySqlPool::connect(&env.database_url()).await?;
+        chat_api::store::migrate(&pool).await?;
+        if variant == "no_fulltext" {
+            chat_api::store::search::database::drop_fulltext_index(&pool).await?;
+        }
+        // The application the stored rows belong to.
+        let stored_app = sqlx::query("INSERT INTO applications (token, name, created_at, updated_at) VALUES (?, 'stored', NOW(6), NOW(6))")
+            .bind(chat_api::domain::new_token())
+            .execute(&pool)
+            .await?
+            .last_insert_id();
+        sqlx::query("INSERT INTO chats (application_id, number, created_at, updated_at) SELECT ?, seq, NOW(6), NOW(6) FROM seq_1_to_100")
+            .bind(stored_app)
+            .execute(&pool)
+            .await?;
+        let mut stored = 0u64;
+        let mut rates = serde_json::Map::new();
+        for &level in &o.levels {
+            while stored < level {
+                let n = 100_000.min(level - stored);
+                let started = Instant::now();
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO messages (chat_id, number, body, created_at, updated_at)                      SELECT c.id, {stored} + s.seq, CONCAT_WS(' ',                        CONCAT('w', s.seq % 19997), CONCAT('w', (s.seq * 7) % 4999), CONCAT('w', (s.seq * 13) % 997),                        CONCAT('w', (s.seq * 31) % 2003), CONCAT('w', (s.seq * 17) % 15013), CONCAT('w', (s.seq * 3) % 97),                        CONCAT('w', (s.seq * 11) % 9973), CONCAT('w', (s.seq * 19) % 199), CONCAT('w', (s.seq * 23) % 12007),                        CONCAT('w', (s.seq * 29) % 499), CONCAT('w', (s.seq * 37) % 19001), CONCAT('w', (s.seq * 41) % 59),                        CONCAT('w', (s.seq * 43) % 7001), CONCAT('w', (s.seq * 47) % 3001)), NOW(6), NOW(6)                      FROM seq_1_to_{n} s JOIN chats c ON c.application_id = {stored_app} AND c.number = 1 + s.seq % 100"
+                )))
+                .execute(&pool)
+                .await?;
+                stored += n;
+                eprintln!(
+                    "figure 8, {variant}: {stored} stored ({:.0} rows/s in SQL)",
+                    n as f64 / started.elapsed().as_secs_f64()
+                );
+            }
+            // A fresh application and queue for this measurement.
+            let prefix = format!("{}{level}:", env.prefix);
+            let app = sqlx::query("INSERT INTO applications (token, name, created_at, updated_at) VALUES (?, 'flush', NOW(6), NOW(6))")
+                .bind(chat_api::domain::new_token())
+                .execute(&pool)
+                .await?
+                .last_insert_id();
+            sqlx::query("INSERT INTO chats (application_id, number, created_at, updated_at) SELECT ?, seq, NOW(6), NOW(6) FROM seq_1_to_100")
+                .bind(app)
+                .execute(&pool)
+                .await?;
+            let key = format!("{prefix}pending:messages");
+            let now = chrono::Utc::now().timestamp_millis();
+            let mut i = 0u64;
+            while i < o.records {
+                let mut cmd = redis::cmd("RPUSH");
+                cmd.arg(&key);
+                for _ in 0..5000.min(o.records - i) {
+                    let (chat, number) = (1 + i % 100, 1 + i / 100);
+                    cmd.arg(format!(
+                        "{app}\t{chat}\t{number}\t{now}\t{}",
+                        message_text(&mut seed)
+                    ));
+                    i += 1;
+                }
+                cmd.query_async::<()>(&mut r).await?;
+            }
+            let rpool = chat_api::store::redis::pool(&o.opts.redis, 4, Duration::from_secs(5))?;
+            let buffer = chat_api::writebehind::Buffer::new(
+                rpool,
+                Keys::new(prefix.clone()),
+                Duration::from_secs(5),
+                u64::MAX,
+            );
+            let settings = FlushSettings {
+                chat_batch_size: o.batch,
+                message_batch_size: o.batch,
+                interval: Duration::from_secs(3600),
+                lease: Duration::from_secs(60),
+                orphan_max_age: Duration::from_secs(3600),
+                shutdown_timeout: Duration::from_secs(30),
+                index_search: false,
+                fault_delay: Duration::ZERO,
+            };
+            let flusher = chat_api::writebehind::Flusher::new(buffer, pool.clone(), settings);
+            let started = Instant::now();
+            let mut written = 0;
+            while flusher.pending().await? > 0 {
+                written += flusher.flush_once().await?.written;
+            }
+            let rate = written as f64 / started.elapsed().as_secs_f64();
+            anyhow::ensure!(written == o.records, "wrote {written} of {}", o.records);
+            eprintln!("figure 8, {variant}: {level} stored: {rate:.0} rows/s");
+            stored += o.records;
+            rates.insert(level.to_string(), json!(rate));
+            cleanup_prefix(&mut r, &prefix).await?;
+        }
+        out.insert(variant.into(), Value::Object(rates));
+        pool.close().await;
+        let admin = MySqlPool::connect(&o.opts.mysql).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{}`", env.db)))
+            .execute(&admin)
+            .await?;
+    }
+    Ok(Value::Object(out))
+}
+
+/// The rows of figure 8 in BENCHMARKS.md's table.
+fn flush_text_markdown(d: &Value) -> String {
+    let mut out = String::new();
+    if let Some(levels) = d["fulltext"].as_object() {
+        for (level, with) in levels {
+            let without = &d["no_fulltext"][level];
+            out += &format!(
+                "| 8. flush rows/s with message text, {level} stored: FULLTEXT / none / ratio | {} / {} / {} | flat |\n",
+                f(with),
+                f(without),
+                f(&json!(
+                    with.as_f64().unwrap_or(0.0) / without.as_f64().unwrap_or(1.0)
+                ))
+            );
+        }
+    }
+    out
 }
 
 /// Pushes `n` message records for chats 1..=`chats` of application `app` (numbers from 1).
@@ -796,6 +1148,7 @@ fn markdown(r: &BTreeMap<String, Value>) -> String {
         f(&g["base"]["refresh_one_chat_ms"]),
         f(&g["x10"]["refresh_one_chat_ms"])
     );
+    out += &durability_markdown(&r["durability"]);
     out += &format!("\nPending depth each second of figure 4: {depth:?}\n");
     out
 }
@@ -904,6 +1257,17 @@ async fn serve<T: OpenApi + 'static>(api: T, port: u16) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::All(opts) => all(opts).await,
+        Cmd::FlushText(opts) => {
+            let figure = flush_text(&opts).await?;
+            println!("{}", serde_json::to_string_pretty(&figure)?);
+            println!("{}", flush_text_markdown(&figure));
+            Ok(())
+        }
+        Cmd::Durability(opts) => {
+            let figure = durability_cost(&opts).await?;
+            println!("{}", durability_markdown(&figure));
+            Ok(())
+        }
         Cmd::Ceiling { port } => serve(CeilingApi, port).await,
         Cmd::Baseline { port, database_url } => {
             let pool = sqlx::mysql::MySqlPoolOptions::new()

@@ -35,6 +35,28 @@ pub struct Config {
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "chat:")]
     pub redis_key_prefix: String,
 
+    /// Redis Sentinel addresses (comma-separated `host:port`). When set, the
+    /// service asks them for the master named `REDIS_SENTINEL_MASTER` and
+    /// follows a failover by itself (503 during the switch, then 201 again);
+    /// `REDIS_URL` then gives only the password and database.
+    #[arg(long, env = "REDIS_SENTINELS", value_delimiter = ',')]
+    pub redis_sentinels: Vec<String>,
+
+    /// The master's name in the sentinels' configuration (`sentinel monitor
+    /// <name> …`), with `REDIS_SENTINELS`.
+    #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = "mymaster")]
+    pub redis_sentinel_master: String,
+
+    /// Numbers a counter skips when it is re-checked after Redis may have
+    /// lost data (a restart, a failover, a restore), past the highest number
+    /// MariaDB and Redis still know. Acknowledged creates that the lost
+    /// writes held (with `REDIS_DURABILITY=memory`, those not yet replicated
+    /// or persisted) are then never numbered again, at the cost of a gap of
+    /// this size in each chat and application used after the event. Default:
+    /// 100 with `memory`, 0 with `replica` and `fsync`, whose 201s survive.
+    #[arg(long, env = "RECONCILE_SKIP")]
+    pub reconcile_skip: Option<u32>,
+
     /// Maximum number of pooled Redis connections.
     #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 16)]
     pub redis_pool_size: u32,
@@ -209,6 +231,29 @@ impl Config {
     /// Time limit of one Redis call on the request path.
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    /// `RECONCILE_SKIP`, or its default for `REDIS_DURABILITY`.
+    pub fn reconcile_skip(&self) -> u32 {
+        self.reconcile_skip.unwrap_or(match self.redis_durability {
+            Durability::Memory => 100,
+            Durability::Replica | Durability::Fsync => 0,
+        })
+    }
+
+    /// Where the Redis pool connects: the sentinels' master when
+    /// `REDIS_SENTINELS` is set, else `REDIS_URL`.
+    pub fn redis_target(&self) -> crate::store::redis::RedisTarget {
+        use crate::store::redis::RedisTarget;
+        if self.redis_sentinels.is_empty() {
+            RedisTarget::Url(self.redis_url.clone())
+        } else {
+            RedisTarget::Sentinel {
+                sentinels: self.redis_sentinels.clone(),
+                master: self.redis_sentinel_master.clone(),
+                url: self.redis_url.clone(),
+            }
+        }
     }
 
     /// This instance's name: `INSTANCE_ID`, or `{hostname}-{pid}`.

@@ -1,4 +1,4 @@
-//! Command line: `serve` (default), `migrate`, `openapi`.
+//! Command line: `serve` (default), `migrate`, `reindex`, `fulltext`, `openapi`.
 
 use clap::{Parser, Subcommand};
 
@@ -48,12 +48,38 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         batch_size: i64,
     },
+    /// Show, drop or build the FULLTEXT index on `messages.body`. MariaDB
+    /// search needs it; with Meilisearch (`MEILI_URL`) it only slows the
+    /// flusher, and can be dropped.
+    Fulltext {
+        /// `status`, `drop` or `create`.
+        #[arg(value_enum)]
+        action: FulltextAction,
+        /// MariaDB connection URL.
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "mysql://root@127.0.0.1:3306/chat_api"
+        )]
+        database_url: String,
+    },
     /// Write the OpenAPI spec to a file (default `openapi/openapi.json`).
     Openapi {
         /// Where to write it.
         #[arg(long, default_value = "openapi/openapi.json")]
         out: std::path::PathBuf,
     },
+}
+
+/// What `chat-api fulltext` does.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FulltextAction {
+    /// Say whether the index exists.
+    Status,
+    /// Drop it (fast).
+    Drop,
+    /// Build it (slow on a large table; writes to `messages` wait meanwhile).
+    Create,
 }
 
 #[tokio::main]
@@ -88,6 +114,10 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Reindex { config, batch_size }) => reindex(&config, batch_size).await,
+        Some(Command::Fulltext {
+            action,
+            database_url,
+        }) => fulltext(action, &database_url).await,
         Some(Command::Openapi { out }) => {
             std::fs::write(&out, chat_api::http::spec_json() + "\n")?;
             println!("wrote {}", out.display());
@@ -99,6 +129,46 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(config: Config, migrate: bool) -> anyhow::Result<()> {
     let app = Application::build(config, migrate).await?;
     app.run_until(startup::shutdown_signal()).await
+}
+
+async fn fulltext(action: FulltextAction, database_url: &str) -> anyhow::Result<()> {
+    use chat_api::store::search::database as db;
+    let pool = chat_api::store::connect_lazy(database_url, 1)?;
+    let exists = db::fulltext_index_exists(&pool).await?;
+    match action {
+        FulltextAction::Status => println!(
+            "FULLTEXT index {} on messages.body: {}",
+            db::FULLTEXT_INDEX,
+            if exists { "present" } else { "absent" }
+        ),
+        FulltextAction::Drop => {
+            let dropped = db::drop_fulltext_index(&pool).await?;
+            println!(
+                "{}",
+                if dropped {
+                    "dropped the FULLTEXT index on messages.body (search now needs MEILI_URL)"
+                } else {
+                    "no FULLTEXT index on messages.body: nothing to do"
+                }
+            );
+        }
+        FulltextAction::Create => {
+            let started = std::time::Instant::now();
+            let created = db::create_fulltext_index(&pool).await?;
+            println!(
+                "{}",
+                if created {
+                    format!(
+                        "built the FULLTEXT index on messages.body in {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    )
+                } else {
+                    "the FULLTEXT index on messages.body exists: nothing to do".into()
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn reindex(config: &Config, batch_size: i64) -> anyhow::Result<()> {

@@ -43,12 +43,12 @@ pub struct Application {
 /// Opens the Redis pool (lazily: the service starts while Redis is down).
 pub fn redis_pool(config: &Config) -> anyhow::Result<crate::store::redis::RedisPool> {
     crate::store::redis::pool_with_epoch(
-        &config.redis_url,
+        config.redis_target(),
         config.redis_pool_size,
         config.redis_timeout(),
         Some(Keys::new(config.redis_key_prefix.clone()).epoch()),
     )
-    .context("REDIS_URL is invalid")
+    .context("REDIS_URL or REDIS_SENTINELS is invalid")
 }
 
 /// Flusher settings from the configuration.
@@ -63,6 +63,31 @@ pub fn flush_settings(config: &Config) -> FlushSettings {
         index_search: config.meili_url.is_some(),
         fault_delay: Duration::from_millis(config.fault_flush_delay_ms),
     }
+}
+
+/// The FULLTEXT index on `messages.body` matches the search backend: MariaDB
+/// search needs it (start-up refuses without it, naming the command that
+/// builds it); with Meilisearch it only slows every flush, so start-up warns
+/// and names the command that drops it. It is never dropped or built
+/// silently: on a large table either is an operation to plan. MariaDB
+/// unreachable: only logged, as for the rest of start-up.
+async fn check_fulltext_index(search: &SearchBackend) -> anyhow::Result<()> {
+    use crate::store::search::database::fulltext_index_exists;
+    let (pool, needed) = match search {
+        SearchBackend::Database(pool) => (pool, true),
+        SearchBackend::Meili(_, pool) => (pool, false),
+    };
+    match fulltext_index_exists(pool).await {
+        Ok(false) if needed => anyhow::bail!(
+            "search on MariaDB (MEILI_URL unset) needs the FULLTEXT index on messages.body,              which is missing: build it with `chat-api fulltext create`, or set MEILI_URL"
+        ),
+        Ok(true) if !needed => tracing::warn!(
+            "the FULLTEXT index on messages.body is unused with Meilisearch and slows every flush              (4 to 7 times fewer rows/s on message text, BENCHMARKS.md): drop it with              `chat-api fulltext drop` (`chat-api fulltext create` builds it again)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not check the FULLTEXT index on messages.body"),
+    }
+    Ok(())
 }
 
 /// Shortest accepted `ADMIN_API_KEY`, in bytes.
@@ -118,7 +143,8 @@ impl Application {
         )
         .with_owner(config.instance_id())
         .with_idempotency_ttl(config.idempotency_ttl)
-        .with_max_pending_bytes(config.max_pending_bytes);
+        .with_max_pending_bytes(config.max_pending_bytes)
+        .with_reconcile_skip(config.reconcile_skip());
         let buffer = match config.redis_durability {
             crate::config::Durability::Replica => {
                 buffer.with_replica_wait(Duration::from_millis(config.redis_wait_ms))
@@ -190,6 +216,7 @@ impl Application {
             None => (SearchBackend::Database(pool.clone()), None),
         };
         tracing::info!(backend = search.name(), index = %config.meili_index, "search backend");
+        check_fulltext_index(&search).await?;
         let admin_key = config.admin_api_key.as_ref().map(KeyDigest::of);
         let state = AppState {
             pool,

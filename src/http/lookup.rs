@@ -57,7 +57,11 @@ pub async fn chat(state: &AppState, app: &AppRow, number: i64) -> Result<ChatRow
                 .wb
                 .await_stored(
                     || async {
-                        let allocated = buffer.counters(&app.token, number).await?.chat_allocated;
+                        let counters = buffer.counters(&app.token, number).await?;
+                        let allocated = counters.chat_allocated;
+                        if counters.chats_skipped.iter().any(|r| r.contains(&number)) {
+                            return Err(BufferError::Skipped);
+                        }
                         if allocated {
                             not_lost(buffer, chat_lost_field(app.id, number)).await?;
                         }
@@ -93,6 +97,13 @@ pub async fn message(
                     || async {
                         let counters = buffer.counters(&app.token, chat.number).await?;
                         let allocated = counters.last_message.is_some_and(|last| number <= last);
+                        if counters
+                            .messages_skipped
+                            .iter()
+                            .any(|r| r.contains(&number))
+                        {
+                            return Err(BufferError::Skipped);
+                        }
                         if allocated {
                             not_lost(buffer, message_lost_field(app.id, chat.number, number))
                                 .await?;

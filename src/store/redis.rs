@@ -19,6 +19,15 @@
 //! connections, so no number is handed out on the new server before its
 //! check has run; a background task also runs the check every few seconds,
 //! for a key lost without a restart (`FLUSHALL`).
+//!
+//! With Redis Sentinel ([`RedisTarget::Sentinel`]) every new connection asks
+//! the sentinels for the current master (the redis crate's
+//! [`redis::sentinel::SentinelClient`], which also checks that the node it
+//! names answers `ROLE` as a master). A failover breaks the connections to
+//! the old master: killed, it refuses them; demoted, it answers `READONLY`,
+//! which [`BrokenFlag::note`] also counts as broken. Requests answer 503 until
+//! the sentinels name the promoted replica, then the pool connects to it, and
+//! its epoch check (a new `run_id`) makes every counter re-check itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,11 +52,15 @@ pub struct BrokenFlag(Arc<AtomicBool>);
 
 impl BrokenFlag {
     /// Flags the connection when `err` means the connection itself failed.
+    /// `READONLY` (a master demoted by a failover) and `MASTERDOWN` (a
+    /// replica that lost its master) count too: the next connection asks
+    /// the sentinels again.
     pub fn note(&self, err: &redis::RedisError) {
         if err.is_io_error()
             || err.is_connection_dropped()
             || err.is_connection_refusal()
             || err.is_timeout()
+            || matches!(err.code(), Some("READONLY" | "MASTERDOWN"))
         {
             self.0.store(true, Ordering::Relaxed);
         }
@@ -67,10 +80,34 @@ impl RedisConn {
     }
 }
 
-/// `bb8_redis::RedisConnectionManager` with a working `has_broken`, and the
-/// epoch check on every new connection when `epoch_key` is set.
+/// Where the pool connects.
+pub enum RedisTarget {
+    /// One server, by URL (`REDIS_URL`).
+    Url(String),
+    /// The master that Redis Sentinel names (`REDIS_SENTINELS`,
+    /// `REDIS_SENTINEL_MASTER`); `url` gives the password and database the
+    /// master wants (its host and port are not used).
+    Sentinel {
+        /// Sentinel addresses, `host:port` each.
+        sentinels: Vec<String>,
+        /// The master's name in the sentinels' configuration.
+        master: String,
+        /// `REDIS_URL`, for the credentials and database only.
+        url: String,
+    },
+}
+
+enum Connector {
+    Url(RedisConnectionManager),
+    // The client caches its sentinel connections, so it is `&mut` to use.
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
+/// `bb8_redis::RedisConnectionManager` with a working `has_broken`, the
+/// epoch check on every new connection when `epoch_key` is set, and the
+/// master named by Redis Sentinel when the target is one.
 pub struct RedisManager {
-    inner: RedisConnectionManager,
+    inner: Connector,
     epoch_key: Option<String>,
     response_timeout: Duration,
 }
@@ -121,7 +158,26 @@ impl bb8::ManageConnection for RedisManager {
     type Error = redis::RedisError;
 
     async fn connect(&self) -> Result<RedisConn, redis::RedisError> {
-        let mut conn = self.inner.connect().await?;
+        let mut conn = match &self.inner {
+            Connector::Url(manager) => manager.connect().await?,
+            Connector::Sentinel(client) => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.response_timeout))
+                    .set_response_timeout(Some(self.response_timeout));
+                let mut client = client.lock().await;
+                tokio::time::timeout(
+                    self.response_timeout,
+                    client.get_async_connection_with_config(&config),
+                )
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no master from the sentinels in REDIS_TIMEOUT_MS",
+                    ))
+                })??
+            }
+        };
         // Every command on this connection (and its clones) gives up after
         // the configured time, whichever path sent it.
         conn.set_response_timeout(self.response_timeout);
@@ -135,7 +191,7 @@ impl bb8::ManageConnection for RedisManager {
     }
 
     async fn is_valid(&self, c: &mut RedisConn) -> Result<(), redis::RedisError> {
-        self.inner.is_valid(&mut c.conn).await
+        redis::cmd("PING").query_async::<()>(&mut c.conn).await
     }
 
     fn has_broken(&self, c: &mut RedisConn) -> bool {
@@ -147,20 +203,44 @@ impl bb8::ManageConnection for RedisManager {
 /// at most `max_size` connections, `timeout` to get one.
 /// Errors: an invalid URL.
 pub fn pool(url: &str, max_size: u32, timeout: Duration) -> redis::RedisResult<RedisPool> {
-    pool_with_epoch(url, max_size, timeout, None)
+    pool_with_epoch(RedisTarget::Url(url.into()), max_size, timeout, None)
 }
 
 /// [`pool`], whose new connections first run the epoch check on
 /// `epoch_key` (see the module docs). `timeout` bounds getting a connection
 /// and every command sent on one (`REDIS_TIMEOUT_MS`). Errors: an invalid
-/// URL.
+/// URL or sentinel address.
 pub fn pool_with_epoch(
-    url: &str,
+    target: RedisTarget,
     max_size: u32,
     timeout: Duration,
     epoch_key: Option<String>,
 ) -> redis::RedisResult<RedisPool> {
-    let inner = RedisConnectionManager::new(url)?;
+    let inner = match target {
+        RedisTarget::Url(url) => Connector::Url(RedisConnectionManager::new(url)?),
+        RedisTarget::Sentinel {
+            sentinels,
+            master,
+            url,
+        } => {
+            use redis::IntoConnectionInfo;
+            let settings = url.into_connection_info()?.redis_settings().clone();
+            let node = redis::sentinel::SentinelNodeConnectionInfo::default()
+                .set_redis_connection_info(settings);
+            let sentinels: Vec<String> = sentinels
+                .iter()
+                .map(|a| format!("redis://{}", a.trim()))
+                .collect();
+            Connector::Sentinel(tokio::sync::Mutex::new(
+                redis::sentinel::SentinelClient::build(
+                    sentinels,
+                    master,
+                    Some(node),
+                    redis::sentinel::SentinelServerType::Master,
+                )?,
+            ))
+        }
+    };
     Ok(bb8::Pool::builder()
         .max_size(max_size)
         .connection_timeout(timeout)

@@ -52,6 +52,10 @@ pub enum BufferError {
     /// stored: it is in the dead-letter list, with this reason.
     #[error("the record was dead-lettered: {0}")]
     Lost(String),
+    /// The number is in the range a counter skipped when Redis may have lost
+    /// data (`RECONCILE_SKIP`): nothing is, or will be, stored under it.
+    #[error("the number was skipped after Redis lost data")]
+    Skipped,
     /// MariaDB failed while seeding a cold counter.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -126,6 +130,7 @@ pub struct Buffer {
     owner: std::sync::Arc<str>,
     idempotency_ttl_secs: u64,
     replica_wait: Option<Duration>,
+    reconcile_skip: u32,
 }
 
 /// A client's `Idempotency-Key` for one create: the key's digest, and the
@@ -178,6 +183,7 @@ impl Buffer {
             owner: "unnamed".into(),
             idempotency_ttl_secs: 86_400,
             replica_wait: None,
+            reconcile_skip: 0,
         }
     }
 
@@ -209,6 +215,14 @@ impl Buffer {
     /// `max` bytes of Redis memory (Redis's own estimate); 0: no limit.
     pub fn with_max_pending_bytes(mut self, max: u64) -> Self {
         self.max_pending_bytes = max;
+        self
+    }
+
+    /// The same buffer, whose counters skip `skip` numbers when they are
+    /// re-checked after Redis may have lost data (`RECONCILE_SKIP`, see
+    /// [`super::scripts::RECONCILE`]).
+    pub fn with_reconcile_skip(mut self, skip: u32) -> Self {
+        self.reconcile_skip = skip;
         self
     }
 
@@ -481,11 +495,13 @@ impl Buffer {
         deleted: bool,
     ) -> Result<(), BufferError> {
         let key = self.keys.app(token);
-        let (field, checked) = match scope {
-            CounterScope::Chats => ("chats".to_string(), "v".to_string()),
-            CounterScope::Messages { chat_number } => {
-                (chat_number.to_string(), format!("v:{chat_number}"))
-            }
+        let (field, checked, skipped) = match scope {
+            CounterScope::Chats => ("chats".to_string(), "v".to_string(), "s".to_string()),
+            CounterScope::Messages { chat_number } => (
+                chat_number.to_string(),
+                format!("v:{chat_number}"),
+                format!("s:{chat_number}"),
+            ),
         };
         self.with_conn(|mut c| async move {
             self.scripts
@@ -496,6 +512,8 @@ impl Buffer {
                 .arg(floor)
                 .arg(epoch)
                 .arg(if deleted { "1" } else { "0" })
+                .arg(self.reconcile_skip)
+                .arg(skipped)
                 .invoke_async::<i64>(&mut c)
                 .await
         })
@@ -541,21 +559,40 @@ impl Buffer {
     /// (wait for its flush) from a missing one (404).
     pub async fn counters(&self, token: &str, chat_number: i64) -> Result<Counters, BufferError> {
         let key = self.keys.app(token);
-        let (id, chat): (Option<String>, Option<String>) = self
+        type Fields = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let (id, chat, chats_skip, messages_skip): Fields = self
             .with_conn(|mut c| async move {
                 redis::cmd("HMGET")
                     .arg(key)
                     .arg("id")
                     .arg(chat_number)
+                    .arg("s")
+                    .arg(format!("s:{chat_number}"))
                     .query_async(&mut c)
                     .await
             })
             .await?;
         let live = id.as_deref().is_some_and(|v| v != "deleted");
         let chat_counter = chat.filter(|_| live).and_then(|v| v.parse().ok());
+        let ranges = |v: Option<String>| -> Vec<std::ops::RangeInclusive<i64>> {
+            v.unwrap_or_default()
+                .split(',')
+                .filter_map(|r| {
+                    let (lo, hi) = r.split_once('-')?;
+                    Some(lo.parse().ok()?..=hi.parse().ok()?)
+                })
+                .collect()
+        };
         Ok(Counters {
             chat_allocated: chat_counter.is_some(),
             last_message: chat_counter,
+            chats_skipped: ranges(chats_skip),
+            messages_skipped: ranges(messages_skip),
         })
     }
 
@@ -859,12 +896,17 @@ pub enum CounterScope {
 }
 
 /// What Redis knows of a chat's counters (see [`Buffer::counters`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counters {
     /// The chat number was handed out and the chat is not deleted.
     pub chat_allocated: bool,
     /// Last message number handed out in the chat.
     pub last_message: Option<i64>,
+    /// The ranges of chat numbers the application's counter skipped (the
+    /// last four; see [`super::scripts::RECONCILE`]).
+    pub chats_skipped: Vec<std::ops::RangeInclusive<i64>>,
+    /// The ranges of message numbers the chat's counter skipped.
+    pub messages_skipped: Vec<std::ops::RangeInclusive<i64>>,
 }
 
 /// The queued form of a search-index change: its JSON, stamped with

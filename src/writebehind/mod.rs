@@ -9,8 +9,10 @@
 //!    handed out only in the same atomic step that queues its record. A
 //!    counter is used only once checked against MariaDB's highest number,
 //!    deleted rows included, in the current epoch (see [`scripts`]), so a
-//!    Redis that lost data never hands out a number MariaDB has; a record
-//!    that still lands on one is a collision (see [`crate::store::bulk`]).
+//!    Redis that lost data never hands out a number MariaDB has; with
+//!    `RECONCILE_SKIP` it also goes past the numbers the lost writes may
+//!    have acknowledged. A record that still lands on a taken number is a
+//!    collision (see [`crate::store::bulk`]).
 //! 2. **Every acknowledged record is stored exactly once.** Batches move
 //!    atomically from pending to a leased processing list, are written with
 //!    idempotent INSERTs, then acknowledged; expired leases are recovered.

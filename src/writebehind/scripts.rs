@@ -20,7 +20,8 @@
 //!   [`crate::store::redis::CHECK_EPOCH`]).
 //! - In `app:{token}`, `v` = the epoch in which the chat counter was last
 //!   checked against MariaDB, and `v:{n}` = the same for chat `n`'s message
-//!   counter.
+//!   counter; `s` and `s:{n}` = the last four ranges of numbers they
+//!   skipped when they were checked (`RECONCILE_SKIP`).
 //!
 //! ## Counters that survive Redis losing data
 //!
@@ -171,19 +172,41 @@ return {n, len, 0}
 /// read before querying MariaDB. Creates the counter when it is missing. Does
 /// nothing to an application that is missing or deleted in Redis.
 ///
+/// With a skip (`RECONCILE_SKIP`), a scope that has any number (in Redis or
+/// MariaDB) goes on `skip` past the highest one: the creates the lost writes
+/// held were acknowledged under numbers that nothing remembers, and must not
+/// be numbered again; the skipped range goes to the skip field (`s` or
+/// `s:{n}`: the last four ranges, `{first}-{last},…`), so that a lookup of
+/// one of their numbers answers at once. A scope with no number anywhere
+/// starts at 1. A scope already checked in this epoch (by a concurrent
+/// request) is left as it is, so that it skips once per event.
+///
 /// KEYS: app hash. ARGV: counter field (`chats` or a chat number), checked
 /// field (`v` or `v:{n}`), floor (MariaDB's highest number), epoch, deleted
-/// (`1`: the chat is deleted in MariaDB). Returns 1 if applied, else 0.
+/// (`1`: the chat is deleted in MariaDB), skip, skip field. Returns 1 if
+/// applied, else 0.
 pub const RECONCILE: &str = r#"
 local id = redis.call('HGET', KEYS[1], 'id')
 if not id or id == 'deleted' then return 0 end
+if redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[4] then return 1 end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if ARGV[5] == '1' then
   redis.call('HSET', KEYS[1], ARGV[1], 'deleted')
 elseif cur ~= 'deleted' then
-  local floor = tonumber(ARGV[3])
-  if not cur or tonumber(cur) < floor then
-    redis.call('HSET', KEYS[1], ARGV[1], floor)
+  local known = math.max(tonumber(cur or '0'), tonumber(ARGV[3]))
+  local skip = tonumber(ARGV[6])
+  if known > 0 and skip > 0 then
+    -- The last four ranges, oldest first.
+    local ranges = {}
+    for r in string.gmatch(redis.call('HGET', KEYS[1], ARGV[7]) or '', '[^,]+') do
+      ranges[#ranges + 1] = r
+    end
+    ranges[#ranges + 1] = (known + 1) .. '-' .. (known + skip)
+    redis.call('HSET', KEYS[1], ARGV[7], table.concat(ranges, ',', math.max(1, #ranges - 3)))
+    known = known + skip
+  end
+  if not cur or tonumber(cur) < known then
+    redis.call('HSET', KEYS[1], ARGV[1], known)
   end
 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])

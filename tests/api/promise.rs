@@ -121,7 +121,8 @@ async fn a_record_on_a_taken_number_is_a_collision_and_a_replay_is_silent() {
 
 #[tokio::test]
 async fn counters_that_come_back_too_low_are_raised_before_use() {
-    let app = spawn_app().await;
+    // Exactly to MariaDB's highest number (no skip, as with `replica`).
+    let app = crate::helpers::spawn_app_with(|c| c.reconcile_skip = Some(0)).await;
     let token = app.create_app("lost counters").await;
     let chat = app.create_chat(&token).await;
     for body in ["one", "two", "three"] {
@@ -182,6 +183,65 @@ async fn counters_that_come_back_too_low_are_raised_before_use() {
         .await;
     assert_eq!(r.status(), 404);
     assert_eq!(app.create_message(&token, chat, "five").await, 5);
+}
+
+#[tokio::test]
+async fn with_memory_durability_a_recheck_skips_numbers_and_says_so() {
+    // The default (`REDIS_DURABILITY=memory`): acknowledged creates that
+    // Redis lost were numbered above everything Redis and MariaDB still know,
+    // so the re-check goes past them, and a lookup in the gap answers at once.
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.read_your_writes_timeout_ms = 5_000;
+    })
+    .await;
+    assert_eq!(app.config.reconcile_skip(), 100);
+    let token = app.create_app("lost writes").await;
+    let chat = app.create_chat(&token).await;
+    for body in ["one", "two"] {
+        app.create_message(&token, chat, body).await;
+    }
+    app.flush().await;
+    let key = format!("{}app:{token}", app.config.redis_key_prefix);
+    let mut c = app.redis_conn().await;
+    let _: () = c
+        .hincr(format!("{}epoch", app.config.redis_key_prefix), "epoch", 1)
+        .await
+        .unwrap();
+
+    assert_eq!(app.create_message(&token, chat, "after").await, 103);
+    assert_eq!(app.create_chat(&token).await, 102, "chats skip too");
+    let skipped: String = c.hget(&key, format!("s:{chat}")).await.unwrap();
+    assert_eq!(skipped, "3-102");
+    let started = std::time::Instant::now();
+    let r = app
+        .get(&format!("/applications/{token}/chats/{chat}/messages/50"))
+        .await;
+    assert_eq!(r.status(), 404);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "at once, not after READ_YOUR_WRITES_TIMEOUT_MS"
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("skipped"),
+        "{body}"
+    );
+    // Numbers outside the gap behave as before.
+    assert_eq!(
+        app.get(&format!("/applications/{token}/chats/{chat}/messages/104"))
+            .await
+            .status(),
+        404
+    );
+    app.flush().await;
+    assert_eq!(
+        app.stored_messages(&token, chat).await,
+        [
+            (1, "one".to_string()),
+            (2, "two".to_string()),
+            (103, "after".to_string())
+        ]
+    );
 }
 
 #[tokio::test]

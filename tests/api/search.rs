@@ -316,3 +316,32 @@ async fn meilisearch_scores_hits_best_first() {
     assert!(hits[0].1 > hits[hits.len() - 1].1, "{hits:?}");
     assert!(!hits.iter().any(|h| h.0 == 4));
 }
+
+#[tokio::test]
+async fn the_fulltext_index_is_never_dropped_or_built_silently() {
+    use chat_api::store::search::database::{
+        create_fulltext_index, drop_fulltext_index, fulltext_index_exists,
+    };
+    let app = spawn_app().await;
+    assert!(fulltext_index_exists(&app.pool).await.unwrap());
+    // Searching with MariaDB without the index: start-up refuses and says how
+    // to build it (never a 500 at the first search).
+    assert!(drop_fulltext_index(&app.pool).await.unwrap());
+    assert!(!drop_fulltext_index(&app.pool).await.unwrap(), "idempotent");
+    let err = chat_api::startup::Application::build(app.config.clone(), false)
+        .await
+        .err()
+        .expect("start-up refuses MariaDB search without the index");
+    assert!(
+        format!("{err:#}").contains("chat-api fulltext create"),
+        "{err:#}"
+    );
+    // The command's step builds it back, and start-up accepts it again.
+    assert!(create_fulltext_index(&app.pool).await.unwrap());
+    assert!(fulltext_index_exists(&app.pool).await.unwrap());
+    let token = app.create_app("fulltext").await;
+    let chat = app.create_chat(&token).await;
+    app.create_message(&token, chat, "the index is back").await;
+    app.flush().await;
+    assert_eq!(scored(&app, &token, chat, "index").await.len(), 1);
+}

@@ -156,7 +156,8 @@ async fn shutdown_flushes_what_is_pending() {
 
 #[tokio::test]
 async fn counters_survive_a_cold_redis() {
-    let app = spawn_app().await;
+    // Exact seeding (no skip; see promise.rs for the skip of `memory`).
+    let app = crate::helpers::spawn_app_with(|c| c.reconcile_skip = Some(0)).await;
     let t = app.create_app("a").await;
     let c1 = app.create_chat(&t).await;
     let c2 = app.create_chat(&t).await;

@@ -35,3 +35,52 @@ pub async fn search(
     .fetch_all(pool)
     .await
 }
+
+/// Name of the FULLTEXT index on `messages.body` (migration
+/// `20261121000002_messages_fulltext.sql`).
+pub const FULLTEXT_INDEX: &str = "messages_body_fulltext";
+
+/// Whether the FULLTEXT index on `messages.body` exists in the connected
+/// database (`information_schema.STATISTICS`). Errors: MariaDB failed.
+pub async fn fulltext_index_exists(pool: &MySqlPool) -> sqlx::Result<bool> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.STATISTICS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'messages' AND INDEX_NAME = ?",
+    )
+    .bind(FULLTEXT_INDEX)
+    .fetch_one(pool)
+    .await?;
+    Ok(n > 0)
+}
+
+/// Drops the FULLTEXT index on `messages.body` (`chat-api fulltext drop`),
+/// for deployments that search with Meilisearch: InnoDB maintains it on every
+/// flushed row, and it made the flush 4 to 7 times slower on realistic
+/// message text in `bench flush-text` (BENCHMARKS.md). Fast (InnoDB drops
+/// the index's auxiliary tables). Does nothing when it is already gone.
+/// Errors: MariaDB failed.
+pub async fn drop_fulltext_index(pool: &MySqlPool) -> sqlx::Result<bool> {
+    if !fulltext_index_exists(pool).await? {
+        return Ok(false);
+    }
+    sqlx::query("ALTER TABLE messages DROP INDEX messages_body_fulltext")
+        .execute(pool)
+        .await?;
+    Ok(true)
+}
+
+/// Builds the FULLTEXT index on `messages.body` again (`chat-api fulltext
+/// create`), as its migration made it; needed to search with MariaDB
+/// (`MEILI_URL` unset). Takes time in proportion to the stored messages,
+/// and writes to `messages` wait while it is built (InnoDB cannot build a
+/// FULLTEXT index with `LOCK=NONE`), so the flusher pauses meanwhile: run it
+/// in a quiet hour. Does nothing when it exists. Errors: MariaDB failed.
+pub async fn create_fulltext_index(pool: &MySqlPool) -> sqlx::Result<bool> {
+    if fulltext_index_exists(pool).await? {
+        return Ok(false);
+    }
+    sqlx::query("ALTER TABLE messages ADD FULLTEXT INDEX messages_body_fulltext (body)")
+        .execute(pool)
+        .await?;
+    Ok(true)
+}
