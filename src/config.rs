@@ -117,6 +117,14 @@ pub struct Config {
     #[arg(long, env = "MAX_PENDING", default_value_t = 1_000_000)]
     pub max_pending: u64,
 
+    /// Pending records per queue past which a growing share of creates is
+    /// refused with 503 and `Retry-After`, before `MAX_PENDING` is reached:
+    /// 0 at this mark, rising linearly to 90% at `MAX_PENDING` (load
+    /// shedding, so that clients slow down before the cliff). A value at or
+    /// above `MAX_PENDING` turns it off.
+    #[arg(long, env = "PENDING_HIGH_WATER", default_value_t = 500_000)]
+    pub pending_high_water: u64,
+
     /// How long an `Idempotency-Key` is remembered, in seconds: a retry with
     /// the same key within it gets the first answer and creates nothing.
     #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value = "86400", value_parser = parse_nonzero_secs)]

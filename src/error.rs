@@ -126,6 +126,13 @@ impl From<crate::writebehind::BufferError> for ApiError {
                 crate::telemetry::metrics::backpressure_rejected();
                 Self::unavailable("the write buffer is full; retry later", retry_after_secs)
             }
+            BufferError::Shed { retry_after_secs } => {
+                crate::telemetry::metrics::load_shed();
+                Self::unavailable(
+                    "the write buffer is filling faster than it drains (past PENDING_HIGH_WATER); slow down and retry later",
+                    retry_after_secs,
+                )
+            }
             BufferError::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "Redis unavailable");
                 Self::unavailable("the write buffer (Redis) is unavailable; retry later", 2)

@@ -144,7 +144,8 @@ impl Application {
         .with_owner(config.instance_id())
         .with_idempotency_ttl(config.idempotency_ttl)
         .with_max_pending_bytes(config.max_pending_bytes)
-        .with_reconcile_skip(config.reconcile_skip());
+        .with_reconcile_skip(config.reconcile_skip())
+        .with_high_water(config.pending_high_water);
         let buffer = match config.redis_durability {
             crate::config::Durability::Replica => {
                 buffer.with_replica_wait(Duration::from_millis(config.redis_wait_ms))

@@ -116,6 +116,12 @@ pub fn backpressure_rejected() {
     counter!("chat_backpressure_rejections_total").increment(1);
 }
 
+/// A create refused with 503 before Redis, because its pending list was past
+/// `PENDING_HIGH_WATER` (load shedding, see [`crate::writebehind::shedding`]).
+pub fn load_shed() {
+    counter!("chat_load_shed_total").increment(1);
+}
+
 /// A request refused with 429.
 pub fn rate_limited() {
     counter!("chat_rate_limited_total").increment(1);

@@ -32,6 +32,14 @@ pub enum BufferError {
         /// Seconds to tell the client to wait.
         retry_after_secs: u64,
     },
+    /// The pending list is past `PENDING_HIGH_WATER` and this create was
+    /// refused before Redis, to slow clients down (see
+    /// [`super::shedding`]).
+    #[error("the write buffer is filling faster than it drains")]
+    Shed {
+        /// Seconds to tell the client to wait.
+        retry_after_secs: u64,
+    },
     /// Redis could not be reached, failed, or did not answer in time.
     #[error("Redis unavailable: {0}")]
     Unavailable(String),
@@ -131,6 +139,7 @@ pub struct Buffer {
     idempotency_ttl_secs: u64,
     replica_wait: Option<Duration>,
     reconcile_skip: u32,
+    shedder: super::shedding::LoadShedder,
 }
 
 /// A client's `Idempotency-Key` for one create: the key's digest, and the
@@ -184,6 +193,7 @@ impl Buffer {
             idempotency_ttl_secs: 86_400,
             replica_wait: None,
             reconcile_skip: 0,
+            shedder: super::shedding::LoadShedder::off(),
         }
     }
 
@@ -215,6 +225,14 @@ impl Buffer {
     /// `max` bytes of Redis memory (Redis's own estimate); 0: no limit.
     pub fn with_max_pending_bytes(mut self, max: u64) -> Self {
         self.max_pending_bytes = max;
+        self
+    }
+
+    /// The same buffer, shedding a growing share of creates once a pending
+    /// list passes `high_water` records (`PENDING_HIGH_WATER`, see
+    /// [`super::shedding`]).
+    pub fn with_high_water(mut self, high_water: u64) -> Self {
+        self.shedder = super::shedding::LoadShedder::new(high_water, self.max_pending);
         self
     }
 
@@ -394,6 +412,11 @@ impl Buffer {
         message: Option<(i64, &str)>,
         idem: Option<&Idempotency>,
     ) -> Result<Enqueue, BufferError> {
+        if !self.shedder.admit(kind) {
+            return Err(BufferError::Shed {
+                retry_after_secs: super::shedding::SHED_RETRY_AFTER_SECS,
+            });
+        }
         let script = match kind {
             Kind::Messages => &self.scripts.enqueue_message,
             _ => &self.scripts.enqueue_chat,
@@ -426,6 +449,9 @@ impl Buffer {
                 Ok((reply, replicated))
             })
             .await?;
+        if reply.0.0 > 0 {
+            self.shedder.observe(kind, reply.0.1 as u64);
+        }
         self.decode_replicated(reply)
     }
 

@@ -30,6 +30,7 @@ pub mod inspect;
 pub mod keys;
 pub mod record;
 pub mod scripts;
+pub mod shedding;
 
 use std::time::Duration;
 

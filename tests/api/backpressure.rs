@@ -2,6 +2,8 @@
 //! `maxmemory` is reached (`noeviction`): creation answers 503, the flusher
 //! still drains (its scripts run with `allow-oom`, and the dirty marks and
 //! index updates are part of the acknowledgement), and creation resumes.
+//! Load shedding past `PENDING_HIGH_WATER`: a growing share of 503s before
+//! `MAX_PENDING` is reached.
 
 use serde_json::json;
 
@@ -94,4 +96,74 @@ async fn a_full_redis_refuses_creation_but_still_drains() {
         .get_json(&format!("/applications/{token}/chats/1"))
         .await;
     assert_eq!(chat["messages_count"], numbers.len() as i64);
+}
+
+#[tokio::test]
+async fn past_the_high_water_mark_a_growing_share_is_shed_before_the_cliff() {
+    let app = spawn_app_with(|c| {
+        c.max_pending = 200;
+        c.pending_high_water = 20;
+    })
+    .await;
+    let token = app.create_app("shed").await;
+    app.create_chat(&token).await;
+    let path = format!("/applications/{token}/chats/1/messages");
+    let (mut numbers, mut shed) = (Vec::new(), 0);
+    for i in 0..150 {
+        let r = app.post(&path, json!({ "body": format!("m{i}") })).await;
+        match r.status().as_u16() {
+            201 => numbers.push(
+                r.json::<serde_json::Value>().await.unwrap()["number"]
+                    .as_i64()
+                    .unwrap(),
+            ),
+            503 => {
+                assert!(r.headers().contains_key("retry-after"));
+                let body: serde_json::Value = r.json().await.unwrap();
+                assert!(
+                    body["error"]
+                        .as_str()
+                        .unwrap()
+                        .contains("PENDING_HIGH_WATER"),
+                    "{body}"
+                );
+                assert!(numbers.len() > 20, "nothing is shed below the mark");
+                shed += 1;
+            }
+            s => panic!("status {s}"),
+        }
+    }
+    assert!(shed > 0, "some creates were shed");
+    assert!(
+        numbers.len() < 200,
+        "the queue never reached MAX_PENDING: the bend came before the cliff"
+    );
+    let expected: Vec<i64> = (1..=numbers.len() as i64).collect();
+    assert_eq!(numbers, expected, "a shed create allocates no number");
+    assert!(
+        app.metrics_text()
+            .await
+            .lines()
+            .any(|l| l.starts_with("chat_load_shed_total") && !l.ends_with(" 0")),
+        "the shed creates are counted"
+    );
+
+    // Once the flusher drains the queue, creation goes back to normal.
+    app.flush().await;
+    assert_eq!(app.stored_messages(&token, 1).await.len(), numbers.len());
+    let mut first = None;
+    for _ in 0..100 {
+        let r = app.post(&path, json!({ "body": "after" })).await;
+        if r.status() == 201 {
+            first = Some(());
+            break;
+        }
+    }
+    assert!(first.is_some(), "a create got through after the drain");
+    for _ in 0..20 {
+        assert_eq!(
+            app.post(&path, json!({ "body": "after" })).await.status(),
+            201
+        );
+    }
 }

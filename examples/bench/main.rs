@@ -16,6 +16,8 @@ use poem_openapi::{ApiResponse, Object, OpenApi, param::Path};
 use serde_json::{Value, json};
 use sqlx::MySqlPool;
 
+mod sustained;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -26,6 +28,9 @@ struct Cli {
 enum Cmd {
     /// Run every benchmark and write the report.
     All(Opts),
+    /// Only figures 9 to 11: the sustainable rate, CPU per record, and the
+    /// request-path and backpressure levers.
+    Sustainable(Opts),
     /// Only figure 7: the cost of each `REDIS_DURABILITY` mode.
     Durability(Opts),
     /// Only the flush rate with message text at several stored sizes, with
@@ -90,6 +95,15 @@ struct Opts {
     /// Stored messages at the base scale of the cost-growth figure (10× at the large one).
     #[arg(long, default_value_t = 100_000)]
     stored_messages: u64,
+    /// Seconds each rate of the sustainable-rate bisection is held (figure 9).
+    #[arg(long, default_value_t = 120)]
+    hold_secs: u64,
+    /// Steps of the sustainable-rate bisection (figure 9).
+    #[arg(long, default_value_t = 4)]
+    bisect_steps: usize,
+    /// Records created, then flushed, for the CPU-per-record figure (10).
+    #[arg(long, default_value_t = 200_000)]
+    cpu_records: u64,
     /// Where to write results.json and results.md.
     #[arg(long, default_value = "bench/out")]
     out: String,
@@ -556,6 +570,12 @@ async fn all(opts: Opts) -> anyhow::Result<()> {
     results.insert("cost_growth".into(), Value::Object(growth));
 
     results.insert("durability".into(), durability_cost(&opts).await?);
+    results.insert("sustainable".into(), sustained::sustainable(&opts).await?);
+    results.insert(
+        "cpu_per_record".into(),
+        sustained::cpu_per_record(&opts).await?,
+    );
+    results.insert("levers".into(), sustained::levers(&opts).await?);
 
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{}`", env.db)))
         .execute(&pool)
@@ -1149,6 +1169,7 @@ fn markdown(r: &BTreeMap<String, Value>) -> String {
         f(&g["x10"]["refresh_one_chat_ms"])
     );
     out += &durability_markdown(&r["durability"]);
+    out += &sustained::markdown(&r["sustainable"], &r["cpu_per_record"], &r["levers"]);
     out += &format!("\nPending depth each second of figure 4: {depth:?}\n");
     out
 }
@@ -1261,6 +1282,21 @@ async fn main() -> anyhow::Result<()> {
             let figure = flush_text(&opts).await?;
             println!("{}", serde_json::to_string_pretty(&figure)?);
             println!("{}", flush_text_markdown(&figure));
+            Ok(())
+        }
+        Cmd::Sustainable(opts) => {
+            let sustainable = sustained::sustainable(&opts).await?;
+            let cpu = sustained::cpu_per_record(&opts).await?;
+            let levers = sustained::levers(&opts).await?;
+            let all =
+                json!({ "sustainable": sustainable, "cpu_per_record": cpu, "levers": levers });
+            std::fs::create_dir_all(&opts.out)?;
+            std::fs::write(
+                format!("{}/sustainable.json", opts.out),
+                serde_json::to_string_pretty(&all)?,
+            )?;
+            println!("{}", serde_json::to_string_pretty(&all)?);
+            println!("{}", sustained::markdown(&sustainable, &cpu, &levers));
             Ok(())
         }
         Cmd::Durability(opts) => {
