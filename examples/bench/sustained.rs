@@ -1,15 +1,15 @@
 //! Figures 9 to 11 (issue 13): the rate that holds, where the CPU goes, and
 //! the levers tried on the request path and on backpressure.
 //!
-//! - 9. **Sustainable rate**: the highest open-loop create rate (oha `-q`)
+//! - Figure 9, **sustainable rate**: the highest open-loop create rate (oha `-q`)
 //!   at which the pending depth stays bounded for `--hold-secs`, found by
 //!   bisection between 0 and the closed-loop peak of the same run.
-//! - 10. **CPU per record**: CPU seconds per 10,000 records of the service,
+//! - Figure 10, **CPU per record**: CPU seconds per 10,000 records of the service,
 //!   Redis, MariaDB and the load generator (from `/proc`), on the request
 //!   path (the flusher idle) and on the flush path (draining what the
 //!   request path queued). Their sum bounds the sustainable rate:
 //!   `cores ÷ (request + flush CPU per record)`.
-//! - 11. **Levers**: `REDIS_POOL_SIZE` 1, 2, 4 and 16 (each pooled connection
+//! - Figure 11, **levers**: `REDIS_POOL_SIZE` 1, 2, 4 and 16 (each pooled connection
 //!   is a multiplexed socket that concurrent requests share), and load
 //!   shedding past `PENDING_HIGH_WATER` against the cliff at `MAX_PENDING`.
 
