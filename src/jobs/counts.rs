@@ -16,14 +16,16 @@
 //! SPOP hands each id to one instance only, so several instances share the
 //! work without doing it twice.
 //!
-//! **Cost** is proportional to what changed: each UPDATE touches only the
-//! listed primary keys, and each count is an index range scan of the unique
-//! keys `(chat_id, number)` / `(application_id, number)`.
+//! **Cost** is proportional to what changed: each count is an index range
+//! scan of the unique keys `(chat_id, number)` / `(application_id, number)`,
+//! read without locks, and each UPDATE touches only the listed primary keys
+//! (see [`update_counts`] for why the two are apart).
 //!
 //! **Lag.** A count is exact after the refresh that follows the flush of the
 //! change, so the worst case is `FLUSH_INTERVAL_SECS` plus the cron period
 //! (default 60 s + 60 s), plus the lease when a refresher dies.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -298,18 +300,53 @@ impl CountsRefresher {
     }
 }
 
-/// Recomputes the cached count of each listed row from `COUNT(*)` of its live children.
+/// Recomputes the cached count of each listed row from `COUNT(*)` of its
+/// live children, in two statements so that no row lock is held while
+/// counting: a non-locking read of the counts (InnoDB's consistent
+/// snapshot), then one short UPDATE of the listed rows by primary key.
+///
+/// An UPDATE with the count as a subquery held the exclusive locks of the
+/// listed chats while it counted their messages (seconds, at a few hundred
+/// thousand messages), and the flusher's shared-lock read of the same chats
+/// (see [`crate::store::bulk::write_messages`]) waited behind it: the
+/// reason the flush fell behind under load (issue 13, BENCHMARKS.md figure
+/// 9). A row whose children change between the two statements was marked
+/// dirty again after that change's COMMIT, so the next refresh corrects it.
+/// Errors: MariaDB unavailable.
 async fn update_counts(pool: &MySqlPool, scope: Scope, ids: &[u64]) -> sqlx::Result<()> {
-    let mut qb = QueryBuilder::<MySql>::new(match scope {
-        Scope::Apps => {
-            "UPDATE applications a SET a.chats_count = \
-             (SELECT COUNT(*) FROM chats c WHERE c.application_id = a.id AND c.deleted_at IS NULL) WHERE a.id IN ("
-        }
-        Scope::Chats => {
-            "UPDATE chats c SET c.messages_count = \
-             (SELECT COUNT(*) FROM messages m WHERE m.chat_id = c.id AND m.deleted_at IS NULL) WHERE c.id IN ("
-        }
-    });
+    let (count, table, column) = match scope {
+        Scope::Apps => (
+            "SELECT application_id, COUNT(*) FROM chats WHERE deleted_at IS NULL AND application_id IN (",
+            "applications",
+            "chats_count",
+        ),
+        Scope::Chats => (
+            "SELECT chat_id, COUNT(*) FROM messages WHERE deleted_at IS NULL AND chat_id IN (",
+            "chats",
+            "messages_count",
+        ),
+    };
+    let mut qb = QueryBuilder::<MySql>::new(count);
+    let mut sep = qb.separated(", ");
+    for id in ids {
+        sep.push_bind(*id);
+    }
+    qb.push(") GROUP BY 1");
+    let counts: HashMap<u64, i64> = qb
+        .build_query_as::<(u64, i64)>()
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
+    let mut qb = QueryBuilder::<MySql>::new("UPDATE ");
+    qb.push(table).push(" SET ").push(column).push(" = CASE id");
+    for id in ids {
+        qb.push(" WHEN ")
+            .push_bind(*id)
+            .push(" THEN ")
+            .push_bind(counts.get(id).copied().unwrap_or(0));
+    }
+    qb.push(" END WHERE id IN (");
     let mut sep = qb.separated(", ");
     for id in ids {
         sep.push_bind(*id);
