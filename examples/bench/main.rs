@@ -141,8 +141,10 @@ struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // (Quietly: a figure may have killed it already.)
         let _ = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
+            .stderr(Stdio::null())
             .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
