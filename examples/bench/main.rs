@@ -313,15 +313,7 @@ async fn seed(port: u16, apps: usize, chats: u32) -> Vec<String> {
 
 async fn all(opts: Opts) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.out)?;
-    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let env = Env {
-        opts: opts.clone(),
-        db: format!("chat_bench_{id}"),
-        prefix: format!("bench:{id}:"),
-    };
-    chat_api::store::ensure_database(&env.database_url()).await?;
-    let pool = MySqlPool::connect(&env.database_url()).await?;
-    chat_api::store::migrate(&pool).await?;
+    let (env, pool) = Env::fresh(&opts).await?;
     let redis = redis::Client::open(opts.redis.as_str())?
         .get_multiplexed_async_connection()
         .await?;
@@ -519,15 +511,7 @@ async fn all(opts: Opts) -> anyhow::Result<()> {
         ("x10", 100, opts.stored_messages * 10),
     ] {
         eprintln!("figure 6, {label}: {apps} applications × 100 chats, {stored} stored messages…");
-        let gid = &uuid::Uuid::new_v4().simple().to_string()[..8];
-        let genv = Env {
-            opts: opts.clone(),
-            db: format!("chat_bench_{gid}"),
-            prefix: format!("bench:{gid}:"),
-        };
-        chat_api::store::ensure_database(&genv.database_url()).await?;
-        let gpool = MySqlPool::connect(&genv.database_url()).await?;
-        chat_api::store::migrate(&gpool).await?;
+        let (genv, gpool) = Env::fresh(&opts).await?;
         let port = free_port();
         let svc = genv.start_service(port, &[]);
         wait_up(port, "/health/live").await;
@@ -803,8 +787,6 @@ fn message_text(state: &mut u64) -> String {
 /// (Meilisearch, after `chat-api fulltext drop`). The stored rows are added
 /// in SQL between measurements, with text of the same shape.
 async fn flush_text(o: &FlushTextOpts) -> anyhow::Result<Value> {
-    use chat_api::writebehind::flusher::FlushSettings;
-    use chat_api::writebehind::keys::Keys;
     let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let mut r = redis::Client::open(o.opts.redis.as_str())?
         .get_multiplexed_async_connection()
@@ -877,30 +859,7 @@ async fn flush_text(o: &FlushTextOpts) -> anyhow::Result<Value> {
                 }
                 cmd.query_async::<()>(&mut r).await?;
             }
-            let rpool = chat_api::store::redis::pool(&o.opts.redis, 4, Duration::from_secs(5))?;
-            let buffer = chat_api::writebehind::Buffer::new(
-                rpool,
-                Keys::new(prefix.clone()),
-                Duration::from_secs(5),
-                u64::MAX,
-            );
-            let settings = FlushSettings {
-                chat_batch_size: o.batch,
-                message_batch_size: o.batch,
-                interval: Duration::from_secs(3600),
-                lease: Duration::from_secs(60),
-                orphan_max_age: Duration::from_secs(3600),
-                shutdown_timeout: Duration::from_secs(30),
-                index_search: false,
-                fault_delay: Duration::ZERO,
-            };
-            let flusher = chat_api::writebehind::Flusher::new(buffer, pool.clone(), settings);
-            let started = Instant::now();
-            let mut written = 0;
-            while flusher.pending().await? > 0 {
-                written += flusher.flush_once().await?.written;
-            }
-            let rate = written as f64 / started.elapsed().as_secs_f64();
+            let (written, rate) = drain(&o.opts.redis, &prefix, &pool, o.batch).await?;
             anyhow::ensure!(written == o.records, "wrote {written} of {}", o.records);
             eprintln!("figure 8, {variant}: {level} stored: {rate:.0} rows/s");
             stored += o.records;
@@ -934,6 +893,43 @@ fn flush_text_markdown(d: &Value) -> String {
         }
     }
     out
+}
+
+/// Flushes everything queued under `prefix` (Redis at `redis_url`) into
+/// `pool` with an in-process flusher at `batch` rows per INSERT, until the
+/// queue is empty; returns the rows written and the rate (rows/s).
+async fn drain(
+    redis_url: &str,
+    prefix: &str,
+    pool: &MySqlPool,
+    batch: usize,
+) -> anyhow::Result<(u64, f64)> {
+    use chat_api::writebehind::flusher::FlushSettings;
+    use chat_api::writebehind::keys::Keys;
+    let rpool = chat_api::store::redis::pool(redis_url, 4, Duration::from_secs(5))?;
+    let buffer = chat_api::writebehind::Buffer::new(
+        rpool,
+        Keys::new(prefix.to_string()),
+        Duration::from_secs(5),
+        u64::MAX,
+    );
+    let settings = FlushSettings {
+        chat_batch_size: batch,
+        message_batch_size: batch,
+        interval: Duration::from_secs(3600),
+        lease: Duration::from_secs(60),
+        orphan_max_age: Duration::from_secs(3600),
+        shutdown_timeout: Duration::from_secs(30),
+        index_search: false,
+        fault_delay: Duration::ZERO,
+    };
+    let flusher = chat_api::writebehind::Flusher::new(buffer, pool.clone(), settings);
+    let started = Instant::now();
+    let mut written = 0;
+    while flusher.pending().await? > 0 {
+        written += flusher.flush_once().await?.written;
+    }
+    Ok((written, written as f64 / started.elapsed().as_secs_f64()))
 }
 
 /// Pushes `n` message records for chats 1..=`chats` of application `app` (numbers from 1).
@@ -971,8 +967,6 @@ async fn flush_rate(
     batch: usize,
     n: u64,
 ) -> anyhow::Result<f64> {
-    use chat_api::writebehind::flusher::FlushSettings;
-    use chat_api::writebehind::keys::Keys;
     let prefix = format!("{}flush{}:", env.prefix, uuid::Uuid::new_v4().simple());
     // A fresh application with 100 stored chats.
     let app = sqlx::query("INSERT INTO applications (token, name, created_at, updated_at) VALUES (?, 'flush', NOW(6), NOW(6))")
@@ -985,30 +979,7 @@ async fn flush_rate(
         .execute(pool)
         .await?;
     prefill(r, &format!("{prefix}pending:messages"), app, 100, n).await?;
-    let rpool = chat_api::store::redis::pool(&env.opts.redis, 4, Duration::from_secs(5))?;
-    let buffer = chat_api::writebehind::Buffer::new(
-        rpool,
-        Keys::new(prefix.clone()),
-        Duration::from_secs(5),
-        u64::MAX,
-    );
-    let settings = FlushSettings {
-        chat_batch_size: batch,
-        message_batch_size: batch,
-        interval: Duration::from_secs(3600),
-        lease: Duration::from_secs(60),
-        orphan_max_age: Duration::from_secs(3600),
-        shutdown_timeout: Duration::from_secs(30),
-        index_search: false,
-        fault_delay: Duration::ZERO,
-    };
-    let flusher = chat_api::writebehind::Flusher::new(buffer, pool.clone(), settings);
-    let started = Instant::now();
-    let mut written = 0;
-    while flusher.pending().await? > 0 {
-        written += flusher.flush_once().await?.written;
-    }
-    let rate = written as f64 / started.elapsed().as_secs_f64();
+    let (written, rate) = drain(&env.opts.redis, &prefix, pool, batch).await?;
     anyhow::ensure!(written == n, "wrote {written} of {n}");
     sqlx::query("DELETE FROM applications WHERE id = ?")
         .bind(app)
