@@ -98,6 +98,23 @@ pub struct Config {
     #[arg(long, env = "PUBLIC_APPLICATION_LIST")]
     pub public_application_list: bool,
 
+    /// Shards the queues are cut into: an application's records go to shard
+    /// `CRC16(token) mod QUEUE_SHARDS`, and every key of a shard carries one
+    /// Redis Cluster hash tag, so shards spread over a cluster's masters and
+    /// flush in parallel. Recorded in Redis at the first start-up; an instance
+    /// started with another count refuses to start until `chat-api reshard`
+    /// has moved the data (see docs/scaling.md). `MAX_PENDING`,
+    /// `PENDING_HIGH_WATER` and `MAX_PENDING_BYTES` are split evenly over the
+    /// shards.
+    #[arg(long, env = "QUEUE_SHARDS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub queue_shards: u16,
+
+    /// Flush tasks per instance. A pass hands the shards out in turn, one
+    /// shard to one task at a time, so two tasks never write the same
+    /// shard's batches at once; within a shard, chats go before messages.
+    #[arg(long, env = "FLUSH_WORKERS", default_value = "2")]
+    pub flush_workers: NonZeroUsize,
+
     /// Pending chats that wake the flusher (rows per multi-row INSERT).
     #[arg(long, env = "CHAT_BATCH_SIZE", default_value = "500")]
     pub chat_batch_size: NonZeroUsize,
@@ -113,7 +130,8 @@ pub struct Config {
     pub flush_interval: Duration,
 
     /// Pending records per queue past which creation answers 503 with
-    /// `Retry-After` (backpressure).
+    /// `Retry-After` (backpressure); split evenly over the `QUEUE_SHARDS`
+    /// shards, each of which refuses past its share.
     #[arg(long, env = "MAX_PENDING", default_value_t = 1_000_000)]
     pub max_pending: u64,
 
@@ -262,6 +280,15 @@ impl Config {
                 url: self.redis_url.clone(),
             }
         }
+    }
+
+    /// The Redis key names: `REDIS_KEY_PREFIX` cut into `QUEUE_SHARDS`
+    /// shards.
+    pub fn keys(&self) -> crate::writebehind::keys::Keys {
+        crate::writebehind::keys::Keys::with_shards(
+            self.redis_key_prefix.clone(),
+            self.queue_shards,
+        )
     }
 
     /// This instance's name: `INSTANCE_ID`, or `{hostname}-{pid}`.

@@ -1,4 +1,5 @@
-//! Command line: `serve` (default), `migrate`, `reindex`, `fulltext`, `openapi`.
+//! Command line: `serve` (default), `migrate`, `reindex`, `fulltext`, `reshard`,
+//! `openapi`.
 
 use clap::{Parser, Subcommand};
 
@@ -63,6 +64,21 @@ enum Command {
         )]
         database_url: String,
     },
+    /// Change the number of queue shards (`QUEUE_SHARDS`) of the data in
+    /// Redis, from the count Redis records to `--to`. Creates are refused
+    /// (503) while it runs; it waits for every queue to drain, moves each
+    /// application's keys to its new shard, then records the new count.
+    /// Restart every instance with `QUEUE_SHARDS` set to the new count.
+    Reshard {
+        #[command(flatten)]
+        config: Box<Config>,
+        /// The new shard count.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        to: u16,
+        /// How long to wait for the queues to drain, in seconds.
+        #[arg(long, default_value_t = 120)]
+        drain_timeout_secs: u64,
+    },
     /// Write the OpenAPI spec to a file (default `openapi/openapi.json`).
     Openapi {
         /// Where to write it.
@@ -118,6 +134,11 @@ async fn main() -> anyhow::Result<()> {
             action,
             database_url,
         }) => fulltext(action, &database_url).await,
+        Some(Command::Reshard {
+            config,
+            to,
+            drain_timeout_secs,
+        }) => reshard(&config, to, drain_timeout_secs).await,
         Some(Command::Openapi { out }) => {
             std::fs::write(&out, chat_api::http::spec_json() + "\n")?;
             println!("wrote {}", out.display());
@@ -129,6 +150,43 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(config: Config, migrate: bool) -> anyhow::Result<()> {
     let app = Application::build(config, migrate).await?;
     app.run_until(startup::shutdown_signal()).await
+}
+
+async fn reshard(config: &Config, to: u16, drain_timeout_secs: u64) -> anyhow::Result<()> {
+    use chat_api::writebehind::keys::Keys;
+    let pool = startup::redis_pool(config)?;
+    let prefix = config.redis_key_prefix.clone();
+    let probe = chat_api::writebehind::Buffer::new(
+        pool,
+        Keys::new(prefix.clone()),
+        std::time::Duration::from_secs(60),
+        u64::MAX,
+    );
+    let recorded: Option<String> = probe.raw_get(&probe.keys().shard_count_key()).await?;
+    let from: u16 = match recorded.as_deref() {
+        None => anyhow::bail!("Redis records no shard count under {prefix}: nothing to reshard"),
+        Some(chat_api::writebehind::shards::RESHARDING) => anyhow::bail!(
+            "a reshard was interrupted: set {prefix}queue-shards back to the old count, then run reshard again"
+        ),
+        Some(n) => n.parse()?,
+    };
+    if from == to {
+        println!("the data is already in {to} shards");
+        return Ok(());
+    }
+    let report = chat_api::writebehind::shards::reshard(
+        &probe,
+        &Keys::with_shards(prefix.clone(), from),
+        &Keys::with_shards(prefix, to),
+        std::time::Duration::from_secs(3),
+        std::time::Duration::from_secs(drain_timeout_secs),
+    )
+    .await?;
+    println!(
+        "resharded from {from} to {to} shards: {} applications, {} idempotency keys, {} dirty marks moved; start the instances with QUEUE_SHARDS={to}",
+        report.apps, report.idempotency_keys, report.dirty_marks
+    );
+    Ok(())
 }
 
 async fn fulltext(action: FulltextAction, database_url: &str) -> anyhow::Result<()> {

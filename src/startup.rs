@@ -20,7 +20,6 @@ use crate::store;
 use crate::store::search::SearchBackend;
 use crate::store::search::meili::MeiliSearch;
 use crate::writebehind::flusher::FlushSettings;
-use crate::writebehind::keys::Keys;
 use crate::writebehind::{Buffer, Flusher, WriteBehind};
 
 /// Loads `.env` from the working directory when present; variables already
@@ -46,7 +45,7 @@ pub fn redis_pool(config: &Config) -> anyhow::Result<crate::store::redis::RedisP
         config.redis_target(),
         config.redis_pool_size,
         config.redis_timeout(),
-        Some(Keys::new(config.redis_key_prefix.clone()).epoch()),
+        Some(config.keys().shards().map(|s| s.epoch()).collect()),
     )
     .context("REDIS_URL or REDIS_SENTINELS is invalid")
 }
@@ -62,6 +61,7 @@ pub fn flush_settings(config: &Config) -> FlushSettings {
         shutdown_timeout: config.shutdown_timeout,
         index_search: config.meili_url.is_some(),
         fault_delay: Duration::from_millis(config.fault_flush_delay_ms),
+        workers: config.flush_workers.get(),
     }
 }
 
@@ -131,13 +131,17 @@ impl Application {
         let mut config = config;
         check_admin_key(&mut config)?;
         crate::telemetry::metrics::install();
+        anyhow::ensure!(
+            !config.redis_key_prefix.contains(['{', '}']),
+            "REDIS_KEY_PREFIX must not contain braces: the keys' hash tags are its shard numbers in braces"
+        );
         let redis = redis_pool(&config)?;
         check_redis(&redis, config.allow_redis_eviction).await?;
         check_durability(&redis, &config).await?;
-        let marks = DirtyMarks::new(redis.clone(), config.redis_key_prefix.clone());
+        let marks = DirtyMarks::new(redis.clone(), config.keys());
         let buffer = Buffer::new(
             redis,
-            Keys::new(config.redis_key_prefix.clone()),
+            config.keys(),
             config.redis_timeout(),
             config.max_pending,
         )
@@ -152,6 +156,7 @@ impl Application {
             }
             _ => buffer,
         };
+        check_shards(&buffer).await?;
         let flusher = Arc::new(Flusher::new(
             buffer.clone(),
             pool.clone(),
@@ -306,7 +311,8 @@ impl Application {
             move || sample_queues(buffer.clone()),
         ));
         // New connections run the epoch check already; this catches a key
-        // lost without a restart (see crate::store::redis).
+        // lost without a restart (see crate::store::redis), and a shard
+        // count changed under a running instance (a reshard).
         let buffer = self.state.wb.buffer().clone();
         tasks.spawn(every(
             Duration::from_secs(2),
@@ -314,9 +320,10 @@ impl Application {
             move || {
                 let buffer = buffer.clone();
                 async move {
-                    if let Err(e) = buffer.check_epoch().await {
+                    if let Err(e) = buffer.check_all_epochs().await {
                         tracing::debug!(error = %e, "epoch check failed; Redis seems down");
                     }
+                    recheck_shards(&buffer).await;
                 }
             },
         ));
@@ -373,6 +380,44 @@ fn bound_addr(acceptor: &impl Acceptor) -> anyhow::Result<SocketAddr> {
         .first()
         .and_then(|a| a.as_socket_addr().copied())
         .context("no local address")
+}
+
+/// Compares `QUEUE_SHARDS` with the count Redis records (recording ours when
+/// none is): refuses to start when they differ. A Redis that cannot be
+/// reached now is only logged, and creates are refused until the check
+/// every 2 s passes. Errors: the counts differ.
+async fn check_shards(buffer: &Buffer) -> anyhow::Result<()> {
+    use crate::writebehind::shards::{ShardCheck, check_shard_count, mismatch_message};
+    let ours = buffer.keys().shard_count();
+    match tokio::time::timeout(Duration::from_secs(3), check_shard_count(buffer)).await {
+        Ok(Ok(ShardCheck::Same)) => Ok(()),
+        Ok(Ok(ShardCheck::Differs(recorded))) => {
+            anyhow::bail!(mismatch_message(ours, &recorded))
+        }
+        _ => {
+            tracing::warn!(
+                "could not compare QUEUE_SHARDS with the count recorded in Redis; Redis seems down: creates are refused until it is checked"
+            );
+            buffer.set_shard_mismatch(Some("QUEUE_SHARDS is not yet checked against Redis".into()));
+            Ok(())
+        }
+    }
+}
+
+/// The periodic form of [`check_shards`]: refuses creates while the counts
+/// differ (a reshard under way or done under this instance), allows them
+/// again once they match. Redis unreachable: leaves things as they are.
+async fn recheck_shards(buffer: &Buffer) {
+    use crate::writebehind::shards::{ShardCheck, check_shard_count, mismatch_message};
+    match check_shard_count(buffer).await {
+        Ok(ShardCheck::Same) => buffer.set_shard_mismatch(None),
+        Ok(ShardCheck::Differs(recorded)) => {
+            let reason = mismatch_message(buffer.keys().shard_count(), &recorded);
+            tracing::error!("{reason}");
+            buffer.set_shard_mismatch(Some(reason));
+        }
+        Err(e) => tracing::debug!(error = %e, "shard count check failed; Redis seems down"),
+    }
 }
 
 /// Refuses to start when Redis may evict keys (unless allowed), and logs

@@ -36,6 +36,8 @@ enum Cmd {
     /// Only the flush rate with message text at several stored sizes, with
     /// and without the FULLTEXT index (figure 8).
     FlushText(FlushTextOpts),
+    /// Only figure 12: the flush rate at 1, 2 and 4 `FLUSH_WORKERS`.
+    FlushWorkers(Opts),
     /// Serve the ceiling endpoint on `port`.
     Ceiling { port: u16 },
     /// Serve the baseline endpoint on `port` against `database_url`.
@@ -259,6 +261,7 @@ impl Env {
             .env("DATABASE_URL", self.database_url())
             .env("REDIS_URL", &self.opts.redis)
             .env("REDIS_KEY_PREFIX", &self.prefix)
+            .env("QUEUE_SHARDS", SERVICE_SHARDS.to_string())
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("RATE_LIMIT_PER_MINUTE", "1000000000")
             .env("RATE_LIMIT_BURST", "1000000")
@@ -424,22 +427,15 @@ async fn all(opts: Opts) -> anyhow::Result<()> {
         "figure 4: {} s at the maximum rate, sampling the queue…",
         opts.balance_secs
     );
-    let pending_key = format!("{}pending:messages", env.prefix);
     let sampler = {
         let mut r = redis.clone();
-        let key = pending_key.clone();
+        let prefix = env.prefix.clone();
         let secs = opts.balance_secs;
         tokio::spawn(async move {
             let mut depth = Vec::new();
             for _ in 0..secs {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                depth.push(
-                    redis::cmd("LLEN")
-                        .arg(&key)
-                        .query_async::<u64>(&mut r)
-                        .await
-                        .unwrap_or(0),
-                );
+                depth.push(sustained::depth(&mut r, &prefix).await);
             }
             depth
         })
@@ -503,6 +499,11 @@ async fn all(opts: Opts) -> anyhow::Result<()> {
         flush.insert(size.to_string(), json!(stat(rates)));
     }
     results.insert("flush_rows_per_sec".into(), Value::Object(flush));
+
+    results.insert(
+        "flush_workers_rows_per_sec".into(),
+        flush_workers(&env, &pool, &mut r, &opts).await?,
+    );
 
     // 6. Cost growth: 10× applications, chats and stored messages.
     let mut growth = serde_json::Map::new();
@@ -843,7 +844,7 @@ async fn flush_text(o: &FlushTextOpts) -> anyhow::Result<Value> {
                 .bind(app)
                 .execute(&pool)
                 .await?;
-            let key = format!("{prefix}pending:messages");
+            let key = pending_key(&prefix, 0);
             let now = chrono::Utc::now().timestamp_millis();
             let mut i = 0u64;
             while i < o.records {
@@ -859,7 +860,7 @@ async fn flush_text(o: &FlushTextOpts) -> anyhow::Result<Value> {
                 }
                 cmd.query_async::<()>(&mut r).await?;
             }
-            let (written, rate) = drain(&o.opts.redis, &prefix, &pool, o.batch).await?;
+            let (written, rate) = drain(&o.opts.redis, &prefix, &pool, o.batch, 1, 1).await?;
             anyhow::ensure!(written == o.records, "wrote {written} of {}", o.records);
             eprintln!("figure 8, {variant}: {level} stored: {rate:.0} rows/s");
             stored += o.records;
@@ -903,13 +904,15 @@ async fn drain(
     prefix: &str,
     pool: &MySqlPool,
     batch: usize,
+    shards: u16,
+    workers: usize,
 ) -> anyhow::Result<(u64, f64)> {
     use chat_api::writebehind::flusher::FlushSettings;
     use chat_api::writebehind::keys::Keys;
     let rpool = chat_api::store::redis::pool(redis_url, 4, Duration::from_secs(5))?;
     let buffer = chat_api::writebehind::Buffer::new(
         rpool,
-        Keys::new(prefix.to_string()),
+        Keys::with_shards(prefix.to_string(), shards),
         Duration::from_secs(5),
         u64::MAX,
     );
@@ -922,6 +925,7 @@ async fn drain(
         shutdown_timeout: Duration::from_secs(30),
         index_search: false,
         fault_delay: Duration::ZERO,
+        workers,
     };
     let flusher = chat_api::writebehind::Flusher::new(buffer, pool.clone(), settings);
     let started = Instant::now();
@@ -930,6 +934,16 @@ async fn drain(
         written += flusher.flush_once().await?.written;
     }
     Ok((written, written as f64 / started.elapsed().as_secs_f64()))
+}
+
+/// `QUEUE_SHARDS` of the service the bench starts (the default).
+pub(crate) const SERVICE_SHARDS: u16 = 16;
+
+/// The pending messages list of shard `shard` under `prefix`.
+fn pending_key(prefix: &str, shard: u16) -> String {
+    chat_api::writebehind::keys::Keys::with_shards(prefix, shard + 1)
+        .shard(shard)
+        .pending(chat_api::writebehind::Kind::Messages)
 }
 
 /// Pushes `n` message records for chats 1..=`chats` of application `app` (numbers from 1).
@@ -978,13 +992,95 @@ async fn flush_rate(
         .bind(app)
         .execute(pool)
         .await?;
-    prefill(r, &format!("{prefix}pending:messages"), app, 100, n).await?;
-    let (written, rate) = drain(&env.opts.redis, &prefix, pool, batch).await?;
+    prefill(r, &pending_key(&prefix, 0), app, 100, n).await?;
+    let (written, rate) = drain(&env.opts.redis, &prefix, pool, batch, 1, 1).await?;
     anyhow::ensure!(written == n, "wrote {written} of {n}");
     sqlx::query("DELETE FROM applications WHERE id = ?")
         .bind(app)
         .execute(pool)
         .await?;
+    cleanup_prefix(r, &prefix).await?;
+    Ok(rate)
+}
+
+/// Figure 12: the same drain over [`SERVICE_SHARDS`] shards at 1, 2 and 4
+/// flush workers (`FLUSH_WORKERS`), `flush_runs` runs each.
+async fn flush_workers(
+    env: &Env,
+    pool: &MySqlPool,
+    r: &mut redis::aio::MultiplexedConnection,
+    opts: &Opts,
+) -> anyhow::Result<Value> {
+    let mut workers = serde_json::Map::new();
+    for w in [1usize, 2, 4] {
+        let mut rates = vec![];
+        for run in 0..opts.flush_runs {
+            eprintln!(
+                "figure 12: {w} flush workers, run {}: {} records over {SERVICE_SHARDS} shards…",
+                run + 1,
+                opts.flush_records
+            );
+            rates.push(flush_rate_sharded(env, pool, r, w, opts.flush_records).await?);
+        }
+        workers.insert(w.to_string(), json!(stat(rates)));
+    }
+    Ok(Value::Object(workers))
+}
+
+/// Figure 12: messages per second `workers` flush tasks write from a queue
+/// pre-filled over [`SERVICE_SHARDS`] shards (one application and 100 chats
+/// per shard, batches of 5000).
+async fn flush_rate_sharded(
+    env: &Env,
+    pool: &MySqlPool,
+    r: &mut redis::aio::MultiplexedConnection,
+    workers: usize,
+    n: u64,
+) -> anyhow::Result<f64> {
+    let prefix = format!("{}workers{}:", env.prefix, uuid::Uuid::new_v4().simple());
+    let keys = chat_api::writebehind::keys::Keys::with_shards(prefix.clone(), SERVICE_SHARDS);
+    let per_shard = n / u64::from(SERVICE_SHARDS);
+    let mut apps = vec![];
+    for shard in keys.shards() {
+        let app = sqlx::query("INSERT INTO applications (token, name, created_at, updated_at) VALUES (?, 'flush', NOW(6), NOW(6))")
+            .bind(chat_api::domain::new_token())
+            .execute(pool)
+            .await?
+            .last_insert_id();
+        sqlx::query("INSERT INTO chats (application_id, number, created_at, updated_at) SELECT ?, seq, NOW(6), NOW(6) FROM seq_1_to_100")
+            .bind(app)
+            .execute(pool)
+            .await?;
+        prefill(
+            r,
+            &shard.pending(chat_api::writebehind::Kind::Messages),
+            app,
+            100,
+            per_shard,
+        )
+        .await?;
+        apps.push(app);
+    }
+    let (written, rate) = drain(
+        &env.opts.redis,
+        &prefix,
+        pool,
+        5000,
+        SERVICE_SHARDS,
+        workers,
+    )
+    .await?;
+    anyhow::ensure!(
+        written == per_shard * u64::from(SERVICE_SHARDS),
+        "wrote {written} of {}",
+        per_shard * u64::from(SERVICE_SHARDS)
+    );
+    for app in apps {
+        sqlx::query("DELETE FROM applications WHERE id = ?")
+            .bind(app)
+            .execute(pool)
+            .await?;
+    }
     cleanup_prefix(r, &prefix).await?;
     Ok(rate)
 }
@@ -1007,7 +1103,10 @@ async fn store_messages(pool: &MySqlPool, n: u64) -> anyhow::Result<()> {
 /// Milliseconds to refresh the counts of one dirty chat.
 async fn refresh_one(env: &Env, pool: &MySqlPool) -> anyhow::Result<f64> {
     let rpool = chat_api::store::redis::pool(&env.opts.redis, 2, Duration::from_secs(5))?;
-    let marks = chat_api::jobs::counts::DirtyMarks::new(rpool, format!("{}refresh:", env.prefix));
+    let marks = chat_api::jobs::counts::DirtyMarks::new(
+        rpool,
+        chat_api::writebehind::keys::Keys::new(format!("{}refresh:", env.prefix)),
+    );
     let refresher = chat_api::jobs::counts::CountsRefresher::new(
         marks.clone(),
         pool.clone(),
@@ -1019,7 +1118,7 @@ async fn refresh_one(env: &Env, pool: &MySqlPool) -> anyhow::Result<f64> {
         .await?;
     let mut times = vec![];
     for _ in 0..5 {
-        marks.mark(&[], &[chat_id]).await?;
+        marks.mark("bench", &[], &[chat_id]).await?;
         let started = Instant::now();
         refresher.refresh_counts_once().await?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -1039,6 +1138,25 @@ async fn cleanup_prefix(
         let _: () = redis::cmd("DEL").arg(keys).query_async(r).await?;
     }
     Ok(())
+}
+
+/// The rows of figure 12 (from the medians).
+fn markdown_flush_workers(r: &Value) -> String {
+    let mut out = String::new();
+    if let Some(fw) = r["flush_workers_rows_per_sec"].as_object() {
+        let one = fw
+            .get("1")
+            .and_then(|v| v["median"].as_f64())
+            .unwrap_or(0.0);
+        for (w, v) in fw {
+            let ratio = v["median"].as_f64().unwrap_or(0.0) / one.max(1.0);
+            out += &format!(
+                "| 12. flush with FLUSH_WORKERS={w}, {SERVICE_SHARDS} shards (rows/s); ÷ 1 worker | {}; {ratio:.2} | |\n",
+                f(&v["median"])
+            );
+        }
+    }
+    out
 }
 
 fn f(v: &Value) -> String {
@@ -1100,6 +1218,7 @@ fn markdown(r: &BTreeMap<String, Value>) -> String {
             );
         }
     }
+    out += &markdown_flush_workers(r);
     let depth: Vec<u64> = b["pending_depth_per_second"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_u64).collect())
@@ -1270,6 +1389,18 @@ async fn main() -> anyhow::Result<()> {
             )?;
             println!("{}", serde_json::to_string_pretty(&all)?);
             println!("{}", sustained::markdown(&sustainable, &cpu, &levers));
+            Ok(())
+        }
+        Cmd::FlushWorkers(opts) => {
+            let (env, pool) = Env::fresh(&opts).await?;
+            let mut r = redis::Client::open(opts.redis.as_str())?
+                .get_multiplexed_async_connection()
+                .await?;
+            let figure = json!({
+                "flush_workers_rows_per_sec": flush_workers(&env, &pool, &mut r, &opts).await?
+            });
+            println!("{}", serde_json::to_string_pretty(&figure)?);
+            println!("{}", markdown_flush_workers(&figure));
             Ok(())
         }
         Cmd::Durability(opts) => {

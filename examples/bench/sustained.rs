@@ -95,12 +95,17 @@ impl Cpu {
     }
 }
 
-/// Length of the pending messages list under `prefix`.
-async fn depth(r: &mut redis::aio::MultiplexedConnection, prefix: &str) -> u64 {
-    redis::cmd("LLEN")
-        .arg(format!("{prefix}pending:messages"))
-        .query_async(r)
+/// Length of the pending messages lists under `prefix`, summed over the
+/// service's [`super::SERVICE_SHARDS`] shards (one pipelined round trip).
+pub(crate) async fn depth(r: &mut redis::aio::MultiplexedConnection, prefix: &str) -> u64 {
+    let keys = chat_api::writebehind::keys::Keys::with_shards(prefix, super::SERVICE_SHARDS);
+    let mut pipe = redis::pipe();
+    for shard in keys.shards() {
+        pipe.llen(shard.pending(chat_api::writebehind::Kind::Messages));
+    }
+    pipe.query_async::<Vec<u64>>(r)
         .await
+        .map(|lens| lens.iter().sum())
         .unwrap_or(0)
 }
 

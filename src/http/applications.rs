@@ -100,7 +100,7 @@ impl ApplicationsApi {
             buffer.seed_app(&token, row.id).await?;
             // A new application has no chat in MariaDB: its counter starts
             // checked at 0 (with no epoch set yet, the first create checks it).
-            match buffer.current_epoch().await? {
+            match buffer.current_epoch(&token).await? {
                 Some(epoch) => {
                     buffer
                         .reconcile(
@@ -209,9 +209,12 @@ impl ApplicationsApi {
             return Err(e.into());
         }
         state
-            .queue_index(IndexOp::DeleteApplication {
-                application_id: app.id,
-            })
+            .queue_index(
+                &app.token,
+                IndexOp::DeleteApplication {
+                    application_id: app.id,
+                },
+            )
             .await;
         Ok(Deleted::NoContent)
     }

@@ -124,9 +124,9 @@ impl ChatsApi {
             return Err(e.into());
         }
         state
-            .queue_index(IndexOp::DeleteChat { chat_id: chat.id })
+            .queue_index(&app.token, IndexOp::DeleteChat { chat_id: chat.id })
             .await;
-        if let Err(e) = state.marks.mark(&[app.id], &[]).await {
+        if let Err(e) = state.marks.mark(&app.token, &[app.id], &[]).await {
             tracing::warn!(error = %e, "could not mark the application's chats_count dirty");
         }
         Ok(Deleted::NoContent)

@@ -35,8 +35,12 @@ fn no_message(number: i64) -> ApiError {
 
 /// Errors with [`BufferError::Lost`] when the record under `field` was
 /// dead-lettered: no flush will store it, so the lookup answers at once.
-async fn not_lost(buffer: &crate::writebehind::Buffer, field: String) -> Result<(), BufferError> {
-    match buffer.lost_reason(field).await? {
+async fn not_lost(
+    buffer: &crate::writebehind::Buffer,
+    token: &str,
+    field: String,
+) -> Result<(), BufferError> {
+    match buffer.lost_reason(token, field).await? {
         Some(reason) => Err(BufferError::Lost(reason)),
         None => Ok(()),
     }
@@ -63,7 +67,7 @@ pub async fn chat(state: &AppState, app: &AppRow, number: i64) -> Result<ChatRow
                             return Err(BufferError::Skipped);
                         }
                         if allocated {
-                            not_lost(buffer, chat_lost_field(app.id, number)).await?;
+                            not_lost(buffer, &app.token, chat_lost_field(app.id, number)).await?;
                         }
                         Ok(allocated)
                     },
@@ -105,8 +109,12 @@ pub async fn message(
                             return Err(BufferError::Skipped);
                         }
                         if allocated {
-                            not_lost(buffer, message_lost_field(app.id, chat.number, number))
-                                .await?;
+                            not_lost(
+                                buffer,
+                                &app.token,
+                                message_lost_field(app.id, chat.number, number),
+                            )
+                            .await?;
                         }
                         Ok(allocated)
                     },

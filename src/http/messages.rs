@@ -151,9 +151,12 @@ impl MessagesApi {
             )));
         }
         state
-            .queue_index(IndexOp::Sync {
-                messages: vec![(chat.id, msg.number)],
-            })
+            .queue_index(
+                &app.token,
+                IndexOp::Sync {
+                    messages: vec![(chat.id, msg.number)],
+                },
+            )
             .await;
         let updated = store::messages::find(&state.pool, chat.id, msg.number)
             .await?
@@ -186,11 +189,14 @@ impl MessagesApi {
         let msg = lookup::message(&state, &app, &chat, message_number.0).await?;
         store::messages::delete(&state.pool, msg.id, crate::domain::now()).await?;
         state
-            .queue_index(IndexOp::Sync {
-                messages: vec![(chat.id, msg.number)],
-            })
+            .queue_index(
+                &app.token,
+                IndexOp::Sync {
+                    messages: vec![(chat.id, msg.number)],
+                },
+            )
             .await;
-        if let Err(e) = state.marks.mark(&[], &[chat.id]).await {
+        if let Err(e) = state.marks.mark(&app.token, &[], &[chat.id]).await {
             tracing::warn!(error = %e, "could not mark the chat's messages_count dirty");
         }
         Ok(Deleted::NoContent)

@@ -51,11 +51,12 @@ impl AppState {
     /// A failure is logged and otherwise ignored: search hits are always read
     /// back from MariaDB, so a stale document can never show a deleted or
     /// outdated message; it can only be missing until the next `reindex`.
-    pub async fn queue_index(&self, op: crate::store::search::meili::IndexOp) {
+    /// `token`: the application the change is in (its shard's queue).
+    pub async fn queue_index(&self, token: &str, op: crate::store::search::meili::IndexOp) {
         if self.search.meili().is_none() {
             return;
         }
-        if let Err(e) = self.wb.buffer().push_search_op(&op).await {
+        if let Err(e) = self.wb.buffer().push_search_op(token, &op).await {
             tracing::warn!(error = %e, ?op, "could not queue a search index update");
         }
     }

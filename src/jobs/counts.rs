@@ -34,6 +34,7 @@ use sqlx::{MySql, MySqlPool, QueryBuilder};
 use tokio_util::sync::CancellationToken;
 
 use crate::writebehind::buffer::{RedisPool, now_ms};
+use crate::writebehind::keys::{Keys, ShardKeys};
 
 /// Which cached column a mark is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +75,9 @@ redis.call('SUNIONSTORE', KEYS[3], KEYS[3], KEYS[2])
 return redis.call('DEL', KEYS[2])
 "#;
 
+/// KEYS: the shard's dirty leases. ARGV: now ms, the shard's key prefix
+/// (the processing sets and dirty sets are named from it, and share its
+/// hash tag).
 const RECOVER: &str = r#"
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 for _, key in ipairs(expired) do
@@ -88,11 +92,12 @@ end
 return #expired
 "#;
 
-/// The dirty marks in Redis. Cheap to clone.
+/// The dirty marks in Redis, one set per scope in each queue shard (see
+/// [`crate::writebehind::keys`]). Cheap to clone.
 #[derive(Clone)]
 pub struct DirtyMarks {
     pool: RedisPool,
-    prefix: String,
+    keys: Keys,
     scripts: Arc<[Script; 4]>,
 }
 
@@ -101,6 +106,8 @@ pub struct DirtyMarks {
 pub struct TakenMarks {
     /// What the ids are.
     pub scope: Scope,
+    /// The shard they were taken from.
+    pub shard: ShardKeys,
     /// The processing set holding them.
     pub key: String,
     /// The ids.
@@ -108,11 +115,11 @@ pub struct TakenMarks {
 }
 
 impl DirtyMarks {
-    /// Marks under `prefix` (the `REDIS_KEY_PREFIX`).
-    pub fn new(pool: RedisPool, prefix: impl Into<String>) -> Self {
+    /// Marks under `keys` (`REDIS_KEY_PREFIX` and `QUEUE_SHARDS`).
+    pub fn new(pool: RedisPool, keys: Keys) -> Self {
         Self {
             pool,
-            prefix: prefix.into(),
+            keys,
             scripts: Arc::new([
                 Script::new(CLAIM),
                 Script::new(ACK),
@@ -122,13 +129,9 @@ impl DirtyMarks {
         }
     }
 
-    /// Name of the dirty set of `scope`.
-    pub fn dirty_key(&self, scope: Scope) -> String {
-        crate::writebehind::keys::Keys::new(self.prefix.clone()).dirty(scope.as_str())
-    }
-
-    fn leases_key(&self) -> String {
-        format!("{}dirtyleases", self.prefix)
+    /// The key names in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     async fn conn(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
@@ -144,50 +147,54 @@ impl DirtyMarks {
             })
     }
 
-    /// Marks applications and chats dirty (one round trip). Errors: Redis
-    /// unavailable.
-    pub async fn mark(&self, apps: &[u64], chats: &[u64]) -> redis::RedisResult<()> {
+    /// Marks applications and chats of `token`'s application dirty, in its
+    /// shard (one round trip). Errors: Redis unavailable.
+    pub async fn mark(&self, token: &str, apps: &[u64], chats: &[u64]) -> redis::RedisResult<()> {
         if apps.is_empty() && chats.is_empty() {
             return Ok(());
         }
+        let shard = self.keys.for_token(token);
         let mut pipe = redis::pipe();
         if !apps.is_empty() {
-            pipe.sadd(self.dirty_key(Scope::Apps), apps).ignore();
+            pipe.sadd(shard.dirty(Scope::Apps.as_str()), apps).ignore();
         }
         if !chats.is_empty() {
-            pipe.sadd(self.dirty_key(Scope::Chats), chats).ignore();
+            pipe.sadd(shard.dirty(Scope::Chats.as_str()), chats)
+                .ignore();
         }
         pipe.query_async::<()>(&mut self.conn().await?).await
     }
 
-    /// Takes up to `max` marks of `scope` under a lease of `lease`.
+    /// Takes up to `max` marks of `scope` in `shard` under a lease of `lease`.
     pub async fn take(
         &self,
+        shard: &ShardKeys,
         scope: Scope,
         max: usize,
         lease: Duration,
     ) -> redis::RedisResult<Option<TakenMarks>> {
-        let key = format!(
-            "{}dirtyproc:{}:{}",
-            self.prefix,
-            scope.as_str(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let key =
+            shard.dirty_processing(scope.as_str(), &uuid::Uuid::new_v4().simple().to_string());
         let ids: Vec<u64> = self.scripts[0]
-            .key(self.dirty_key(scope))
+            .key(shard.dirty(scope.as_str()))
             .key(&key)
-            .key(self.leases_key())
+            .key(shard.dirty_leases())
             .arg(max)
             .arg(now_ms() + lease.as_millis() as i64)
             .invoke_async(&mut self.conn().await?)
             .await?;
-        Ok((!ids.is_empty()).then_some(TakenMarks { scope, key, ids }))
+        Ok((!ids.is_empty()).then_some(TakenMarks {
+            scope,
+            shard: shard.clone(),
+            key,
+            ids,
+        }))
     }
 
     /// Drops taken marks once their counts are updated.
     pub async fn ack(&self, taken: &TakenMarks) -> redis::RedisResult<()> {
         self.scripts[1]
-            .key(self.leases_key())
+            .key(taken.shard.dirty_leases())
             .key(&taken.key)
             .invoke_async::<()>(&mut self.conn().await?)
             .await
@@ -196,22 +203,26 @@ impl DirtyMarks {
     /// Puts taken marks back (the update failed).
     pub async fn release(&self, taken: &TakenMarks) -> redis::RedisResult<()> {
         self.scripts[2]
-            .key(self.leases_key())
+            .key(taken.shard.dirty_leases())
             .key(&taken.key)
-            .key(self.dirty_key(taken.scope))
+            .key(taken.shard.dirty(taken.scope.as_str()))
             .invoke_async::<()>(&mut self.conn().await?)
             .await
     }
 
-    /// Puts back the marks of refreshers whose lease expired. Returns the
-    /// number of processing sets recovered.
+    /// Puts back the marks of refreshers whose lease expired, in every
+    /// shard. Returns the number of processing sets recovered.
     pub async fn recover_expired(&self) -> redis::RedisResult<u64> {
-        self.scripts[3]
-            .key(self.leases_key())
-            .arg(now_ms())
-            .arg(&self.prefix)
-            .invoke_async(&mut self.conn().await?)
-            .await
+        let mut total = 0;
+        for shard in self.keys.shards() {
+            total += self.scripts[3]
+                .key(shard.dirty_leases())
+                .arg(now_ms())
+                .arg(shard.prefix())
+                .invoke_async::<u64>(&mut self.conn().await?)
+                .await?;
+        }
+        Ok(total)
     }
 }
 
@@ -250,8 +261,16 @@ impl CountsRefresher {
     pub async fn refresh_counts_once(&self) -> anyhow::Result<RefreshReport> {
         self.marks.recover_expired().await?;
         let mut report = RefreshReport::default();
-        for scope in [Scope::Apps, Scope::Chats] {
-            while let Some(taken) = self.marks.take(scope, self.batch_size, self.lease).await? {
+        let shards: Vec<ShardKeys> = self.marks.keys().shards().collect();
+        for (scope, shard) in [Scope::Apps, Scope::Chats]
+            .into_iter()
+            .flat_map(|scope| std::iter::repeat(scope).zip(shards.iter()))
+        {
+            while let Some(taken) = self
+                .marks
+                .take(shard, scope, self.batch_size, self.lease)
+                .await?
+            {
                 match tokio::time::timeout(
                     self.lease / 2,
                     update_counts(&self.pool, scope, &taken.ids),

@@ -61,16 +61,28 @@ impl Indexer {
         }
     }
 
-    /// Applies every op queued when it starts. Returns the number applied.
-    /// Errors: Meilisearch, Redis or MariaDB unavailable (the batch in hand is
-    /// given back first).
+    /// Applies every op queued when it starts, shard by shard. Returns the
+    /// number applied. Errors: Meilisearch, Redis or MariaDB unavailable (the
+    /// batch in hand is given back first).
     pub async fn index_once(&self) -> Result<u64, IndexError> {
-        let mut budget = self.buffer.pending_len(Kind::Search).await?;
+        let mut applied = 0;
+        for shard in self.buffer.keys().shards() {
+            applied += self.index_shard(&shard).await?;
+        }
+        Ok(applied)
+    }
+
+    /// [`Self::index_once`] in one shard.
+    async fn index_shard(
+        &self,
+        shard: &crate::writebehind::keys::ShardKeys,
+    ) -> Result<u64, IndexError> {
+        let mut budget = self.buffer.shard_pending_len(shard, Kind::Search).await?;
         let mut applied = 0;
         while budget > 0 {
             let Some(batch) = self
                 .buffer
-                .claim(Kind::Search, OPS_PER_BATCH, self.lease)
+                .claim(shard, Kind::Search, OPS_PER_BATCH, self.lease)
                 .await?
             else {
                 break;

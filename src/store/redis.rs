@@ -104,11 +104,11 @@ enum Connector {
 }
 
 /// `bb8_redis::RedisConnectionManager` with a working `has_broken`, the
-/// epoch check on every new connection when `epoch_key` is set, and the
+/// epoch check on every new connection when `epoch_keys` is set, and the
 /// master named by Redis Sentinel when the target is one.
 pub struct RedisManager {
     inner: Connector,
-    epoch_key: Option<String>,
+    epoch_keys: Option<Vec<String>>,
     response_timeout: Duration,
 }
 
@@ -121,28 +121,38 @@ pub struct RedisManager {
 /// again at a value that counters still carry); it is only ever compared for
 /// equality.
 ///
-/// KEYS: the epoch hash (`epoch`, `run_id`). Returns `{epoch, raised (0/1)}`.
+/// There is one epoch per queue shard (see [`crate::writebehind::keys`]), so
+/// that on Redis Cluster each is checked on the master that holds its shard.
+///
+/// KEYS: the epoch hashes (`epoch`, `run_id`), one per shard; several only on
+/// a single Redis, where they share one slot space. Returns `{epoch of the
+/// first, raised any (0/1)}`.
 pub const CHECK_EPOCH: &str = r#"
 local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch or redis.call('HGET', KEYS[1], 'run_id') ~= run_id then
-  local t = redis.call('TIME')
-  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'run_id', run_id)
-  return {epoch, 1}
+local first, raised = nil, 0
+for _, key in ipairs(KEYS) do
+  local epoch = redis.call('HGET', key, 'epoch')
+  if not epoch or redis.call('HGET', key, 'run_id') ~= run_id then
+    local t = redis.call('TIME')
+    epoch = t[1] .. string.format('%06d', tonumber(t[2]))
+    redis.call('HSET', key, 'epoch', epoch, 'run_id', run_id)
+    raised = 1
+  end
+  first = first or epoch
 end
-return {epoch, 0}
+return {first, raised}
 "#;
 
-/// Runs [`CHECK_EPOCH`] on `conn` against `epoch_key`; returns the epoch in
-/// force. Logs a warning when it raised it. Errors: Redis failed.
+/// Runs [`CHECK_EPOCH`] on `conn` against `epoch_keys` (at least one);
+/// returns the epoch in force in the first. Logs a warning when it raised
+/// one. Errors: Redis failed.
 pub async fn check_epoch(
     conn: &mut MultiplexedConnection,
-    epoch_key: &str,
+    epoch_keys: &[String],
 ) -> redis::RedisResult<i64> {
     static SCRIPT: std::sync::LazyLock<redis::Script> =
         std::sync::LazyLock::new(|| redis::Script::new(CHECK_EPOCH));
-    let (epoch, raised): (i64, i64) = SCRIPT.key(epoch_key).invoke_async(conn).await?;
+    let (epoch, raised): (i64, i64) = SCRIPT.key(epoch_keys).invoke_async(conn).await?;
     if raised == 1 {
         tracing::warn!(
             epoch,
@@ -181,8 +191,8 @@ impl bb8::ManageConnection for RedisManager {
         // Every command on this connection (and its clones) gives up after
         // the configured time, whichever path sent it.
         conn.set_response_timeout(self.response_timeout);
-        if let Some(key) = &self.epoch_key {
-            check_epoch(&mut conn, key).await?;
+        if let Some(keys) = &self.epoch_keys {
+            check_epoch(&mut conn, keys).await?;
         }
         Ok(RedisConn {
             conn,
@@ -207,14 +217,14 @@ pub fn pool(url: &str, max_size: u32, timeout: Duration) -> redis::RedisResult<R
 }
 
 /// [`pool`], whose new connections first run the epoch check on
-/// `epoch_key` (see the module docs). `timeout` bounds getting a connection
+/// `epoch_keys`, every shard's (see the module docs). `timeout` bounds getting a connection
 /// and every command sent on one (`REDIS_TIMEOUT_MS`). Errors: an invalid
 /// URL or sentinel address.
 pub fn pool_with_epoch(
     target: RedisTarget,
     max_size: u32,
     timeout: Duration,
-    epoch_key: Option<String>,
+    epoch_keys: Option<Vec<String>>,
 ) -> redis::RedisResult<RedisPool> {
     let inner = match target {
         RedisTarget::Url(url) => Connector::Url(RedisConnectionManager::new(url)?),
@@ -247,7 +257,7 @@ pub fn pool_with_epoch(
         .test_on_check_out(false)
         .build_unchecked(RedisManager {
             inner,
-            epoch_key,
+            epoch_keys,
             response_timeout: timeout,
         }))
 }

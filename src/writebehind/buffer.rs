@@ -10,7 +10,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 
-use super::keys::{Keys, Kind};
+use super::keys::{Keys, Kind, ShardKeys};
 use super::scripts::{Scripts, code};
 
 pub use crate::store::redis::RedisPool;
@@ -120,6 +120,8 @@ pub enum Enqueue {
 pub struct Claimed {
     /// Queue the batch came from.
     pub kind: Kind,
+    /// The shard whose queue it came from.
+    pub shard: ShardKeys,
     /// The processing list that holds it.
     pub key: String,
     /// The raw records, oldest first.
@@ -140,6 +142,10 @@ pub struct Buffer {
     replica_wait: Option<Duration>,
     reconcile_skip: u32,
     shedder: super::shedding::LoadShedder,
+    /// Set while Redis records another `QUEUE_SHARDS` than ours (see
+    /// [`super::shards`]): the reason creates are refused.
+    shard_mismatch: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    shard_mismatch_flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A client's `Idempotency-Key` for one create: the key's digest, and the
@@ -194,7 +200,47 @@ impl Buffer {
             replica_wait: None,
             reconcile_skip: 0,
             shedder: super::shedding::LoadShedder::off(),
+            shard_mismatch: Default::default(),
+            shard_mismatch_flag: Default::default(),
         }
+    }
+
+    /// Records whether Redis holds another shard count than ours (`Some`:
+    /// why creates are refused, with what to do), as found by
+    /// [`super::shards::check_shard_count`].
+    pub fn set_shard_mismatch(&self, reason: Option<String>) {
+        use std::sync::atomic::Ordering;
+        let mut guard = self
+            .shard_mismatch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.shard_mismatch_flag
+            .store(reason.is_some(), Ordering::Relaxed);
+        *guard = reason;
+    }
+
+    /// Errors with [`BufferError::Unavailable`] while the shard counts differ.
+    fn check_shards(&self) -> Result<(), BufferError> {
+        if !self
+            .shard_mismatch_flag
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        let guard = self
+            .shard_mismatch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(reason) => Err(BufferError::Unavailable(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// `total` (a limit on a whole queue: `MAX_PENDING`, `MAX_PENDING_BYTES`,
+    /// `PENDING_HIGH_WATER`) split evenly over the shards, rounded up.
+    fn per_shard(&self, total: u64) -> u64 {
+        total.div_ceil(u64::from(self.keys.shard_count()))
     }
 
     /// The same buffer, answering a create only once a replica has its write
@@ -232,7 +278,10 @@ impl Buffer {
     /// list passes `high_water` records (`PENDING_HIGH_WATER`, see
     /// [`super::shedding`]).
     pub fn with_high_water(mut self, high_water: u64) -> Self {
-        self.shedder = super::shedding::LoadShedder::new(high_water, self.max_pending);
+        self.shedder = super::shedding::LoadShedder::new(
+            self.per_shard(high_water),
+            self.per_shard(self.max_pending),
+        );
         self
     }
 
@@ -357,10 +406,14 @@ impl Buffer {
     /// the key's Redis name (the app hash again when there is none, so that
     /// every key of the script is the application's) and the fingerprint
     /// (empty when none).
-    fn idempotency_args(&self, token: &str, idem: Option<&Idempotency>) -> (String, String) {
+    fn idempotency_args(
+        shard: &ShardKeys,
+        token: &str,
+        idem: Option<&Idempotency>,
+    ) -> (String, String) {
         match idem {
-            Some(i) => (self.keys.idempotency(token, &i.key), i.fingerprint.clone()),
-            None => (self.keys.app(token), String::new()),
+            Some(i) => (shard.idempotency(token, &i.key), i.fingerprint.clone()),
+            None => (shard.app(token), String::new()),
         }
     }
 
@@ -412,6 +465,7 @@ impl Buffer {
         message: Option<(i64, &str)>,
         idem: Option<&Idempotency>,
     ) -> Result<Enqueue, BufferError> {
+        self.check_shards()?;
         if !self.shedder.admit(kind) {
             return Err(BufferError::Shed {
                 retry_after_secs: super::shedding::SHED_RETRY_AFTER_SECS,
@@ -421,10 +475,15 @@ impl Buffer {
             Kind::Messages => &self.scripts.enqueue_message,
             _ => &self.scripts.enqueue_chat,
         };
-        let app = self.keys.app(token);
-        let pending = self.keys.pending(kind);
-        let epoch = self.keys.epoch();
-        let (idem_key, fingerprint) = self.idempotency_args(token, idem);
+        let shard = self.keys.for_token(token);
+        let app = shard.app(token);
+        let pending = shard.pending(kind);
+        let epoch = shard.epoch();
+        let (idem_key, fingerprint) = Self::idempotency_args(&shard, token, idem);
+        let (max_pending, max_pending_bytes) = (
+            self.per_shard(self.max_pending),
+            self.per_shard(self.max_pending_bytes),
+        );
         let (chat_number, body) = match message {
             Some((chat, body)) => (chat.to_string(), body),
             None => (String::new(), ""),
@@ -436,13 +495,13 @@ impl Buffer {
                     .key(pending)
                     .key(epoch)
                     .key(idem_key)
-                    .arg(self.max_pending)
+                    .arg(max_pending)
                     .arg(created_at_ms)
                     .arg(chat_number)
                     .arg(body)
                     .arg(fingerprint)
                     .arg(self.idempotency_ttl_secs)
-                    .arg(self.max_pending_bytes)
+                    .arg(max_pending_bytes)
                     .invoke_async::<(i64, i64, i64)>(&mut c)
                     .await?;
                 let replicated = reply.0 <= 0 || self.replicated(&mut c).await?;
@@ -520,7 +579,7 @@ impl Buffer {
         epoch: i64,
         deleted: bool,
     ) -> Result<(), BufferError> {
-        let key = self.keys.app(token);
+        let key = self.keys.for_token(token).app(token);
         let (field, checked, skipped) = match scope {
             CounterScope::Chats => ("chats".to_string(), "v".to_string(), "s".to_string()),
             CounterScope::Messages { chat_number } => (
@@ -547,34 +606,53 @@ impl Buffer {
         .map(|_| ())
     }
 
-    /// The reason the record under `field` of the lost hash (see
-    /// [`super::record::lost_field`]) was dead-lettered, if it was and was
-    /// not replayed since. Errors: Redis unavailable.
-    pub async fn lost_reason(&self, field: String) -> Result<Option<String>, BufferError> {
-        let key = self.keys.lost();
+    /// The reason the record of `token`'s application under `field` of the
+    /// lost hash (see [`super::record::lost_field`]) was dead-lettered, if it
+    /// was and was not replayed since. Errors: Redis unavailable.
+    pub async fn lost_reason(
+        &self,
+        token: &str,
+        field: String,
+    ) -> Result<Option<String>, BufferError> {
+        let key = self.keys.for_token(token).lost();
         self.with_conn(|mut c| async move { c.hget(key, field).await })
             .await
     }
 
-    /// The epoch in force, as the enqueue scripts read it (`None`: none is
-    /// set yet). One HGET, unlike [`Buffer::check_epoch`]. Errors: Redis
-    /// unavailable.
-    pub async fn current_epoch(&self) -> Result<Option<i64>, BufferError> {
-        let key = self.keys.epoch();
+    /// The epoch in force in `token`'s shard, as the enqueue scripts read it
+    /// (`None`: none is set yet). One HGET, unlike [`Buffer::check_epoch`].
+    /// Errors: Redis unavailable.
+    pub async fn current_epoch(&self, token: &str) -> Result<Option<i64>, BufferError> {
+        let key = self.keys.for_token(token).epoch();
         self.with_conn(|mut c| async move { c.hget(key, "epoch").await })
             .await
     }
 
-    /// Runs the epoch check now (see [`crate::store::redis::CHECK_EPOCH`]);
-    /// returns the epoch in force. Errors: Redis unavailable.
-    pub async fn check_epoch(&self) -> Result<i64, BufferError> {
-        let key = self.keys.epoch();
-        self.with_conn(|mut c| async move { crate::store::redis::check_epoch(&mut c, &key).await })
+    /// Runs the epoch check of `token`'s shard now (see
+    /// [`crate::store::redis::CHECK_EPOCH`]); returns the epoch in force.
+    /// Errors: Redis unavailable.
+    pub async fn check_epoch(&self, token: &str) -> Result<i64, BufferError> {
+        let keys = vec![self.keys.for_token(token).epoch()];
+        self.with_conn(|mut c| async move { crate::store::redis::check_epoch(&mut c, &keys).await })
             .await
     }
 
+    /// Runs the epoch check of every shard now, one script per shard (on
+    /// Redis Cluster each runs on the master that holds its shard). Errors:
+    /// Redis unavailable.
+    pub async fn check_all_epochs(&self) -> Result<(), BufferError> {
+        for shard in self.keys.shards() {
+            let keys = vec![shard.epoch()];
+            self.with_conn(
+                |mut c| async move { crate::store::redis::check_epoch(&mut c, &keys).await },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn seed_field(&self, token: &str, field: &str, value: i64) -> Result<(), BufferError> {
-        let key = self.keys.app(token);
+        let key = self.keys.for_token(token).app(token);
         self.with_conn(|mut c| async move { c.hset_nx::<_, _, _, ()>(key, field, value).await })
             .await
     }
@@ -584,7 +662,7 @@ impl Buffer {
     /// knows (`None` where unknown or deleted). Used to tell a buffered record
     /// (wait for its flush) from a missing one (404).
     pub async fn counters(&self, token: &str, chat_number: i64) -> Result<Counters, BufferError> {
-        let key = self.keys.app(token);
+        let key = self.keys.for_token(token).app(token);
         type Fields = (
             Option<String>,
             Option<String>,
@@ -646,7 +724,7 @@ impl Buffer {
         field: String,
         ttl_secs: u64,
     ) -> Result<Tombstone, BufferError> {
-        let key = self.keys.app(token);
+        let key = self.keys.for_token(token).app(token);
         let f = field.clone();
         let previous: Option<String> = self
             .with_conn(|mut c| async move {
@@ -669,7 +747,7 @@ impl Buffer {
     /// Undoes a tombstone after the SQL delete failed (see
     /// [`super::scripts::UNTOMBSTONE`]). Errors: Redis unavailable.
     pub async fn untombstone(&self, tombstone: &Tombstone) -> Result<(), BufferError> {
-        let key = self.keys.app(&tombstone.token);
+        let key = self.keys.for_token(&tombstone.token).app(&tombstone.token);
         let field = tombstone.field.clone();
         let previous = tombstone.previous.clone().unwrap_or_default();
         self.with_conn(|mut c| async move {
@@ -685,15 +763,23 @@ impl Buffer {
         .map(|_| ())
     }
 
-    /// Queues a change to the search index (durable; applied by the indexer),
-    /// stamped with `queued_at_ms`.
+    /// Queues a change to the search index in `token`'s shard (durable;
+    /// applied by the indexer), stamped with `queued_at_ms`.
     pub async fn push_search_op(
         &self,
+        token: &str,
         op: &crate::store::search::meili::IndexOp,
     ) -> Result<(), BufferError> {
-        let key = self.keys.pending(Kind::Search);
+        let key = self.keys.for_token(token).pending(Kind::Search);
         let json = search_op_json(op)?;
         self.with_conn(|mut c| async move { c.rpush::<_, _, ()>(key, json).await })
+            .await
+    }
+
+    /// The string at `key` (for tools). Errors: Redis unavailable.
+    pub async fn raw_get(&self, key: &str) -> Result<Option<String>, BufferError> {
+        let key = key.to_string();
+        self.with_conn(|mut c| async move { c.get(key).await })
             .await
     }
 
@@ -703,26 +789,45 @@ impl Buffer {
             .await
     }
 
-    /// Number of records waiting in the pending list of `kind`.
+    /// Number of records waiting in the pending lists of `kind`, over every
+    /// shard (one LLEN per shard, pipelined on one connection).
     pub async fn pending_len(&self, kind: Kind) -> Result<u64, BufferError> {
-        self.list_len(self.keys.pending(kind)).await
+        let keys: Vec<String> = self.keys.shards().map(|s| s.pending(kind)).collect();
+        let lens: Vec<u64> = self
+            .with_conn(|mut c| async move {
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.llen(k);
+                }
+                pipe.query_async(&mut c).await
+            })
+            .await?;
+        Ok(lens.iter().sum())
     }
 
-    /// Claims up to `max` records of `kind` under a lease of `lease`.
-    /// Returns `None` when nothing is pending.
+    /// Number of records waiting in `shard`'s pending list of `kind`.
+    pub async fn shard_pending_len(
+        &self,
+        shard: &ShardKeys,
+        kind: Kind,
+    ) -> Result<u64, BufferError> {
+        self.list_len(shard.pending(kind)).await
+    }
+
+    /// Claims up to `max` records of `kind` in `shard` under a lease of
+    /// `lease`. Returns `None` when nothing is pending there.
     pub async fn claim(
         &self,
+        shard: &ShardKeys,
         kind: Kind,
         max: usize,
         lease: Duration,
     ) -> Result<Option<Claimed>, BufferError> {
-        let key = self
-            .keys
-            .processing(kind, &uuid::Uuid::new_v4().simple().to_string());
+        let key = shard.processing(kind, &uuid::Uuid::new_v4().simple().to_string());
         let deadline = now_ms() + lease.as_millis() as i64;
-        let pending = self.keys.pending(kind);
-        let leases = self.keys.leases();
-        let batches = self.keys.batches();
+        let pending = shard.pending(kind);
+        let leases = shard.leases();
+        let batches = shard.batches();
         let owner = format!("{}\t{}", self.owner, now_ms());
         let k = key.clone();
         let records: Vec<Vec<u8>> = self
@@ -740,14 +845,19 @@ impl Buffer {
                     .await
             })
             .await?;
-        Ok((!records.is_empty()).then_some(Claimed { kind, key, records }))
+        Ok((!records.is_empty()).then_some(Claimed {
+            kind,
+            shard: shard.clone(),
+            key,
+            records,
+        }))
     }
 
     /// Extends the lease of a claimed batch. Returns false when it was lost
     /// (expired and recovered by someone else): then the batch must not be written.
     pub async fn renew(&self, batch: &Claimed, lease: Duration) -> Result<bool, BufferError> {
         let deadline = now_ms() + lease.as_millis() as i64;
-        let leases = self.keys.leases();
+        let leases = batch.shard.leases();
         let key = batch.key.clone();
         let held: i64 = self
             .with_conn(|mut c| async move {
@@ -780,10 +890,11 @@ impl Buffer {
         search_op: Option<&str>,
         lost: &[(String, String)],
     ) -> Result<bool, BufferError> {
-        let leases = self.keys.leases();
-        let pending = self.keys.pending(batch.kind);
-        let dead = self.keys.dead_letter(batch.kind);
-        let batches = self.keys.batches();
+        let shard = &batch.shard;
+        let leases = shard.leases();
+        let pending = shard.pending(batch.kind);
+        let dead = shard.dead_letter(batch.kind);
+        let batches = shard.batches();
         let key = batch.key.clone();
         let (apps, chats) = marks;
         let held: i64 = self
@@ -793,10 +904,10 @@ impl Buffer {
                     .key(pending)
                     .key(dead)
                     .key(batches)
-                    .key(self.keys.dirty("apps"))
-                    .key(self.keys.dirty("chats"))
-                    .key(self.keys.pending(Kind::Search))
-                    .key(self.keys.lost())
+                    .key(shard.dirty("apps"))
+                    .key(shard.dirty("chats"))
+                    .key(shard.pending(Kind::Search))
+                    .key(shard.lost())
                     .arg(deferred.len())
                     .arg(dead_letters.len())
                     .arg(apps.len())
@@ -827,9 +938,9 @@ impl Buffer {
     /// Gives a batch back to the head of its pending list (the write failed
     /// for a passing reason). Returns the number of records moved back.
     pub async fn release(&self, batch: &Claimed) -> Result<u64, BufferError> {
-        let leases = self.keys.leases();
-        let pending = self.keys.pending(batch.kind);
-        let batches = self.keys.batches();
+        let leases = batch.shard.leases();
+        let pending = batch.shard.pending(batch.kind);
+        let batches = batch.shard.batches();
         let key = batch.key.clone();
         self.with_conn(|mut c| async move {
             self.scripts
@@ -844,16 +955,18 @@ impl Buffer {
         .await
     }
 
-    /// Recovers up to `max_batches` batches whose lease expired before `now_ms`.
-    /// Returns `(batches, records)` moved back to their pending lists.
+    /// Recovers up to `max_batches` batches of `shard` whose lease expired
+    /// before `now_ms`. Returns `(batches, records)` moved back to their
+    /// pending lists.
     pub async fn recover_expired(
         &self,
+        shard: &ShardKeys,
         now_ms: i64,
         max_batches: u32,
     ) -> Result<(u64, u64), BufferError> {
-        let leases = self.keys.leases();
-        let batches = self.keys.batches();
-        let prefix = self.keys.prefix().to_string();
+        let leases = shard.leases();
+        let batches = shard.batches();
+        let prefix = shard.prefix().to_string();
         self.with_conn(|mut c| async move {
             self.scripts
                 .recover

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::buffer::{Buffer, BufferError};
-use super::keys::Kind;
+use super::keys::{Kind, ShardKeys};
 use super::record::MessageRecord;
 
 /// Entries read from Redis per LRANGE while scanning a dead-letter list.
@@ -143,38 +143,55 @@ pub struct Outcome {
 }
 
 impl Buffer {
-    /// Number of entries in the dead-letter list of `queue`.
-    /// Errors: Redis unavailable.
+    /// Number of entries in the dead-letter lists of `queue`, over every
+    /// shard. Errors: Redis unavailable.
     pub async fn dead_letter_len(&self, queue: Kind) -> Result<u64, BufferError> {
-        self.list_len(self.keys().dead_letter(queue)).await
+        let mut total = 0;
+        for shard in self.keys().shards() {
+            total += self.list_len(shard.dead_letter(queue)).await?;
+        }
+        Ok(total)
     }
 
-    /// Up to `count` entries of the dead-letter list of `queue` from position
-    /// `offset` (0 = the oldest). Errors: Redis unavailable.
+    /// Up to `count` entries of the dead-letter lists of `queue` from position
+    /// `offset`, the shards' lists taken one after the other in shard order
+    /// (0 = the oldest of shard 0). Errors: Redis unavailable.
     pub async fn dead_letters(
         &self,
         queue: Kind,
         offset: u64,
         count: u64,
     ) -> Result<Vec<DeadLetter>, BufferError> {
-        if count == 0 {
-            return Ok(Vec::new());
+        let (mut offset, mut out) = (offset, Vec::new());
+        for shard in self.keys().shards() {
+            let want = count - out.len() as u64;
+            if want == 0 {
+                break;
+            }
+            let len = self.list_len(shard.dead_letter(queue)).await?;
+            if offset >= len {
+                offset -= len;
+                continue;
+            }
+            let raw = self
+                .dead_letter_range(&shard, queue, offset as isize, want as isize)
+                .await?;
+            offset = 0;
+            out.extend(raw.iter().map(|e| DeadLetter::parse(queue, e)));
         }
-        let raw = self
-            .dead_letter_range(queue, offset as isize, count as isize)
-            .await?;
-        Ok(raw.iter().map(|e| DeadLetter::parse(queue, e)).collect())
+        Ok(out)
     }
 
     /// Up to `count` (at least 1) raw entries of `queue`'s dead-letter list
-    /// from position `start`.
+    /// in `shard` from position `start`.
     async fn dead_letter_range(
         &self,
+        shard: &ShardKeys,
         queue: Kind,
         start: isize,
         count: isize,
     ) -> Result<Vec<Vec<u8>>, BufferError> {
-        let key = self.keys().dead_letter(queue);
+        let key = shard.dead_letter(queue);
         self.with_conn(|mut c| async move { c.lrange(key, start, start + count - 1).await })
             .await
     }
@@ -184,13 +201,16 @@ impl Buffer {
     /// matches, at most `ids.len()`).
     async fn select_dead_letters(
         &self,
+        shard: &ShardKeys,
         queue: Kind,
         ids: &HashSet<String>,
     ) -> Result<Vec<Vec<u8>>, BufferError> {
         let mut selected = Vec::new();
         let mut start: isize = 0;
         loop {
-            let chunk = self.dead_letter_range(queue, start, SCAN_CHUNK).await?;
+            let chunk = self
+                .dead_letter_range(shard, queue, start, SCAN_CHUNK)
+                .await?;
             let n = chunk.len() as isize;
             selected.extend(chunk.into_iter().filter(|e| ids.contains(&entry_id(e))));
             if n < SCAN_CHUNK {
@@ -205,6 +225,7 @@ impl Buffer {
     /// replayed and the number of unreadable entries.
     async fn replay_entries(
         &self,
+        shard: &ShardKeys,
         queue: Kind,
         entries: Vec<Vec<u8>>,
     ) -> Result<(u64, usize), BufferError> {
@@ -231,12 +252,12 @@ impl Buffer {
             .collect();
         let mut replayed = 0;
         for chunk in pairs.chunks(REPLAY_CHUNK) {
-            let dead = self.keys().dead_letter(queue);
-            let pending = self.keys().pending(queue);
+            let dead = shard.dead_letter(queue);
+            let pending = shard.pending(queue);
             let n: u64 = self
                 .with_conn(|mut c| async move {
                     let mut inv = self.scripts().replay.key(dead);
-                    inv.key(pending).key(self.keys().lost());
+                    inv.key(pending).key(shard.lost());
                     for (entry, raw) in chunk {
                         let lost = super::record::lost_field(queue, raw).unwrap_or_default();
                         inv.arg(entry.as_slice()).arg(raw.as_slice()).arg(lost);
@@ -263,26 +284,42 @@ impl Buffer {
         ids: Option<&HashSet<String>>,
     ) -> Result<Outcome, BufferError> {
         let mut outcome = Outcome::default();
+        for shard in self.keys().shards() {
+            let o = self.replay_in_shard(&shard, queue, ids).await?;
+            outcome.count += o.count;
+            outcome.found.extend(o.found);
+        }
+        Ok(outcome)
+    }
+
+    /// [`Buffer::replay_dead_letters`] in one shard.
+    async fn replay_in_shard(
+        &self,
+        shard: &ShardKeys,
+        queue: Kind,
+        ids: Option<&HashSet<String>>,
+    ) -> Result<Outcome, BufferError> {
+        let mut outcome = Outcome::default();
         if let Some(ids) = ids {
-            let selected = self.select_dead_letters(queue, ids).await?;
+            let selected = self.select_dead_letters(shard, queue, ids).await?;
             outcome.found = selected.iter().map(|e| entry_id(e)).collect();
-            outcome.count = self.replay_entries(queue, selected).await?.0;
+            outcome.count = self.replay_entries(shard, queue, selected).await?.0;
             return Ok(outcome);
         }
-        let total = self.dead_letter_len(queue).await? as usize;
+        let total = self.list_len(shard.dead_letter(queue)).await? as usize;
         // Unreadable entries stay at the head; skip past them.
         let mut skip = 0usize;
         let mut seen = 0usize;
         while seen < total {
             let want = (total - seen).min(REPLAY_CHUNK);
             let chunk = self
-                .dead_letter_range(queue, skip as isize, want as isize)
+                .dead_letter_range(shard, queue, skip as isize, want as isize)
                 .await?;
             if chunk.is_empty() {
                 break;
             }
             seen += chunk.len();
-            let (replayed, unreadable) = self.replay_entries(queue, chunk).await?;
+            let (replayed, unreadable) = self.replay_entries(shard, queue, chunk).await?;
             outcome.count += replayed;
             skip += unreadable;
         }
@@ -297,7 +334,23 @@ impl Buffer {
         queue: Kind,
         ids: Option<&HashSet<String>>,
     ) -> Result<Outcome, BufferError> {
-        let dead = self.keys().dead_letter(queue);
+        let mut outcome = Outcome::default();
+        for shard in self.keys().shards() {
+            let o = self.discard_in_shard(&shard, queue, ids).await?;
+            outcome.count += o.count;
+            outcome.found.extend(o.found);
+        }
+        Ok(outcome)
+    }
+
+    /// [`Buffer::discard_dead_letters`] in one shard.
+    async fn discard_in_shard(
+        &self,
+        shard: &ShardKeys,
+        queue: Kind,
+        ids: Option<&HashSet<String>>,
+    ) -> Result<Outcome, BufferError> {
+        let dead = shard.dead_letter(queue);
         let Some(ids) = ids else {
             let count: u64 = self
                 .with_conn(|mut c| async move {
@@ -313,7 +366,7 @@ impl Buffer {
                 found: HashSet::new(),
             });
         };
-        let selected = self.select_dead_letters(queue, ids).await?;
+        let selected = self.select_dead_letters(shard, queue, ids).await?;
         let mut outcome = Outcome::default();
         for chunk in selected.chunks(REPLAY_CHUNK) {
             let dead = dead.clone();

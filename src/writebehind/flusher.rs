@@ -35,7 +35,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::buffer::{Buffer, BufferError, Claimed, now_ms};
-use super::keys::Kind;
+use super::keys::{Kind, ShardKeys};
 use super::record::{ChatRecord, DecodeError, MessageRecord};
 use crate::store::bulk::{self, BatchOutcome, Disposition};
 use crate::store::search::meili::IndexOp;
@@ -60,6 +60,8 @@ pub struct FlushSettings {
     /// Fault injection (`FAULT_FLUSH_DELAY_MS`): a pause between COMMIT and
     /// acknowledgement, zero in production.
     pub fault_delay: Duration,
+    /// Flush tasks that share a pass (`FLUSH_WORKERS`), at least 1.
+    pub workers: usize,
 }
 
 impl FlushSettings {
@@ -195,20 +197,66 @@ impl Flusher {
         &self.settings
     }
 
-    /// One flush pass: chats, then messages. For each, claims and writes
-    /// batches until it has taken as many records as were pending when it
-    /// started (so a pass ends under constant load) or the list is empty.
+    /// One flush pass over every shard. `FLUSH_WORKERS` tasks share it: each
+    /// takes the next shard not yet taken (an atomic counter), so two tasks
+    /// never write one shard's batches at once, and a slow shard does not
+    /// hold the others back. See [`Self::flush_shard`] for one shard.
     ///
     /// Errors: MariaDB or Redis unavailable, or a write slower than half a
-    /// lease; the batch in hand was given back to its pending list.
+    /// lease; the batch in hand was given back to its pending list. The
+    /// other workers finish their shard first; what they flushed stays
+    /// flushed.
     pub async fn flush_once(&self) -> Result<FlushReport, FlushError> {
+        use std::sync::atomic::{AtomicU16, Ordering};
+        let next = AtomicU16::new(0);
+        let shards = self.buffer.keys().shard_count();
+        let worker = || async {
+            let mut report = FlushReport::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= shards {
+                    return Ok::<_, FlushError>(report);
+                }
+                report += self.flush_shard(&self.buffer.keys().shard(i)).await?;
+            }
+        };
+        let results =
+            futures_util::future::join_all((0..self.settings.workers.max(1)).map(|_| worker()))
+                .await;
+        let mut report = FlushReport::default();
+        let mut error = None;
+        for r in results {
+            match r {
+                Ok(r) => report += r,
+                Err(e) => error = Some(e),
+            }
+        }
+        if report.batches > 0 {
+            tracing::info!(?report, "flushed");
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// Flushes one shard: chats, then messages. For each, claims and writes
+    /// batches until it has taken as many records as were pending when it
+    /// started (so a pass ends under constant load) or the list is empty.
+    /// Errors: as [`Self::flush_once`].
+    pub async fn flush_shard(&self, shard: &ShardKeys) -> Result<FlushReport, FlushError> {
         let mut report = FlushReport::default();
         for kind in Kind::ALL {
-            let mut budget = self.buffer.pending_len(kind).await?;
+            let mut budget = self.buffer.shard_pending_len(shard, kind).await?;
             while budget > 0 {
                 let Some(batch) = self
                     .buffer
-                    .claim(kind, self.settings.batch_size(kind), self.settings.lease)
+                    .claim(
+                        shard,
+                        kind,
+                        self.settings.batch_size(kind),
+                        self.settings.lease,
+                    )
                     .await?
                 else {
                     break;
@@ -216,9 +264,6 @@ impl Flusher {
                 budget = budget.saturating_sub(batch.records.len() as u64);
                 report += self.flush_batch(batch).await?;
             }
-        }
-        if report.batches > 0 {
-            tracing::info!(?report, "flushed");
         }
         Ok(report)
     }
@@ -357,15 +402,17 @@ impl Flusher {
     }
 
     /// Moves batches whose lease expired (their flusher died) back to their
-    /// pending lists. Returns `(batches, records)` recovered.
+    /// pending lists, in every shard. Returns `(batches, records)` recovered.
     pub async fn recover_once(&self) -> Result<(u64, u64), BufferError> {
         let mut total = (0, 0);
-        loop {
-            let (b, r) = self.buffer.recover_expired(now_ms(), 100).await?;
-            total.0 += b;
-            total.1 += r;
-            if b < 100 {
-                break;
+        for shard in self.buffer.keys().shards() {
+            loop {
+                let (b, r) = self.buffer.recover_expired(&shard, now_ms(), 100).await?;
+                total.0 += b;
+                total.1 += r;
+                if b < 100 {
+                    break;
+                }
             }
         }
         if total.0 > 0 {

@@ -2,13 +2,14 @@
 //! (`GET /api/v1/admin/queues`): per queue, its depth, the age of its head,
 //! the batches being processed (owner, lease), and its dead letters.
 //!
-//! Two Redis round trips (pipelines), whatever the depth: LLEN and LINDEX are
-//! O(1), and the batch table holds one entry per claimed batch.
+//! Two Redis round trips (pipelines) per shard, whatever the depth: LLEN and
+//! LINDEX are O(1), and the batch table holds one entry per claimed batch.
+//! The shards' figures are summed (the oldest head is the oldest of theirs).
 
 use std::collections::HashMap;
 
 use super::buffer::{Buffer, BufferError};
-use super::keys::Kind;
+use super::keys::{Kind, ShardKeys};
 use super::record::{ChatRecord, MessageRecord};
 
 /// A batch claimed by a flusher (or the indexer) and not yet acknowledged.
@@ -66,10 +67,38 @@ fn created_at_ms(queue: Kind, raw: &[u8]) -> Option<i64> {
 }
 
 impl Buffer {
-    /// The state of every queue ([`Kind::QUEUES`], in that order).
-    /// Errors: Redis unavailable.
+    /// The state of every queue ([`Kind::QUEUES`], in that order), over
+    /// every shard. Errors: Redis unavailable.
     pub async fn inspect(&self) -> Result<Vec<QueueStats>, BufferError> {
-        let keys = self.keys().clone();
+        let mut total: Vec<QueueStats> = Kind::QUEUES
+            .iter()
+            .map(|&queue| QueueStats {
+                queue,
+                pending: 0,
+                oldest_created_at_ms: None,
+                batches: Vec::new(),
+                dead_letters: 0,
+            })
+            .collect();
+        for shard in self.keys().shards() {
+            for (t, s) in total.iter_mut().zip(self.inspect_shard(&shard).await?) {
+                t.pending += s.pending;
+                t.dead_letters += s.dead_letters;
+                t.oldest_created_at_ms = match (t.oldest_created_at_ms, s.oldest_created_at_ms) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                t.batches.extend(s.batches);
+            }
+        }
+        for s in &mut total {
+            s.batches.sort_by_key(|b| b.claimed_at_ms);
+        }
+        Ok(total)
+    }
+
+    /// [`Buffer::inspect`] of one shard.
+    async fn inspect_shard(&self, keys: &ShardKeys) -> Result<Vec<QueueStats>, BufferError> {
         // Per queue: pending length, head record, dead-letter length.
         type Head = (u64, Option<Vec<u8>>, u64);
         // Processing key and lease deadline (ms), as ZRANGE … WITHSCORES gives them.
@@ -152,9 +181,6 @@ impl Buffer {
                 lease_expires_at_ms: deadline as i64,
                 records,
             });
-        }
-        for s in &mut stats {
-            s.batches.sort_by_key(|b| b.claimed_at_ms);
         }
         Ok(stats)
     }

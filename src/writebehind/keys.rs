@@ -1,6 +1,18 @@
 //! Names of the Redis keys, all under one prefix (`REDIS_KEY_PREFIX`), so
 //! deployments and tests can share a Redis. See [`super::scripts`] for what
 //! each key holds.
+//!
+//! **Shards.** The queues are cut into `QUEUE_SHARDS` shards. An application
+//! belongs to shard `CRC16(token) mod QUEUE_SHARDS` (CRC-16/XMODEM, the hash
+//! Redis Cluster itself uses for key slots), and every key one of its scripts
+//! touches carries its shard's hash tag, `{prefix}{N}:…` with `N` in braces
+//! ([`ShardKeys`]): its hash, its shard's pending and processing lists,
+//! leases, batches, dead letters, dirty marks, lost numbers, idempotency keys
+//! and epoch. So each Lua script touches one hash slot, which Redis Cluster
+//! requires (<https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags>),
+//! and the shards spread over the cluster's masters. The only keys outside a
+//! shard ([`Keys::application_idempotency`], [`Keys::shard_count`]) are read
+//! and written by single-key commands.
 
 /// The queues of the buffer: two flushed to MariaDB (chats always before
 /// messages) and one applied to Meilisearch.
@@ -32,21 +44,97 @@ impl Kind {
     }
 }
 
-/// Builds key names from the prefix.
+/// The largest `QUEUE_SHARDS`: one shard per Redis Cluster slot would be the
+/// most that can spread, and far more than any instance needs.
+pub const MAX_SHARDS: u16 = 1024;
+
+/// Builds key names from the prefix and the shard count.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+    shards: u16,
 }
 
 impl Keys {
-    /// Keys under `prefix` (for example `chat:`).
+    /// Keys under `prefix` (for example `chat:`), in one shard.
     pub fn new(prefix: impl Into<String>) -> Self {
+        Self::with_shards(prefix, 1)
+    }
+
+    /// Keys under `prefix` in `shards` shards (at least 1).
+    pub fn with_shards(prefix: impl Into<String>, shards: u16) -> Self {
         Self {
             prefix: prefix.into(),
+            shards: shards.max(1),
         }
     }
 
     /// The prefix itself.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// How many shards the queues are cut into (`QUEUE_SHARDS`).
+    pub fn shard_count(&self) -> u16 {
+        self.shards
+    }
+
+    /// The shard of `token`'s application: CRC-16/XMODEM of the token, modulo
+    /// the shard count.
+    pub fn shard_index(&self, token: &str) -> u16 {
+        const CRC16: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
+        CRC16.checksum(token.as_bytes()) % self.shards
+    }
+
+    /// The keys of `token`'s shard.
+    pub fn for_token(&self, token: &str) -> ShardKeys {
+        self.shard(self.shard_index(token))
+    }
+
+    /// The keys of shard `index` (taken modulo the shard count).
+    pub fn shard(&self, index: u16) -> ShardKeys {
+        let index = index % self.shards;
+        ShardKeys {
+            index,
+            prefix: format!("{}{{{index}}}:", self.prefix),
+        }
+    }
+
+    /// Every shard, in order.
+    pub fn shards(&self) -> impl Iterator<Item = ShardKeys> + '_ {
+        (0..self.shards).map(|i| self.shard(i))
+    }
+
+    /// The record of one `Idempotency-Key` of an application create, by the
+    /// digest of the client and the key (no application exists yet to scope
+    /// it by): `{fingerprint}\t{token}`. Outside the shards: only ever
+    /// touched by single-key commands.
+    pub fn application_idempotency(&self, digest: &str) -> String {
+        format!("{}idem-apps:{digest}", self.prefix)
+    }
+
+    /// String holding the shard count the data in Redis was written with,
+    /// set at the first start-up (see [`crate::writebehind::shards`]).
+    pub fn shard_count_key(&self) -> String {
+        format!("{}queue-shards", self.prefix)
+    }
+}
+
+/// The keys of one shard: all carry its hash tag, so that a script may
+/// touch any of them at once, also on Redis Cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardKeys {
+    index: u16,
+    prefix: String,
+}
+
+impl ShardKeys {
+    /// The shard's number, from 0.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// The prefix of every key of the shard, hash tag included (`chat:{3}:`).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -56,9 +144,9 @@ impl Keys {
         format!("{}app:{token}", self.prefix)
     }
 
-    /// Hash of the Redis epoch: `epoch` (raised each time Redis may have
-    /// lost data) and `run_id` (of the server that set it); see
-    /// [`crate::store::redis::CHECK_EPOCH`].
+    /// Hash of the shard's Redis epoch: `epoch` (raised each time the Redis
+    /// holding the shard may have lost data) and `run_id` (of the server that
+    /// set it); see [`crate::store::redis::CHECK_EPOCH`].
     pub fn epoch(&self) -> String {
         format!("{}epoch", self.prefix)
     }
@@ -70,17 +158,20 @@ impl Keys {
         format!("{}idem:{token}:{key_digest}", self.prefix)
     }
 
-    /// The record of one `Idempotency-Key` of an application create, by the
-    /// digest of the client and the key (no application exists yet to scope
-    /// it by): `{fingerprint}\t{token}`.
-    pub fn application_idempotency(&self, digest: &str) -> String {
-        format!("{}idem-apps:{digest}", self.prefix)
-    }
-
     /// Set of ids whose cached count is stale (`scope` is `apps` or `chats`),
     /// for the counts refresh ([`crate::jobs::counts`]).
     pub fn dirty(&self, scope: &str) -> String {
         format!("{}dirty:{scope}", self.prefix)
+    }
+
+    /// Sorted set of the counts refresh's taken marks by lease deadline.
+    pub fn dirty_leases(&self) -> String {
+        format!("{}dirtyleases", self.prefix)
+    }
+
+    /// Set holding one refresher's taken marks of `scope` (`id`: a UUID).
+    pub fn dirty_processing(&self, scope: &str, id: &str) -> String {
+        format!("{}dirtyproc:{scope}:{id}", self.prefix)
     }
 
     /// Hash of numbers whose record was dead-lettered, so that a lookup
@@ -115,5 +206,30 @@ impl Keys {
     /// `{"record", "reason", "at"}` (see [`super::deadletter`]).
     pub fn dead_letter(&self, kind: Kind) -> String {
         format!("{}deadletter:{}", self.prefix, kind.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_always_lands_in_the_same_shard_and_shards_spread() {
+        let keys = Keys::with_shards("chat:", 16);
+        let a = keys.for_token("tok-a");
+        assert_eq!(a, keys.for_token("tok-a"));
+        assert!(
+            a.app("tok-a")
+                .starts_with(&format!("chat:{{{}}}:", a.index()))
+        );
+        // CRC-16/XMODEM of "123456789" is 0x31C3 (its check value).
+        assert_eq!(
+            Keys::with_shards("p", 1024).shard_index("123456789"),
+            0x31C3 % 1024
+        );
+        let used: std::collections::HashSet<u16> = (0..1000)
+            .map(|i| keys.shard_index(&format!("token-{i}")))
+            .collect();
+        assert_eq!(used.len(), 16);
     }
 }

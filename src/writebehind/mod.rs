@@ -30,6 +30,7 @@ pub mod inspect;
 pub mod keys;
 pub mod record;
 pub mod scripts;
+pub mod shards;
 pub mod shedding;
 
 use std::time::Duration;
@@ -223,7 +224,7 @@ impl WriteBehind {
         missing: bool,
     ) -> Result<bool, BufferError> {
         if epoch == 0 {
-            self.buffer.check_epoch().await?;
+            self.buffer.check_epoch(token).await?;
             return Ok(true);
         }
         if !missing

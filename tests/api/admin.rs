@@ -153,13 +153,18 @@ async fn queue_figures_match_the_real_redis_state() {
     // A batch in the hands of a flusher (this one, named by INSTANCE_ID).
     let batch = app
         .buffer
-        .claim(Kind::Messages, 5, Duration::from_secs(30))
+        .claim(
+            &app.shard(&token),
+            Kind::Messages,
+            5,
+            Duration::from_secs(30),
+        )
         .await
         .unwrap()
         .unwrap();
     // And a dead letter.
     let mut c = app.redis_conn().await;
-    let dead_key = app.buffer.keys().dead_letter(Kind::Chats);
+    let dead_key = app.shard(&token).dead_letter(Kind::Chats);
     let entry = chat_api::writebehind::deadletter::entry(b"1\t999\t1700000000000", "test");
     let _: () = c.rpush(&dead_key, &entry).await.unwrap();
 
@@ -171,8 +176,11 @@ async fn queue_figures_match_the_real_redis_state() {
         ("search", Kind::Search),
     ] {
         let q = queue(&view, name);
-        let pending: u64 = c.llen(app.buffer.keys().pending(kind)).await.unwrap();
-        let dead: u64 = c.llen(app.buffer.keys().dead_letter(kind)).await.unwrap();
+        let (mut pending, mut dead) = (0u64, 0u64);
+        for shard in app.buffer.keys().shards() {
+            pending += c.llen::<_, u64>(shard.pending(kind)).await.unwrap();
+            dead += c.llen::<_, u64>(shard.dead_letter(kind)).await.unwrap();
+        }
         assert_eq!(q["pending"], pending, "{name}");
         assert_eq!(q["dead_letters"], dead, "{name}");
     }
@@ -370,7 +378,7 @@ async fn a_dead_lettered_chat_and_its_message_are_replayed_once_the_cause_is_fix
 async fn discarding_removes_the_given_entries_or_all_and_counts_them() {
     let app = spawn_admin().await;
     let mut c = app.redis_conn().await;
-    let key = app.buffer.keys().dead_letter(Kind::Messages);
+    let key = app.buffer.keys().shard(0).dead_letter(Kind::Messages);
     for i in 0..5 {
         let e =
             chat_api::writebehind::deadletter::entry(format!("1\t1\t{i}\t0\tx").as_bytes(), "test");
@@ -547,7 +555,7 @@ async fn cross_application_listings_page_with_after_newest_first() {
 async fn replaying_all_goes_through_a_long_list_in_chunks_and_leaves_unreadable_entries() {
     let app = spawn_admin().await;
     let mut c = app.redis_conn().await;
-    let key = app.buffer.keys().dead_letter(Kind::Chats);
+    let key = app.buffer.keys().shard(0).dead_letter(Kind::Chats);
     let _: () = c
         .rpush(&key, "not an entry this service wrote")
         .await

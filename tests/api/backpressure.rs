@@ -38,7 +38,12 @@ async fn fill(app: &TestApp, token: &str, size: usize, max: usize) -> (Vec<i64>,
 
 #[tokio::test]
 async fn max_pending_bytes_refuses_creation_until_the_flush_drains() {
-    let app = spawn_app_with(|c| c.max_pending_bytes = 64 * 1024).await;
+    let app = spawn_app_with(|c| {
+        // One shard: the whole limit is one list's.
+        c.queue_shards = 1;
+        c.max_pending_bytes = 64 * 1024;
+    })
+    .await;
     let token = app.create_app("bytes").await;
     app.create_chat(&token).await;
     let (numbers, status, retry) = fill(&app, &token, 2000, 1000).await;
@@ -64,6 +69,7 @@ async fn a_full_redis_refuses_creation_but_still_drains() {
         c.redis_url = redis.url();
         c.max_pending_bytes = 0;
         c.redis_timeout_ms = 1000;
+        c.queue_shards = 1;
     })
     .await;
     let token = app.create_app("full").await;
@@ -102,6 +108,7 @@ async fn a_full_redis_refuses_creation_but_still_drains() {
 async fn past_the_high_water_mark_a_growing_share_is_shed_before_the_cliff() {
     let app = spawn_app_with(|c| {
         c.max_pending = 200;
+        c.queue_shards = 1;
         c.pending_high_water = 20;
     })
     .await;

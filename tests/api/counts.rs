@@ -110,14 +110,19 @@ async fn marks_taken_by_a_refresher_that_died_are_not_lost() {
     // A refresher takes the marks and dies before its UPDATE.
     let taken = app
         .marks
-        .take(Scope::Chats, 100, Duration::from_millis(200))
+        .take(
+            &app.shard(&t),
+            Scope::Chats,
+            100,
+            Duration::from_millis(200),
+        )
         .await
         .unwrap()
         .unwrap();
     assert_eq!(taken.ids.len(), 1);
     let apps = app
         .marks
-        .take(Scope::Apps, 100, Duration::from_millis(200))
+        .take(&app.shard(&t), Scope::Apps, 100, Duration::from_millis(200))
         .await
         .unwrap()
         .unwrap();

@@ -135,6 +135,11 @@ pub async fn spawn_config(config: Config, cleanup: bool) -> TestApp {
 }
 
 impl TestApp {
+    /// The Redis keys of `token`'s queue shard.
+    pub fn shard(&self, token: &str) -> chat_api::writebehind::keys::ShardKeys {
+        self.buffer.keys().for_token(token)
+    }
+
     /// `{address}/api/v1{path}`
     pub fn url(&self, path: &str) -> String {
         format!("{}/api/v1{path}", self.address)

@@ -17,5 +17,6 @@ mod promise;
 mod ratelimit;
 mod search;
 mod security;
+mod shards;
 mod wrapped;
 mod writebehind;

@@ -3,6 +3,7 @@
 //! lands on a taken number is a collision (dead-lettered, counted), never a
 //! silent "written".
 
+use chat_api::writebehind::Kind;
 use redis::AsyncCommands;
 use serde_json::Value;
 
@@ -33,14 +34,14 @@ async fn created_ms(app: &TestApp, id: u64, number: i64) -> i64 {
 /// The dead-letter entries of the messages queue, as JSON.
 async fn dead_messages(app: &TestApp) -> Vec<Value> {
     let mut c = app.redis_conn().await;
-    let raw: Vec<String> = c
-        .lrange(
-            format!("{}deadletter:messages", app.config.redis_key_prefix),
-            0,
-            -1,
-        )
-        .await
-        .unwrap();
+    let mut raw: Vec<String> = Vec::new();
+    for shard in app.buffer.keys().shards() {
+        let entries: Vec<String> = c
+            .lrange(shard.dead_letter(Kind::Messages), 0, -1)
+            .await
+            .unwrap();
+        raw.extend(entries);
+    }
     raw.iter()
         .map(|e| serde_json::from_str(e).unwrap())
         .collect()
@@ -72,7 +73,7 @@ async fn a_record_on_a_taken_number_is_a_collision_and_a_replay_is_silent() {
 
     // As if Redis had handed out 2 again (another body, another time), and
     // as if a flusher replayed the stored record 2 (same body, same time).
-    let pending = format!("{}pending:messages", app.config.redis_key_prefix);
+    let pending = app.shard(&token).pending(Kind::Messages);
     let mut c = app.redis_conn().await;
     let _: () = c
         .rpush(
@@ -133,14 +134,11 @@ async fn counters_that_come_back_too_low_are_raised_before_use() {
     app.flush().await;
     // Redis "loses" the last writes: the counters go back, and the epoch key
     // is gone (as after a restart from an older snapshot of a fresh Redis).
-    let key = format!("{}app:{token}", app.config.redis_key_prefix);
+    let key = app.shard(&token).app(&token);
     let mut c = app.redis_conn().await;
     let _: () = c.hset(&key, chat.to_string(), 1).await.unwrap();
     let _: () = c.hset(&key, "chats", 1).await.unwrap();
-    let _: () = c
-        .del(format!("{}epoch", app.config.redis_key_prefix))
-        .await
-        .unwrap();
+    let _: () = c.del(app.shard(&token).epoch()).await.unwrap();
 
     assert_eq!(
         app.create_message(&token, chat, "four").await,
@@ -172,7 +170,7 @@ async fn counters_that_come_back_too_low_are_raised_before_use() {
     assert_eq!(r.status(), 204);
     let _: () = c.hset(&key, second.to_string(), 0).await.unwrap();
     let _: () = c
-        .hincr(format!("{}epoch", app.config.redis_key_prefix), "epoch", 1)
+        .hincr(app.shard(&token).epoch(), "epoch", 1)
         .await
         .unwrap();
     let r = app
@@ -201,10 +199,10 @@ async fn with_memory_durability_a_recheck_skips_numbers_and_says_so() {
         app.create_message(&token, chat, body).await;
     }
     app.flush().await;
-    let key = format!("{}app:{token}", app.config.redis_key_prefix);
+    let key = app.shard(&token).app(&token);
     let mut c = app.redis_conn().await;
     let _: () = c
-        .hincr(format!("{}epoch", app.config.redis_key_prefix), "epoch", 1)
+        .hincr(app.shard(&token).epoch(), "epoch", 1)
         .await
         .unwrap();
 
@@ -258,7 +256,7 @@ async fn a_deferred_message_is_aged_from_its_first_deferral_not_its_creation() {
     let mut c = app.redis_conn().await;
     let _: () = c
         .rpush(
-            format!("{}pending:messages", app.config.redis_key_prefix),
+            app.shard(&token).pending(Kind::Messages),
             format!("{id}\t5\t1\t{two_hours_ago}\tfrom the backlog"),
         )
         .await

@@ -66,7 +66,12 @@ async fn a_batch_whose_flusher_died_is_written_exactly_once_by_another() {
     // (as if it died between COMMIT and its acknowledgement), and never acks.
     let batch = app
         .buffer
-        .claim(Kind::Messages, 100, Duration::from_millis(200))
+        .claim(
+            &app.shard(&t),
+            Kind::Messages,
+            100,
+            Duration::from_millis(200),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -104,7 +109,11 @@ async fn a_batch_whose_flusher_died_is_written_exactly_once_by_another() {
 
 #[tokio::test]
 async fn a_full_buffer_answers_503_with_retry_after() {
-    let app = spawn_app_with(|c| c.max_pending = 5).await;
+    let app = spawn_app_with(|c| {
+        c.max_pending = 5;
+        c.queue_shards = 1;
+    })
+    .await;
     let t = app.create_app("a").await;
     let c = app.create_chat(&t).await;
     for i in 0..5 {
@@ -213,7 +222,7 @@ async fn an_undecodable_record_is_dead_lettered_and_does_not_block_the_queue() {
     app.create_message(&t, c, "before").await;
     let mut conn = app.buffer.pool().get().await.unwrap().conn.clone();
     let _: () = redis::cmd("RPUSH")
-        .arg(app.buffer.keys().pending(Kind::Messages))
+        .arg(app.shard(&t).pending(Kind::Messages))
         .arg("garbage")
         .query_async(&mut conn)
         .await
@@ -227,7 +236,7 @@ async fn an_undecodable_record_is_dead_lettered_and_does_not_block_the_queue() {
         vec![(1, "before".into()), (2, "after".into())]
     );
     let dead: Vec<String> = redis::cmd("LRANGE")
-        .arg(app.buffer.keys().dead_letter(Kind::Messages))
+        .arg(app.shard(&t).dead_letter(Kind::Messages))
         .arg(0)
         .arg(-1)
         .query_async(&mut conn)

@@ -70,6 +70,9 @@ pub struct World {
     pub redis: redis::aio::MultiplexedConnection,
 }
 
+/// `QUEUE_SHARDS` of every service the fault tests start.
+pub const SHARDS: u16 = 4;
+
 impl World {
     /// A fresh database and prefix; `database_url`/`redis_url` default to the
     /// direct ones, and `extra` adds to or overrides the environment.
@@ -81,6 +84,7 @@ impl World {
             ("DATABASE_URL".into(), format!("{}/{db}", mysql_url())),
             ("REDIS_URL".into(), redis_url()),
             ("REDIS_KEY_PREFIX".into(), prefix.clone()),
+            ("QUEUE_SHARDS".into(), SHARDS.to_string()),
             ("RATE_LIMIT_PER_MINUTE".into(), "0".into()),
             ("RUST_LOG".into(), "warn,chat_api=info".into()),
             ("LOG_FORMAT".into(), "text".into()),
@@ -113,6 +117,28 @@ impl World {
             pool,
             redis,
         }
+    }
+
+    /// The key names the services use.
+    pub fn keys(&self) -> chat_api::writebehind::keys::Keys {
+        chat_api::writebehind::keys::Keys::with_shards(self.prefix.clone(), SHARDS)
+    }
+
+    /// The dead-letter entries of the messages queue, every shard's.
+    pub async fn dead_letters(&self) -> Vec<String> {
+        let mut c = self.redis.clone();
+        let mut dead = Vec::new();
+        for shard in self.keys().shards() {
+            let entries: Vec<String> = redis::cmd("LRANGE")
+                .arg(shard.dead_letter(chat_api::writebehind::Kind::Messages))
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            dead.extend(entries);
+        }
+        dead
     }
 
     /// Opens a new direct Redis connection (after the test restarted Redis).
@@ -164,32 +190,38 @@ impl World {
     /// the records of leased batches.
     pub async fn in_redis(&self) -> (u64, u64) {
         let mut c = self.redis.clone();
-        let p = &self.prefix;
-        let pending: (u64, u64) = redis::pipe()
-            .llen(format!("{p}pending:chats"))
-            .llen(format!("{p}pending:messages"))
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        let leases: u64 = redis::cmd("ZCARD")
-            .arg(format!("{p}leases"))
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        (pending.0 + pending.1, leases)
+        let (mut pending, mut leases) = (0, 0);
+        for shard in self.keys().shards() {
+            use chat_api::writebehind::Kind;
+            let (chats, messages, leased): (u64, u64, u64) = redis::pipe()
+                .llen(shard.pending(Kind::Chats))
+                .llen(shard.pending(Kind::Messages))
+                .zcard(shard.leases())
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            pending += chats + messages;
+            leases += leased;
+        }
+        (pending, leases)
     }
 
     /// The leased batches: processing key → lease deadline (ms since the epoch).
     pub async fn leases(&self) -> Vec<(String, i64)> {
         let mut c = self.redis.clone();
-        redis::cmd("ZRANGE")
-            .arg(format!("{}leases", self.prefix))
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query_async(&mut c)
-            .await
-            .unwrap()
+        let mut all = Vec::new();
+        for shard in self.keys().shards() {
+            let leases: Vec<(String, i64)> = redis::cmd("ZRANGE")
+                .arg(shard.leases())
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            all.extend(leases);
+        }
+        all
     }
 
     /// Waits until nothing is pending nor leased (a live service drains it).
@@ -225,7 +257,7 @@ impl World {
     pub async fn skips(&self, token: &str) -> HashMap<i64, Vec<std::ops::RangeInclusive<i64>>> {
         let mut c = self.redis.clone();
         let fields: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("{}app:{token}", self.prefix))
+            .arg(self.keys().for_token(token).app(token))
             .query_async(&mut c)
             .await
             .unwrap();

@@ -655,14 +655,7 @@ async fn redis_restored_from_an_older_snapshot_hands_out_no_number_twice() {
         "drained before the kill, nothing acknowledged is lost: {lost:?}"
     );
     let rows = stored.len();
-    let mut c = world.redis.clone();
-    let dead: Vec<String> = redis::cmd("LRANGE")
-        .arg(format!("{}deadletter:messages", world.prefix))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let dead = world.dead_letters().await;
     let collisions = dead.iter().filter(|e| e.contains("\"collision\"")).count();
     eprintln!(
         "redis restored from an older snapshot: {} requests, {} acknowledged ({at_snapshot} before the snapshot, {} after it and before the kill, {acked_after} after the restore), \
@@ -764,14 +757,7 @@ async fn sentinel_failover(durability: &str) -> Failover {
     };
     eprintln!("skipped ranges: {skips:?}");
     let lost = harness::check_promise_explaining(&ledger, &stored, &skipped);
-    let mut c = world.redis.clone();
-    let dead: Vec<String> = redis::cmd("LRANGE")
-        .arg(format!("{}deadletter:messages", world.prefix))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let dead = world.dead_letters().await;
     let collisions = dead.iter().filter(|e| e.contains("\"collision\"")).count();
     let report = Failover {
         requests: ledger.requests,

@@ -1,0 +1,128 @@
+//! Queue shards: the count recorded in Redis, an instance with another count
+//! refused, and `reshard` moving the data without losing or re-checking a
+//! counter.
+
+use std::time::Duration;
+
+use chat_api::startup::Application;
+use chat_api::writebehind::keys::Keys;
+use chat_api::writebehind::shards::{ShardCheck, check_shard_count, reshard};
+
+use crate::helpers::{spawn_app_with, spawn_config};
+
+#[tokio::test]
+async fn applications_spread_over_the_shards_and_each_shard_flushes_its_own() {
+    let app = spawn_app_with(|c| c.queue_shards = 4).await;
+    let mut shards = std::collections::HashSet::new();
+    let mut tokens = vec![];
+    for i in 0..12 {
+        let token = app.create_app(&format!("spread {i}")).await;
+        shards.insert(app.shard(&token).index());
+        let chat = app.create_chat(&token).await;
+        for n in 1..=3 {
+            assert_eq!(app.create_message(&token, chat, &format!("m{n}")).await, n);
+        }
+        tokens.push(token);
+    }
+    assert!(
+        shards.len() >= 2,
+        "12 tokens land in several of 4 shards: {shards:?}"
+    );
+    assert_eq!(app.flusher.pending().await.unwrap(), 12 * 4);
+    let report = app.flush().await;
+    assert_eq!(report.written, 12 * 4, "{report:?}");
+    for token in &tokens {
+        assert_eq!(app.stored_messages(token, 1).await.len(), 3);
+    }
+}
+
+#[tokio::test]
+async fn another_shard_count_is_refused_until_reshard_moves_the_data() {
+    let app = spawn_app_with(|c| c.queue_shards = 4).await;
+    let token = app.create_app("reshard").await;
+    let chat = app.create_chat(&token).await;
+    for body in ["one", "two", "three"] {
+        app.create_message(&token, chat, body).await;
+    }
+    let prefix = app.config.redis_key_prefix.clone();
+    let (four, eight) = (
+        Keys::with_shards(prefix.clone(), 4),
+        Keys::with_shards(prefix.clone(), 8),
+    );
+
+    // Records still pending: the reshard gives up and moves nothing.
+    let err = reshard(
+        &app.buffer,
+        &four,
+        &eight,
+        Duration::ZERO,
+        Duration::from_millis(300),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("still pending"), "{err}");
+    assert_eq!(
+        check_shard_count(&app.buffer).await.unwrap(),
+        ShardCheck::Same
+    );
+
+    // An instance with another count does not start.
+    let mut other = app.config.clone();
+    other.queue_shards = 8;
+    let refused = Application::build(other.clone(), false)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        refused.to_string().contains("QUEUE_SHARDS is 8")
+            && refused.to_string().contains("reshard"),
+        "{refused}"
+    );
+
+    app.flush().await;
+    let report = reshard(
+        &app.buffer,
+        &four,
+        &eight,
+        Duration::ZERO,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert!(report.apps >= 1 || four.for_token(&token) == eight.for_token(&token));
+    assert!(matches!(
+        check_shard_count(&app.buffer).await.unwrap(),
+        ShardCheck::Differs(n) if n == "8"
+    ));
+
+    // The old instance refuses creates within its 2 s re-check.
+    let mut refused = false;
+    for _ in 0..40 {
+        let r = app
+            .post(
+                &format!("/applications/{token}/chats"),
+                serde_json::json!({}),
+            )
+            .await;
+        if r.status() == 503 {
+            refused = true;
+            break;
+        }
+        assert_eq!(r.status(), 201);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused,
+        "the old instance stops creating once the count changed"
+    );
+
+    // The new instance carries on from the moved counters: no re-check, so
+    // no skipped numbers (RECONCILE_SKIP is 100 by default).
+    app.flush().await;
+    let new = spawn_config(other, false).await;
+    let last_chat = app.count("chats").await;
+    assert_eq!(new.create_message(&token, chat, "four").await, 4);
+    assert_eq!(new.create_chat(&token).await, last_chat + 1);
+    new.flush().await;
+    assert_eq!(new.stored_messages(&token, chat).await.len(), 4);
+}
