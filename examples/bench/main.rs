@@ -1140,10 +1140,10 @@ async fn cleanup_prefix(
     Ok(())
 }
 
-/// The rows of figure 12 (from the medians).
-fn markdown_flush_workers(r: &Value) -> String {
+/// The rows of figure 12 (from the medians of `figure`: workers → stat).
+fn markdown_flush_workers(figure: &Value) -> String {
     let mut out = String::new();
-    if let Some(fw) = r["flush_workers_rows_per_sec"].as_object() {
+    if let Some(fw) = figure.as_object() {
         let one = fw
             .get("1")
             .and_then(|v| v["median"].as_f64())
@@ -1218,7 +1218,7 @@ fn markdown(r: &BTreeMap<String, Value>) -> String {
             );
         }
     }
-    out += &markdown_flush_workers(r);
+    out += &markdown_flush_workers(r.get("flush_workers_rows_per_sec").unwrap_or(&Value::Null));
     let depth: Vec<u64> = b["pending_depth_per_second"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_u64).collect())
@@ -1400,7 +1400,10 @@ async fn main() -> anyhow::Result<()> {
                 "flush_workers_rows_per_sec": flush_workers(&env, &pool, &mut r, &opts).await?
             });
             println!("{}", serde_json::to_string_pretty(&figure)?);
-            println!("{}", markdown_flush_workers(&figure));
+            println!(
+                "{}",
+                markdown_flush_workers(&figure["flush_workers_rows_per_sec"])
+            );
             Ok(())
         }
         Cmd::Durability(opts) => {
