@@ -35,6 +35,14 @@ pub struct Config {
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "chat:")]
     pub redis_key_prefix: String,
 
+    /// Redis Cluster nodes (comma-separated `redis://` URLs, any of its
+    /// nodes; the rest are discovered). When set, the service runs against
+    /// the cluster: each queue shard's keys share one hash slot, so every
+    /// script runs on one master, and the shards spread over the masters.
+    /// Replaces `REDIS_URL`; not with `REDIS_SENTINELS`.
+    #[arg(long, env = "REDIS_CLUSTER_NODES", value_delimiter = ',')]
+    pub redis_cluster_nodes: Vec<String>,
+
     /// Redis Sentinel addresses (comma-separated `host:port`). When set, the
     /// service asks them for the master named `REDIS_SENTINEL_MASTER` and
     /// follows a failover by itself (503 during the switch, then 201 again);

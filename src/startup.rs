@@ -39,15 +39,30 @@ pub struct Application {
     indexer: Option<Arc<Indexer>>,
 }
 
-/// Opens the Redis pool (lazily: the service starts while Redis is down).
-pub fn redis_pool(config: &Config) -> anyhow::Result<crate::store::redis::RedisPool> {
-    crate::store::redis::pool_with_epoch(
+/// Opens the way to Redis, lazily (the service starts while Redis is down):
+/// a pool on one node (`REDIS_URL`, or the master `REDIS_SENTINELS` name),
+/// or a Redis Cluster connection (`REDIS_CLUSTER_NODES`). Errors: invalid
+/// URLs, or both a cluster and sentinels.
+pub fn redis_pool(config: &Config) -> anyhow::Result<crate::store::redis::RedisHandle> {
+    if !config.redis_cluster_nodes.is_empty() {
+        anyhow::ensure!(
+            config.redis_sentinels.is_empty(),
+            "REDIS_CLUSTER_NODES and REDIS_SENTINELS cannot both be set: a Redis Cluster fails over by itself"
+        );
+        return crate::store::redis::RedisHandle::cluster(
+            &config.redis_cluster_nodes,
+            config.redis_timeout(),
+        )
+        .context("REDIS_CLUSTER_NODES is invalid");
+    }
+    Ok(crate::store::redis::pool_with_epoch(
         config.redis_target(),
         config.redis_pool_size,
         config.redis_timeout(),
         Some(config.keys().shards().map(|s| s.epoch()).collect()),
     )
-    .context("REDIS_URL or REDIS_SENTINELS is invalid")
+    .context("REDIS_URL or REDIS_SENTINELS is invalid")?
+    .into())
 }
 
 /// Flusher settings from the configuration.
@@ -424,7 +439,7 @@ async fn recheck_shards(buffer: &Buffer) {
 /// whether AOF persistence is on. A Redis that cannot be reached now is only
 /// logged: the service starts, and creation answers 503 until Redis is back.
 async fn check_redis(
-    pool: &crate::store::redis::RedisPool,
+    pool: &crate::store::redis::RedisHandle,
     allow_eviction: bool,
 ) -> anyhow::Result<()> {
     let safety = match tokio::time::timeout(
@@ -473,7 +488,7 @@ async fn check_redis(
 /// else, or a Redis that cannot be asked, refuses start-up.
 /// Errors: the reasons above, each with what to change.
 async fn check_durability(
-    pool: &crate::store::redis::RedisPool,
+    pool: &crate::store::redis::RedisHandle,
     config: &Config,
 ) -> anyhow::Result<()> {
     use crate::config::Durability;
@@ -494,23 +509,29 @@ async fn check_durability(
             Ok(())
         }
         Durability::Fsync => {
-            let (mut c, _) = crate::store::redis::get(pool)
+            let (mut c, _) = pool
+                .get()
                 .await
                 .context("REDIS_DURABILITY=fsync: could not reach Redis to check `appendfsync`")?;
-            let persistence: String = redis::cmd("INFO")
-                .arg("persistence")
-                .query_async(&mut c)
+            // On a cluster, every master must fsync.
+            let persistence = c
+                .info_all("persistence")
                 .await
                 .context("REDIS_DURABILITY=fsync: INFO persistence failed")?;
-            let fsync: Vec<String> = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg("appendfsync")
-                .query_async(&mut c)
-                .await
-                .context(
-                    "REDIS_DURABILITY=fsync: CONFIG GET appendfsync failed (is CONFIG allowed?)",
-                )?;
-            let aof = persistence.lines().any(|l| l.trim() == "aof_enabled:1");
+            let mut config_get = redis::cmd("CONFIG");
+            config_get.arg("GET").arg("appendfsync");
+            let fsyncs: Vec<Vec<String>> = c.query_all_masters(config_get).await.context(
+                "REDIS_DURABILITY=fsync: CONFIG GET appendfsync failed (is CONFIG allowed?)",
+            )?;
+            let aof = persistence
+                .iter()
+                .all(|p| p.lines().any(|l| l.trim() == "aof_enabled:1"));
+            let fsync = fsyncs
+                .iter()
+                .find(|f| f.get(1).map(String::as_str) != Some("always"))
+                .or(fsyncs.first())
+                .cloned()
+                .unwrap_or_default();
             let always = fsync.get(1).map(String::as_str) == Some("always");
             if !aof || !always {
                 anyhow::bail!(

@@ -33,7 +33,8 @@ use redis::Script;
 use sqlx::{MySql, MySqlPool, QueryBuilder};
 use tokio_util::sync::CancellationToken;
 
-use crate::writebehind::buffer::{RedisPool, now_ms};
+use crate::store::redis::{RedisConnection, RedisHandle};
+use crate::writebehind::buffer::now_ms;
 use crate::writebehind::keys::{Keys, ShardKeys};
 
 /// Which cached column a mark is for.
@@ -96,7 +97,7 @@ return #expired
 /// [`crate::writebehind::keys`]). Cheap to clone.
 #[derive(Clone)]
 pub struct DirtyMarks {
-    pool: RedisPool,
+    redis: RedisHandle,
     keys: Keys,
     scripts: Arc<[Script; 4]>,
 }
@@ -116,9 +117,9 @@ pub struct TakenMarks {
 
 impl DirtyMarks {
     /// Marks under `keys` (`REDIS_KEY_PREFIX` and `QUEUE_SHARDS`).
-    pub fn new(pool: RedisPool, keys: Keys) -> Self {
+    pub fn new(redis: impl Into<RedisHandle>, keys: Keys) -> Self {
         Self {
-            pool,
+            redis: redis.into(),
             keys,
             scripts: Arc::new([
                 Script::new(CLAIM),
@@ -134,17 +135,10 @@ impl DirtyMarks {
         &self.keys
     }
 
-    async fn conn(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        self.pool
-            .get()
-            .await
-            .map(|c| c.conn.clone())
-            .map_err(|e| match e {
-                bb8::RunError::User(e) => e,
-                bb8::RunError::TimedOut => {
-                    redis::RedisError::from((redis::ErrorKind::Io, "Redis pool timed out"))
-                }
-            })
+    /// A connection, through the same path (and time limit) as every other
+    /// Redis call.
+    async fn conn(&self) -> redis::RedisResult<RedisConnection> {
+        Ok(self.redis.get().await?.0)
     }
 
     /// Marks applications and chats of `token`'s application dirty, in its

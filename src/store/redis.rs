@@ -147,7 +147,7 @@ return {first, raised}
 /// returns the epoch in force in the first. Logs a warning when it raised
 /// one. Errors: Redis failed.
 pub async fn check_epoch(
-    conn: &mut MultiplexedConnection,
+    conn: &mut impl redis::aio::ConnectionLike,
     epoch_keys: &[String],
 ) -> redis::RedisResult<i64> {
     static SCRIPT: std::sync::LazyLock<redis::Script> =
@@ -279,22 +279,33 @@ impl ServerSafety {
 }
 
 /// Reads `maxmemory-policy` and `aof_enabled` from `INFO` (which, unlike
-/// `CONFIG GET`, managed Redis services allow). Errors: Redis unavailable.
-pub async fn server_safety(pool: &RedisPool) -> anyhow::Result<ServerSafety> {
-    let (mut c, _) = get(pool).await?;
-    let memory: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await?;
-    let persistence: String = redis::cmd("INFO")
-        .arg("persistence")
-        .query_async(&mut c)
-        .await?;
+/// `CONFIG GET`, managed Redis services allow), on every master of a
+/// cluster: the first that may evict, and AOF on only if on everywhere.
+/// Errors: Redis unavailable.
+pub async fn server_safety(redis: &RedisHandle) -> anyhow::Result<ServerSafety> {
+    let (mut c, _) = redis.get().await?;
+    let memory = c.info_all("memory").await?;
+    let persistence = c.info_all("persistence").await?;
     let field = |text: &str, name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
             .map(|v| v.trim().to_string())
     };
+    let policies: Vec<String> = memory
+        .iter()
+        .map(|m| field(m, "maxmemory_policy").unwrap_or_else(|| "unknown".into()))
+        .collect();
     Ok(ServerSafety {
-        maxmemory_policy: field(&memory, "maxmemory_policy").unwrap_or_else(|| "unknown".into()),
-        aof_enabled: field(&persistence, "aof_enabled").as_deref() == Some("1"),
+        maxmemory_policy: policies
+            .iter()
+            .find(|p| p.as_str() != "noeviction")
+            .or(policies.first())
+            .cloned()
+            .unwrap_or_else(|| "unknown".into()),
+        aof_enabled: !persistence.is_empty()
+            && persistence
+                .iter()
+                .all(|p| field(p, "aof_enabled").as_deref() == Some("1")),
     })
 }
 
@@ -304,4 +315,267 @@ pub async fn get(
     pool: &RedisPool,
 ) -> Result<(MultiplexedConnection, BrokenFlag), bb8::RunError<redis::RedisError>> {
     Ok(pool.get().await?.split())
+}
+
+/// A connection to one Redis node (from the pool) or to a Redis Cluster
+/// (which routes each command by its key's slot). Cheap to clone; every
+/// command and script of the service goes through it.
+#[derive(Clone)]
+pub enum RedisConnection {
+    /// One server (`REDIS_URL`, or the master Sentinel names).
+    Node(MultiplexedConnection),
+    /// A Redis Cluster (`REDIS_CLUSTER_NODES`).
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Node(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Node(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Node(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The Redis hash slot of `key` (CRC16 of its hash tag, or of the whole key
+/// without one, modulo 16384), as the Redis Cluster specification defines it.
+pub fn key_slot(key: &str) -> u16 {
+    const CRC16: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
+    let bytes = key.as_bytes();
+    let hashed = match key.find('{') {
+        Some(open) => match key[open + 1..].find('}') {
+            Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
+            _ => bytes,
+        },
+        None => bytes,
+    };
+    CRC16.checksum(hashed) % 16384
+}
+
+impl RedisConnection {
+    /// `WAIT replicas timeout_ms` on the node that holds `key` (on a cluster,
+    /// the master of its slot; on one node, the node): how many replicas
+    /// have this connection's writes. Errors: Redis failed.
+    pub async fn wait_replicas(
+        &mut self,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> redis::RedisResult<i64> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(timeout.as_millis() as u64);
+        match self {
+            Self::Node(c) => cmd.query_async(c).await,
+            Self::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = Route::new(key_slot(key), SlotAddr::Master);
+                let value = c
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+                Ok(redis::from_redis_value(value)?)
+            }
+        }
+    }
+
+    /// The text of `INFO section` from every node that holds data: the one
+    /// node, or every master of a cluster. Errors: Redis failed.
+    pub async fn info_all(&mut self, section: &str) -> redis::RedisResult<Vec<String>> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg(section);
+        self.query_all_masters(cmd).await
+    }
+
+    /// Runs `cmd` on the one node, or on every master of a cluster, and
+    /// returns each answer. Errors: Redis failed.
+    pub async fn query_all_masters<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: redis::Cmd,
+    ) -> redis::RedisResult<Vec<T>> {
+        match self {
+            Self::Node(c) => Ok(vec![cmd.query_async(c).await?]),
+            Self::Cluster(c) => {
+                use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+                let value = c
+                    .route_command(
+                        cmd,
+                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                    )
+                    .await?;
+                // One answer per node: a map of address → answer.
+                let per_node: Vec<(String, T)> = match value {
+                    redis::Value::Map(pairs) => pairs
+                        .into_iter()
+                        .map(|(k, v)| {
+                            Ok((redis::from_redis_value(k)?, redis::from_redis_value(v)?))
+                        })
+                        .collect::<redis::RedisResult<_>>()?,
+                    other => redis::from_redis_value(other)?,
+                };
+                Ok(per_node.into_iter().map(|(_, v)| v).collect())
+            }
+        }
+    }
+
+    /// Every key matching `pattern`, from every node that holds data (SCAN,
+    /// so Redis is never blocked; on a cluster, SCAN on each master).
+    /// Errors: Redis failed.
+    pub async fn scan_all(&mut self, pattern: &str) -> redis::RedisResult<Vec<String>> {
+        match self {
+            Self::Node(c) => {
+                use redis::AsyncCommands;
+                let mut iter = c.scan_match::<_, String>(pattern).await?;
+                let mut keys = Vec::new();
+                while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
+                    keys.push(k?);
+                }
+                Ok(keys)
+            }
+            Self::Cluster(c) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let masters = cluster_masters(c).await?;
+                let mut keys = Vec::new();
+                for (host, port) in masters {
+                    let mut cursor: u64 = 0;
+                    loop {
+                        let mut cmd = redis::cmd("SCAN");
+                        cmd.arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(1000);
+                        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port,
+                        });
+                        let (next, batch): (u64, Vec<String>) =
+                            redis::from_redis_value(c.route_command(cmd, route).await?)?;
+                        keys.extend(batch);
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                }
+                Ok(keys)
+            }
+        }
+    }
+}
+
+/// The masters of a cluster, `(host, port)` each, from `CLUSTER SHARDS`'s
+/// older sibling `CLUSTER SLOTS` (Redis 3.0+). Errors: Redis failed.
+async fn cluster_masters(
+    c: &mut redis::cluster_async::ClusterConnection,
+) -> redis::RedisResult<Vec<(String, u16)>> {
+    let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await?;
+    let mut masters: Vec<(String, u16)> = Vec::new();
+    for range in slots {
+        // [start, end, [host, port, id, …], replicas…]
+        let Some(master) = range.get(2) else { continue };
+        let node: Vec<redis::Value> = redis::from_redis_value_ref(master)?;
+        if node.len() < 2 {
+            continue;
+        }
+        let host: String = redis::from_redis_value_ref(&node[0])?;
+        let port: u16 = redis::from_redis_value_ref(&node[1])?;
+        if !masters.contains(&(host.clone(), port)) {
+            masters.push((host, port));
+        }
+    }
+    Ok(masters)
+}
+
+/// Where the service's Redis calls go: the pool of one node, or a Redis
+/// Cluster connection (made on first use, so that the service starts while
+/// the cluster is down). Cheap to clone.
+#[derive(Clone)]
+pub enum RedisHandle {
+    /// One server, pooled (see [`RedisManager`]).
+    Pool(RedisPool),
+    /// A Redis Cluster.
+    Cluster(Arc<ClusterTarget>),
+}
+
+/// A Redis Cluster client and its connection once made.
+pub struct ClusterTarget {
+    client: redis::cluster::ClusterClient,
+    conn: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
+}
+
+impl From<RedisPool> for RedisHandle {
+    fn from(pool: RedisPool) -> Self {
+        Self::Pool(pool)
+    }
+}
+
+impl RedisHandle {
+    /// A handle on the Redis Cluster reachable through `nodes` (`redis://`
+    /// URLs, any of its nodes), every command bounded by `timeout`. Errors:
+    /// an invalid URL.
+    pub fn cluster(nodes: &[String], timeout: Duration) -> redis::RedisResult<Self> {
+        let client = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .build()?;
+        Ok(Self::Cluster(Arc::new(ClusterTarget {
+            client,
+            conn: tokio::sync::OnceCell::new(),
+        })))
+    }
+
+    /// A connection and the flag to report it broken (the pool replaces a
+    /// broken node connection; a cluster connection reconnects by itself, so
+    /// its flag is not looked at). Errors: no connection in time.
+    pub async fn get(&self) -> redis::RedisResult<(RedisConnection, BrokenFlag)> {
+        match self {
+            Self::Pool(pool) => {
+                let (c, flag) = get(pool).await.map_err(|e| match e {
+                    bb8::RunError::User(e) => e,
+                    bb8::RunError::TimedOut => redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no Redis connection from the pool in time",
+                    )),
+                })?;
+                Ok((RedisConnection::Node(c), flag))
+            }
+            Self::Cluster(target) => {
+                let conn = target
+                    .conn
+                    .get_or_try_init(|| target.client.get_async_connection())
+                    .await?
+                    .clone();
+                Ok((RedisConnection::Cluster(conn), BrokenFlag(Arc::default())))
+            }
+        }
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
 }

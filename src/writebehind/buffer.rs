@@ -7,8 +7,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::store::redis::{RedisConnection, RedisHandle};
 use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
 
 use super::keys::{Keys, Kind, ShardKeys};
 use super::scripts::{Scripts, code};
@@ -75,12 +75,6 @@ impl From<redis::RedisError> for BufferError {
     }
 }
 
-impl From<bb8::RunError<redis::RedisError>> for BufferError {
-    fn from(e: bb8::RunError<redis::RedisError>) -> Self {
-        Self::Unavailable(e.to_string())
-    }
-}
-
 /// What one run of an enqueue script answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueue {
@@ -131,7 +125,7 @@ pub struct Claimed {
 /// Handle on the buffer in Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct Buffer {
-    pool: RedisPool,
+    redis: RedisHandle,
     keys: Keys,
     scripts: std::sync::Arc<Scripts>,
     timeout: Duration,
@@ -185,11 +179,17 @@ impl Idempotency {
 }
 
 impl Buffer {
-    /// A buffer over `pool`, with keys under `keys`, calls bounded by
-    /// `timeout`, and backpressure at `max_pending` records per queue.
-    pub fn new(pool: RedisPool, keys: Keys, timeout: Duration, max_pending: u64) -> Self {
+    /// A buffer over `redis` (a pool, or a cluster), with keys under `keys`,
+    /// calls bounded by `timeout`, and backpressure at `max_pending` records
+    /// per queue.
+    pub fn new(
+        redis: impl Into<RedisHandle>,
+        keys: Keys,
+        timeout: Duration,
+        max_pending: u64,
+    ) -> Self {
         Self {
-            pool,
+            redis: redis.into(),
             keys,
             scripts: Default::default(),
             timeout,
@@ -255,16 +255,13 @@ impl Buffer {
     /// With `REDIS_DURABILITY=replica`, waits on `c` for one replica to have
     /// this connection's writes; returns whether one did (always true in the
     /// other modes).
-    async fn replicated(&self, c: &mut MultiplexedConnection) -> redis::RedisResult<bool> {
+    /// `key` is one the write touched: on a cluster, WAIT goes to its
+    /// slot's master.
+    async fn replicated(&self, c: &mut RedisConnection, key: &str) -> redis::RedisResult<bool> {
         let Some(wait) = self.replica_wait else {
             return Ok(true);
         };
-        let acked: i64 = redis::cmd("WAIT")
-            .arg(1)
-            .arg(wait.as_millis() as u64)
-            .query_async(c)
-            .await?;
-        Ok(acked >= 1)
+        Ok(c.wait_replicas(key, 1, wait).await? >= 1)
     }
 
     /// The same buffer, refusing creation (503) once a pending list takes
@@ -322,16 +319,16 @@ impl Buffer {
         &self.keys
     }
 
-    /// The connection pool (for health checks and admin).
-    pub fn pool(&self) -> &RedisPool {
-        &self.pool
+    /// Where Redis calls go (for health checks and admin).
+    pub fn redis(&self) -> &RedisHandle {
+        &self.redis
     }
 
     /// Runs `f` on a pooled connection, within the time limit.
     /// Errors: [`BufferError::Unavailable`] when Redis fails or is too slow.
     pub(crate) async fn with_conn<T, F, Fut>(&self, f: F) -> Result<T, BufferError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(RedisConnection) -> Fut,
         Fut: Future<Output = Result<T, redis::RedisError>>,
     {
         let deadline = tokio::time::Instant::now() + self.timeout;
@@ -340,10 +337,9 @@ impl Buffer {
         };
         // A multiplexed connection is a cheap handle onto one pipelined
         // socket: clone it and give the pool slot back at once.
-        let (conn, broken) =
-            tokio::time::timeout_at(deadline, crate::store::redis::get(&self.pool))
-                .await
-                .map_err(|_| timed_out())??;
+        let (conn, broken) = tokio::time::timeout_at(deadline, self.redis.get())
+            .await
+            .map_err(|_| timed_out())??;
         match tokio::time::timeout_at(deadline, f(conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
@@ -491,7 +487,7 @@ impl Buffer {
         let reply = self
             .with_conn(|mut c| async move {
                 let reply = script
-                    .key(app)
+                    .key(&app)
                     .key(pending)
                     .key(epoch)
                     .key(idem_key)
@@ -504,7 +500,7 @@ impl Buffer {
                     .arg(max_pending_bytes)
                     .invoke_async::<(i64, i64, i64)>(&mut c)
                     .await?;
-                let replicated = reply.0 <= 0 || self.replicated(&mut c).await?;
+                let replicated = reply.0 <= 0 || self.replicated(&mut c, &app).await?;
                 Ok((reply, replicated))
             })
             .await?;
@@ -790,19 +786,14 @@ impl Buffer {
     }
 
     /// Number of records waiting in the pending lists of `kind`, over every
-    /// shard (one LLEN per shard, pipelined on one connection).
+    /// shard (one LLEN per shard: on a cluster, the shards are on several
+    /// nodes, so they cannot share a pipeline).
     pub async fn pending_len(&self, kind: Kind) -> Result<u64, BufferError> {
-        let keys: Vec<String> = self.keys.shards().map(|s| s.pending(kind)).collect();
-        let lens: Vec<u64> = self
-            .with_conn(|mut c| async move {
-                let mut pipe = redis::pipe();
-                for k in &keys {
-                    pipe.llen(k);
-                }
-                pipe.query_async(&mut c).await
-            })
-            .await?;
-        Ok(lens.iter().sum())
+        let mut total = 0;
+        for shard in self.keys.shards() {
+            total += self.list_len(shard.pending(kind)).await?;
+        }
+        Ok(total)
     }
 
     /// Number of records waiting in `shard`'s pending list of `kind`.
@@ -981,22 +972,24 @@ impl Buffer {
         .await
     }
 
-    /// Removes every key under the prefix (tests and `reset` only).
+    /// Removes every key under the prefix, on every node (tests and `reset`
+    /// only). One DEL per hash slot, as a cluster requires.
     pub async fn delete_all_keys(&self) -> Result<u64, BufferError> {
         let pattern = format!("{}*", self.keys.prefix());
         self.with_conn(|mut c| async move {
-            let keys: Vec<String> = {
-                let mut iter = c.scan_match::<_, String>(pattern).await?;
-                let mut keys = Vec::new();
-                while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
-                    keys.push(k?);
-                }
-                keys
-            };
-            if keys.is_empty() {
-                return Ok(0);
+            let keys = c.scan_all(&pattern).await?;
+            let mut by_slot: std::collections::HashMap<u16, Vec<String>> = Default::default();
+            for k in keys {
+                by_slot
+                    .entry(crate::store::redis::key_slot(&k))
+                    .or_default()
+                    .push(k);
             }
-            c.del(keys).await
+            let mut deleted = 0;
+            for keys in by_slot.into_values() {
+                deleted += c.del::<_, u64>(keys).await?;
+            }
+            Ok(deleted)
         })
         .await
     }

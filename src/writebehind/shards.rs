@@ -263,13 +263,6 @@ async fn queued_in(buffer: &Buffer, keys: &Keys) -> Result<u64, BufferError> {
 /// Every key matching `pattern` (SCAN, so Redis is never blocked).
 async fn scan(buffer: &Buffer, pattern: String) -> Result<Vec<String>, BufferError> {
     buffer
-        .with_conn(|mut c| async move {
-            let mut iter = c.scan_match::<_, String>(pattern).await?;
-            let mut keys = Vec::new();
-            while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
-                keys.push(k?);
-            }
-            Ok(keys)
-        })
+        .with_conn(|mut c| async move { c.scan_all(&pattern).await })
         .await
 }

@@ -6,6 +6,9 @@ mod applications;
 mod backpressure;
 mod badinput;
 mod chats;
+#[path = "../support/cluster.rs"]
+mod cluster;
+mod cluster_tests;
 mod counts;
 mod deletes;
 mod durability;

@@ -220,7 +220,7 @@ async fn an_undecodable_record_is_dead_lettered_and_does_not_block_the_queue() {
     let t = app.create_app("a").await;
     let c = app.create_chat(&t).await;
     app.create_message(&t, c, "before").await;
-    let mut conn = app.buffer.pool().get().await.unwrap().conn.clone();
+    let mut conn = app.buffer.redis().get().await.unwrap().0;
     let _: () = redis::cmd("RPUSH")
         .arg(app.shard(&t).pending(Kind::Messages))
         .arg("garbage")
