@@ -66,8 +66,9 @@ pub struct World {
     pub env: Vec<(String, String)>,
     /// Pool on the test database (direct, never through a proxy).
     pub pool: MySqlPool,
-    /// Redis connection (direct).
-    pub redis: redis::aio::MultiplexedConnection,
+    /// Redis connection (direct; to the cluster when `REDIS_CLUSTER_NODES`
+    /// is set).
+    pub redis: chat_api::store::redis::RedisConnection,
 }
 
 /// `QUEUE_SHARDS` of every service the fault tests start.
@@ -105,11 +106,27 @@ impl World {
             .find(|(k, _)| k == "REDIS_URL")
             .map(|(_, v)| v.clone())
             .unwrap_or_else(redis_url);
-        let redis = redis::Client::open(direct_redis)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let cluster: Vec<String> = env
+            .iter()
+            .find(|(k, _)| k == "REDIS_CLUSTER_NODES")
+            .map(|(_, v)| v.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
+        let redis = if cluster.is_empty() {
+            chat_api::store::redis::RedisConnection::Node(
+                redis::Client::open(direct_redis)
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap(),
+            )
+        } else {
+            chat_api::store::redis::RedisHandle::cluster(&cluster, Duration::from_secs(5))
+                .unwrap()
+                .get()
+                .await
+                .unwrap()
+                .0
+        };
         World {
             db,
             prefix,
@@ -143,11 +160,13 @@ impl World {
 
     /// Opens a new direct Redis connection (after the test restarted Redis).
     pub async fn reconnect_redis(&mut self, url: &str) {
-        self.redis = redis::Client::open(url)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        self.redis = chat_api::store::redis::RedisConnection::Node(
+            redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap(),
+        );
     }
 
     /// Starts a service process on `port`, and waits until it answers.
@@ -286,13 +305,12 @@ impl World {
         .execute(&self.pool)
         .await;
         let mut c = self.redis.clone();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", self.prefix))
-            .query_async(&mut c)
+        let keys = c
+            .scan_all(&format!("{}*", self.prefix))
             .await
             .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut c).await;
+        for key in keys {
+            let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut c).await;
         }
     }
 }

@@ -2,6 +2,8 @@
 //! MariaDB outage and a Redis outage. Each is bounded in time, stops by
 //! itself, and talks to loopback only.
 
+#[path = "../support/cluster.rs"]
+mod cluster;
 mod harness;
 
 use std::time::Duration;
@@ -50,8 +52,24 @@ fn crashy() -> Vec<(&'static str, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_nothing_and_duplicates_nothing() {
+    kill_9_under_load("kill -9", crashy()).await;
+}
+
+/// The same on a Redis Cluster of the test's own (3 masters, 3 replicas).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_kill_9_under_load_loses_nothing_and_duplicates_nothing() {
+    let cluster = cluster::PrivateCluster::start();
+    let mut env = crashy();
+    env.push(("REDIS_CLUSTER_NODES", cluster.nodes.clone()));
+    kill_9_under_load("kill -9 on a cluster", env).await;
+}
+
+/// SIGKILLs the service 4 times under load, at random moments, restarting
+/// it each time; then checks the promise: every 201 stored once under its
+/// number with its body, nothing else stored.
+async fn kill_9_under_load(label: &str, env: Vec<(&'static str, String)>) {
     let mut rng = Lcg(seed());
-    let world = World::new(&crashy()).await;
+    let world = World::new(&env).await;
     let port = free_port();
     let mut service = world.start(port).await;
     let token = setup_app(&service.base(), 5).await;
@@ -85,7 +103,7 @@ async fn kill_9_under_load_loses_nothing_and_duplicates_nothing() {
     let stored = world.stored(&token).await;
     let rows = check_promise(&ledger, &stored);
     eprintln!(
-        "kill -9: {} requests, {} acknowledged, {} unanswered, {} rows in the database, {kills_in_flush}/4 kills inside a flush",
+        "{label}: {} requests, {} acknowledged, {} unanswered, {} rows in the database, {kills_in_flush}/4 kills inside a flush",
         ledger.requests,
         ledger.acked.len(),
         ledger.unknown.len(),
@@ -812,4 +830,89 @@ async fn a_sentinel_failover_with_replica_durability_loses_nothing_acknowledged(
 async fn a_sentinel_failover_with_memory_durability_loses_only_what_it_reports() {
     let report = sentinel_failover("memory").await;
     assert_eq!(report.collisions, 0, "the skip leaves no number to collide");
+}
+
+/// A Redis Cluster of the test's own; under load, the master that holds the
+/// application's shard is SIGKILLed. Its replica takes over after
+/// `cluster-node-timeout` (2 s); the same service process answers 503 during
+/// the switch, then 201 again. Every acknowledged create that is missing
+/// must lie in a range its counter skipped when the promoted node's epoch
+/// was found new (`RECONCILE_SKIP`, 100 with `memory` durability), and no
+/// number may carry a body other than the one acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_cluster_master_under_load_fails_over_with_503s_then_201s_without_a_restart() {
+    let cluster = cluster::PrivateCluster::start();
+    let mut env = crashy();
+    env.extend([
+        ("REDIS_CLUSTER_NODES", cluster.nodes.clone()),
+        ("REDIS_TIMEOUT_MS", "1000".into()),
+    ]);
+    let world = World::new(&env).await;
+    let service = world.start(free_port()).await;
+    let base = service.base();
+    let token = setup_app(&base, 4).await;
+    let shard = world.keys().for_token(&token);
+    let master = cluster.master_of(&shard.app(&token));
+
+    let load = Load::start("cm-", vec![base.clone()], &token, 4, 8);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(
+        load.statuses().get(&201).copied().unwrap_or(0) > 0,
+        "creates succeed before the failover"
+    );
+    let killed_at = std::time::Instant::now();
+    cluster.kill9(master);
+    let promoted = harness::eventually(Duration::from_secs(30), || async {
+        cluster
+            .serving(&shard.app(&token))
+            .is_some_and(|p| p != master)
+    })
+    .await;
+    assert!(promoted, "a replica took over the killed master's slots");
+    let acked_at_promotion = load.statuses().get(&201).copied().unwrap_or(0);
+    let resumed = harness::eventually(Duration::from_secs(30), || async {
+        load.statuses().get(&201).copied().unwrap_or(0) > acked_at_promotion + 50
+    })
+    .await;
+    let switch = killed_at.elapsed();
+    assert!(
+        resumed,
+        "201s resume after the failover, with no restart of the service: {:?}",
+        load.statuses()
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let ledger = load.stop().await;
+
+    world.wait_drained(Duration::from_secs(30)).await;
+    let stored = world.stored(&token).await;
+    let skips = world.skips(&token).await;
+    let skipped = |chat: i64, n: i64| {
+        skips
+            .get(&chat)
+            .is_some_and(|rs| rs.iter().any(|r| r.contains(&n)))
+    };
+    let lost = harness::check_promise_explaining(&ledger, &stored, &skipped);
+    let dead = world.dead_letters().await;
+    let collisions = dead.iter().filter(|e| e.contains("\"collision\"")).count();
+    eprintln!(
+        "cluster master killed: {} requests, {} acknowledged, {} rows, {} acknowledged and lost (each in a skipped range), \
+         {collisions} collisions, {} dead letters, statuses {:?}, 201s again {:.1} s after the kill; skipped ranges {skips:?}",
+        ledger.requests,
+        ledger.acked.len(),
+        stored.len(),
+        lost.len(),
+        dead.len(),
+        ledger.statuses,
+        switch.as_secs_f64()
+    );
+    assert!(
+        ledger.statuses.get(&503).copied().unwrap_or(0) > 0
+            && ledger.statuses.keys().all(|s| [201, 503].contains(s)),
+        "503 during the switch, and nothing but 201 and 503: {:?}",
+        ledger.statuses
+    );
+    assert_eq!(collisions, 0, "no number was handed out twice");
+    assert!(dead.is_empty(), "no dead letters: {dead:?}");
+    drop(service);
+    world.cleanup().await;
 }

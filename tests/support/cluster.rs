@@ -74,8 +74,16 @@ impl PrivateCluster {
         self.nodes.split(',').map(str::to_string).collect()
     }
 
-    /// The port of the master that serves `key`'s hash slot now.
+    /// The port of the master that serves `key`'s hash slot now. Panics
+    /// when none does (during a failover, see [`Self::serving`]).
     pub fn master_of(&self, key: &str) -> u16 {
+        self.serving(key)
+            .unwrap_or_else(|| panic!("no master serves the slot of {key}"))
+    }
+
+    /// The port of the master that serves `key`'s hash slot now, as the
+    /// first node that answers sees it; `None` while none does.
+    pub fn serving(&self, key: &str) -> Option<u16> {
         let slot = chat_api::store::redis::key_slot(key);
         for &port in &self.ports {
             let out = Command::new("redis-cli")
@@ -96,14 +104,14 @@ impl PrivateCluster {
                 });
                 if serves {
                     let addr = fields[1].split('@').next().unwrap_or_default();
-                    return addr.rsplit(':').next().unwrap().parse().unwrap();
+                    return addr.rsplit(':').next()?.parse().ok();
                 }
             }
-            if out.status.success() {
+            if out.status.success() && !out.stdout.is_empty() {
                 break;
             }
         }
-        panic!("no master serves slot {slot}");
+        None
     }
 
     /// SIGKILLs the node on `port` (its replica takes over after
