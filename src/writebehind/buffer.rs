@@ -375,6 +375,12 @@ impl Buffer {
                 replayed: replayed == 1,
             },
             (code::KEY_REUSED, _, _) => return Err(BufferError::KeyReused),
+            (code::WRONG_SHARDS, _, _) => {
+                return Err(BufferError::Unavailable(format!(
+                    "the shard's epoch records another shard count than QUEUE_SHARDS={}: a reshard is under way or done; restart with its count",
+                    self.keys.shard_count()
+                )));
+            }
             (code::APP_MISS, _, _) => Enqueue::AppMiss,
             (code::COUNTER_MISS, id, epoch) => Enqueue::CounterMiss {
                 application_id: id as u64,
@@ -475,6 +481,7 @@ impl Buffer {
         let app = shard.app(token);
         let pending = shard.pending(kind);
         let epoch = shard.epoch();
+        let marker = shard.epoch_marker();
         let (idem_key, fingerprint) = Self::idempotency_args(&shard, token, idem);
         let (max_pending, max_pending_bytes) = (
             self.per_shard(self.max_pending),
@@ -491,6 +498,7 @@ impl Buffer {
                     .key(pending)
                     .key(epoch)
                     .key(idem_key)
+                    .key(marker)
                     .arg(max_pending)
                     .arg(created_at_ms)
                     .arg(chat_number)
@@ -498,6 +506,7 @@ impl Buffer {
                     .arg(fingerprint)
                     .arg(self.idempotency_ttl_secs)
                     .arg(max_pending_bytes)
+                    .arg(self.keys.shard_count())
                     .invoke_async::<(i64, i64, i64)>(&mut c)
                     .await?;
                 let replicated = reply.0 <= 0 || self.replicated(&mut c, &app).await?;

@@ -5,7 +5,8 @@
 //! queued, and a batch is never in two places at once. They are sent with
 //! EVALSHA by [`redis::Script`], which loads them again after a Redis restart.
 //!
-//! Key layout (all under `REDIS_KEY_PREFIX`, see [`super::keys::Keys`]):
+//! Key layout (all under `REDIS_KEY_PREFIX` and the shard's hash tag, as in
+//! `chat:{3}:app:{token}`; see [`super::keys`]):
 //! - `app:{token}` hash: `id` = `applications.id` (or `deleted`), `chats` =
 //!   the last chat number handed out, and one field per chat number = the
 //!   last message number handed out in that chat (or `deleted`).
@@ -59,6 +60,10 @@ pub mod code {
     pub const UNVERIFIED: i64 = -5;
     /// The `Idempotency-Key` was used before with another request.
     pub const KEY_REUSED: i64 = -6;
+    /// The shard's epoch hash records another `QUEUE_SHARDS` than the
+    /// caller's (`ARGV[8]`): a reshard is under way or done, and this
+    /// instance must not hand out numbers (see [`crate::writebehind::shards`]).
+    pub const WRONG_SHARDS: i64 = -7;
 }
 
 /// The idempotency step shared by the enqueue scripts (spliced into them):
@@ -99,9 +104,12 @@ end
 /// The new chat's message counter starts at 0, checked in this epoch.
 ///
 /// KEYS: app hash, pending chats list, epoch hash, idempotency key (the app
-/// hash again when there is none). ARGV: max pending, created_at ms, unused,
+/// hash again when there is none), the shard's node marker (an epoch without
+/// it counts as none, see [`crate::store::redis::CHECK_EPOCH`]). ARGV: max
+/// pending, created_at ms, unused,
 /// unused, request fingerprint (empty: no key), key lifetime in seconds, max
-/// pending bytes (0: none).
+/// pending bytes (0: none), the caller's `QUEUE_SHARDS` (a different `shards`
+/// field in the epoch hash is [`code::WRONG_SHARDS`]).
 /// Returns `{number, pending length, replayed (0/1)}` or `{code, application
 /// id, epoch}` (epoch 0 when none is set).
 pub fn enqueue_chat() -> String {
@@ -117,7 +125,10 @@ local id = redis.call('HGET', KEYS[1], 'id')
 if not id then return {-1, 0, 0} end
 if id == 'deleted' then return {-2, 0, 0} end
 --REPLAY_KEY
-local epoch = redis.call('HGET', KEYS[3], 'epoch')
+local e = redis.call('HMGET', KEYS[3], 'epoch', 'shards')
+if e[2] and e[2] ~= ARGV[8] then return {-7, 0, 0} end
+local epoch = e[1]
+if epoch and redis.call('GET', KEYS[5]) ~= epoch then epoch = nil end
 if not redis.call('HGET', KEYS[1], 'chats') then return {-3, tonumber(id), tonumber(epoch or 0)} end
 if not epoch or redis.call('HGET', KEYS[1], 'v') ~= epoch then return {-5, tonumber(id), tonumber(epoch or 0)} end
 local len = redis.call('LLEN', KEYS[2])
@@ -135,9 +146,11 @@ return {n, len, 0}
 /// Allocates the next message number of a chat and queues the message, in one step.
 ///
 /// KEYS: app hash, pending messages list, epoch hash, idempotency key (the
-/// app hash again when there is none). ARGV: max pending, created_at ms, chat
+/// app hash again when there is none), the shard's node marker. ARGV: max
+/// pending, created_at ms, chat
 /// number (canonical decimal), body, request fingerprint (empty: no key), key
-/// lifetime in seconds, max pending bytes (0: none).
+/// lifetime in seconds, max pending bytes (0: none), the caller's
+/// `QUEUE_SHARDS`.
 /// Returns `{number, pending length, replayed (0/1)}` or `{code, application
 /// id, epoch}` (epoch 0 when none is set).
 pub fn enqueue_message() -> String {
@@ -154,7 +167,10 @@ if not id then return {-1, 0, 0} end
 if id == 'deleted' then return {-2, 0, 0} end
 --REPLAY_KEY
 local seq = redis.call('HGET', KEYS[1], ARGV[3])
-local epoch = redis.call('HGET', KEYS[3], 'epoch')
+local e = redis.call('HMGET', KEYS[3], 'epoch', 'shards')
+if e[2] and e[2] ~= ARGV[8] then return {-7, 0, 0} end
+local epoch = e[1]
+if epoch and redis.call('GET', KEYS[5]) ~= epoch then epoch = nil end
 if not seq then return {-3, tonumber(id), tonumber(epoch or 0)} end
 if seq == 'deleted' then return {-2, 0, 0} end
 if not epoch or redis.call('HGET', KEYS[1], 'v:' .. ARGV[3]) ~= epoch then return {-5, tonumber(id), tonumber(epoch or 0)} end

@@ -9,6 +9,13 @@
 //! first start-up ([`check_shard_count`]), every instance compares its own
 //! with it at start-up and every few seconds after, and refuses creates
 //! while they differ. Only [`reshard`] changes the record.
+//!
+//! A reshard also writes the count into each shard's epoch hash (field
+//! `shards`), which the enqueue scripts compare with the caller's count in
+//! the same atomic step that hands out a number
+//! ([`super::scripts::code::WRONG_SHARDS`]). So an instance with the old
+//! count cannot hand out one more number once a reshard has begun, whether or
+//! not its periodic check has run yet.
 
 use std::time::Duration;
 
@@ -73,9 +80,9 @@ pub struct ReshardReport {
 /// Moves the data written with `from` shards to `to.shard_count()` shards
 /// (same prefix; single Redis or Redis Cluster alike).
 ///
-/// 1. Records [`RESHARDING`] as the count, so that every instance refuses
-///    creates (they re-check every 2 s), and waits `settle` for them to see
-///    it.
+/// 1. Records [`RESHARDING`] as the count, globally and in every old
+///    shard's epoch hash, so that no instance hands out another number in the
+///    old layout (the scripts compare it atomically), and waits `settle`.
 /// 2. Waits, up to `drain_timeout`, until every queue of every old shard is
 ///    empty: nothing pending, nothing claimed, no dead letter, no search op.
 ///    A running flusher keeps draining meanwhile.
@@ -106,6 +113,7 @@ pub async fn reshard(
         }
     };
     set_count(RESHARDING.into()).await?;
+    mark_shards(buffer, from, RESHARDING).await?;
     tokio::time::sleep(settle).await;
     let deadline = tokio::time::Instant::now() + drain_timeout;
     loop {
@@ -114,6 +122,7 @@ pub async fn reshard(
             break;
         }
         if tokio::time::Instant::now() >= deadline {
+            mark_shards(buffer, from, &from.shard_count().to_string()).await?;
             set_count(from.shard_count().to_string()).await?;
             anyhow::bail!(
                 "{busy} records are still pending, claimed, dead-lettered or waiting for the search index in the old shards; \
@@ -236,8 +245,21 @@ pub async fn reshard(
             }
         }
     }
+    mark_shards(buffer, to, &to.shard_count().to_string()).await?;
     set_count(to.shard_count().to_string()).await?;
     Ok(report)
+}
+
+/// Writes `value` as the `shards` field of every shard's epoch hash under
+/// `keys` (see the module docs). Errors: Redis unavailable.
+async fn mark_shards(buffer: &Buffer, keys: &Keys, value: &str) -> Result<(), BufferError> {
+    for shard in keys.shards() {
+        let (key, value) = (shard.epoch(), value.to_string());
+        buffer
+            .with_conn(|mut c| async move { c.hset::<_, _, _, ()>(key, "shards", value).await })
+            .await?;
+    }
+    Ok(())
 }
 
 /// Records in every queue of every shard of `keys`: pending, claimed, dead-

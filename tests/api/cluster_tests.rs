@@ -150,3 +150,86 @@ async fn on_a_cluster_shutdown_flushes_what_is_pending() {
     assert_eq!(app.count("chats").await, 1);
     assert_eq!(app.count("messages").await, 25);
 }
+
+#[tokio::test]
+async fn on_a_cluster_idempotency_keys_deletes_and_counts_work() {
+    let cluster = PrivateCluster::start();
+    let app = spawn_on(&cluster, |_| {}).await;
+    let post = |path: String, key: &'static str, body: serde_json::Value| {
+        let app = &app;
+        async move {
+            app.client
+                .post(app.url(&path))
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first: serde_json::Value = post(
+        "/applications".into(),
+        "app-1",
+        serde_json::json!({"name": "idem"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let again: serde_json::Value = post(
+        "/applications".into(),
+        "app-1",
+        serde_json::json!({"name": "idem"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(first["token"], again["token"], "the same application");
+    let token = first["token"].as_str().unwrap().to_string();
+    let chat = app.create_chat(&token).await;
+    let path = format!("/applications/{token}/chats/{chat}/messages");
+    let one = post(path.clone(), "m-1", serde_json::json!({"body": "hello"})).await;
+    assert_eq!(one.status(), 201);
+    let one: serde_json::Value = one.json().await.unwrap();
+    let retry: serde_json::Value = post(path.clone(), "m-1", serde_json::json!({"body": "hello"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        one["number"], retry["number"],
+        "a retry gets the same number"
+    );
+    let other = post(path.clone(), "m-1", serde_json::json!({"body": "another"})).await;
+    assert_eq!(other.status(), 422, "the key with another body");
+    assert_eq!(app.create_message(&token, chat, "next").await, 2);
+
+    // Deletes tombstone in the application's shard.
+    let second = app.create_chat(&token).await;
+    assert_eq!(
+        app.delete(&format!("/applications/{token}/chats/{second}"))
+            .await
+            .status(),
+        204
+    );
+    let refused = app
+        .post(
+            &format!("/applications/{token}/chats/{second}/messages"),
+            serde_json::json!({"body": "to a deleted chat"}),
+        )
+        .await;
+    assert_eq!(refused.status(), 404);
+
+    app.flush().await;
+    app.counts.refresh_counts_once().await.unwrap();
+    let chat_view = app
+        .get_json(&format!("/applications/{token}/chats/{chat}"))
+        .await;
+    assert_eq!(chat_view["messages_count"], 2, "{chat_view}");
+    let app_view = app.get_json(&format!("/applications/{token}")).await;
+    assert_eq!(
+        app_view["chats_count"], 1,
+        "the deleted chat is not counted: {app_view}"
+    );
+}

@@ -345,3 +345,46 @@ async fn a_lookup_of_a_dead_lettered_number_answers_at_once_and_says_why() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["body"], "poison");
 }
+
+#[tokio::test]
+async fn a_promoted_replica_is_rechecked_on_its_first_create_not_at_the_next_periodic_check() {
+    // A replica promoted by a failover has the epoch hash (replicated, with
+    // the old master's run_id) but not the node marker, which is never
+    // replicated; and it may lack the old master's last increments.
+    let app = crate::helpers::spawn_app().await;
+    let token = app.create_app("promoted").await;
+    let chat = app.create_chat(&token).await;
+    for body in ["one", "two"] {
+        app.create_message(&token, chat, body).await;
+    }
+    app.flush().await;
+    let shard = app.shard(&token);
+    let mut c = app.redis_conn().await;
+    let _: () = c
+        .hset(
+            shard.epoch(),
+            "run_id",
+            "0000000000000000000000000000000000000000",
+        )
+        .await
+        .unwrap();
+    let _: () = c.del(shard.epoch_marker()).await.unwrap();
+    let _: () = c
+        .hset(shard.app(&token), chat.to_string(), 1)
+        .await
+        .unwrap();
+
+    // At once (the periodic check runs every 2 s): the counter is re-checked
+    // against MariaDB and skips RECONCILE_SKIP (100) past its highest, 2.
+    assert_eq!(app.create_message(&token, chat, "after").await, 103);
+    app.flush().await;
+    assert_eq!(
+        app.stored_messages(&token, chat).await,
+        [
+            (1, "one".to_string()),
+            (2, "two".to_string()),
+            (103, "after".to_string())
+        ]
+    );
+    assert!(dead_messages(&app).await.is_empty(), "no collision");
+}
