@@ -11,6 +11,7 @@ mod cluster;
 mod cluster_tests;
 mod counts;
 mod deletes;
+mod docs;
 mod durability;
 mod helpers;
 mod idempotency;

@@ -1,0 +1,99 @@
+//! Each fact once, and true: every setting of `chat-api serve` is documented
+//! in docs/configuration.md and .env.example, and nothing is documented there
+//! that the service does not read.
+
+use std::collections::BTreeSet;
+
+use clap::CommandFactory;
+
+#[derive(clap::Parser)]
+struct Wrapper {
+    #[command(flatten)]
+    config: chat_api::config::Config,
+}
+
+/// The environment variables `chat-api serve` reads (hidden ones aside):
+/// its configuration, plus `SKIP_MIGRATIONS` (a flag of `serve` itself) and
+/// the logging variables of `chat_api::telemetry`.
+fn settings() -> BTreeSet<String> {
+    Wrapper::command()
+        .get_arguments()
+        .filter(|a| !a.is_hide_set())
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .chain(["SKIP_MIGRATIONS", "RUST_LOG", "LOG_FORMAT"].map(String::from))
+        .collect()
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+#[test]
+fn every_setting_is_in_the_configuration_page_and_env_example_and_nothing_else() {
+    let settings = settings();
+    assert!(settings.contains("QUEUE_SHARDS") && settings.contains("REDIS_CLUSTER_NODES"));
+    // Rows of the table: | `NAME` | default | meaning |
+    let documented: BTreeSet<String> = read("docs/configuration.md")
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next().map(str::to_string))
+        .filter(|n| {
+            n.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect();
+    // NAME=value, or # NAME=value for the ones left unset.
+    let example: BTreeSet<String> = read(".env.example")
+        .lines()
+        .map(|l| l.trim_start_matches('#').trim())
+        .filter_map(|l| l.split_once('=').map(|(n, _)| n.to_string()))
+        .filter(|n| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect();
+    let missing_doc: Vec<_> = settings.difference(&documented).collect();
+    let stale_doc: Vec<_> = documented.difference(&settings).collect();
+    let missing_example: Vec<_> = settings.difference(&example).collect();
+    let stale_example: Vec<_> = example.difference(&settings).collect();
+    assert!(
+        missing_doc.is_empty() && stale_doc.is_empty(),
+        "docs/configuration.md: missing {missing_doc:?}, not a setting {stale_doc:?}"
+    );
+    assert!(
+        missing_example.is_empty() && stale_example.is_empty(),
+        ".env.example: missing {missing_example:?}, not a setting {stale_example:?}"
+    );
+}
+
+#[test]
+fn the_readme_is_a_front_door_and_its_links_resolve() {
+    let readme = read("README.md");
+    assert!(
+        readme.lines().count() <= 160,
+        "README.md is {} lines",
+        readme.lines().count()
+    );
+    for cmd in ["scripts/run", "scripts/test"] {
+        assert!(
+            readme.contains(&format!("```sh\n{cmd}\n```")),
+            "the README gives `{cmd}`"
+        );
+    }
+    for link in readme
+        .split("](")
+        .skip(1)
+        .filter_map(|s| s.split(')').next())
+    {
+        let path = link.split('#').next().unwrap();
+        if path.is_empty() || path.starts_with("http") {
+            continue;
+        }
+        assert!(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(path)
+                .exists(),
+            "README links to {link}, which does not exist"
+        );
+    }
+}
