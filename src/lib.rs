@@ -27,7 +27,6 @@
 
 pub mod config;
 pub mod domain;
-pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod startup;

@@ -11,7 +11,7 @@ use super::schemas::{Application, ApplicationInput, ApplicationList, Meta};
 use super::text::IdempotencyKey;
 use super::{ApiTags, AppState, lookup};
 use crate::domain::{AppName, Page, is_plausible_token, new_token};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::store;
 use crate::store::search::meili::IndexOp;
 use crate::writebehind::{Idempotency, KeyState};

@@ -10,7 +10,7 @@ use super::schemas::{Chat, ChatList, Created, Meta};
 use super::text::IdempotencyKey;
 use super::{ApiTags, AppState, lookup};
 use crate::domain::{Page, is_plausible_token};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::store;
 use crate::store::search::meili::IndexOp;
 use crate::writebehind::Idempotency;

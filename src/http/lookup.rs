@@ -5,11 +5,11 @@
 //! GET, PUT and DELETE behave as if it were already stored.
 
 use crate::domain::is_plausible_token;
-use crate::error::ApiError;
+use crate::domain::record::{chat_lost_field, message_lost_field};
 use crate::http::AppState;
+use crate::http::error::ApiError;
 use crate::store::{self, applications::AppRow, chats::ChatRow, messages::MessageRow};
 use crate::writebehind::BufferError;
-use crate::writebehind::record::{chat_lost_field, message_lost_field};
 
 /// The application with `token`. Errors: 404 if none.
 pub async fn application(state: &AppState, token: &str) -> Result<AppRow, ApiError> {

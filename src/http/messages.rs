@@ -12,7 +12,7 @@ use super::schemas::{Created, Message, MessageInput, MessageList, Meta};
 use super::text::IdempotencyKey;
 use super::{ApiTags, AppState, lookup};
 use crate::domain::{MessageBody, Page, is_plausible_token};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::store;
 use crate::store::search::meili::IndexOp;
 use crate::writebehind::Idempotency;

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod applications;
 pub mod body;
 pub mod chats;
+pub mod error;
 pub mod health;
 pub mod limits;
 pub mod lookup;
@@ -197,7 +198,7 @@ pub fn routes(state: AppState) -> impl poem::Endpoint + 'static {
         .nest("/", api)
         .around(move |next, req| admin::gate(next, req, surface))
         .with(limits::BodyLimit::new(max_body))
-        .around(crate::error::json_errors)
+        .around(crate::http::error::json_errors)
         .around(no_store)
         .with(rate_limit)
         .around(crate::telemetry::metrics::track_requests)

@@ -33,7 +33,7 @@ use governor::{Quota, RateLimiter};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result};
 
 use crate::config::TrustedProxies;
-use crate::error::{ApiError, ErrorBody};
+use crate::http::error::{ApiError, ErrorBody};
 
 /// The keyed limiter, reporting the remaining burst on every check.
 pub type KeyedLimiter =

@@ -8,7 +8,7 @@ use poem_openapi::payload::Json;
 use super::schemas::{Meta, SearchResults};
 use super::{ApiTags, AppState, lookup};
 use crate::domain::Page;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::store::search::{MAX_QUERY_BYTES, SearchError};
 
 /// The `query` parameter, the alias of `q`: `None` when absent. Errors

@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{MySql, MySqlPool, QueryBuilder};
 
-use crate::writebehind::record::{ChatRecord, MessageRecord};
+use crate::domain::record::{ChatRecord, MessageRecord};
 
 /// What became of one record of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]

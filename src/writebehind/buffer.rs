@@ -612,7 +612,7 @@ impl Buffer {
     }
 
     /// The reason the record of `token`'s application under `field` of the
-    /// lost hash (see [`super::record::lost_field`]) was dead-lettered, if it
+    /// lost hash (see [`super::deadletter::lost_field`]) was dead-lettered, if it
     /// was and was not replayed since. Errors: Redis unavailable.
     pub async fn lost_reason(
         &self,

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 
 use super::buffer::{Buffer, BufferError};
 use super::keys::{Kind, ShardKeys};
-use super::record::MessageRecord;
+use crate::domain::record::MessageRecord;
 
 /// Entries read from Redis per LRANGE while scanning a dead-letter list.
 const SCAN_CHUNK: isize = 1000;
@@ -259,7 +259,7 @@ impl Buffer {
                     let mut inv = self.scripts().replay.key(dead);
                     inv.key(pending).key(shard.lost());
                     for (entry, raw) in chunk {
-                        let lost = super::record::lost_field(queue, raw).unwrap_or_default();
+                        let lost = lost_field(queue, raw).unwrap_or_default();
                         inv.arg(entry.as_slice()).arg(raw.as_slice()).arg(lost);
                     }
                     inv.invoke_async(&mut c).await
@@ -383,6 +383,24 @@ impl Buffer {
             outcome.found.extend(chunk.iter().map(|e| entry_id(e)));
         }
         Ok(outcome)
+    }
+}
+
+/// The field of a dead-lettered record in the `lost` hash (see
+/// [`super::keys::ShardKeys::lost`]): `c:{application_id}:{n}` for a chat,
+/// `m:{application_id}:{chat}:{n}` for a message; `None` for a record that
+/// does not decode.
+pub fn lost_field(kind: Kind, raw: &[u8]) -> Option<String> {
+    match kind {
+        Kind::Chats => crate::domain::record::ChatRecord::decode(raw)
+            .ok()
+            .map(|r| crate::domain::record::chat_lost_field(r.application_id, r.number)),
+        Kind::Messages => crate::domain::record::MessageRecord::decode(raw)
+            .ok()
+            .map(|r| {
+                crate::domain::record::message_lost_field(r.application_id, r.chat_number, r.number)
+            }),
+        Kind::Search => None,
     }
 }
 

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::buffer::{Buffer, BufferError, Claimed, now_ms};
 use super::keys::{Kind, ShardKeys};
-use super::record::{ChatRecord, DecodeError, MessageRecord};
+use crate::domain::record::{ChatRecord, DecodeError, MessageRecord};
 use crate::store::bulk::{self, BatchOutcome, Disposition};
 use crate::store::search::meili::IndexOp;
 
@@ -311,12 +311,13 @@ impl Flusher {
                 Disposition::Written => report.written += 1,
                 Disposition::ParentDeleted => report.dropped += 1,
                 Disposition::Deferred => deferred.push(
-                    crate::writebehind::record::MessageRecord::stamp_deferred(raw, deferred_at),
+                    crate::domain::record::MessageRecord::stamp_deferred(raw, deferred_at),
                 ),
                 Disposition::DeadLetter(reason) => {
                     tracing::error!(kind = batch.kind.as_str(), %reason, record = %String::from_utf8_lossy(raw), "record dead-lettered");
                     dead.push(crate::writebehind::deadletter::entry(raw, reason));
-                    if let Some(field) = crate::writebehind::record::lost_field(batch.kind, raw) {
+                    if let Some(field) = crate::writebehind::deadletter::lost_field(batch.kind, raw)
+                    {
                         lost.push((field, reason.clone()));
                     }
                 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use super::buffer::{Buffer, BufferError};
 use super::keys::{Kind, ShardKeys};
-use super::record::{ChatRecord, MessageRecord};
+use crate::domain::record::{ChatRecord, MessageRecord};
 
 /// A batch claimed by a flusher (or the indexer) and not yet acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -187,7 +187,7 @@ impl ShardKeys {
     /// Hash of numbers whose record was dead-lettered, so that a lookup
     /// answers at once instead of waiting for a flush that will not store
     /// it: `c:{application_id}:{n}` or `m:{application_id}:{chat}:{n}` → the
-    /// reason (see [`super::record::lost_field`]).
+    /// reason (see [`super::deadletter::lost_field`]).
     pub fn lost(&self) -> String {
         format!("{}lost", self.prefix)
     }

@@ -28,7 +28,6 @@ pub mod deadletter;
 pub mod flusher;
 pub mod inspect;
 pub mod keys;
-pub mod record;
 pub mod scripts;
 pub mod shards;
 pub mod shedding;

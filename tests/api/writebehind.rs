@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use chat_api::domain::record::MessageRecord;
 use chat_api::writebehind::Kind;
-use chat_api::writebehind::record::MessageRecord;
 use serde_json::{Value, json};
 
 use crate::helpers::{spawn_app, spawn_app_with, spawn_config};

@@ -10,7 +10,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
 use super::{AdminError, AdminKey};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::http::text::Hex128;
 use crate::http::{ApiTags, AppState};
 use crate::store::listings::{self, Cursor};

@@ -17,7 +17,6 @@
 pub mod listings;
 pub mod queues;
 
-use poem::http::StatusCode;
 use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::auth::Bearer;
 use poem_openapi::payload::Json;
@@ -27,7 +26,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::http::error::{ApiError, ErrorBody};
 
 /// Path prefix of every admin operation.
 pub const PREFIX: &str = "/api/v1/admin";
@@ -152,31 +151,11 @@ impl AdminError {
     pub fn unauthorized() -> Self {
         Self::Unauthorized(
             Json(ErrorBody {
-                error: UNAUTHORIZED_MESSAGE.into(),
+                error: crate::http::error::UNAUTHORIZED_MESSAGE.into(),
             }),
-            WWW_AUTHENTICATE.into(),
+            crate::http::error::WWW_AUTHENTICATE.into(),
         )
     }
-}
-
-/// Message of every 401 of the operator surface.
-const UNAUTHORIZED_MESSAGE: &str =
-    "missing or wrong operator key; send `Authorization: Bearer <ADMIN_API_KEY>`";
-
-/// `WWW-Authenticate` of every 401 of the operator surface (RFC 6750 §3).
-const WWW_AUTHENTICATE: &str = "Bearer realm=\"admin\"";
-
-/// The 401 of the operator API, as JSON with `WWW-Authenticate: Bearer`.
-pub fn unauthorized_response() -> Response {
-    let body = serde_json::to_vec(&ErrorBody {
-        error: UNAUTHORIZED_MESSAGE.into(),
-    })
-    .unwrap_or_default();
-    Response::builder()
-        .status(StatusCode::UNAUTHORIZED)
-        .header("www-authenticate", WWW_AUTHENTICATE)
-        .content_type("application/json; charset=utf-8")
-        .body(body)
 }
 
 /// Every error an admin operation can answer with: those of [`ApiError`]
@@ -255,6 +234,12 @@ impl From<ApiError> for AdminError {
 
 impl From<crate::writebehind::BufferError> for AdminError {
     fn from(e: crate::writebehind::BufferError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl From<crate::domain::Invalid> for AdminError {
+    fn from(e: crate::domain::Invalid) -> Self {
         ApiError::from(e).into()
     }
 }

@@ -15,14 +15,14 @@ use poem_openapi::{Enum, Object, OpenApi};
 
 use super::{AdminError, AdminKey};
 use crate::domain::Page;
-use crate::error::ApiError;
+use crate::domain::record::ms_to_utc;
 use crate::http::body::JsonBody;
+use crate::http::error::ApiError;
 use crate::http::schemas::Meta;
 use crate::http::text::Hex128;
 use crate::http::{ApiTags, AppState};
 use crate::writebehind::Kind;
 use crate::writebehind::flusher::FlushError;
-use crate::writebehind::record::ms_to_utc;
 
 /// How long `POST /admin/flush` keeps flushing before it reports, in seconds.
 /// The flush runs in its own task, so a client that gives up does not cut a

@@ -1,6 +1,6 @@
 //! The records buffered in Redis, and their wire format.
 //!
-//! The Lua scripts in [`super::scripts`] build each record by concatenation,
+//! The Lua scripts in [`crate::writebehind::scripts`] build each record by concatenation,
 //! so the request path does no serialisation at all. Fields are separated by
 //! a tab; a message body comes last and may itself hold tabs (or any byte).
 //!
@@ -137,22 +137,6 @@ impl MessageRecord {
             },
             None => raw,
         }
-    }
-}
-
-/// The field of a dead-lettered record in the `lost` hash (see
-/// [`super::keys::Keys::lost`]): `c:{application_id}:{n}` for a chat,
-/// `m:{application_id}:{chat}:{n}` for a message; `None` for a record that
-/// does not decode.
-pub fn lost_field(kind: super::Kind, raw: &[u8]) -> Option<String> {
-    match kind {
-        super::Kind::Chats => ChatRecord::decode(raw)
-            .ok()
-            .map(|r| chat_lost_field(r.application_id, r.number)),
-        super::Kind::Messages => MessageRecord::decode(raw)
-            .ok()
-            .map(|r| message_lost_field(r.application_id, r.chat_number, r.number)),
-        super::Kind::Search => None,
     }
 }
 

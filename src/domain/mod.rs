@@ -1,11 +1,24 @@
-//! Validated values. Each `parse` returns a 422-ready [`ApiError`] on bad
+//! Validated values. Each `parse` returns an [`Invalid`] (the HTTP layer's 422) on bad
 //! input, so invalid data never travels past the HTTP edge.
+
+pub mod record;
 
 use base64::Engine;
 use chrono::{DateTime, SubsecRound, Utc};
 use rand::RngCore;
 
-use crate::error::ApiError;
+/// Why a value is not valid: a sentence for the client. The HTTP layer
+/// answers it with 422.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl Invalid {
+    /// An error saying `msg`.
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
 
 /// An application's name: 1 to 255 characters (Unicode scalar values, which is
 /// what a `VARCHAR(255)` in utf8mb4 counts), not blank.
@@ -17,13 +30,13 @@ impl AppName {
     pub const MAX_CHARS: usize = 255;
 
     /// Checks a client-supplied name. Errors: 422 when blank or too long.
-    pub fn parse(s: String) -> Result<Self, ApiError> {
+    pub fn parse(s: String) -> Result<Self, Invalid> {
         if is_blank(&s) {
-            return Err(ApiError::unprocessable("name must not be blank"));
+            return Err(Invalid::new("name must not be blank"));
         }
         let chars = s.chars().count();
         if chars > Self::MAX_CHARS {
-            return Err(ApiError::unprocessable(format!(
+            return Err(Invalid::new(format!(
                 "name is {chars} characters long; the maximum is {}",
                 Self::MAX_CHARS
             )));
@@ -44,12 +57,12 @@ pub struct MessageBody(String);
 impl MessageBody {
     /// Checks a client-supplied body against `max_bytes`. Errors: 422 when
     /// blank (empty or whitespace only) or longer than `max_bytes` bytes.
-    pub fn parse(s: String, max_bytes: u32) -> Result<Self, ApiError> {
+    pub fn parse(s: String, max_bytes: u32) -> Result<Self, Invalid> {
         if is_blank(&s) {
-            return Err(ApiError::unprocessable("body must not be blank"));
+            return Err(Invalid::new("body must not be blank"));
         }
         if s.len() > max_bytes as usize {
-            return Err(ApiError::unprocessable(format!(
+            return Err(Invalid::new(format!(
                 "body is {} bytes long; the maximum is {max_bytes} bytes (MAX_MESSAGE_BYTES)",
                 s.len()
             )));
@@ -115,17 +128,17 @@ impl Page {
     pub const MAX_PAGE: u32 = 100_000;
 
     /// Checks the query parameters. Errors: 422 when out of range.
-    pub fn parse(page: Option<i64>, per_page: Option<i64>) -> Result<Self, ApiError> {
+    pub fn parse(page: Option<i64>, per_page: Option<i64>) -> Result<Self, Invalid> {
         let page = page.unwrap_or(1);
         let per_page = per_page.unwrap_or(Self::DEFAULT_PER_PAGE as i64);
         if !(1..=Self::MAX_PAGE as i64).contains(&page) {
-            return Err(ApiError::unprocessable(format!(
+            return Err(Invalid::new(format!(
                 "page must be between 1 and {}",
                 Self::MAX_PAGE
             )));
         }
         if !(1..=Self::MAX_PER_PAGE as i64).contains(&per_page) {
-            return Err(ApiError::unprocessable(format!(
+            return Err(Invalid::new(format!(
                 "per_page must be between 1 and {}",
                 Self::MAX_PER_PAGE
             )));

@@ -198,7 +198,7 @@ fn error_response(err: poem::Error, path: &str) -> Response {
         return err.into_response();
     }
     if err.is::<AuthorizationError>() {
-        return crate::http::admin::unauthorized_response();
+        return unauthorized_response();
     }
     let (status, msg) = if let Some(e) = err.downcast_ref::<MalformedJson>() {
         (StatusCode::BAD_REQUEST, e.to_string())
@@ -246,6 +246,33 @@ fn error_response(err: poem::Error, path: &str) -> Response {
     let body = serde_json::to_vec(&ErrorBody { error: msg }).unwrap_or_default();
     Response::builder()
         .status(status)
+        .content_type("application/json; charset=utf-8")
+        .body(body)
+}
+
+/// A value the domain refused ([`crate::domain::Invalid`]) is a 422.
+impl From<crate::domain::Invalid> for ApiError {
+    fn from(e: crate::domain::Invalid) -> Self {
+        Self::unprocessable(e.0)
+    }
+}
+
+/// Message of every 401 of the operator surface.
+pub(crate) const UNAUTHORIZED_MESSAGE: &str =
+    "missing or wrong operator key; send `Authorization: Bearer <ADMIN_API_KEY>`";
+
+/// `WWW-Authenticate` of every 401 of the operator surface (RFC 6750 §3).
+pub(crate) const WWW_AUTHENTICATE: &str = "Bearer realm=\"admin\"";
+
+/// The 401 of the operator API, as JSON with `WWW-Authenticate: Bearer`.
+pub fn unauthorized_response() -> Response {
+    let body = serde_json::to_vec(&ErrorBody {
+        error: UNAUTHORIZED_MESSAGE.into(),
+    })
+    .unwrap_or_default();
+    Response::builder()
+        .status(StatusCode::UNAUTHORIZED)
+        .header("www-authenticate", WWW_AUTHENTICATE)
         .content_type("application/json; charset=utf-8")
         .body(body)
 }
