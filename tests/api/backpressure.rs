@@ -64,7 +64,7 @@ async fn max_pending_bytes_refuses_creation_until_the_flush_drains() {
 #[tokio::test]
 async fn a_full_redis_refuses_creation_but_still_drains() {
     let redis =
-        PrivateRedis::start(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]).await;
+        PrivateRedis::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]).await;
     let app = spawn_app_with(|c| {
         c.redis_url = redis.url();
         c.max_pending_bytes = 0;

@@ -33,9 +33,9 @@ async fn replicas(primary: &PrivateRedis, n: usize) {
 
 #[tokio::test]
 async fn replica_durability_answers_201_only_once_a_replica_has_the_write() {
-    let primary = PrivateRedis::start(&["--maxmemory-policy", "noeviction"]).await;
+    let primary = PrivateRedis::start_with(&["--maxmemory-policy", "noeviction"]).await;
     let replica =
-        PrivateRedis::start(&["--replicaof", "127.0.0.1", &primary.port.to_string()]).await;
+        PrivateRedis::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]).await;
     replicas(&primary, 1).await;
     let app = spawn_app_with(|c| {
         c.redis_url = primary.url();
@@ -67,7 +67,8 @@ async fn replica_durability_answers_201_only_once_a_replica_has_the_write() {
 
 #[tokio::test]
 async fn fsync_durability_refuses_a_redis_that_does_not_fsync_every_write() {
-    let lazy = PrivateRedis::start(&["--appendonly", "yes", "--appendfsync", "everysec"]).await;
+    let lazy =
+        PrivateRedis::start_with(&["--appendonly", "yes", "--appendfsync", "everysec"]).await;
     let mut config = test_config();
     config.redis_url = lazy.url();
     config.redis_durability = Durability::Fsync;
@@ -75,7 +76,8 @@ async fn fsync_durability_refuses_a_redis_that_does_not_fsync_every_write() {
     let err = format!("{:#}", refused.err().expect("start-up is refused"));
     assert!(err.contains("appendfsync always"), "{err}");
 
-    let strict = PrivateRedis::start(&["--appendonly", "yes", "--appendfsync", "always"]).await;
+    let strict =
+        PrivateRedis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).await;
     let app = spawn_app_with(|c| {
         c.redis_url = strict.url();
         c.redis_durability = Durability::Fsync;

@@ -22,5 +22,7 @@ mod ratelimit;
 mod search;
 mod security;
 mod shards;
+#[path = "../support/mod.rs"]
+mod support;
 mod wrapped;
 mod writebehind;

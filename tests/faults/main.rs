@@ -5,6 +5,8 @@
 #[path = "../support/cluster.rs"]
 mod cluster;
 mod harness;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::time::Duration;
 

@@ -1,0 +1,174 @@
+//! Helpers shared by the API tests, the fault tests (and, through the same
+//! `#[path]` include, any other test crate): free ports, polling, and a
+//! private `redis-server`.
+
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 200 ms until it holds or `within` passes; returns
+/// whether it held.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private `redis-server` on a free loopback port, persisting only when
+/// told to (`SAVE`, RDB; no AOF), in a directory of its own; killed on drop.
+pub struct PrivateRedis {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    dir: std::path::PathBuf,
+    extra: Vec<String>,
+}
+
+impl PrivateRedis {
+    /// Starts it and waits until it answers PING.
+    pub async fn start() -> PrivateRedis {
+        PrivateRedis::start_with(&[]).await
+    }
+
+    /// [`Self::start`] with more `redis-server` arguments (for example
+    /// `--replicaof 127.0.0.1 6379`).
+    pub async fn start_with(extra: &[&str]) -> PrivateRedis {
+        let dir =
+            std::env::temp_dir().join(format!("chat-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = PrivateRedis {
+            child: None,
+            port: free_port(),
+            dir,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+        };
+        redis.spawn().await;
+        redis
+    }
+
+    /// `redis://127.0.0.1:{port}`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dbfilename",
+                "dump.rdb",
+            ])
+            .args(["--maxmemory-policy", "noeviction", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (Debian package redis-server)");
+        self.child = Some(child);
+        let url = self.url();
+        let up = eventually(Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                match redis::Client::open(url) {
+                    Ok(c) => match c.get_multiplexed_async_connection().await {
+                        Ok(mut conn) => redis::cmd("PING")
+                            .query_async::<String>(&mut conn)
+                            .await
+                            .is_ok(),
+                        Err(_) => false,
+                    },
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        assert!(up, "the private redis-server answers on {}", self.port);
+    }
+
+    /// Waits until this replica is in sync with its master
+    /// (`master_link_status:up`).
+    pub async fn wait_in_sync(&self) {
+        let url = self.url();
+        let synced = eventually(Duration::from_secs(20), || {
+            let url = url.clone();
+            async move {
+                let Ok(mut c) = redis::Client::open(url)
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                else {
+                    return false;
+                };
+                redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok_and(|info| info.contains("master_link_status:up"))
+            }
+        })
+        .await;
+        assert!(
+            synced,
+            "the replica on {} synced with its master",
+            self.port
+        );
+    }
+
+    /// `SAVE`: a snapshot of now, in `dump.rdb`.
+    pub async fn save(&self) {
+        let mut c = redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: () = redis::cmd("SAVE").query_async(&mut c).await.unwrap();
+    }
+
+    /// SIGKILL: everything since the last `SAVE` is gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, from the last snapshot.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
