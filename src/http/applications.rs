@@ -5,7 +5,7 @@ use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
-use super::admin::{AdminError, OptionalAdminKey};
+use super::admin::OptionalAdminKey;
 use super::body::{FlatOrWrapped, JsonBody};
 use super::schemas::{Application, ApplicationInput, ApplicationList, Meta};
 use super::text::IdempotencyKey;
@@ -142,9 +142,9 @@ impl ApplicationsApi {
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
-    ) -> Result<Json<ApplicationList>, AdminError> {
+    ) -> Result<Json<ApplicationList>, ApiError> {
         if matches!(key, OptionalAdminKey::Missing) && !state.config.public_application_list {
-            return Err(AdminError::unauthorized());
+            return Err(ApiError::unauthorized());
         }
         let page = Page::parse(page.0, per_page.0)?;
         let rows = store::applications::list(&state.pool, page).await?;

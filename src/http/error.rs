@@ -30,6 +30,15 @@ pub enum ApiError {
     /// 400: the request is malformed (for example invalid JSON).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// 401: the operator key is missing or wrong (the operator API, and
+    /// the key-protected `GET /api/v1/applications`).
+    #[oai(status = 401)]
+    Unauthorized(
+        Json<ErrorBody>,
+        /// `Bearer realm="admin"`.
+        #[oai(header = "WWW-Authenticate")]
+        String,
+    ),
     /// 404: no application, chat or message with that token or number.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -77,6 +86,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// 401 with `WWW-Authenticate: Bearer realm="admin"`.
+    pub fn unauthorized() -> Self {
+        Self::Unauthorized(
+            Json(ErrorBody {
+                error: UNAUTHORIZED_MESSAGE.into(),
+            }),
+            WWW_AUTHENTICATE.into(),
+        )
+    }
+
     /// 404 with the given message.
     pub fn not_found(msg: impl Into<String>) -> Self {
         Self::NotFound(ErrorBody::json(msg))

@@ -9,7 +9,7 @@ use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
-use super::{AdminError, AdminKey};
+use super::AdminKey;
 use crate::http::error::ApiError;
 use crate::http::text::Hex128;
 use crate::http::{ApiTags, AppState};
@@ -80,10 +80,7 @@ pub struct AdminMessageList {
 
 /// Checks `per_page` and reads the cursor. Errors: 422 when `per_page` is
 /// out of 1..=100 (a malformed cursor never gets here: it fails to parse).
-fn parse(
-    after: Option<Hex128>,
-    per_page: Option<i64>,
-) -> Result<(Option<Cursor>, i64), AdminError> {
+fn parse(after: Option<Hex128>, per_page: Option<i64>) -> Result<(Option<Cursor>, i64), ApiError> {
     let per_page = per_page.unwrap_or(DEFAULT_PER_PAGE);
     if !(1..=100).contains(&per_page) {
         return Err(ApiError::unprocessable("per_page must be between 1 and 100").into());
@@ -127,7 +124,7 @@ impl ListingsAdminApi {
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
-    ) -> Result<Json<AdminChatList>, AdminError> {
+    ) -> Result<Json<AdminChatList>, ApiError> {
         let (after, per_page) = parse(after.0, per_page.0)?;
         let rows = listings::chats(&state.pool, after, per_page + 1).await?;
         let (rows, meta) = page(rows, per_page, |r| Cursor {
@@ -164,7 +161,7 @@ impl ListingsAdminApi {
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
-    ) -> Result<Json<AdminMessageList>, AdminError> {
+    ) -> Result<Json<AdminMessageList>, ApiError> {
         let (after, per_page) = parse(after.0, per_page.0)?;
         let rows = listings::messages(&state.pool, after, per_page + 1).await?;
         let (rows, meta) = page(rows, per_page, |r| Cursor {

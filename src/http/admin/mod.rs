@@ -18,15 +18,14 @@ pub mod listings;
 pub mod queues;
 
 use poem::{Endpoint, IntoResponse, Request, Response};
+use poem_openapi::SecurityScheme;
 use poem_openapi::auth::Bearer;
-use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, SecurityScheme};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
-use crate::http::error::{ApiError, ErrorBody};
+use crate::http::error::ApiError;
 
 /// Path prefix of every admin operation.
 pub const PREFIX: &str = "/api/v1/admin";
@@ -144,108 +143,4 @@ pub async fn gate<E: Endpoint>(
         return Ok(ApiError::not_found("no such route; see /docs for the API").into_response());
     }
     next.call(req).await.map(IntoResponse::into_response)
-}
-
-impl AdminError {
-    /// 401 with `WWW-Authenticate: Bearer realm="admin"`.
-    pub fn unauthorized() -> Self {
-        Self::Unauthorized(
-            Json(ErrorBody {
-                error: crate::http::error::UNAUTHORIZED_MESSAGE.into(),
-            }),
-            crate::http::error::WWW_AUTHENTICATE.into(),
-        )
-    }
-}
-
-/// Every error an admin operation can answer with: those of [`ApiError`]
-/// plus 401.
-#[derive(Debug, ApiResponse)]
-pub enum AdminError {
-    /// 400: the request is malformed (for example invalid JSON).
-    #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
-    /// 401: the `Authorization: Bearer` key is missing or wrong.
-    #[oai(status = 401)]
-    Unauthorized(
-        Json<ErrorBody>,
-        /// `Bearer realm="admin"`.
-        #[oai(header = "WWW-Authenticate")]
-        String,
-    ),
-    /// 404: the operator API is off (`ADMIN_API_KEY` unset).
-    #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
-    /// 409: a request with the same `Idempotency-Key` is still in progress.
-    #[oai(status = 409)]
-    Conflict(Json<ErrorBody>),
-    /// 413: the request body is larger than `MAX_REQUEST_BYTES`.
-    #[oai(status = 413)]
-    PayloadTooLarge(Json<ErrorBody>),
-    /// 415: the body is not sent as `Content-Type: application/json`.
-    #[oai(status = 415)]
-    UnsupportedMediaType(Json<ErrorBody>),
-    /// 422: well-formed but invalid input (an unknown queue, a bad cursor, a
-    /// parameter out of range).
-    #[oai(status = 422)]
-    Unprocessable(Json<ErrorBody>),
-    /// 429: the client's IP is over its rate limit; retry after `Retry-After` seconds.
-    #[oai(status = 429)]
-    TooManyRequests(
-        Json<ErrorBody>,
-        /// Whole seconds to wait, rounded up.
-        #[oai(header = "Retry-After")]
-        u64,
-        /// Requests allowed per minute.
-        #[oai(header = "X-RateLimit-Limit")]
-        u32,
-        /// Requests left in the burst (0 here).
-        #[oai(header = "X-RateLimit-Remaining")]
-        u32,
-    ),
-    /// 503: Redis or MariaDB cannot be reached; retry after the given seconds.
-    #[oai(status = 503)]
-    Unavailable(
-        Json<ErrorBody>,
-        /// Whole seconds to wait before retrying.
-        #[oai(header = "Retry-After")]
-        u64,
-    ),
-    /// 500: a fault of the service; the cause is logged, not sent.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
-}
-
-impl From<ApiError> for AdminError {
-    fn from(e: ApiError) -> Self {
-        match e {
-            ApiError::BadRequest(b) => Self::BadRequest(b),
-            ApiError::NotFound(b) => Self::NotFound(b),
-            ApiError::Conflict(b) => Self::Conflict(b),
-            ApiError::PayloadTooLarge(b) => Self::PayloadTooLarge(b),
-            ApiError::UnsupportedMediaType(b) => Self::UnsupportedMediaType(b),
-            ApiError::Unprocessable(b) => Self::Unprocessable(b),
-            ApiError::TooManyRequests(b, a, l, r) => Self::TooManyRequests(b, a, l, r),
-            ApiError::Unavailable(b, a) => Self::Unavailable(b, a),
-            ApiError::Internal(b) => Self::Internal(b),
-        }
-    }
-}
-
-impl From<crate::writebehind::BufferError> for AdminError {
-    fn from(e: crate::writebehind::BufferError) -> Self {
-        ApiError::from(e).into()
-    }
-}
-
-impl From<crate::domain::Invalid> for AdminError {
-    fn from(e: crate::domain::Invalid) -> Self {
-        ApiError::from(e).into()
-    }
-}
-
-impl From<sqlx::Error> for AdminError {
-    fn from(e: sqlx::Error) -> Self {
-        ApiError::from(e).into()
-    }
 }

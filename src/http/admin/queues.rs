@@ -13,7 +13,7 @@ use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 
-use super::{AdminError, AdminKey};
+use super::AdminKey;
 use crate::domain::Page;
 use crate::domain::record::ms_to_utc;
 use crate::http::body::JsonBody;
@@ -197,7 +197,7 @@ pub struct FlushResult {
 }
 
 /// Turns a list of requested ids into a set. Errors: 422 when there are too many.
-fn id_set(ids: Option<Vec<Hex128>>) -> Result<Option<HashSet<String>>, AdminError> {
+fn id_set(ids: Option<Vec<Hex128>>) -> Result<Option<HashSet<String>>, ApiError> {
     match ids {
         Some(ids) if ids.len() > MAX_IDS => {
             Err(ApiError::unprocessable(format!("at most {MAX_IDS} ids per request")).into())
@@ -238,7 +238,7 @@ impl QueuesAdminApi {
         &self,
         state: Data<&AppState>,
         _key: AdminKey,
-    ) -> Result<Json<QueuesView>, AdminError> {
+    ) -> Result<Json<QueuesView>, ApiError> {
         let buffer = state.wb.buffer();
         let stats = buffer.inspect().await?;
         let now = crate::writebehind::now_ms();
@@ -286,7 +286,7 @@ impl QueuesAdminApi {
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
-    ) -> Result<Json<DeadLetterList>, AdminError> {
+    ) -> Result<Json<DeadLetterList>, ApiError> {
         let page = Page::parse(page.0, per_page.0)?;
         let kind: Kind = queue.0.into();
         let buffer = state.wb.buffer();
@@ -324,7 +324,7 @@ impl QueuesAdminApi {
         state: Data<&AppState>,
         _key: AdminKey,
         request: JsonBody<ReplayRequest>,
-    ) -> Result<Json<ReplayResult>, AdminError> {
+    ) -> Result<Json<ReplayResult>, ApiError> {
         let ids = id_set(request.0.ids)?;
         let queues: Vec<Kind> = match request.0.queue {
             Some(q) => vec![q.into()],
@@ -367,7 +367,7 @@ impl QueuesAdminApi {
         /// Only these entries (repeat the parameter for several); omitted:
         /// every entry of the queue.
         id: Query<Option<Vec<Hex128>>>,
-    ) -> Result<Json<DiscardResult>, AdminError> {
+    ) -> Result<Json<DiscardResult>, ApiError> {
         let ids = id_set(id.0)?;
         let kind: Kind = queue.0.into();
         let outcome = state
@@ -397,7 +397,7 @@ impl QueuesAdminApi {
         &self,
         state: Data<&AppState>,
         _key: AdminKey,
-    ) -> Result<Json<FlushResult>, AdminError> {
+    ) -> Result<Json<FlushResult>, ApiError> {
         let started = std::time::Instant::now();
         let flusher = state.flusher.clone();
         let indexer = state.indexer.clone();
@@ -416,7 +416,7 @@ impl QueuesAdminApi {
             .await
             .map_err(|e| ApiError::internal(anyhow::Error::new(e).context("flush task")))?;
         let (report, drained) = flushed.map_err(|e| match e {
-            FlushError::Buffer(e) => AdminError::from(e),
+            FlushError::Buffer(e) => ApiError::from(e),
             other => {
                 tracing::warn!(error = %other, "forced flush failed");
                 ApiError::unavailable(format!("flush failed: {other}; retry later"), 5).into()
