@@ -83,7 +83,9 @@ pub struct AdminMessageList {
 fn parse(after: Option<Hex128>, per_page: Option<i64>) -> Result<(Option<Cursor>, i64), ApiError> {
     let per_page = per_page.unwrap_or(DEFAULT_PER_PAGE);
     if !(1..=100).contains(&per_page) {
-        return Err(ApiError::unprocessable("per_page must be between 1 and 100").into());
+        return Err(ApiError::unprocessable(
+            "per_page must be between 1 and 100",
+        ));
     }
     Ok((after.map(|a| Cursor::from_bytes(a.bytes())), per_page))
 }

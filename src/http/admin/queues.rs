@@ -199,9 +199,9 @@ pub struct FlushResult {
 /// Turns a list of requested ids into a set. Errors: 422 when there are too many.
 fn id_set(ids: Option<Vec<Hex128>>) -> Result<Option<HashSet<String>>, ApiError> {
     match ids {
-        Some(ids) if ids.len() > MAX_IDS => {
-            Err(ApiError::unprocessable(format!("at most {MAX_IDS} ids per request")).into())
-        }
+        Some(ids) if ids.len() > MAX_IDS => Err(ApiError::unprocessable(format!(
+            "at most {MAX_IDS} ids per request"
+        ))),
         other => Ok(other.map(|v| v.into_iter().map(|id| id.0).collect())),
     }
 }
@@ -419,7 +419,7 @@ impl QueuesAdminApi {
             FlushError::Buffer(e) => ApiError::from(e),
             other => {
                 tracing::warn!(error = %other, "forced flush failed");
-                ApiError::unavailable(format!("flush failed: {other}; retry later"), 5).into()
+                ApiError::unavailable(format!("flush failed: {other}; retry later"), 5)
             }
         })?;
         let search_ops_applied = match indexed {
@@ -430,8 +430,7 @@ impl QueuesAdminApi {
                 return Err(ApiError::unavailable(
                     format!("the database flush is done, but the search index is not: {e}"),
                     5,
-                )
-                .into());
+                ));
             }
         };
         tracing::info!(?report, drained, "forced flush by an operator");
