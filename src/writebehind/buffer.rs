@@ -15,9 +15,11 @@ use super::scripts::{Scripts, code};
 
 pub use crate::store::redis::RedisPool;
 
-/// How long a deleted application's or chat's tombstone outlives it in Redis,
-/// in seconds. It only has to outlast a racing cache fill (milliseconds); after
-/// it, MariaDB answers "not found" on its own.
+/// How long a deleted application's tombstone (its hash, marked deleted)
+/// outlives it in Redis, in seconds. It only has to outlast a racing cache
+/// fill (milliseconds); after it, MariaDB answers "not found" on its own. A
+/// chat's tombstone is one field of its application's hash and does not
+/// expire by itself: it goes when the application's hash does.
 pub const TOMBSTONE_TTL_SECS: u64 = 24 * 3600;
 
 /// Seconds a client is told to wait (`Retry-After`) when the buffer is full.
