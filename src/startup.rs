@@ -201,7 +201,7 @@ impl Application {
             );
         }
         let buffer_for_indexer = buffer.clone();
-        let wb = WriteBehind::new(
+        let write_behind = WriteBehind::new(
             buffer,
             pool.clone(),
             flusher.handle(),
@@ -241,7 +241,7 @@ impl Application {
         let admin_key = config.admin_api_key.as_ref().map(KeyDigest::of);
         let state = AppState {
             pool,
-            wb,
+            write_behind,
             config: Arc::new(config),
             marks,
             rate_limit,
@@ -319,7 +319,7 @@ impl Application {
         if let Some(indexer) = &self.indexer {
             tasks.spawn(indexer.clone().run(jobs_stop.clone()));
         }
-        let buffer = self.state.wb.buffer().clone();
+        let buffer = self.state.write_behind.buffer().clone();
         tasks.spawn(every(
             Duration::from_secs(5),
             jobs_stop.clone(),
@@ -328,7 +328,7 @@ impl Application {
         // New connections run the epoch check already; this catches a key
         // lost without a restart (see crate::store::redis), and a shard
         // count changed under a running instance (a reshard).
-        let buffer = self.state.wb.buffer().clone();
+        let buffer = self.state.write_behind.buffer().clone();
         tasks.spawn(every(
             Duration::from_secs(2),
             jobs_stop.clone(),

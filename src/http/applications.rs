@@ -55,7 +55,7 @@ impl ApplicationsApi {
         input: JsonBody<FlatOrWrapped<ApplicationInput>>,
     ) -> Result<CreatedApplication, ApiError> {
         let name = AppName::parse(input.0.0.name.0)?;
-        let buffer = state.wb.buffer();
+        let buffer = state.write_behind.buffer();
         // No application, hence no token, exists yet to scope the key by: it
         // is scoped by the client, so that no other client can learn a token
         // by replaying a key it guessed.
@@ -95,7 +95,7 @@ impl ApplicationsApi {
         let row = created?;
         // Warm the Redis cache so the first chat costs one round trip. Best
         // effort: a cold cache is filled on the first miss anyway.
-        let buffer = state.wb.buffer();
+        let buffer = state.write_behind.buffer();
         if let Err(e) = async {
             buffer.seed_app(&token, row.id).await?;
             // A new application has no chat in MariaDB: its counter starts
@@ -200,7 +200,7 @@ impl ApplicationsApi {
         let app = lookup::application(&state, &token.0).await?;
         // Tombstone first, in the step that stops new numbers: no create can
         // be acknowledged after this answers. No tombstone, no delete (503).
-        let buffer = state.wb.buffer();
+        let buffer = state.write_behind.buffer();
         let tombstone = buffer.tombstone_app(&app.token).await?;
         if let Err(e) = store::applications::delete(&state.pool, &app.token).await {
             if let Err(undo) = buffer.untombstone(&tombstone).await {

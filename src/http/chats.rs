@@ -50,7 +50,11 @@ impl ChatsApi {
         let idem = idempotency_key
             .0
             .map(|k| Idempotency::new(&[k.0.as_bytes()], &[b"POST chats"]));
-        match state.wb.create_chat(&token.0, idem.as_ref()).await? {
+        match state
+            .write_behind
+            .create_chat(&token.0, idem.as_ref())
+            .await?
+        {
             Some(a) => Ok(CreatedNumber::Created(Json(Created { number: a.number }))),
             None => Err(ApiError::not_found("no application with this token")),
         }
@@ -115,7 +119,7 @@ impl ChatsApi {
         // Tombstone first, in the step that stops new numbers: no message can
         // be acknowledged after this answers. No tombstone, no delete (503).
         // Messages still buffered for this chat are dropped at flush time.
-        let buffer = state.wb.buffer();
+        let buffer = state.write_behind.buffer();
         let tombstone = buffer.tombstone_chat(&app.token, chat.number).await?;
         if let Err(e) = store::chats::delete(&state.pool, chat.id, crate::domain::now()).await {
             if let Err(undo) = buffer.untombstone(&tombstone).await {

@@ -61,7 +61,7 @@ impl HealthApi {
     async fn ready(&self, state: Data<&AppState>) -> ReadinessResponse {
         let db = async { sqlx::query("SELECT 1").execute(&state.pool).await.is_ok() };
         let redis = async {
-            let Ok((mut c, _)) = state.wb.buffer().redis().get().await else {
+            let Ok((mut c, _)) = state.write_behind.buffer().redis().get().await else {
                 return false;
             };
             redis::cmd("PING")

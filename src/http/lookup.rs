@@ -56,9 +56,9 @@ pub async fn chat(state: &AppState, app: &AppRow, number: i64) -> Result<ChatRow
     let row = match store::chats::find(&state.pool, app.id, number).await? {
         Some(c) => Some(c),
         None => {
-            let buffer = state.wb.buffer();
+            let buffer = state.write_behind.buffer();
             state
-                .wb
+                .write_behind
                 .await_stored(
                     || async {
                         let counters = buffer.counters(&app.token, number).await?;
@@ -94,9 +94,9 @@ pub async fn message(
     let row = match store::messages::find(&state.pool, chat.id, number).await? {
         Some(m) => Some(m),
         None => {
-            let buffer = state.wb.buffer();
+            let buffer = state.write_behind.buffer();
             state
-                .wb
+                .write_behind
                 .await_stored(
                     || async {
                         let counters = buffer.counters(&app.token, chat.number).await?;

@@ -58,7 +58,7 @@ impl MessagesApi {
             )
         });
         match state
-            .wb
+            .write_behind
             .create_message(&token.0, number.0, body.as_str(), idem.as_ref())
             .await?
         {

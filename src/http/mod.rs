@@ -30,7 +30,7 @@ pub struct AppState {
     /// MariaDB pool (reads, application writes, deletes).
     pub pool: MySqlPool,
     /// The write-behind core (creates, read-your-writes).
-    pub wb: WriteBehind,
+    pub write_behind: WriteBehind,
     /// Settings in force.
     pub config: Arc<Config>,
     /// Dirty marks for the counts refresh (deletes change counts).
@@ -57,7 +57,7 @@ impl AppState {
         if self.search.meili().is_none() {
             return;
         }
-        if let Err(e) = self.wb.buffer().push_search_op(token, &op).await {
+        if let Err(e) = self.write_behind.buffer().push_search_op(token, &op).await {
             tracing::warn!(error = %e, ?op, "could not queue a search index update");
         }
     }

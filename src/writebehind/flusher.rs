@@ -246,7 +246,7 @@ impl Flusher {
     /// Errors: as [`Self::flush_once`].
     pub async fn flush_shard(&self, shard: &ShardKeys) -> Result<FlushReport, FlushError> {
         let mut report = FlushReport::default();
-        for kind in Kind::ALL {
+        for kind in Kind::FLUSHED_TO_DATABASE {
             let mut budget = self.buffer.shard_pending_len(shard, kind).await?;
             while budget > 0 {
                 let Some(batch) = self

@@ -67,10 +67,10 @@ fn created_at_ms(queue: Kind, raw: &[u8]) -> Option<i64> {
 }
 
 impl Buffer {
-    /// The state of every queue ([`Kind::QUEUES`], in that order), over
+    /// The state of every queue ([`Kind::EVERY_QUEUE`], in that order), over
     /// every shard. Errors: Redis unavailable.
     pub async fn inspect(&self) -> Result<Vec<QueueStats>, BufferError> {
-        let mut total: Vec<QueueStats> = Kind::QUEUES
+        let mut total: Vec<QueueStats> = Kind::EVERY_QUEUE
             .iter()
             .map(|&queue| QueueStats {
                 queue,
@@ -107,7 +107,7 @@ impl Buffer {
             let keys = keys.clone();
             self.with_conn(|mut c| async move {
                 let mut pipe = redis::pipe();
-                for q in Kind::QUEUES {
+                for q in Kind::EVERY_QUEUE {
                     let pending = keys.pending(q);
                     pipe.cmd("LLEN").arg(&pending);
                     pipe.cmd("LINDEX").arg(&pending).arg(0);
@@ -147,7 +147,7 @@ impl Buffer {
             })
             .await?
         };
-        let mut stats: Vec<QueueStats> = Kind::QUEUES
+        let mut stats: Vec<QueueStats> = Kind::EVERY_QUEUE
             .iter()
             .zip(heads)
             .map(|(&queue, (pending, head, dead_letters))| QueueStats {

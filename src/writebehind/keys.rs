@@ -29,10 +29,10 @@ pub enum Kind {
 
 impl Kind {
     /// The kinds the flusher writes to MariaDB, in flush order.
-    pub const ALL: [Kind; 2] = [Kind::Chats, Kind::Messages];
+    pub const FLUSHED_TO_DATABASE: [Kind; 2] = [Kind::Chats, Kind::Messages];
 
     /// Every queue, the search-index queue last.
-    pub const QUEUES: [Kind; 3] = [Kind::Chats, Kind::Messages, Kind::Search];
+    pub const EVERY_QUEUE: [Kind; 3] = [Kind::Chats, Kind::Messages, Kind::Search];
 
     /// The kind's name in keys, logs and metrics.
     pub fn as_str(self) -> &'static str {

@@ -270,7 +270,7 @@ async fn queued_in(buffer: &Buffer, keys: &Keys) -> Result<u64, BufferError> {
         total += buffer
             .with_conn(|mut c| async move {
                 let mut pipe = redis::pipe();
-                for kind in Kind::QUEUES {
+                for kind in Kind::EVERY_QUEUE {
                     pipe.llen(shard.pending(kind)).llen(shard.dead_letter(kind));
                 }
                 pipe.zcard(shard.leases()).zcard(shard.dirty_leases());

@@ -110,7 +110,7 @@ pub async fn spawn_config(config: Config, cleanup: bool) -> TestApp {
     let address = format!("http://{}", app.addr());
     let admin_address = app.admin_addr().map(|a| format!("http://{a}"));
     let pool = app.state().pool.clone();
-    let buffer = app.state().wb.buffer().clone();
+    let buffer = app.state().write_behind.buffer().clone();
     let flusher = app.flusher();
     let counts = app.counts();
     let marks = app.state().marks.clone();

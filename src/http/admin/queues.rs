@@ -239,7 +239,7 @@ impl QueuesAdminApi {
         state: Data<&AppState>,
         _key: AdminKey,
     ) -> Result<Json<QueuesView>, ApiError> {
-        let buffer = state.wb.buffer();
+        let buffer = state.write_behind.buffer();
         let stats = buffer.inspect().await?;
         let now = crate::writebehind::now_ms();
         let queues = stats
@@ -289,7 +289,7 @@ impl QueuesAdminApi {
     ) -> Result<Json<DeadLetterList>, ApiError> {
         let page = Page::parse(page.0, per_page.0)?;
         let kind: Kind = queue.0.into();
-        let buffer = state.wb.buffer();
+        let buffer = state.write_behind.buffer();
         let total = buffer.dead_letter_len(kind).await?;
         let entries = buffer
             .dead_letters(kind, page.offset() as u64, page.limit_plus_one() as u64)
@@ -328,9 +328,9 @@ impl QueuesAdminApi {
         let ids = id_set(request.0.ids)?;
         let queues: Vec<Kind> = match request.0.queue {
             Some(q) => vec![q.into()],
-            None => Kind::QUEUES.to_vec(),
+            None => Kind::EVERY_QUEUE.to_vec(),
         };
-        let buffer = state.wb.buffer();
+        let buffer = state.write_behind.buffer();
         let mut replayed = 0;
         let mut found = HashSet::new();
         for kind in queues {
@@ -371,7 +371,7 @@ impl QueuesAdminApi {
         let ids = id_set(id.0)?;
         let kind: Kind = queue.0.into();
         let outcome = state
-            .wb
+            .write_behind
             .buffer()
             .discard_dead_letters(kind, ids.as_ref())
             .await?;
