@@ -7,8 +7,8 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::admin::OptionalAdminKey;
 use super::body::{FlatOrWrapped, JsonBody};
+use super::fields::IdempotencyKey;
 use super::schemas::{Application, ApplicationInput, ApplicationList, Meta};
-use super::text::IdempotencyKey;
 use super::{ApiTags, AppState, lookup};
 use crate::domain::{AppName, Page, is_plausible_token, new_token};
 use crate::http::error::ApiError;

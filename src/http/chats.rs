@@ -6,8 +6,8 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::applications::Deleted;
+use super::fields::IdempotencyKey;
 use super::schemas::{Chat, ChatList, Created, Meta};
-use super::text::IdempotencyKey;
 use super::{ApiTags, AppState, lookup};
 use crate::domain::{Page, is_plausible_token};
 use crate::http::error::ApiError;

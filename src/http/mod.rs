@@ -6,6 +6,7 @@ pub mod applications;
 pub mod body;
 pub mod chats;
 pub mod error;
+pub mod fields;
 pub mod health;
 pub mod limits;
 pub mod lookup;
@@ -13,7 +14,6 @@ pub mod messages;
 pub mod ratelimit;
 pub mod schemas;
 pub mod search;
-pub mod text;
 
 use std::sync::Arc;
 

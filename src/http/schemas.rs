@@ -4,7 +4,7 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use poem_openapi::Object;
 
-use super::text::NonBlank;
+use super::fields::NonBlank;
 use crate::domain::Page;
 use crate::store::applications::AppRow;
 use crate::store::chats::ChatRow;

@@ -61,7 +61,7 @@ impl SearchApi {
         /// space, tab, CR or LF. `query` is accepted as another name for it
         /// (clients of Rails implementations send that); with both, they must
         /// be equal.
-        q: Query<crate::http::text::SearchTerms>,
+        q: Query<crate::http::fields::SearchTerms>,
         req: &poem::Request,
         /// Page number, from 1.
         #[oai(validator(minimum(value = "1"), maximum(value = "100000")))]

@@ -11,7 +11,7 @@ use poem_openapi::{Object, OpenApi};
 
 use super::AdminKey;
 use crate::http::error::ApiError;
-use crate::http::text::Hex128;
+use crate::http::fields::Hex128;
 use crate::http::{ApiTags, AppState};
 use crate::store::listings::{self, Cursor};
 
