@@ -142,6 +142,14 @@ pub struct Outcome {
     pub found: HashSet<String>,
 }
 
+/// The outcomes of several shards, added up.
+impl std::ops::AddAssign for Outcome {
+    fn add_assign(&mut self, other: Self) {
+        self.count += other.count;
+        self.found.extend(other.found);
+    }
+}
+
 impl Buffer {
     /// Number of entries in the dead-letter lists of `queue`, over every
     /// shard. Errors: Redis unavailable.
@@ -285,9 +293,7 @@ impl Buffer {
     ) -> Result<Outcome, BufferError> {
         let mut outcome = Outcome::default();
         for shard in self.keys().shards() {
-            let o = self.replay_in_shard(&shard, queue, ids).await?;
-            outcome.count += o.count;
-            outcome.found.extend(o.found);
+            outcome += self.replay_in_shard(&shard, queue, ids).await?;
         }
         Ok(outcome)
     }
@@ -336,9 +342,7 @@ impl Buffer {
     ) -> Result<Outcome, BufferError> {
         let mut outcome = Outcome::default();
         for shard in self.keys().shards() {
-            let o = self.discard_in_shard(&shard, queue, ids).await?;
-            outcome.count += o.count;
-            outcome.found.extend(o.found);
+            outcome += self.discard_in_shard(&shard, queue, ids).await?;
         }
         Ok(outcome)
     }
