@@ -46,6 +46,28 @@ async fn not_lost(
     }
 }
 
+/// Whether `number`, not in MariaDB yet, is on its way there: whether its
+/// counter handed it out (`allocated`). Errors with [`BufferError::Skipped`]
+/// when it lies in a range its counter skipped (`skipped`), and with
+/// [`BufferError::Lost`] when its record (field `lost_field` of the lost
+/// hash) was dead-lettered: then no flush will store it.
+async fn on_its_way(
+    buffer: &crate::writebehind::Buffer,
+    token: &str,
+    number: i64,
+    allocated: bool,
+    skipped: &[std::ops::RangeInclusive<i64>],
+    lost_field: impl FnOnce() -> String,
+) -> Result<bool, BufferError> {
+    if skipped.iter().any(|r| r.contains(&number)) {
+        return Err(BufferError::Skipped);
+    }
+    if allocated {
+        not_lost(buffer, token, lost_field()).await?;
+    }
+    Ok(allocated)
+}
+
 /// The live chat `number` of `app`, waiting for its flush if it is buffered.
 /// Errors: 404 if none, or if its record was dead-lettered (saying so); 503
 /// if buffered and not stored in time or Redis down.
@@ -62,14 +84,15 @@ pub async fn chat(state: &AppState, app: &AppRow, number: i64) -> Result<ChatRow
                 .await_stored(
                     || async {
                         let counters = buffer.counters(&app.token, number).await?;
-                        let allocated = counters.chat_allocated;
-                        if counters.chats_skipped.iter().any(|r| r.contains(&number)) {
-                            return Err(BufferError::Skipped);
-                        }
-                        if allocated {
-                            not_lost(buffer, &app.token, chat_lost_field(app.id, number)).await?;
-                        }
-                        Ok(allocated)
+                        on_its_way(
+                            buffer,
+                            &app.token,
+                            number,
+                            counters.chat_allocated,
+                            &counters.chats_skipped,
+                            || chat_lost_field(app.id, number),
+                        )
+                        .await
                     },
                     || store::chats::find(&state.pool, app.id, number),
                 )
@@ -100,23 +123,15 @@ pub async fn message(
                 .await_stored(
                     || async {
                         let counters = buffer.counters(&app.token, chat.number).await?;
-                        let allocated = counters.last_message.is_some_and(|last| number <= last);
-                        if counters
-                            .messages_skipped
-                            .iter()
-                            .any(|r| r.contains(&number))
-                        {
-                            return Err(BufferError::Skipped);
-                        }
-                        if allocated {
-                            not_lost(
-                                buffer,
-                                &app.token,
-                                message_lost_field(app.id, chat.number, number),
-                            )
-                            .await?;
-                        }
-                        Ok(allocated)
+                        on_its_way(
+                            buffer,
+                            &app.token,
+                            number,
+                            counters.last_message.is_some_and(|last| number <= last),
+                            &counters.messages_skipped,
+                            || message_lost_field(app.id, chat.number, number),
+                        )
+                        .await
                     },
                     || store::messages::find(&state.pool, chat.id, number),
                 )
