@@ -709,6 +709,86 @@ struct Failover {
     switch: Duration,
 }
 
+/// After a Redis failover began at `killed_at`: waits until `load` gets 50
+/// more 201s than when the new master took over (no restart of the
+/// service), lets it run 2 s more, and stops it. Returns the ledger and the
+/// time from the kill to 201s again.
+async fn resumes_after_failover(
+    load: Load,
+    killed_at: std::time::Instant,
+) -> (harness::Ledger, Duration) {
+    let acked_at_promotion = load.statuses().get(&201).copied().unwrap_or(0);
+    let resumed = harness::eventually(Duration::from_secs(30), || async {
+        load.statuses().get(&201).copied().unwrap_or(0) > acked_at_promotion + 50
+    })
+    .await;
+    let switch = killed_at.elapsed();
+    assert!(
+        resumed,
+        "201s resume after the failover, with no restart of the service: {:?}",
+        load.statuses()
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    (load.stop().await, switch)
+}
+
+/// Once the queue drained: checks the promise of a failover run (every
+/// acknowledged create that is missing lies in a range its counter skipped,
+/// and no number carries another body), prints the figures under `label`,
+/// and asserts what every failover must show: 503 during the switch and
+/// nothing but 201 and 503, and no dead letter but collisions.
+async fn failover_report(
+    world: &World,
+    token: &str,
+    ledger: &harness::Ledger,
+    switch: Duration,
+    label: &str,
+) -> Failover {
+    world.wait_drained(Duration::from_secs(30)).await;
+    let stored = world.stored(token).await;
+    let skips = world.skips(token).await;
+    let skipped = |chat: i64, n: i64| {
+        skips
+            .get(&chat)
+            .is_some_and(|rs| rs.iter().any(|r| r.contains(&n)))
+    };
+    let lost = harness::check_promise_explaining(ledger, &stored, &skipped);
+    let dead = world.dead_letters().await;
+    let report = Failover {
+        requests: ledger.requests,
+        acked: ledger.acked.len(),
+        rows: stored.len(),
+        lost: lost.len(),
+        collisions: dead.iter().filter(|e| e.contains("\"collision\"")).count(),
+        dead: dead.len(),
+        statuses: ledger.statuses.clone(),
+        switch,
+    };
+    eprintln!(
+        "{label}: {} requests, {} acknowledged, {} rows, {} acknowledged and lost (each in a skipped range), \
+         {} collisions, {} dead letters, statuses {:?}, 201s again {:.1} s after the kill; skipped ranges {skips:?}",
+        report.requests,
+        report.acked,
+        report.rows,
+        report.lost,
+        report.collisions,
+        report.dead,
+        report.statuses,
+        report.switch.as_secs_f64()
+    );
+    assert!(
+        report.statuses.get(&503).copied().unwrap_or(0) > 0
+            && report.statuses.keys().all(|s| [201, 503].contains(s)),
+        "503 during the switch, and nothing but 201 and 503: {:?}",
+        report.statuses
+    );
+    assert!(
+        dead.iter().all(|e| e.contains("\"collision\"")),
+        "dead letters other than collisions: {dead:?}"
+    );
+    report
+}
+
 /// A primary, a replica and three sentinels on loopback; the service finds
 /// the master through the sentinels (`REDIS_SENTINELS`). Under load the
 /// primary is SIGKILLed; the sentinels promote the replica, and the same
@@ -752,65 +832,16 @@ async fn sentinel_failover(durability: &str) -> Failover {
     assert!(promoted, "the sentinels promoted the replica");
     // The old primary comes back empty and is made a replica of the new one.
     primary.restart().await;
-    let acked_at_promotion = load.statuses().get(&201).copied().unwrap_or(0);
-    let resumed = harness::eventually(Duration::from_secs(30), || async {
-        load.statuses().get(&201).copied().unwrap_or(0) > acked_at_promotion + 50
-    })
-    .await;
-    let switch = killed_at.elapsed();
-    assert!(
-        resumed,
-        "201s resume after the failover, with no restart of the service: {:?}",
-        load.statuses()
-    );
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    let ledger = load.stop().await;
-
+    let (ledger, switch) = resumes_after_failover(load, killed_at).await;
     world.reconnect_redis(&replica.url()).await;
-    world.wait_drained(Duration::from_secs(30)).await;
-    let stored = world.stored(&token).await;
-    let skips = world.skips(&token).await;
-    let skipped = |chat: i64, n: i64| {
-        skips
-            .get(&chat)
-            .is_some_and(|rs| rs.iter().any(|r| r.contains(&n)))
-    };
-    eprintln!("skipped ranges: {skips:?}");
-    let lost = harness::check_promise_explaining(&ledger, &stored, &skipped);
-    let dead = world.dead_letters().await;
-    let collisions = dead.iter().filter(|e| e.contains("\"collision\"")).count();
-    let report = Failover {
-        requests: ledger.requests,
-        acked: ledger.acked.len(),
-        rows: stored.len(),
-        lost: lost.len(),
-        collisions,
-        dead: dead.len(),
-        statuses: ledger.statuses.clone(),
+    let report = failover_report(
+        &world,
+        &token,
+        &ledger,
         switch,
-    };
-    eprintln!(
-        "sentinel failover, REDIS_DURABILITY={durability}: {} requests, {} acknowledged, {} rows, {} acknowledged and lost (each in a skipped range), \
-         {} collisions, {} dead letters, statuses {:?}, 201s again {:.1} s after the kill",
-        report.requests,
-        report.acked,
-        report.rows,
-        report.lost,
-        report.collisions,
-        report.dead,
-        report.statuses,
-        report.switch.as_secs_f64()
-    );
-    assert!(
-        report.statuses.get(&503).copied().unwrap_or(0) > 0
-            && report.statuses.keys().all(|s| [201, 503].contains(s)),
-        "503 during the switch, and nothing but 201 and 503: {:?}",
-        report.statuses
-    );
-    assert!(
-        dead.iter().all(|e| e.contains("\"collision\"")),
-        "dead letters other than collisions: {dead:?}"
-    );
+        &format!("sentinel failover, REDIS_DURABILITY={durability}"),
+    )
+    .await;
     drop(service);
     world.cleanup().await;
     report
@@ -857,10 +888,16 @@ async fn killing_a_cluster_master_under_load_fails_over_with_503s_then_201s_with
     let master = cluster.master_of(&shard.app(&token));
 
     let load = Load::start("cm-", vec![base.clone()], &token, 4, 8);
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // Creates succeed before the failover: a steady stream of them, however
+    // long the cluster client takes to load the slot map (not a fixed sleep).
+    let flowing = harness::eventually(Duration::from_secs(15), || async {
+        load.statuses().get(&201).copied().unwrap_or(0) > 200
+    })
+    .await;
     assert!(
-        load.statuses().get(&201).copied().unwrap_or(0) > 0,
-        "creates succeed before the failover"
+        flowing,
+        "creates succeed before the failover: {:?}",
+        load.statuses()
     );
     let killed_at = std::time::Instant::now();
     cluster.kill9(master);
@@ -871,50 +908,10 @@ async fn killing_a_cluster_master_under_load_fails_over_with_503s_then_201s_with
     })
     .await;
     assert!(promoted, "a replica took over the killed master's slots");
-    let acked_at_promotion = load.statuses().get(&201).copied().unwrap_or(0);
-    let resumed = harness::eventually(Duration::from_secs(30), || async {
-        load.statuses().get(&201).copied().unwrap_or(0) > acked_at_promotion + 50
-    })
-    .await;
-    let switch = killed_at.elapsed();
-    assert!(
-        resumed,
-        "201s resume after the failover, with no restart of the service: {:?}",
-        load.statuses()
-    );
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    let ledger = load.stop().await;
-
-    world.wait_drained(Duration::from_secs(30)).await;
-    let stored = world.stored(&token).await;
-    let skips = world.skips(&token).await;
-    let skipped = |chat: i64, n: i64| {
-        skips
-            .get(&chat)
-            .is_some_and(|rs| rs.iter().any(|r| r.contains(&n)))
-    };
-    let lost = harness::check_promise_explaining(&ledger, &stored, &skipped);
-    let dead = world.dead_letters().await;
-    let collisions = dead.iter().filter(|e| e.contains("\"collision\"")).count();
-    eprintln!(
-        "cluster master killed: {} requests, {} acknowledged, {} rows, {} acknowledged and lost (each in a skipped range), \
-         {collisions} collisions, {} dead letters, statuses {:?}, 201s again {:.1} s after the kill; skipped ranges {skips:?}",
-        ledger.requests,
-        ledger.acked.len(),
-        stored.len(),
-        lost.len(),
-        dead.len(),
-        ledger.statuses,
-        switch.as_secs_f64()
-    );
-    assert!(
-        ledger.statuses.get(&503).copied().unwrap_or(0) > 0
-            && ledger.statuses.keys().all(|s| [201, 503].contains(s)),
-        "503 during the switch, and nothing but 201 and 503: {:?}",
-        ledger.statuses
-    );
-    assert_eq!(collisions, 0, "no number was handed out twice");
-    assert!(dead.is_empty(), "no dead letters: {dead:?}");
+    let (ledger, switch) = resumes_after_failover(load, killed_at).await;
+    let report = failover_report(&world, &token, &ledger, switch, "cluster master killed").await;
+    assert_eq!(report.collisions, 0, "no number was handed out twice");
+    assert_eq!(report.dead, 0, "no dead letters");
     drop(service);
     world.cleanup().await;
 }
