@@ -145,66 +145,69 @@ pub async fn reshard(
                 .to_string(),
         );
     }
+    // Each shard's epoch before the move, for re-stamping moved counters.
+    let mut old_epochs: Vec<Option<String>> = Vec::new();
     for old in from.shards() {
-        let old_epoch: Option<String> = {
-            let key = old.epoch();
+        let key = old.epoch();
+        old_epochs.push(
             buffer
                 .with_conn(|mut c| async move { c.hget(key, "epoch").await })
-                .await?
+                .await?,
+        );
+    }
+    // One SCAN over every shard's keys for each kind (not one per shard).
+    for (key, old, token) in shard_keys(buffer, from, "app:").await? {
+        let new = to.for_token(&token);
+        let new_key = new.app(&token);
+        if new_key == key {
+            continue;
+        }
+        let new_epoch = &new_epochs[usize::from(new.index())];
+        let old_epoch = old_epochs[usize::from(old)].clone();
+        buffer
+            .with_conn(|mut c| async move {
+                let mut fields: Vec<(String, String)> = c.hgetall(&key).await?;
+                let ttl: i64 = c.pttl(&key).await?;
+                for (field, value) in &mut fields {
+                    let checked = field == "v" || field.starts_with("v:");
+                    if checked && old_epoch.as_deref() == Some(value.as_str()) {
+                        *value = new_epoch.clone();
+                    }
+                }
+                if !fields.is_empty() {
+                    let _: () = c.hset_multiple(&new_key, &fields).await?;
+                    if ttl > 0 {
+                        let _: () = c.pexpire(&new_key, ttl).await?;
+                    }
+                }
+                c.del::<_, ()>(&key).await
+            })
+            .await?;
+        report.apps += 1;
+    }
+    for (key, _, rest) in shard_keys(buffer, from, "idem:").await? {
+        let Some((token, digest)) = rest.split_once(':') else {
+            continue;
         };
-        for key in scan(buffer, format!("{}app:*", old.prefix())).await? {
-            let token = &key[old.prefix().len() + "app:".len()..];
-            let new = to.for_token(token);
-            let new_key = new.app(token);
-            if new_key == key {
-                continue;
-            }
-            let new_epoch = &new_epochs[usize::from(new.index())];
-            let old_epoch = old_epoch.clone();
-            buffer
-                .with_conn(|mut c| async move {
-                    let mut fields: Vec<(String, String)> = c.hgetall(&key).await?;
-                    let ttl: i64 = c.pttl(&key).await?;
-                    for (field, value) in &mut fields {
-                        let checked = field == "v" || field.starts_with("v:");
-                        if checked && old_epoch.as_deref() == Some(value.as_str()) {
-                            *value = new_epoch.clone();
-                        }
-                    }
-                    if !fields.is_empty() {
-                        let _: () = c.hset_multiple(&new_key, &fields).await?;
-                        if ttl > 0 {
-                            let _: () = c.pexpire(&new_key, ttl).await?;
-                        }
-                    }
-                    c.del::<_, ()>(&key).await
-                })
-                .await?;
-            report.apps += 1;
+        let new_key = to.for_token(token).idempotency(token, digest);
+        if new_key == key {
+            continue;
         }
-        for key in scan(buffer, format!("{}idem:*", old.prefix())).await? {
-            let rest = &key[old.prefix().len() + "idem:".len()..];
-            let Some((token, digest)) = rest.split_once(':') else {
-                continue;
-            };
-            let new_key = to.for_token(token).idempotency(token, digest);
-            if new_key == key {
-                continue;
-            }
-            buffer
-                .with_conn(|mut c| async move {
-                    let value: Option<String> = c.get(&key).await?;
-                    let ttl: i64 = c.pttl(&key).await?;
-                    if let Some(v) = value {
-                        let opts = redis::SetOptions::default()
-                            .with_expiration(redis::SetExpiry::PX(ttl.max(1) as u64));
-                        let _: () = c.set_options(&new_key, v, opts).await?;
-                    }
-                    c.del::<_, ()>(&key).await
-                })
-                .await?;
-            report.idempotency_keys += 1;
-        }
+        buffer
+            .with_conn(|mut c| async move {
+                let value: Option<String> = c.get(&key).await?;
+                let ttl: i64 = c.pttl(&key).await?;
+                if let Some(v) = value {
+                    let opts = redis::SetOptions::default()
+                        .with_expiration(redis::SetExpiry::PX(ttl.max(1) as u64));
+                    let _: () = c.set_options(&new_key, v, opts).await?;
+                }
+                c.del::<_, ()>(&key).await
+            })
+            .await?;
+        report.idempotency_keys += 1;
+    }
+    for old in from.shards() {
         let target = to.shard(0);
         for scope in ["apps", "chats"] {
             let (key, new_key) = (old.dirty(scope), target.dirty(scope));
@@ -282,9 +285,26 @@ async fn queued_in(buffer: &Buffer, keys: &Keys) -> Result<u64, BufferError> {
     Ok(total)
 }
 
-/// Every key matching `pattern` (SCAN, so Redis is never blocked).
-async fn scan(buffer: &Buffer, pattern: String) -> Result<Vec<String>, BufferError> {
-    buffer
+/// Every key `{prefix}{N}:{kind}{rest}` of the shards of `keys` (N below
+/// their count), as `(key, N, rest)`: one SCAN of every node for all the
+/// shards at once, so Redis is never blocked and the keyspace is read once.
+async fn shard_keys(
+    buffer: &Buffer,
+    keys: &Keys,
+    kind: &str,
+) -> Result<Vec<(String, u16, String)>, BufferError> {
+    let pattern = format!("{}{{*}}:{kind}*", keys.prefix());
+    let found = buffer
         .with_conn(|mut c| async move { c.scan_all(&pattern).await })
-        .await
+        .await?;
+    Ok(found
+        .into_iter()
+        .filter_map(|key| {
+            let tagged = key.strip_prefix(keys.prefix())?.strip_prefix('{')?;
+            let (index, after) = tagged.split_once("}:")?;
+            let index: u16 = index.parse().ok()?;
+            let rest = after.strip_prefix(kind)?.to_string();
+            (index < keys.shard_count()).then_some((key, index, rest))
+        })
+        .collect())
 }
