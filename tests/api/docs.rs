@@ -6,11 +6,7 @@ use std::collections::BTreeSet;
 
 use clap::CommandFactory;
 
-#[derive(clap::Parser)]
-struct Wrapper {
-    #[command(flatten)]
-    config: chat_api::config::Config,
-}
+use crate::helpers::Wrapper;
 
 /// The environment variables `chat-api serve` reads (hidden ones aside):
 /// its configuration, plus `SKIP_MIGRATIONS` (a flag of `serve` itself) and

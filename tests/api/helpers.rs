@@ -23,10 +23,12 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// `chat-api serve`'s settings as a command of their own, to parse a
+/// default configuration and to list its arguments.
 #[derive(Parser)]
-struct Wrapper {
+pub struct Wrapper {
     #[command(flatten)]
-    config: Config,
+    pub config: Config,
 }
 
 /// A test configuration: own database and prefix, port 0, and a flush
