@@ -644,12 +644,18 @@ impl Buffer {
             .await
     }
 
-    /// Runs the epoch check of every shard now, one script per shard (on
-    /// Redis Cluster each runs on the master that holds its shard). Errors:
-    /// Redis unavailable.
+    /// Runs the epoch check of every shard now: on one node, one script for
+    /// all of them (they share its keyspace, as the pool's connection check
+    /// does); on a Redis Cluster, one per shard, each on the master that
+    /// holds it. Errors: Redis unavailable.
     pub async fn check_all_epochs(&self) -> Result<(), BufferError> {
-        for shard in self.keys.shards() {
-            let keys = vec![shard.epoch()];
+        let epochs: Vec<String> = self.keys.shards().map(|s| s.epoch()).collect();
+        let groups: Vec<Vec<String>> = if self.redis.is_cluster() {
+            epochs.into_iter().map(|key| vec![key]).collect()
+        } else {
+            vec![epochs]
+        };
+        for keys in groups {
             self.with_conn(
                 |mut c| async move { crate::store::redis::check_epoch(&mut c, &keys).await },
             )
