@@ -277,8 +277,8 @@ impl Config {
 
     /// Where the Redis pool connects: the sentinels' master when
     /// `REDIS_SENTINELS` is set, else `REDIS_URL`.
-    pub fn redis_target(&self) -> crate::store::redis::RedisTarget {
-        use crate::store::redis::RedisTarget;
+    pub fn redis_target(&self) -> crate::redis::RedisTarget {
+        use crate::redis::RedisTarget;
         if self.redis_sentinels.is_empty() {
             RedisTarget::Url(self.redis_url.clone())
         } else {

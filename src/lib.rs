@@ -10,25 +10,29 @@
 //! `INSERT`s, when a queue reaches its batch size or when its timer fires.
 //!
 //! ## Layout
-//! - [`config`]: every environment variable, typed and documented.
-//! - [`error`]: the one API error type, with a status per variant.
-//! - [`domain`]: validated values (names, bodies, tokens, pages).
-//! - [`http`]: one module per resource, assembled with Swagger UI and the
-//!   spec; [`http::admin`] is the operator API behind `ADMIN_API_KEY` (and,
-//!   with `ADMIN_BIND_ADDR`, on a listener of its own).
-//! - [`writebehind`]: the core: allocate+enqueue scripts, claim / lease /
-//!   acknowledge, the flusher, recovery, dead letters (list, replay,
-//!   discard) and a read-only look into the queues for operators.
+//! Layers that only point down (checked with `farm-studio look`, see
+//! `docs/architecture.md`):
+//! - [`http`]: one module per resource, the one API error type
+//!   ([`http::error`]), Swagger UI and the spec; [`http::admin`] is the
+//!   operator API behind `ADMIN_API_KEY`.
+//! - [`writebehind`]: the core: allocate+enqueue scripts, the lease queue
+//!   (claim / renew / acknowledge / give back / recover), the flusher and
+//!   what follows a commit, dead letters, shards, a read-only look into the
+//!   queues for operators.
+//! - [`jobs`]: scheduled work (the counts refresh, the search indexer).
 //! - [`store`]: MariaDB queries, bulk inserts included; the cross-application
 //!   listings; the two search backends.
-//! - [`jobs`]: scheduled work (the counts refresh, the search indexer).
+//! - [`redis`]: the Redis client: pool, Sentinel, Cluster, the epoch check,
+//!   and the one call path with its time limit.
+//! - [`domain`], [`config`], [`telemetry`]: validated values and records,
+//!   every environment variable, logs and metrics.
 //! - [`startup`]: building and running the service, graceful shutdown.
-//! - [`telemetry`]: structured logs and Prometheus metrics.
 
 pub mod config;
 pub mod domain;
 pub mod http;
 pub mod jobs;
+pub mod redis;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

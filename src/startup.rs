@@ -43,19 +43,19 @@ pub struct Application {
 /// a pool on one node (`REDIS_URL`, or the master `REDIS_SENTINELS` name),
 /// or a Redis Cluster connection (`REDIS_CLUSTER_NODES`). Errors: invalid
 /// URLs, or both a cluster and sentinels.
-pub fn redis_pool(config: &Config) -> anyhow::Result<crate::store::redis::RedisHandle> {
+pub fn redis_pool(config: &Config) -> anyhow::Result<crate::redis::RedisHandle> {
     if !config.redis_cluster_nodes.is_empty() {
         anyhow::ensure!(
             config.redis_sentinels.is_empty(),
             "REDIS_CLUSTER_NODES and REDIS_SENTINELS cannot both be set: a Redis Cluster fails over by itself"
         );
-        return crate::store::redis::RedisHandle::cluster(
+        return crate::redis::RedisHandle::cluster(
             &config.redis_cluster_nodes,
             config.redis_timeout(),
         )
         .context("REDIS_CLUSTER_NODES is invalid");
     }
-    Ok(crate::store::redis::pool_with_epoch(
+    Ok(crate::redis::pool_with_epoch(
         config.redis_target(),
         config.redis_pool_size,
         config.redis_timeout(),
@@ -74,7 +74,6 @@ pub fn flush_settings(config: &Config) -> FlushSettings {
         lease: config.lease,
         orphan_max_age: config.orphan_max_age,
         shutdown_timeout: config.shutdown_timeout,
-        index_search: config.meili_url.is_some(),
         fault_delay: Duration::from_millis(config.fault_flush_delay_ms),
         workers: config.flush_workers.get(),
     }
@@ -153,7 +152,7 @@ impl Application {
         let redis = redis_pool(&config)?;
         check_redis(&redis, config.allow_redis_eviction).await?;
         check_durability(&redis, &config).await?;
-        let marks = DirtyMarks::new(redis.clone(), config.keys());
+        let marks = DirtyMarks::new(redis.clone(), config.keys(), config.redis_timeout());
         let buffer = Buffer::new(
             redis,
             config.keys(),
@@ -172,11 +171,12 @@ impl Application {
             _ => buffer,
         };
         check_shards(&buffer).await?;
-        let flusher = Arc::new(Flusher::new(
-            buffer.clone(),
-            pool.clone(),
-            flush_settings(&config),
-        ));
+        let mut flusher = Flusher::new(buffer.clone(), pool.clone(), flush_settings(&config))
+            .with_after_commit(Arc::new(marks.clone()));
+        if config.meili_url.is_some() {
+            flusher = flusher.with_after_commit(Arc::new(crate::jobs::indexer::SearchFeed));
+        }
+        let flusher = Arc::new(flusher);
         let counts = Arc::new(CountsRefresher::new(
             marks.clone(),
             pool.clone(),
@@ -438,13 +438,10 @@ async fn recheck_shards(buffer: &Buffer) {
 /// Refuses to start when Redis may evict keys (unless allowed), and logs
 /// whether AOF persistence is on. A Redis that cannot be reached now is only
 /// logged: the service starts, and creation answers 503 until Redis is back.
-async fn check_redis(
-    pool: &crate::store::redis::RedisHandle,
-    allow_eviction: bool,
-) -> anyhow::Result<()> {
+async fn check_redis(pool: &crate::redis::RedisHandle, allow_eviction: bool) -> anyhow::Result<()> {
     let safety = match tokio::time::timeout(
         Duration::from_secs(3),
-        crate::store::redis::server_safety(pool),
+        crate::redis::server_safety(pool),
     )
     .await
     {
@@ -487,10 +484,7 @@ async fn check_redis(
 /// `fsync`: Redis must answer, with AOF on and `appendfsync always`; anything
 /// else, or a Redis that cannot be asked, refuses start-up.
 /// Errors: the reasons above, each with what to change.
-async fn check_durability(
-    pool: &crate::store::redis::RedisHandle,
-    config: &Config,
-) -> anyhow::Result<()> {
+async fn check_durability(pool: &crate::redis::RedisHandle, config: &Config) -> anyhow::Result<()> {
     use crate::config::Durability;
     match config.redis_durability {
         Durability::Memory => Ok(()),

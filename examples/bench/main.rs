@@ -909,13 +909,14 @@ async fn drain(
 ) -> anyhow::Result<(u64, f64)> {
     use chat_api::writebehind::flusher::FlushSettings;
     use chat_api::writebehind::keys::Keys;
-    let rpool = chat_api::store::redis::pool(redis_url, 4, Duration::from_secs(5))?;
-    let buffer = chat_api::writebehind::Buffer::new(
-        rpool,
-        Keys::with_shards(prefix.to_string(), shards),
+    let rpool = chat_api::redis::pool(redis_url, 4, Duration::from_secs(5))?;
+    let keys = Keys::with_shards(prefix.to_string(), shards);
+    let marks = chat_api::jobs::counts::DirtyMarks::new(
+        rpool.clone(),
+        keys.clone(),
         Duration::from_secs(5),
-        u64::MAX,
     );
+    let buffer = chat_api::writebehind::Buffer::new(rpool, keys, Duration::from_secs(5), u64::MAX);
     let settings = FlushSettings {
         chat_batch_size: batch,
         message_batch_size: batch,
@@ -923,11 +924,12 @@ async fn drain(
         lease: Duration::from_secs(60),
         orphan_max_age: Duration::from_secs(3600),
         shutdown_timeout: Duration::from_secs(30),
-        index_search: false,
         fault_delay: Duration::ZERO,
         workers,
     };
-    let flusher = chat_api::writebehind::Flusher::new(buffer, pool.clone(), settings);
+    // As the service does: the counts refresh's marks follow each commit.
+    let flusher = chat_api::writebehind::Flusher::new(buffer, pool.clone(), settings)
+        .with_after_commit(std::sync::Arc::new(marks));
     let started = Instant::now();
     let mut written = 0;
     while flusher.pending().await? > 0 {
@@ -1102,10 +1104,11 @@ async fn store_messages(pool: &MySqlPool, n: u64) -> anyhow::Result<()> {
 
 /// Milliseconds to refresh the counts of one dirty chat.
 async fn refresh_one(env: &Env, pool: &MySqlPool) -> anyhow::Result<f64> {
-    let rpool = chat_api::store::redis::pool(&env.opts.redis, 2, Duration::from_secs(5))?;
+    let rpool = chat_api::redis::pool(&env.opts.redis, 2, Duration::from_secs(5))?;
     let marks = chat_api::jobs::counts::DirtyMarks::new(
         rpool,
         chat_api::writebehind::keys::Keys::new(format!("{}refresh:", env.prefix)),
+        Duration::from_secs(5),
     );
     let refresher = chat_api::jobs::counts::CountsRefresher::new(
         marks.clone(),

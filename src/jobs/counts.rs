@@ -3,14 +3,15 @@
 //!
 //! **Dirty marks.** The flusher (after each COMMIT, before acknowledging its
 //! batch) and every delete add the ids of the applications and chats they
-//! touched to the Redis sets `dirty:apps` and `dirty:chats`
-//! ([`DirtyMarks::mark`]). A crash between a flush's COMMIT and its mark loses
+//! touched to the Redis sets `dirty:apps` and `dirty:chats` (the flusher
+//! through [`DirtyMarks`]' after-commit job, deletes with [`DirtyMarks::mark`]). A crash between a flush's COMMIT and its mark loses
 //! nothing: the batch is not acknowledged yet, so it is written again (a
 //! no-op) and marked then.
 //!
-//! **Taking marks** follows the flusher's claim / lease / acknowledge: a Lua
-//! script SPOPs up to `COUNTS_BATCH_SIZE` ids into a fresh processing set with
-//! a lease; the UPDATE runs; then the processing set is deleted. A refresh that
+//! **Taking marks** uses the lease queue of the flusher
+//! ([`crate::writebehind::lease`]): its claim SPOPs up to `COUNTS_BATCH_SIZE`
+//! ids into a fresh processing set with a lease; the UPDATE runs; then the
+//! batch is acknowledged. A refresh that
 //! fails puts its ids back; a refresher that dies leaves a lease that expires,
 //! and any instance then puts the ids back ([`DirtyMarks::recover_expired`]).
 //! SPOP hands each id to one instance only, so several instances share the
@@ -29,13 +30,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::Script;
 use sqlx::{MySql, MySqlPool, QueryBuilder};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::redis::{RedisConnection, RedisHandle};
-use crate::writebehind::buffer::now_ms;
-use crate::writebehind::keys::{Keys, ShardKeys};
+use crate::redis::RedisHandle;
+use crate::writebehind::BufferError;
+use crate::writebehind::after_commit::{AfterCommit, Committed};
+use crate::writebehind::keys::{Keys, Kind, ShardKeys};
+use crate::writebehind::lease::{Batch, Collection, HandOn, LeaseQueue};
 
 /// Which cached column a mark is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +49,8 @@ pub enum Scope {
 }
 
 impl Scope {
-    fn as_str(self) -> &'static str {
+    /// The scope's name in keys (`dirty:apps`, `dirty:chats`).
+    pub fn as_str(self) -> &'static str {
         match self {
             Scope::Apps => "apps",
             Scope::Chats => "chats",
@@ -55,51 +58,14 @@ impl Scope {
     }
 }
 
-const CLAIM: &str = r#"
-local ids = redis.call('SPOP', KEYS[1], tonumber(ARGV[1]))
-if #ids == 0 then return ids end
-for i = 1, #ids, 1000 do
-  redis.call('SADD', KEYS[2], unpack(ids, i, math.min(i + 999, #ids)))
-end
-redis.call('ZADD', KEYS[3], ARGV[2], KEYS[2])
-return ids
-"#;
-
-const ACK: &str = r#"
-redis.call('ZREM', KEYS[1], KEYS[2])
-return redis.call('DEL', KEYS[2])
-"#;
-
-const RELEASE: &str = r#"
-if redis.call('ZREM', KEYS[1], KEYS[2]) == 0 then return 0 end
-redis.call('SUNIONSTORE', KEYS[3], KEYS[3], KEYS[2])
-return redis.call('DEL', KEYS[2])
-"#;
-
-/// KEYS: the shard's dirty leases. ARGV: now ms, the shard's key prefix
-/// (the processing sets and dirty sets are named from it, and share its
-/// hash tag).
-const RECOVER: &str = r#"
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
-for _, key in ipairs(expired) do
-  local scope = string.match(key, 'dirtyproc:(%w+):[^:]+$')
-  redis.call('ZREM', KEYS[1], key)
-  if scope then
-    local dirty = ARGV[2] .. 'dirty:' .. scope
-    redis.call('SUNIONSTORE', dirty, dirty, key)
-  end
-  redis.call('DEL', key)
-end
-return #expired
-"#;
-
 /// The dirty marks in Redis, one set per scope in each queue shard (see
-/// [`crate::writebehind::keys`]). Cheap to clone.
+/// [`crate::writebehind::keys`]), drained with the lease queue. Cheap to clone.
 #[derive(Clone)]
 pub struct DirtyMarks {
     redis: RedisHandle,
+    timeout: Duration,
     keys: Keys,
-    scripts: Arc<[Script; 4]>,
+    leases: LeaseQueue,
 }
 
 /// Ids taken for one refresh step, owned under a lease until acknowledged.
@@ -107,38 +73,28 @@ pub struct DirtyMarks {
 pub struct TakenMarks {
     /// What the ids are.
     pub scope: Scope,
-    /// The shard they were taken from.
-    pub shard: ShardKeys,
-    /// The processing set holding them.
-    pub key: String,
     /// The ids.
     pub ids: Vec<u64>,
+    /// The leased batch holding them.
+    pub batch: Batch,
 }
 
 impl DirtyMarks {
-    /// Marks under `keys` (`REDIS_KEY_PREFIX` and `QUEUE_SHARDS`).
-    pub fn new(redis: impl Into<RedisHandle>, keys: Keys) -> Self {
+    /// Marks under `keys` (`REDIS_KEY_PREFIX` and `QUEUE_SHARDS`), every
+    /// call bounded by `timeout` (`REDIS_TIMEOUT_MS`).
+    pub fn new(redis: impl Into<RedisHandle>, keys: Keys, timeout: Duration) -> Self {
+        let redis = redis.into();
         Self {
-            redis: redis.into(),
+            leases: LeaseQueue::new(redis.clone(), timeout, "counts"),
+            redis,
+            timeout,
             keys,
-            scripts: Arc::new([
-                Script::new(CLAIM),
-                Script::new(ACK),
-                Script::new(RELEASE),
-                Script::new(RECOVER),
-            ]),
         }
     }
 
     /// The key names in use.
     pub fn keys(&self) -> &Keys {
         &self.keys
-    }
-
-    /// A connection, through the same path (and time limit) as every other
-    /// Redis call.
-    async fn conn(&self) -> redis::RedisResult<RedisConnection> {
-        Ok(self.redis.get().await?.0)
     }
 
     /// Marks applications and chats of `token`'s application dirty, in its
@@ -156,10 +112,15 @@ impl DirtyMarks {
             pipe.sadd(shard.dirty(Scope::Chats.as_str()), chats)
                 .ignore();
         }
-        pipe.query_async::<()>(&mut self.conn().await?).await
+        self.redis
+            .call(self.timeout, |mut c| async move {
+                pipe.query_async::<()>(&mut c).await
+            })
+            .await
     }
 
-    /// Takes up to `max` marks of `scope` in `shard` under a lease of `lease`.
+    /// Takes up to `max` marks of `scope` in `shard` under a lease of
+    /// `lease`. Errors: Redis unavailable.
     pub async fn take(
         &self,
         shard: &ShardKeys,
@@ -167,56 +128,66 @@ impl DirtyMarks {
         max: usize,
         lease: Duration,
     ) -> redis::RedisResult<Option<TakenMarks>> {
-        let key =
-            shard.dirty_processing(scope.as_str(), &uuid::Uuid::new_v4().simple().to_string());
-        let ids: Vec<u64> = self.scripts[0]
-            .key(shard.dirty(scope.as_str()))
-            .key(&key)
-            .key(shard.dirty_leases())
-            .arg(max)
-            .arg(now_ms() + lease.as_millis() as i64)
-            .invoke_async(&mut self.conn().await?)
-            .await?;
-        Ok((!ids.is_empty()).then_some(TakenMarks {
-            scope,
-            shard: shard.clone(),
-            key,
-            ids,
-        }))
+        let queue = shard.dirty_queue(scope.as_str());
+        let Some(batch) = self.leases.claim(&queue, max, lease).await? else {
+            return Ok(None);
+        };
+        // Only this service writes the sets, and only ids: anything else
+        // is left out of the update (and dropped with the batch).
+        let ids = batch
+            .items
+            .iter()
+            .filter_map(|i| std::str::from_utf8(i).ok()?.parse().ok())
+            .collect();
+        Ok(Some(TakenMarks { scope, ids, batch }))
     }
 
-    /// Drops taken marks once their counts are updated.
+    /// Drops taken marks once their counts are updated. Errors: Redis
+    /// unavailable (the marks then come back when their lease runs out).
     pub async fn ack(&self, taken: &TakenMarks) -> redis::RedisResult<()> {
-        self.scripts[1]
-            .key(taken.shard.dirty_leases())
-            .key(&taken.key)
-            .invoke_async::<()>(&mut self.conn().await?)
-            .await
+        self.leases.ack(&taken.batch, &[]).await.map(|_| ())
     }
 
-    /// Puts taken marks back (the update failed).
+    /// Puts taken marks back (the update failed). Errors: Redis unavailable.
     pub async fn release(&self, taken: &TakenMarks) -> redis::RedisResult<()> {
-        self.scripts[2]
-            .key(taken.shard.dirty_leases())
-            .key(&taken.key)
-            .key(taken.shard.dirty(taken.scope.as_str()))
-            .invoke_async::<()>(&mut self.conn().await?)
-            .await
+        self.leases.give_back(&taken.batch).await.map(|_| ())
     }
 
     /// Puts back the marks of refreshers whose lease expired, in every
-    /// shard. Returns the number of processing sets recovered.
+    /// shard. Returns the number of leased batches recovered.
     pub async fn recover_expired(&self) -> redis::RedisResult<u64> {
         let mut total = 0;
         for shard in self.keys.shards() {
-            total += self.scripts[3]
-                .key(shard.dirty_leases())
-                .arg(now_ms())
-                .arg(shard.prefix())
-                .invoke_async::<u64>(&mut self.conn().await?)
-                .await?;
+            total += self
+                .leases
+                .recover_expired(&shard.dirty_lease_set())
+                .await?
+                .0;
         }
         Ok(total)
+    }
+}
+
+/// The flusher marks the parents of every committed batch dirty, in the
+/// batch's acknowledgement: application ids for chats, chat ids for messages.
+impl AfterCommit for DirtyMarks {
+    fn hand_on(&self, committed: &Committed<'_>) -> Result<Vec<HandOn>, BufferError> {
+        if committed.parents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let scope = match committed.kind {
+            Kind::Messages => Scope::Chats,
+            _ => Scope::Apps,
+        };
+        Ok(vec![HandOn {
+            key: committed.shard.dirty(scope.as_str()),
+            into: Collection::Set,
+            items: committed
+                .parents
+                .iter()
+                .map(|id| id.to_string().into_bytes())
+                .collect(),
+        }])
     }
 }
 

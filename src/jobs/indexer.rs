@@ -1,8 +1,11 @@
 //! The search indexer: applies the changes queued in `pending:search` to
 //! Meilisearch (only when `MEILI_URL` is set).
 //!
-//! The queue is durable (Redis) and is drained with the flusher's claim /
-//! lease / acknowledge machinery ([`Buffer::claim`]): a batch of ops is owned
+//! The flusher feeds it: [`SearchFeed`] is the after-commit job that queues
+//! one upsert per stored message batch, in the batch's acknowledgement.
+//!
+//! The queue is durable (Redis) and is drained with the lease queue
+//! ([`crate::writebehind::lease`]): a batch of ops is owned
 //! under a lease, applied, then acknowledged. While Meilisearch is down (or
 //! answers with an internal error), the batch is given back and retried with
 //! exponential backoff, so nothing is lost; the batch of a dead indexer comes
@@ -20,6 +23,10 @@ use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::search::meili::{ApplyError, IndexOp, MeiliSearch, doc_id};
+use crate::writebehind::after_commit::{AfterCommit, Committed};
+use crate::writebehind::buffer::search_op_json;
+use crate::writebehind::keys::ShardKeys;
+use crate::writebehind::lease::{Collection, HandOn};
 use crate::writebehind::{Buffer, BufferError, Kind};
 
 /// How often the indexer looks for queued ops.
@@ -37,6 +44,9 @@ pub enum IndexError {
     /// Redis unavailable.
     #[error(transparent)]
     Buffer(#[from] BufferError),
+    /// Redis failed in the lease queue.
+    #[error("Redis unavailable: {0}")]
+    Redis(#[from] redis::RedisError),
     /// MariaDB unavailable.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -73,23 +83,18 @@ impl Indexer {
     }
 
     /// [`Self::index_once`] in one shard.
-    async fn index_shard(
-        &self,
-        shard: &crate::writebehind::keys::ShardKeys,
-    ) -> Result<u64, IndexError> {
+    async fn index_shard(&self, shard: &ShardKeys) -> Result<u64, IndexError> {
         let mut budget = self.buffer.shard_pending_len(shard, Kind::Search).await?;
+        let queue = shard.record_queue(Kind::Search);
+        let leases = self.buffer.lease_queue();
         let mut applied = 0;
         while budget > 0 {
-            let Some(batch) = self
-                .buffer
-                .claim(shard, Kind::Search, OPS_PER_BATCH, self.lease)
-                .await?
-            else {
+            let Some(batch) = leases.claim(&queue, OPS_PER_BATCH, self.lease).await? else {
                 break;
             };
-            budget = budget.saturating_sub(batch.records.len() as u64);
+            budget = budget.saturating_sub(batch.items.len() as u64);
             let mut dead = Vec::new();
-            for raw in &batch.records {
+            for raw in &batch.items {
                 let result = match serde_json::from_slice::<IndexOp>(raw) {
                     Ok(op) => self.apply(&op).await,
                     Err(e) => Err(IndexError::Meili(ApplyError::Rejected(format!(
@@ -100,19 +105,22 @@ impl Indexer {
                     Ok(()) => applied += 1,
                     Err(IndexError::Meili(ApplyError::Rejected(reason))) => {
                         tracing::error!(%reason, op = %String::from_utf8_lossy(raw), "index op dead-lettered");
-                        dead.push(crate::writebehind::deadletter::entry(raw, &reason));
+                        dead.push(crate::writebehind::deadletter::entry(raw, &reason).into_bytes());
                     }
                     Err(e) => {
-                        if let Err(re) = self.buffer.release(&batch).await {
+                        if let Err(re) = leases.give_back(&batch).await {
                             tracing::warn!(error = %re, "could not release index batch; it returns when its lease expires");
                         }
                         return Err(e);
                     }
                 }
             }
-            self.buffer
-                .ack(&batch, &[], &dead, (&[], &[]), None, &[])
-                .await?;
+            let dead_letters = HandOn {
+                key: shard.dead_letter(Kind::Search),
+                into: Collection::List,
+                items: dead,
+            };
+            leases.ack(&batch, &[dead_letters]).await?;
         }
         Ok(applied)
     }
@@ -169,4 +177,25 @@ impl Indexer {
 
 fn new_backoff() -> impl Iterator<Item = Duration> {
     crate::writebehind::flusher::retry_backoff(Duration::from_millis(500), Duration::from_secs(30))
+}
+
+/// The after-commit job of the indexer: for a message batch that stored
+/// messages, queues one [`IndexOp::Sync`] of them on the shard's
+/// `pending:search` (registered only when `MEILI_URL` is set).
+pub struct SearchFeed;
+
+impl AfterCommit for SearchFeed {
+    fn hand_on(&self, committed: &Committed<'_>) -> Result<Vec<HandOn>, BufferError> {
+        if committed.kind != Kind::Messages || committed.stored_messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let op = IndexOp::Sync {
+            messages: committed.stored_messages.to_vec(),
+        };
+        Ok(vec![HandOn {
+            key: committed.shard.pending(Kind::Search),
+            into: Collection::List,
+            items: vec![search_op_json(&op)?.into_bytes()],
+        }])
+    }
 }

@@ -7,7 +7,6 @@ pub mod bulk;
 pub mod chats;
 pub mod listings;
 pub mod messages;
-pub mod redis;
 pub mod search;
 
 use std::time::Duration;

@@ -1,5 +1,6 @@
-//! The Redis side of the write-behind core: allocate+enqueue on the request
-//! path, and claim / renew / acknowledge / release / recover for the flusher.
+//! The Redis side of the write-behind core on the request path:
+//! allocate+enqueue, counter checks, tombstones, idempotency keys. The queues
+//! are drained through [`super::lease`].
 //!
 //! Every call is one Redis round trip (one script) with a time limit
 //! (`REDIS_TIMEOUT_MS`), so a Redis that hangs turns into a prompt 503.
@@ -7,13 +8,14 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::store::redis::{RedisConnection, RedisHandle};
+use crate::redis::{RedisConnection, RedisHandle};
 use redis::AsyncCommands;
 
 use super::keys::{Keys, Kind, ShardKeys};
+use super::lease::LeaseQueue;
 use super::scripts::{Scripts, code};
 
-pub use crate::store::redis::RedisPool;
+pub use crate::redis::{RedisPool, now_ms};
 
 /// How long a deleted application's tombstone (its hash, marked deleted)
 /// outlives it in Redis, in seconds. It only has to outlast a racing cache
@@ -111,19 +113,6 @@ pub enum Enqueue {
     Deleted,
 }
 
-/// A batch claimed by a flusher: it owns `key` until its lease runs out.
-#[derive(Debug)]
-pub struct Claimed {
-    /// Queue the batch came from.
-    pub kind: Kind,
-    /// The shard whose queue it came from.
-    pub shard: ShardKeys,
-    /// The processing list that holds it.
-    pub key: String,
-    /// The raw records, oldest first.
-    pub records: Vec<Vec<u8>>,
-}
-
 /// Handle on the buffer in Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct Buffer {
@@ -133,7 +122,7 @@ pub struct Buffer {
     timeout: Duration,
     max_pending: u64,
     max_pending_bytes: u64,
-    owner: std::sync::Arc<str>,
+    lease_queue: LeaseQueue,
     idempotency_ttl_secs: u64,
     replica_wait: Option<Duration>,
     reconcile_skip: u32,
@@ -190,14 +179,15 @@ impl Buffer {
         timeout: Duration,
         max_pending: u64,
     ) -> Self {
+        let redis = redis.into();
         Self {
-            redis: redis.into(),
+            lease_queue: LeaseQueue::new(redis.clone(), timeout, "unnamed"),
+            redis,
             keys,
             scripts: Default::default(),
             timeout,
             max_pending,
             max_pending_bytes: 0,
-            owner: "unnamed".into(),
             idempotency_ttl_secs: 86_400,
             replica_wait: None,
             reconcile_skip: 0,
@@ -302,13 +292,19 @@ impl Buffer {
     /// The same buffer, claiming batches in the name of `owner` (the
     /// instance id shown to operators).
     pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
-        self.owner = owner.into().into();
+        self.lease_queue = LeaseQueue::new(self.redis.clone(), self.timeout, owner.into());
         self
     }
 
     /// The name batches are claimed under.
     pub fn owner(&self) -> &str {
-        &self.owner
+        self.lease_queue.owner()
+    }
+
+    /// The lease queue that drains the buffer's queues (see
+    /// [`super::lease`]), with the same time limit and owner.
+    pub fn lease_queue(&self) -> &LeaseQueue {
+        &self.lease_queue
     }
 
     /// The Lua scripts.
@@ -326,34 +322,15 @@ impl Buffer {
         &self.redis
     }
 
-    /// Runs `f` on a pooled connection, within the time limit.
-    /// Errors: [`BufferError::Unavailable`] when Redis fails or is too slow.
+    /// Runs `f` on a pooled connection, within the time limit (see
+    /// [`RedisHandle::call`]). Errors: [`BufferError::Unavailable`] when
+    /// Redis fails or is too slow.
     pub(crate) async fn with_conn<T, F, Fut>(&self, f: F) -> Result<T, BufferError>
     where
         F: FnOnce(RedisConnection) -> Fut,
         Fut: Future<Output = Result<T, redis::RedisError>>,
     {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let timed_out = || {
-            BufferError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis()))
-        };
-        // A multiplexed connection is a cheap handle onto one pipelined
-        // socket: clone it and give the pool slot back at once.
-        let (conn, broken) = tokio::time::timeout_at(deadline, self.redis.get())
-            .await
-            .map_err(|_| timed_out())??;
-        match tokio::time::timeout_at(deadline, f(conn)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                broken.note(&e);
-                Err(e.into())
-            }
-            Err(_) => {
-                // A connection that hangs is as good as dead.
-                broken.set();
-                Err(timed_out())
-            }
-        }
+        Ok(self.redis.call(self.timeout, f).await?)
     }
 
     /// [`Buffer::decode_enqueue`], after the replica wait: a record queued
@@ -636,11 +613,11 @@ impl Buffer {
     }
 
     /// Runs the epoch check of `token`'s shard now (see
-    /// [`crate::store::redis::CHECK_EPOCH`]); returns the epoch in force.
+    /// [`crate::redis::CHECK_EPOCH`]); returns the epoch in force.
     /// Errors: Redis unavailable.
     pub async fn check_epoch(&self, token: &str) -> Result<i64, BufferError> {
         let keys = vec![self.keys.for_token(token).epoch()];
-        self.with_conn(|mut c| async move { crate::store::redis::check_epoch(&mut c, &keys).await })
+        self.with_conn(|mut c| async move { crate::redis::check_epoch(&mut c, &keys).await })
             .await
     }
 
@@ -656,10 +633,8 @@ impl Buffer {
             vec![epochs]
         };
         for keys in groups {
-            self.with_conn(
-                |mut c| async move { crate::store::redis::check_epoch(&mut c, &keys).await },
-            )
-            .await?;
+            self.with_conn(|mut c| async move { crate::redis::check_epoch(&mut c, &keys).await })
+                .await?;
         }
         Ok(())
     }
@@ -822,173 +797,6 @@ impl Buffer {
         self.list_len(shard.pending(kind)).await
     }
 
-    /// Claims up to `max` records of `kind` in `shard` under a lease of
-    /// `lease`. Returns `None` when nothing is pending there.
-    pub async fn claim(
-        &self,
-        shard: &ShardKeys,
-        kind: Kind,
-        max: usize,
-        lease: Duration,
-    ) -> Result<Option<Claimed>, BufferError> {
-        let key = shard.processing(kind, &uuid::Uuid::new_v4().simple().to_string());
-        let deadline = now_ms() + lease.as_millis() as i64;
-        let pending = shard.pending(kind);
-        let leases = shard.leases();
-        let batches = shard.batches();
-        let owner = format!("{}\t{}", self.owner, now_ms());
-        let k = key.clone();
-        let records: Vec<Vec<u8>> = self
-            .with_conn(|mut c| async move {
-                self.scripts
-                    .claim
-                    .key(pending)
-                    .key(k)
-                    .key(leases)
-                    .key(batches)
-                    .arg(max)
-                    .arg(deadline)
-                    .arg(owner)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
-        Ok((!records.is_empty()).then_some(Claimed {
-            kind,
-            shard: shard.clone(),
-            key,
-            records,
-        }))
-    }
-
-    /// Extends the lease of a claimed batch. Returns false when it was lost
-    /// (expired and recovered by someone else): then the batch must not be written.
-    pub async fn renew(&self, batch: &Claimed, lease: Duration) -> Result<bool, BufferError> {
-        let deadline = now_ms() + lease.as_millis() as i64;
-        let leases = batch.shard.leases();
-        let key = batch.key.clone();
-        let held: i64 = self
-            .with_conn(|mut c| async move {
-                self.scripts
-                    .renew
-                    .key(leases)
-                    .arg(key)
-                    .arg(deadline)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
-        Ok(held == 1)
-    }
-
-    /// Acknowledges a written batch, atomically with what follows from it
-    /// (see [`super::scripts::ACK`]): `deferred` records go back to the tail
-    /// of the pending list, `dead_letters` (JSON entries) to the dead-letter
-    /// list, the parents in `marks` (application ids, chat ids) are marked
-    /// dirty for the counts refresh, `search_op` (JSON) is queued for the
-    /// indexer, and the `lost` (field, reason) pairs of the dead letters go to
-    /// the lost hash. Returns false when the lease had been lost (then none of it
-    /// happened). Errors: Redis unavailable.
-    pub async fn ack(
-        &self,
-        batch: &Claimed,
-        deferred: &[&[u8]],
-        dead_letters: &[String],
-        marks: (&[u64], &[u64]),
-        search_op: Option<&str>,
-        lost: &[(String, String)],
-    ) -> Result<bool, BufferError> {
-        let shard = &batch.shard;
-        let leases = shard.leases();
-        let pending = shard.pending(batch.kind);
-        let dead = shard.dead_letter(batch.kind);
-        let batches = shard.batches();
-        let key = batch.key.clone();
-        let (apps, chats) = marks;
-        let held: i64 = self
-            .with_conn(|mut c| async move {
-                let mut inv = self.scripts.ack.key(leases);
-                inv.key(key)
-                    .key(pending)
-                    .key(dead)
-                    .key(batches)
-                    .key(shard.dirty("apps"))
-                    .key(shard.dirty("chats"))
-                    .key(shard.pending(Kind::Search))
-                    .key(shard.lost())
-                    .arg(deferred.len())
-                    .arg(dead_letters.len())
-                    .arg(apps.len())
-                    .arg(chats.len())
-                    .arg(usize::from(search_op.is_some()))
-                    .arg(lost.len());
-                for r in deferred {
-                    inv.arg(*r);
-                }
-                for d in dead_letters {
-                    inv.arg(d.as_str());
-                }
-                for id in apps.iter().chain(chats) {
-                    inv.arg(*id);
-                }
-                if let Some(op) = search_op {
-                    inv.arg(op);
-                }
-                for (field, reason) in lost {
-                    inv.arg(field.as_str()).arg(reason.as_str());
-                }
-                inv.invoke_async(&mut c).await
-            })
-            .await?;
-        Ok(held == 1)
-    }
-
-    /// Gives a batch back to the head of its pending list (the write failed
-    /// for a passing reason). Returns the number of records moved back.
-    pub async fn release(&self, batch: &Claimed) -> Result<u64, BufferError> {
-        let leases = batch.shard.leases();
-        let pending = batch.shard.pending(batch.kind);
-        let batches = batch.shard.batches();
-        let key = batch.key.clone();
-        self.with_conn(|mut c| async move {
-            self.scripts
-                .release
-                .key(leases)
-                .key(key)
-                .key(pending)
-                .key(batches)
-                .invoke_async(&mut c)
-                .await
-        })
-        .await
-    }
-
-    /// Recovers up to `max_batches` batches of `shard` whose lease expired
-    /// before `now_ms`. Returns `(batches, records)` moved back to their
-    /// pending lists.
-    pub async fn recover_expired(
-        &self,
-        shard: &ShardKeys,
-        now_ms: i64,
-        max_batches: u32,
-    ) -> Result<(u64, u64), BufferError> {
-        let leases = shard.leases();
-        let batches = shard.batches();
-        let prefix = shard.prefix().to_string();
-        self.with_conn(|mut c| async move {
-            self.scripts
-                .recover
-                .key(leases)
-                .key(batches)
-                .arg(now_ms)
-                .arg(prefix)
-                .arg(max_batches)
-                .invoke_async(&mut c)
-                .await
-        })
-        .await
-    }
-
     /// Removes every key under the prefix, on every node (tests and `reset`
     /// only). One DEL per hash slot, as a cluster requires.
     pub async fn delete_all_keys(&self) -> Result<u64, BufferError> {
@@ -998,7 +806,7 @@ impl Buffer {
             let mut by_slot: std::collections::HashMap<u16, Vec<String>> = Default::default();
             for k in keys {
                 by_slot
-                    .entry(crate::store::redis::key_slot(&k))
+                    .entry(crate::redis::key_slot(&k))
                     .or_default()
                     .push(k);
             }
@@ -1066,9 +874,4 @@ pub fn search_op_json(op: &crate::store::search::meili::IndexOp) -> Result<Strin
         serde_json::to_value(op).map_err(|e| BufferError::Unavailable(e.to_string()))?;
     value["queued_at_ms"] = now_ms().into();
     Ok(value.to_string())
-}
-
-/// Milliseconds since the Unix epoch, from the system clock.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }

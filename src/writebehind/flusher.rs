@@ -2,16 +2,16 @@
 //!
 //! **Who owns a batch, and when it is acknowledged.** A batch is moved
 //! atomically from `pending:{kind}` to a fresh `processing:{kind}:{uuid}`
-//! list, with a lease in the `leases` sorted set ([`Buffer::claim`]). While
+//! list, with a lease in the `leases` sorted set ([`super::lease::LeaseQueue::claim`]). While
 //! the lease runs, only its claimer touches it. The claimer writes it with
 //! idempotent multi-row INSERTs and COMMITs, and only then acknowledges it
-//! ([`Buffer::ack`]), which deletes the processing list and lease. So:
+//! ([`super::lease::LeaseQueue::ack`]), which deletes the processing list and lease. So:
 //! - crash before COMMIT: nothing was written; the lease expires and any
 //!   instance moves the batch back to the head of its pending list
 //!   ([`Flusher::recover_once`], at start-up and every lease period);
 //! - crash after COMMIT, before the acknowledgement: the same happens, and
 //!   the second write is a no-op thanks to the unique keys;
-//! - MariaDB unreachable: the batch is given back at once ([`Buffer::release`])
+//! - MariaDB unreachable: the batch is given back at once ([`super::lease::LeaseQueue::give_back`])
 //!   and the flusher retries with exponential backoff; meanwhile the request
 //!   path keeps queueing until `MAX_PENDING` (then 503).
 //!
@@ -34,11 +34,12 @@ use sqlx::MySqlPool;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::buffer::{Buffer, BufferError, Claimed, now_ms};
+use super::after_commit::{AfterCommit, Committed};
+use super::buffer::{Buffer, BufferError, now_ms};
 use super::keys::{Kind, ShardKeys};
+use super::lease::{Batch, Collection, HandOn};
 use crate::domain::record::{ChatRecord, DecodeError, MessageRecord};
 use crate::store::bulk::{self, BatchOutcome, Disposition};
-use crate::store::search::meili::IndexOp;
 
 /// Batch sizes, timer and lease of the flusher.
 #[derive(Debug, Clone)]
@@ -55,8 +56,6 @@ pub struct FlushSettings {
     pub orphan_max_age: Duration,
     /// Time given to the final drain on shutdown.
     pub shutdown_timeout: Duration,
-    /// Whether stored messages are queued for Meilisearch (`MEILI_URL` set).
-    pub index_search: bool,
     /// Fault injection (`FAULT_FLUSH_DELAY_MS`): a pause between COMMIT and
     /// acknowledgement, zero in production.
     pub fault_delay: Duration,
@@ -121,6 +120,9 @@ pub enum FlushError {
     /// Redis could not be reached.
     #[error(transparent)]
     Buffer(#[from] BufferError),
+    /// Redis failed in the lease queue.
+    #[error("Redis unavailable: {0}")]
+    Redis(#[from] redis::RedisError),
     /// The write did not finish within half a lease.
     #[error("the write took longer than half a lease")]
     Timeout,
@@ -131,6 +133,8 @@ pub struct Flusher {
     buffer: Buffer,
     pool: MySqlPool,
     settings: FlushSettings,
+    /// The jobs that follow each commit (see [`super::after_commit`]).
+    after_commit: Vec<Arc<dyn AfterCommit>>,
     /// Woken by the request path when a list reaches its batch size, and by
     /// read-your-writes waiters. Holds at most one permit, so wake-ups that
     /// arrive during a flush cause exactly one more flush.
@@ -179,9 +183,17 @@ impl Flusher {
             buffer,
             pool,
             settings,
+            after_commit: Vec::new(),
             wake: Arc::new(Notify::new()),
             generation: watch::Sender::new(0),
         }
+    }
+
+    /// The same flusher, telling `job` of each commit (its writes are made
+    /// by the batch's acknowledgement).
+    pub fn with_after_commit(mut self, job: Arc<dyn AfterCommit>) -> Self {
+        self.after_commit.push(job);
+        self
     }
 
     /// A handle for the request path.
@@ -248,31 +260,33 @@ impl Flusher {
         let mut report = FlushReport::default();
         for kind in Kind::FLUSHED_TO_DATABASE {
             let mut budget = self.buffer.shard_pending_len(shard, kind).await?;
+            let queue = shard.record_queue(kind);
             while budget > 0 {
                 let Some(batch) = self
                     .buffer
-                    .claim(
-                        shard,
-                        kind,
-                        self.settings.batch_size(kind),
-                        self.settings.lease,
-                    )
+                    .lease_queue()
+                    .claim(&queue, self.settings.batch_size(kind), self.settings.lease)
                     .await?
                 else {
                     break;
                 };
-                budget = budget.saturating_sub(batch.records.len() as u64);
-                report += self.flush_batch(batch).await?;
+                budget = budget.saturating_sub(batch.items.len() as u64);
+                report += self.flush_batch(kind, shard, batch).await?;
             }
         }
         Ok(report)
     }
 
     /// Writes one claimed batch and acknowledges it, or gives it back.
-    async fn flush_batch(&self, batch: Claimed) -> Result<FlushReport, FlushError> {
+    async fn flush_batch(
+        &self,
+        kind: Kind,
+        shard: &ShardKeys,
+        batch: Batch,
+    ) -> Result<FlushReport, FlushError> {
         let started = std::time::Instant::now();
-        let write = tokio::time::timeout(self.settings.lease / 2, self.write(&batch)).await;
-        let (outcome, search_op) = match write {
+        let write = tokio::time::timeout(self.settings.lease / 2, self.write(kind, &batch)).await;
+        let (outcome, stored_messages) = match write {
             Ok(Ok(d)) => d,
             Ok(Err(e)) => {
                 self.give_back(&batch).await;
@@ -286,53 +300,56 @@ impl Flusher {
         if !self.settings.fault_delay.is_zero() {
             tokio::time::sleep(self.settings.fault_delay).await;
         }
-        // The dirty marks and the index update are written by the
-        // acknowledgement itself (one script), so a full Redis cannot refuse
-        // them while accepting the acknowledgement, or the other way round.
+        // What follows the commit (dirty marks, index updates) is written by
+        // the acknowledgement itself (one script), so a full Redis cannot
+        // refuse it while accepting the acknowledgement, or the other way round.
         let touched = outcome.touched();
-        let marks: (&[u64], &[u64]) = match batch.kind {
-            Kind::Messages => (&[], &touched),
-            _ => (&touched, &[]),
+        let committed = Committed {
+            kind,
+            shard,
+            parents: &touched,
+            stored_messages: &stored_messages,
         };
-        let search_op = match &search_op {
-            Some(op) => Some(crate::writebehind::buffer::search_op_json(op)?),
-            None => None,
-        };
+        let mut hand_on = Vec::new();
+        for job in &self.after_commit {
+            hand_on.extend(job.hand_on(&committed)?);
+        }
         let mut report = FlushReport {
             batches: 1,
             ..Default::default()
         };
-        let mut deferred: Vec<std::borrow::Cow<'_, [u8]>> = Vec::new();
         let deferred_at = now_ms();
-        let mut dead: Vec<String> = Vec::new();
-        let mut lost: Vec<(String, String)> = Vec::new();
-        for (raw, d) in batch.records.iter().zip(&outcome.dispositions) {
+        let (mut deferred, mut dead, mut lost) = (Vec::new(), Vec::new(), Vec::new());
+        for (raw, d) in batch.items.iter().zip(&outcome.dispositions) {
             match d {
                 Disposition::Written => report.written += 1,
                 Disposition::ParentDeleted => report.dropped += 1,
-                Disposition::Deferred => deferred.push(
-                    crate::domain::record::MessageRecord::stamp_deferred(raw, deferred_at),
-                ),
+                Disposition::Deferred => {
+                    deferred.push(MessageRecord::stamp_deferred(raw, deferred_at).into_owned())
+                }
                 Disposition::DeadLetter(reason) => {
-                    tracing::error!(kind = batch.kind.as_str(), %reason, record = %String::from_utf8_lossy(raw), "record dead-lettered");
-                    dead.push(crate::writebehind::deadletter::entry(raw, reason));
-                    if let Some(field) = crate::writebehind::deadletter::lost_field(batch.kind, raw)
-                    {
-                        lost.push((field, reason.clone()));
+                    tracing::error!(kind = kind.as_str(), %reason, record = %String::from_utf8_lossy(raw), "record dead-lettered");
+                    dead.push(crate::writebehind::deadletter::entry(raw, reason).into_bytes());
+                    if let Some(field) = crate::writebehind::deadletter::lost_field(kind, raw) {
+                        lost.push(field.into_bytes());
+                        lost.push(reason.clone().into_bytes());
                     }
                 }
                 Disposition::Collision(stored) => {
                     tracing::error!(
-                        kind = batch.kind.as_str(),
+                        kind = kind.as_str(),
                         %stored,
                         record = %String::from_utf8_lossy(raw),
                         "collision: the record's number already holds another record; dead-lettered"
                     );
-                    crate::telemetry::metrics::collision(batch.kind.as_str());
-                    dead.push(crate::writebehind::deadletter::entry(
-                        raw,
-                        crate::writebehind::deadletter::COLLISION,
-                    ));
+                    crate::telemetry::metrics::collision(kind.as_str());
+                    dead.push(
+                        crate::writebehind::deadletter::entry(
+                            raw,
+                            crate::writebehind::deadletter::COLLISION,
+                        )
+                        .into_bytes(),
+                    );
                     // No lost mark: the number's row in MariaDB is another
                     // record, which a lookup finds and shows.
                 }
@@ -340,24 +357,22 @@ impl Flusher {
         }
         report.deferred = deferred.len() as u64;
         report.dead_lettered = dead.len() as u64;
-        if !self
-            .buffer
-            .ack(
-                &batch,
-                &deferred.iter().map(|r| r.as_ref()).collect::<Vec<_>>(),
-                &dead,
-                marks,
-                search_op.as_deref(),
-                &lost,
-            )
-            .await?
-        {
+        for (key, into, items) in [
+            (shard.pending(kind), Collection::List, deferred),
+            (shard.dead_letter(kind), Collection::List, dead),
+            (shard.lost(), Collection::Hash, lost),
+        ] {
+            if !items.is_empty() {
+                hand_on.push(HandOn { key, into, items });
+            }
+        }
+        if !self.buffer.lease_queue().ack(&batch, &hand_on).await? {
             tracing::warn!(key = %batch.key, "lease lost before acknowledgement; the recovered copy will be written again idempotently");
             report.lost_leases = 1;
         }
         crate::telemetry::metrics::batch_flushed(
-            batch.kind.as_str(),
-            batch.records.len(),
+            kind.as_str(),
+            batch.items.len(),
             report.written,
             report.dropped,
             report.dead_lettered,
@@ -367,37 +382,37 @@ impl Flusher {
     }
 
     /// Decodes a batch and writes it; undecodable records are dead-lettered.
-    /// For a message batch with Meilisearch on, also returns the index update
-    /// of the stored messages (one upsert per batch).
-    async fn write(&self, batch: &Claimed) -> Result<(BatchOutcome, Option<IndexOp>), sqlx::Error> {
-        match batch.kind {
+    /// For a message batch, also returns the stored messages as `(chat id,
+    /// number)`.
+    async fn write(
+        &self,
+        kind: Kind,
+        batch: &Batch,
+    ) -> Result<(BatchOutcome, Vec<(u64, i64)>), sqlx::Error> {
+        match kind {
             Kind::Messages => {
-                let (records, slots) = decode_all(&batch.records, MessageRecord::decode);
+                let (records, slots) = decode_all(&batch.items, MessageRecord::decode);
                 let cutoff = now_ms() - self.settings.orphan_max_age.as_millis() as i64;
                 let written = bulk::write_messages(&self.pool, &records, cutoff).await?;
-                let op = (self.settings.index_search && !written.stored.is_empty()).then(|| {
-                    IndexOp::Sync {
-                        messages: written
-                            .stored
-                            .iter()
-                            .map(|&(i, chat_id)| (chat_id, records[i].number))
-                            .collect(),
-                    }
-                });
-                Ok((merge(slots, written), op))
+                let stored = written
+                    .stored
+                    .iter()
+                    .map(|&(i, chat_id)| (chat_id, records[i].number))
+                    .collect();
+                Ok((merge(slots, written), stored))
             }
             _ => {
-                let (records, slots) = decode_all(&batch.records, ChatRecord::decode);
+                let (records, slots) = decode_all(&batch.items, ChatRecord::decode);
                 let written = bulk::write_chats(&self.pool, &records).await?;
-                Ok((merge(slots, written), None))
+                Ok((merge(slots, written), Vec::new()))
             }
         }
     }
 
     /// Releases a batch after a failed write; if even that fails, the lease
     /// expiry will bring it back.
-    async fn give_back(&self, batch: &Claimed) {
-        if let Err(e) = self.buffer.release(batch).await {
+    async fn give_back(&self, batch: &Batch) {
+        if let Err(e) = self.buffer.lease_queue().give_back(batch).await {
             tracing::warn!(error = %e, key = %batch.key, "could not release batch; it returns when its lease expires");
         }
     }
@@ -407,14 +422,13 @@ impl Flusher {
     pub async fn recover_once(&self) -> Result<(u64, u64), BufferError> {
         let mut total = (0, 0);
         for shard in self.buffer.keys().shards() {
-            loop {
-                let (b, r) = self.buffer.recover_expired(&shard, now_ms(), 100).await?;
-                total.0 += b;
-                total.1 += r;
-                if b < 100 {
-                    break;
-                }
-            }
+            let (b, r) = self
+                .buffer
+                .lease_queue()
+                .recover_expired(&shard.record_leases())
+                .await?;
+            total.0 += b;
+            total.1 += r;
         }
         if total.0 > 0 {
             crate::telemetry::metrics::batches_recovered(total.0);

@@ -14,6 +14,8 @@
 //! shard ([`Keys::application_idempotency`], [`Keys::shard_count`]) are read
 //! and written by single-key commands.
 
+use super::lease::{LeaseSet, Queue};
+
 /// The queues of the buffer: two flushed to MariaDB (chats always before
 /// messages) and one applied to Meilisearch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -146,13 +148,13 @@ impl ShardKeys {
 
     /// Hash of the shard's Redis epoch: `epoch` (raised each time the Redis
     /// holding the shard may have lost data) and `run_id` (of the server that
-    /// set it); see [`crate::store::redis::CHECK_EPOCH`].
+    /// set it); see [`crate::redis::CHECK_EPOCH`].
     pub fn epoch(&self) -> String {
         format!("{}epoch", self.prefix)
     }
 
     /// The shard's **node marker**: a copy of the epoch that
-    /// [`crate::store::redis::CHECK_EPOCH`] writes on the node it runs on and
+    /// [`crate::redis::CHECK_EPOCH`] writes on the node it runs on and
     /// does not replicate. A replica promoted by a failover has the epoch
     /// hash (replicated) but not the marker, so the enqueue scripts see at
     /// once that their node changed and re-check, instead of waiting for the
@@ -168,6 +170,46 @@ impl ShardKeys {
         format!("{}idem:{token}:{key_digest}", self.prefix)
     }
 
+    /// The lease set of the record queues (chats, messages, search): the
+    /// flusher's and the indexer's batches.
+    pub fn record_leases(&self) -> LeaseSet {
+        LeaseSet {
+            leases: self.leases(),
+            batches: self.batches(),
+            prefix: self.prefix.clone(),
+            processing: "processing:",
+            waiting: "pending:",
+        }
+    }
+
+    /// The queue of `kind`'s records: the `pending:{kind}` list.
+    pub fn record_queue(&self, kind: Kind) -> Queue {
+        Queue {
+            name: kind.as_str(),
+            lease_set: self.record_leases(),
+        }
+    }
+
+    /// The lease set of the dirty marks (the counts refresher's batches).
+    pub fn dirty_lease_set(&self) -> LeaseSet {
+        LeaseSet {
+            leases: self.dirty_leases(),
+            batches: format!("{}dirtybatches", self.prefix),
+            prefix: self.prefix.clone(),
+            processing: "dirtyproc:",
+            waiting: "dirty:",
+        }
+    }
+
+    /// The queue of the dirty marks of `scope` (`apps` or `chats`): the
+    /// `dirty:{scope}` set.
+    pub fn dirty_queue(&self, scope: &'static str) -> Queue {
+        Queue {
+            name: scope,
+            lease_set: self.dirty_lease_set(),
+        }
+    }
+
     /// Set of ids whose cached count is stale (`scope` is `apps` or `chats`),
     /// for the counts refresh ([`crate::jobs::counts`]).
     pub fn dirty(&self, scope: &str) -> String {
@@ -179,11 +221,6 @@ impl ShardKeys {
         format!("{}dirtyleases", self.prefix)
     }
 
-    /// Set holding one refresher's taken marks of `scope` (`id`: a UUID).
-    pub fn dirty_processing(&self, scope: &str, id: &str) -> String {
-        format!("{}dirtyproc:{scope}:{id}", self.prefix)
-    }
-
     /// Hash of numbers whose record was dead-lettered, so that a lookup
     /// answers at once instead of waiting for a flush that will not store
     /// it: `c:{application_id}:{n}` or `m:{application_id}:{chat}:{n}` → the
@@ -192,14 +229,10 @@ impl ShardKeys {
         format!("{}lost", self.prefix)
     }
 
-    /// List of records waiting to be flushed.
+    /// List of records waiting to be flushed (or, for [`Kind::Search`],
+    /// indexed).
     pub fn pending(&self, kind: Kind) -> String {
-        format!("{}pending:{}", self.prefix, kind.as_str())
-    }
-
-    /// List holding one claimed batch (`batch` is a fresh UUID).
-    pub fn processing(&self, kind: Kind, batch: &str) -> String {
-        format!("{}processing:{}:{batch}", self.prefix, kind.as_str())
+        self.record_queue(kind).waiting()
     }
 
     /// Sorted set of processing keys by lease deadline (ms since the epoch).

@@ -20,14 +20,16 @@
 //!    counted; records that cannot be written go to a dead-letter list.
 //!
 //! Reading order: [`WriteBehind`] (what the HTTP layer calls), [`buffer`]
-//! (Redis calls), [`scripts`] (the atomic steps), [`flusher`], then
-//! [`crate::store::bulk`].
+//! (Redis calls), [`scripts`] (the atomic steps), [`lease`] (how queues are
+//! drained), [`flusher`] and [`after_commit`], then [`crate::store::bulk`].
 
+pub mod after_commit;
 pub mod buffer;
 pub mod deadletter;
 pub mod flusher;
 pub mod inspect;
 pub mod keys;
+pub mod lease;
 pub mod scripts;
 pub mod shards;
 pub mod shedding;

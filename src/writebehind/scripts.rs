@@ -11,14 +11,12 @@
 //!   the last chat number handed out, and one field per chat number = the
 //!   last message number handed out in that chat (or `deleted`).
 //! - `pending:{kind}` list: records waiting for a flush.
-//! - `processing:{kind}:{batch}` list: a claimed batch, owned under a lease.
-//! - `leases` sorted set: processing key → lease deadline (ms since epoch).
-//! - `batches` hash: processing key → `{owner}\t{claimed_at_ms}` (who claimed
-//!   it and when; for operators, see `GET /api/v1/admin/queues`).
+//! - `processing:{kind}:{batch}` list, `leases`, `batches`: claimed batches
+//!   and their leases (see [`super::lease`]).
 //! - `deadletter:{kind}` list: records that could not be written, with the reason.
 //! - `epoch` hash: `epoch`, raised each time Redis may have lost data, and the
 //!   `run_id` of the server that raised it (see
-//!   [`crate::store::redis::CHECK_EPOCH`]).
+//!   [`crate::redis::CHECK_EPOCH`]).
 //! - In `app:{token}`, `v` = the epoch in which the chat counter was last
 //!   checked against MariaDB, and `v:{n}` = the same for chat `n`'s message
 //!   counter; `s` and `s:{n}` = the last four ranges of numbers they
@@ -66,6 +64,21 @@ pub mod code {
     pub const WRONG_SHARDS: i64 = -7;
 }
 
+/// The result codes of [`code`] as Lua locals, spliced at the top of the
+/// enqueue scripts, so that the Lua names each code as the Rust does.
+fn codes() -> String {
+    format!(
+        "local APP_MISS, DELETED, COUNTER_MISS, FULL, UNVERIFIED, KEY_REUSED, WRONG_SHARDS = {}, {}, {}, {}, {}, {}, {}",
+        code::APP_MISS,
+        code::DELETED,
+        code::COUNTER_MISS,
+        code::FULL,
+        code::UNVERIFIED,
+        code::KEY_REUSED,
+        code::WRONG_SHARDS
+    )
+}
+
 /// The idempotency step shared by the enqueue scripts (spliced into them):
 /// with a fingerprint (`ARGV[5]`, empty: no `Idempotency-Key`), a key seen
 /// before (`KEYS[4]` = `{fingerprint}\t{number}`) answers its number again,
@@ -76,7 +89,7 @@ if ARGV[5] ~= '' then
   local seen = redis.call('GET', KEYS[4])
   if seen then
     local fp, num = string.match(seen, '^(%x+)\t(%d+)$')
-    if fp ~= ARGV[5] then return {-6, 0, 0} end
+    if fp ~= ARGV[5] then return {KEY_REUSED, 0, 0} end
     return {tonumber(num), 0, 1}
   end
 end
@@ -89,7 +102,7 @@ end
 const BYTES_LIMIT: &str = r#"
 if tonumber(ARGV[7]) > 0 then
   local used = redis.call('MEMORY', 'USAGE', KEYS[2], 'SAMPLES', 5)
-  if used and used >= tonumber(ARGV[7]) then return {-4, len, 0} end
+  if used and used >= tonumber(ARGV[7]) then return {FULL, len, 0} end
 end
 "#;
 
@@ -105,7 +118,7 @@ end
 ///
 /// KEYS: app hash, pending chats list, epoch hash, idempotency key (the app
 /// hash again when there is none), the shard's node marker (an epoch without
-/// it counts as none, see [`crate::store::redis::CHECK_EPOCH`]). ARGV: max
+/// it counts as none, see [`crate::redis::CHECK_EPOCH`]). ARGV: max
 /// pending, created_at ms, unused,
 /// unused, request fingerprint (empty: no key), key lifetime in seconds, max
 /// pending bytes (0: none), the caller's `QUEUE_SHARDS` (a different `shards`
@@ -114,6 +127,7 @@ end
 /// id, epoch}` (epoch 0 when none is set).
 pub fn enqueue_chat() -> String {
     ENQUEUE_CHAT
+        .replace("--CODES", &codes())
         .replace("--REPLAY_KEY", REPLAY_KEY)
         .replace("--BYTES_LIMIT", BYTES_LIMIT)
         .replace("--REMEMBER_KEY", REMEMBER_KEY)
@@ -121,18 +135,19 @@ pub fn enqueue_chat() -> String {
 
 /// The text of [`enqueue_chat`] before its idempotency steps are spliced in.
 const ENQUEUE_CHAT: &str = r#"
+--CODES
 local id = redis.call('HGET', KEYS[1], 'id')
-if not id then return {-1, 0, 0} end
-if id == 'deleted' then return {-2, 0, 0} end
+if not id then return {APP_MISS, 0, 0} end
+if id == 'deleted' then return {DELETED, 0, 0} end
 --REPLAY_KEY
 local e = redis.call('HMGET', KEYS[3], 'epoch', 'shards')
-if e[2] and e[2] ~= ARGV[8] then return {-7, 0, 0} end
+if e[2] and e[2] ~= ARGV[8] then return {WRONG_SHARDS, 0, 0} end
 local epoch = e[1]
 if epoch and redis.call('GET', KEYS[5]) ~= epoch then epoch = nil end
-if not redis.call('HGET', KEYS[1], 'chats') then return {-3, tonumber(id), tonumber(epoch or 0)} end
-if not epoch or redis.call('HGET', KEYS[1], 'v') ~= epoch then return {-5, tonumber(id), tonumber(epoch or 0)} end
+if not redis.call('HGET', KEYS[1], 'chats') then return {COUNTER_MISS, tonumber(id), tonumber(epoch or 0)} end
+if not epoch or redis.call('HGET', KEYS[1], 'v') ~= epoch then return {UNVERIFIED, tonumber(id), tonumber(epoch or 0)} end
 local len = redis.call('LLEN', KEYS[2])
-if len >= tonumber(ARGV[1]) then return {-4, len, 0} end
+if len >= tonumber(ARGV[1]) then return {FULL, len, 0} end
 --BYTES_LIMIT
 local n = redis.call('HINCRBY', KEYS[1], 'chats', 1)
 if redis.call('HSETNX', KEYS[1], tostring(n), 0) == 1 then
@@ -155,6 +170,7 @@ return {n, len, 0}
 /// id, epoch}` (epoch 0 when none is set).
 pub fn enqueue_message() -> String {
     ENQUEUE_MESSAGE
+        .replace("--CODES", &codes())
         .replace("--REPLAY_KEY", REPLAY_KEY)
         .replace("--BYTES_LIMIT", BYTES_LIMIT)
         .replace("--REMEMBER_KEY", REMEMBER_KEY)
@@ -162,20 +178,21 @@ pub fn enqueue_message() -> String {
 
 /// The text of [`enqueue_message`] before its idempotency steps are spliced in.
 const ENQUEUE_MESSAGE: &str = r#"
+--CODES
 local id = redis.call('HGET', KEYS[1], 'id')
-if not id then return {-1, 0, 0} end
-if id == 'deleted' then return {-2, 0, 0} end
+if not id then return {APP_MISS, 0, 0} end
+if id == 'deleted' then return {DELETED, 0, 0} end
 --REPLAY_KEY
 local seq = redis.call('HGET', KEYS[1], ARGV[3])
 local e = redis.call('HMGET', KEYS[3], 'epoch', 'shards')
-if e[2] and e[2] ~= ARGV[8] then return {-7, 0, 0} end
+if e[2] and e[2] ~= ARGV[8] then return {WRONG_SHARDS, 0, 0} end
 local epoch = e[1]
 if epoch and redis.call('GET', KEYS[5]) ~= epoch then epoch = nil end
-if not seq then return {-3, tonumber(id), tonumber(epoch or 0)} end
-if seq == 'deleted' then return {-2, 0, 0} end
-if not epoch or redis.call('HGET', KEYS[1], 'v:' .. ARGV[3]) ~= epoch then return {-5, tonumber(id), tonumber(epoch or 0)} end
+if not seq then return {COUNTER_MISS, tonumber(id), tonumber(epoch or 0)} end
+if seq == 'deleted' then return {DELETED, 0, 0} end
+if not epoch or redis.call('HGET', KEYS[1], 'v:' .. ARGV[3]) ~= epoch then return {UNVERIFIED, tonumber(id), tonumber(epoch or 0)} end
 local len = redis.call('LLEN', KEYS[2])
-if len >= tonumber(ARGV[1]) then return {-4, len, 0} end
+if len >= tonumber(ARGV[1]) then return {FULL, len, 0} end
 --BYTES_LIMIT
 local n = redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
 len = redis.call('RPUSH', KEYS[2], id .. '\t' .. ARGV[3] .. '\t' .. n .. '\t' .. ARGV[2] .. '\t' .. ARGV[4])
@@ -227,116 +244,6 @@ elseif cur ~= 'deleted' then
 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
 return 1
-"#;
-
-/// Moves up to N records from the head of a pending list to a new processing
-/// list and records its lease and owner, in one step.
-///
-/// KEYS: pending list, processing list, leases, batches.
-/// ARGV: N, lease deadline ms, `{owner}\t{claimed_at_ms}`.
-/// Returns the claimed records (empty when nothing was pending).
-pub const CLAIM: &str = r#"#!lua flags=allow-oom
-local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-if #items == 0 then return items end
-redis.call('LTRIM', KEYS[1], #items, -1)
-for i = 1, #items, 1000 do
-  redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
-end
-redis.call('ZADD', KEYS[3], ARGV[2], KEYS[2])
-redis.call('HSET', KEYS[4], KEYS[2], ARGV[3])
-return items
-"#;
-
-/// Extends a lease if the caller still holds it.
-///
-/// KEYS: leases. ARGV: processing key, new deadline ms. Returns 1 if held, else 0.
-pub const RENEW: &str = r#"#!lua flags=allow-oom
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
-  return 1
-end
-return 0
-"#;
-
-/// Acknowledges a written batch, in one step and only if the caller still
-/// held the lease (otherwise the batch was recovered by another flusher,
-/// which will write it again idempotently, and mark and index it then):
-/// drops it, re-queues its deferred records at the tail of the pending list,
-/// dead-letters its poison records, marks the parents whose counts changed
-/// dirty, and queues the batch's search-index update.
-///
-/// The marks and the index update are part of the acknowledgement, not
-/// writes before it: under `maxmemory` with `noeviction` a separate write is
-/// refused, the batch would be handed back, and nothing would drain. The
-/// scripts that move batches (this one, [`CLAIM`], [`RELEASE`],
-/// [`RECOVER`]) run with `allow-oom`, so a full Redis still drains; only
-/// creation, which adds records, is refused (503).
-///
-/// The numbers of the dead-lettered records go to the `lost` hash with their
-/// reason, so that a lookup of one answers at once.
-///
-/// KEYS: leases, processing list, pending list, dead-letter list, batches,
-/// dirty applications set, dirty chats set, pending search list, lost hash.
-/// ARGV: counts D, E, A, C, S, L, then D deferred records, E dead-letter
-/// entries, A application ids, C chat ids, S (0 or 1) search-index ops, L
-/// (field, reason) pairs for the lost hash.
-/// Returns 1 if acknowledged, 0 if the lease had been lost.
-pub const ACK: &str = r#"#!lua flags=allow-oom
-local held = redis.call('ZREM', KEYS[1], KEYS[2])
-redis.call('DEL', KEYS[2])
-redis.call('HDEL', KEYS[5], KEYS[2])
-if held == 0 then return 0 end
-local i = 7
-local function push(key, n, cmd)
-  for j = i, i + n - 1, 1000 do
-    redis.call(cmd, key, unpack(ARGV, j, math.min(j + 999, i + n - 1)))
-  end
-  i = i + n
-end
-push(KEYS[3], tonumber(ARGV[1]), 'RPUSH')
-push(KEYS[4], tonumber(ARGV[2]), 'RPUSH')
-push(KEYS[6], tonumber(ARGV[3]), 'SADD')
-push(KEYS[7], tonumber(ARGV[4]), 'SADD')
-push(KEYS[8], tonumber(ARGV[5]), 'RPUSH')
-push(KEYS[9], 2 * tonumber(ARGV[6]), 'HSET')
-return 1
-"#;
-
-/// Gives a batch back: moves its records to the head of the pending list in
-/// their order, so that any flusher retries them first. Used when a write
-/// failed for a reason that should pass (MariaDB unreachable).
-///
-/// KEYS: leases, processing list, pending list, batches. Returns the records moved.
-pub const RELEASE: &str = r#"#!lua flags=allow-oom
-redis.call('HDEL', KEYS[4], KEYS[2])
-if redis.call('ZREM', KEYS[1], KEYS[2]) == 0 then return 0 end
-local items = redis.call('LRANGE', KEYS[2], 0, -1)
-for i = #items, 1, -1 do redis.call('LPUSH', KEYS[3], items[i]) end
-redis.call('DEL', KEYS[2])
-return #items
-"#;
-
-/// Recovers batches whose lease expired (their flusher died or hung): each
-/// goes back to the head of its pending list, and its lease is removed.
-///
-/// KEYS: leases, batches. ARGV: now ms, key prefix, most batches per call.
-/// Returns `{batches, records}` recovered.
-pub const RECOVER: &str = r#"#!lua flags=allow-oom
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-local records = 0
-for _, key in ipairs(expired) do
-  local kind = string.match(key, 'processing:(%w+):[^:]+$')
-  redis.call('ZREM', KEYS[1], key)
-  redis.call('HDEL', KEYS[2], key)
-  if kind then
-    local pending = ARGV[2] .. 'pending:' .. kind
-    local items = redis.call('LRANGE', key, 0, -1)
-    for i = #items, 1, -1 do redis.call('LPUSH', pending, items[i]) end
-    records = records + #items
-  end
-  redis.call('DEL', key)
-end
-return {#expired, records}
 "#;
 
 /// Tombstones an application or a chat: sets its field (`id`, or the chat's
@@ -424,20 +331,10 @@ pub struct Scripts {
     pub enqueue_chat: Script,
     /// See [`enqueue_message`].
     pub enqueue_message: Script,
-    /// See [`CLAIM`].
-    pub claim: Script,
     /// See [`RECONCILE`].
     pub reconcile: Script,
     /// See [`BEGIN_KEY`].
     pub begin_key: Script,
-    /// See [`RENEW`].
-    pub renew: Script,
-    /// See [`ACK`].
-    pub ack: Script,
-    /// See [`RELEASE`].
-    pub release: Script,
-    /// See [`RECOVER`].
-    pub recover: Script,
     /// See [`TOMBSTONE`].
     pub tombstone: Script,
     /// See [`UNTOMBSTONE`].
@@ -453,13 +350,8 @@ impl Default for Scripts {
         Self {
             enqueue_chat: Script::new(&enqueue_chat()),
             enqueue_message: Script::new(&enqueue_message()),
-            claim: Script::new(CLAIM),
             reconcile: Script::new(RECONCILE),
             begin_key: Script::new(BEGIN_KEY),
-            renew: Script::new(RENEW),
-            ack: Script::new(ACK),
-            release: Script::new(RELEASE),
-            recover: Script::new(RECOVER),
             tombstone: Script::new(TOMBSTONE),
             untombstone: Script::new(UNTOMBSTONE),
             replay: Script::new(REPLAY),

@@ -138,9 +138,7 @@ pub async fn reshard(
         let keys = vec![shard.epoch()];
         new_epochs.push(
             buffer
-                .with_conn(
-                    |mut c| async move { crate::store::redis::check_epoch(&mut c, &keys).await },
-                )
+                .with_conn(|mut c| async move { crate::redis::check_epoch(&mut c, &keys).await })
                 .await?
                 .to_string(),
         );

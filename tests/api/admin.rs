@@ -153,9 +153,9 @@ async fn queue_figures_match_the_real_redis_state() {
     // A batch in the hands of a flusher (this one, named by INSTANCE_ID).
     let batch = app
         .buffer
+        .lease_queue()
         .claim(
-            &app.shard(&token),
-            Kind::Messages,
+            &app.shard(&token).record_queue(Kind::Messages),
             5,
             Duration::from_secs(30),
         )
@@ -212,7 +212,7 @@ async fn queue_figures_match_the_real_redis_state() {
     assert!(flushed["search_ops_applied"].is_null());
     assert_eq!(app.count("messages").await, 7);
     // Once its flusher gives the batch back, the rest follows.
-    app.buffer.release(&batch).await.unwrap();
+    app.buffer.lease_queue().give_back(&batch).await.unwrap();
     let view = admin_get(&app, "/queues").await;
     assert_eq!(queue(&view, "messages")["pending"], 5);
     assert!(

@@ -15,7 +15,7 @@ async fn replicas(primary: &PrivateRedis, n: usize) {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    for _ in 0..100 {
+    for _ in 0..400 {
         let info: String = redis::cmd("INFO")
             .arg("replication")
             .query_async(&mut c)
@@ -33,7 +33,15 @@ async fn replicas(primary: &PrivateRedis, n: usize) {
 
 #[tokio::test]
 async fn replica_durability_answers_201_only_once_a_replica_has_the_write() {
-    let primary = PrivateRedis::start_with(&["--maxmemory-policy", "noeviction"]).await;
+    // Diskless sync waits 5 s by default for more replicas to come along:
+    // the first sync would take as long as `replicas` waits.
+    let primary = PrivateRedis::start_with(&[
+        "--maxmemory-policy",
+        "noeviction",
+        "--repl-diskless-sync-delay",
+        "0",
+    ])
+    .await;
     let replica =
         PrivateRedis::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]).await;
     replicas(&primary, 1).await;

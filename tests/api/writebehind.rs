@@ -66,18 +66,18 @@ async fn a_batch_whose_flusher_died_is_written_exactly_once_by_another() {
     // (as if it died between COMMIT and its acknowledgement), and never acks.
     let batch = app
         .buffer
+        .lease_queue()
         .claim(
-            &app.shard(&t),
-            Kind::Messages,
+            &app.shard(&t).record_queue(Kind::Messages),
             100,
             Duration::from_millis(200),
         )
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(batch.records.len(), 10);
+    assert_eq!(batch.items.len(), 10);
     let records: Vec<MessageRecord> = batch
-        .records
+        .items
         .iter()
         .map(|r| MessageRecord::decode(r).unwrap())
         .collect();
@@ -95,12 +95,7 @@ async fn a_batch_whose_flusher_died_is_written_exactly_once_by_another() {
     let report = app.flusher.flush_once().await.unwrap();
     assert_eq!(report.written, 10);
     // The dead flusher's late acknowledgement is refused.
-    assert!(
-        !app.buffer
-            .ack(&batch, &[], &[], (&[], &[]), None, &[])
-            .await
-            .unwrap()
-    );
+    assert!(!app.buffer.lease_queue().ack(&batch, &[]).await.unwrap());
 
     let stored = app.stored_messages(&t, c).await;
     let expected: Vec<(i64, String)> = (1..=30).map(|i| (i, format!("m{i}"))).collect();

@@ -42,7 +42,7 @@ pub struct World {
     pub pool: MySqlPool,
     /// Redis connection (direct; to the cluster when `REDIS_CLUSTER_NODES`
     /// is set).
-    pub redis: chat_api::store::redis::RedisConnection,
+    pub redis: chat_api::redis::RedisConnection,
 }
 
 /// `QUEUE_SHARDS` of every service the fault tests start.
@@ -86,7 +86,7 @@ impl World {
             .map(|(_, v)| v.split(',').map(str::to_string).collect())
             .unwrap_or_default();
         let redis = if cluster.is_empty() {
-            chat_api::store::redis::RedisConnection::Node(
+            chat_api::redis::RedisConnection::Node(
                 redis::Client::open(direct_redis)
                     .unwrap()
                     .get_multiplexed_async_connection()
@@ -94,7 +94,7 @@ impl World {
                     .unwrap(),
             )
         } else {
-            chat_api::store::redis::RedisHandle::cluster(&cluster, Duration::from_secs(5))
+            chat_api::redis::RedisHandle::cluster(&cluster, Duration::from_secs(5))
                 .unwrap()
                 .get()
                 .await
@@ -134,7 +134,7 @@ impl World {
 
     /// Opens a new direct Redis connection (after the test restarted Redis).
     pub async fn reconnect_redis(&mut self, url: &str) {
-        self.redis = chat_api::store::redis::RedisConnection::Node(
+        self.redis = chat_api::redis::RedisConnection::Node(
             redis::Client::open(url)
                 .unwrap()
                 .get_multiplexed_async_connection()

@@ -84,7 +84,7 @@ impl PrivateCluster {
     /// The port of the master that serves `key`'s hash slot now, as the
     /// first node that answers sees it; `None` while none does.
     pub fn serving(&self, key: &str) -> Option<u16> {
-        let slot = chat_api::store::redis::key_slot(key);
+        let slot = chat_api::redis::key_slot(key);
         for &port in &self.ports {
             let out = Command::new("redis-cli")
                 .args(["-p", &port.to_string(), "cluster", "nodes"])
