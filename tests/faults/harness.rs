@@ -321,17 +321,7 @@ impl Service {
 
     /// SIGTERM, then waits; returns whether it exited 0 within `within`.
     pub fn terminate(&mut self, within: Duration) -> bool {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.kill9();
-        false
+        crate::support::terminate(&mut self.child, within)
     }
 }
 

@@ -1,6 +1,6 @@
-//! Helpers shared by the API tests, the fault tests (and, through the same
-//! `#[path]` include, any other test crate): free ports, polling, and a
-//! private `redis-server`.
+//! Helpers shared by the API tests, the fault tests and the benchmarks
+//! (each includes this file with `#[path]`): free ports, polling, stopping a
+//! child process, and a private `redis-server`.
 
 #![allow(dead_code)]
 
@@ -24,6 +24,26 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// SIGTERM to `child`, then waits up to `within` for it to exit, and
+/// SIGKILLs it if it did not. Returns whether it exited 0 on its own. (A
+/// child that is gone already is fine.)
+pub fn terminate(child: &mut Child, within: Duration) -> bool {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
 }
 
 /// A port that was free a moment ago.

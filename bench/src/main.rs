@@ -16,7 +16,11 @@ use poem_openapi::{ApiResponse, Object, OpenApi, param::Path};
 use serde_json::{Value, json};
 use sqlx::MySqlPool;
 
+#[path = "../../tests/support/mod.rs"]
+mod support;
 mod sustained;
+
+use support::free_port;
 
 #[derive(Parser)]
 struct Cli {
@@ -131,31 +135,12 @@ fn stat(mut v: Vec<f64>) -> Stat {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        // (Quietly: a figure may have killed it already.)
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
+        // (A figure may have killed it already.)
+        support::terminate(&mut self.0, Duration::from_secs(30));
     }
 }
 

@@ -1,7 +1,7 @@
 //! Memory of the rate limiter's keyed state: resident memory (VmRSS, KiB)
 //! before, after 100,000 distinct IPs, and after pruning.
 //!
-//! Run: `cargo run --release --example ratelimit_memory`
+//! Run: `cargo run --release -p chat-api-bench --bin ratelimit_memory`
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
