@@ -275,30 +275,6 @@ impl Config {
         })
     }
 
-    /// Where the Redis pool connects: the sentinels' master when
-    /// `REDIS_SENTINELS` is set, else `REDIS_URL`.
-    pub fn redis_target(&self) -> crate::redis::RedisTarget {
-        use crate::redis::RedisTarget;
-        if self.redis_sentinels.is_empty() {
-            RedisTarget::Url(self.redis_url.clone())
-        } else {
-            RedisTarget::Sentinel {
-                sentinels: self.redis_sentinels.clone(),
-                master: self.redis_sentinel_master.clone(),
-                url: self.redis_url.clone(),
-            }
-        }
-    }
-
-    /// The Redis key names: `REDIS_KEY_PREFIX` cut into `QUEUE_SHARDS`
-    /// shards.
-    pub fn keys(&self) -> crate::writebehind::keys::Keys {
-        crate::writebehind::keys::Keys::with_shards(
-            self.redis_key_prefix.clone(),
-            self.queue_shards,
-        )
-    }
-
     /// This instance's name: `INSTANCE_ID`, or `{hostname}-{pid}`.
     pub fn instance_id(&self) -> String {
         self.instance_id.clone().unwrap_or_else(|| {

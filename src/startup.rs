@@ -20,6 +20,7 @@ use crate::store;
 use crate::store::search::SearchBackend;
 use crate::store::search::meili::MeiliSearch;
 use crate::writebehind::flusher::FlushSettings;
+use crate::writebehind::keys::Keys;
 use crate::writebehind::{Buffer, Flusher, WriteBehind};
 
 /// Loads `.env` from the working directory when present; variables already
@@ -56,10 +57,15 @@ pub fn redis_pool(config: &Config) -> anyhow::Result<crate::redis::RedisHandle> 
         .context("REDIS_CLUSTER_NODES is invalid");
     }
     Ok(crate::redis::pool_with_epoch(
-        config.redis_target(),
+        crate::redis::RedisTarget::from_config(config),
         config.redis_pool_size,
         config.redis_timeout(),
-        Some(config.keys().shards().map(|s| s.epoch()).collect()),
+        Some(
+            Keys::from_config(config)
+                .shards()
+                .map(|s| s.epoch())
+                .collect(),
+        ),
     )
     .context("REDIS_URL or REDIS_SENTINELS is invalid")?
     .into())
@@ -152,10 +158,14 @@ impl Application {
         let redis = redis_pool(&config)?;
         check_redis(&redis, config.allow_redis_eviction).await?;
         check_durability(&redis, &config).await?;
-        let marks = DirtyMarks::new(redis.clone(), config.keys(), config.redis_timeout());
+        let marks = DirtyMarks::new(
+            redis.clone(),
+            Keys::from_config(&config),
+            config.redis_timeout(),
+        );
         let buffer = Buffer::new(
             redis,
-            config.keys(),
+            Keys::from_config(&config),
             config.redis_timeout(),
             config.max_pending,
         )

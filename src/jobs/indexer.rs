@@ -44,12 +44,15 @@ pub enum IndexError {
     /// Redis unavailable.
     #[error(transparent)]
     Buffer(#[from] BufferError),
-    /// Redis failed in the lease queue.
-    #[error("Redis unavailable: {0}")]
-    Redis(#[from] redis::RedisError),
     /// MariaDB unavailable.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+}
+
+impl From<redis::RedisError> for IndexError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Buffer(e.into())
+    }
 }
 
 /// Applies queued index changes.

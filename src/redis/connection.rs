@@ -97,6 +97,22 @@ pub enum RedisTarget {
     },
 }
 
+impl RedisTarget {
+    /// Where the Redis pool connects: the sentinels' master when
+    /// `REDIS_SENTINELS` is set, else `REDIS_URL`.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        if config.redis_sentinels.is_empty() {
+            Self::Url(config.redis_url.clone())
+        } else {
+            Self::Sentinel {
+                sentinels: config.redis_sentinels.clone(),
+                master: config.redis_sentinel_master.clone(),
+                url: config.redis_url.clone(),
+            }
+        }
+    }
+}
+
 enum Connector {
     Url(RedisConnectionManager),
     // The client caches its sentinel connections, so it is `&mut` to use.

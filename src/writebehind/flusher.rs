@@ -120,12 +120,15 @@ pub enum FlushError {
     /// Redis could not be reached.
     #[error(transparent)]
     Buffer(#[from] BufferError),
-    /// Redis failed in the lease queue.
-    #[error("Redis unavailable: {0}")]
-    Redis(#[from] redis::RedisError),
     /// The write did not finish within half a lease.
     #[error("the write took longer than half a lease")]
     Timeout,
+}
+
+impl From<redis::RedisError> for FlushError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Buffer(e.into())
+    }
 }
 
 /// The flusher of one service instance.

@@ -71,6 +71,12 @@ impl Keys {
         }
     }
 
+    /// The key names of a configuration: `REDIS_KEY_PREFIX` cut into
+    /// `QUEUE_SHARDS` shards.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self::with_shards(config.redis_key_prefix.clone(), config.queue_shards)
+    }
+
     /// The prefix itself.
     pub fn prefix(&self) -> &str {
         &self.prefix

@@ -209,6 +209,10 @@ async fn queue_figures_match_the_real_redis_state() {
     let flushed = admin_json(&app, reqwest::Method::POST, "/flush", None).await;
     assert_eq!(flushed["written"], 3 + 7);
     assert_eq!(flushed["drained"], true);
+    assert_eq!(
+        flushed["budget_ms"],
+        chat_api::http::admin::queues::FLUSH_BUDGET_SECS * 1000
+    );
     assert!(flushed["search_ops_applied"].is_null());
     assert_eq!(app.count("messages").await, 7);
     // Once its flusher gives the batch back, the rest follows.

@@ -190,10 +190,12 @@ pub struct FlushResult {
     pub search_ops_applied: Option<u64>,
     /// Whether the chats and messages queues were empty at the end. False
     /// when only messages waiting for their chat are left, or when the flush
-    /// took longer than 30 s (it stopped after the batch in hand).
+    /// ran out of its `budget_ms` (it stopped after the batch in hand).
     pub drained: bool,
     /// How long it took, in milliseconds.
     pub elapsed_ms: u64,
+    /// How long it may flush before it reports, in milliseconds.
+    pub budget_ms: u64,
 }
 
 /// Turns a list of requested ids into a set. Errors: 422 when there are too many.
@@ -391,7 +393,8 @@ impl QueuesAdminApi {
     ///
     /// Writes the chats and messages queues to MariaDB now (and applies the
     /// queued search-index changes when Meilisearch is configured), waits,
-    /// and reports what was written. Stops after 30 s with what it did.
+    /// and reports what was written. Stops when its time budget (`budget_ms`
+    /// in the answer) has passed, with what it did.
     #[oai(path = "/flush", method = "post")]
     async fn flush(
         &self,
@@ -443,6 +446,7 @@ impl QueuesAdminApi {
             search_ops_applied,
             drained,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            budget_ms: FLUSH_BUDGET_SECS * 1000,
         }))
     }
 }
