@@ -31,13 +31,8 @@ enum Command {
     },
     /// Create the database if needed and apply the migrations, then exit.
     Migrate {
-        /// MariaDB connection URL.
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            default_value = "mysql://root@127.0.0.1:3306/chat_api"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        database: Database,
     },
     /// Rebuild the Meilisearch index from MariaDB, in batches, with a progress
     /// bar. Safe while the service runs: documents are replaced, and search
@@ -56,13 +51,8 @@ enum Command {
         /// `status`, `drop` or `create`.
         #[arg(value_enum)]
         action: FulltextAction,
-        /// MariaDB connection URL.
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            default_value = "mysql://root@127.0.0.1:3306/chat_api"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        database: Database,
     },
     /// Change the number of queue shards (`QUEUE_SHARDS`) of the data in
     /// Redis, from the count Redis records to `--to`. Creates are refused
@@ -122,7 +112,9 @@ async fn main() -> anyhow::Result<()> {
             };
             serve(*config, !skip_migrations).await
         }
-        Some(Command::Migrate { database_url }) => {
+        Some(Command::Migrate {
+            database: Database { database_url },
+        }) => {
             chat_api::store::ensure_database(&database_url).await?;
             let pool = chat_api::store::connect_lazy(&database_url, 2)?;
             chat_api::store::migrate(&pool).await?;
@@ -132,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Reindex { config, batch_size }) => reindex(&config, batch_size).await,
         Some(Command::Fulltext {
             action,
-            database_url,
+            database: Database { database_url },
         }) => fulltext(action, &database_url).await,
         Some(Command::Reshard {
             config,
@@ -187,6 +179,18 @@ async fn reshard(config: &Config, to: u16, drain_timeout_secs: u64) -> anyhow::R
         report.apps, report.idempotency_keys, report.dirty_marks
     );
     Ok(())
+}
+
+/// The MariaDB URL of the commands that need nothing else.
+#[derive(clap::Args)]
+struct Database {
+    /// MariaDB connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "mysql://root@127.0.0.1:3306/chat_api"
+    )]
+    database_url: String,
 }
 
 async fn fulltext(action: FulltextAction, database_url: &str) -> anyhow::Result<()> {

@@ -92,6 +92,31 @@ async fn existing_applications(
     Ok(found)
 }
 
+/// Settles a batch transaction's `result` (the collisions it found, as
+/// `(index, stored record)`): marks the collisions in `out` and returns
+/// false; returns true when it failed for a reason of its rows, so that each
+/// must now be written alone (and the bad one isolated). Errors: MariaDB
+/// unavailable (the caller gives the batch back).
+fn rows_must_go_alone(
+    result: sqlx::Result<Vec<(usize, String)>>,
+    out: &mut [Disposition],
+    queue: &str,
+) -> sqlx::Result<bool> {
+    match result {
+        Ok(collided) => {
+            for (i, what) in collided {
+                out[i] = Disposition::Collision(what);
+            }
+            Ok(false)
+        }
+        Err(e) if super::is_unavailable(&e) => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, queue, "bulk insert failed; retrying row by row");
+            Ok(true)
+        }
+    }
+}
+
 /// Writes a batch of chats. Records of deleted applications are dropped.
 /// Errors: only when MariaDB is unavailable (see [`super::is_unavailable`]);
 /// the caller then gives the batch back, untouched in meaning.
@@ -123,29 +148,20 @@ pub async fn write_chats(pool: &MySqlPool, records: &[ChatRecord]) -> sqlx::Resu
         Ok::<_, sqlx::Error>(collided)
     }
     .await;
-    match result {
-        Ok(collided) => {
-            for (i, what) in collided {
-                out[i] = Disposition::Collision(what);
-            }
-        }
-        Err(e) if super::is_unavailable(&e) => return Err(e),
-        Err(e) => {
-            tracing::warn!(error = %e, "bulk insert of chats failed; retrying row by row");
-            for i in live {
-                out[i] = match insert_chats(pool, std::iter::once(&records[i])).await {
-                    Ok(1) => Disposition::Written,
-                    Ok(_) => {
-                        let mut tx = pool.begin().await?;
-                        let what = chat_collisions(&mut tx, records, &[i]).await?;
-                        tx.commit().await?;
-                        what.into_iter()
-                            .next()
-                            .map_or(Disposition::Written, |(_, w)| Disposition::Collision(w))
-                    }
-                    Err(e) => row_failed(e)?,
-                };
-            }
+    if rows_must_go_alone(result, &mut out, "chats")? {
+        for i in live {
+            out[i] = match insert_chats(pool, std::iter::once(&records[i])).await {
+                Ok(1) => Disposition::Written,
+                Ok(_) => {
+                    let mut tx = pool.begin().await?;
+                    let what = chat_collisions(&mut tx, records, &[i]).await?;
+                    tx.commit().await?;
+                    what.into_iter()
+                        .next()
+                        .map_or(Disposition::Written, |(_, w)| Disposition::Collision(w))
+                }
+                Err(e) => row_failed(e)?,
+            };
         }
     }
     let stored = (0..records.len())
@@ -363,18 +379,9 @@ pub async fn write_messages(
         Ok::<_, sqlx::Error>(collided)
     }
     .await;
-    match result {
-        Ok(collided) => {
-            for (i, what) in collided {
-                out[i] = Disposition::Collision(what);
-            }
-        }
-        Err(e) if super::is_unavailable(&e) => return Err(e),
-        Err(e) => {
-            tracing::warn!(error = %e, "bulk insert of messages failed; retrying row by row");
-            for &(i, chat_id) in &rows {
-                out[i] = insert_message_alone(pool, records, i, chat_id).await?;
-            }
+    if rows_must_go_alone(result, &mut out, "messages")? {
+        for &(i, chat_id) in &rows {
+            out[i] = insert_message_alone(pool, records, i, chat_id).await?;
         }
     }
     let stored = rows

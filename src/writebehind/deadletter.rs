@@ -291,9 +291,20 @@ impl Buffer {
         queue: Kind,
         ids: Option<&HashSet<String>>,
     ) -> Result<Outcome, BufferError> {
+        self.over_shards(|shard| async move { self.replay_in_shard(&shard, queue, ids).await })
+            .await
+    }
+
+    /// `step` in every shard, one after the other, its outcomes summed.
+    /// Errors: the first of `step`'s (what was done stays done).
+    async fn over_shards<F, Fut>(&self, step: F) -> Result<Outcome, BufferError>
+    where
+        F: Fn(ShardKeys) -> Fut,
+        Fut: std::future::Future<Output = Result<Outcome, BufferError>>,
+    {
         let mut outcome = Outcome::default();
         for shard in self.keys().shards() {
-            outcome += self.replay_in_shard(&shard, queue, ids).await?;
+            outcome += step(shard).await?;
         }
         Ok(outcome)
     }
@@ -340,11 +351,8 @@ impl Buffer {
         queue: Kind,
         ids: Option<&HashSet<String>>,
     ) -> Result<Outcome, BufferError> {
-        let mut outcome = Outcome::default();
-        for shard in self.keys().shards() {
-            outcome += self.discard_in_shard(&shard, queue, ids).await?;
-        }
-        Ok(outcome)
+        self.over_shards(|shard| async move { self.discard_in_shard(&shard, queue, ids).await })
+            .await
     }
 
     /// [`Buffer::discard_dead_letters`] in one shard.

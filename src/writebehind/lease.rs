@@ -313,6 +313,19 @@ impl LeaseQueue {
         }
     }
 
+    /// Runs one prepared script through the Redis call path, within the
+    /// time limit.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        inv: redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
+        self.redis
+            .call(self.timeout, |mut c| async move {
+                inv.invoke_async(&mut c).await
+            })
+            .await
+    }
+
     /// The claimer's name.
     pub fn owner(&self) -> &str {
         &self.owner
@@ -336,12 +349,7 @@ impl LeaseQueue {
             .arg(max)
             .arg(now + lease.as_millis() as i64)
             .arg(format!("{}\t{now}", self.owner));
-        let items: Vec<Vec<u8>> = self
-            .redis
-            .call(self.timeout, |mut c| async move {
-                inv.invoke_async(&mut c).await
-            })
-            .await?;
+        let items: Vec<Vec<u8>> = self.invoke(inv).await?;
         Ok((!items.is_empty()).then(|| Batch {
             queue: queue.clone(),
             key,
@@ -356,12 +364,7 @@ impl LeaseQueue {
         inv.key(&batch.queue.lease_set.leases)
             .arg(&batch.key)
             .arg(now_ms() + lease.as_millis() as i64);
-        let held: i64 = self
-            .redis
-            .call(self.timeout, |mut c| async move {
-                inv.invoke_async(&mut c).await
-            })
-            .await?;
+        let held: i64 = self.invoke(inv).await?;
         Ok(held == code::HELD)
     }
 
@@ -379,12 +382,7 @@ impl LeaseQueue {
         for item in hand_on.iter().flat_map(|h| &h.items) {
             inv.arg(item.as_slice());
         }
-        let held: i64 = self
-            .redis
-            .call(self.timeout, |mut c| async move {
-                inv.invoke_async(&mut c).await
-            })
-            .await?;
+        let held: i64 = self.invoke(inv).await?;
         Ok(held == code::HELD)
     }
 
@@ -398,11 +396,7 @@ impl LeaseQueue {
             .key(&batch.key)
             .key(batch.queue.waiting())
             .key(&set.batches);
-        self.redis
-            .call(self.timeout, |mut c| async move {
-                inv.invoke_async(&mut c).await
-            })
-            .await
+        self.invoke(inv).await
     }
 
     /// Gives back every batch of `set` whose lease ran out, up to 100 per
@@ -420,12 +414,7 @@ impl LeaseQueue {
                 .arg(PER_CALL)
                 .arg(set.processing)
                 .arg(set.waiting);
-            let (batches, items): (u64, u64) = self
-                .redis
-                .call(self.timeout, |mut c| async move {
-                    inv.invoke_async(&mut c).await
-                })
-                .await?;
+            let (batches, items): (u64, u64) = self.invoke(inv).await?;
             total.0 += batches;
             total.1 += items;
             if batches < PER_CALL {

@@ -79,6 +79,33 @@ fn codes() -> String {
     )
 }
 
+/// The opening shared by the enqueue scripts: the application (`KEYS[1]`,
+/// its `id`: [`code::APP_MISS`] when not cached, [`code::DELETED`]), the
+/// idempotency replay, then the shard's epoch (`KEYS[3]`; another
+/// `QUEUE_SHARDS` than `ARGV[8]` is [`code::WRONG_SHARDS`]) as `epoch`, nil
+/// when none is set or the node marker (`KEYS[5]`) does not match it.
+const OPENING: &str = r#"
+--CODES
+local id = redis.call('HGET', KEYS[1], 'id')
+if not id then return {APP_MISS, 0, 0} end
+if id == 'deleted' then return {DELETED, 0, 0} end
+--REPLAY_KEY
+local e = redis.call('HMGET', KEYS[3], 'epoch', 'shards')
+if e[2] and e[2] ~= ARGV[8] then return {WRONG_SHARDS, 0, 0} end
+local epoch = e[1]
+if epoch and redis.call('GET', KEYS[5]) ~= epoch then epoch = nil end
+"#;
+
+/// An enqueue script with its shared steps spliced in: [`OPENING`] (with
+/// the codes and [`REPLAY_KEY`]), [`BYTES_LIMIT`] and [`REMEMBER_KEY`].
+fn splice(text: &str) -> String {
+    text.replace("--OPENING", OPENING)
+        .replace("--CODES", &codes())
+        .replace("--REPLAY_KEY", REPLAY_KEY)
+        .replace("--BYTES_LIMIT", BYTES_LIMIT)
+        .replace("--REMEMBER_KEY", REMEMBER_KEY)
+}
+
 /// The idempotency step shared by the enqueue scripts (spliced into them):
 /// with a fingerprint (`ARGV[5]`, empty: no `Idempotency-Key`), a key seen
 /// before (`KEYS[4]` = `{fingerprint}\t{number}`) answers its number again,
@@ -126,24 +153,12 @@ end
 /// Returns `{number, pending length, replayed (0/1)}` or `{code, application
 /// id, epoch}` (epoch 0 when none is set).
 pub fn enqueue_chat() -> String {
-    ENQUEUE_CHAT
-        .replace("--CODES", &codes())
-        .replace("--REPLAY_KEY", REPLAY_KEY)
-        .replace("--BYTES_LIMIT", BYTES_LIMIT)
-        .replace("--REMEMBER_KEY", REMEMBER_KEY)
+    splice(ENQUEUE_CHAT)
 }
 
 /// The text of [`enqueue_chat`] before its idempotency steps are spliced in.
 const ENQUEUE_CHAT: &str = r#"
---CODES
-local id = redis.call('HGET', KEYS[1], 'id')
-if not id then return {APP_MISS, 0, 0} end
-if id == 'deleted' then return {DELETED, 0, 0} end
---REPLAY_KEY
-local e = redis.call('HMGET', KEYS[3], 'epoch', 'shards')
-if e[2] and e[2] ~= ARGV[8] then return {WRONG_SHARDS, 0, 0} end
-local epoch = e[1]
-if epoch and redis.call('GET', KEYS[5]) ~= epoch then epoch = nil end
+--OPENING
 if not redis.call('HGET', KEYS[1], 'chats') then return {COUNTER_MISS, tonumber(id), tonumber(epoch or 0)} end
 if not epoch or redis.call('HGET', KEYS[1], 'v') ~= epoch then return {UNVERIFIED, tonumber(id), tonumber(epoch or 0)} end
 local len = redis.call('LLEN', KEYS[2])
@@ -169,25 +184,13 @@ return {n, len, 0}
 /// Returns `{number, pending length, replayed (0/1)}` or `{code, application
 /// id, epoch}` (epoch 0 when none is set).
 pub fn enqueue_message() -> String {
-    ENQUEUE_MESSAGE
-        .replace("--CODES", &codes())
-        .replace("--REPLAY_KEY", REPLAY_KEY)
-        .replace("--BYTES_LIMIT", BYTES_LIMIT)
-        .replace("--REMEMBER_KEY", REMEMBER_KEY)
+    splice(ENQUEUE_MESSAGE)
 }
 
 /// The text of [`enqueue_message`] before its idempotency steps are spliced in.
 const ENQUEUE_MESSAGE: &str = r#"
---CODES
-local id = redis.call('HGET', KEYS[1], 'id')
-if not id then return {APP_MISS, 0, 0} end
-if id == 'deleted' then return {DELETED, 0, 0} end
---REPLAY_KEY
+--OPENING
 local seq = redis.call('HGET', KEYS[1], ARGV[3])
-local e = redis.call('HMGET', KEYS[3], 'epoch', 'shards')
-if e[2] and e[2] ~= ARGV[8] then return {WRONG_SHARDS, 0, 0} end
-local epoch = e[1]
-if epoch and redis.call('GET', KEYS[5]) ~= epoch then epoch = nil end
 if not seq then return {COUNTER_MISS, tonumber(id), tonumber(epoch or 0)} end
 if seq == 'deleted' then return {DELETED, 0, 0} end
 if not epoch or redis.call('HGET', KEYS[1], 'v:' .. ARGV[3]) ~= epoch then return {UNVERIFIED, tonumber(id), tonumber(epoch or 0)} end
