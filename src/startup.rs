@@ -412,13 +412,10 @@ fn bound_addr(acceptor: &impl Acceptor) -> anyhow::Result<SocketAddr> {
 /// reached now is only logged, and creates are refused until the check
 /// every 2 s passes. Errors: the counts differ.
 async fn check_shards(buffer: &Buffer) -> anyhow::Result<()> {
-    use crate::writebehind::shards::{ShardCheck, check_shard_count, mismatch_message};
-    let ours = buffer.keys().shard_count();
-    match tokio::time::timeout(Duration::from_secs(3), check_shard_count(buffer)).await {
-        Ok(Ok(ShardCheck::Same)) => Ok(()),
-        Ok(Ok(ShardCheck::Differs(recorded))) => {
-            anyhow::bail!(mismatch_message(ours, &recorded))
-        }
+    use crate::writebehind::shards::enforce_shard_count;
+    match tokio::time::timeout(Duration::from_secs(3), enforce_shard_count(buffer)).await {
+        Ok(Ok(None)) => Ok(()),
+        Ok(Ok(Some(reason))) => anyhow::bail!(reason),
         _ => {
             tracing::warn!(
                 "could not compare QUEUE_SHARDS with the count recorded in Redis; Redis seems down: creates are refused until it is checked"
@@ -429,18 +426,13 @@ async fn check_shards(buffer: &Buffer) -> anyhow::Result<()> {
     }
 }
 
-/// The periodic form of [`check_shards`]: refuses creates while the counts
-/// differ (a reshard under way or done under this instance), allows them
-/// again once they match. Redis unreachable: leaves things as they are.
+/// The periodic form of [`check_shards`] (see
+/// [`crate::writebehind::shards::enforce_shard_count`]); Redis unreachable:
+/// leaves things as they are.
 async fn recheck_shards(buffer: &Buffer) {
-    use crate::writebehind::shards::{ShardCheck, check_shard_count, mismatch_message};
-    match check_shard_count(buffer).await {
-        Ok(ShardCheck::Same) => buffer.set_shard_mismatch(None),
-        Ok(ShardCheck::Differs(recorded)) => {
-            let reason = mismatch_message(buffer.keys().shard_count(), &recorded);
-            tracing::error!("{reason}");
-            buffer.set_shard_mismatch(Some(reason));
-        }
+    match crate::writebehind::shards::enforce_shard_count(buffer).await {
+        Ok(None) => {}
+        Ok(Some(reason)) => tracing::error!("{reason}"),
         Err(e) => tracing::debug!(error = %e, "shard count check failed; Redis seems down"),
     }
 }

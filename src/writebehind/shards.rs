@@ -55,6 +55,21 @@ pub async fn check_shard_count(buffer: &Buffer) -> Result<ShardCheck, BufferErro
     })
 }
 
+/// [`check_shard_count`], and its outcome recorded in `buffer`: creates are
+/// refused while the counts differ (a reshard under way, or done under this
+/// instance) and allowed again once they match. Returns why they are
+/// refused, when they are. Errors: Redis unavailable (nothing recorded).
+pub async fn enforce_shard_count(buffer: &Buffer) -> Result<Option<String>, BufferError> {
+    let reason = match check_shard_count(buffer).await? {
+        ShardCheck::Same => None,
+        ShardCheck::Differs(recorded) => {
+            Some(mismatch_message(buffer.keys().shard_count(), &recorded))
+        }
+    };
+    buffer.set_shard_mismatch(reason.clone());
+    Ok(reason)
+}
+
 /// The error a start-up or a create reports while the counts differ.
 pub fn mismatch_message(ours: u16, recorded: &str) -> String {
     if recorded == RESHARDING {
