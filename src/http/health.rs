@@ -61,11 +61,13 @@ impl HealthApi {
     async fn ready(&self, state: Data<&AppState>) -> ReadinessResponse {
         let db = async { sqlx::query("SELECT 1").execute(&state.pool).await.is_ok() };
         let redis = async {
-            let Ok((mut c, _)) = state.write_behind.buffer().redis().get().await else {
-                return false;
-            };
-            redis::cmd("PING")
-                .query_async::<String>(&mut c)
+            state
+                .write_behind
+                .buffer()
+                .redis()
+                .call(PROBE_TIMEOUT, |mut c| async move {
+                    redis::cmd("PING").query_async::<String>(&mut c).await
+                })
                 .await
                 .is_ok()
         };
