@@ -336,7 +336,7 @@ impl Application {
             move || sample_queues(buffer.clone()),
         ));
         // New connections run the epoch check already; this catches a key
-        // lost without a restart (see crate::store::redis), and a shard
+        // lost without a restart (see crate::redis), and a shard
         // count changed under a running instance (a reshard).
         let buffer = self.state.write_behind.buffer().clone();
         tasks.spawn(every(

@@ -1,6 +1,6 @@
 //! [`JsonBody`]: the JSON request payload of every operation that takes a
 //! body. It is poem-openapi's `Json<T>` with typed errors, so that
-//! [`crate::error`] tells a malformed body from an invalid one by the error's
+//! [`crate::http::error`] tells a malformed body from an invalid one by the error's
 //! type rather than by the words of a message that an upgrade could change:
 //!
 //! - [`MalformedJson`]: the bytes are not JSON (serde_json's syntax, EOF or

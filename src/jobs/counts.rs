@@ -20,7 +20,7 @@
 //! **Cost** is proportional to what changed: each count is an index range
 //! scan of the unique keys `(chat_id, number)` / `(application_id, number)`,
 //! read without locks, and each UPDATE touches only the listed primary keys
-//! (see [`update_counts`] for why the two are apart).
+//! (see `update_counts` for why the two are apart).
 //!
 //! **Lag.** A count is exact after the refresh that follows the flush of the
 //! change, so the worst case is `FLUSH_INTERVAL_SECS` plus the cron period

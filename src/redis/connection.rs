@@ -5,7 +5,7 @@
 //! path, and its `has_broken` always says no, so without that PING a dead
 //! connection (Redis restarted) would stay in the pool forever. Here checkout
 //! tests are off, and a connection is reported broken once a command on it
-//! failed at the connection level ([`RedisConn::note`]); bb8 then replaces it
+//! failed at the connection level ([`BrokenFlag::note`]); bb8 then replaces it
 //! the next time it comes back to the pool.
 //!
 //! And every new connection first runs the **epoch check** ([`CHECK_EPOCH`])

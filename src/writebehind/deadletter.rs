@@ -38,7 +38,7 @@ const SCAN_CHUNK: isize = 1000;
 
 /// Entries replayed per script call and read per chunk when replaying all
 /// (keeps each atomic step short and memory to one chunk of records).
-const REPLAY_CHUNK: usize = 200;
+pub const REPLAY_CHUNK: usize = 200;
 
 /// A dead-letter entry as stored.
 #[derive(Debug, Serialize, Deserialize)]

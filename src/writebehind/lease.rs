@@ -46,7 +46,7 @@ use crate::redis::{RedisHandle, now_ms};
 
 /// Result codes of the scripts that need the caller to hold the lease
 /// ([`LeaseQueue::renew`], [`LeaseQueue::ack`]). The same names are locals
-/// of the Lua (see [`prelude`]).
+/// of the Lua, spliced in by the same code that builds each script.
 pub mod code {
     /// The caller held the lease: the step was done.
     pub const HELD: i64 = 1;
