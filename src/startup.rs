@@ -162,7 +162,8 @@ impl Application {
             redis.clone(),
             Keys::from_config(&config),
             config.redis_timeout(),
-        );
+        )
+        .with_owner(config.instance_id());
         let buffer = Buffer::new(
             redis,
             Keys::from_config(&config),
