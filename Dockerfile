@@ -4,6 +4,10 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
+# The workspace's other member (the benchmarks; not built here, but cargo
+# reads every member's manifest).
+COPY bench/Cargo.toml ./bench/Cargo.toml
+COPY bench/src ./bench/src
 RUN cargo build --release --locked && strip target/release/chat-api
 
 FROM debian:bookworm-slim

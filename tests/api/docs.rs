@@ -93,3 +93,69 @@ fn the_readme_is_a_front_door_and_its_links_resolve() {
         );
     }
 }
+
+/// Copies `from` (a file or a directory, recursively) to `to`.
+fn copy_all(from: &std::path::Path, to: &std::path::Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            copy_all(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
+/// The Dockerfile's build stage copies every file cargo reads to load the
+/// workspace (no Docker engine runs here: this is the part of `docker
+/// build` that can run). Its `COPY` lines are replayed into an empty
+/// directory, where `cargo metadata --locked` must succeed.
+#[test]
+fn the_dockerfile_copies_what_cargo_needs_to_load_the_workspace() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("chat-docker-{}", uuid::Uuid::new_v4().simple()));
+    let dockerfile = read("Dockerfile");
+    let build_stage = dockerfile
+        .split("\nFROM ")
+        .find(|stage| stage.contains(" AS build"))
+        .expect("a build stage");
+    let mut copies = 0;
+    for line in build_stage.lines() {
+        let Some(args) = line.strip_prefix("COPY ") else {
+            continue;
+        };
+        let mut paths: Vec<&str> = args.split_whitespace().collect();
+        let dest = paths.pop().unwrap();
+        for source in paths {
+            let from = root.join(source);
+            let to = if dest.ends_with('/') {
+                dir.join(dest).join(from.file_name().unwrap())
+            } else {
+                dir.join(dest)
+            };
+            copy_all(&from, &to);
+            copies += 1;
+        }
+    }
+    assert!(copies >= 3, "the build stage copies the sources");
+    let out = std::process::Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--locked",
+            "--offline",
+            "--no-deps",
+            "--format-version",
+            "1",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "cargo cannot load the workspace from what the Dockerfile copies: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
