@@ -95,7 +95,7 @@ impl DirtyMarks {
     /// The same marks, claiming refresh batches in the name of `owner`
     /// (`INSTANCE_ID`, shown to operators; "counts" until set).
     pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
-        self.leases = LeaseQueue::new(self.redis.clone(), self.timeout, owner.into());
+        self.leases = self.leases.with_owner(owner.into());
         self
     }
 

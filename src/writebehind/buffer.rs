@@ -292,7 +292,7 @@ impl Buffer {
     /// The same buffer, claiming batches in the name of `owner` (the
     /// instance id shown to operators).
     pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
-        self.lease_queue = LeaseQueue::new(self.redis.clone(), self.timeout, owner.into());
+        self.lease_queue = self.lease_queue.with_owner(owner.into());
         self
     }
 

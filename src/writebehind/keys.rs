@@ -16,6 +16,9 @@
 
 use super::lease::{LeaseSet, Queue};
 
+/// The key segment of the lists where records wait (`pending:{kind}`).
+const PENDING: &str = "pending:";
+
 /// The queues of the buffer: two flushed to MariaDB (chats always before
 /// messages) and one applied to Meilisearch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -184,7 +187,7 @@ impl ShardKeys {
             batches: self.batches(),
             prefix: self.prefix.clone(),
             processing: "processing:",
-            waiting: "pending:",
+            waiting: PENDING,
         }
     }
 
@@ -237,8 +240,10 @@ impl ShardKeys {
 
     /// List of records waiting to be flushed (or, for [`Kind::Search`],
     /// indexed).
+    /// (The request path calls this on every create: it formats the one
+    /// name, as [`Queue::waiting`] of [`Self::record_queue`] would.)
     pub fn pending(&self, kind: Kind) -> String {
-        self.record_queue(kind).waiting()
+        format!("{}{PENDING}{}", self.prefix, kind.as_str())
     }
 
     /// Sorted set of processing keys by lease deadline (ms since the epoch).
@@ -261,6 +266,15 @@ impl ShardKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pending_list_is_the_waiting_list_of_its_record_queue() {
+        let shard = Keys::with_shards("chat:", 4).shard(3);
+        for kind in Kind::EVERY_QUEUE {
+            assert_eq!(shard.pending(kind), shard.record_queue(kind).waiting());
+        }
+        assert_eq!(shard.pending(Kind::Chats), "chat:{3}:pending:chats");
+    }
 
     #[test]
     fn a_token_always_lands_in_the_same_shard_and_shards_spread() {

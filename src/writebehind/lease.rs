@@ -55,8 +55,8 @@ pub mod code {
     pub const LEASE_LOST: i64 = 0;
 }
 
-/// Items the processing key gets per command inside a script (Lua's
-/// `unpack` has a limit on the stack; 1,000 is far below it).
+/// Items per command inside a script (Lua's `unpack` has a limit on the
+/// stack; 1,000 is far below it). Even, for HSET's pairs.
 const CHUNK: usize = 1000;
 
 /// Where one shard's batches of a family of queues are leased, and how a
@@ -145,14 +145,22 @@ pub struct HandOn {
     pub items: Vec<Vec<u8>>,
 }
 
-/// The scripts' shared prelude: the result codes of [`code`] as Lua locals,
-/// and `give_back(from, to)`, which moves a processing list to the head of
-/// its list in order (or a processing set into its set), deletes it and
-/// returns how many items it held.
+/// The scripts' shared prelude: the result codes of [`code`] as Lua locals;
+/// `push(command, key, items, first, last)`, which sends `items[first..last]`
+/// to `key` with `command` in chunks of [`CHUNK`] (an even number, so that
+/// HSET's field and value pairs stay whole); and `give_back(from, to)`,
+/// which moves a processing list to the head of its list in order (or a
+/// processing set into its set), deletes it and returns how many items it
+/// held.
 fn prelude() -> String {
     format!(
         r#"
 local HELD, LEASE_LOST = {held}, {lost}
+local function push(command, key, items, first, last)
+  for i = first, last, {chunk} do
+    redis.call(command, key, unpack(items, i, math.min(i + {chunk} - 1, last)))
+  end
+end
 local function give_back(from, to)
   if redis.call('TYPE', from).ok == 'set' then
     local n = redis.call('SCARD', from)
@@ -163,9 +171,7 @@ local function give_back(from, to)
   local items = redis.call('LRANGE', from, 0, -1)
   local reversed = {{}}
   for i = #items, 1, -1 do reversed[#reversed + 1] = items[i] end
-  for i = 1, #reversed, {chunk} do
-    redis.call('LPUSH', to, unpack(reversed, i, math.min(i + {chunk} - 1, #reversed)))
-  end
+  push('LPUSH', to, reversed, 1, #reversed)
   redis.call('DEL', from)
   return #items
 end
@@ -200,9 +206,7 @@ else
   add = 'RPUSH'
 end
 if #items == 0 then return items end
-for i = 1, #items, 1000 do
-  redis.call(add, KEYS[2], unpack(items, i, math.min(i + 999, #items)))
-end
+push(add, KEYS[2], items, 1, #items)
 redis.call('ZADD', KEYS[3], ARGV[2], KEYS[2])
 redis.call('HSET', KEYS[4], KEYS[2], ARGV[3])
 return items
@@ -235,10 +239,8 @@ local commands = {list = 'RPUSH', set = 'SADD', hash = 'HSET'}
 local t = tonumber(ARGV[1])
 local i = 2 + 2 * t
 for h = 1, t do
-  local command, n = commands[ARGV[2 * h]], tonumber(ARGV[2 * h + 1])
-  for j = i, i + n - 1, 1000 do
-    redis.call(command, KEYS[3 + h], unpack(ARGV, j, math.min(j + 999, i + n - 1)))
-  end
+  local n = tonumber(ARGV[2 * h + 1])
+  push(commands[ARGV[2 * h]], KEYS[3 + h], ARGV, i, i + n - 1)
   i = i + n
 end
 return HELD
@@ -324,6 +326,12 @@ impl LeaseQueue {
                 inv.invoke_async(&mut c).await
             })
             .await
+    }
+
+    /// The same queue, claiming as `owner`.
+    pub fn with_owner(mut self, owner: impl Into<Arc<str>>) -> Self {
+        self.owner = owner.into();
+        self
     }
 
     /// The claimer's name.
