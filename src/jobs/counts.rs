@@ -106,7 +106,7 @@ impl DirtyMarks {
 
     /// Marks applications and chats of `token`'s application dirty, in its
     /// shard (one round trip). Errors: Redis unavailable.
-    pub async fn mark(&self, token: &str, apps: &[u64], chats: &[u64]) -> redis::RedisResult<()> {
+    pub async fn mark(&self, token: &str, apps: &[u64], chats: &[u64]) -> Result<(), BufferError> {
         if apps.is_empty() && chats.is_empty() {
             return Ok(());
         }
@@ -119,11 +119,12 @@ impl DirtyMarks {
             pipe.sadd(shard.dirty(Scope::Chats.as_str()), chats)
                 .ignore();
         }
-        self.redis
+        Ok(self
+            .redis
             .call(self.timeout, |mut c| async move {
                 pipe.query_async::<()>(&mut c).await
             })
-            .await
+            .await?)
     }
 
     /// Takes up to `max` marks of `scope` in `shard` under a lease of
@@ -134,7 +135,7 @@ impl DirtyMarks {
         scope: Scope,
         max: usize,
         lease: Duration,
-    ) -> redis::RedisResult<Option<TakenMarks>> {
+    ) -> Result<Option<TakenMarks>, BufferError> {
         let queue = shard.dirty_queue(scope.as_str());
         let Some(batch) = self.leases.claim(&queue, max, lease).await? else {
             return Ok(None);
@@ -151,18 +152,18 @@ impl DirtyMarks {
 
     /// Drops taken marks once their counts are updated. Errors: Redis
     /// unavailable (the marks then come back when their lease runs out).
-    pub async fn ack(&self, taken: &TakenMarks) -> redis::RedisResult<()> {
+    pub async fn ack(&self, taken: &TakenMarks) -> Result<(), BufferError> {
         self.leases.ack(&taken.batch, &[]).await.map(|_| ())
     }
 
     /// Puts taken marks back (the update failed). Errors: Redis unavailable.
-    pub async fn release(&self, taken: &TakenMarks) -> redis::RedisResult<()> {
+    pub async fn release(&self, taken: &TakenMarks) -> Result<(), BufferError> {
         self.leases.give_back(&taken.batch).await.map(|_| ())
     }
 
     /// Puts back the marks of refreshers whose lease expired, in every
     /// shard. Returns the number of leased batches recovered.
-    pub async fn recover_expired(&self) -> redis::RedisResult<u64> {
+    pub async fn recover_expired(&self) -> Result<u64, BufferError> {
         let mut total = 0;
         for shard in self.keys.shards() {
             total += self

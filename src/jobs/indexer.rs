@@ -49,12 +49,6 @@ pub enum IndexError {
     Database(#[from] sqlx::Error),
 }
 
-impl From<redis::RedisError> for IndexError {
-    fn from(e: redis::RedisError) -> Self {
-        Self::Buffer(e.into())
-    }
-}
-
 /// Applies queued index changes.
 pub struct Indexer {
     buffer: Buffer,

@@ -125,12 +125,6 @@ pub enum FlushError {
     Timeout,
 }
 
-impl From<redis::RedisError> for FlushError {
-    fn from(e: redis::RedisError) -> Self {
-        Self::Buffer(e.into())
-    }
-}
-
 /// The flusher of one service instance.
 pub struct Flusher {
     buffer: Buffer,

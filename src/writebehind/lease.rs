@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use redis::Script;
 
+use super::BufferError;
 use crate::redis::{RedisHandle, now_ms};
 
 /// Result codes of the scripts that need the caller to hold the lease
@@ -316,16 +317,18 @@ impl LeaseQueue {
     }
 
     /// Runs one prepared script through the Redis call path, within the
-    /// time limit.
+    /// time limit. Errors: [`BufferError::Unavailable`], as every Redis
+    /// failure of the write-behind core.
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         inv: redis::ScriptInvocation<'_>,
-    ) -> redis::RedisResult<T> {
-        self.redis
+    ) -> Result<T, BufferError> {
+        Ok(self
+            .redis
             .call(self.timeout, |mut c| async move {
                 inv.invoke_async(&mut c).await
             })
-            .await
+            .await?)
     }
 
     /// The same queue, claiming as `owner`.
@@ -346,7 +349,7 @@ impl LeaseQueue {
         queue: &Queue,
         max: usize,
         lease: Duration,
-    ) -> redis::RedisResult<Option<Batch>> {
+    ) -> Result<Option<Batch>, BufferError> {
         let key = queue.processing(&uuid::Uuid::new_v4().simple().to_string());
         let now = now_ms();
         let mut inv = self.scripts.claim.prepare_invoke();
@@ -367,7 +370,7 @@ impl LeaseQueue {
 
     /// Extends `batch`'s lease to `lease` from now. Returns false when it
     /// was lost (then its work must not be done). Errors: Redis unavailable.
-    pub async fn renew(&self, batch: &Batch, lease: Duration) -> redis::RedisResult<bool> {
+    pub async fn renew(&self, batch: &Batch, lease: Duration) -> Result<bool, BufferError> {
         let mut inv = self.scripts.renew.prepare_invoke();
         inv.key(&batch.queue.lease_set.leases)
             .arg(&batch.key)
@@ -379,7 +382,7 @@ impl LeaseQueue {
     /// Acknowledges `batch` and makes its `hand_on` writes, atomically.
     /// Returns false when the lease had been lost (then none of it
     /// happened). Errors: Redis unavailable.
-    pub async fn ack(&self, batch: &Batch, hand_on: &[HandOn]) -> redis::RedisResult<bool> {
+    pub async fn ack(&self, batch: &Batch, hand_on: &[HandOn]) -> Result<bool, BufferError> {
         let mut inv = self.scripts.ack.prepare_invoke();
         let set = &batch.queue.lease_set;
         inv.key(&set.leases).key(&batch.key).key(&set.batches);
@@ -397,7 +400,7 @@ impl LeaseQueue {
     /// Gives `batch` back to the head of its queue (its work failed for a
     /// passing reason). Returns the number of items moved back. Errors:
     /// Redis unavailable (the lease expiry then brings the batch back).
-    pub async fn give_back(&self, batch: &Batch) -> redis::RedisResult<u64> {
+    pub async fn give_back(&self, batch: &Batch) -> Result<u64, BufferError> {
         let mut inv = self.scripts.give_back.prepare_invoke();
         let set = &batch.queue.lease_set;
         inv.key(&set.leases)
@@ -410,7 +413,7 @@ impl LeaseQueue {
     /// Gives back every batch of `set` whose lease ran out, up to 100 per
     /// script. Returns `(batches, items)` recovered. Errors: Redis
     /// unavailable.
-    pub async fn recover_expired(&self, set: &LeaseSet) -> redis::RedisResult<(u64, u64)> {
+    pub async fn recover_expired(&self, set: &LeaseSet) -> Result<(u64, u64), BufferError> {
         const PER_CALL: u64 = 100;
         let mut total = (0, 0);
         loop {
