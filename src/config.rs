@@ -55,15 +55,14 @@ pub struct Config {
     #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = "mymaster")]
     pub redis_sentinel_master: String,
 
-    /// Numbers a counter skips when it is re-checked after Redis may have
-    /// lost data (a restart, a failover, a restore), past the highest number
-    /// MariaDB and Redis still know. Acknowledged creates that the lost
-    /// writes held (with `REDIS_DURABILITY=memory`, those not yet replicated
-    /// or persisted) are then never numbered again, at the cost of a gap of
-    /// this size in each chat and application used after the event. Default:
-    /// 100 with `memory`, 0 with `replica` and `fsync`, whose 201s survive.
-    #[arg(long, env = "RECONCILE_SKIP")]
-    pub reconcile_skip: Option<u32>,
+    /// The largest block of numbers a counter reserves in MariaDB at once
+    /// (see `src/writebehind/numbering.rs`). A scope reserves twice the
+    /// numbers it has used, from 16 up to this, in the background when half
+    /// of its block is left. Larger: fewer SQL writes in a hot chat (one per
+    /// about half a block of creates). Smaller: fewer numbers skipped when
+    /// Redis loses data (at most one block per scope and loss event).
+    #[arg(long, env = "NUMBER_BLOCK_MAX", default_value_t = 2048, value_parser = clap::value_parser!(i64).range(16..=1_000_000))]
+    pub number_block_max: i64,
 
     /// Maximum number of pooled Redis connections.
     #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 16)]
@@ -155,6 +154,13 @@ pub struct Config {
     /// the same key within it gets the first answer and creates nothing.
     #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value = "86400", value_parser = parse_nonzero_secs)]
     pub idempotency_ttl: Duration,
+
+    /// How long an application create under an `Idempotency-Key` holds the
+    /// key as in progress, in seconds: a second request meanwhile gets 409.
+    /// A create whose process died mid-way leaves its key in progress this
+    /// long; then a retry starts again.
+    #[arg(long, env = "IDEMPOTENCY_IN_PROGRESS_SECS", default_value = "60", value_parser = parse_nonzero_secs)]
+    pub idempotency_in_progress: Duration,
 
     /// Bytes of Redis memory a pending list may take (Redis's own estimate,
     /// `MEMORY USAGE`) past which creation answers 503 with `Retry-After`,
@@ -265,14 +271,6 @@ impl Config {
     /// Time limit of one Redis call on the request path.
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
-    }
-
-    /// `RECONCILE_SKIP`, or its default for `REDIS_DURABILITY`.
-    pub fn reconcile_skip(&self) -> u32 {
-        self.reconcile_skip.unwrap_or(match self.redis_durability {
-            Durability::Memory => 100,
-            Durability::Replica | Durability::Fsync => 0,
-        })
     }
 
     /// This instance's name: `INSTANCE_ID`, or `{hostname}-{pid}`.

@@ -21,7 +21,7 @@ use crate::store::search::SearchBackend;
 use crate::store::search::meili::MeiliSearch;
 use crate::writebehind::flusher::FlushSettings;
 use crate::writebehind::keys::Keys;
-use crate::writebehind::{Buffer, Flusher, WriteBehind};
+use crate::writebehind::{Buffer, Flusher, Numbering, WriteBehind};
 
 /// Loads `.env` from the working directory when present; variables already
 /// set in the environment win.
@@ -172,8 +172,8 @@ impl Application {
         )
         .with_owner(config.instance_id())
         .with_idempotency_ttl(config.idempotency_ttl)
+        .with_in_progress_lifetime(config.idempotency_in_progress)
         .with_max_pending_bytes(config.max_pending_bytes)
-        .with_reconcile_skip(config.reconcile_skip())
         .with_high_water(config.pending_high_water);
         let buffer = match config.redis_durability {
             crate::config::Durability::Replica => {
@@ -212,8 +212,16 @@ impl Application {
             );
         }
         let buffer_for_indexer = buffer.clone();
+        let numbering = Numbering::new(
+            buffer.redis().clone(),
+            Keys::from_config(&config),
+            pool.clone(),
+            config.redis_timeout(),
+            config.number_block_max,
+        );
         let write_behind = WriteBehind::new(
             buffer,
+            numbering,
             pool.clone(),
             flusher.handle(),
             config.chat_batch_size.get(),
@@ -340,13 +348,14 @@ impl Application {
         // lost without a restart (see crate::redis), and a shard
         // count changed under a running instance (a reshard).
         let buffer = self.state.write_behind.buffer().clone();
+        let numbering = self.state.write_behind.numbering().clone();
         tasks.spawn(every(
             Duration::from_secs(2),
             jobs_stop.clone(),
             move || {
-                let buffer = buffer.clone();
+                let (buffer, numbering) = (buffer.clone(), numbering.clone());
                 async move {
-                    if let Err(e) = buffer.check_all_epochs().await {
+                    if let Err(e) = numbering.check_all_epochs().await {
                         tracing::debug!(error = %e, "epoch check failed; Redis seems down");
                     }
                     recheck_shards(&buffer).await;

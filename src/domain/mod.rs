@@ -110,6 +110,21 @@ pub fn is_plausible_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Whether `key` has the shape of an unguessable `Idempotency-Key` for an
+/// application create: at least 22 characters of the URL-safe base64
+/// alphabet (`A-Z a-z 0-9 - _`, 22 of them carry 128 bits; RFC 4648 §5),
+/// with optional `=` padding. A UUID (RFC 9562, 36 characters of hex digits
+/// and hyphens) is of that shape. The shape cannot prove randomness; it
+/// rules out short or structured keys (`1`, `retry-2`) that another client
+/// could guess.
+pub fn is_unguessable_key(key: &str) -> bool {
+    let body = key.trim_end_matches('=');
+    body.len() >= 22
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Page of a list: `page` from 1, `per_page` from 1 to [`Page::MAX_PER_PAGE`].
 #[derive(Debug, Clone, Copy)]
 pub struct Page {
@@ -163,6 +178,17 @@ impl Page {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unguessable_keys_are_uuids_or_128_bits_of_url_safe_base64() {
+        assert!(is_unguessable_key("8f14e45f-ceea-467f-a0e6-5b9f2c1d0a3b"));
+        assert!(is_unguessable_key("q1W2e3R4t5Y6u7I8o9P0aS"));
+        assert!(is_unguessable_key("q1W2e3R4t5Y6u7I8o9P0aS=="));
+        assert!(!is_unguessable_key("retry-1"));
+        assert!(!is_unguessable_key("q1W2e3R4t5Y6u7I8o9P0a"));
+        assert!(!is_unguessable_key("q1W2e3R4t5Y6u7I8o9P0aS+/"));
+        assert!(!is_unguessable_key("============================"));
+    }
 
     #[test]
     fn tokens_are_url_safe_and_distinct() {

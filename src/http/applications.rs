@@ -48,8 +48,10 @@ impl ApplicationsApi {
         /// Makes a retry safe: the same key from the same client (IP) with
         /// the same name within `IDEMPOTENCY_TTL_SECS` (default a day) gets
         /// the same application, and creates nothing; with another name it is
-        /// a 422, and while the first request is in progress a 409. A UUID,
-        /// for example.
+        /// a 422, and while the first request is in progress (at most
+        /// `IDEMPOTENCY_IN_PROGRESS_SECS`, default 60 s) a 409. It must be
+        /// unguessable: a UUID, or at least 22 URL-safe base64 characters
+        /// (128 bits); anything else is a 422.
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<IdempotencyKey>>,
         input: JsonBody<FlatOrWrapped<ApplicationInput>>,
@@ -59,15 +61,26 @@ impl ApplicationsApi {
         // No application, hence no token, exists yet to scope the key by: it
         // is scoped by the client, so that no other client can learn a token
         // by replaying a key it guessed.
-        let idem = idempotency_key.0.map(|k| {
-            let client = super::ratelimit::client_ip(req, &state.config.trusted_proxies)
-                .map(|ip| ip.to_string())
-                .unwrap_or_default();
-            Idempotency::new(
-                &[client.as_bytes(), k.0.as_bytes()],
-                &[b"POST applications", name.as_str().as_bytes()],
-            )
-        });
+        let idem = match idempotency_key.0 {
+            None => None,
+            Some(k) => {
+                if !crate::domain::is_unguessable_key(&k.0) {
+                    return Err(ApiError::unprocessable(
+                        "an application create's Idempotency-Key must be unguessable: a UUID, or at least 22 URL-safe base64 characters (128 bits)",
+                    ));
+                }
+                let Some(client) = super::ratelimit::client_ip(req, &state.config.trusted_proxies)
+                else {
+                    return Err(ApiError::unprocessable(
+                        "an Idempotency-Key on an application create needs the client's address, and this connection has none",
+                    ));
+                };
+                Some(Idempotency::new(
+                    &[client.to_string().as_bytes(), k.0.as_bytes()],
+                    &[b"POST applications", name.as_str().as_bytes()],
+                ))
+            }
+        };
         if let Some(idem) = &idem {
             match buffer.begin_application_key(idem).await? {
                 KeyState::New => {}
@@ -98,22 +111,13 @@ impl ApplicationsApi {
         let buffer = state.write_behind.buffer();
         if let Err(e) = async {
             buffer.seed_app(&token, row.id).await?;
-            // A new application has no chat in MariaDB: its counter starts
+            // A new application has no chat anywhere: its counter starts
             // checked at 0 (with no epoch set yet, the first create checks it).
-            match buffer.current_epoch(&token).await? {
-                Some(epoch) => {
-                    buffer
-                        .reconcile(
-                            &token,
-                            crate::writebehind::CounterScope::Chats,
-                            0,
-                            epoch,
-                            false,
-                        )
-                        .await
-                }
-                None => Ok(()),
-            }
+            state
+                .write_behind
+                .numbering()
+                .start_application(&token)
+                .await
         }
         .await
         {
@@ -207,6 +211,9 @@ impl ApplicationsApi {
                 tracing::error!(error = %undo, "the delete failed and its Redis tombstone could not be lifted: creates in this application answer 404 until it is");
             }
             return Err(e.into());
+        }
+        if let Err(e) = buffer.commit_tombstone(&tombstone).await {
+            tracing::warn!(error = %e, "the delete committed; its Redis tombstone stays, marked in flight");
         }
         state
             .queue_index(

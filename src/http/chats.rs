@@ -127,6 +127,9 @@ impl ChatsApi {
             }
             return Err(e.into());
         }
+        if let Err(e) = buffer.commit_tombstone(&tombstone).await {
+            tracing::warn!(error = %e, "the delete committed; its Redis tombstone stays, marked in flight");
+        }
         state
             .queue_index(&app.token, IndexOp::DeleteChat { chat_id: chat.id })
             .await;

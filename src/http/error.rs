@@ -171,7 +171,7 @@ impl From<crate::writebehind::BufferError> for ApiError {
                 "this number was handed out, but its record could not be stored: it is in the dead-letter list ({reason}); an operator can replay it"
             )),
             BufferError::Skipped => Self::not_found(
-                "this number was skipped when Redis lost data (a restart, failover or restore): nothing is stored under it; a create acknowledged under it was lost with Redis's unreplicated writes (see RECONCILE_SKIP and REDIS_DURABILITY)",
+                "this number was skipped when Redis lost data (a restart, failover or restore): nothing is stored under it; a create acknowledged under it was lost with Redis's unpersisted or unreplicated writes (see REDIS_DURABILITY)",
             ),
             BufferError::KeyReused => Self::unprocessable(
                 "this Idempotency-Key was already used with another request (another body, chat or operation); use a new key for a new request",

@@ -9,7 +9,7 @@ use crate::domain::record::{chat_lost_field, message_lost_field};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::store::{self, applications::AppRow, chats::ChatRow, messages::MessageRow};
-use crate::writebehind::BufferError;
+use crate::writebehind::{BufferError, CounterScope};
 
 /// The application with `token`. Errors: 404 if none.
 pub async fn application(state: &AppState, token: &str) -> Result<AppRow, ApiError> {
@@ -46,24 +46,30 @@ async fn not_lost(
     }
 }
 
-/// Whether `number`, not in MariaDB yet, is on its way there: whether its
-/// counter handed it out (`allocated`). Errors with [`BufferError::Skipped`]
-/// when it lies in a range its counter skipped (`skipped`), and with
-/// [`BufferError::Lost`] when its record (field `lost_field` of the lost
-/// hash) was dead-lettered: then no flush will store it.
+/// Whether `number` of `scope`, not in MariaDB yet, is on its way there:
+/// whether its counter handed it out (`allocated`). Errors with
+/// [`BufferError::Skipped`] when it lies in a range its counter skipped at a
+/// restart (recorded in MariaDB, see [`crate::writebehind::numbering`]), and
+/// with [`BufferError::Lost`] when its record (field `lost_field` of the
+/// lost hash) was dead-lettered: then no flush will store it.
 async fn on_its_way(
-    buffer: &crate::writebehind::Buffer,
-    token: &str,
+    state: &AppState,
+    app: &AppRow,
+    scope: CounterScope,
     number: i64,
     allocated: bool,
-    skipped: &[std::ops::RangeInclusive<i64>],
     lost_field: impl FnOnce() -> String,
 ) -> Result<bool, BufferError> {
-    if skipped.iter().any(|r| r.contains(&number)) {
+    let write_behind = &state.write_behind;
+    if write_behind
+        .numbering()
+        .is_skipped(app.id, scope, number)
+        .await?
+    {
         return Err(BufferError::Skipped);
     }
     if allocated {
-        not_lost(buffer, token, lost_field()).await?;
+        not_lost(write_behind.buffer(), &app.token, lost_field()).await?;
     }
     Ok(allocated)
 }
@@ -85,11 +91,11 @@ pub async fn chat(state: &AppState, app: &AppRow, number: i64) -> Result<ChatRow
                     || async {
                         let counters = buffer.counters(&app.token, number).await?;
                         on_its_way(
-                            buffer,
-                            &app.token,
+                            state,
+                            app,
+                            CounterScope::Chats,
                             number,
                             counters.chat_allocated,
-                            &counters.chats_skipped,
                             || chat_lost_field(app.id, number),
                         )
                         .await
@@ -124,11 +130,13 @@ pub async fn message(
                     || async {
                         let counters = buffer.counters(&app.token, chat.number).await?;
                         on_its_way(
-                            buffer,
-                            &app.token,
+                            state,
+                            app,
+                            CounterScope::Messages {
+                                chat_number: chat.number,
+                            },
                             number,
                             counters.last_message.is_some_and(|last| number <= last),
-                            &counters.messages_skipped,
                             || message_lost_field(app.id, chat.number, number),
                         )
                         .await

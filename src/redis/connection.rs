@@ -140,13 +140,14 @@ pub struct RedisManager {
 /// There is one epoch per queue shard (see [`crate::writebehind::keys`]), so
 /// that on Redis Cluster each is checked on the master that holds its shard.
 ///
-/// It also writes the shard's node marker (`{epoch key}:node` = the epoch,
-/// see [`crate::writebehind::keys::ShardKeys::epoch_marker`]) on this node
-/// only: `redis.set_repl(redis.REPL_NONE)` keeps it out of the replicas and
-/// the AOF (<https://redis.io/docs/latest/develop/interact/programmability/lua-api/#redis.set_repl>).
-/// The enqueue scripts treat an epoch without its marker as no epoch, so a
-/// promoted replica, or a node restarted from its AOF, is re-checked on its
-/// first create rather than at the next periodic check.
+/// The enqueue scripts make the same `run_id` comparison themselves, on
+/// every create, so a changed node is caught before its first number even
+/// when no new connection ran this check (a Redis Cluster client, or a
+/// replica that received the epoch hash in a full resync): see
+/// [`crate::writebehind::numbering`]. A `run_id` is made at process start
+/// and never written to a replica, an RDB or an AOF; a marker key, even one
+/// written under `redis.set_repl(redis.REPL_NONE)`, reaches replicas in a
+/// full resync's snapshot and the AOF in a rewrite, so none is used.
 ///
 /// KEYS: the epoch hashes (`epoch`, `run_id`), one per shard; several only on
 /// a single Redis, where they share one slot space. Returns `{epoch of the
@@ -162,9 +163,6 @@ for _, key in ipairs(KEYS) do
     redis.call('HSET', key, 'epoch', epoch, 'run_id', run_id)
     raised = 1
   end
-  redis.set_repl(redis.REPL_NONE)
-  redis.call('SET', key .. ':node', epoch)
-  redis.set_repl(redis.REPL_ALL)
   first = first or epoch
 end
 return {first, raised}

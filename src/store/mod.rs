@@ -7,6 +7,7 @@ pub mod bulk;
 pub mod chats;
 pub mod listings;
 pub mod messages;
+pub mod numbering;
 pub mod search;
 
 use std::time::Duration;

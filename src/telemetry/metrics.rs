@@ -13,6 +13,8 @@
 //! | `chat_dropped_records_total` | counter | `queue` | records dropped: their parent was deleted |
 //! | `chat_collisions_total` | counter | `queue` | records whose number already held another record (dead-lettered) |
 //! | `chat_recovered_batches_total` | counter | | batches recovered from expired leases |
+//! | `chat_number_reservations_total` | counter | `scope` | blocks of numbers reserved in MariaDB (`chats` or `messages` counters) |
+//! | `chat_numbers_skipped_total` | counter | `scope` | numbers skipped when a counter restarted at its reservation after Redis may have lost data |
 //! | `chat_backpressure_rejections_total` | counter | | 503s because the buffer was full |
 //! | `chat_rate_limited_total` | counter | | 429s from the rate limit |
 //! | `http_request_duration_seconds` | histogram | `method`, `route`, `status` | request latency |
@@ -60,6 +62,18 @@ pub fn install() -> PrometheusHandle {
 /// Renders every metric in the Prometheus text format.
 pub fn render() -> String {
     install().render()
+}
+
+/// A block of numbers reserved in MariaDB for a `scope` (`chats` or
+/// `messages`) counter.
+pub fn number_reservation(scope: &'static str) {
+    counter!("chat_number_reservations_total", "scope" => scope).increment(1);
+}
+
+/// `n` numbers of a `scope` counter skipped at a restart after Redis may
+/// have lost data.
+pub fn numbers_skipped(scope: &'static str, n: u64) {
+    counter!("chat_numbers_skipped_total", "scope" => scope).increment(n);
 }
 
 /// A flushed batch: its size in records, written count, and duration.

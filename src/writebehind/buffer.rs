@@ -64,8 +64,9 @@ pub enum BufferError {
     /// stored: it is in the dead-letter list, with this reason.
     #[error("the record was dead-lettered: {0}")]
     Lost(String),
-    /// The number is in the range a counter skipped when Redis may have lost
-    /// data (`RECONCILE_SKIP`): nothing is, or will be, stored under it.
+    /// The number is in a range a counter skipped when it restarted at its
+    /// reservation after Redis may have lost data (see
+    /// [`super::numbering`]): nothing is, or will be, stored under it.
     #[error("the number was skipped after Redis lost data")]
     Skipped,
     /// MariaDB failed while seeding a cold counter.
@@ -91,6 +92,19 @@ pub enum Enqueue {
         /// The `Idempotency-Key` was seen before with the same request: the
         /// number is the one handed out then, and nothing new was queued.
         replayed: bool,
+        /// The scope's bound when the number was handed out (-1 for a
+        /// replay), for [`super::numbering::Numbering::reserve_ahead`].
+        bound: i64,
+        /// `applications.id`
+        application_id: u64,
+    },
+    /// The scope used up its bound: reserve a block and try again (see
+    /// [`super::numbering`]).
+    NoBlock {
+        /// `applications.id`
+        application_id: u64,
+        /// The last number handed out in the scope.
+        counter: i64,
     },
     /// The token is not cached yet.
     AppMiss,
@@ -124,8 +138,8 @@ pub struct Buffer {
     max_pending_bytes: u64,
     lease_queue: LeaseQueue,
     idempotency_ttl_secs: u64,
+    in_progress_secs: u64,
     replica_wait: Option<Duration>,
-    reconcile_skip: u32,
     shedder: super::shedding::LoadShedder,
     /// Set while Redis records another `QUEUE_SHARDS` than ours (see
     /// [`super::shards`]): the reason creates are refused.
@@ -189,8 +203,8 @@ impl Buffer {
             max_pending,
             max_pending_bytes: 0,
             idempotency_ttl_secs: 86_400,
+            in_progress_secs: DEFAULT_IN_PROGRESS_SECS,
             replica_wait: None,
-            reconcile_skip: 0,
             shedder: super::shedding::LoadShedder::off(),
             shard_mismatch: Default::default(),
             shard_mismatch_flag: Default::default(),
@@ -274,18 +288,19 @@ impl Buffer {
         self
     }
 
-    /// The same buffer, whose counters skip `skip` numbers when they are
-    /// re-checked after Redis may have lost data (`RECONCILE_SKIP`, see
-    /// [`super::scripts::RECONCILE`]).
-    pub fn with_reconcile_skip(mut self, skip: u32) -> Self {
-        self.reconcile_skip = skip;
-        self
-    }
-
     /// The same buffer, remembering `Idempotency-Key`s for `ttl` (whole
     /// seconds, at least 1).
     pub fn with_idempotency_ttl(mut self, ttl: Duration) -> Self {
         self.idempotency_ttl_secs = ttl.as_secs().max(1);
+        self
+    }
+
+    /// The same buffer, holding an application create's `Idempotency-Key`
+    /// as in progress for at most `lifetime` (whole seconds, at least 1;
+    /// `IDEMPOTENCY_IN_PROGRESS_SECS`): a create that died mid-way answers
+    /// 409 that long, then a retry starts again.
+    pub fn with_in_progress_lifetime(mut self, lifetime: Duration) -> Self {
+        self.in_progress_secs = lifetime.as_secs().max(1);
         self
     }
 
@@ -337,7 +352,7 @@ impl Buffer {
     /// but not confirmed by a replica is [`BufferError::NotReplicated`].
     fn decode_replicated(
         &self,
-        (reply, replicated): ((i64, i64, i64), bool),
+        (reply, replicated): (Reply, bool),
     ) -> Result<Enqueue, BufferError> {
         let enqueue = self.decode_enqueue(reply)?;
         if !replicated {
@@ -346,12 +361,20 @@ impl Buffer {
         Ok(enqueue)
     }
 
-    fn decode_enqueue(&self, reply: (i64, i64, i64)) -> Result<Enqueue, BufferError> {
+    fn decode_enqueue(&self, reply: Reply) -> Result<Enqueue, BufferError> {
+        let (code_or_number, a, b, bound, id) = reply;
+        let reply = (code_or_number, a, b);
         Ok(match reply {
             (n, len, replayed) if n > 0 => Enqueue::Queued {
                 number: n,
                 pending: len as u64,
                 replayed: replayed == 1,
+                bound,
+                application_id: id as u64,
+            },
+            (code::NO_BLOCK, id, counter) => Enqueue::NoBlock {
+                application_id: id as u64,
+                counter,
             },
             (code::KEY_REUSED, _, _) => return Err(BufferError::KeyReused),
             (code::WRONG_SHARDS, _, _) => {
@@ -460,7 +483,6 @@ impl Buffer {
         let app = shard.app(token);
         let pending = shard.pending(kind);
         let epoch = shard.epoch();
-        let marker = shard.epoch_marker();
         let (idem_key, fingerprint) = Self::idempotency_args(&shard, token, idem);
         let (max_pending, max_pending_bytes) = (
             self.per_shard(self.max_pending),
@@ -477,7 +499,6 @@ impl Buffer {
                     .key(pending)
                     .key(epoch)
                     .key(idem_key)
-                    .key(marker)
                     .arg(max_pending)
                     .arg(created_at_ms)
                     .arg(chat_number)
@@ -486,7 +507,7 @@ impl Buffer {
                     .arg(self.idempotency_ttl_secs)
                     .arg(max_pending_bytes)
                     .arg(self.keys.shard_count())
-                    .invoke_async::<(i64, i64, i64)>(&mut c)
+                    .invoke_async::<Reply>(&mut c)
                     .await?;
                 let replicated = reply.0 <= 0 || self.replicated(&mut c, &app).await?;
                 Ok((reply, replicated))
@@ -516,7 +537,7 @@ impl Buffer {
                     .begin_key
                     .key(key)
                     .arg(&idem.fingerprint)
-                    .arg(self.idempotency_ttl_secs)
+                    .arg(self.in_progress_secs)
                     .invoke_async(&mut c)
                     .await
             })
@@ -551,45 +572,6 @@ impl Buffer {
         .await
     }
 
-    /// Raises a counter of `token`'s application to at least `floor` (or
-    /// marks the chat deleted) and marks it checked in `epoch` (see
-    /// [`super::scripts::RECONCILE`]). `scope` is [`CounterScope::Chats`] for
-    /// the chat counter, or a chat for its message counter.
-    pub async fn reconcile(
-        &self,
-        token: &str,
-        scope: CounterScope,
-        floor: i64,
-        epoch: i64,
-        deleted: bool,
-    ) -> Result<(), BufferError> {
-        let key = self.keys.for_token(token).app(token);
-        let (field, checked, skipped) = match scope {
-            CounterScope::Chats => ("chats".to_string(), "v".to_string(), "s".to_string()),
-            CounterScope::Messages { chat_number } => (
-                chat_number.to_string(),
-                format!("v:{chat_number}"),
-                format!("s:{chat_number}"),
-            ),
-        };
-        self.with_conn(|mut c| async move {
-            self.scripts
-                .reconcile
-                .key(key)
-                .arg(field)
-                .arg(checked)
-                .arg(floor)
-                .arg(epoch)
-                .arg(if deleted { "1" } else { "0" })
-                .arg(self.reconcile_skip)
-                .arg(skipped)
-                .invoke_async::<i64>(&mut c)
-                .await
-        })
-        .await
-        .map(|_| ())
-    }
-
     /// The reason the record of `token`'s application under `field` of the
     /// lost hash (see [`super::deadletter::lost_field`]) was dead-lettered, if it
     /// was and was not replayed since. Errors: Redis unavailable.
@@ -601,42 +583,6 @@ impl Buffer {
         let key = self.keys.for_token(token).lost();
         self.with_conn(|mut c| async move { c.hget(key, field).await })
             .await
-    }
-
-    /// The epoch in force in `token`'s shard, as the enqueue scripts read it
-    /// (`None`: none is set yet). One HGET, unlike [`Buffer::check_epoch`].
-    /// Errors: Redis unavailable.
-    pub async fn current_epoch(&self, token: &str) -> Result<Option<i64>, BufferError> {
-        let key = self.keys.for_token(token).epoch();
-        self.with_conn(|mut c| async move { c.hget(key, "epoch").await })
-            .await
-    }
-
-    /// Runs the epoch check of `token`'s shard now (see
-    /// [`crate::redis::CHECK_EPOCH`]); returns the epoch in force.
-    /// Errors: Redis unavailable.
-    pub async fn check_epoch(&self, token: &str) -> Result<i64, BufferError> {
-        let keys = vec![self.keys.for_token(token).epoch()];
-        self.with_conn(|mut c| async move { crate::redis::check_epoch(&mut c, &keys).await })
-            .await
-    }
-
-    /// Runs the epoch check of every shard now: on one node, one script for
-    /// all of them (they share its keyspace, as the pool's connection check
-    /// does); on a Redis Cluster, one per shard, each on the master that
-    /// holds it. Errors: Redis unavailable.
-    pub async fn check_all_epochs(&self) -> Result<(), BufferError> {
-        let epochs: Vec<String> = self.keys.shards().map(|s| s.epoch()).collect();
-        let groups: Vec<Vec<String>> = if self.redis.is_cluster() {
-            epochs.into_iter().map(|key| vec![key]).collect()
-        } else {
-            vec![epochs]
-        };
-        for keys in groups {
-            self.with_conn(|mut c| async move { crate::redis::check_epoch(&mut c, &keys).await })
-                .await?;
-        }
-        Ok(())
     }
 
     async fn seed_field(&self, token: &str, field: &str, value: i64) -> Result<(), BufferError> {
@@ -651,40 +597,21 @@ impl Buffer {
     /// (wait for its flush) from a missing one (404).
     pub async fn counters(&self, token: &str, chat_number: i64) -> Result<Counters, BufferError> {
         let key = self.keys.for_token(token).app(token);
-        type Fields = (
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        );
-        let (id, chat, chats_skip, messages_skip): Fields = self
+        let (id, chat): (Option<String>, Option<String>) = self
             .with_conn(|mut c| async move {
                 redis::cmd("HMGET")
                     .arg(key)
                     .arg("id")
                     .arg(chat_number)
-                    .arg("s")
-                    .arg(format!("s:{chat_number}"))
                     .query_async(&mut c)
                     .await
             })
             .await?;
         let live = id.as_deref().is_some_and(|v| v != "deleted");
         let chat_counter = chat.filter(|_| live).and_then(|v| v.parse().ok());
-        let ranges = |v: Option<String>| -> Vec<std::ops::RangeInclusive<i64>> {
-            v.unwrap_or_default()
-                .split(',')
-                .filter_map(|r| {
-                    let (lo, hi) = r.split_once('-')?;
-                    Some(lo.parse().ok()?..=hi.parse().ok()?)
-                })
-                .collect()
-        };
         Ok(Counters {
             chat_allocated: chat_counter.is_some(),
             last_message: chat_counter,
-            chats_skipped: ranges(chats_skip),
-            messages_skipped: ranges(messages_skip),
         })
     }
 
@@ -714,38 +641,48 @@ impl Buffer {
     ) -> Result<Tombstone, BufferError> {
         let key = self.keys.for_token(token).app(token);
         let f = field.clone();
-        let previous: Option<String> = self
-            .with_conn(|mut c| async move {
-                self.scripts
-                    .tombstone
-                    .key(key)
-                    .arg(f)
-                    .arg(ttl_secs)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
+        self.with_conn(|mut c| async move {
+            self.scripts
+                .tombstone
+                .key(key)
+                .arg(f)
+                .arg(ttl_secs)
+                .invoke_async::<Option<String>>(&mut c)
+                .await
+        })
+        .await?;
         Ok(Tombstone {
             token: token.to_string(),
             field,
-            previous: previous.filter(|p| p != "deleted"),
         })
     }
 
-    /// Undoes a tombstone after the SQL delete failed (see
+    /// Makes a tombstone final once its SQL delete committed (see
+    /// [`super::scripts::COMMIT_TOMBSTONE`]). Errors: Redis unavailable
+    /// (the tombstone then stays, owned by a delete that will never undo it:
+    /// it is final all the same).
+    pub async fn commit_tombstone(&self, tombstone: &Tombstone) -> Result<(), BufferError> {
+        self.tombstone_step(&self.scripts.commit_tombstone, tombstone)
+            .await
+    }
+
+    /// Undoes a tombstone after the SQL delete failed, unless another delete
+    /// of the same record is in flight or committed (see
     /// [`super::scripts::UNTOMBSTONE`]). Errors: Redis unavailable.
     pub async fn untombstone(&self, tombstone: &Tombstone) -> Result<(), BufferError> {
+        self.tombstone_step(&self.scripts.untombstone, tombstone)
+            .await
+    }
+
+    async fn tombstone_step(
+        &self,
+        script: &redis::Script,
+        tombstone: &Tombstone,
+    ) -> Result<(), BufferError> {
         let key = self.keys.for_token(&tombstone.token).app(&tombstone.token);
         let field = tombstone.field.clone();
-        let previous = tombstone.previous.clone().unwrap_or_default();
         self.with_conn(|mut c| async move {
-            self.scripts
-                .untombstone
-                .key(key)
-                .arg(field)
-                .arg(previous)
-                .invoke_async::<i64>(&mut c)
-                .await
+            script.key(key).arg(field).invoke_async::<i64>(&mut c).await
         })
         .await
         .map(|_| ())
@@ -820,13 +757,19 @@ impl Buffer {
     }
 }
 
-/// A tombstone just set, with what undoing it needs.
+/// A tombstone just set: what committing or undoing it names.
 #[derive(Debug, Clone)]
 pub struct Tombstone {
     token: String,
     field: String,
-    previous: Option<String>,
 }
+
+/// The reply of an enqueue script (see [`super::scripts::enqueue_chat`]).
+type Reply = (i64, i64, i64, i64, i64);
+
+/// How long an application create's `Idempotency-Key` stays in progress by
+/// default, in seconds (`IDEMPOTENCY_IN_PROGRESS_SECS`).
+pub const DEFAULT_IN_PROGRESS_SECS: u64 = 60;
 
 /// Where an application create under an `Idempotency-Key` stands (see
 /// [`Buffer::begin_application_key`]).
@@ -840,18 +783,6 @@ pub enum KeyState {
     InProgress,
 }
 
-/// Which counter of an application.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CounterScope {
-    /// The application's chat counter.
-    Chats,
-    /// The message counter of one of its chats.
-    Messages {
-        /// The chat's number.
-        chat_number: i64,
-    },
-}
-
 /// What Redis knows of a chat's counters (see [`Buffer::counters`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counters {
@@ -859,11 +790,6 @@ pub struct Counters {
     pub chat_allocated: bool,
     /// Last message number handed out in the chat.
     pub last_message: Option<i64>,
-    /// The ranges of chat numbers the application's counter skipped (the
-    /// last four; see [`super::scripts::RECONCILE`]).
-    pub chats_skipped: Vec<std::ops::RangeInclusive<i64>>,
-    /// The ranges of message numbers the chat's counter skipped.
-    pub messages_skipped: Vec<std::ops::RangeInclusive<i64>>,
 }
 
 /// The queued form of a search-index change: its JSON, stamped with

@@ -162,16 +162,6 @@ impl ShardKeys {
         format!("{}epoch", self.prefix)
     }
 
-    /// The shard's **node marker**: a copy of the epoch that
-    /// [`crate::redis::CHECK_EPOCH`] writes on the node it runs on and
-    /// does not replicate. A replica promoted by a failover has the epoch
-    /// hash (replicated) but not the marker, so the enqueue scripts see at
-    /// once that their node changed and re-check, instead of waiting for the
-    /// next periodic check.
-    pub fn epoch_marker(&self) -> String {
-        format!("{}epoch:node", self.prefix)
-    }
-
     /// The record of one `Idempotency-Key` of an application (by the key's
     /// digest): `{fingerprint}\t{number}`, expiring after
     /// `IDEMPOTENCY_TTL_SECS`.

@@ -6,13 +6,13 @@
 //! the queues to MariaDB in batches. The invariants:
 //!
 //! 1. **Unique numbers, gapless while Redis keeps its writes.** A number is
-//!    handed out only in the same atomic step that queues its record. A
-//!    counter is used only once checked against MariaDB's highest number,
-//!    deleted rows included, in the current epoch (see [`scripts`]), so a
-//!    Redis that lost data never hands out a number MariaDB has; with
-//!    `RECONCILE_SKIP` it also goes past the numbers the lost writes may
-//!    have acknowledged. A record that still lands on a taken number is a
-//!    collision (see [`crate::store::bulk`]).
+//!    handed out only in the same atomic step that queues its record, and
+//!    only at or below its scope's bound, which MariaDB recorded first; a
+//!    counter is used only once checked in the current epoch on the server
+//!    that answers, and restarts at its recorded bound when in doubt (see
+//!    [`numbering`]). So a Redis that lost data never hands out a number
+//!    twice. A record that still lands on a taken number (a split brain) is
+//!    a collision (see [`crate::store::bulk`]).
 //! 2. **Every acknowledged record is stored exactly once.** Batches move
 //!    atomically from pending to a leased processing list, are written with
 //!    idempotent INSERTs, then acknowledged; expired leases are recovered.
@@ -20,7 +20,7 @@
 //!    counted; records that cannot be written go to a dead-letter list.
 //!
 //! Reading order: [`WriteBehind`] (what the HTTP layer calls), [`buffer`]
-//! (Redis calls), [`scripts`] (the atomic steps), [`lease`] (how queues are
+//! (Redis calls), [`numbering`] (counters, bounds, the doubt check), [`scripts`] (the atomic steps), [`lease`] (how queues are
 //! drained), [`flusher`] and [`after_commit`], then [`crate::store::bulk`].
 
 pub mod after_commit;
@@ -30,6 +30,7 @@ pub mod flusher;
 pub mod inspect;
 pub mod keys;
 pub mod lease;
+pub mod numbering;
 pub mod scripts;
 pub mod shards;
 pub mod shedding;
@@ -38,16 +39,17 @@ use std::time::Duration;
 
 use sqlx::MySqlPool;
 
-pub use buffer::{Buffer, BufferError, CounterScope, Enqueue, Idempotency, KeyState, now_ms};
+pub use buffer::{Buffer, BufferError, Enqueue, Idempotency, KeyState, now_ms};
 pub use flusher::{FlushHandle, FlushReport, Flusher};
 pub use keys::Kind;
+pub use numbering::{CounterScope, Numbering};
 
 use crate::store;
 
 /// How many times a create re-runs its script after filling a cold cache
-/// (the epoch, the token, then the counter); more means the cache keeps
-/// vanishing.
-const MAX_SEED_ROUNDS: usize = 4;
+/// (the epoch, the token, the counter, then a block of numbers); more means
+/// the cache keeps vanishing.
+const MAX_SEED_ROUNDS: usize = 5;
 
 /// What a create allocates a number for.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +58,16 @@ enum Target<'a> {
     Chat,
     /// A message of chat `chat_number`, with its body.
     Message { chat_number: i64, body: &'a str },
+}
+
+impl Target<'_> {
+    /// The counter that numbers it.
+    fn scope(self) -> CounterScope {
+        match self {
+            Target::Chat => CounterScope::Chats,
+            Target::Message { chat_number, .. } => CounterScope::Messages { chat_number },
+        }
+    }
 }
 
 /// A freshly allocated and queued record.
@@ -76,6 +88,7 @@ pub struct Allocated {
 #[derive(Clone)]
 pub struct WriteBehind {
     buffer: Buffer,
+    numbering: Numbering,
     pool: MySqlPool,
     flush: FlushHandle,
     chat_batch_size: u64,
@@ -87,6 +100,7 @@ impl WriteBehind {
     /// Assembles the core from its parts.
     pub fn new(
         buffer: Buffer,
+        numbering: Numbering,
         pool: MySqlPool,
         flush: FlushHandle,
         chat_batch_size: usize,
@@ -95,6 +109,7 @@ impl WriteBehind {
     ) -> Self {
         Self {
             buffer,
+            numbering,
             pool,
             flush,
             chat_batch_size: chat_batch_size as u64,
@@ -106,6 +121,11 @@ impl WriteBehind {
     /// The Redis buffer.
     pub fn buffer(&self) -> &Buffer {
         &self.buffer
+    }
+
+    /// The counters, their reservations and the doubt check.
+    pub fn numbering(&self) -> &Numbering {
+        &self.numbering
     }
 
     /// Allocates the next chat number of the application `token` and queues
@@ -163,7 +183,16 @@ impl WriteBehind {
                     number,
                     pending,
                     replayed,
+                    bound,
+                    application_id,
                 } => {
+                    self.numbering.reserve_ahead(
+                        token,
+                        application_id,
+                        target.scope(),
+                        number,
+                        bound,
+                    );
                     let batch_size = match target {
                         Target::Chat => self.chat_batch_size,
                         Target::Message { .. } => self.message_batch_size,
@@ -178,6 +207,14 @@ impl WriteBehind {
                     }));
                 }
                 Enqueue::Deleted => return Ok(None),
+                Enqueue::NoBlock {
+                    application_id,
+                    counter,
+                } => {
+                    self.numbering
+                        .reserve(token, application_id, target.scope(), counter)
+                        .await?;
+                }
                 Enqueue::AppMiss => {
                     if !self.seed_app(token).await? {
                         return Ok(None);
@@ -206,12 +243,12 @@ impl WriteBehind {
         ))
     }
 
-    /// Checks the counter of `target` against MariaDB (see [`scripts`]):
-    /// raises it to MariaDB's highest number of the scope, or marks its chat
-    /// deleted, and marks it checked in `epoch` (read by the script before
-    /// this query, so a newer epoch is checked again). `missing`: Redis has no
-    /// counter for the scope, so a chat that MariaDB does not have does not
-    /// exist. With no epoch set yet (0), runs the epoch check instead.
+    /// Restarts the counter of `target` at its recorded bound (see
+    /// [`numbering::Numbering::restart`]), after checking that MariaDB still
+    /// has the application Redis knows. With no epoch set yet (0), or one
+    /// set on another server, runs the epoch check instead (the script then
+    /// sees a new epoch and asks again). `missing`: Redis has no counter for
+    /// the scope.
     ///
     /// Returns false when the scope does not exist (the application is gone
     /// from MariaDB, which also tombstones it in Redis, or the chat is
@@ -225,7 +262,7 @@ impl WriteBehind {
         missing: bool,
     ) -> Result<bool, BufferError> {
         if epoch == 0 {
-            self.buffer.check_epoch(token).await?;
+            self.numbering.check_epoch(token).await?;
             return Ok(true);
         }
         if !missing
@@ -235,40 +272,9 @@ impl WriteBehind {
             self.buffer.tombstone_app(token).await?;
             return Ok(false);
         }
-        let (scope, floor, deleted) = match target {
-            Target::Chat => {
-                let last =
-                    store::applications::last_chat_number(&self.pool, application_id).await?;
-                (CounterScope::Chats, last, false)
-            }
-            Target::Message { chat_number, .. } => {
-                let found =
-                    store::chats::message_floor(&self.pool, application_id, chat_number).await?;
-                match found {
-                    // Unknown to both: no such chat.
-                    None if missing => return Ok(false),
-                    // Known to Redis only: a chat still buffered.
-                    None => (CounterScope::Messages { chat_number }, 0, false),
-                    Some((deleted, last)) => {
-                        (CounterScope::Messages { chat_number }, last, deleted)
-                    }
-                }
-            }
-        };
-        if floor > 0 || deleted {
-            tracing::debug!(
-                application_id,
-                ?scope,
-                floor,
-                deleted,
-                epoch,
-                "counter checked against MariaDB"
-            );
-        }
-        self.buffer
-            .reconcile(token, scope, floor, epoch, deleted)
-            .await?;
-        Ok(true)
+        self.numbering
+            .restart(token, application_id, target.scope(), epoch, missing)
+            .await
     }
 
     /// Caches the application's id; false when no such application.

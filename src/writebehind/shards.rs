@@ -102,9 +102,10 @@ pub struct ReshardReport {
 ///    empty: nothing pending, nothing claimed, no dead letter, no search op.
 ///    A running flusher keeps draining meanwhile.
 /// 3. Moves each application hash to its new shard, with its expiry, its
-///    counters, tombstones and skipped ranges; a counter checked in its old
-///    shard's epoch is marked checked in the new shard's, so that nothing is
-///    re-checked or skipped. Then the `Idempotency-Key` records, the dirty
+///    counters, bounds and tombstones. A reshard counts as a doubt: the
+///    moved counters keep their old shard's checked epochs, which the new
+///    shard's epoch does not match, so each restarts at its recorded bound
+///    on first use (see [`super::numbering`]). Then the `Idempotency-Key` records, the dirty
 ///    marks (to new shard 0) and the lost-number records (to every new shard:
 ///    they are keyed by application id, and few).
 /// 4. Records the new count.
@@ -147,46 +148,17 @@ pub async fn reshard(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let mut report = ReshardReport::default();
-    // The new shards' epochs, set now, so that moved counters carry them.
-    let mut new_epochs = Vec::new();
-    for shard in to.shards() {
-        let keys = vec![shard.epoch()];
-        new_epochs.push(
-            buffer
-                .with_conn(|mut c| async move { crate::redis::check_epoch(&mut c, &keys).await })
-                .await?
-                .to_string(),
-        );
-    }
-    // Each shard's epoch before the move, for re-stamping moved counters.
-    let mut old_epochs: Vec<Option<String>> = Vec::new();
-    for old in from.shards() {
-        let key = old.epoch();
-        old_epochs.push(
-            buffer
-                .with_conn(|mut c| async move { c.hget(key, "epoch").await })
-                .await?,
-        );
-    }
     // One SCAN over every shard's keys for each kind (not one per shard).
-    for (key, old, token) in shard_keys(buffer, from, "app:").await? {
+    for (key, _, token) in shard_keys(buffer, from, "app:").await? {
         let new = to.for_token(&token);
         let new_key = new.app(&token);
         if new_key == key {
             continue;
         }
-        let new_epoch = &new_epochs[usize::from(new.index())];
-        let old_epoch = old_epochs[usize::from(old)].clone();
         buffer
             .with_conn(|mut c| async move {
-                let mut fields: Vec<(String, String)> = c.hgetall(&key).await?;
+                let fields: Vec<(String, String)> = c.hgetall(&key).await?;
                 let ttl: i64 = c.pttl(&key).await?;
-                for (field, value) in &mut fields {
-                    let checked = field == "v" || field.starts_with("v:");
-                    if checked && old_epoch.as_deref() == Some(value.as_str()) {
-                        *value = new_epoch.clone();
-                    }
-                }
                 if !fields.is_empty() {
                     let _: () = c.hset_multiple(&new_key, &fields).await?;
                     if ttl > 0 {

@@ -169,7 +169,7 @@ async fn on_a_cluster_idempotency_keys_deletes_and_counts_work() {
     };
     let first: serde_json::Value = post(
         "/applications".into(),
-        "app-1",
+        "3f2b1c0d-9e8a-4b7c-8d6e-5f4a3b2c1d0e",
         serde_json::json!({"name": "idem"}),
     )
     .await
@@ -178,7 +178,7 @@ async fn on_a_cluster_idempotency_keys_deletes_and_counts_work() {
     .unwrap();
     let again: serde_json::Value = post(
         "/applications".into(),
-        "app-1",
+        "3f2b1c0d-9e8a-4b7c-8d6e-5f4a3b2c1d0e",
         serde_json::json!({"name": "idem"}),
     )
     .await

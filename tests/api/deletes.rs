@@ -107,3 +107,90 @@ async fn a_delete_that_cannot_tombstone_in_redis_answers_503_and_deletes_nothing
     assert_eq!(live, 1, "the chat is not deleted");
     assert_eq!(app.count("applications").await, 1, "nor the application");
 }
+
+/// Waits until `n` statements `UPDATE chats…` of the service wait on a lock
+/// in this test's database.
+async fn wait_for_blocked_updates(app: &crate::helpers::TestApp, n: i64) {
+    let ok = app
+        .eventually(std::time::Duration::from_secs(10), || async {
+            let blocked: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                 WHERE DB = DATABASE() AND INFO LIKE 'UPDATE chats SET deleted_at%'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            blocked >= n
+        })
+        .await;
+    assert!(ok, "{n} chat deletes wait on the row lock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_delete_does_not_undo_a_concurrent_delete_that_succeeded() {
+    // T1 tombstones the chat (its saved value: the counter), T2 tombstones it
+    // too; T1's SQL fails, T2's succeeds. The chat must stay deleted in
+    // Redis, or later creates would get 201 and be dropped at flush.
+    let app = Arc::new(spawn_app().await);
+    let token = app.create_app("racing deletes").await;
+    let chat = app.create_chat(&token).await;
+    app.create_message(&token, chat, "stored").await;
+    app.flush().await;
+
+    // The first UPDATE of a chat that reaches the trigger fails (a MEMORY
+    // table is not transactional, so its count survives the rollback).
+    sqlx::raw_sql(
+        "CREATE TABLE fault_injection (remaining INT NOT NULL) ENGINE = MEMORY;
+         INSERT INTO fault_injection VALUES (1);
+         CREATE TRIGGER fail_one_chat_update BEFORE UPDATE ON chats FOR EACH ROW
+         BEGIN
+           IF (SELECT remaining FROM fault_injection) > 0 THEN
+             UPDATE fault_injection SET remaining = remaining - 1;
+             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'injected failure';
+           END IF;
+         END",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // Hold the chat's row lock so that both deletes tombstone, then wait.
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM chats WHERE number = ? FOR UPDATE")
+        .bind(chat)
+        .fetch_all(&mut *holder)
+        .await
+        .unwrap();
+    let path = format!("/applications/{token}/chats/{chat}");
+    let t1 = tokio::spawn({
+        let (app, path) = (app.clone(), path.clone());
+        async move { app.delete(&path).await.status().as_u16() }
+    });
+    wait_for_blocked_updates(&app, 1).await;
+    let t2 = tokio::spawn({
+        let (app, path) = (app.clone(), path.clone());
+        async move { app.delete(&path).await.status().as_u16() }
+    });
+    wait_for_blocked_updates(&app, 2).await;
+    holder.commit().await.unwrap();
+    let mut statuses = [t1.await.unwrap(), t2.await.unwrap()];
+    statuses.sort();
+    assert_eq!(statuses[0], 204, "one delete succeeded: {statuses:?}");
+    assert!(statuses[1] >= 500, "the other failed: {statuses:?}");
+
+    let live: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chats WHERE deleted_at IS NULL")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(live, 0, "MariaDB has the chat deleted");
+    let r = app
+        .post(
+            &format!("{path}/messages"),
+            json!({"body": "after the delete"}),
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        404,
+        "Redis has it deleted too: no 201 that the flush would drop"
+    );
+}

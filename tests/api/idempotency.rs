@@ -112,7 +112,7 @@ async fn a_retried_create_with_the_same_key_creates_nothing_new() {
         &app,
         &base,
         "/applications",
-        "app-key-1",
+        "7c9e6679-7425-40de-944b-e07fc1f90ae7",
         json!({"name": "made once"}),
     )
     .await;
@@ -122,7 +122,7 @@ async fn a_retried_create_with_the_same_key_creates_nothing_new() {
         &app,
         &base,
         "/applications",
-        "app-key-1",
+        "7c9e6679-7425-40de-944b-e07fc1f90ae7",
         json!({"name": "made once"}),
     )
     .await;
@@ -132,12 +132,46 @@ async fn a_retried_create_with_the_same_key_creates_nothing_new() {
         &app,
         &base,
         "/applications",
-        "app-key-1",
+        "7c9e6679-7425-40de-944b-e07fc1f90ae7",
         json!({"name": "another"}),
     )
     .await;
     assert_eq!(c.status(), 422);
     assert_eq!(app.count("applications").await, 3);
+
+    // An application create's key must be unguessable: another client that
+    // guessed it would be handed this client's token.
+    for guessable in [
+        "1",
+        "retry-2",
+        "short-but-random-ish",
+        "not base64 at all!!!!!!",
+    ] {
+        let r = post_with_key(
+            &app,
+            &base,
+            "/applications",
+            guessable,
+            json!({"name": "guessable"}),
+        )
+        .await;
+        assert_eq!(r.status(), 422, "{guessable}");
+        let error = r.json::<Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("unguessable"), "{error}");
+    }
+    let r = post_with_key(
+        &app,
+        &base,
+        "/applications",
+        "q1W2e3R4t5Y6u7I8o9P0aSdF",
+        json!({"name": "128 bits of base64url"}),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(app.count("applications").await, 4);
 
     // Any header value is a key; the service keeps only its digest.
     for key in ["x".repeat(4000), "has inner spaces".to_string()] {

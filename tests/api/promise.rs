@@ -120,10 +120,37 @@ async fn a_record_on_a_taken_number_is_a_collision_and_a_replay_is_silent() {
     assert_eq!(dead_messages(&app).await.len(), 1);
 }
 
+/// GET of message `n` of `chat`: its status and error text, and whether it
+/// answered at once (well within `READ_YOUR_WRITES_TIMEOUT_MS`).
+async fn lookup(app: &TestApp, token: &str, chat: i64, n: i64) -> (u16, String, bool) {
+    let started = std::time::Instant::now();
+    let r = app
+        .get(&format!("/applications/{token}/chats/{chat}/messages/{n}"))
+        .await;
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or_default();
+    let error = body["error"].as_str().unwrap_or_default().to_string();
+    (
+        status,
+        error,
+        started.elapsed() < std::time::Duration::from_secs(2),
+    )
+}
+
+/// The scope's reserved high-water mark in MariaDB (16 when it has no row).
+async fn reserved_to(app: &TestApp, token: &str, chat_number: i64) -> i64 {
+    let id = app_id(app, token).await;
+    chat_api::store::numbering::reserved_to(&app.pool, id, chat_number)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
-async fn counters_that_come_back_too_low_are_raised_before_use() {
-    // Exactly to MariaDB's highest number (no skip, as with `replica`).
-    let app = crate::helpers::spawn_app_with(|c| c.reconcile_skip = Some(0)).await;
+async fn counters_that_come_back_too_low_restart_at_their_reservation() {
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.read_your_writes_timeout_ms = 5_000;
+    })
+    .await;
     let token = app.create_app("lost counters").await;
     let chat = app.create_chat(&token).await;
     for body in ["one", "two", "three"] {
@@ -140,16 +167,31 @@ async fn counters_that_come_back_too_low_are_raised_before_use() {
     let _: () = c.hset(&key, "chats", 1).await.unwrap();
     let _: () = c.del(app.shard(&token).epoch()).await.unwrap();
 
-    assert_eq!(
-        app.create_message(&token, chat, "four").await,
-        4,
-        "not 2: MariaDB has 3"
-    );
-    assert_eq!(
-        app.create_chat(&token).await,
-        3,
-        "not 2: MariaDB has chat 2"
-    );
+    // Each scope may have handed out its whole first block (16) before the
+    // loss, so each restarts there: nothing at or below it is handed out again.
+    assert_eq!(app.create_message(&token, chat, "after").await, 17);
+    assert_eq!(app.create_chat(&token).await, 17);
+    // The restart reserved the next block before handing out 17.
+    assert!(reserved_to(&app, &token, chat).await >= 17);
+    assert!(reserved_to(&app, &token, 0).await >= 17);
+    // A lookup in the gap answers 404 at once, and says why.
+    for n in [2, 4, 10, 16] {
+        let (status, error, at_once) = lookup(&app, &token, chat, n).await;
+        if n == 2 {
+            assert_eq!(status, 200, "stored before the loss: found");
+            continue;
+        }
+        assert_eq!(status, 404, "{n}: {error}");
+        assert!(error.contains("skipped"), "{n}: {error}");
+        assert!(
+            at_once,
+            "{n}: at once, not after READ_YOUR_WRITES_TIMEOUT_MS"
+        );
+    }
+    // Outside the gap, as before.
+    let (status, error, _) = lookup(&app, &token, chat, 18).await;
+    assert_eq!(status, 404);
+    assert!(!error.contains("skipped"), "{error}");
     app.flush().await;
     assert_eq!(
         app.stored_messages(&token, chat).await,
@@ -157,13 +199,19 @@ async fn counters_that_come_back_too_low_are_raised_before_use() {
             (1, "one".to_string()),
             (2, "two".to_string()),
             (3, "three".to_string()),
-            (4, "four".to_string())
+            (17, "after".to_string())
         ]
     );
     assert!(dead_messages(&app).await.is_empty(), "no collision");
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("chat_numbers_skipped_total{scope=\"messages\"}"),
+        "the skipped numbers are counted"
+    );
 
-    // A raised epoch (a restart, a failover) re-checks too, and a chat that
-    // MariaDB has deleted stays deleted even if Redis forgot it.
+    // A raised epoch (a restart, a failover) restarts again, at the bound
+    // reserved since, and a chat that MariaDB has deleted stays deleted even
+    // if Redis forgot it.
     let r = app
         .delete(&format!("/applications/{token}/chats/{second}"))
         .await;
@@ -180,66 +228,79 @@ async fn counters_that_come_back_too_low_are_raised_before_use() {
         )
         .await;
     assert_eq!(r.status(), 404);
-    assert_eq!(app.create_message(&token, chat, "five").await, 5);
+    let bound = reserved_to(&app, &token, chat).await;
+    assert_eq!(app.create_message(&token, chat, "five").await, bound + 1);
+    let (status, error, at_once) = lookup(&app, &token, chat, bound).await;
+    assert_eq!((status, at_once), (404, true), "{error}");
+    assert!(error.contains("skipped"), "{error}");
 }
 
 #[tokio::test]
-async fn with_memory_durability_a_recheck_skips_numbers_and_says_so() {
-    // The default (`REDIS_DURABILITY=memory`): acknowledged creates that
-    // Redis lost were numbered above everything Redis and MariaDB still know,
-    // so the re-check goes past them, and a lookup in the gap answers at once.
-    let app = crate::helpers::spawn_app_with(|c| {
-        c.read_your_writes_timeout_ms = 5_000;
-    })
-    .await;
-    assert_eq!(app.config.reconcile_skip(), 100);
-    let token = app.create_app("lost writes").await;
+async fn a_hot_chat_reserves_blocks_ahead_and_few_of_them() {
+    let app = crate::helpers::spawn_app().await;
+    let token = app.create_app("hot").await;
+    let chat = app.create_chat(&token).await;
+    let mut last = 0;
+    for i in 0..600 {
+        last = app.create_message(&token, chat, &format!("m{i}")).await;
+    }
+    assert_eq!(last, 600, "gapless while Redis keeps its writes");
+    // Reserved ahead in the background: the bound runs before the counter.
+    assert!(
+        app.eventually(std::time::Duration::from_secs(5), || async {
+            reserved_to(&app, &token, chat).await > 600
+        })
+        .await,
+        "the next block is reserved before the bound is used up"
+    );
+    let reserved = reserved_to(&app, &token, chat).await;
+    assert!(
+        reserved <= 600 + 1200,
+        "at most one block (twice the numbers used) ahead: {reserved}"
+    );
+}
+
+#[tokio::test]
+async fn a_promoted_replica_is_rechecked_on_its_first_create_not_at_the_next_periodic_check() {
+    // A replica promoted by a failover has the epoch hash (replicated, or
+    // copied by a full resync, with the old master's run_id) and may lack
+    // the old master's last increments. The enqueue script compares the
+    // recorded run_id with its server's own on every create.
+    let app = crate::helpers::spawn_app().await;
+    let token = app.create_app("promoted").await;
     let chat = app.create_chat(&token).await;
     for body in ["one", "two"] {
         app.create_message(&token, chat, body).await;
     }
     app.flush().await;
-    let key = app.shard(&token).app(&token);
+    let shard = app.shard(&token);
     let mut c = app.redis_conn().await;
     let _: () = c
-        .hincr(app.shard(&token).epoch(), "epoch", 1)
+        .hset(
+            shard.epoch(),
+            "run_id",
+            "0000000000000000000000000000000000000000",
+        )
+        .await
+        .unwrap();
+    let _: () = c
+        .hset(shard.app(&token), chat.to_string(), 1)
         .await
         .unwrap();
 
-    assert_eq!(app.create_message(&token, chat, "after").await, 103);
-    assert_eq!(app.create_chat(&token).await, 102, "chats skip too");
-    let skipped: String = c.hget(&key, format!("s:{chat}")).await.unwrap();
-    assert_eq!(skipped, "3-102");
-    let started = std::time::Instant::now();
-    let r = app
-        .get(&format!("/applications/{token}/chats/{chat}/messages/50"))
-        .await;
-    assert_eq!(r.status(), 404);
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(2),
-        "at once, not after READ_YOUR_WRITES_TIMEOUT_MS"
-    );
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert!(
-        body["error"].as_str().unwrap().contains("skipped"),
-        "{body}"
-    );
-    // Numbers outside the gap behave as before.
-    assert_eq!(
-        app.get(&format!("/applications/{token}/chats/{chat}/messages/104"))
-            .await
-            .status(),
-        404
-    );
+    // At once (the periodic check runs every 2 s): the counter restarts at
+    // its reservation, the implicit first block.
+    assert_eq!(app.create_message(&token, chat, "after").await, 17);
     app.flush().await;
     assert_eq!(
         app.stored_messages(&token, chat).await,
         [
             (1, "one".to_string()),
             (2, "two".to_string()),
-            (103, "after".to_string())
+            (17, "after".to_string())
         ]
     );
+    assert!(dead_messages(&app).await.is_empty(), "no collision");
 }
 
 #[tokio::test]
@@ -344,47 +405,4 @@ async fn a_lookup_of_a_dead_lettered_number_answers_at_once_and_says_why() {
     let r = app.get(&path).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["body"], "poison");
-}
-
-#[tokio::test]
-async fn a_promoted_replica_is_rechecked_on_its_first_create_not_at_the_next_periodic_check() {
-    // A replica promoted by a failover has the epoch hash (replicated, with
-    // the old master's run_id) but not the node marker, which is never
-    // replicated; and it may lack the old master's last increments.
-    let app = crate::helpers::spawn_app().await;
-    let token = app.create_app("promoted").await;
-    let chat = app.create_chat(&token).await;
-    for body in ["one", "two"] {
-        app.create_message(&token, chat, body).await;
-    }
-    app.flush().await;
-    let shard = app.shard(&token);
-    let mut c = app.redis_conn().await;
-    let _: () = c
-        .hset(
-            shard.epoch(),
-            "run_id",
-            "0000000000000000000000000000000000000000",
-        )
-        .await
-        .unwrap();
-    let _: () = c.del(shard.epoch_marker()).await.unwrap();
-    let _: () = c
-        .hset(shard.app(&token), chat.to_string(), 1)
-        .await
-        .unwrap();
-
-    // At once (the periodic check runs every 2 s): the counter is re-checked
-    // against MariaDB and skips RECONCILE_SKIP (100) past its highest, 2.
-    assert_eq!(app.create_message(&token, chat, "after").await, 103);
-    app.flush().await;
-    assert_eq!(
-        app.stored_messages(&token, chat).await,
-        [
-            (1, "one".to_string()),
-            (2, "two".to_string()),
-            (103, "after".to_string())
-        ]
-    );
-    assert!(dead_messages(&app).await.is_empty(), "no collision");
 }

@@ -1,0 +1,456 @@
+//! Numbering: the counters that hand out chat and message numbers, their
+//! durable high-water marks in MariaDB, the epochs and the doubt check.
+//!
+//! **The promise.** A number is never handed out twice, whatever Redis
+//! loses. Two rules make it hold:
+//!
+//! 1. **A durable high-water mark per scope (the hi/lo pattern).** A scope
+//!    (an application's chat counter, or a chat's message counter) hands out
+//!    numbers only up to its *bound* (`r`, `r:{n}` in the application's
+//!    hash), and a bound is raised in Redis only after MariaDB recorded it
+//!    (`number_reservations`, [`crate::store::numbering::reserve`]). Every
+//!    scope starts with an implicit first block
+//!    ([`crate::store::numbering::FIRST_BLOCK`]), so a small scope never
+//!    waits on SQL. When a create leaves less than half a block, the next
+//!    block is reserved in the background ([`Numbering::reserve_ahead`]);
+//!    only a scope that outran it (MariaDB down for longer than a block
+//!    lasts) waits on SQL, and answers 503 while MariaDB is down. Blocks
+//!    grow with the scope's count (twice the numbers it has used, from 16 to
+//!    `NUMBER_BLOCK_MAX`, 2048 by default), so a hot chat makes one SQL write
+//!    per about 1,000 creates and a quiet one skips few numbers when Redis
+//!    loses data.
+//! 2. **A doubt check that no copy of the data carries.** The enqueue
+//!    scripts hand out a number only when the scope was checked in the
+//!    current epoch and the epoch was set by *this* server process: the
+//!    epoch hash records the `run_id` that set it, and the script compares
+//!    it with `INFO server`'s `run_id`, which Redis makes at process start
+//!    and never writes to a replica, an RDB or an AOF. So a promoted
+//!    replica (even after a full resync), a restart from a rewritten AOF or
+//!    an older RDB, a missing counter or a reshard all put the scope in
+//!    doubt before the first number the changed node hands out. In doubt,
+//!    the counter restarts at the scope's recorded bound
+//!    ([`Numbering::restart`]), which is at or above every number ever
+//!    handed out in it.
+//!
+//! The numbers between what Redis still had and the restart point are
+//! skipped: at most one block per loss event. The range is recorded in
+//! MariaDB (`skipped_numbers`), durable, so that a lookup of any of them
+//! answers 404 at once, saying it was skipped, however many loss events
+//! happened, and `chat_numbers_skipped_total{scope}` counts them.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::{AsyncCommands, Script};
+use sqlx::MySqlPool;
+
+use crate::redis::RedisHandle;
+use crate::store;
+use crate::store::numbering::FIRST_BLOCK;
+
+use super::buffer::BufferError;
+use super::keys::Keys;
+
+/// The largest block a scope reserves by default (`NUMBER_BLOCK_MAX`): one
+/// SQL write per about 1,000 creates in a hot scope (a block is reserved
+/// when half of the last one is left), and at most this many numbers
+/// skipped per loss event.
+pub const DEFAULT_BLOCK_MAX: i64 = 2048;
+
+/// How long the background reservation pauses after MariaDB failed, in ms,
+/// so that a MariaDB outage costs one failed write per pause, not one per
+/// create.
+const RESERVE_BACKOFF_MS: i64 = 1000;
+
+/// Restarts a counter at its recorded bound (or marks its chat deleted) and
+/// marks it checked for the epoch the caller read before querying MariaDB;
+/// creates the counter when it is missing. Does nothing to an application
+/// that is missing or deleted in Redis, nor to a scope already checked in
+/// this epoch (by a concurrent request), so that it restarts once per event.
+///
+/// KEYS: app hash. ARGV: counter field (`chats` or a chat number), checked
+/// field (`v` or `v:{n}`), bound field (`r` or `r:{n}`), floor (the number
+/// to restart at: the recorded bound, or MariaDB's highest number if higher),
+/// the new bound (already reserved in MariaDB), epoch, deleted (`1`: the
+/// chat is deleted in MariaDB). Returns `{applied (0/1), the counter before
+/// (-1: none, or deleted)}`.
+pub const RESTART: &str = r#"
+local id = redis.call('HGET', KEYS[1], 'id')
+if not id or id == 'deleted' then return {0, -1} end
+if redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[6] then return {0, -1} end
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local before = -1
+if ARGV[7] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[1], 'deleted')
+elseif cur ~= 'deleted' then
+  before = tonumber(cur or '-1')
+  redis.call('HSET', KEYS[1], ARGV[1], math.max(tonumber(cur or '0'), tonumber(ARGV[4])))
+  local bound = tonumber(redis.call('HGET', KEYS[1], ARGV[3]) or '0')
+  if bound < tonumber(ARGV[5]) then redis.call('HSET', KEYS[1], ARGV[3], ARGV[5]) end
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[6])
+return {1, before}
+"#;
+
+/// Raises a scope's bound to `ARGV[2]` (never lowers it), after MariaDB
+/// recorded it. Does nothing to an application missing or deleted in Redis.
+///
+/// KEYS: app hash. ARGV: bound field, new bound. Returns 1 if raised.
+pub const RAISE_BOUND: &str = r#"
+local id = redis.call('HGET', KEYS[1], 'id')
+if not id or id == 'deleted' then return 0 end
+local bound = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if bound >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
+
+/// Which counter of an application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CounterScope {
+    /// The application's chat counter.
+    Chats,
+    /// The message counter of one of its chats.
+    Messages {
+        /// The chat's number.
+        chat_number: i64,
+    },
+}
+
+impl CounterScope {
+    /// The scope's field names in the application's hash: counter, checked
+    /// epoch, bound.
+    fn fields(self) -> (String, String, String) {
+        match self {
+            Self::Chats => ("chats".into(), "v".into(), "r".into()),
+            Self::Messages { chat_number } => (
+                chat_number.to_string(),
+                format!("v:{chat_number}"),
+                format!("r:{chat_number}"),
+            ),
+        }
+    }
+
+    /// The scope's `chat_number` in MariaDB's numbering tables (0: the
+    /// application's chat counter).
+    pub fn chat_number(self) -> i64 {
+        match self {
+            Self::Chats => 0,
+            Self::Messages { chat_number } => chat_number,
+        }
+    }
+
+    /// The scope's label in metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Chats => "chats",
+            Self::Messages { .. } => "messages",
+        }
+    }
+}
+
+/// The block a scope reserves once it has handed out `used` numbers:
+/// twice that, between [`FIRST_BLOCK`] and `max`.
+pub fn block_size(used: i64, max: i64) -> i64 {
+    used.saturating_mul(2)
+        .clamp(FIRST_BLOCK, max.max(FIRST_BLOCK))
+}
+
+/// The numbering of one deployment: counters in Redis, bounds and skipped
+/// ranges in MariaDB. Cheap to clone.
+#[derive(Clone)]
+pub struct Numbering {
+    redis: RedisHandle,
+    keys: Keys,
+    pool: MySqlPool,
+    timeout: Duration,
+    block_max: i64,
+    restart: Arc<Script>,
+    raise_bound: Arc<Script>,
+    /// Scopes (`{app hash}\t{bound field}`) with a background reservation
+    /// under way in this process.
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    /// No background reservation before this time (ms since the epoch):
+    /// MariaDB failed the last one.
+    backoff_until_ms: Arc<AtomicI64>,
+}
+
+impl Numbering {
+    /// Numbering over `redis` (keys under `keys`, calls bounded by
+    /// `timeout`) and MariaDB `pool`, with blocks of at most `block_max`
+    /// numbers (`NUMBER_BLOCK_MAX`).
+    pub fn new(
+        redis: RedisHandle,
+        keys: Keys,
+        pool: MySqlPool,
+        timeout: Duration,
+        block_max: i64,
+    ) -> Self {
+        Self {
+            redis,
+            keys,
+            pool,
+            timeout,
+            block_max: block_max.max(FIRST_BLOCK),
+            restart: Arc::new(Script::new(RESTART)),
+            raise_bound: Arc::new(Script::new(RAISE_BOUND)),
+            in_flight: Default::default(),
+            backoff_until_ms: Default::default(),
+        }
+    }
+
+    /// Runs `f` on a Redis connection within the time limit.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, BufferError>
+    where
+        F: FnOnce(crate::redis::RedisConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        Ok(self.redis.call(self.timeout, f).await?)
+    }
+
+    /// Reserves the next block of `scope` in MariaDB, the counter being at
+    /// `counter`, then raises the bound in Redis. Called on the request path
+    /// only when the scope used up its bound ([`super::scripts::code::NO_BLOCK`]).
+    /// Errors: MariaDB (the create answers 503) or Redis unavailable.
+    pub async fn reserve(
+        &self,
+        token: &str,
+        application_id: u64,
+        scope: CounterScope,
+        counter: i64,
+    ) -> Result<(), BufferError> {
+        let to = counter + block_size(counter, self.block_max);
+        store::numbering::reserve(&self.pool, application_id, scope.chat_number(), to).await?;
+        crate::telemetry::metrics::number_reservation(scope.label());
+        let key = self.keys.for_token(token).app(token);
+        let (_, _, bound) = scope.fields();
+        self.call(|mut c| async move {
+            self.raise_bound
+                .key(key)
+                .arg(bound)
+                .arg(to)
+                .invoke_async::<i64>(&mut c)
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// After a create got `number` under `bound`: when less than half a
+    /// block is left, reserves the next block in the background (once per
+    /// scope at a time in this process, and not while MariaDB is failing),
+    /// so that the request path does not wait on SQL.
+    pub fn reserve_ahead(
+        &self,
+        token: &str,
+        application_id: u64,
+        scope: CounterScope,
+        number: i64,
+        bound: i64,
+    ) {
+        if bound < 0 || bound - number >= block_size(number, self.block_max) / 2 {
+            return;
+        }
+        if crate::redis::now_ms() < self.backoff_until_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        let slot = format!("{token}\t{}", scope.fields().2);
+        {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            if !in_flight.insert(slot.clone()) {
+                return;
+            }
+        }
+        let this = self.clone();
+        let token = token.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = this.reserve(&token, application_id, scope, number).await {
+                this.backoff_until_ms.store(
+                    crate::redis::now_ms() + RESERVE_BACKOFF_MS,
+                    Ordering::Relaxed,
+                );
+                tracing::warn!(error = %e, application_id, ?scope, "could not reserve the next block of numbers ahead; the scope reserves on the request path once its bound is used up");
+            }
+            this.in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&slot);
+        });
+    }
+
+    /// Restarts the counter of `scope` after a doubt (see the module
+    /// docs): reads MariaDB's recorded bound and highest number of the
+    /// scope, deleted rows included, reserves a block past them, restarts
+    /// the counter there (or marks its chat deleted) and marks it checked in
+    /// `epoch` (read by the script before this, so a newer epoch is checked
+    /// again). Records the numbers skipped. `missing`: Redis has no counter
+    /// for the scope, so a chat that MariaDB does not have does not exist.
+    ///
+    /// Returns false when the scope does not exist (the chat is unknown).
+    /// Errors: Redis or MariaDB unavailable.
+    pub async fn restart(
+        &self,
+        token: &str,
+        application_id: u64,
+        scope: CounterScope,
+        epoch: i64,
+        missing: bool,
+    ) -> Result<bool, BufferError> {
+        let (highest, deleted) = match scope {
+            CounterScope::Chats => (
+                store::applications::last_chat_number(&self.pool, application_id).await?,
+                false,
+            ),
+            CounterScope::Messages { chat_number } => {
+                match store::chats::message_floor(&self.pool, application_id, chat_number).await? {
+                    // Unknown to both: no such chat.
+                    None if missing => return Ok(false),
+                    // Known to Redis only: a chat still buffered.
+                    None => (0, false),
+                    Some((deleted, last)) => (last, deleted),
+                }
+            }
+        };
+        let recorded =
+            store::numbering::reserved_to(&self.pool, application_id, scope.chat_number()).await?;
+        let floor = recorded.max(highest);
+        let bound = floor + block_size(floor, self.block_max);
+        if !deleted {
+            store::numbering::reserve(&self.pool, application_id, scope.chat_number(), bound)
+                .await?;
+        }
+        let key = self.keys.for_token(token).app(token);
+        let (counter, checked, bound_field) = scope.fields();
+        let (applied, before): (i64, i64) = self
+            .call(|mut c| async move {
+                self.restart
+                    .key(key)
+                    .arg(counter)
+                    .arg(checked)
+                    .arg(bound_field)
+                    .arg(floor)
+                    .arg(bound)
+                    .arg(epoch)
+                    .arg(if deleted { "1" } else { "0" })
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        // What Redis still had, or MariaDB's highest when Redis had nothing:
+        // every number above it up to the floor is skipped.
+        let kept = if before >= 0 { before } else { highest };
+        if applied == 1 && !deleted && kept < floor {
+            store::numbering::record_skip(
+                &self.pool,
+                application_id,
+                scope.chat_number(),
+                kept + 1,
+                floor,
+            )
+            .await?;
+            crate::telemetry::metrics::numbers_skipped(scope.label(), (floor - kept) as u64);
+            tracing::warn!(
+                application_id,
+                ?scope,
+                first = kept + 1,
+                last = floor,
+                epoch,
+                "counter restarted at its recorded bound after Redis may have lost data; the numbers between were skipped"
+            );
+        }
+        Ok(true)
+    }
+
+    /// Starts the chat counter of an application just created in MariaDB
+    /// (it has no chat anywhere) at 0, checked in the current epoch of its
+    /// shard, if one is set (else its first create checks it). Errors:
+    /// Redis unavailable.
+    pub async fn start_application(&self, token: &str) -> Result<(), BufferError> {
+        let Some(epoch) = self.current_epoch(token).await? else {
+            return Ok(());
+        };
+        let key = self.keys.for_token(token).app(token);
+        let (counter, checked, bound) = CounterScope::Chats.fields();
+        self.call(|mut c| async move {
+            self.restart
+                .key(key)
+                .arg(counter)
+                .arg(checked)
+                .arg(bound)
+                .arg(0)
+                .arg(FIRST_BLOCK)
+                .arg(epoch)
+                .arg("0")
+                .invoke_async::<(i64, i64)>(&mut c)
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The epoch in force in `token`'s shard, as the enqueue scripts read it
+    /// (`None`: none is set yet). One HGET, unlike [`Numbering::check_epoch`].
+    /// Errors: Redis unavailable.
+    pub async fn current_epoch(&self, token: &str) -> Result<Option<i64>, BufferError> {
+        let key = self.keys.for_token(token).epoch();
+        self.call(|mut c| async move { c.hget(key, "epoch").await })
+            .await
+    }
+
+    /// Runs the epoch check of `token`'s shard now (see
+    /// [`crate::redis::CHECK_EPOCH`]); returns the epoch in force.
+    /// Errors: Redis unavailable.
+    pub async fn check_epoch(&self, token: &str) -> Result<i64, BufferError> {
+        let keys = vec![self.keys.for_token(token).epoch()];
+        self.call(|mut c| async move { crate::redis::check_epoch(&mut c, &keys).await })
+            .await
+    }
+
+    /// Runs the epoch check of every shard now: on one node, one script for
+    /// all of them (they share its keyspace, as the pool's connection check
+    /// does); on a Redis Cluster, one per shard, each on the master that
+    /// holds it. Errors: Redis unavailable.
+    pub async fn check_all_epochs(&self) -> Result<(), BufferError> {
+        let epochs: Vec<String> = self.keys.shards().map(|s| s.epoch()).collect();
+        let groups: Vec<Vec<String>> = if self.redis.is_cluster() {
+            epochs.into_iter().map(|key| vec![key]).collect()
+        } else {
+            vec![epochs]
+        };
+        for keys in groups {
+            self.call(|mut c| async move { crate::redis::check_epoch(&mut c, &keys).await })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `number` of `scope` was skipped at a restart (see the module
+    /// docs). Errors: MariaDB unavailable.
+    pub async fn is_skipped(
+        &self,
+        application_id: u64,
+        scope: CounterScope,
+        number: i64,
+    ) -> Result<bool, BufferError> {
+        Ok(
+            store::numbering::is_skipped(&self.pool, application_id, scope.chat_number(), number)
+                .await?,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_grow_with_use_between_the_first_block_and_the_cap() {
+        assert_eq!(block_size(0, 2048), FIRST_BLOCK);
+        assert_eq!(block_size(16, 2048), 32);
+        assert_eq!(block_size(300, 2048), 600);
+        assert_eq!(block_size(1_000_000, 2048), 2048);
+        assert_eq!(block_size(1_000_000, 1), FIRST_BLOCK);
+    }
+}
