@@ -47,9 +47,13 @@ pub use numbering::{CounterScope, Numbering};
 use crate::store;
 
 /// How many times a create re-runs its script after filling a cold cache
-/// (the epoch, the token, the counter, then a block of numbers); more means
-/// the cache keeps vanishing.
-const MAX_SEED_ROUNDS: usize = 5;
+/// (the epoch, the token, then the counter); more means the cache keeps
+/// vanishing.
+const MAX_SEED_ROUNDS: usize = 4;
+
+/// How many times a create re-runs its script after reserving a block of
+/// numbers (concurrent creates may use a block up before this one's turn).
+const MAX_RESERVE_ROUNDS: usize = 16;
 
 /// What a create allocates a number for.
 #[derive(Debug, Clone, Copy)]
@@ -168,7 +172,8 @@ impl WriteBehind {
         target: Target<'_>,
         idem: Option<&Idempotency>,
     ) -> Result<Option<Allocated>, BufferError> {
-        for _ in 0..MAX_SEED_ROUNDS {
+        let (mut seeds, mut reserves) = (0, 0);
+        while seeds < MAX_SEED_ROUNDS && reserves < MAX_RESERVE_ROUNDS {
             let created_at_ms = now_ms();
             let reply = match target {
                 Target::Chat => self.buffer.enqueue_chat(token, created_at_ms, idem).await?,
@@ -211,11 +216,13 @@ impl WriteBehind {
                     application_id,
                     counter,
                 } => {
+                    reserves += 1;
                     self.numbering
                         .reserve(token, application_id, target.scope(), counter)
                         .await?;
                 }
                 Enqueue::AppMiss => {
+                    seeds += 1;
                     if !self.seed_app(token).await? {
                         return Ok(None);
                     }
@@ -228,6 +235,7 @@ impl WriteBehind {
                     application_id,
                     epoch,
                 } => {
+                    seeds += 1;
                     let missing = matches!(reply, Enqueue::CounterMiss { .. });
                     if !self
                         .reconcile(token, target, application_id, epoch, missing)
@@ -238,9 +246,11 @@ impl WriteBehind {
                 }
             }
         }
-        Err(BufferError::Unavailable(
-            "the Redis cache was evicted while seeding it".into(),
-        ))
+        Err(BufferError::Unavailable(if seeds >= MAX_SEED_ROUNDS {
+            "the Redis cache was evicted while seeding it".into()
+        } else {
+            "concurrent creates used up every block of numbers reserved for this one".into()
+        }))
     }
 
     /// Restarts the counter of `target` at its recorded bound (see

@@ -14,11 +14,12 @@
 //!    waits on SQL. When a create leaves less than half a block, the next
 //!    block is reserved in the background ([`Numbering::reserve_ahead`]);
 //!    only a scope that outran it (MariaDB down for longer than a block
-//!    lasts) waits on SQL, and answers 503 while MariaDB is down. Blocks
-//!    grow with the scope's count (twice the numbers it has used, from 16 to
-//!    `NUMBER_BLOCK_MAX`, 2048 by default), so a hot chat makes one SQL write
-//!    per about 1,000 creates and a quiet one skips few numbers when Redis
-//!    loses data.
+//!    lasts) waits on SQL, and answers 503 while MariaDB is down. Block
+//!    sizes follow the scope's rate ([`next_block`]): a block used up within
+//!    10 s makes the next one twice as large (up to `NUMBER_BLOCK_MAX`, 2048
+//!    by default), one that lasted over a minute makes it half as large
+//!    (down to 16). So a hot chat makes one SQL write per about 1,000
+//!    creates, and a quiet one skips few numbers when Redis loses data.
 //! 2. **A doubt check that no copy of the data carries.** The enqueue
 //!    scripts hand out a number only when the scope was checked in the
 //!    current epoch and the epoch was set by *this* server process: the
@@ -38,10 +39,10 @@
 //! answers 404 at once, saying it was skipped, however many loss events
 //! happened, and `chat_numbers_skipped_total{scope}` counts them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{AsyncCommands, Script};
 use sqlx::MySqlPool;
@@ -58,6 +59,17 @@ use super::keys::Keys;
 /// when half of the last one is left), and at most this many numbers
 /// skipped per loss event.
 pub const DEFAULT_BLOCK_MAX: i64 = 2048;
+
+/// A block used up faster than this makes the next one twice as large.
+const GROW_WITHIN: Duration = Duration::from_secs(10);
+
+/// A block that lasted longer than this makes the next one half as large.
+const SHRINK_AFTER: Duration = Duration::from_secs(60);
+
+/// At most this many scopes' last block sizes are remembered per process;
+/// past it the memory starts afresh (each scope's next block is then
+/// [`FIRST_BLOCK`] again, and grows back within a few reservations).
+const REMEMBERED_SCOPES: usize = 10_000;
 
 /// How long the background reservation pauses after MariaDB failed, in ms,
 /// so that a MariaDB outage costs one failed write per pause, not one per
@@ -151,11 +163,21 @@ impl CounterScope {
     }
 }
 
-/// The block a scope reserves once it has handed out `used` numbers:
-/// twice that, between [`FIRST_BLOCK`] and `max`.
-pub fn block_size(used: i64, max: i64) -> i64 {
-    used.saturating_mul(2)
-        .clamp(FIRST_BLOCK, max.max(FIRST_BLOCK))
+/// The size of a scope's next block, given its last one (`None`: none
+/// reserved by this process) and how long ago that was reserved: twice the
+/// last within [`GROW_WITHIN`], half of it after [`SHRINK_AFTER`], else the
+/// same; between [`FIRST_BLOCK`] and `max`. The rate is estimated from how
+/// fast the last block went, the way a hi/lo allocator sizes its next block
+/// (see for example Hibernate's "pooled" optimizer, which keeps the block in
+/// the sequence increment).
+pub fn next_block(last: Option<(Duration, i64)>, max: i64) -> i64 {
+    let size = match last {
+        None => FIRST_BLOCK,
+        Some((ago, block)) if ago < GROW_WITHIN => block.saturating_mul(2),
+        Some((ago, block)) if ago > SHRINK_AFTER => block / 2,
+        Some((_, block)) => block,
+    };
+    size.clamp(FIRST_BLOCK, max.max(FIRST_BLOCK))
 }
 
 /// The numbering of one deployment: counters in Redis, bounds and skipped
@@ -169,9 +191,14 @@ pub struct Numbering {
     block_max: i64,
     restart: Arc<Script>,
     raise_bound: Arc<Script>,
-    /// Scopes (`{app hash}\t{bound field}`) with a background reservation
+    /// Scopes (`{token}\t{bound field}`) with a background reservation
     /// under way in this process.
     in_flight: Arc<Mutex<HashSet<String>>>,
+    /// Each scope's last block reserved by this process, and when.
+    blocks: Arc<Mutex<HashMap<String, (Instant, i64)>>>,
+    /// Scopes with a reservation on the request path under way (one at a
+    /// time per scope: [`Numbering::reserve`]).
+    reserving: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// No background reservation before this time (ms since the epoch):
     /// MariaDB failed the last one.
     backoff_until_ms: Arc<AtomicI64>,
@@ -197,6 +224,8 @@ impl Numbering {
             restart: Arc::new(Script::new(RESTART)),
             raise_bound: Arc::new(Script::new(RAISE_BOUND)),
             in_flight: Default::default(),
+            blocks: Default::default(),
+            reserving: Default::default(),
             backoff_until_ms: Default::default(),
         }
     }
@@ -221,15 +250,71 @@ impl Numbering {
         scope: CounterScope,
         counter: i64,
     ) -> Result<(), BufferError> {
-        let to = counter + block_size(counter, self.block_max);
+        // One reservation at a time per scope in this process: the creates
+        // that found the bound used up together wait for one SQL write, not
+        // one each (single flight).
+        let slot = Self::slot(token, scope);
+        let lock = self
+            .reserving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(slot.clone())
+            .or_default()
+            .clone();
+        let result = {
+            let _turn = lock.lock().await;
+            self.reserve_now(token, application_id, scope, counter, &slot)
+                .await
+        };
+        let mut reserving = self.reserving.lock().unwrap_or_else(|e| e.into_inner());
+        // Ours and the map's: nobody else waits on it.
+        if Arc::strong_count(&lock) <= 2 {
+            reserving.remove(&slot);
+        }
+        result
+    }
+
+    /// [`Numbering::reserve`] once this process's turn for the scope came:
+    /// nothing when the bound was raised past `counter` meanwhile.
+    async fn reserve_now(
+        &self,
+        token: &str,
+        application_id: u64,
+        scope: CounterScope,
+        counter: i64,
+        slot: &str,
+    ) -> Result<(), BufferError> {
+        let key = self.keys.for_token(token).app(token);
+        let (_, _, bound_field) = scope.fields();
+        let bound: Option<i64> = {
+            let (key, field) = (key.clone(), bound_field.clone());
+            self.call(|mut c| async move { c.hget(key, field).await })
+                .await?
+        };
+        if bound.unwrap_or(FIRST_BLOCK) > counter {
+            return Ok(());
+        }
+        let block = {
+            let blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+            next_block(
+                blocks.get(slot).map(|(at, b)| (at.elapsed(), *b)),
+                self.block_max,
+            )
+        };
+        let to = counter + block;
         store::numbering::reserve(&self.pool, application_id, scope.chat_number(), to).await?;
         crate::telemetry::metrics::number_reservation(scope.label());
-        let key = self.keys.for_token(token).app(token);
-        let (_, _, bound) = scope.fields();
+        {
+            let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+            if blocks.len() >= REMEMBERED_SCOPES && !blocks.contains_key(slot) {
+                blocks.clear();
+            }
+            blocks.insert(slot.to_string(), (Instant::now(), block));
+        }
         self.call(|mut c| async move {
             self.raise_bound
                 .key(key)
-                .arg(bound)
+                .arg(bound_field)
                 .arg(to)
                 .invoke_async::<i64>(&mut c)
                 .await
@@ -238,8 +323,13 @@ impl Numbering {
         Ok(())
     }
 
-    /// After a create got `number` under `bound`: when less than half a
-    /// block is left, reserves the next block in the background (once per
+    /// The name of a scope in the in-process maps.
+    fn slot(token: &str, scope: CounterScope) -> String {
+        format!("{token}\t{}", scope.fields().2)
+    }
+
+    /// After a create got `number` under `bound`: when less than half of
+    /// the scope's last block is left, reserves the next block in the background (once per
     /// scope at a time in this process, and not while MariaDB is failing),
     /// so that the request path does not wait on SQL.
     pub fn reserve_ahead(
@@ -250,13 +340,22 @@ impl Numbering {
         number: i64,
         bound: i64,
     ) {
-        if bound < 0 || bound - number >= block_size(number, self.block_max) / 2 {
+        if bound < 0 {
+            return;
+        }
+        let slot = Self::slot(token, scope);
+        let last_block = self
+            .blocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&slot)
+            .map_or(FIRST_BLOCK, |(_, b)| *b);
+        if bound - number >= last_block / 2 {
             return;
         }
         if crate::redis::now_ms() < self.backoff_until_ms.load(Ordering::Relaxed) {
             return;
         }
-        let slot = format!("{token}\t{}", scope.fields().2);
         {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             if !in_flight.insert(slot.clone()) {
@@ -316,7 +415,9 @@ impl Numbering {
         let recorded =
             store::numbering::reserved_to(&self.pool, application_id, scope.chat_number()).await?;
         let floor = recorded.max(highest);
-        let bound = floor + block_size(floor, self.block_max);
+        // After a doubt the scope's rate is unknown: a first block, which
+        // the background reservation grows if the scope is hot.
+        let bound = floor + FIRST_BLOCK;
         if !deleted {
             store::numbering::reserve(&self.pool, application_id, scope.chat_number(), bound)
                 .await?;
@@ -446,11 +547,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn blocks_grow_with_use_between_the_first_block_and_the_cap() {
-        assert_eq!(block_size(0, 2048), FIRST_BLOCK);
-        assert_eq!(block_size(16, 2048), 32);
-        assert_eq!(block_size(300, 2048), 600);
-        assert_eq!(block_size(1_000_000, 2048), 2048);
-        assert_eq!(block_size(1_000_000, 1), FIRST_BLOCK);
+    fn blocks_follow_the_rate_between_the_first_block_and_the_cap() {
+        let s = Duration::from_secs;
+        assert_eq!(next_block(None, 2048), FIRST_BLOCK);
+        assert_eq!(next_block(Some((s(1), 16)), 2048), 32, "used up fast: grow");
+        assert_eq!(next_block(Some((s(1), 2048)), 2048), 2048, "capped");
+        assert_eq!(next_block(Some((s(30), 512)), 2048), 512, "steady");
+        assert_eq!(next_block(Some((s(120), 512)), 2048), 256, "slow: shrink");
+        assert_eq!(next_block(Some((s(120), 16)), 2048), FIRST_BLOCK);
+        assert_eq!(next_block(Some((s(1), 1024)), 1), FIRST_BLOCK);
     }
 }

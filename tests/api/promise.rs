@@ -255,8 +255,8 @@ async fn a_hot_chat_reserves_blocks_ahead_and_few_of_them() {
     );
     let reserved = reserved_to(&app, &token, chat).await;
     assert!(
-        reserved <= 600 + 1200,
-        "at most one block (twice the numbers used) ahead: {reserved}"
+        reserved <= 600 + 2048,
+        "at most one block (NUMBER_BLOCK_MAX) ahead: {reserved}"
     );
 }
 

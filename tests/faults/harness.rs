@@ -245,29 +245,25 @@ impl World {
         .unwrap()
     }
 
-    /// The message numbers each chat's counter skipped when it was checked
-    /// after Redis lost data (`RECONCILE_SKIP`): chat number → range.
+    /// The message numbers each chat's counter skipped when it restarted at
+    /// its reservation after Redis lost data (`skipped_numbers`, see
+    /// `src/writebehind/numbering.rs`): chat number → ranges. The
+    /// application's chat counter is under chat number 0.
     pub async fn skips(&self, token: &str) -> HashMap<i64, Vec<std::ops::RangeInclusive<i64>>> {
-        let mut c = self.redis.clone();
-        let fields: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.keys().for_token(token).app(token))
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        fields
-            .iter()
-            .filter_map(|(k, v)| {
-                let chat = k.strip_prefix("s:")?.parse().ok()?;
-                let ranges = v
-                    .split(',')
-                    .filter_map(|r| {
-                        let (lo, hi) = r.split_once('-')?;
-                        Some(lo.parse().ok()?..=hi.parse().ok()?)
-                    })
-                    .collect();
-                Some((chat, ranges))
-            })
-            .collect()
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT s.chat_number, s.first_number, s.last_number FROM skipped_numbers s \
+             JOIN applications a ON a.id = s.application_id WHERE a.token = ? \
+             ORDER BY s.chat_number, s.first_number",
+        )
+        .bind(token)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        let mut skips: HashMap<i64, Vec<std::ops::RangeInclusive<i64>>> = HashMap::new();
+        for (chat, first, last) in rows {
+            skips.entry(chat).or_default().push(first..=last);
+        }
+        skips
     }
 
     /// Drops the database and the keys.

@@ -87,6 +87,11 @@ impl PrivateRedis {
         redis
     }
 
+    /// Its working directory (`dump.rdb`, `appendonlydir/`).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// `redis://127.0.0.1:{port}`
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
