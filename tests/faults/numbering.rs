@@ -528,3 +528,108 @@ async fn an_application_create_killed_mid_way_frees_its_key_after_the_in_progres
     drop(service);
     world.cleanup().await;
 }
+
+/// On a Redis Cluster: the replica of the application's master does a full
+/// resync (restarted without its RDB), so the snapshot it receives carries
+/// the epoch hash and everything else the master had. Its link is then held
+/// back (SIGSTOP, and a 40 MB write queued on the master ahead of the
+/// creates, so that they stay in the master's output buffer rather than in
+/// the replica's socket), creates are acknowledged by the master, and the
+/// master is SIGKILLed. The replica is promoted without them. Its first
+/// creates must not reuse their numbers: each counter restarts at its
+/// reservation, because the epoch's run_id is not the promoted node's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_full_resync_then_a_failover_hands_out_no_number_twice() {
+    let cluster = crate::cluster::PrivateCluster::start();
+    let mut env = crate::crashy();
+    env.extend([
+        ("REDIS_CLUSTER_NODES", cluster.nodes.clone()),
+        ("REDIS_TIMEOUT_MS", "1000".into()),
+    ]);
+    let world = World::new(&env).await;
+    let service = world.start(free_port()).await;
+    let base = service.base();
+    let token = harness::setup_app(&base, 4).await;
+    let app_key = world.keys().for_token(&token).app(&token);
+    let master = cluster.master_of(&app_key);
+    let replica = cluster
+        .replica_of(master)
+        .expect("the master has a replica");
+
+    // A full resync: the replica comes back with nothing and loads the
+    // master's snapshot.
+    cluster.restart_without_rdb(replica);
+    let synced = harness::eventually(Duration::from_secs(20), || async {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &replica.to_string(), "info", "replication"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("master_link_status:up")
+    })
+    .await;
+    assert!(synced, "the restarted replica resynced with its master");
+
+    let load = harness::Load::start("resync-", vec![base.clone()], &token, 4, 8);
+    let flowing = harness::eventually(Duration::from_secs(15), || async {
+        load.statuses().get(&201).copied().unwrap_or(0) > 200
+    })
+    .await;
+    assert!(flowing, "creates succeed: {:?}", load.statuses());
+
+    // Hold the replica's link back, with a large write ahead of the creates.
+    cluster.signal(replica, "STOP");
+    let tag = app_key
+        .split_once('{')
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(tag, _)| tag.to_string())
+        .unwrap();
+    let mut direct = redis::Client::open(format!("redis://127.0.0.1:{master}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}{{{tag}}}ballast", world.prefix))
+        .arg(vec![b'x'; 40 << 20])
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    let at_stop = load.statuses().get(&201).copied().unwrap_or(0);
+    let acked_meanwhile = harness::eventually(Duration::from_secs(10), || async {
+        load.statuses().get(&201).copied().unwrap_or(0) > at_stop + 30
+    })
+    .await;
+    assert!(
+        acked_meanwhile,
+        "the master acknowledged creates the replica does not have"
+    );
+    let behind = load.statuses().get(&201).copied().unwrap_or(0) - at_stop;
+    let killed_at = Instant::now();
+    cluster.kill9(master);
+    cluster.signal(replica, "CONT");
+    let promoted = harness::eventually(Duration::from_secs(30), || async {
+        cluster.serving(&app_key) == Some(replica)
+    })
+    .await;
+    assert!(
+        promoted,
+        "the resynced replica took over the master's slots"
+    );
+    let (ledger, switch) = crate::resumes_after_failover(load, killed_at).await;
+    let report = crate::failover_report(
+        &world,
+        &token,
+        &ledger,
+        switch,
+        &format!("cluster: full resync, link held back ({behind} creates acknowledged meanwhile), master killed"),
+    )
+    .await;
+    assert_eq!(report.collisions, 0, "no number was handed out twice");
+    assert_eq!(report.dead, 0, "no dead letters");
+    assert!(
+        report.lost > 0,
+        "the promoted replica lacked acknowledged creates (else this test proves nothing)"
+    );
+    drop(service);
+    world.cleanup().await;
+}

@@ -125,6 +125,47 @@ impl PrivateCluster {
             .unwrap();
     }
 
+    /// The port of a replica of the master on `master` (`None` when it has
+    /// none now).
+    pub fn replica_of(&self, master: u16) -> Option<u16> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &master.to_string(), "cluster", "myid"])
+            .output()
+            .unwrap();
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let out = Command::new("redis-cli")
+            .args(["-p", &master.to_string(), "cluster", "replicas", &id])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| !l.contains("fail"))?;
+        let addr = line.split_whitespace().nth(1)?.split('@').next()?;
+        addr.rsplit(':').next()?.parse().ok()
+    }
+
+    /// SIGKILLs the node on `port` and starts it again with its cluster
+    /// config but no RDB: a replica then does a full resync with its master.
+    pub fn restart_without_rdb(&self, port: u16) {
+        let status = Command::new("bash")
+            .arg(script())
+            .arg("restart")
+            .arg(&self.dir)
+            .arg(port.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "scripts/redis-cluster restart {port}");
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the node on `port`.
+    pub fn signal(&self, port: u16, signal: &str) {
+        let pid = std::fs::read_to_string(self.dir.join(port.to_string()).join("redis.pid"))
+            .expect("the node's pid file");
+        Command::new("kill")
+            .args([&format!("-{signal}"), pid.trim()])
+            .status()
+            .unwrap();
+    }
+
     /// Whether every live node reports `cluster_state:ok`.
     pub fn ok(&self) -> bool {
         self.ports.iter().all(|p| {
