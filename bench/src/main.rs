@@ -16,6 +16,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, param::Path};
 use serde_json::{Value, json};
 use sqlx::MySqlPool;
 
+mod numbering;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 mod sustained;
@@ -42,6 +43,9 @@ enum Cmd {
     FlushText(FlushTextOpts),
     /// Only figure 12: the flush rate at 1, 2 and 4 `FLUSH_WORKERS`.
     FlushWorkers(Opts),
+    /// Only figure 13: what numbering costs (the doubt check on every
+    /// create, and the reservations), against another build when given.
+    Numbering(numbering::NumberingOpts),
     /// Serve the ceiling endpoint on `port`.
     Ceiling { port: u16 },
     /// Serve the baseline endpoint on `port` against `database_url`.
@@ -229,6 +233,20 @@ fn url_regex(port: u16, tokens: &[String], chats: u32) -> String {
     )
 }
 
+/// Drops the databases of `envs`. Errors: MariaDB failed.
+async fn drop_databases(opts: &Opts, envs: &[Env]) -> anyhow::Result<()> {
+    let admin = MySqlPool::connect(&opts.mysql).await?;
+    for env in envs {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS `{}`",
+            env.db
+        )))
+        .execute(&admin)
+        .await?;
+    }
+    Ok(())
+}
+
 struct Env {
     opts: Opts,
     db: String,
@@ -241,7 +259,13 @@ impl Env {
     }
 
     fn start_service(&self, port: u16, extra: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new("target/release/chat-api");
+        self.start_binary("target/release/chat-api", port, extra)
+    }
+
+    /// [`Env::start_service`] with another build of the service (`bench
+    /// numbering --compare-bin`).
+    fn start_binary(&self, binary: &str, port: u16, extra: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(binary);
         cmd.arg("serve")
             .env("DATABASE_URL", self.database_url())
             .env("REDIS_URL", &self.opts.redis)
@@ -717,15 +741,7 @@ async fn durability_cost(opts: &Opts) -> anyhow::Result<Value> {
             entry.2.push(rate / memory_rps.max(1.0));
         }
     }
-    let admin = MySqlPool::connect(&opts.mysql).await?;
-    for env in &envs {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS `{}`",
-            env.db
-        )))
-        .execute(&admin)
-        .await?;
-    }
+    drop_databases(opts, &envs).await?;
     drop(services);
     let mut out = serde_json::Map::new();
     for (mode, (rate, p99, ratio)) in figures {
@@ -1392,6 +1408,12 @@ async fn main() -> anyhow::Result<()> {
                 "{}",
                 markdown_flush_workers(&figure["flush_workers_rows_per_sec"])
             );
+            Ok(())
+        }
+        Cmd::Numbering(opts) => {
+            let figure = numbering::numbering_cost(&opts).await?;
+            println!("{}", serde_json::to_string_pretty(&figure)?);
+            println!("{}", numbering::markdown(&figure));
             Ok(())
         }
         Cmd::Durability(opts) => {

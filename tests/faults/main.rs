@@ -698,6 +698,17 @@ async fn redis_restored_from_an_older_snapshot_hands_out_no_number_twice() {
     world.cleanup().await;
 }
 
+/// The settings of a failover test on `cluster`: [`crashy`], and a Redis
+/// time limit of 1 s, so that the switch shows as prompt 503s.
+fn failover_env(cluster: &cluster::PrivateCluster) -> Vec<(&'static str, String)> {
+    let mut env = crashy();
+    env.extend([
+        ("REDIS_CLUSTER_NODES", cluster.nodes.clone()),
+        ("REDIS_TIMEOUT_MS", "1000".into()),
+    ]);
+    env
+}
+
 /// What one failover run saw, for the report.
 struct Failover {
     requests: u64,
@@ -895,12 +906,7 @@ async fn a_sentinel_failover_with_fsync_durability_hands_out_no_number_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_cluster_master_under_load_fails_over_with_503s_then_201s_without_a_restart() {
     let cluster = cluster::PrivateCluster::start();
-    let mut env = crashy();
-    env.extend([
-        ("REDIS_CLUSTER_NODES", cluster.nodes.clone()),
-        ("REDIS_TIMEOUT_MS", "1000".into()),
-    ]);
-    let world = World::new(&env).await;
+    let world = World::new(&failover_env(&cluster)).await;
     let service = world.start(free_port()).await;
     let base = service.base();
     let token = setup_app(&base, 4).await;

@@ -70,6 +70,14 @@ impl Client {
         r["token"].as_str().unwrap().to_string()
     }
 
+    /// A new application with `chats` chats: its token.
+    async fn app_with_chats(&self, chats: usize) -> String {
+        let token = self.app().await;
+        self.create(&token, Scope::Chats, chats, "chat", &mut Tally::default())
+            .await;
+        token
+    }
+
     /// `n` creates in `scope` (chats of the application, or messages of a
     /// chat), each retried through 503s for up to 10 s.
     async fn create(&self, token: &str, scope: Scope, n: usize, tag: &str, tally: &mut Tally) {
@@ -221,13 +229,11 @@ async fn restore_older_than_300_buffered_creates(scope: Scope, label: &str) {
     let world = World::new(&env(&redis)).await;
     let service = world.start(free_port()).await;
     let client = Client::new(service.base());
-    let token = client.app().await;
-    if let Scope::Messages(chat) = scope {
-        let mut chats = Tally::default();
-        client
-            .create(&token, Scope::Chats, chat as usize, "chat", &mut chats)
-            .await;
-    }
+    let chats = match scope {
+        Scope::Messages(chat) => chat as usize,
+        Scope::Chats => 0,
+    };
+    let token = client.app_with_chats(chats).await;
     let mut tally = Tally::default();
     client.create(&token, scope, 50, "before", &mut tally).await;
     client.flush().await;
@@ -300,11 +306,7 @@ async fn ten_loss_events_on_one_chat_leave_every_skipped_number_a_prompt_404() {
     let world = World::new(&env(&redis)).await;
     let service = world.start(free_port()).await;
     let client = Client::new(service.base());
-    let token = client.app().await;
-    let mut chats = Tally::default();
-    client
-        .create(&token, Scope::Chats, 1, "chat", &mut chats)
-        .await;
+    let token = client.app_with_chats(1).await;
     client.flush().await;
     let scope = Scope::Messages(1);
     let mut tally = Tally::default();
@@ -363,11 +365,7 @@ async fn a_restart_from_a_rewritten_older_aof_hands_out_no_number_twice() {
     let world = World::new(&env(&redis)).await;
     let service = world.start(free_port()).await;
     let client = Client::new(service.base());
-    let token = client.app().await;
-    let mut chats = Tally::default();
-    client
-        .create(&token, Scope::Chats, 1, "chat", &mut chats)
-        .await;
+    let token = client.app_with_chats(1).await;
     let scope = Scope::Messages(1);
     let mut tally = Tally::default();
     client.create(&token, scope, 40, "before", &mut tally).await;
@@ -541,12 +539,7 @@ async fn an_application_create_killed_mid_way_frees_its_key_after_the_in_progres
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_a_full_resync_then_a_failover_hands_out_no_number_twice() {
     let cluster = crate::cluster::PrivateCluster::start();
-    let mut env = crate::crashy();
-    env.extend([
-        ("REDIS_CLUSTER_NODES", cluster.nodes.clone()),
-        ("REDIS_TIMEOUT_MS", "1000".into()),
-    ]);
-    let world = World::new(&env).await;
+    let world = World::new(&crate::failover_env(&cluster)).await;
     let service = world.start(free_port()).await;
     let base = service.base();
     let token = harness::setup_app(&base, 4).await;

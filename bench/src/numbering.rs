@@ -1,0 +1,179 @@
+//! Figure 13 (issue 22): what the numbering promise costs on the request
+//! path. Each create runs the doubt check (the enqueue script reads
+//! `INFO server` to compare the epoch's `run_id` with its server's) and, a
+//! few times per block, a reservation in MariaDB in the background.
+//!
+//! For this build, and for another one when `--compare-bin` names it (for
+//! example the build before the high-water mark), interleaved over the
+//! runs, each with its own database and key prefix on the same Redis and
+//! MariaDB: the closed-loop create rate (req/s) and p99 (ms), the ratio to
+//! the other build in the same run, the Redis CPU per create of the enqueue
+//! script (`INFO commandstats`, µs), and for this build the SQL writes per
+//! 1,000 creates (`chat_number_reservations_total`).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use sqlx::MySqlPool;
+
+use crate::{Env, Opts, free_port, post_closed, rps, seed, stat, status_share, url_regex, wait_up};
+
+/// Options of `bench numbering`.
+#[derive(clap::Args, Clone)]
+pub struct NumberingOpts {
+    #[command(flatten)]
+    pub opts: Opts,
+    /// Another build of `chat-api` to compare with (it migrates its own
+    /// database at start). Without it, only this build is measured.
+    #[arg(long)]
+    pub compare_bin: Option<String>,
+}
+
+/// Redis CPU per call of EVALSHA since the last `CONFIG RESETSTAT`, in µs.
+async fn evalsha_usec(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(redis)
+        .await?;
+    Ok(info
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("usec_per_call=")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// A counter of the service's `/metrics`, summed over its labels.
+async fn metric(port: u16, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .and_then(|r| r.error_for_status())
+        .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Figure 13 (see the module docs).
+pub async fn numbering_cost(n: &NumberingOpts) -> anyhow::Result<Value> {
+    let opts = &n.opts;
+    let mut redis = redis::Client::open(opts.redis.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let mut builds = vec![("this".to_string(), "target/release/chat-api".to_string())];
+    if let Some(other) = &n.compare_bin {
+        builds.push(("other".to_string(), other.clone()));
+    }
+    let mut services = Vec::new();
+    let mut envs = Vec::new();
+    for (name, binary) in &builds {
+        let env = Env {
+            opts: opts.clone(),
+            db: format!("chat_bench_{id}_{name}"),
+            prefix: format!("bench:{id}:{name}:"),
+        };
+        chat_api::store::ensure_database(&env.database_url()).await?;
+        if name == "this" {
+            let pool = MySqlPool::connect(&env.database_url()).await?;
+            chat_api::store::migrate(&pool).await?;
+            pool.close().await;
+        }
+        let port = free_port();
+        let svc = env.start_binary(binary, port, &[]);
+        wait_up(port, "/health/live").await;
+        let tokens = seed(port, 2, 100).await;
+        services.push((name.clone(), port, tokens, svc));
+        envs.push(env);
+    }
+    // build → (req/s, p99 ms, ÷ the other build, Redis µs per create) per run.
+    type Runs = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut figures: BTreeMap<String, Runs> = BTreeMap::new();
+    let mut creates = 0.0;
+    for run in 0..opts.runs {
+        let mut rates = BTreeMap::new();
+        for (name, port, tokens, _) in &services {
+            eprintln!("figure 13, run {}: the {name} build…", run + 1);
+            let _: () = redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query_async(&mut redis)
+                .await?;
+            let report = post_closed(&url_regex(*port, tokens, 100), opts.secs, opts.connections);
+            assert!(
+                status_share(&report, "201") > 0.99,
+                "the {name} build answered 201: {:?}",
+                report["statusCodeDistribution"]
+            );
+            let usec = evalsha_usec(&mut redis).await?;
+            let rate = rps(&report);
+            if name == "this" {
+                creates += rate * opts.secs as f64;
+            }
+            rates.insert(name.clone(), rate);
+            let p99 = report["latencyPercentiles"]["p99"].as_f64().unwrap_or(0.0) * 1000.0;
+            let entry = figures.entry(name.clone()).or_default();
+            entry.0.push(rate);
+            entry.1.push(p99);
+            entry.3.push(usec);
+        }
+        if let (Some(this), Some(other)) = (rates.get("this"), rates.get("other")) {
+            figures
+                .get_mut("this")
+                .unwrap()
+                .2
+                .push(this / other.max(1.0));
+        }
+    }
+    let reservations = metric(services[0].1, "chat_number_reservations_total").await;
+    crate::drop_databases(opts, &envs).await?;
+    drop(services);
+    let mut out = serde_json::Map::new();
+    for (name, (rate, p99, ratio, usec)) in figures {
+        let mut v = json!({ "create_rps": stat(rate), "p99_ms": stat(p99), "redis_usec_per_create": stat(usec) });
+        if !ratio.is_empty() {
+            v["vs_other"] = json!(stat(ratio));
+        }
+        out.insert(name, v);
+    }
+    out.insert(
+        "reservations_per_1000_creates".into(),
+        json!(reservations * 1000.0 / creates.max(1.0)),
+    );
+    Ok(Value::Object(out))
+}
+
+/// The rows of figure 13 in BENCHMARKS.md's table.
+pub fn markdown(d: &Value) -> String {
+    let mut out = String::new();
+    for name in ["this", "other"] {
+        let v = &d[name];
+        if v.is_null() {
+            continue;
+        }
+        out += &format!(
+            "| 13. numbering, {name} build: create req/s; p99 ms; Redis µs per create{} | {}; {}; {}{} | |\n",
+            if v["vs_other"].is_null() {
+                ""
+            } else {
+                "; ÷ other build, same run"
+            },
+            crate::s(&v["create_rps"]),
+            crate::s(&v["p99_ms"]),
+            crate::s(&v["redis_usec_per_create"]),
+            if v["vs_other"].is_null() {
+                String::new()
+            } else {
+                format!("; {}", crate::s(&v["vs_other"]))
+            },
+        );
+    }
+    out += &format!(
+        "| 13. numbering: SQL reservations per 1,000 creates (100 chats per application) | {:.2} | ≤ 1 in a hot chat |\n",
+        d["reservations_per_1000_creates"].as_f64().unwrap_or(0.0)
+    );
+    out
+}
