@@ -136,13 +136,22 @@ pub struct Config {
     #[arg(long, env = "FLUSH_INTERVAL_SECS", default_value = "60", value_parser = parse_nonzero_secs)]
     pub flush_interval: Duration,
 
-    /// Pending records per queue past which creation answers 503 with
-    /// `Retry-After` (backpressure); split evenly over the `QUEUE_SHARDS`
-    /// shards, each of which refuses past its share.
+    /// Pending records per queue, in total over every shard, past which
+    /// creation answers 503 with `Retry-After` (backpressure). A single
+    /// application may fill it up to `MAX_PENDING_PER_APPLICATION`.
     #[arg(long, env = "MAX_PENDING", default_value_t = 1_000_000)]
     pub max_pending: u64,
 
-    /// Pending records per queue past which a growing share of creates is
+    /// Records one application may have waiting to be stored (chats and
+    /// messages, pending or claimed) before its creates answer 503 with
+    /// `Retry-After`, so that one tenant cannot take the whole buffer;
+    /// counted exactly in the enqueue script. Default: a tenth of
+    /// `MAX_PENDING`; 0: no cap.
+    #[arg(long, env = "MAX_PENDING_PER_APPLICATION")]
+    pub max_pending_per_application: Option<u64>,
+
+    /// Pending records per queue, in total over every shard, past which a
+    /// growing share of creates is
     /// refused with 503 and `Retry-After`, before `MAX_PENDING` is reached:
     /// 0 at this mark, rising linearly to 90% at `MAX_PENDING` (load
     /// shedding, so that clients slow down before the cliff). A value at or
@@ -162,10 +171,10 @@ pub struct Config {
     #[arg(long, env = "IDEMPOTENCY_IN_PROGRESS_SECS", default_value = "60", value_parser = parse_nonzero_secs)]
     pub idempotency_in_progress: Duration,
 
-    /// Bytes of Redis memory a pending list may take (Redis's own estimate,
-    /// `MEMORY USAGE`) past which creation answers 503 with `Retry-After`,
-    /// like `MAX_PENDING`; 0: no limit. Keeps a MariaDB outage from filling
-    /// Redis with large messages.
+    /// Bytes of queued records per queue, in total over every shard (counted
+    /// exactly as records enter and leave), past which creation answers 503
+    /// with `Retry-After`, like `MAX_PENDING`; 0: no limit. Keeps a MariaDB
+    /// outage from filling Redis with large messages.
     #[arg(long, env = "MAX_PENDING_BYTES", default_value_t = 536_870_912)]
     pub max_pending_bytes: u64,
 
@@ -271,6 +280,13 @@ impl Config {
     /// Time limit of one Redis call on the request path.
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    /// `MAX_PENDING_PER_APPLICATION`, or its default: a tenth of
+    /// `MAX_PENDING` (at least 1).
+    pub fn max_pending_per_application(&self) -> u64 {
+        self.max_pending_per_application
+            .unwrap_or((self.max_pending / 10).max(1))
     }
 
     /// This instance's name: `INSTANCE_ID`, or `{hostname}-{pid}`.

@@ -174,6 +174,7 @@ impl Application {
         .with_idempotency_ttl(config.idempotency_ttl)
         .with_in_progress_lifetime(config.idempotency_in_progress)
         .with_max_pending_bytes(config.max_pending_bytes)
+        .with_max_pending_per_application(config.max_pending_per_application())
         .with_high_water(config.pending_high_water);
         let buffer = match config.redis_durability {
             crate::config::Durability::Replica => {
@@ -578,6 +579,7 @@ async fn sample_queues(buffer: Buffer) {
         crate::telemetry::metrics::queue_sampled(
             s.queue.as_str(),
             s.pending,
+            s.pending_bytes,
             s.oldest_age(now).unwrap_or_default(),
             s.dead_letters,
         );

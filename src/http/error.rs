@@ -145,6 +145,13 @@ impl From<crate::writebehind::BufferError> for ApiError {
                 crate::telemetry::metrics::backpressure_rejected();
                 Self::unavailable("the write buffer is full; retry later", retry_after_secs)
             }
+            BufferError::ApplicationFull { retry_after_secs } => {
+                crate::telemetry::metrics::backpressure_rejected();
+                Self::unavailable(
+                    "this application has MAX_PENDING_PER_APPLICATION records waiting to be stored; retry later",
+                    retry_after_secs,
+                )
+            }
             BufferError::Shed { retry_after_secs } => {
                 crate::telemetry::metrics::load_shed();
                 Self::unavailable(

@@ -4,6 +4,7 @@
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
 //! | `chat_pending_records` | gauge | `queue` | records waiting in Redis |
+//! | `chat_pending_bytes` | gauge | `queue` | bytes of the records pending or claimed (what `MAX_PENDING_BYTES` limits) |
 //! | `chat_pending_oldest_age_seconds` | gauge | `queue` | age of the oldest pending record |
 //! | `chat_flushed_records_total` | counter | `queue` | records written to MariaDB |
 //! | `chat_flush_batch_size` | histogram | `queue` | records per flushed batch |
@@ -119,8 +120,15 @@ pub fn batches_recovered(n: u64) {
 }
 
 /// Depth, oldest age (the head record's) and dead-letter count of a queue (sampled).
-pub fn queue_sampled(queue: &'static str, pending: u64, oldest_age: Duration, dead_letters: u64) {
+pub fn queue_sampled(
+    queue: &'static str,
+    pending: u64,
+    pending_bytes: u64,
+    oldest_age: Duration,
+    dead_letters: u64,
+) {
     gauge!("chat_pending_records", "queue" => queue).set(pending as f64);
+    gauge!("chat_pending_bytes", "queue" => queue).set(pending_bytes as f64);
     gauge!("chat_pending_oldest_age_seconds", "queue" => queue).set(oldest_age.as_secs_f64());
     gauge!("chat_dead_letters", "queue" => queue).set(dead_letters as f64);
 }

@@ -30,9 +30,17 @@ pub const FULL_RETRY_AFTER_SECS: u64 = 5;
 /// Why a write to the buffer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BufferError {
-    /// The pending list is at `MAX_PENDING` (backpressure).
+    /// The pending list is at `MAX_PENDING`, or its records take
+    /// `MAX_PENDING_BYTES` (backpressure).
     #[error("the write buffer is full")]
     Full {
+        /// Seconds to tell the client to wait.
+        retry_after_secs: u64,
+    },
+    /// The application has `MAX_PENDING_PER_APPLICATION` records waiting
+    /// (backpressure on this tenant alone).
+    #[error("this application's share of the write buffer is full")]
+    ApplicationFull {
         /// Seconds to tell the client to wait.
         retry_after_secs: u64,
     },
@@ -136,6 +144,7 @@ pub struct Buffer {
     timeout: Duration,
     max_pending: u64,
     max_pending_bytes: u64,
+    max_pending_per_application: u64,
     lease_queue: LeaseQueue,
     idempotency_ttl_secs: u64,
     in_progress_secs: u64,
@@ -194,6 +203,7 @@ impl Buffer {
         max_pending: u64,
     ) -> Self {
         let redis = redis.into();
+        let shards = keys.shard_count();
         Self {
             lease_queue: LeaseQueue::new(redis.clone(), timeout, "unnamed"),
             redis,
@@ -202,10 +212,13 @@ impl Buffer {
             timeout,
             max_pending,
             max_pending_bytes: 0,
+            max_pending_per_application: 0,
             idempotency_ttl_secs: 86_400,
             in_progress_secs: DEFAULT_IN_PROGRESS_SECS,
             replica_wait: None,
-            shedder: super::shedding::LoadShedder::off(),
+            // Off (the high-water mark at the top), but keeping every
+            // shard's depth for the total limits.
+            shedder: super::shedding::LoadShedder::new(u64::MAX, max_pending, shards),
             shard_mismatch: Default::default(),
             shard_mismatch_flag: Default::default(),
         }
@@ -243,12 +256,6 @@ impl Buffer {
         }
     }
 
-    /// `total` (a limit on a whole queue: `MAX_PENDING`, `MAX_PENDING_BYTES`,
-    /// `PENDING_HIGH_WATER`) split evenly over the shards, rounded up.
-    fn per_shard(&self, total: u64) -> u64 {
-        total.div_ceil(u64::from(self.keys.shard_count()))
-    }
-
     /// The same buffer, answering a create only once a replica has its write
     /// (`REDIS_DURABILITY=replica`): after the enqueue script, `WAIT 1
     /// wait_ms` on the same connection; no replica in time is
@@ -270,10 +277,19 @@ impl Buffer {
         Ok(c.wait_replicas(key, 1, wait).await? >= 1)
     }
 
-    /// The same buffer, refusing creation (503) once a pending list takes
-    /// `max` bytes of Redis memory (Redis's own estimate); 0: no limit.
+    /// The same buffer, refusing creation (503) once a shard's queued
+    /// records of a kind would take more than `max` bytes (counted exactly,
+    /// see [`super::keys::ShardKeys::usage`]); 0: no limit.
     pub fn with_max_pending_bytes(mut self, max: u64) -> Self {
         self.max_pending_bytes = max;
+        self
+    }
+
+    /// The same buffer, refusing an application's creates (503) while it has
+    /// `max` records queued (`MAX_PENDING_PER_APPLICATION`), so that one
+    /// tenant cannot take the whole buffer; 0: no limit.
+    pub fn with_max_pending_per_application(mut self, max: u64) -> Self {
+        self.max_pending_per_application = max;
         self
     }
 
@@ -282,8 +298,9 @@ impl Buffer {
     /// [`super::shedding`]).
     pub fn with_high_water(mut self, high_water: u64) -> Self {
         self.shedder = super::shedding::LoadShedder::new(
-            self.per_shard(high_water),
-            self.per_shard(self.max_pending),
+            high_water,
+            self.max_pending,
+            self.keys.shard_count(),
         );
         self
     }
@@ -320,6 +337,14 @@ impl Buffer {
     /// [`super::lease`]), with the same time limit and owner.
     pub fn lease_queue(&self) -> &LeaseQueue {
         &self.lease_queue
+    }
+
+    /// Records what a sample found of `kind`'s queue in shard `shard`:
+    /// `pending` records and `bytes` queued, for load shedding and the total
+    /// limits.
+    pub(super) fn observe_queue(&self, kind: Kind, shard: u16, pending: u64, bytes: u64) {
+        self.shedder.observe(kind, shard, pending);
+        self.shedder.observe_bytes(kind, shard, bytes);
     }
 
     /// The Lua scripts.
@@ -395,6 +420,11 @@ impl Buffer {
             (code::DELETED, _, _) => Enqueue::Deleted,
             (code::FULL, _, _) => {
                 return Err(BufferError::Full {
+                    retry_after_secs: FULL_RETRY_AFTER_SECS,
+                });
+            }
+            (code::APP_FULL, _, _) => {
+                return Err(BufferError::ApplicationFull {
                     retry_after_secs: FULL_RETRY_AFTER_SECS,
                 });
             }
@@ -484,10 +514,20 @@ impl Buffer {
         let pending = shard.pending(kind);
         let epoch = shard.epoch();
         let (idem_key, fingerprint) = Self::idempotency_args(&shard, token, idem);
-        let (max_pending, max_pending_bytes) = (
-            self.per_shard(self.max_pending),
-            self.per_shard(self.max_pending_bytes),
-        );
+        let usage = shard.usage();
+        // The limits are totals over the shards. This shard may hold what
+        // the others, as last seen (every answer, and the 5 s sampling),
+        // leave of them; its script holds it to that exactly. So one
+        // application, in one shard, can fill the whole buffer.
+        let max_pending = self
+            .max_pending
+            .saturating_sub(self.shedder.depth_elsewhere(kind, shard.index()));
+        let max_pending_bytes = match self.max_pending_bytes {
+            0 => 0,
+            max => max
+                .saturating_sub(self.shedder.bytes_elsewhere(kind, shard.index()))
+                .max(1),
+        };
         let (chat_number, body) = match message {
             Some((chat, body)) => (chat.to_string(), body),
             None => (String::new(), ""),
@@ -499,6 +539,7 @@ impl Buffer {
                     .key(pending)
                     .key(epoch)
                     .key(idem_key)
+                    .key(usage)
                     .arg(max_pending)
                     .arg(created_at_ms)
                     .arg(chat_number)
@@ -507,14 +548,16 @@ impl Buffer {
                     .arg(self.idempotency_ttl_secs)
                     .arg(max_pending_bytes)
                     .arg(self.keys.shard_count())
+                    .arg(self.max_pending_per_application)
                     .invoke_async::<Reply>(&mut c)
                     .await?;
                 let replicated = reply.0 <= 0 || self.replicated(&mut c, &app).await?;
                 Ok((reply, replicated))
             })
             .await?;
-        if reply.0.0 > 0 {
-            self.shedder.observe(kind, reply.0.1 as u64);
+        // A replay queued nothing and reports no depth.
+        if reply.0.0 > 0 && reply.0.2 == 0 {
+            self.shedder.observe(kind, shard.index(), reply.0.1 as u64);
         }
         self.decode_replicated(reply)
     }

@@ -354,7 +354,9 @@ impl Flusher {
         }
         report.deferred = deferred.len() as u64;
         report.dead_lettered = dead.len() as u64;
+        let usage = usage_delta(kind, &batch.items, &deferred);
         for (key, into, items) in [
+            (shard.usage(), Collection::Counts, usage),
             (shard.pending(kind), Collection::List, deferred),
             (shard.dead_letter(kind), Collection::List, dead),
             (shard.lost(), Collection::Hash, lost),
@@ -592,5 +594,57 @@ fn merge(slots: Vec<Result<usize, DecodeError>>, written: BatchOutcome) -> Batch
     BatchOutcome {
         dispositions,
         stored: written.stored,
+    }
+}
+
+/// The change in the shard's usage hash (see
+/// [`super::keys::ShardKeys::usage`]) when a batch of `kind` leaves its
+/// queue and its `deferred` records go back to it: its bytes and each
+/// application's records counted out, the deferred ones counted in again;
+/// as (field, increment) pairs for [`Collection::Counts`].
+fn usage_delta(kind: Kind, batch: &[Vec<u8>], deferred: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut bytes = 0i64;
+    let mut apps: std::collections::BTreeMap<&[u8], i64> = Default::default();
+    let app_of = |raw: &[u8]| -> Option<usize> { raw.iter().position(|b| *b == b'\t') };
+    for (records, sign) in [(batch, -1), (deferred, 1)] {
+        for raw in records {
+            bytes += sign * raw.len() as i64;
+            if let Some(end) = app_of(raw) {
+                *apps.entry(&raw[..end]).or_default() += sign;
+            }
+        }
+    }
+    let mut items = vec![
+        format!("bytes:{}", kind.as_str()).into_bytes(),
+        bytes.to_string().into_bytes(),
+    ];
+    for (app, delta) in apps {
+        if delta != 0 {
+            let mut field = b"app:".to_vec();
+            field.extend_from_slice(app);
+            items.push(field);
+            items.push(delta.to_string().into_bytes());
+        }
+    }
+    items
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_counts_out_its_bytes_and_records_and_its_deferred_ones_back_in() {
+        let batch = vec![
+            b"7\t1\t100".to_vec(),
+            b"7\t2\t100".to_vec(),
+            b"9\t1\t100".to_vec(),
+        ];
+        let deferred = vec![b"9\t1\t100\t5".to_vec()];
+        let items: Vec<String> = usage_delta(Kind::Chats, &batch, &deferred)
+            .into_iter()
+            .map(|i| String::from_utf8(i).unwrap())
+            .collect();
+        assert_eq!(items, ["bytes:chats", "-12", "app:7", "-2"]);
     }
 }

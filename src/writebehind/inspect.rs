@@ -35,6 +35,9 @@ pub struct QueueStats {
     pub queue: Kind,
     /// Records waiting in `pending:{queue}`.
     pub pending: u64,
+    /// Bytes of the queue's records, pending or claimed (counted exactly as
+    /// they enter and leave; 0 for the search queue).
+    pub pending_bytes: u64,
     /// Creation time (ms since the epoch) of the record at the head of the
     /// queue, the next one to be flushed: the oldest, except for messages
     /// deferred to the tail while they wait for their chat. `None` when empty
@@ -68,13 +71,15 @@ fn created_at_ms(queue: Kind, raw: &[u8]) -> Option<i64> {
 
 impl Buffer {
     /// The state of every queue ([`Kind::EVERY_QUEUE`], in that order), over
-    /// every shard. Errors: Redis unavailable.
+    /// every shard; refreshes the per-shard depths and bytes that load
+    /// shedding and the total limits read. Errors: Redis unavailable.
     pub async fn inspect(&self) -> Result<Vec<QueueStats>, BufferError> {
         let mut total: Vec<QueueStats> = Kind::EVERY_QUEUE
             .iter()
             .map(|&queue| QueueStats {
                 queue,
                 pending: 0,
+                pending_bytes: 0,
                 oldest_created_at_ms: None,
                 batches: Vec::new(),
                 dead_letters: 0,
@@ -82,7 +87,10 @@ impl Buffer {
             .collect();
         for shard in self.keys().shards() {
             for (t, s) in total.iter_mut().zip(self.inspect_shard(&shard).await?) {
+                // What the shedder and the totals' check know of this shard.
+                self.observe_queue(s.queue, shard.index(), s.pending, s.pending_bytes);
                 t.pending += s.pending;
+                t.pending_bytes += s.pending_bytes;
                 t.dead_letters += s.dead_letters;
                 t.oldest_created_at_ms = match (t.oldest_created_at_ms, s.oldest_created_at_ms) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -99,8 +107,8 @@ impl Buffer {
 
     /// [`Buffer::inspect`] of one shard.
     async fn inspect_shard(&self, keys: &ShardKeys) -> Result<Vec<QueueStats>, BufferError> {
-        // Per queue: pending length, head record, dead-letter length.
-        type Head = (u64, Option<Vec<u8>>, u64);
+        // Per queue: pending length, head record, dead-letter length, bytes.
+        type Head = (u64, Option<Vec<u8>>, u64, Option<u64>);
         // Processing key and lease deadline (ms), as ZRANGE … WITHSCORES gives them.
         type Lease = (String, f64);
         let (heads, leases, owners): (Vec<Head>, Vec<Lease>, HashMap<String, String>) = {
@@ -112,6 +120,9 @@ impl Buffer {
                     pipe.cmd("LLEN").arg(&pending);
                     pipe.cmd("LINDEX").arg(&pending).arg(0);
                     pipe.cmd("LLEN").arg(keys.dead_letter(q));
+                    pipe.cmd("HGET")
+                        .arg(keys.usage())
+                        .arg(format!("bytes:{}", q.as_str()));
                 }
                 pipe.cmd("ZRANGE")
                     .arg(keys.leases())
@@ -123,11 +134,12 @@ impl Buffer {
                 let owners = redis::from_redis_value(values.pop().unwrap_or(redis::Value::Nil))?;
                 let leases = redis::from_redis_value(values.pop().unwrap_or(redis::Value::Nil))?;
                 let mut heads = Vec::new();
-                for v in values.chunks(3) {
+                for v in values.chunks(4) {
                     heads.push((
                         redis::from_redis_value_ref(&v[0])?,
                         redis::from_redis_value_ref(&v[1])?,
                         redis::from_redis_value_ref(&v[2])?,
+                        redis::from_redis_value_ref(&v[3])?,
                     ));
                 }
                 Ok((heads, leases, owners))
@@ -150,13 +162,16 @@ impl Buffer {
         let mut stats: Vec<QueueStats> = Kind::EVERY_QUEUE
             .iter()
             .zip(heads)
-            .map(|(&queue, (pending, head, dead_letters))| QueueStats {
-                queue,
-                pending,
-                oldest_created_at_ms: head.and_then(|raw| created_at_ms(queue, &raw)),
-                batches: Vec::new(),
-                dead_letters,
-            })
+            .map(
+                |(&queue, (pending, head, dead_letters, bytes))| QueueStats {
+                    queue,
+                    pending,
+                    pending_bytes: bytes.unwrap_or(0),
+                    oldest_created_at_ms: head.and_then(|raw| created_at_ms(queue, &raw)),
+                    batches: Vec::new(),
+                    dead_letters,
+                },
+            )
             .collect();
         let processing_prefix = format!("{}processing:", keys.prefix());
         for ((key, deadline), records) in leases.into_iter().zip(sizes) {

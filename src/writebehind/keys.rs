@@ -246,6 +246,18 @@ impl ShardKeys {
         format!("{}batches", self.prefix)
     }
 
+    /// Hash of what the shard's record queues hold, counted exactly as
+    /// records enter (the enqueue scripts, a replay) and leave (the
+    /// acknowledgement of their batch): `bytes:chats` and `bytes:messages`
+    /// (bytes of the records pending or claimed) and `app:{application_id}`
+    /// (records of the application pending or claimed, both kinds). A field
+    /// that falls to 0 is removed. It bounds Redis's memory
+    /// (`MAX_PENDING_BYTES`) and each tenant's share of the buffer
+    /// (`MAX_PENDING_PER_APPLICATION`).
+    pub fn usage(&self) -> String {
+        format!("{}usage", self.prefix)
+    }
+
     /// List of records that could not be written, each a JSON object
     /// `{"record", "reason", "at"}` (see [`super::deadletter`]).
     pub fn dead_letter(&self, kind: Kind) -> String {

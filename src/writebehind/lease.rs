@@ -121,6 +121,9 @@ pub enum Collection {
     Set,
     /// `HSET` of (field, value) pairs in a hash.
     Hash,
+    /// `HINCRBY` of (field, increment) pairs in a hash; a field that falls
+    /// to 0 or below is removed (a count of what a queue holds).
+    Counts,
 }
 
 impl Collection {
@@ -129,6 +132,7 @@ impl Collection {
             Collection::List => "list",
             Collection::Set => "set",
             Collection::Hash => "hash",
+            Collection::Counts => "counts",
         }
     }
 }
@@ -241,7 +245,15 @@ local t = tonumber(ARGV[1])
 local i = 2 + 2 * t
 for h = 1, t do
   local n = tonumber(ARGV[2 * h + 1])
-  push(commands[ARGV[2 * h]], KEYS[3 + h], ARGV, i, i + n - 1)
+  if ARGV[2 * h] == 'counts' then
+    for j = i, i + n - 1, 2 do
+      if redis.call('HINCRBY', KEYS[3 + h], ARGV[j], ARGV[j + 1]) <= 0 then
+        redis.call('HDEL', KEYS[3 + h], ARGV[j])
+      end
+    end
+  else
+    push(commands[ARGV[2 * h]], KEYS[3 + h], ARGV, i, i + n - 1)
+  end
   i = i + n
 end
 return HELD

@@ -60,13 +60,16 @@ pub mod code {
     /// MariaDB, raise the bound, and try again (the reply's third value is
     /// the counter).
     pub const NO_BLOCK: i64 = -8;
+    /// The application has `MAX_PENDING_PER_APPLICATION` records waiting:
+    /// backpressure on this tenant alone.
+    pub const APP_FULL: i64 = -9;
 }
 
 /// The result codes of [`code`] as Lua locals, spliced at the top of the
 /// enqueue scripts, so that the Lua names each code as the Rust does.
 fn codes() -> String {
     format!(
-        "local APP_MISS, DELETED, COUNTER_MISS, FULL, UNVERIFIED, KEY_REUSED, WRONG_SHARDS, NO_BLOCK, FIRST_BLOCK = {}, {}, {}, {}, {}, {}, {}, {}, {}",
+        "local APP_MISS, DELETED, COUNTER_MISS, FULL, UNVERIFIED, KEY_REUSED, WRONG_SHARDS, NO_BLOCK, APP_FULL, FIRST_BLOCK = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}",
         code::APP_MISS,
         code::DELETED,
         code::COUNTER_MISS,
@@ -75,6 +78,7 @@ fn codes() -> String {
         code::KEY_REUSED,
         code::WRONG_SHARDS,
         code::NO_BLOCK,
+        code::APP_FULL,
         crate::store::numbering::FIRST_BLOCK
     )
 }
@@ -100,13 +104,16 @@ if epoch and e[3] ~= string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') 
 "#;
 
 /// An enqueue script with its shared steps spliced in: [`OPENING`] (with
-/// the codes and [`REPLAY_KEY`]), [`BYTES_LIMIT`] and [`REMEMBER_KEY`].
-fn splice(text: &str) -> String {
+/// the codes and [`REPLAY_KEY`]), [`LIMITS`], [`COUNT_IN`] and
+/// [`REMEMBER_KEY`].
+fn splice(text: &str, kind: &str) -> String {
     text.replace("--OPENING", OPENING)
         .replace("--CODES", &codes())
         .replace("--REPLAY_KEY", REPLAY_KEY)
-        .replace("--BYTES_LIMIT", BYTES_LIMIT)
+        .replace("--LIMITS", LIMITS)
+        .replace("--COUNT_IN", COUNT_IN)
         .replace("--REMEMBER_KEY", REMEMBER_KEY)
+        .replace("@KIND@", kind)
 }
 
 /// The idempotency step shared by the enqueue scripts (spliced into them):
@@ -125,15 +132,28 @@ if ARGV[5] ~= '' then
 end
 "#;
 
-/// The byte limit shared by the enqueue scripts (`MAX_PENDING_BYTES`,
-/// `ARGV[7]`, 0: none): Redis's own estimate of the pending list's memory
-/// (`MEMORY USAGE` with 5 samples, so O(1)) at or over it is
-/// [`code::FULL`].
-const BYTES_LIMIT: &str = r#"
-if tonumber(ARGV[7]) > 0 then
-  local used = redis.call('MEMORY', 'USAGE', KEYS[2], 'SAMPLES', 5)
-  if used and used >= tonumber(ARGV[7]) then return {FULL, len, 0, 0, 0} end
-end
+/// The limits shared by the enqueue scripts, checked before anything is
+/// written, on the record `rec` about to be queued: the shard's pending list
+/// at `MAX_PENDING` (`ARGV[1]`), or its records' bytes plus this one's past
+/// `MAX_PENDING_BYTES` (`ARGV[7]`, 0: none), is [`code::FULL`]; the
+/// application's queued records at `MAX_PENDING_PER_APPLICATION`
+/// (`ARGV[9]`, 0: none) is [`code::APP_FULL`]. The bytes and the per-tenant
+/// count are exact, kept in the shard's usage hash (`KEYS[5]`, see
+/// [`super::keys::ShardKeys::usage`]): O(1), where Redis's own `MEMORY
+/// USAGE` estimate was O(samples) and blind past them.
+const LIMITS: &str = r#"
+local len = redis.call('LLEN', KEYS[2])
+if len >= tonumber(ARGV[1]) then return {FULL, len, 0, 0, 0} end
+local used = redis.call('HMGET', KEYS[5], 'bytes:@KIND@', 'app:' .. id)
+if tonumber(ARGV[7]) > 0 and tonumber(used[1] or '0') + #rec > tonumber(ARGV[7]) then return {FULL, len, 0, 0, 0} end
+if tonumber(ARGV[9]) > 0 and tonumber(used[2] or '0') >= tonumber(ARGV[9]) then return {APP_FULL, len, 0, 0, 0} end
+"#;
+
+/// Counts the queued record `rec` in the shard's usage hash (see
+/// [`LIMITS`]); the acknowledgement of its batch counts it out.
+const COUNT_IN: &str = r#"
+redis.call('HINCRBY', KEYS[5], 'bytes:@KIND@', #rec)
+redis.call('HINCRBY', KEYS[5], 'app:' .. id, 1)
 "#;
 
 /// See [`REPLAY_KEY`]: records `{fingerprint}\t{n}` for `ARGV[6]` seconds.
@@ -148,16 +168,17 @@ end
 /// the implicit first block as its bound.
 ///
 /// KEYS: app hash, pending chats list, epoch hash, idempotency key (the app
-/// hash again when there is none). ARGV: max
+/// hash again when there is none), the shard's usage hash. ARGV: max
 /// pending, created_at ms, unused,
 /// unused, request fingerprint (empty: no key), key lifetime in seconds, max
 /// pending bytes (0: none), the caller's `QUEUE_SHARDS` (a different `shards`
-/// field in the epoch hash is [`code::WRONG_SHARDS`]).
+/// field in the epoch hash is [`code::WRONG_SHARDS`]), max pending records
+/// per application (0: none).
 /// Returns `{number, pending length, replayed (0/1), bound (-1 for a
 /// replay), application id}` or `{code, application id, epoch (0 when none
 /// is set; the counter for NO_BLOCK), 0, 0}`.
 pub fn enqueue_chat() -> String {
-    splice(ENQUEUE_CHAT)
+    splice(ENQUEUE_CHAT, "chats")
 }
 
 /// The text of [`enqueue_chat`] before its idempotency steps are spliced in.
@@ -166,17 +187,17 @@ const ENQUEUE_CHAT: &str = r#"
 local c = redis.call('HMGET', KEYS[1], 'chats', 'v', 'r')
 if not c[1] then return {COUNTER_MISS, tonumber(id), tonumber(epoch or 0), 0, 0} end
 if not epoch or c[2] ~= epoch then return {UNVERIFIED, tonumber(id), tonumber(epoch or 0), 0, 0} end
-local len = redis.call('LLEN', KEYS[2])
-if len >= tonumber(ARGV[1]) then return {FULL, len, 0, 0, 0} end
---BYTES_LIMIT
 local n = tonumber(c[1]) + 1
 local bound = tonumber(c[3] or FIRST_BLOCK)
 if n > bound then return {NO_BLOCK, tonumber(id), n - 1, 0, 0} end
+local rec = id .. '\t' .. n .. '\t' .. ARGV[2]
+--LIMITS
 redis.call('HSET', KEYS[1], 'chats', n)
 if redis.call('HSETNX', KEYS[1], tostring(n), 0) == 1 then
   redis.call('HSET', KEYS[1], 'v:' .. n, epoch)
 end
-len = redis.call('RPUSH', KEYS[2], id .. '\t' .. n .. '\t' .. ARGV[2])
+len = redis.call('RPUSH', KEYS[2], rec)
+--COUNT_IN
 --REMEMBER_KEY
 return {n, len, 0, bound, tonumber(id)}
 "#;
@@ -184,14 +205,14 @@ return {n, len, 0, bound, tonumber(id)}
 /// Allocates the next message number of a chat and queues the message, in one step.
 ///
 /// KEYS: app hash, pending messages list, epoch hash, idempotency key (the
-/// app hash again when there is none). ARGV: max
+/// app hash again when there is none), the shard's usage hash. ARGV: max
 /// pending, created_at ms, chat
 /// number (canonical decimal), body, request fingerprint (empty: no key), key
 /// lifetime in seconds, max pending bytes (0: none), the caller's
-/// `QUEUE_SHARDS`.
+/// `QUEUE_SHARDS`, max pending records per application (0: none).
 /// Returns what [`enqueue_chat`] returns.
 pub fn enqueue_message() -> String {
-    splice(ENQUEUE_MESSAGE)
+    splice(ENQUEUE_MESSAGE, "messages")
 }
 
 /// The text of [`enqueue_message`] before its idempotency steps are spliced in.
@@ -201,14 +222,14 @@ local c = redis.call('HMGET', KEYS[1], ARGV[3], 'v:' .. ARGV[3], 'r:' .. ARGV[3]
 if not c[1] then return {COUNTER_MISS, tonumber(id), tonumber(epoch or 0), 0, 0} end
 if c[1] == 'deleted' then return {DELETED, 0, 0, 0, 0} end
 if not epoch or c[2] ~= epoch then return {UNVERIFIED, tonumber(id), tonumber(epoch or 0), 0, 0} end
-local len = redis.call('LLEN', KEYS[2])
-if len >= tonumber(ARGV[1]) then return {FULL, len, 0, 0, 0} end
---BYTES_LIMIT
 local n = tonumber(c[1]) + 1
 local bound = tonumber(c[3] or FIRST_BLOCK)
 if n > bound then return {NO_BLOCK, tonumber(id), n - 1, 0, 0} end
+local rec = id .. '\t' .. ARGV[3] .. '\t' .. n .. '\t' .. ARGV[2] .. '\t' .. ARGV[4]
+--LIMITS
 redis.call('HSET', KEYS[1], ARGV[3], n)
-len = redis.call('RPUSH', KEYS[2], id .. '\t' .. ARGV[3] .. '\t' .. n .. '\t' .. ARGV[2] .. '\t' .. ARGV[4])
+len = redis.call('RPUSH', KEYS[2], rec)
+--COUNT_IN
 --REMEMBER_KEY
 return {n, len, 0, bound, tonumber(id)}
 "#;
@@ -299,16 +320,22 @@ return {1, result}
 /// Puts dead-lettered records back on their pending list (tail), each only
 /// if its entry is still in the dead-letter list, so a record is replayed at
 /// most once however many operators press the button; its number leaves the
-/// `lost` hash.
+/// `lost` hash, and it is counted in the shard's usage hash again (its bytes,
+/// and its application's records: the id before the first tab).
 ///
-/// KEYS: dead-letter list, pending list, lost hash. ARGV: triples of (entry,
-/// record, lost field or empty). Returns the number of records replayed.
+/// KEYS: dead-letter list, pending list, lost hash, usage hash. ARGV: the
+/// usage field of the queue's bytes (`bytes:{kind}`), then triples of
+/// (entry, record, lost field or empty). Returns the number of records
+/// replayed.
 pub const REPLAY: &str = r#"
 local n = 0
-for i = 1, #ARGV, 3 do
+for i = 2, #ARGV, 3 do
   if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
     redis.call('RPUSH', KEYS[2], ARGV[i + 1])
     if ARGV[i + 2] ~= '' then redis.call('HDEL', KEYS[3], ARGV[i + 2]) end
+    redis.call('HINCRBY', KEYS[4], ARGV[1], #ARGV[i + 1])
+    local app = string.match(ARGV[i + 1], '^(%d+)\t')
+    if app then redis.call('HINCRBY', KEYS[4], 'app:' .. app, 1) end
     n = n + 1
   end
 end

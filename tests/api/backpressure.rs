@@ -62,6 +62,127 @@ async fn max_pending_bytes_refuses_creation_until_the_flush_drains() {
 }
 
 #[tokio::test]
+async fn max_pending_bytes_counts_every_byte_not_a_sample_of_the_list_head() {
+    // Many small messages at the head of the list, then large ones: a
+    // sampled estimate of the list's memory sees only the small ones. The
+    // exact count refuses within 10% of the limit, and every 201 is stored.
+    const LIMIT: u64 = 4 << 20;
+    let app = spawn_app_with(|c| {
+        c.queue_shards = 1;
+        c.max_pending_bytes = LIMIT;
+        c.max_pending_per_application = Some(0);
+    })
+    .await;
+    let token = app.create_app("exact bytes").await;
+    app.create_chat(&token).await;
+    let path = format!("/applications/{token}/chats/1/messages");
+    let small = futures::future::join_all(
+        (0..3000).map(|i| app.post(&path, json!({ "body": format!("small {i}") }))),
+    )
+    .await;
+    assert!(small.iter().all(|r| r.status() == 201));
+    let (large, status, retry) = fill(&app, &token, 65_000, 1000).await;
+    assert_eq!((status, retry), (503, true));
+    let usage: std::collections::HashMap<String, u64> = {
+        let mut c = app.redis_conn().await;
+        redis::AsyncCommands::hgetall(&mut c, app.shard(&token).usage())
+            .await
+            .unwrap()
+    };
+    let queued = usage["bytes:messages"];
+    assert!(
+        queued <= LIMIT && queued as f64 >= 0.9 * LIMIT as f64,
+        "refused within 10% of the limit: {queued} of {LIMIT} bytes, {} large messages",
+        large.len()
+    );
+    let messages = app.buffer.inspect().await.unwrap()[1].clone();
+    assert_eq!(
+        (messages.queue, messages.pending_bytes),
+        (chat_api::writebehind::Kind::Messages, queued),
+        "/admin/queues and /metrics report the same count"
+    );
+    app.flush().await;
+    assert_eq!(
+        app.stored_messages(&token, 1).await.len(),
+        3000 + large.len(),
+        "nothing acknowledged is lost"
+    );
+    let mut c = app.redis_conn().await;
+    let left: std::collections::HashMap<String, u64> =
+        redis::AsyncCommands::hgetall(&mut c, app.shard(&token).usage())
+            .await
+            .unwrap();
+    assert!(
+        left.is_empty(),
+        "every byte and record counted out: {left:?}"
+    );
+}
+
+#[tokio::test]
+async fn one_application_can_fill_the_whole_buffer_over_every_shard() {
+    // 16 shards (the default): the limit is the total, not a sixteenth.
+    let app = spawn_app_with(|c| {
+        c.max_pending = 400;
+        c.max_pending_per_application = Some(0);
+        c.pending_high_water = 400;
+    })
+    .await;
+    let token = app.create_app("alone").await;
+    app.create_chat(&token).await;
+    let (numbers, status, _) = fill(&app, &token, 10, 1000).await;
+    assert_eq!(status, 503);
+    assert_eq!(numbers.len(), 400, "the whole MAX_PENDING, in one shard");
+}
+
+#[tokio::test]
+async fn a_hot_application_is_capped_while_another_goes_on() {
+    let app = spawn_app_with(|c| {
+        c.max_pending = 10_000;
+        c.max_pending_per_application = Some(50);
+    })
+    .await;
+    let hot = app.create_app("hot").await;
+    let calm = app.create_app("calm").await;
+    app.create_chat(&hot).await;
+    app.create_chat(&calm).await;
+    let r = loop {
+        let r = app
+            .post(
+                &format!("/applications/{hot}/chats/1/messages"),
+                json!({ "body": "again" }),
+            )
+            .await;
+        if r.status() != 201 {
+            break r;
+        }
+    };
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let error = r.json::<serde_json::Value>().await.unwrap()["error"].to_string();
+    assert!(error.contains("MAX_PENDING_PER_APPLICATION"), "{error}");
+    assert_eq!(
+        app.stored_messages(&hot, 1).await.len() + app.count("messages").await as usize,
+        0,
+        "nothing flushed yet"
+    );
+    for i in 0..20 {
+        app.create_message(&calm, 1, &format!("still open {i}"))
+            .await;
+    }
+    app.flush().await;
+    assert_eq!(
+        app.stored_messages(&hot, 1).await.len(),
+        49,
+        "the cap counts the chat and its messages: 50 records"
+    );
+    assert_eq!(
+        app.create_message(&hot, 1, "room again").await,
+        50,
+        "the flush counted them out"
+    );
+}
+
+#[tokio::test]
 async fn a_full_redis_refuses_creation_but_still_drains() {
     let redis =
         PrivateRedis::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]).await;
@@ -108,6 +229,7 @@ async fn a_full_redis_refuses_creation_but_still_drains() {
 async fn past_the_high_water_mark_a_growing_share_is_shed_before_the_cliff() {
     let app = spawn_app_with(|c| {
         c.max_pending = 200;
+        c.max_pending_per_application = Some(0);
         c.queue_shards = 1;
         c.pending_high_water = 20;
     })

@@ -106,6 +106,7 @@ async fn a_batch_whose_flusher_died_is_written_exactly_once_by_another() {
 async fn a_full_buffer_answers_503_with_retry_after() {
     let app = spawn_app_with(|c| {
         c.max_pending = 5;
+        c.max_pending_per_application = Some(0);
         c.queue_shards = 1;
     })
     .await;

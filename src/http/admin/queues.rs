@@ -93,6 +93,10 @@ pub struct QueueView {
     pub queue: QueueName,
     /// Records waiting to be flushed (not counting claimed batches).
     pub pending: u64,
+    /// Bytes of the queue's records, pending or claimed, counted exactly as
+    /// they enter and leave (what `MAX_PENDING_BYTES` limits; 0 for the
+    /// search queue).
+    pub pending_bytes: u64,
     /// Age of the record at the head of the queue, the next to be flushed, in
     /// seconds (the oldest pending record, except for messages deferred to
     /// the tail while they wait for their chat); null when the queue is empty.
@@ -249,6 +253,7 @@ impl QueuesAdminApi {
             .map(|s| QueueView {
                 queue: s.queue.into(),
                 pending: s.pending,
+                pending_bytes: s.pending_bytes,
                 oldest_pending_age_secs: s.oldest_age(now).map(|d| d.as_secs_f64()),
                 processing: s
                     .batches
