@@ -29,6 +29,39 @@ pub struct NumberingOpts {
     pub compare_bin: Option<String>,
 }
 
+/// The commands that took the most Redis CPU since the last `CONFIG
+/// RESETSTAT` (scripts' inner commands included), as `name usec_per_call
+/// calls`, for the report.
+async fn top_commands(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<String> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(redis)
+        .await?;
+    let mut rows: Vec<(f64, String)> = info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |f: &str| rest.split(',').find_map(|x| x.strip_prefix(f));
+            let usec: f64 = field("usec=")?.parse().ok()?;
+            Some((
+                usec,
+                format!(
+                    "{name} {}µs×{}",
+                    field("usec_per_call=")?,
+                    field("calls=")?
+                ),
+            ))
+        })
+        .collect();
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    Ok(rows
+        .into_iter()
+        .take(8)
+        .map(|(_, r)| r)
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
 /// Redis CPU per call of EVALSHA since the last `CONFIG RESETSTAT`, in µs.
 async fn evalsha_usec(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
     let info: String = redis::cmd("INFO")
@@ -109,6 +142,7 @@ pub async fn numbering_cost(n: &NumberingOpts) -> anyhow::Result<Value> {
                 report["statusCodeDistribution"]
             );
             let usec = evalsha_usec(&mut redis).await?;
+            eprintln!("  Redis CPU by command: {}", top_commands(&mut redis).await?);
             let rate = rps(&report);
             if name == "this" {
                 creates += rate * opts.secs as f64;
