@@ -45,11 +45,7 @@ async fn top_commands(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::
             let usec: f64 = field("usec=")?.parse().ok()?;
             Some((
                 usec,
-                format!(
-                    "{name} {}µs×{}",
-                    field("usec_per_call=")?,
-                    field("calls=")?
-                ),
+                format!("{name} {}µs×{}", field("usec_per_call=")?, field("calls=")?),
             ))
         })
         .collect();
@@ -142,7 +138,10 @@ pub async fn numbering_cost(n: &NumberingOpts) -> anyhow::Result<Value> {
                 report["statusCodeDistribution"]
             );
             let usec = evalsha_usec(&mut redis).await?;
-            eprintln!("  Redis CPU by command: {}", top_commands(&mut redis).await?);
+            eprintln!(
+                "  Redis CPU by command: {}",
+                top_commands(&mut redis).await?
+            );
             let rate = rps(&report);
             if name == "this" {
                 creates += rate * opts.secs as f64;

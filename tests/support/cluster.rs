@@ -125,22 +125,41 @@ impl PrivateCluster {
             .unwrap();
     }
 
-    /// The port of a replica of the master on `master` (`None` when it has
-    /// none now).
+    /// The port of a replica of the master on `master`, as the first node
+    /// that answers sees it (`None` when it has none now).
     pub fn replica_of(&self, master: u16) -> Option<u16> {
-        let out = Command::new("redis-cli")
-            .args(["-p", &master.to_string(), "cluster", "myid"])
-            .output()
-            .unwrap();
-        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let out = Command::new("redis-cli")
-            .args(["-p", &master.to_string(), "cluster", "replicas", &id])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().find(|l| !l.contains("fail"))?;
-        let addr = line.split_whitespace().nth(1)?.split('@').next()?;
-        addr.rsplit(':').next()?.parse().ok()
+        let nodes = |port: u16| {
+            let out = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "cluster", "nodes"])
+                .output()
+                .ok()?;
+            Some(String::from_utf8_lossy(&out.stdout).to_string())
+        };
+        for &port in &self.ports {
+            let Some(text) = nodes(port) else { continue };
+            let fields: Vec<Vec<&str>> = text
+                .lines()
+                .map(|l| l.split_whitespace().collect())
+                .filter(|f: &Vec<&str>| f.len() >= 8)
+                .collect();
+            let port_of = |f: &Vec<&str>| -> Option<u16> {
+                f[1].split('@').next()?.rsplit(':').next()?.parse().ok()
+            };
+            let Some(master_id) = fields
+                .iter()
+                .find(|f| port_of(f) == Some(master))
+                .map(|f| f[0])
+            else {
+                continue;
+            };
+            if let Some(replica) = fields
+                .iter()
+                .find(|f| f[3] == master_id && f[2].contains("slave") && !f[2].contains("fail"))
+            {
+                return port_of(replica);
+            }
+        }
+        None
     }
 
     /// SIGKILLs the node on `port` and starts it again with its cluster
