@@ -3,13 +3,13 @@
 //! `INFO server` to compare the epoch's `run_id` with its server's) and, a
 //! few times per block, a reservation in MariaDB in the background.
 //!
-//! For this build, and for another one when `--compare-bin` names it (for
+//! For this build, and for the others that `--compare-bin` names (for
 //! example the build before the high-water mark), interleaved over the
 //! runs, each with its own database and key prefix on the same Redis and
 //! MariaDB: the closed-loop create rate (req/s) and p99 (ms), the ratio to
-//! the other build in the same run, the Redis CPU per create of the enqueue
-//! script (`INFO commandstats`, µs), and for this build the SQL writes per
-//! 1,000 creates (`chat_number_reservations_total`).
+//! the last build named in the same run, the Redis CPU per create of the
+//! enqueue script (`INFO commandstats`, µs), and for this build the SQL
+//! writes per 1,000 creates (`chat_number_reservations_total`).
 
 use std::collections::BTreeMap;
 
@@ -23,10 +23,12 @@ use crate::{Env, Opts, free_port, post_closed, rps, seed, stat, status_share, ur
 pub struct NumberingOpts {
     #[command(flatten)]
     pub opts: Opts,
-    /// Another build of `chat-api` to compare with (it migrates its own
-    /// database at start). Without it, only this build is measured.
-    #[arg(long)]
-    pub compare_bin: Option<String>,
+    /// Other builds of `chat-api` to compare with (comma-separated paths;
+    /// each migrates its own database at start and is named by its file
+    /// name). Ratios are to the last one. Without it, only this build is
+    /// measured.
+    #[arg(long, value_delimiter = ',')]
+    pub compare_bin: Vec<String>,
 }
 
 /// The commands that took the most Redis CPU since the last `CONFIG
@@ -95,16 +97,23 @@ pub async fn numbering_cost(n: &NumberingOpts) -> anyhow::Result<Value> {
         .await?;
     let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let mut builds = vec![("this".to_string(), "target/release/chat-api".to_string())];
-    if let Some(other) = &n.compare_bin {
-        builds.push(("other".to_string(), other.clone()));
+    for other in &n.compare_bin {
+        let name = std::path::Path::new(other)
+            .file_name()
+            .map_or_else(|| other.clone(), |f| f.to_string_lossy().into_owned());
+        builds.push((name, other.clone()));
     }
+    let reference = builds
+        .last()
+        .map(|(name, _)| name.clone())
+        .unwrap_or_default();
     let mut services = Vec::new();
     let mut envs = Vec::new();
     for (name, binary) in &builds {
         let env = Env {
             opts: opts.clone(),
-            db: format!("chat_bench_{id}_{name}"),
-            prefix: format!("bench:{id}:{name}:"),
+            db: format!("chat_bench_{id}_{}", services.len()),
+            prefix: format!("bench:{id}:{}:", services.len()),
         };
         chat_api::store::ensure_database(&env.database_url()).await?;
         if name == "this" {
@@ -119,7 +128,7 @@ pub async fn numbering_cost(n: &NumberingOpts) -> anyhow::Result<Value> {
         services.push((name.clone(), port, tokens, svc));
         envs.push(env);
     }
-    // build → (req/s, p99 ms, ÷ the other build, Redis µs per create) per run.
+    // build → (req/s, p99 ms, ÷ the reference build, Redis µs per create) per run.
     type Runs = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
     let mut figures: BTreeMap<String, Runs> = BTreeMap::new();
     let mut creates = 0.0;
@@ -153,12 +162,13 @@ pub async fn numbering_cost(n: &NumberingOpts) -> anyhow::Result<Value> {
             entry.1.push(p99);
             entry.3.push(usec);
         }
-        if let (Some(this), Some(other)) = (rates.get("this"), rates.get("other")) {
-            figures
-                .get_mut("this")
-                .unwrap()
-                .2
-                .push(this / other.max(1.0));
+        if let Some(base) = rates.get(&reference).copied() {
+            for (name, rate) in &rates {
+                if *name != reference {
+                    let ratios = &mut figures.get_mut(name).expect("measured").2;
+                    ratios.push(rate / base.max(1.0));
+                }
+            }
         }
     }
     let reservations = metric(services[0].1, "chat_number_reservations_total").await;
@@ -168,7 +178,8 @@ pub async fn numbering_cost(n: &NumberingOpts) -> anyhow::Result<Value> {
     for (name, (rate, p99, ratio, usec)) in figures {
         let mut v = json!({ "create_rps": stat(rate), "p99_ms": stat(p99), "redis_usec_per_create": stat(usec) });
         if !ratio.is_empty() {
-            v["vs_other"] = json!(stat(ratio));
+            v["vs_reference"] = json!(stat(ratio));
+            v["reference"] = json!(reference);
         }
         out.insert(name, v);
     }
@@ -182,30 +193,23 @@ pub async fn numbering_cost(n: &NumberingOpts) -> anyhow::Result<Value> {
 /// The rows of figure 13 in BENCHMARKS.md's table.
 pub fn markdown(d: &Value) -> String {
     let mut out = String::new();
-    for name in ["this", "other"] {
-        let v = &d[name];
-        if v.is_null() {
+    for (name, v) in d.as_object().into_iter().flatten() {
+        if !v.is_object() {
             continue;
         }
+        let vs = match v["reference"].as_str() {
+            Some(r) => format!("; ÷ {r}, same run: {}", crate::s(&v["vs_reference"])),
+            None => String::new(),
+        };
         out += &format!(
-            "| 13. numbering, {name} build: create req/s; p99 ms; Redis µs per create{} | {}; {}; {}{} | |\n",
-            if v["vs_other"].is_null() {
-                ""
-            } else {
-                "; ÷ other build, same run"
-            },
+            "| 13. numbering, {name} build: create req/s; p99 ms; Redis µs per create | {}; {}; {}{vs} | |\n",
             crate::s(&v["create_rps"]),
             crate::s(&v["p99_ms"]),
             crate::s(&v["redis_usec_per_create"]),
-            if v["vs_other"].is_null() {
-                String::new()
-            } else {
-                format!("; {}", crate::s(&v["vs_other"]))
-            },
         );
     }
     out += &format!(
-        "| 13. numbering: SQL reservations per 1,000 creates (100 chats per application) | {:.2} | ≤ 1 in a hot chat |\n",
+        "| 13. numbering: SQL reservations per 1,000 creates (this build; 200 chats, each growing its blocks from 16) | {:.2} | ≤ 1 in a hot chat |\n",
         d["reservations_per_1000_creates"].as_f64().unwrap_or(0.0)
     );
     out

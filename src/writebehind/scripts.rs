@@ -84,7 +84,9 @@ fn codes() -> String {
 }
 
 /// The opening shared by the enqueue scripts: the application (`KEYS[1]`,
-/// its `id`: [`code::APP_MISS`] when not cached, [`code::DELETED`]), the
+/// its `id`: [`code::APP_MISS`] when not cached, [`code::DELETED`]) read
+/// with the scope's counter, checked epoch and bound (`c[2]`, `c[3]`,
+/// `c[4]`: one HMGET), the
 /// idempotency replay, then the shard's epoch (`KEYS[3]`; another
 /// `QUEUE_SHARDS` than `ARGV[8]` is [`code::WRONG_SHARDS`]) as `epoch`, nil
 /// when none is set or when it was set on another server: the doubt check.
@@ -93,7 +95,8 @@ fn codes() -> String {
 /// node-local and never copied.
 const OPENING: &str = r#"
 --CODES
-local id = redis.call('HGET', KEYS[1], 'id')
+local c = redis.call('HMGET', KEYS[1], 'id', --SCOPE)
+local id = c[1]
 if not id then return {APP_MISS, 0, 0, 0, 0} end
 if id == 'deleted' then return {DELETED, 0, 0, 0, 0} end
 --REPLAY_KEY
@@ -106,8 +109,9 @@ if epoch and e[3] ~= string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') 
 /// An enqueue script with its shared steps spliced in: [`OPENING`] (with
 /// the codes and [`REPLAY_KEY`]), [`LIMITS`], [`COUNT_IN`] and
 /// [`REMEMBER_KEY`].
-fn splice(text: &str, kind: &str) -> String {
+fn splice(text: &str, kind: &str, scope: &str) -> String {
     text.replace("--OPENING", OPENING)
+        .replace("--SCOPE", scope)
         .replace("--CODES", &codes())
         .replace("--REPLAY_KEY", REPLAY_KEY)
         .replace("--LIMITS", LIMITS)
@@ -178,17 +182,16 @@ end
 /// replay), application id}` or `{code, application id, epoch (0 when none
 /// is set; the counter for NO_BLOCK), 0, 0}`.
 pub fn enqueue_chat() -> String {
-    splice(ENQUEUE_CHAT, "chats")
+    splice(ENQUEUE_CHAT, "chats", "'chats', 'v', 'r'")
 }
 
 /// The text of [`enqueue_chat`] before its idempotency steps are spliced in.
 const ENQUEUE_CHAT: &str = r#"
 --OPENING
-local c = redis.call('HMGET', KEYS[1], 'chats', 'v', 'r')
-if not c[1] then return {COUNTER_MISS, tonumber(id), tonumber(epoch or 0), 0, 0} end
-if not epoch or c[2] ~= epoch then return {UNVERIFIED, tonumber(id), tonumber(epoch or 0), 0, 0} end
-local n = tonumber(c[1]) + 1
-local bound = tonumber(c[3] or FIRST_BLOCK)
+if not c[2] then return {COUNTER_MISS, tonumber(id), tonumber(epoch or 0), 0, 0} end
+if not epoch or c[3] ~= epoch then return {UNVERIFIED, tonumber(id), tonumber(epoch or 0), 0, 0} end
+local n = tonumber(c[2]) + 1
+local bound = tonumber(c[4] or FIRST_BLOCK)
 if n > bound then return {NO_BLOCK, tonumber(id), n - 1, 0, 0} end
 local rec = id .. '\t' .. n .. '\t' .. ARGV[2]
 --LIMITS
@@ -212,18 +215,21 @@ return {n, len, 0, bound, tonumber(id)}
 /// `QUEUE_SHARDS`, max pending records per application (0: none).
 /// Returns what [`enqueue_chat`] returns.
 pub fn enqueue_message() -> String {
-    splice(ENQUEUE_MESSAGE, "messages")
+    splice(
+        ENQUEUE_MESSAGE,
+        "messages",
+        "ARGV[3], 'v:' .. ARGV[3], 'r:' .. ARGV[3]",
+    )
 }
 
 /// The text of [`enqueue_message`] before its idempotency steps are spliced in.
 const ENQUEUE_MESSAGE: &str = r#"
 --OPENING
-local c = redis.call('HMGET', KEYS[1], ARGV[3], 'v:' .. ARGV[3], 'r:' .. ARGV[3])
-if not c[1] then return {COUNTER_MISS, tonumber(id), tonumber(epoch or 0), 0, 0} end
-if c[1] == 'deleted' then return {DELETED, 0, 0, 0, 0} end
-if not epoch or c[2] ~= epoch then return {UNVERIFIED, tonumber(id), tonumber(epoch or 0), 0, 0} end
-local n = tonumber(c[1]) + 1
-local bound = tonumber(c[3] or FIRST_BLOCK)
+if not c[2] then return {COUNTER_MISS, tonumber(id), tonumber(epoch or 0), 0, 0} end
+if c[2] == 'deleted' then return {DELETED, 0, 0, 0, 0} end
+if not epoch or c[3] ~= epoch then return {UNVERIFIED, tonumber(id), tonumber(epoch or 0), 0, 0} end
+local n = tonumber(c[2]) + 1
+local bound = tonumber(c[4] or FIRST_BLOCK)
 if n > bound then return {NO_BLOCK, tonumber(id), n - 1, 0, 0} end
 local rec = id .. '\t' .. ARGV[3] .. '\t' .. n .. '\t' .. ARGV[2] .. '\t' .. ARGV[4]
 --LIMITS
