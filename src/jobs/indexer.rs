@@ -12,6 +12,14 @@
 //! back when its lease expires. An op that Meilisearch rejects as invalid is
 //! dead-lettered (`deadletter:search`) with the reason.
 //!
+//! **Leases.** A batch may take longer than its lease (50 ops, each a
+//! Meilisearch task waited for). So the indexer renews the lease before each
+//! op once a third of it has passed, bounds each op to half the lease (a
+//! slower op counts as Meilisearch failing: the batch is given back and
+//! retried with backoff), and stops, acknowledging nothing, when it finds
+//! the lease lost (another instance recovered the batch and applies it).
+//! So no batch is applied by two indexers at once, nor again and again.
+//!
 //! **Lag.** While Meilisearch is up, a message is searchable about
 //! [`POLL_INTERVAL`] plus Meilisearch's own processing time after its flush;
 //! during an outage, until the outage ends (plus at most the backoff, 30 s).
@@ -91,9 +99,23 @@ impl Indexer {
             };
             budget = budget.saturating_sub(batch.items.len() as u64);
             let mut dead = Vec::new();
+            let mut renewed = tokio::time::Instant::now();
             for raw in &batch.items {
+                if renewed.elapsed() > self.lease / 3 {
+                    if !leases.renew(&batch, self.lease).await? {
+                        tracing::warn!(key = %batch.key, "index batch's lease lost; its recoverer applies it");
+                        return Ok(applied);
+                    }
+                    renewed = tokio::time::Instant::now();
+                }
                 let result = match serde_json::from_slice::<IndexOp>(raw) {
-                    Ok(op) => self.apply(&op).await,
+                    Ok(op) => match tokio::time::timeout(self.lease / 2, self.apply(&op)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(IndexError::Meili(ApplyError::Unreachable(format!(
+                            "an index op took longer than half the lease ({} ms)",
+                            (self.lease / 2).as_millis()
+                        )))),
+                    },
                     Err(e) => Err(IndexError::Meili(ApplyError::Rejected(format!(
                         "undecodable op: {e}"
                     )))),
@@ -117,7 +139,10 @@ impl Indexer {
                 into: Collection::List,
                 items: dead,
             };
-            leases.ack(&batch, &[dead_letters]).await?;
+            if !leases.ack(&batch, &[dead_letters]).await? {
+                tracing::warn!(key = %batch.key, "index batch's lease lost before its acknowledgement; its recoverer applies it again (idempotently)");
+                return Ok(applied);
+            }
         }
         Ok(applied)
     }
