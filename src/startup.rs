@@ -20,6 +20,7 @@ use crate::store;
 use crate::store::search::SearchBackend;
 use crate::store::search::meili::MeiliSearch;
 use crate::writebehind::flusher::FlushSettings;
+use crate::writebehind::group_commit::GroupCommit;
 use crate::writebehind::keys::Keys;
 use crate::writebehind::{Buffer, Flusher, Numbering, WriteBehind};
 
@@ -178,7 +179,15 @@ impl Application {
         .with_high_water(config.pending_high_water);
         let buffer = match config.redis_durability {
             crate::config::Durability::Replica => {
-                buffer.with_replica_wait(Duration::from_millis(config.redis_wait_ms))
+                // A connection of its own, whose WAITs block nothing else.
+                let mut one = config.clone();
+                one.redis_pool_size = 1;
+                buffer.with_group_commit(GroupCommit::start(
+                    redis_pool(&one)?,
+                    &Keys::from_config(&config),
+                    Duration::from_millis(config.redis_wait_ms),
+                    config.redis_timeout(),
+                ))
             }
             _ => buffer,
         };

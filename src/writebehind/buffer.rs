@@ -148,7 +148,7 @@ pub struct Buffer {
     lease_queue: LeaseQueue,
     idempotency_ttl_secs: u64,
     in_progress_secs: u64,
-    replica_wait: Option<Duration>,
+    group_commit: Option<super::group_commit::GroupCommit>,
     shedder: super::shedding::LoadShedder,
     /// Set while Redis records another `QUEUE_SHARDS` than ours (see
     /// [`super::shards`]): the reason creates are refused.
@@ -215,7 +215,7 @@ impl Buffer {
             max_pending_per_application: 0,
             idempotency_ttl_secs: 86_400,
             in_progress_secs: DEFAULT_IN_PROGRESS_SECS,
-            replica_wait: None,
+            group_commit: None,
             // Off (the high-water mark at the top), but keeping every
             // shard's depth for the total limits.
             shedder: super::shedding::LoadShedder::new(u64::MAX, max_pending, shards),
@@ -256,25 +256,13 @@ impl Buffer {
         }
     }
 
-    /// The same buffer, answering a create only once a replica has its write
-    /// (`REDIS_DURABILITY=replica`): after the enqueue script, `WAIT 1
-    /// wait_ms` on the same connection; no replica in time is
-    /// [`BufferError::NotReplicated`].
-    pub fn with_replica_wait(mut self, wait: Duration) -> Self {
-        self.replica_wait = Some(wait);
+    /// The same buffer, answering a create only once a replica has its
+    /// write (`REDIS_DURABILITY=replica`): after the enqueue script, it waits
+    /// for a round of `group_commit` (see [`super::group_commit`]); no
+    /// replica within `REDIS_WAIT_MS` is [`BufferError::NotReplicated`].
+    pub fn with_group_commit(mut self, group_commit: super::group_commit::GroupCommit) -> Self {
+        self.group_commit = Some(group_commit);
         self
-    }
-
-    /// With `REDIS_DURABILITY=replica`, waits on `c` for one replica to have
-    /// this connection's writes; returns whether one did (always true in the
-    /// other modes).
-    /// `key` is one the write touched: on a cluster, WAIT goes to its
-    /// slot's master.
-    async fn replicated(&self, c: &mut RedisConnection, key: &str) -> redis::RedisResult<bool> {
-        let Some(wait) = self.replica_wait else {
-            return Ok(true);
-        };
-        Ok(c.wait_replicas(key, 1, wait).await? >= 1)
     }
 
     /// The same buffer, refusing creation (503) once a shard's queued
@@ -371,19 +359,6 @@ impl Buffer {
         Fut: Future<Output = Result<T, redis::RedisError>>,
     {
         Ok(self.redis.call(self.timeout, f).await?)
-    }
-
-    /// [`Buffer::decode_enqueue`], after the replica wait: a record queued
-    /// but not confirmed by a replica is [`BufferError::NotReplicated`].
-    fn decode_replicated(
-        &self,
-        (reply, replicated): (Reply, bool),
-    ) -> Result<Enqueue, BufferError> {
-        let enqueue = self.decode_enqueue(reply)?;
-        if !replicated {
-            return Err(BufferError::NotReplicated);
-        }
-        Ok(enqueue)
     }
 
     fn decode_enqueue(&self, reply: Reply) -> Result<Enqueue, BufferError> {
@@ -534,7 +509,7 @@ impl Buffer {
         };
         let reply = self
             .with_conn(|mut c| async move {
-                let reply = script
+                script
                     .key(&app)
                     .key(pending)
                     .key(epoch)
@@ -550,16 +525,21 @@ impl Buffer {
                     .arg(self.keys.shard_count())
                     .arg(self.max_pending_per_application)
                     .invoke_async::<Reply>(&mut c)
-                    .await?;
-                let replicated = reply.0 <= 0 || self.replicated(&mut c, &app).await?;
-                Ok((reply, replicated))
+                    .await
             })
             .await?;
         // A replay queued nothing and reports no depth.
-        if reply.0.0 > 0 && reply.0.2 == 0 {
-            self.shedder.observe(kind, shard.index(), reply.0.1 as u64);
+        if reply.0 > 0 && reply.2 == 0 {
+            self.shedder.observe(kind, shard.index(), reply.1 as u64);
         }
-        self.decode_replicated(reply)
+        let enqueue = self.decode_enqueue(reply)?;
+        if let (Some(group_commit), Enqueue::Queued { .. }) = (&self.group_commit, &enqueue) {
+            // Off the shared connection: see super::group_commit.
+            if !group_commit.replicated(shard.index()).await {
+                return Err(BufferError::NotReplicated);
+            }
+        }
+        Ok(enqueue)
     }
 
     /// Caches `token` → `application_id`, unless a value (or a tombstone) is

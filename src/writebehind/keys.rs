@@ -246,6 +246,13 @@ impl ShardKeys {
         format!("{}batches", self.prefix)
     }
 
+    /// The string [`super::group_commit`] writes before each `WAIT`, so that
+    /// one `WAIT` on its own connection covers every write made before it
+    /// on the shard's master.
+    pub fn replica_beacon(&self) -> String {
+        format!("{}replica-beacon", self.prefix)
+    }
+
     /// Hash of what the shard's record queues hold, counted exactly as
     /// records enter (the enqueue scripts, a replay) and leave (the
     /// acknowledgement of their batch): `bytes:chats` and `bytes:messages`

@@ -27,6 +27,7 @@ pub mod after_commit;
 pub mod buffer;
 pub mod deadletter;
 pub mod flusher;
+pub mod group_commit;
 pub mod inspect;
 pub mod keys;
 pub mod lease;

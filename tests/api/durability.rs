@@ -73,6 +73,85 @@ async fn replica_durability_answers_201_only_once_a_replica_has_the_write() {
     assert!(r.text().await.unwrap().contains("replica"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_its_replica_stopped_replica_durability_answers_in_time_and_blocks_nobody() {
+    let primary = PrivateRedis::start_with(&["--repl-diskless-sync-delay", "0"]).await;
+    let replica =
+        PrivateRedis::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]).await;
+    replicas(&primary, 1).await;
+    let app = std::sync::Arc::new(
+        spawn_app_with(|c| {
+            c.redis_url = primary.url();
+            c.redis_durability = Durability::Replica;
+            c.redis_wait_ms = 300;
+        })
+        .await,
+    );
+    let token = app.create_app("group commit").await;
+    let chat = app.create_chat(&token).await;
+    assert_eq!(app.create_message(&token, chat, "replicated").await, 1);
+    app.flush().await;
+
+    // The replica hangs: it neither answers nor drops the link.
+    replica.signal("STOP");
+    let creates: Vec<_> = (0..20)
+        .map(|i| {
+            let (app, token) = (app.clone(), token.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let r = app
+                    .post(
+                        &format!("/applications/{token}/chats/{chat}/messages"),
+                        serde_json::json!({ "body": format!("unconfirmed {i}") }),
+                    )
+                    .await;
+                (
+                    r.status().as_u16(),
+                    r.text().await.unwrap(),
+                    started.elapsed(),
+                )
+            })
+        })
+        .collect();
+    // Meanwhile a read and a flush go on, unblocked.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let read = app
+        .get(&format!("/applications/{token}/chats/{chat}/messages/1"))
+        .await;
+    let read_took = started.elapsed();
+    let started = Instant::now();
+    app.flush().await;
+    let flush_took = started.elapsed();
+    let mut slowest = Duration::ZERO;
+    for c in creates {
+        let (status, body, took) = c.await.unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("replica"), "the not-replicated 503: {body}");
+        slowest = slowest.max(took);
+    }
+    replica.signal("CONT");
+    eprintln!(
+        "replica stopped: 20 creates answered 503 within {slowest:?}; a read took {read_took:?}, a flush {flush_took:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(300 + 100),
+        "each within REDIS_WAIT_MS + 100 ms: {slowest:?}"
+    );
+    assert_eq!(read.status(), 200);
+    assert!(read_took < Duration::from_millis(200), "{read_took:?}");
+    assert!(flush_took < Duration::from_millis(500), "{flush_took:?}");
+    // The connections are fine: once the replica is back, 201 again.
+    replicas(&primary, 1).await;
+    let r = app
+        .post(
+            &format!("/applications/{token}/chats/{chat}/messages"),
+            serde_json::json!({ "body": "confirmed again" }),
+        )
+        .await;
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+}
+
 #[tokio::test]
 async fn fsync_durability_refuses_a_redis_that_does_not_fsync_every_write() {
     let lazy =

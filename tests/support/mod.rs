@@ -176,6 +176,16 @@ impl PrivateRedis {
         let _: () = redis::cmd("SAVE").query_async(&mut c).await.unwrap();
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to the server.
+    pub fn signal(&self, signal: &str) {
+        if let Some(c) = &self.child {
+            Command::new("kill")
+                .args([format!("-{signal}"), c.id().to_string()])
+                .status()
+                .unwrap();
+        }
+    }
+
     /// SIGKILL: everything since the last `SAVE` is gone.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
