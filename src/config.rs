@@ -75,8 +75,8 @@ pub struct Config {
 
     /// What a `201` for a chat or a message promises about Redis:
     /// `memory` (it is in Redis's memory; the default), `replica` (at least
-    /// one replica has it: `WAIT 1 REDIS_WAIT_MS` after the enqueue, else
-    /// 503), or `fsync` (start-up refuses a Redis whose `appendfsync` is not
+    /// one replica has it: a group-commit round of `WAIT 1 REDIS_WAIT_MS` on
+    /// a connection of its own after the enqueue, else 503), or `fsync` (start-up refuses a Redis whose `appendfsync` is not
     /// `always`, so it is on the primary's disk).
     #[arg(long, env = "REDIS_DURABILITY", value_enum, default_value_t = Durability::Memory)]
     pub redis_durability: Durability,
