@@ -55,6 +55,13 @@ pub struct Config {
     #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = "mymaster")]
     pub redis_sentinel_master: String,
 
+    /// Seconds a counter (a chat's, or an application's chat counter) must
+    /// stay unchanged, with everything it handed out stored in MariaDB,
+    /// before it is evicted from Redis; it comes back exactly on its next
+    /// use (see `src/jobs/idle.rs`). Bounds Redis's memory per chat. 0: never.
+    #[arg(long, env = "CHAT_IDLE_SECS", default_value_t = 3600)]
+    pub chat_idle_secs: u64,
+
     /// The largest block of numbers a counter reserves in MariaDB at once
     /// (see `src/writebehind/numbering.rs`). A scope reserves twice the
     /// numbers it has used, from 16 up to this, in the background when half

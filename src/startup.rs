@@ -357,6 +357,27 @@ impl Application {
         // New connections run the epoch check already; this catches a key
         // lost without a restart (see crate::redis), and a shard
         // count changed under a running instance (a reshard).
+        if self.state.config.chat_idle_secs > 0 {
+            let sweep = Arc::new(crate::jobs::idle::IdleCounters::new(
+                self.state.write_behind.numbering().clone(),
+            ));
+            tasks.spawn(every(
+                Duration::from_secs(self.state.config.chat_idle_secs),
+                jobs_stop.clone(),
+                move || {
+                    let sweep = sweep.clone();
+                    async move {
+                        match sweep.sweep_once().await {
+                            Ok(r) if r.evicted > 0 => {
+                                tracing::info!(evicted = r.evicted, applications = r.applications, "idle counters evicted from Redis");
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "idle-counter sweep failed; it runs again next period"),
+                        }
+                    }
+                },
+            ));
+        }
         let buffer = self.state.write_behind.buffer().clone();
         let numbering = self.state.write_behind.numbering().clone();
         tasks.spawn(every(

@@ -112,3 +112,28 @@ pub async fn message_floor(
     .await?;
     Ok(row.map(|(deleted, max)| (deleted != 0, max)))
 }
+
+/// The highest message number ever stored (deleted ones included; 0 when
+/// none) of each of the application's chats `numbers` that MariaDB has, as
+/// `(chat number, highest)`. Errors: MariaDB failed.
+pub async fn highest_message_numbers(
+    pool: &MySqlPool,
+    application_id: u64,
+    numbers: &[i64],
+) -> sqlx::Result<Vec<(i64, i64)>> {
+    let mut out = Vec::new();
+    for chunk in numbers.chunks(1000) {
+        let mut q = sqlx::QueryBuilder::new(
+            "SELECT c.number, COALESCE((SELECT MAX(m.number) FROM messages m WHERE m.chat_id = c.id), 0) \
+             FROM chats c WHERE c.application_id = ",
+        );
+        q.push_bind(application_id).push(" AND c.number IN (");
+        let mut list = q.separated(", ");
+        for n in chunk {
+            list.push_bind(*n);
+        }
+        q.push(")");
+        out.extend(q.build_query_as::<(i64, i64)>().fetch_all(pool).await?);
+    }
+    Ok(out)
+}

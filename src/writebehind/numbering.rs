@@ -61,10 +61,10 @@ use super::keys::Keys;
 pub const DEFAULT_BLOCK_MAX: i64 = 2048;
 
 /// A block used up faster than this makes the next one twice as large.
-const GROW_WITHIN: Duration = Duration::from_secs(10);
+pub const GROW_WITHIN: Duration = Duration::from_secs(10);
 
 /// A block that lasted longer than this makes the next one half as large.
-const SHRINK_AFTER: Duration = Duration::from_secs(60);
+pub const SHRINK_AFTER: Duration = Duration::from_secs(60);
 
 /// At most this many scopes' last block sizes are remembered per process;
 /// past it the memory starts afresh (each scope's next block is then
@@ -86,8 +86,12 @@ const RESERVE_BACKOFF_MS: i64 = 1000;
 /// field (`v` or `v:{n}`), bound field (`r` or `r:{n}`), floor (the number
 /// to restart at: the recorded bound, or MariaDB's highest number if higher),
 /// the new bound (already reserved in MariaDB), epoch, deleted (`1`: the
-/// chat is deleted in MariaDB). Returns `{applied (0/1), the counter before
-/// (-1: none, or deleted)}`.
+/// chat is deleted in MariaDB), MariaDB's highest number of the scope. A
+/// counter [`EVICT`] removed in this same epoch (the hash's `e` field) comes
+/// back exactly at MariaDB's highest number, skipping nothing: it was equal
+/// to it when evicted, and Redis lost nothing since. Returns `{applied
+/// (0/1), the counter before (-1: none, or deleted; -2: back from an
+/// eviction)}`.
 pub const RESTART: &str = r#"
 local id = redis.call('HGET', KEYS[1], 'id')
 if not id or id == 'deleted' then return {0, -1} end
@@ -96,6 +100,10 @@ local cur = redis.call('HGET', KEYS[1], ARGV[1])
 local before = -1
 if ARGV[7] == '1' then
   redis.call('HSET', KEYS[1], ARGV[1], 'deleted')
+elseif not cur and redis.call('HGET', KEYS[1], 'e') == ARGV[6] then
+  -- Evicted idle and wholly stored, with no loss since: exactly where it was.
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[8], ARGV[3], ARGV[5])
+  before = -2
 elseif cur ~= 'deleted' then
   before = tonumber(cur or '-1')
   redis.call('HSET', KEYS[1], ARGV[1], math.max(tonumber(cur or '0'), tonumber(ARGV[4])))
@@ -104,6 +112,42 @@ elseif cur ~= 'deleted' then
 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[6])
 return {1, before}
+"#;
+
+/// Evicts idle counters from an application's hash, so that Redis's memory
+/// does not grow with every chat ever created: each given field (`chats`
+/// or a chat number) goes, with its checked epoch and bound, only if it
+/// still holds the expected value (no create since the caller looked) and
+/// no delete is in flight on it; the hash then records the shard's epoch in
+/// `e`, so that [`RESTART`] brings the counter back exactly. An `e` from an
+/// earlier epoch (Redis may have lost data since those evictions) becomes
+/// `doubt` for good: every evicted counter of the hash then restarts at its
+/// reservation, as any counter in doubt does.
+///
+/// KEYS: app hash, the shard's epoch hash. ARGV: pairs of (field, expected
+/// value). Returns the number of counters evicted.
+pub const EVICT: &str = r#"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch or not redis.call('HGET', KEYS[1], 'id') then return 0 end
+local n = 0
+for i = 1, #ARGV, 2 do
+  local f = ARGV[i]
+  if redis.call('HGET', KEYS[1], f) == ARGV[i + 1] and not redis.call('HGET', KEYS[1], 't:' .. f) then
+    if f == 'chats' then
+      redis.call('HDEL', KEYS[1], 'chats', 'v', 'r')
+    else
+      redis.call('HDEL', KEYS[1], f, 'v:' .. f, 'r:' .. f)
+    end
+    n = n + 1
+  end
+end
+if n > 0 then
+  -- Counters evicted in an earlier epoch may have lost numbers since: they
+  -- and any evicted from now on restart at their reservation ('doubt').
+  local e = redis.call('HGET', KEYS[1], 'e')
+  redis.call('HSET', KEYS[1], 'e', (e and e ~= epoch) and 'doubt' or epoch)
+end
+return n
 "#;
 
 /// Raises a scope's bound to `ARGV[2]` (never lowers it), after MariaDB
@@ -191,6 +235,7 @@ pub struct Numbering {
     block_max: i64,
     restart: Arc<Script>,
     raise_bound: Arc<Script>,
+    evict: Arc<Script>,
     /// Scopes (`{token}\t{bound field}`) with a background reservation
     /// under way in this process.
     in_flight: Arc<Mutex<HashSet<String>>>,
@@ -223,6 +268,7 @@ impl Numbering {
             block_max: block_max.max(FIRST_BLOCK),
             restart: Arc::new(Script::new(RESTART)),
             raise_bound: Arc::new(Script::new(RAISE_BOUND)),
+            evict: Arc::new(Script::new(EVICT)),
             in_flight: Default::default(),
             blocks: Default::default(),
             reserving: Default::default(),
@@ -435,12 +481,16 @@ impl Numbering {
                     .arg(bound)
                     .arg(epoch)
                     .arg(if deleted { "1" } else { "0" })
+                    .arg(highest)
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
         // What Redis still had, or MariaDB's highest when Redis had nothing:
         // every number above it up to the floor is skipped.
+        if before == -2 {
+            return Ok(true);
+        }
         let kept = if before >= 0 { before } else { highest };
         if applied == 1 && !deleted && kept < floor {
             store::numbering::record_skip(
@@ -484,6 +534,7 @@ impl Numbering {
                 .arg(FIRST_BLOCK)
                 .arg(epoch)
                 .arg("0")
+                .arg(0)
                 .invoke_async::<(i64, i64)>(&mut c)
                 .await
         })
@@ -525,6 +576,37 @@ impl Numbering {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Evicts the counters `fields` of `token`'s application, each only if
+    /// it still holds its expected value (see [`EVICT`]): `(field,
+    /// value)` pairs, the field `chats` or a chat number. Returns how many
+    /// went. Errors: Redis unavailable.
+    pub async fn evict(
+        &self,
+        token: &str,
+        fields: &[(String, String)],
+    ) -> Result<u64, BufferError> {
+        if fields.is_empty() {
+            return Ok(0);
+        }
+        let shard = self.keys.for_token(token);
+        let (app, epoch) = (shard.app(token), shard.epoch());
+        self.call(|mut c| async move {
+            let mut inv = self.evict.key(app);
+            inv.key(epoch);
+            for (field, value) in fields {
+                inv.arg(field).arg(value);
+            }
+            inv.invoke_async(&mut c).await
+        })
+        .await
+    }
+
+    /// The Redis handle, keys and MariaDB pool numbering works on (for the
+    /// idle-counter sweep).
+    pub fn parts(&self) -> (&RedisHandle, &Keys, &MySqlPool, Duration) {
+        (&self.redis, &self.keys, &self.pool, self.timeout)
     }
 
     /// Whether `number` of `scope` was skipped at a restart (see the module

@@ -77,6 +77,8 @@ pub struct TestApp {
     pub flusher: Arc<Flusher>,
     /// The service's buffer.
     pub buffer: Buffer,
+    /// The service's numbering (counters, reservations, the doubt check).
+    pub numbering: chat_api::writebehind::Numbering,
     /// The counts refresher (call `refresh_counts_once`).
     pub counts: Arc<CountsRefresher>,
     /// The dirty marks of the counts refresh.
@@ -113,6 +115,7 @@ pub async fn spawn_config(config: Config, cleanup: bool) -> TestApp {
     let admin_address = app.admin_addr().map(|a| format!("http://{a}"));
     let pool = app.state().pool.clone();
     let buffer = app.state().write_behind.buffer().clone();
+    let numbering = app.state().write_behind.numbering().clone();
     let flusher = app.flusher();
     let counts = app.counts();
     let marks = app.state().marks.clone();
@@ -126,6 +129,7 @@ pub async fn spawn_config(config: Config, cleanup: bool) -> TestApp {
         pool,
         flusher,
         buffer,
+        numbering,
         counts,
         marks,
         indexer,

@@ -15,6 +15,7 @@ mod docs;
 mod durability;
 mod helpers;
 mod idempotency;
+mod idle;
 mod indexer;
 mod lease;
 mod messages;

@@ -1,0 +1,130 @@
+//! Bounded Redis memory per chat: counters of idle chats leave Redis.
+//!
+//! Each chat keeps a counter, its checked epoch and its bound in its
+//! application's hash, and a create costs no SQL, so without this Redis
+//! would grow with every chat ever created (and one tenant could grow it
+//! until `noeviction` refuses every tenant's creates). Every
+//! `CHAT_IDLE_SECS` this sweep looks at every application hash; a counter
+//! (a chat's, or the application's chat counter) that held the same value
+//! at the last sweep, a whole period ago, and equals MariaDB's highest
+//! number of its scope (so everything it handed out is stored) is evicted
+//! by [`crate::writebehind::numbering::EVICT`], which checks atomically that
+//! no create came since. A deleted chat's tombstone goes the same way once
+//! idle (MariaDB keeps the deletion).
+//!
+//! On its next use the counter is missing, and
+//! [`crate::writebehind::numbering::RESTART`] brings it back exactly at
+//! MariaDB's highest number, skipping nothing, when Redis lost nothing since
+//! the eviction (the hash's `e` is the current epoch); otherwise it restarts
+//! at its reservation like any counter in doubt. So no number is handed out
+//! twice.
+//!
+//! The sweep remembers, per application hash, the counters it saw (in this
+//! process: as much memory as the counters themselves, freed with them).
+
+use std::collections::HashMap;
+
+use redis::AsyncCommands;
+
+use crate::store;
+use crate::writebehind::{BufferError, Numbering};
+
+/// The idle-counter sweep of one process.
+pub struct IdleCounters {
+    numbering: Numbering,
+    /// App hash key → counter field → value, at the last sweep.
+    seen: tokio::sync::Mutex<HashMap<String, HashMap<String, String>>>,
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Application hashes looked at.
+    pub applications: u64,
+    /// Counters evicted.
+    pub evicted: u64,
+}
+
+impl IdleCounters {
+    /// A sweep over `numbering`'s Redis and MariaDB.
+    pub fn new(numbering: Numbering) -> Self {
+        Self {
+            numbering,
+            seen: Default::default(),
+        }
+    }
+
+    /// One sweep (see the module docs). Errors: Redis or MariaDB
+    /// unavailable (what was evicted stays evicted).
+    pub async fn sweep_once(&self) -> Result<SweepReport, BufferError> {
+        let (redis, keys, pool, timeout) = self.numbering.parts();
+        let pattern = format!("{}*app:*", keys.prefix());
+        let app_keys: Vec<String> = redis
+            .call(
+                timeout * 10,
+                |mut c| async move { c.scan_all(&pattern).await },
+            )
+            .await?;
+        let mut seen = self.seen.lock().await;
+        let mut now_seen = HashMap::with_capacity(app_keys.len());
+        let mut report = SweepReport::default();
+        for key in app_keys {
+            let Some(token) = key.rsplit_once("app:").map(|(_, t)| t.to_string()) else {
+                continue;
+            };
+            let fields: HashMap<String, String> = {
+                let key = key.clone();
+                redis
+                    .call(timeout, |mut c| async move { c.hgetall(key).await })
+                    .await?
+            };
+            let Some(id) = fields.get("id").and_then(|v| v.parse::<u64>().ok()) else {
+                continue;
+            };
+            report.applications += 1;
+            let counters: HashMap<String, String> = fields
+                .into_iter()
+                .filter(|(f, _)| f == "chats" || f.parse::<i64>().is_ok())
+                .collect();
+            let before = seen.remove(&key).unwrap_or_default();
+            let unchanged: Vec<(&String, &String)> = counters
+                .iter()
+                .filter(|(f, v)| before.get(*f) == Some(*v))
+                .collect();
+            let mut evict = Vec::new();
+            let mut chats = Vec::new();
+            for (field, value) in unchanged {
+                if value == "deleted" {
+                    evict.push((field.clone(), value.clone()));
+                } else if field == "chats" {
+                    if store::applications::last_chat_number(pool, id)
+                        .await?
+                        .to_string()
+                        == *value
+                    {
+                        evict.push((field.clone(), value.clone()));
+                    }
+                } else if let Ok(n) = field.parse::<i64>() {
+                    chats.push(n);
+                }
+            }
+            for (number, highest) in store::chats::highest_message_numbers(pool, id, &chats).await?
+            {
+                let field = number.to_string();
+                if counters.get(&field) == Some(&highest.to_string()) {
+                    evict.push((field, highest.to_string()));
+                }
+            }
+            report.evicted += self.numbering.evict(&token, &evict).await?;
+            let mut left = counters;
+            for (field, _) in &evict {
+                left.remove(field);
+            }
+            if !left.is_empty() {
+                now_seen.insert(key, left);
+            }
+        }
+        *seen = now_seen;
+        Ok(report)
+    }
+}
