@@ -367,9 +367,16 @@ impl Buffer {
         let Some(ids) = ids else {
             let count: u64 = self
                 .with_conn(|mut c| async move {
+                    let marks = match queue {
+                        Kind::Chats => "c",
+                        Kind::Messages => "m",
+                        Kind::Search => "",
+                    };
                     self.scripts()
                         .discard_all
                         .key(dead)
+                        .key(shard.lost())
+                        .arg(marks)
                         .invoke_async(&mut c)
                         .await
                 })
@@ -388,6 +395,15 @@ impl Buffer {
                     let mut pipe = redis::pipe();
                     for entry in chunk {
                         pipe.lrem(&dead, 1, entry.as_slice());
+                    }
+                    // Their `lost` marks go too (see scripts::DISCARD_ALL).
+                    for entry in chunk {
+                        let raw = serde_json::from_slice::<StoredEntry>(entry)
+                            .ok()
+                            .and_then(|s| s.raw());
+                        if let Some(field) = raw.and_then(|r| lost_field(queue, &r)) {
+                            pipe.hdel(shard.lost(), field).ignore();
+                        }
                     }
                     pipe.query_async(&mut c).await
                 })

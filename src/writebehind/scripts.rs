@@ -348,11 +348,36 @@ end
 return n
 "#;
 
-/// Empties a dead-letter list. KEYS: the list. Returns how many entries it held.
+/// Empties a dead-letter list, and removes the `lost` mark of each of its
+/// records (a record dead-lettered keeps its number in the `lost` hash so
+/// that a lookup answers at once; discarded, the mark would stay forever).
+/// The mark is `{ARGV[1]}:` and the record's first fields joined by `:`
+/// (`c:{app}:{n}` from a chat's `app\tn\t…`, `m:{app}:{chat}:{n}` from a
+/// message's `app\tchat\tn\t…`: [`crate::domain::record`]); an entry whose
+/// record is not UTF-8 (`record_base64`) keeps its mark.
+///
+/// KEYS: the list, the lost hash. ARGV: `c` (chats) or `m` (messages), or
+/// empty (the search queue: no marks). Returns how many entries it held.
 pub const DISCARD_ALL: &str = r#"
-local n = redis.call('LLEN', KEYS[1])
+local entries = redis.call('LRANGE', KEYS[1], 0, -1)
+if ARGV[1] ~= '' then
+  local parts = ARGV[1] == 'm' and 3 or 2
+  for _, e in ipairs(entries) do
+    local ok, entry = pcall(cjson.decode, e)
+    if ok and type(entry) == 'table' and type(entry['record']) == 'string' then
+      local fields = {}
+      for f in string.gmatch(entry['record'], '[^\t]+') do
+        fields[#fields + 1] = f
+        if #fields == parts then break end
+      end
+      if #fields == parts then
+        redis.call('HDEL', KEYS[2], ARGV[1] .. ':' .. table.concat(fields, ':'))
+      end
+    end
+  end
+end
 redis.call('DEL', KEYS[1])
-return n
+return #entries
 "#;
 
 /// The scripts, hashed once at start-up.

@@ -383,10 +383,13 @@ async fn discarding_removes_the_given_entries_or_all_and_counts_them() {
     let app = spawn_admin().await;
     let mut c = app.redis_conn().await;
     let key = app.buffer.keys().shard(0).dead_letter(Kind::Messages);
+    let lost = app.buffer.keys().shard(0).lost();
     for i in 0..5 {
         let e =
             chat_api::writebehind::deadletter::entry(format!("1\t1\t{i}\t0\tx").as_bytes(), "test");
         let _: () = c.rpush(&key, e).await.unwrap();
+        // The mark a lookup answers from (see deadletter::lost_field).
+        let _: () = c.hset(&lost, format!("m:1:1:{i}"), "test").await.unwrap();
     }
     let page = admin_get(&app, "/dead-letters?queue=messages&per_page=2&page=1").await;
     assert_eq!(page["total"], 5);
@@ -416,6 +419,13 @@ async fn discarding_removes_the_given_entries_or_all_and_counts_them() {
             .all(|e| !e.contains(r"1\t1\t0\t") && !e.contains(r"1\t1\t1\t")),
         "the two oldest were discarded: {left:?}"
     );
+    let mut marks: Vec<String> = c.hkeys(&lost).await.unwrap();
+    marks.sort();
+    assert_eq!(
+        marks,
+        ["m:1:1:2", "m:1:1:3", "m:1:1:4"],
+        "their lost marks went too"
+    );
     let r = admin_json(
         &app,
         reqwest::Method::DELETE,
@@ -425,6 +435,7 @@ async fn discarding_removes_the_given_entries_or_all_and_counts_them() {
     .await;
     assert_eq!(r["discarded"], 3);
     assert_eq!(c.llen::<_, u64>(&key).await.unwrap(), 0);
+    assert_eq!(c.hlen::<_, u64>(&lost).await.unwrap(), 0, "and theirs");
     // An unknown queue is a 422, not a 500.
     let r = admin(
         &app,
