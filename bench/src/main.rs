@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use sqlx::MySqlPool;
 
 mod numbering;
+mod request_path;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 mod sustained;
@@ -46,8 +47,18 @@ enum Cmd {
     /// Only figure 13: what numbering costs (the doubt check on every
     /// create, and the reservations), against another build when given.
     Numbering(numbering::NumberingOpts),
+    /// Only figure 14: the request path against a server that runs one
+    /// minimal script per create.
+    RequestPath(Opts),
     /// Serve the ceiling endpoint on `port`.
     Ceiling { port: u16 },
+    /// Serve the script-ceiling endpoint on `port` (figure 14), its keys
+    /// under `prefix` on `redis_url`.
+    ScriptCeiling {
+        port: u16,
+        redis_url: String,
+        prefix: String,
+    },
     /// Serve the baseline endpoint on `port` against `database_url`.
     Baseline { port: u16, database_url: String },
 }
@@ -1422,6 +1433,23 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Ceiling { port } => serve(CeilingApi, port).await,
+        Cmd::RequestPath(opts) => {
+            let figure = request_path::request_path(&opts).await?;
+            println!("{}", serde_json::to_string_pretty(&figure)?);
+            println!("{}", request_path::markdown(&figure));
+            Ok(())
+        }
+        Cmd::ScriptCeiling {
+            port,
+            redis_url,
+            prefix,
+        } => {
+            serve(
+                request_path::ScriptCeilingApi::new(&redis_url, prefix).await?,
+                port,
+            )
+            .await
+        }
         Cmd::Baseline { port, database_url } => {
             let pool = sqlx::mysql::MySqlPoolOptions::new()
                 .max_connections(32)

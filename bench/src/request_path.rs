@@ -1,0 +1,198 @@
+//! Figure 14 (issue 23): the request path against its physical limit.
+//!
+//! A create is one Redis script, so the limit of this design on given cores
+//! is a server that does one minimal script per request: the *script
+//! ceiling*, the same route and 201 as the service, one multiplexed
+//! connection, and one Lua script doing `HINCRBY` of a per-chat counter and
+//! `RPUSH` of the record. Interleaved per run, closed loop (figure 7's
+//! load: 2 applications × 100 chats, 64 connections): the service with its
+//! flusher idle (thresholds out of reach), the script ceiling, and the
+//! service with its flusher running (default settings); the ratios to the
+//! script ceiling are per run.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+
+use poem_openapi::OpenApi;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use serde_json::{Value, json};
+use sqlx::MySqlPool;
+
+use crate::{
+    Created, CreatedResp, Env, Input, Opts, Proc, free_port, post_closed, rps, seed, stat,
+    status_share, url_regex, wait_up,
+};
+
+/// The minimal script: the counter and the push, nothing else.
+const MINIMAL: &str = r#"
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('RPUSH', KEYS[2], ARGV[1] .. '\t' .. n .. '\t' .. ARGV[2])
+return n
+"#;
+
+/// The script ceiling's server (see the module docs).
+pub struct ScriptCeilingApi {
+    conn: redis::aio::MultiplexedConnection,
+    script: redis::Script,
+    prefix: String,
+}
+
+impl ScriptCeilingApi {
+    /// A server on `redis_url`, its keys under `prefix`.
+    pub async fn new(redis_url: &str, prefix: String) -> anyhow::Result<Self> {
+        Ok(Self {
+            conn: redis::Client::open(redis_url)?
+                .get_multiplexed_async_connection()
+                .await?,
+            script: redis::Script::new(MINIMAL),
+            prefix,
+        })
+    }
+}
+
+#[OpenApi]
+impl ScriptCeilingApi {
+    /// One minimal script per create.
+    #[oai(
+        path = "/api/v1/applications/:token/chats/:number/messages",
+        method = "post"
+    )]
+    async fn create(
+        &self,
+        token: Path<String>,
+        number: Path<i64>,
+        input: Json<Input>,
+    ) -> poem::Result<CreatedResp> {
+        let mut conn = self.conn.clone();
+        let n: i64 = self
+            .script
+            .key(format!("{}{{{}}}:counters", self.prefix, token.0))
+            .key(format!("{}{{{}}}:pending", self.prefix, token.0))
+            .arg(number.0)
+            .arg(&input.0.body)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(poem::error::InternalServerError)?;
+        Ok(CreatedResp::Created(Json(Created { number: n })))
+    }
+}
+
+/// Figure 14 (see the module docs).
+pub async fn request_path(opts: &Opts) -> anyhow::Result<Value> {
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let idle: &[(&str, &str)] = &[
+        ("MESSAGE_BATCH_SIZE", "100000000"),
+        ("CHAT_BATCH_SIZE", "100000000"),
+        ("FLUSH_INTERVAL_SECS", "86400"),
+        ("MAX_PENDING", "100000000"),
+        ("PENDING_HIGH_WATER", "100000000"),
+        ("MAX_PENDING_PER_APPLICATION", "0"),
+    ];
+    let mut envs = Vec::new();
+    let mut targets: Vec<(String, u16, Vec<String>, Proc)> = Vec::new();
+    for (name, extra) in [
+        ("service, flusher idle", idle),
+        ("service, flusher running", &[][..]),
+    ] {
+        let env = Env {
+            opts: opts.clone(),
+            db: format!("chat_bench_{id}_{}", targets.len()),
+            prefix: format!("bench:{id}:{}:", targets.len()),
+        };
+        chat_api::store::ensure_database(&env.database_url()).await?;
+        let pool = MySqlPool::connect(&env.database_url()).await?;
+        chat_api::store::migrate(&pool).await?;
+        pool.close().await;
+        let port = free_port();
+        let svc = env.start_service(port, extra);
+        wait_up(port, "/health/live").await;
+        let tokens = seed(port, 2, 100).await;
+        targets.push((name.to_string(), port, tokens, svc));
+        envs.push(env);
+    }
+    let port = free_port();
+    let ceiling = Proc(
+        Command::new(std::env::current_exe()?)
+            .args([
+                "script-ceiling",
+                &port.to_string(),
+                &opts.redis,
+                &format!("bench:{id}:script:"),
+            ])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    wait_up(port, "/").await;
+    let tokens = targets[0].2.clone();
+    targets.insert(1, ("script ceiling".into(), port, tokens, ceiling));
+    // name → (req/s, p99 ms, ÷ script ceiling) per run.
+    type Runs = (Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut figures: BTreeMap<String, Runs> = BTreeMap::new();
+    for run in 0..opts.runs {
+        let mut rates = BTreeMap::new();
+        for (name, port, tokens, _) in &targets {
+            eprintln!("figure 14, run {}: {name}…", run + 1);
+            let report = post_closed(&url_regex(*port, tokens, 100), opts.secs, opts.connections);
+            assert!(
+                status_share(&report, "201") > 0.99,
+                "{name} answered 201: {:?}",
+                report["statusCodeDistribution"]
+            );
+            let rate = rps(&report);
+            rates.insert(name.clone(), rate);
+            let p99 = report["latencyPercentiles"]["p99"].as_f64().unwrap_or(0.0) * 1000.0;
+            let e = figures.entry(name.clone()).or_default();
+            e.0.push(rate);
+            e.1.push(p99);
+        }
+        let ceiling = rates.get("script ceiling").copied().unwrap_or(1.0);
+        for (name, rate) in &rates {
+            figures
+                .get_mut(name)
+                .expect("measured")
+                .2
+                .push(rate / ceiling.max(1.0));
+        }
+    }
+    crate::drop_databases(opts, &envs).await?;
+    drop(targets);
+    let mut redis = redis::Client::open(opts.redis.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let pattern = format!("bench:{id}:*");
+    let keys: Vec<String> = redis::AsyncCommands::keys(&mut redis, pattern).await?;
+    for k in keys {
+        let _: () = redis::AsyncCommands::del(&mut redis, k).await?;
+    }
+    Ok(Value::Object(
+        figures
+            .into_iter()
+            .map(|(name, (rate, p99, ratio))| {
+                (
+                    name,
+                    json!({ "create_rps": stat(rate), "p99_ms": stat(p99), "vs_script_ceiling": stat(ratio) }),
+                )
+            })
+            .collect(),
+    ))
+}
+
+/// The rows of figure 14 in BENCHMARKS.md's table.
+pub fn markdown(d: &Value) -> String {
+    let mut out = String::new();
+    for (name, v) in d.as_object().into_iter().flatten() {
+        out += &format!(
+            "| 14. {name}: create req/s; p99 ms; ÷ script ceiling, same run | {}; {}; {} | {} |\n",
+            crate::s(&v["create_rps"]),
+            crate::s(&v["p99_ms"]),
+            crate::s(&v["vs_script_ceiling"]),
+            if name == "service, flusher idle" {
+                "≥ 0.85"
+            } else {
+                ""
+            },
+        );
+    }
+    out
+}
