@@ -203,5 +203,5 @@ pub fn routes(state: AppState) -> impl poem::Endpoint + 'static {
         .with(rate_limit)
         .around(crate::telemetry::metrics::track_requests)
         .data(state)
-        .with(poem::middleware::Tracing)
+        .around(crate::telemetry::log_requests)
 }

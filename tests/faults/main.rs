@@ -5,6 +5,7 @@
 #[path = "../support/cluster.rs"]
 mod cluster;
 mod harness;
+mod logs;
 mod numbering;
 #[path = "../support/mod.rs"]
 mod support;

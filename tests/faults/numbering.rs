@@ -13,7 +13,7 @@ use crate::harness::{self, PrivateRedis, World, free_port};
 const ADMIN_KEY: &str = "numbering-fault-test-operator-key";
 
 /// A client of one service: creates one at a time and records every 201.
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
 }
@@ -44,7 +44,7 @@ struct Lookup {
 }
 
 impl Client {
-    fn new(base: String) -> Client {
+    pub(crate) fn new(base: String) -> Client {
         Client {
             http: reqwest::Client::new(),
             base,
@@ -71,7 +71,7 @@ impl Client {
     }
 
     /// A new application with `chats` chats: its token.
-    async fn app_with_chats(&self, chats: usize) -> String {
+    pub(crate) async fn app_with_chats(&self, chats: usize) -> String {
         let token = self.app().await;
         self.create(&token, Scope::Chats, chats, "chat", &mut Tally::default())
             .await;
@@ -151,7 +151,7 @@ enum Scope {
 
 /// Settings of every service here: no timer flush, so that what is buffered
 /// stays buffered until the test flushes, and the operator API.
-fn env(redis: &PrivateRedis) -> Vec<(&'static str, String)> {
+pub(crate) fn env(redis: &PrivateRedis) -> Vec<(&'static str, String)> {
     vec![
         ("REDIS_URL", redis.url()),
         ("FLUSH_INTERVAL_SECS", "600".into()),
