@@ -386,7 +386,9 @@ impl Numbering {
         number: i64,
         bound: i64,
     ) {
-        if bound < 0 {
+        // No block is larger than block_max: with half of it left, none is
+        // due, and the create pays neither the slot's name nor the lock.
+        if bound < 0 || bound - number >= self.block_max / 2 {
             return;
         }
         let slot = Self::slot(token, scope);
@@ -468,23 +470,8 @@ impl Numbering {
             store::numbering::reserve(&self.pool, application_id, scope.chat_number(), bound)
                 .await?;
         }
-        let key = self.keys.for_token(token).app(token);
-        let (counter, checked, bound_field) = scope.fields();
-        let (applied, before): (i64, i64) = self
-            .call(|mut c| async move {
-                self.restart
-                    .key(key)
-                    .arg(counter)
-                    .arg(checked)
-                    .arg(bound_field)
-                    .arg(floor)
-                    .arg(bound)
-                    .arg(epoch)
-                    .arg(if deleted { "1" } else { "0" })
-                    .arg(highest)
-                    .invoke_async(&mut c)
-                    .await
-            })
+        let (applied, before) = self
+            .run_restart(token, scope, floor, bound, epoch, deleted, highest)
             .await?;
         // What Redis still had, or MariaDB's highest when Redis had nothing:
         // every number above it up to the floor is skipped.
@@ -522,24 +509,43 @@ impl Numbering {
         let Some(epoch) = self.current_epoch(token).await? else {
             return Ok(());
         };
+        self.run_restart(token, CounterScope::Chats, 0, FIRST_BLOCK, epoch, false, 0)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs [`RESTART`] on `scope` of `token`'s application: the counter to
+    /// `floor` (or exactly `highest`, back from an eviction), its bound to
+    /// `bound`, checked in `epoch`, or marked `deleted`. Returns `{applied,
+    /// the counter before}` as the script does. Errors: Redis unavailable.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_restart(
+        &self,
+        token: &str,
+        scope: CounterScope,
+        floor: i64,
+        bound: i64,
+        epoch: i64,
+        deleted: bool,
+        highest: i64,
+    ) -> Result<(i64, i64), BufferError> {
         let key = self.keys.for_token(token).app(token);
-        let (counter, checked, bound) = CounterScope::Chats.fields();
+        let (counter, checked, bound_field) = scope.fields();
         self.call(|mut c| async move {
             self.restart
                 .key(key)
                 .arg(counter)
                 .arg(checked)
+                .arg(bound_field)
+                .arg(floor)
                 .arg(bound)
-                .arg(0)
-                .arg(FIRST_BLOCK)
                 .arg(epoch)
-                .arg("0")
-                .arg(0)
-                .invoke_async::<(i64, i64)>(&mut c)
+                .arg(if deleted { "1" } else { "0" })
+                .arg(highest)
+                .invoke_async(&mut c)
                 .await
         })
-        .await?;
-        Ok(())
+        .await
     }
 
     /// The epoch in force in `token`'s shard, as the enqueue scripts read it
