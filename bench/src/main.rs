@@ -258,6 +258,36 @@ async fn drop_databases(opts: &Opts, envs: &[Env]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A database `db` and key prefix `prefix` on `opts`' servers, migrated
+/// when `migrate` (a build under comparison migrates its own), with a
+/// service from `binary` started on them (`extra` settings), waited for,
+/// and seeded with figure 7's 2 applications × 100 chats: the env, the
+/// service's port, its tokens and its process. Errors: MariaDB failed.
+async fn seeded_service(
+    opts: Opts,
+    db: String,
+    prefix: String,
+    binary: &str,
+    migrate: bool,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<(Env, u16, Vec<String>, Proc)> {
+    let env = Env { opts, db, prefix };
+    chat_api::store::ensure_database(&env.database_url()).await?;
+    if migrate {
+        let pool = MySqlPool::connect(&env.database_url()).await?;
+        chat_api::store::migrate(&pool).await?;
+        pool.close().await;
+    }
+    let port = free_port();
+    let svc = env.start_binary(binary, port, extra);
+    wait_up(port, "/health/live").await;
+    let tokens = seed(port, 2, 100).await;
+    Ok((env, port, tokens, svc))
+}
+
+/// The service this build made.
+const SERVICE_BINARY: &str = "target/release/chat-api";
+
 struct Env {
     opts: Opts,
     db: String,
@@ -270,7 +300,7 @@ impl Env {
     }
 
     fn start_service(&self, port: u16, extra: &[(&str, &str)]) -> Proc {
-        self.start_binary("target/release/chat-api", port, extra)
+        self.start_binary(SERVICE_BINARY, port, extra)
     }
 
     /// [`Env::start_service`] with another build of the service (`bench
@@ -709,22 +739,18 @@ async fn durability_cost(opts: &Opts) -> anyhow::Result<Value> {
     let mut services = Vec::new();
     let mut envs = Vec::new();
     for (mode, url) in &modes {
-        let env = Env {
-            opts: Opts {
+        let (env, port, tokens, svc) = seeded_service(
+            Opts {
                 redis: url.clone(),
                 ..opts.clone()
             },
-            db: format!("chat_bench_{id}_{mode}"),
-            prefix: format!("bench:{id}:{mode}:"),
-        };
-        chat_api::store::ensure_database(&env.database_url()).await?;
-        let pool = MySqlPool::connect(&env.database_url()).await?;
-        chat_api::store::migrate(&pool).await?;
-        pool.close().await;
-        let port = free_port();
-        let svc = env.start_service(port, &[("REDIS_DURABILITY", mode)]);
-        wait_up(port, "/health/live").await;
-        let tokens = seed(port, 2, 100).await;
+            format!("chat_bench_{id}_{mode}"),
+            format!("bench:{id}:{mode}:"),
+            SERVICE_BINARY,
+            true,
+            &[("REDIS_DURABILITY", mode)],
+        )
+        .await?;
         services.push((mode.to_string(), port, tokens, svc));
         envs.push(env);
     }

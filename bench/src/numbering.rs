@@ -14,9 +14,8 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
-use sqlx::MySqlPool;
 
-use crate::{Env, Opts, free_port, post_closed, rps, seed, stat, status_share, url_regex, wait_up};
+use crate::{Opts, post_closed, rps, stat, status_share, url_regex};
 
 /// Options of `bench numbering`.
 #[derive(clap::Args, Clone)]
@@ -31,47 +30,31 @@ pub struct NumberingOpts {
     pub compare_bin: Vec<String>,
 }
 
-/// The commands that took the most Redis CPU since the last `CONFIG
-/// RESETSTAT` (scripts' inner commands included), as `name usec_per_call
-/// calls`, for the report.
-async fn top_commands(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<String> {
+/// What `INFO commandstats` says since the last `CONFIG RESETSTAT`
+/// (scripts' inner commands included): per command, `(name, usec in all,
+/// usec per call, calls)`, the costliest first.
+async fn command_stats(
+    redis: &mut redis::aio::MultiplexedConnection,
+) -> anyhow::Result<Vec<(String, f64, f64, u64)>> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(redis)
         .await?;
-    let mut rows: Vec<(f64, String)> = info
+    let mut rows: Vec<(String, f64, f64, u64)> = info
         .lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
             let field = |f: &str| rest.split(',').find_map(|x| x.strip_prefix(f));
-            let usec: f64 = field("usec=")?.parse().ok()?;
             Some((
-                usec,
-                format!("{name} {}µs×{}", field("usec_per_call=")?, field("calls=")?),
+                name.to_string(),
+                field("usec=")?.parse().ok()?,
+                field("usec_per_call=")?.trim().parse().ok()?,
+                field("calls=")?.parse().ok()?,
             ))
         })
         .collect();
-    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
-    Ok(rows
-        .into_iter()
-        .take(8)
-        .map(|(_, r)| r)
-        .collect::<Vec<_>>()
-        .join(", "))
-}
-
-/// Redis CPU per call of EVALSHA since the last `CONFIG RESETSTAT`, in µs.
-async fn evalsha_usec(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(redis)
-        .await?;
-    Ok(info
-        .lines()
-        .find(|l| l.starts_with("cmdstat_evalsha:"))
-        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("usec_per_call=")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0))
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(rows)
 }
 
 /// A counter of the service's `/metrics`, summed over its labels.
@@ -96,7 +79,7 @@ pub async fn numbering_cost(n: &NumberingOpts) -> anyhow::Result<Value> {
         .get_multiplexed_async_connection()
         .await?;
     let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let mut builds = vec![("this".to_string(), "target/release/chat-api".to_string())];
+    let mut builds = vec![("this".to_string(), crate::SERVICE_BINARY.to_string())];
     for other in &n.compare_bin {
         let name = std::path::Path::new(other)
             .file_name()
@@ -110,21 +93,16 @@ pub async fn numbering_cost(n: &NumberingOpts) -> anyhow::Result<Value> {
     let mut services = Vec::new();
     let mut envs = Vec::new();
     for (name, binary) in &builds {
-        let env = Env {
-            opts: opts.clone(),
-            db: format!("chat_bench_{id}_{}", services.len()),
-            prefix: format!("bench:{id}:{}:", services.len()),
-        };
-        chat_api::store::ensure_database(&env.database_url()).await?;
-        if name == "this" {
-            let pool = MySqlPool::connect(&env.database_url()).await?;
-            chat_api::store::migrate(&pool).await?;
-            pool.close().await;
-        }
-        let port = free_port();
-        let svc = env.start_binary(binary, port, &[]);
-        wait_up(port, "/health/live").await;
-        let tokens = seed(port, 2, 100).await;
+        let n = services.len();
+        let (env, port, tokens, svc) = crate::seeded_service(
+            opts.clone(),
+            format!("chat_bench_{id}_{n}"),
+            format!("bench:{id}:{n}:"),
+            binary,
+            name == "this",
+            &[],
+        )
+        .await?;
         services.push((name.clone(), port, tokens, svc));
         envs.push(env);
     }
@@ -146,11 +124,14 @@ pub async fn numbering_cost(n: &NumberingOpts) -> anyhow::Result<Value> {
                 "the {name} build answered 201: {:?}",
                 report["statusCodeDistribution"]
             );
-            let usec = evalsha_usec(&mut redis).await?;
-            eprintln!(
-                "  Redis CPU by command: {}",
-                top_commands(&mut redis).await?
-            );
+            let stats = command_stats(&mut redis).await?;
+            let usec = stats.iter().find(|c| c.0 == "evalsha").map_or(0.0, |c| c.2);
+            let top: Vec<String> = stats
+                .iter()
+                .take(8)
+                .map(|(name, _, per_call, calls)| format!("{name} {per_call}µs×{calls}"))
+                .collect();
+            eprintln!("  Redis CPU by command: {}", top.join(", "));
             let rate = rps(&report);
             if name == "this" {
                 creates += rate * opts.secs as f64;

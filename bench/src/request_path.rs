@@ -17,11 +17,10 @@ use poem_openapi::OpenApi;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use serde_json::{Value, json};
-use sqlx::MySqlPool;
 
 use crate::{
-    Created, CreatedResp, Env, Input, Opts, Proc, free_port, post_closed, rps, seed, stat,
-    status_share, url_regex, wait_up,
+    Created, CreatedResp, Input, Opts, Proc, free_port, post_closed, rps, stat, status_share,
+    url_regex, wait_up,
 };
 
 /// The minimal script: the counter and the push, nothing else.
@@ -95,19 +94,16 @@ pub async fn request_path(opts: &Opts) -> anyhow::Result<Value> {
         ("service, flusher idle", idle),
         ("service, flusher running", &[][..]),
     ] {
-        let env = Env {
-            opts: opts.clone(),
-            db: format!("chat_bench_{id}_{}", targets.len()),
-            prefix: format!("bench:{id}:{}:", targets.len()),
-        };
-        chat_api::store::ensure_database(&env.database_url()).await?;
-        let pool = MySqlPool::connect(&env.database_url()).await?;
-        chat_api::store::migrate(&pool).await?;
-        pool.close().await;
-        let port = free_port();
-        let svc = env.start_service(port, extra);
-        wait_up(port, "/health/live").await;
-        let tokens = seed(port, 2, 100).await;
+        let n = targets.len();
+        let (env, port, tokens, svc) = crate::seeded_service(
+            opts.clone(),
+            format!("chat_bench_{id}_{n}"),
+            format!("bench:{id}:{n}:"),
+            crate::SERVICE_BINARY,
+            true,
+            extra,
+        )
+        .await?;
         targets.push((name.to_string(), port, tokens, svc));
         envs.push(env);
     }
