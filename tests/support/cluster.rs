@@ -117,12 +117,7 @@ impl PrivateCluster {
     /// SIGKILLs the node on `port` (its replica takes over after
     /// `cluster-node-timeout`, 2 s).
     pub fn kill9(&self, port: u16) {
-        let pid = std::fs::read_to_string(self.dir.join(port.to_string()).join("redis.pid"))
-            .expect("the node's pid file");
-        Command::new("kill")
-            .args(["-9", pid.trim()])
-            .status()
-            .unwrap();
+        self.signal(port, "KILL");
     }
 
     /// The port of a replica of the master on `master`, as the first node
