@@ -109,8 +109,8 @@ def main():
     ap.add_argument("--base-url", default="http://127.0.0.1:3000")
     ap.add_argument("--wait-secs", type=float, default=75, help="how long to wait for the flush before reading back")
     ap.add_argument("--workers", type=int, default=16)
-    ap.add_argument("--index-wait-secs", type=float, default=0,
-                    help="with --search-check: how long to wait for an external index (Meilisearch) to catch up")
+    ap.add_argument("--index-wait-secs", type=float, default=30,
+                    help="with --search-check: how long to wait for the search index (it follows the flush) to catch up")
     ap.add_argument("--search-check", action="store_true",
                     help="then search a word found in exactly one conversation, and time searches")
     args = ap.parse_args()
@@ -183,7 +183,7 @@ def search_check(args, corpus, where):
     token, chat = where[(lang, i)]
     started = time.monotonic()
     hits, _ = search(args.base_url, token, chat, word)
-    # An external index lags the database: wait for it to catch up.
+    # The index follows the flush (about a second later): wait for it.
     while not hits and time.monotonic() - started < args.index_wait_secs:
         time.sleep(0.5)
         hits, _ = search(args.base_url, token, chat, word)

@@ -252,7 +252,7 @@ pub struct Config {
     pub allow_redis_eviction: bool,
 
     /// Meilisearch URL (for example `http://127.0.0.1:7700`). Unset: search
-    /// uses MariaDB's FULLTEXT index instead.
+    /// uses the term index in MariaDB instead (`src/store/search/terms.rs`).
     #[arg(long, env = "MEILI_URL")]
     pub meili_url: Option<String>,
 
@@ -260,6 +260,18 @@ pub struct Config {
     /// index documents and change settings). Optional.
     #[arg(long, env = "MEILI_API_KEY", hide_env_values = true)]
     pub meili_api_key: Option<String>,
+
+    /// How often the search indexer looks for queued index changes, in
+    /// milliseconds (either backend). A message is searchable about this
+    /// long after its flush, plus the time to index it.
+    #[arg(long, env = "SEARCH_INDEX_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub search_index_interval_ms: u64,
+
+    /// Batches of index changes the search indexer applies at once (each
+    /// its own transaction or Meilisearch task). 2 lets MariaDB write the
+    /// term index on two cores.
+    #[arg(long, env = "SEARCH_INDEX_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub search_index_workers: u64,
 
     /// Name of the Meilisearch index.
     #[arg(long, env = "MEILI_INDEX", default_value = "messages")]
@@ -305,6 +317,11 @@ impl Config {
                 std::process::id()
             )
         })
+    }
+
+    /// The search indexer's poll interval (`SEARCH_INDEX_INTERVAL_MS`).
+    pub fn search_index_interval(&self) -> Duration {
+        Duration::from_millis(self.search_index_interval_ms)
     }
 
     /// Bound on waiting for a buffered record to reach MariaDB.

@@ -1,4 +1,4 @@
-//! Command line: `serve` (default), `migrate`, `reindex`, `fulltext`, `reshard`,
+//! Command line: `serve` (default), `migrate`, `reindex`, `reshard`,
 //! `openapi`.
 
 use clap::{Parser, Subcommand};
@@ -34,25 +34,17 @@ enum Command {
         #[command(flatten)]
         database: Database,
     },
-    /// Rebuild the Meilisearch index from MariaDB, in batches, with a progress
-    /// bar. Safe while the service runs: documents are replaced, and search
-    /// hits are always re-read from MariaDB.
+    /// Rebuild the search index from MariaDB, in batches, with a progress
+    /// bar: Meilisearch's with `MEILI_URL`, else the term index in MariaDB
+    /// (after an upgrade from the FULLTEXT backend, this makes the stored
+    /// messages searchable). Safe while the service runs: documents are
+    /// replaced, and search hits are always re-read from MariaDB.
     Reindex {
         #[command(flatten)]
         config: Box<Config>,
-        /// Messages per add_or_replace call.
+        /// Messages per batch (one add_or_replace call, or one transaction).
         #[arg(long, default_value_t = 1000)]
         batch_size: i64,
-    },
-    /// Show, drop or build the FULLTEXT index on `messages.body`. MariaDB
-    /// search needs it; with Meilisearch (`MEILI_URL`) it only slows the
-    /// flusher, and can be dropped.
-    Fulltext {
-        /// `status`, `drop` or `create`.
-        #[arg(value_enum)]
-        action: FulltextAction,
-        #[command(flatten)]
-        database: Database,
     },
     /// Change the number of queue shards (`QUEUE_SHARDS`) of the data in
     /// Redis, from the count Redis records to `--to`. Creates are refused
@@ -75,17 +67,6 @@ enum Command {
         #[arg(long, default_value = "openapi/openapi.json")]
         out: std::path::PathBuf,
     },
-}
-
-/// What `chat-api fulltext` does.
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum FulltextAction {
-    /// Say whether the index exists.
-    Status,
-    /// Drop it (fast).
-    Drop,
-    /// Build it (slow on a large table; writes to `messages` wait meanwhile).
-    Create,
 }
 
 #[tokio::main]
@@ -122,10 +103,6 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Reindex { config, batch_size }) => reindex(&config, batch_size).await,
-        Some(Command::Fulltext {
-            action,
-            database: Database { database_url },
-        }) => fulltext(action, &database_url).await,
         Some(Command::Reshard {
             config,
             to,
@@ -193,54 +170,17 @@ struct Database {
     database_url: String,
 }
 
-async fn fulltext(action: FulltextAction, database_url: &str) -> anyhow::Result<()> {
-    use chat_api::store::search::database as db;
-    let pool = chat_api::store::connect_lazy(database_url, 1)?;
-    let exists = db::fulltext_index_exists(&pool).await?;
-    match action {
-        FulltextAction::Status => println!(
-            "FULLTEXT index {} on messages.body: {}",
-            db::FULLTEXT_INDEX,
-            if exists { "present" } else { "absent" }
-        ),
-        FulltextAction::Drop => {
-            let dropped = db::drop_fulltext_index(&pool).await?;
-            println!(
-                "{}",
-                if dropped {
-                    "dropped the FULLTEXT index on messages.body (search now needs MEILI_URL)"
-                } else {
-                    "no FULLTEXT index on messages.body: nothing to do"
-                }
-            );
-        }
-        FulltextAction::Create => {
-            let started = std::time::Instant::now();
-            let created = db::create_fulltext_index(&pool).await?;
-            println!(
-                "{}",
-                if created {
-                    format!(
-                        "built the FULLTEXT index on messages.body in {:.1} s",
-                        started.elapsed().as_secs_f64()
-                    )
-                } else {
-                    "the FULLTEXT index on messages.body exists: nothing to do".into()
-                }
-            );
-        }
-    }
-    Ok(())
-}
-
 async fn reindex(config: &Config, batch_size: i64) -> anyhow::Result<()> {
     use chat_api::store::search::meili::MeiliSearch;
-    let Some(url) = &config.meili_url else {
-        anyhow::bail!("MEILI_URL is not set: there is no Meilisearch index to rebuild");
+    let meili = match &config.meili_url {
+        Some(url) => {
+            let meili = MeiliSearch::new(url, config.meili_api_key.as_deref(), &config.meili_index)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            meili.ensure_index().await?;
+            Some(meili)
+        }
+        None => None,
     };
-    let meili = MeiliSearch::new(url, config.meili_api_key.as_deref(), &config.meili_index)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    meili.ensure_index().await?;
     let pool = chat_api::store::connect_lazy(&config.database_url, 2)?;
     let total = chat_api::store::messages::count_live(&pool).await?;
     let bar = indicatif::ProgressBar::new(total.max(0) as u64).with_style(
@@ -248,20 +188,15 @@ async fn reindex(config: &Config, batch_size: i64) -> anyhow::Result<()> {
             "{bar:40} {pos}/{len} messages ({per_sec}, eta {eta})",
         )?,
     );
-    let (mut after, mut indexed) = (0u64, 0u64);
-    loop {
-        let (docs, last) =
-            chat_api::store::messages::search_docs_after(&pool, after, batch_size).await?;
-        let Some(last) = last else { break };
-        meili.upsert(&docs).await?;
-        indexed += docs.len() as u64;
-        bar.inc(docs.len() as u64);
-        after = last;
-    }
+    let indexed =
+        chat_api::jobs::indexer::reindex(&pool, meili.as_ref(), batch_size, |n| bar.inc(n)).await?;
     bar.finish();
-    println!(
-        "reindexed {indexed} messages into index `{}`",
-        config.meili_index
-    );
+    match &meili {
+        Some(_) => println!(
+            "reindexed {indexed} messages into Meilisearch index `{}`",
+            config.meili_index
+        ),
+        None => println!("reindexed {indexed} messages into the term index in MariaDB"),
+    }
     Ok(())
 }

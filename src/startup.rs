@@ -38,7 +38,7 @@ pub struct Application {
     state: AppState,
     flusher: Arc<Flusher>,
     counts: Arc<CountsRefresher>,
-    indexer: Option<Arc<Indexer>>,
+    indexer: Arc<Indexer>,
 }
 
 /// Opens the way to Redis, lazily (the service starts while Redis is down):
@@ -86,29 +86,23 @@ pub fn flush_settings(config: &Config) -> FlushSettings {
     }
 }
 
-/// The FULLTEXT index on `messages.body` matches the search backend: MariaDB
-/// search needs it (start-up refuses without it, naming the command that
-/// builds it); with Meilisearch it only slows every flush, so start-up warns
-/// and names the command that drops it. It is never dropped or built
-/// silently: on a large table either is an operation to plan. MariaDB
-/// unreachable: only logged, as for the rest of start-up.
-async fn check_fulltext_index(search: &SearchBackend) -> anyhow::Result<()> {
-    use crate::store::search::database::fulltext_index_exists;
-    let (pool, needed) = match search {
-        SearchBackend::Database(pool) => (pool, true),
-        SearchBackend::Meili(_, pool) => (pool, false),
+/// With the term index (`MEILI_URL` unset), warns when messages are stored
+/// but none is indexed: after an upgrade from the FULLTEXT backend,
+/// `chat-api reindex` builds the index of the stored messages (new ones are
+/// indexed as they are flushed). MariaDB unreachable: only logged, as for
+/// the rest of start-up.
+async fn check_term_index(search: &SearchBackend) {
+    let SearchBackend::Database(pool) = search else {
+        return;
     };
-    match fulltext_index_exists(pool).await {
-        Ok(false) if needed => anyhow::bail!(
-            "search on MariaDB (MEILI_URL unset) needs the FULLTEXT index on messages.body,              which is missing: build it with `chat-api fulltext create`, or set MEILI_URL"
+    match crate::store::search::terms::needs_reindex(pool).await {
+        Ok(true) => tracing::warn!(
+            "messages are stored but the search index is empty: run `chat-api reindex` \
+             to make them searchable (new messages are indexed as they are flushed)"
         ),
-        Ok(true) if !needed => tracing::warn!(
-            "the FULLTEXT index on messages.body is unused with Meilisearch and slows every flush              (4 to 7 times fewer rows/s on message text, BENCHMARKS.md): drop it with              `chat-api fulltext drop` (`chat-api fulltext create` builds it again)"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not check the FULLTEXT index on messages.body"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "could not check the search index"),
     }
-    Ok(())
 }
 
 /// Shortest accepted `ADMIN_API_KEY`, in bytes.
@@ -192,12 +186,11 @@ impl Application {
             _ => buffer,
         };
         check_shards(&buffer).await?;
-        let mut flusher = Flusher::new(buffer.clone(), pool.clone(), flush_settings(&config))
-            .with_after_commit(Arc::new(marks.clone()));
-        if config.meili_url.is_some() {
-            flusher = flusher.with_after_commit(Arc::new(crate::jobs::indexer::SearchFeed));
-        }
-        let flusher = Arc::new(flusher);
+        let flusher = Arc::new(
+            Flusher::new(buffer.clone(), pool.clone(), flush_settings(&config))
+                .with_after_commit(Arc::new(marks.clone()))
+                .with_after_commit(Arc::new(crate::jobs::indexer::SearchFeed)),
+        );
         let counts = Arc::new(CountsRefresher::new(
             marks.clone(),
             pool.clone(),
@@ -245,28 +238,29 @@ impl Application {
                  token to anyone, and a token grants full access to its application; use it for demos only"
             );
         }
-        let (search, indexer) = match &config.meili_url {
-            Some(url) => {
-                let meili =
-                    MeiliSearch::new(url, config.meili_api_key.as_deref(), &config.meili_index)
-                        .map_err(|e| {
-                            anyhow::anyhow!("MEILI_URL or MEILI_API_KEY is invalid: {e}")
-                        })?;
-                let indexer = Indexer::new(
-                    buffer_for_indexer.clone(),
-                    pool.clone(),
-                    meili.clone(),
-                    config.lease,
-                );
-                (
-                    SearchBackend::Meili(meili, pool.clone()),
-                    Some(Arc::new(indexer)),
-                )
-            }
-            None => (SearchBackend::Database(pool.clone()), None),
+        let meili = match &config.meili_url {
+            Some(url) => Some(
+                MeiliSearch::new(url, config.meili_api_key.as_deref(), &config.meili_index)
+                    .map_err(|e| anyhow::anyhow!("MEILI_URL or MEILI_API_KEY is invalid: {e}"))?,
+            ),
+            None => None,
         };
+        let search = match &meili {
+            Some(meili) => SearchBackend::Meili(meili.clone(), pool.clone()),
+            None => SearchBackend::Database(pool.clone()),
+        };
+        let indexer = Arc::new(
+            Indexer::new(
+                buffer_for_indexer.clone(),
+                pool.clone(),
+                meili,
+                config.lease,
+                config.search_index_interval(),
+            )
+            .with_workers(config.search_index_workers as usize),
+        );
         tracing::info!(backend = search.name(), index = %config.meili_index, "search backend");
-        check_fulltext_index(&search).await?;
+        check_term_index(&search).await;
         let admin_key = config.admin_api_key.as_ref().map(KeyDigest::of);
         let state = AppState {
             pool,
@@ -310,9 +304,8 @@ impl Application {
         self.flusher.clone()
     }
 
-    /// The search indexer, when Meilisearch is configured (tests call
-    /// `index_once` on it directly).
-    pub fn indexer(&self) -> Option<Arc<Indexer>> {
+    /// The search indexer (tests call `index_once` on it directly).
+    pub fn indexer(&self) -> Arc<Indexer> {
         self.indexer.clone()
     }
 
@@ -345,9 +338,7 @@ impl Application {
                 },
             ));
         }
-        if let Some(indexer) = &self.indexer {
-            tasks.spawn(indexer.clone().run(jobs_stop.clone()));
-        }
+        tasks.spawn(self.indexer.clone().run(jobs_stop.clone()));
         let buffer = self.state.write_behind.buffer().clone();
         tasks.spawn(every(
             Duration::from_secs(5),

@@ -40,7 +40,9 @@ enum Cmd {
     /// Only figure 7: the cost of each `REDIS_DURABILITY` mode.
     Durability(Opts),
     /// Only the flush rate with message text at several stored sizes, with
-    /// and without the FULLTEXT index (figure 8).
+    /// InnoDB FULLTEXT (the search backend before issue 25), the term index
+    /// (flush, then the indexer) and no index, and search latency in a
+    /// 20-message and a 100,000-message chat (figures 8 and 15).
     FlushText(FlushTextOpts),
     /// Only figure 12: the flush rate at 1, 2 and 4 `FLUSH_WORKERS`.
     FlushWorkers(Opts),
@@ -77,6 +79,9 @@ struct FlushTextOpts {
     /// Rows per INSERT (`MESSAGE_BATCH_SIZE`).
     #[arg(long, default_value_t = 5000)]
     batch: usize,
+    /// Messages of the large chat of figure 15.
+    #[arg(long, default_value_t = 100_000)]
+    search_chat: u64,
 }
 
 #[derive(clap::Args, Clone)]
@@ -820,19 +825,96 @@ fn message_text(state: &mut u64) -> String {
     words.join(" ")
 }
 
+/// The FULLTEXT index that the MariaDB search backend used before the term
+/// index (migration 2, dropped by migration 6): rebuilt here to measure
+/// today's backend against the old one in the same run.
+const OLD_FULLTEXT: &str = "ALTER TABLE messages ADD FULLTEXT INDEX messages_body_fulltext (body)";
+
+/// The old backend's search (InnoDB FULLTEXT, natural-language mode, scoped
+/// by `chat_id` in the WHERE clause), as it ran before the term index.
+async fn old_fulltext_search(pool: &MySqlPool, chat_id: u64, q: &str) -> anyhow::Result<usize> {
+    let rows: Vec<(i64, f64)> = sqlx::query_as(
+        "SELECT number, CAST(MATCH(body) AGAINST (? IN NATURAL LANGUAGE MODE) AS DOUBLE) AS score FROM messages \
+         WHERE chat_id = ? AND deleted_at IS NULL AND MATCH(body) AGAINST (? IN NATURAL LANGUAGE MODE) \
+         ORDER BY score DESC, number LIMIT 21",
+    )
+    .bind(q)
+    .bind(chat_id)
+    .bind(q)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.len())
+}
+
+/// Indexes the live messages with `id > *after` into the term index, as
+/// `chat-api reindex` does, and moves `after` past them.
+async fn index_stored(pool: &MySqlPool, after: &mut u64) -> anyhow::Result<u64> {
+    let mut n = 0;
+    loop {
+        let (docs, last) = chat_api::store::messages::search_docs_after(pool, *after, 5000).await?;
+        let Some(last) = last else { break };
+        chat_api::store::search::terms::apply_sync(pool, &docs, &[]).await?;
+        n += docs.len() as u64;
+        *after = last;
+    }
+    Ok(n)
+}
+
+/// Inserts `n` messages of 14 words (`w…`, the shape of [`message_text`]) in
+/// SQL, numbered from `first`, into chat `chat_id`, or spread over chats 1 to
+/// 100 of application `app` when `chat_id` is `None`. `seq_1_to_n` is
+/// MariaDB's sequence engine.
+async fn insert_text_rows(
+    pool: &MySqlPool,
+    app: u64,
+    chat_id: Option<u64>,
+    first: u64,
+    n: u64,
+) -> anyhow::Result<()> {
+    let words = "CONCAT_WS(' ', \
+        CONCAT('w', s.seq % 19997), CONCAT('w', (s.seq * 7) % 4999), CONCAT('w', (s.seq * 13) % 997), \
+        CONCAT('w', (s.seq * 31) % 2003), CONCAT('w', (s.seq * 17) % 15013), CONCAT('w', (s.seq * 3) % 97), \
+        CONCAT('w', (s.seq * 11) % 9973), CONCAT('w', (s.seq * 19) % 199), CONCAT('w', (s.seq * 23) % 12007), \
+        CONCAT('w', (s.seq * 29) % 499), CONCAT('w', (s.seq * 37) % 19001), CONCAT('w', (s.seq * 41) % 59), \
+        CONCAT('w', (s.seq * 43) % 7001), CONCAT('w', (s.seq * 47) % 3001))";
+    let sql = match chat_id {
+        None => format!(
+            "INSERT INTO messages (chat_id, number, body, created_at, updated_at) \
+             SELECT c.id, {first} + s.seq, {words}, NOW(6), NOW(6) \
+             FROM seq_1_to_{n} s JOIN chats c ON c.application_id = {app} AND c.number = 1 + s.seq % 100"
+        ),
+        Some(chat) => format!(
+            "INSERT INTO messages (chat_id, number, body, created_at, updated_at) \
+             SELECT {chat}, {first} + s.seq, {words}, NOW(6), NOW(6) FROM seq_1_to_{n} s"
+        ),
+    };
+    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await?;
+    Ok(())
+}
+
 /// Figure 8: messages per second the flusher writes, with message text
-/// ([`message_text`]), at each stored size of `levels`, into a schema with
-/// the FULLTEXT index on `messages.body` (MariaDB search) and one without it
-/// (Meilisearch, after `chat-api fulltext drop`). The stored rows are added
-/// in SQL between measurements, with text of the same shape.
+/// ([`message_text`]), at each stored size of `levels`, with each search
+/// index: `fulltext`, the InnoDB FULLTEXT index that the MariaDB backend
+/// kept up inside every flush before the term index; `terms`, today's
+/// default (the flush, then the indexer writing the term index from the
+/// queued ops; both rates and the combined one, `records ÷ (flush time +
+/// index time)`, are reported); `none` (Meilisearch: nothing in MariaDB).
+/// The stored rows are added in SQL between measurements, with text of the
+/// same shape (and indexed, for `terms`).
+///
+/// Figure 15, at the last level: search latency (p50, p99 of 40 searches
+/// of `w10`, a word in about 4% of the stored messages) in a 20-message chat
+/// and in a 100,000-message chat, with the old FULLTEXT backend and the term
+/// index.
 async fn flush_text(o: &FlushTextOpts) -> anyhow::Result<Value> {
     let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let mut r = redis::Client::open(o.opts.redis.as_str())?
         .get_multiplexed_async_connection()
         .await?;
     let mut out = serde_json::Map::new();
+    let mut search = serde_json::Map::new();
     let mut seed = 42u64;
-    for variant in ["fulltext", "no_fulltext"] {
+    for variant in ["fulltext", "terms", "none"] {
         let env = Env {
             opts: o.opts.clone(),
             db: format!("chat_bench_{id}_{variant}"),
@@ -841,8 +923,8 @@ async fn flush_text(o: &FlushTextOpts) -> anyhow::Result<Value> {
         chat_api::store::ensure_database(&env.database_url()).await?;
         let pool = MySqlPool::connect(&env.database_url()).await?;
         chat_api::store::migrate(&pool).await?;
-        if variant == "no_fulltext" {
-            chat_api::store::search::database::drop_fulltext_index(&pool).await?;
+        if variant == "fulltext" {
+            sqlx::query(OLD_FULLTEXT).execute(&pool).await?;
         }
         // The application the stored rows belong to.
         let stored_app = sqlx::query("INSERT INTO applications (token, name, created_at, updated_at) VALUES (?, 'stored', NOW(6), NOW(6))")
@@ -854,21 +936,25 @@ async fn flush_text(o: &FlushTextOpts) -> anyhow::Result<Value> {
             .bind(stored_app)
             .execute(&pool)
             .await?;
-        let mut stored = 0u64;
+        let (mut stored, mut indexed_to) = (0u64, 0u64);
         let mut rates = serde_json::Map::new();
         for &level in &o.levels {
             while stored < level {
                 let n = 100_000.min(level - stored);
                 let started = Instant::now();
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO messages (chat_id, number, body, created_at, updated_at)                      SELECT c.id, {stored} + s.seq, CONCAT_WS(' ',                        CONCAT('w', s.seq % 19997), CONCAT('w', (s.seq * 7) % 4999), CONCAT('w', (s.seq * 13) % 997),                        CONCAT('w', (s.seq * 31) % 2003), CONCAT('w', (s.seq * 17) % 15013), CONCAT('w', (s.seq * 3) % 97),                        CONCAT('w', (s.seq * 11) % 9973), CONCAT('w', (s.seq * 19) % 199), CONCAT('w', (s.seq * 23) % 12007),                        CONCAT('w', (s.seq * 29) % 499), CONCAT('w', (s.seq * 37) % 19001), CONCAT('w', (s.seq * 41) % 59),                        CONCAT('w', (s.seq * 43) % 7001), CONCAT('w', (s.seq * 47) % 3001)), NOW(6), NOW(6)                      FROM seq_1_to_{n} s JOIN chats c ON c.application_id = {stored_app} AND c.number = 1 + s.seq % 100"
-                )))
-                .execute(&pool)
-                .await?;
+                insert_text_rows(&pool, stored_app, None, stored, n).await?;
                 stored += n;
                 eprintln!(
                     "figure 8, {variant}: {stored} stored ({:.0} rows/s in SQL)",
                     n as f64 / started.elapsed().as_secs_f64()
+                );
+            }
+            if variant == "terms" {
+                let started = Instant::now();
+                let n = index_stored(&pool, &mut indexed_to).await?;
+                eprintln!(
+                    "figure 8, terms: indexed {n} stored rows ({:.0} rows/s)",
+                    n as f64 / started.elapsed().as_secs_f64().max(1e-9)
                 );
             }
             // A fresh application and queue for this measurement.
@@ -898,12 +984,50 @@ async fn flush_text(o: &FlushTextOpts) -> anyhow::Result<Value> {
                 }
                 cmd.query_async::<()>(&mut r).await?;
             }
-            let (written, rate) = drain(&o.opts.redis, &prefix, &pool, o.batch, 1, 1).await?;
-            anyhow::ensure!(written == o.records, "wrote {written} of {}", o.records);
-            eprintln!("figure 8, {variant}: {level} stored: {rate:.0} rows/s");
+            let drained = drain_with(
+                &o.opts.redis,
+                &prefix,
+                &pool,
+                o.batch,
+                1,
+                1,
+                variant == "terms",
+            )
+            .await?;
+            anyhow::ensure!(
+                drained.written == o.records,
+                "wrote {} of {}",
+                drained.written,
+                o.records
+            );
+            let rate = drained.written as f64 / drained.flush_secs;
+            let result = match variant {
+                "terms" => {
+                    let combined =
+                        drained.written as f64 / (drained.flush_secs + drained.index_secs);
+                    eprintln!(
+                        "figure 8, terms: {level} stored: flush {rate:.0} rows/s, index {:.0} rows/s, combined {combined:.0} rows/s",
+                        drained.written as f64 / drained.index_secs
+                    );
+                    json!({"flush": rate, "index": drained.written as f64 / drained.index_secs, "combined": combined})
+                }
+                _ => {
+                    eprintln!("figure 8, {variant}: {level} stored: {rate:.0} rows/s");
+                    json!(rate)
+                }
+            };
             stored += o.records;
-            rates.insert(level.to_string(), json!(rate));
+            rates.insert(level.to_string(), result);
             cleanup_prefix(&mut r, &prefix).await?;
+        }
+        if variant == "terms" {
+            index_stored(&pool, &mut indexed_to).await?;
+        }
+        if variant != "none" {
+            search.insert(
+                variant.into(),
+                search_latency(&pool, variant, o.search_chat).await?,
+            );
         }
         out.insert(variant.into(), Value::Object(rates));
         pool.close().await;
@@ -912,24 +1036,106 @@ async fn flush_text(o: &FlushTextOpts) -> anyhow::Result<Value> {
             .execute(&admin)
             .await?;
     }
+    out.insert("search".into(), Value::Object(search));
     Ok(Value::Object(out))
 }
 
-/// The rows of figure 8 in BENCHMARKS.md's table.
+/// Figure 15 for one backend (`fulltext` or `terms`): p50 and p99 of 40
+/// searches of `w10` in a new 20-message chat and in a new chat of
+/// `large` messages (text of the stored rows' shape, indexed first for
+/// `terms`), in ms.
+async fn search_latency(pool: &MySqlPool, variant: &str, large: u64) -> anyhow::Result<Value> {
+    let app = sqlx::query("INSERT INTO applications (token, name, created_at, updated_at) VALUES (?, 'search', NOW(6), NOW(6))")
+        .bind(chat_api::domain::new_token())
+        .execute(pool)
+        .await?
+        .last_insert_id();
+    let mut out = serde_json::Map::new();
+    for (name, size) in [("small_chat", 20u64), ("large_chat", large)] {
+        let chat = sqlx::query("INSERT INTO chats (application_id, number, created_at, updated_at) VALUES (?, ?, NOW(6), NOW(6))")
+            .bind(app)
+            .bind(size as i64)
+            .execute(pool)
+            .await?
+            .last_insert_id();
+        // The stored rows' text: `w10` is in some of even 20 messages.
+        let mut done = 0;
+        while done < size {
+            let n = 100_000.min(size - done);
+            insert_text_rows(pool, app, Some(chat), done, n).await?;
+            done += n;
+        }
+        if variant == "terms" {
+            // Only this chat's rows are new: every older row is indexed.
+            let first: Option<u64> =
+                sqlx::query_scalar("SELECT MIN(id) - 1 FROM messages WHERE chat_id = ?")
+                    .bind(chat)
+                    .fetch_one(pool)
+                    .await?;
+            let mut after = first.unwrap_or(0);
+            index_stored(pool, &mut after).await?;
+        }
+        let mut took = Vec::with_capacity(40);
+        let mut hits = 0;
+        for _ in 0..40 {
+            let started = Instant::now();
+            hits = match variant {
+                "fulltext" => old_fulltext_search(pool, chat, "w10").await?,
+                _ => chat_api::store::search::terms::search(
+                    pool,
+                    chat,
+                    "w10",
+                    chat_api::domain::Page::parse(Some(1), Some(20))?,
+                )
+                .await?
+                .len(),
+            };
+            took.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        took.sort_by(f64::total_cmp);
+        eprintln!(
+            "figure 15, {variant}, {name} ({size} messages): p50 {:.2} ms, p99 {:.2} ms, {hits} hits on the first page",
+            took[19], took[39]
+        );
+        out.insert(
+            name.into(),
+            json!({"messages": size, "p50_ms": took[19], "p99_ms": took[39], "hits": hits}),
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+/// The rows of figures 8 and 15 in BENCHMARKS.md's table.
 fn flush_text_markdown(d: &Value) -> String {
     let mut out = String::new();
-    if let Some(levels) = d["fulltext"].as_object() {
-        for (level, with) in levels {
-            let without = &d["no_fulltext"][level];
+    if let Some(levels) = d["none"].as_object() {
+        for (level, none) in levels {
+            let none = none.as_f64().unwrap_or(f64::NAN);
+            let old = d["fulltext"][level].as_f64().unwrap_or(f64::NAN);
+            let terms = &d["terms"][level];
+            let combined = terms["combined"].as_f64().unwrap_or(f64::NAN);
             out += &format!(
-                "| 8. flush rows/s with message text, {level} stored: FULLTEXT / none / ratio | {} / {} / {} | flat |\n",
-                f(with),
-                f(without),
-                f(&json!(
-                    with.as_f64().unwrap_or(0.0) / without.as_f64().unwrap_or(1.0)
-                ))
+                "| 8. flush rows/s with message text, {level} stored: FULLTEXT (before) / term index: flush, index, combined / none; combined ÷ none, FULLTEXT ÷ none | {} / {}, {}, {} / {}; {}, {} | ≥ 0.6 |\n",
+                f(&json!(old)),
+                f(&terms["flush"]),
+                f(&terms["index"]),
+                f(&json!(combined)),
+                f(&json!(none)),
+                f(&json!(combined / none)),
+                f(&json!(old / none)),
             );
         }
+    }
+    for chat in ["small_chat", "large_chat"] {
+        let (old, new) = (&d["search"]["fulltext"][chat], &d["search"]["terms"][chat]);
+        out += &format!(
+            "| 15. search latency, {} messages in the chat: FULLTEXT (before) p50 / p99 ms; term index p50 / p99 ms | {} / {}; {} / {} | |\n",
+            s(&new["messages"]),
+            f(&old["p50_ms"]),
+            f(&old["p99_ms"]),
+            f(&new["p50_ms"]),
+            f(&new["p99_ms"]),
+        );
     }
     out
 }
@@ -945,6 +1151,33 @@ async fn drain(
     shards: u16,
     workers: usize,
 ) -> anyhow::Result<(u64, f64)> {
+    let d = drain_with(redis_url, prefix, pool, batch, shards, workers, false).await?;
+    Ok((d.written, d.written as f64 / d.flush_secs))
+}
+
+/// What [`drain_with`] measured.
+struct Drained {
+    /// Records written to MariaDB.
+    written: u64,
+    /// Time to flush them, in seconds.
+    flush_secs: f64,
+    /// Time for the indexer to apply the queued search ops afterwards, in
+    /// seconds (0 without `index`).
+    index_secs: f64,
+}
+
+/// [`drain`], and with `index` the search indexer too (2 workers, the
+/// default `SEARCH_INDEX_WORKERS`), as the service runs them: the flush queues one search op per batch (`SearchFeed`), and the
+/// indexer then writes the term index from them until none is left.
+async fn drain_with(
+    redis_url: &str,
+    prefix: &str,
+    pool: &MySqlPool,
+    batch: usize,
+    shards: u16,
+    workers: usize,
+    index: bool,
+) -> anyhow::Result<Drained> {
     use chat_api::writebehind::flusher::FlushSettings;
     use chat_api::writebehind::keys::Keys;
     let rpool = chat_api::redis::pool(redis_url, 4, Duration::from_secs(5))?;
@@ -966,14 +1199,41 @@ async fn drain(
         workers,
     };
     // As the service does: the counts refresh's marks follow each commit.
-    let flusher = chat_api::writebehind::Flusher::new(buffer, pool.clone(), settings)
+    let mut flusher = chat_api::writebehind::Flusher::new(buffer.clone(), pool.clone(), settings)
         .with_after_commit(std::sync::Arc::new(marks));
+    if index {
+        flusher =
+            flusher.with_after_commit(std::sync::Arc::new(chat_api::jobs::indexer::SearchFeed));
+    }
     let started = Instant::now();
     let mut written = 0;
     while flusher.pending().await? > 0 {
         written += flusher.flush_once().await?.written;
     }
-    Ok((written, written as f64 / started.elapsed().as_secs_f64()))
+    let flush_secs = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    if index {
+        let indexer = chat_api::jobs::indexer::Indexer::new(
+            buffer.clone(),
+            pool.clone(),
+            None,
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+        )
+        .with_workers(2);
+        while buffer
+            .pending_len(chat_api::writebehind::Kind::Search)
+            .await?
+            > 0
+        {
+            indexer.index_once().await?;
+        }
+    }
+    Ok(Drained {
+        written,
+        flush_secs,
+        index_secs: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// `QUEUE_SHARDS` of the service the bench starts (the default).

@@ -13,7 +13,7 @@ use super::{ApiTags, AppState, lookup};
 use crate::domain::{AppName, Page, is_plausible_token, new_token};
 use crate::http::error::ApiError;
 use crate::store;
-use crate::store::search::meili::IndexOp;
+use crate::store::search::IndexOp;
 use crate::writebehind::{Idempotency, KeyState};
 
 /// Operations on applications.

@@ -14,7 +14,7 @@ use super::{ApiTags, AppState, lookup};
 use crate::domain::{MessageBody, Page, is_plausible_token};
 use crate::http::error::ApiError;
 use crate::store;
-use crate::store::search::meili::IndexOp;
+use crate::store::search::IndexOp;
 use crate::writebehind::Idempotency;
 
 /// Operations on messages.

@@ -37,26 +37,24 @@ pub struct AppState {
     pub marks: crate::jobs::counts::DirtyMarks,
     /// The per-IP rate limit.
     pub rate_limit: ratelimit::RateLimit,
-    /// The search backend (Meilisearch or MariaDB FULLTEXT).
+    /// The search backend (Meilisearch or the term index in MariaDB).
     pub search: crate::store::search::SearchBackend,
     /// The flusher (for `POST /admin/flush`).
     pub flusher: Arc<crate::writebehind::Flusher>,
-    /// The search indexer, when Meilisearch is configured.
-    pub indexer: Option<Arc<crate::jobs::indexer::Indexer>>,
+    /// The search indexer.
+    pub indexer: Arc<crate::jobs::indexer::Indexer>,
     /// The digest of `ADMIN_API_KEY`; `None` while the operator API is off.
     pub admin_key: Option<admin::KeyDigest>,
 }
 
 impl AppState {
-    /// Queues a change for Meilisearch (nothing with the database backend).
-    /// A failure is logged and otherwise ignored: search hits are always read
-    /// back from MariaDB, so a stale document can never show a deleted or
-    /// outdated message; it can only be missing until the next `reindex`.
+    /// Queues a change for the search index (either backend). A failure is
+    /// logged and otherwise ignored: search hits are always read back from
+    /// MariaDB, so a stale document can never show a deleted message or an
+    /// outdated body; until the next `reindex` it can only be missing, or
+    /// match the words of the body before an edit.
     /// `token`: the application the change is in (its shard's queue).
-    pub async fn queue_index(&self, token: &str, op: crate::store::search::meili::IndexOp) {
-        if self.search.meili().is_none() {
-            return;
-        }
+    pub async fn queue_index(&self, token: &str, op: crate::store::search::IndexOp) {
         if let Err(e) = self.write_behind.buffer().push_search_op(token, &op).await {
             tracing::warn!(error = %e, ?op, "could not queue a search index update");
         }

@@ -38,12 +38,13 @@ impl SearchApi {
     /// Search messages of a chat
     ///
     /// Full-text search of the chat's message bodies, best match first, each
-    /// hit with its relevance `score` (higher is better); only messages of
-    /// this chat are ever returned. With Meilisearch (when the
-    /// service has `MEILI_URL`) matching is typo-tolerant and works in any
-    /// script, and results may lag new messages by about a second after
-    /// their flush; without it, MariaDB's FULLTEXT index matches whole words
-    /// of 3 or more characters, ignores stopwords, and has no typo tolerance.
+    /// hit with its relevance `score` (0 to 1, higher is better); only
+    /// messages of this chat are ever returned. Results may lag new messages
+    /// and edits by about a second after their flush. With Meilisearch (when
+    /// the service has `MEILI_URL`) matching is typo-tolerant and by prefix;
+    /// without it, the service's own term index matches whole words (any
+    /// length, case and diacritics folded, Chinese segmented into words),
+    /// ranked by BM25 over the chat's messages.
     #[oai(
         path = "/applications/:token/chats/:number/messages/search",
         method = "get"

@@ -1,5 +1,7 @@
-//! The search indexer: applies the changes queued in `pending:search` to
-//! Meilisearch (only when `MEILI_URL` is set).
+//! The search indexer: applies the changes queued in `pending:search` to the
+//! search index: Meilisearch when `MEILI_URL` is set, else the term index in
+//! MariaDB ([`crate::store::search::terms`]). Either way the flush never
+//! waits for the index.
 //!
 //! The flusher feeds it: [`SearchFeed`] is the after-commit job that queues
 //! one upsert per stored message batch, in the batch's acknowledgement.
@@ -10,7 +12,9 @@
 //! answers with an internal error), the batch is given back and retried with
 //! exponential backoff, so nothing is lost; the batch of a dead indexer comes
 //! back when its lease expires. An op that Meilisearch rejects as invalid is
-//! dead-lettered (`deadletter:search`) with the reason.
+//! dead-lettered (`deadletter:search`) with the reason. The term index
+//! retries every MariaDB failure the same way (a deadlock between two
+//! indexers included).
 //!
 //! **Leases.** A batch may take longer than its lease (50 ops, each a
 //! Meilisearch task waited for). So the indexer renews the lease before each
@@ -20,9 +24,12 @@
 //! the lease lost (another instance recovered the batch and applies it).
 //! So no batch is applied by two indexers at once, nor again and again.
 //!
-//! **Lag.** While Meilisearch is up, a message is searchable about
-//! [`POLL_INTERVAL`] plus Meilisearch's own processing time after its flush;
-//! during an outage, until the outage ends (plus at most the backoff, 30 s).
+//! **Lag.** While the engine is up, a message is searchable about the poll
+//! interval (`SEARCH_INDEX_INTERVAL_MS`, 1 s) plus the engine's own
+//! processing time after its flush; during an outage, until the outage ends
+//! (plus at most the backoff, 30 s). Each indexed message's lag, from its
+//! creation or last edit to the moment it is searchable, goes to the
+//! `chat_search_lag_seconds` histogram.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,18 +37,21 @@ use std::time::Duration;
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::search::meili::{ApplyError, IndexOp, MeiliSearch, doc_id};
+use crate::store::search::meili::{ApplyError, MeiliSearch};
+use crate::store::search::{IndexOp, doc_id, terms};
 use crate::writebehind::after_commit::{AfterCommit, Committed};
 use crate::writebehind::buffer::search_op_json;
 use crate::writebehind::keys::ShardKeys;
 use crate::writebehind::lease::{Collection, HandOn};
 use crate::writebehind::{Buffer, BufferError, Kind};
 
-/// How often the indexer looks for queued ops.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Ops claimed per batch with Meilisearch (each op is one task waited for).
+const MEILI_OPS_PER_BATCH: usize = 50;
 
-/// Ops claimed per batch.
-const OPS_PER_BATCH: usize = 50;
+/// Ops claimed per batch with the term index: each op is a flushed batch of
+/// up to `MESSAGE_BATCH_SIZE` messages and its own transaction, so one per
+/// claim lets the workers share a busy shard.
+const TERMS_OPS_PER_BATCH: usize = 1;
 
 /// Why an indexing pass stopped early (its batch was given back).
 #[derive(Debug, thiserror::Error)]
@@ -61,30 +71,76 @@ pub enum IndexError {
 pub struct Indexer {
     buffer: Buffer,
     pool: MySqlPool,
-    meili: MeiliSearch,
+    /// Meilisearch, or `None` for the term index in `pool`.
+    meili: Option<MeiliSearch>,
     lease: Duration,
+    interval: Duration,
+    workers: usize,
 }
 
 impl Indexer {
-    /// An indexer reading `buffer`'s search queue.
-    pub fn new(buffer: Buffer, pool: MySqlPool, meili: MeiliSearch, lease: Duration) -> Self {
+    /// An indexer reading `buffer`'s search queue into `meili`, or into the
+    /// term index in `pool` when `meili` is `None`, every `interval`, under
+    /// leases of `lease`.
+    pub fn new(
+        buffer: Buffer,
+        pool: MySqlPool,
+        meili: Option<MeiliSearch>,
+        lease: Duration,
+        interval: Duration,
+    ) -> Self {
         Self {
             buffer,
             pool,
             meili,
             lease,
+            interval,
+            workers: 1,
         }
     }
 
-    /// Applies every op queued when it starts, shard by shard. Returns the
-    /// number applied. Errors: Meilisearch, Redis or MariaDB unavailable (the
-    /// batch in hand is given back first).
+    /// The same indexer with `workers` (at least 1) batches applied at once
+    /// (`SEARCH_INDEX_WORKERS`): each worker claims its own batches under
+    /// its own lease, from any shard.
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// Applies every op queued when it starts, in every shard, with up to
+    /// the configured workers at once. Returns the number applied. Errors:
+    /// Meilisearch, Redis or MariaDB unavailable (the batch in hand is given
+    /// back first; the other workers finish theirs).
     pub async fn index_once(&self) -> Result<u64, IndexError> {
+        let shards: Vec<ShardKeys> = self.buffer.keys().shards().collect();
+        // Each shard is visited by every worker once (a busy shard is shared;
+        // a drained one is left at once), in turns taken from `next`.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let workers: Vec<_> = (0..self.workers)
+            .map(|_| self.index_worker(&shards, &next))
+            .collect();
         let mut applied = 0;
-        for shard in self.buffer.keys().shards() {
-            applied += self.index_shard(&shard).await?;
+        for r in futures_util::future::join_all(workers).await {
+            applied += r?;
         }
         Ok(applied)
+    }
+
+    /// One worker of [`Self::index_once`]: takes turns `(shard, worker)`
+    /// from `next` until every shard had each worker once.
+    async fn index_worker(
+        &self,
+        shards: &[ShardKeys],
+        next: &std::sync::atomic::AtomicUsize,
+    ) -> Result<u64, IndexError> {
+        let mut applied = 0;
+        loop {
+            let turn = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(shard) = shards.get(turn / self.workers) else {
+                return Ok(applied);
+            };
+            applied += self.index_shard(shard).await?;
+        }
     }
 
     /// [`Self::index_once`] in one shard.
@@ -94,7 +150,11 @@ impl Indexer {
         let leases = self.buffer.lease_queue();
         let mut applied = 0;
         while budget > 0 {
-            let Some(batch) = leases.claim(&queue, OPS_PER_BATCH, self.lease).await? else {
+            let per_batch = match self.meili {
+                Some(_) => MEILI_OPS_PER_BATCH,
+                None => TERMS_OPS_PER_BATCH,
+            };
+            let Some(batch) = leases.claim(&queue, per_batch, self.lease).await? else {
                 break;
             };
             budget = budget.saturating_sub(batch.items.len() as u64);
@@ -148,40 +208,61 @@ impl Indexer {
     }
 
     async fn apply(&self, op: &IndexOp) -> Result<(), IndexError> {
-        match op {
-            IndexOp::Sync { messages } => {
+        match (op, &self.meili) {
+            (IndexOp::Sync { messages }, meili) => {
                 let docs = crate::store::messages::search_docs(&self.pool, messages).await?;
-                let live: std::collections::HashSet<&str> =
-                    docs.iter().map(|d| d.id.as_str()).collect();
-                let gone: Vec<String> = messages
+                let live: std::collections::HashSet<(u64, i64)> =
+                    docs.iter().map(|d| (d.chat_id, d.number)).collect();
+                let gone: Vec<(u64, i64)> = messages
                     .iter()
-                    .map(|(c, n)| doc_id(*c, *n))
-                    .filter(|id| !live.contains(id.as_str()))
+                    .filter(|k| !live.contains(k))
+                    .copied()
                     .collect();
-                Ok(self.meili.replace_and_delete(&docs, &gone).await?)
+                match meili {
+                    Some(meili) => {
+                        let gone: Vec<String> = gone.iter().map(|(c, n)| doc_id(*c, *n)).collect();
+                        meili.replace_and_delete(&docs, &gone).await?;
+                    }
+                    None => {
+                        terms::apply_sync(&self.pool, &docs, &gone).await?;
+                    }
+                }
+                let now = chrono::Utc::now().naive_utc();
+                for at in docs.iter().filter_map(|d| d.changed_at) {
+                    crate::telemetry::metrics::search_indexed(
+                        (now - at).to_std().unwrap_or_default(),
+                    );
+                }
+                Ok(())
             }
-            other => Ok(self.meili.apply_delete(other).await?),
+            (op, Some(meili)) => Ok(meili.apply_delete(op).await?),
+            (IndexOp::DeleteChat { chat_id }, None) => {
+                Ok(terms::delete_chat(&self.pool, *chat_id).await?)
+            }
+            (IndexOp::DeleteApplication { application_id }, None) => {
+                Ok(terms::delete_application(&self.pool, *application_id).await?)
+            }
         }
     }
 
-    /// Sets up the index, then applies queued ops every [`POLL_INTERVAL`]
-    /// until `stop`, backing off while Meilisearch is down.
+    /// Sets up the index (Meilisearch), then applies queued ops every
+    /// interval until `stop`, backing off while the engine is down.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut backoff = new_backoff();
         let mut ready = false;
         loop {
             let step = async {
-                if !ready {
-                    self.meili.ensure_index().await?;
-                    ready = true;
+                if let (false, Some(meili)) = (ready, &self.meili) {
+                    meili.ensure_index().await?;
                     tracing::info!("Meilisearch index ready");
                 }
+                ready = true;
                 self.index_once().await
             };
             let delay = match step.await {
                 Ok(_) => {
                     backoff = new_backoff();
-                    POLL_INTERVAL
+                    self.interval
                 }
                 Err(e) => {
                     let d = backoff.next().unwrap_or(Duration::from_secs(30));
@@ -197,13 +278,44 @@ impl Indexer {
     }
 }
 
+/// Rebuilds the search index from MariaDB (`chat-api reindex`): every live
+/// message, by id, `batch_size` at a time, into `meili`, or into the term
+/// index in `pool` when `meili` is `None`. Calls `progress` with each
+/// batch's size. Safe while the service runs (documents are replaced, and
+/// hits are re-read from MariaDB). Returns the number of messages indexed.
+/// Errors: MariaDB or Meilisearch failed (run it again: it starts over,
+/// idempotently).
+pub async fn reindex(
+    pool: &MySqlPool,
+    meili: Option<&MeiliSearch>,
+    batch_size: i64,
+    progress: impl Fn(u64),
+) -> anyhow::Result<u64> {
+    let (mut after, mut indexed) = (0u64, 0u64);
+    loop {
+        let (docs, last) =
+            crate::store::messages::search_docs_after(pool, after, batch_size).await?;
+        let Some(last) = last else { break };
+        match meili {
+            Some(meili) => meili.upsert(&docs).await?,
+            None => {
+                terms::apply_sync(pool, &docs, &[]).await?;
+            }
+        }
+        indexed += docs.len() as u64;
+        progress(docs.len() as u64);
+        after = last;
+    }
+    Ok(indexed)
+}
+
 fn new_backoff() -> impl Iterator<Item = Duration> {
     crate::writebehind::flusher::retry_backoff(Duration::from_millis(500), Duration::from_secs(30))
 }
 
 /// The after-commit job of the indexer: for a message batch that stored
 /// messages, queues one [`IndexOp::Sync`] of them on the shard's
-/// `pending:search` (registered only when `MEILI_URL` is set).
+/// `pending:search` (for either backend).
 pub struct SearchFeed;
 
 impl AfterCommit for SearchFeed {

@@ -511,8 +511,9 @@ where
             .push_bind(at)
             .push_bind(at);
     });
-    // The body is compared byte for byte (its collation is case-insensitive
-    // for the FULLTEXT index), and only on a row never edited since.
+    // The body is compared byte for byte (its collation is case-insensitive,
+    // left from the FULLTEXT index of migration 2), and only on a row never
+    // edited since.
     qb.push(
         " ON DUPLICATE KEY UPDATE collisions = collisions + (NOT (created_at <=> VALUES(created_at)) \
          OR (updated_at = created_at AND NOT (BINARY body <=> BINARY VALUES(body))))",

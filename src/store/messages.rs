@@ -78,29 +78,21 @@ pub async fn find_many_live(
 pub async fn search_docs(
     pool: &MySqlPool,
     keys: &[(u64, i64)],
-) -> sqlx::Result<Vec<crate::store::search::meili::MessageDoc>> {
+) -> sqlx::Result<Vec<crate::store::search::MessageDoc>> {
     let mut docs = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(1000) {
         let mut qb = sqlx::QueryBuilder::<sqlx::MySql>::new(
-            "SELECT c.application_id, m.chat_id, m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id \
-             WHERE m.deleted_at IS NULL AND c.deleted_at IS NULL AND (",
+            "SELECT c.application_id, m.chat_id, m.number, m.body, m.updated_at FROM messages m JOIN chats c ON c.id = m.chat_id \
+             WHERE m.deleted_at IS NULL AND c.deleted_at IS NULL AND ",
         );
-        for (i, (chat_id, number)) in chunk.iter().enumerate() {
-            if i > 0 {
-                qb.push(" OR ");
-            }
-            qb.push("(m.chat_id = ")
-                .push_bind(*chat_id)
-                .push(" AND m.number = ")
-                .push_bind(*number)
-                .push(")");
-        }
-        qb.push(")");
-        let rows: Vec<(u64, u64, i64, String)> = qb.build_query_as().fetch_all(pool).await?;
-        docs.extend(
-            rows.into_iter()
-                .map(|(a, c, n, b)| crate::store::search::meili::MessageDoc::new(a, c, n, b)),
-        );
+        super::push_chat_numbers(&mut qb, "m.", chunk);
+        let rows: Vec<(u64, u64, i64, String, NaiveDateTime)> =
+            qb.build_query_as().fetch_all(pool).await?;
+        docs.extend(rows.into_iter().map(|(a, c, n, b, at)| {
+            let mut doc = crate::store::search::MessageDoc::new(a, c, n, b);
+            doc.changed_at = Some(at);
+            doc
+        }));
     }
     Ok(docs)
 }
@@ -111,7 +103,7 @@ pub async fn search_docs_after(
     pool: &MySqlPool,
     after_id: u64,
     limit: i64,
-) -> sqlx::Result<(Vec<crate::store::search::meili::MessageDoc>, Option<u64>)> {
+) -> sqlx::Result<(Vec<crate::store::search::MessageDoc>, Option<u64>)> {
     let rows: Vec<(u64, u64, u64, i64, String)> = sqlx::query_as(
         "SELECT m.id, c.application_id, m.chat_id, m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id \
          WHERE m.id > ? AND m.deleted_at IS NULL AND c.deleted_at IS NULL ORDER BY m.id LIMIT ?",
@@ -123,7 +115,7 @@ pub async fn search_docs_after(
     let last = rows.last().map(|r| r.0);
     let docs = rows
         .into_iter()
-        .map(|(_, a, c, n, b)| crate::store::search::meili::MessageDoc::new(a, c, n, b))
+        .map(|(_, a, c, n, b)| crate::store::search::MessageDoc::new(a, c, n, b))
         .collect();
     Ok((docs, last))
 }

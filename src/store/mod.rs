@@ -82,3 +82,41 @@ pub fn error_number(err: &sqlx::Error) -> Option<u16> {
         _ => None,
     }
 }
+
+/// Pushes `((…chat_id = ? AND …number BETWEEN ? AND ?) OR …)` over `keys`
+/// (`(chat_id, number)`): one disjunct per run of consecutive numbers of a
+/// chat, with the columns qualified by `alias` (for example `"m."`, or
+/// `""`). A flushed batch holds runs of each chat's numbers, so this is a
+/// few disjuncts per chat. One disjunct per key made MariaDB spend about
+/// 0.5 s per 1,000 keys planning the prepared statement. `keys` must not be
+/// empty.
+pub(crate) fn push_chat_numbers(
+    qb: &mut sqlx::QueryBuilder<sqlx::MySql>,
+    alias: &str,
+    keys: &[(u64, i64)],
+) {
+    let mut sorted = keys.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut runs: Vec<(u64, i64, i64)> = Vec::new();
+    for (chat_id, number) in sorted {
+        match runs.last_mut() {
+            Some((c, _, last)) if *c == chat_id && *last + 1 == number => *last = number,
+            _ => runs.push((chat_id, number, number)),
+        }
+    }
+    qb.push("(");
+    for (i, (chat_id, first, last)) in runs.into_iter().enumerate() {
+        if i > 0 {
+            qb.push(" OR ");
+        }
+        qb.push(format!("({alias}chat_id = "))
+            .push_bind(chat_id)
+            .push(format!(" AND {alias}number BETWEEN "))
+            .push_bind(first)
+            .push(" AND ")
+            .push_bind(last)
+            .push(")");
+    }
+    qb.push(")");
+}

@@ -16,6 +16,7 @@
 //! | `chat_recovered_batches_total` | counter | | batches recovered from expired leases |
 //! | `chat_number_reservations_total` | counter | `scope` | blocks of numbers reserved in MariaDB (`chats` or `messages` counters) |
 //! | `chat_numbers_skipped_total` | counter | `scope` | numbers skipped when a counter restarted at its reservation after Redis may have lost data |
+//! | `chat_search_lag_seconds` | histogram | | per indexed message: from its creation or last edit to the moment it is searchable |
 //! | `chat_backpressure_rejections_total` | counter | | 503s because the buffer was full |
 //! | `chat_rate_limited_total` | counter | | 429s from the rate limit |
 //! | `http_request_duration_seconds` | histogram | `method`, `route`, `status` | request latency |
@@ -53,6 +54,14 @@ pub fn install() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full("chat_flush_batch_size".into()), &sizes)
                 })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("chat_search_lag_seconds".into()),
+                        &[
+                            0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                        ],
+                    )
+                })
                 .expect("valid buckets")
                 .install_recorder()
                 .expect("no other metrics recorder is installed")
@@ -75,6 +84,12 @@ pub fn number_reservation(scope: &'static str) {
 /// have lost data.
 pub fn numbers_skipped(scope: &'static str, n: u64) {
     counter!("chat_numbers_skipped_total", "scope" => scope).increment(n);
+}
+
+/// Records that one message became searchable `lag` after its creation or
+/// last edit (`chat_search_lag_seconds`).
+pub fn search_indexed(lag: Duration) {
+    histogram!("chat_search_lag_seconds").record(lag.as_secs_f64());
 }
 
 /// A flushed batch: its size in records, written count, and duration.

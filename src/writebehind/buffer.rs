@@ -716,7 +716,7 @@ impl Buffer {
     pub async fn push_search_op(
         &self,
         token: &str,
-        op: &crate::store::search::meili::IndexOp,
+        op: &crate::store::search::IndexOp,
     ) -> Result<(), BufferError> {
         let key = self.keys.for_token(token).pending(Kind::Search);
         let json = search_op_json(op)?;
@@ -818,7 +818,7 @@ pub struct Counters {
 /// The queued form of a search-index change: its JSON, stamped with
 /// `queued_at_ms` so operators can see how long the oldest op has waited.
 /// Errors: the op does not serialise (a bug), as [`BufferError::Unavailable`].
-pub fn search_op_json(op: &crate::store::search::meili::IndexOp) -> Result<String, BufferError> {
+pub fn search_op_json(op: &crate::store::search::IndexOp) -> Result<String, BufferError> {
     let mut value =
         serde_json::to_value(op).map_err(|e| BufferError::Unavailable(e.to_string()))?;
     value["queued_at_ms"] = now_ms().into();

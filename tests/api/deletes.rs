@@ -19,12 +19,22 @@ async fn no_create_sent_after_a_chat_delete_answered_is_acknowledged() {
     app.flush().await;
 
     let started = Instant::now();
+    // Each writer goes on until it sent 50 creates after the delete was
+    // answered (however fast the machine), and at least 150.
+    let deleted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers: Vec<_> = (0..4)
         .map(|w| {
-            let (app, token) = (app.clone(), token.clone());
+            let (app, token, deleted) = (app.clone(), token.clone(), deleted.clone());
             tokio::spawn(async move {
                 let mut seen = Vec::new();
-                for i in 0..150 {
+                let mut since_delete = 0;
+                for i in 0..100_000 {
+                    if deleted.load(std::sync::atomic::Ordering::SeqCst) {
+                        since_delete += 1;
+                        if since_delete > 50 && i >= 150 {
+                            break;
+                        }
+                    }
                     let sent = started.elapsed();
                     let r = app
                         .post(
@@ -44,6 +54,7 @@ async fn no_create_sent_after_a_chat_delete_answered_is_acknowledged() {
         .await;
     assert_eq!(r.status(), 204);
     let deleted_at = started.elapsed();
+    deleted.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut before = 0;
     let mut after = 0;
     for w in workers {

@@ -48,7 +48,8 @@ async fn replica_durability_answers_201_only_once_a_replica_has_the_write() {
     let app = spawn_app_with(|c| {
         c.redis_url = primary.url();
         c.redis_durability = Durability::Replica;
-        c.redis_wait_ms = 300;
+        // Long enough for a loaded machine's replica to acknowledge.
+        c.redis_wait_ms = 1000;
     })
     .await;
     let token = app.create_app("replicated").await;
@@ -67,7 +68,7 @@ async fn replica_durability_answers_201_only_once_a_replica_has_the_write() {
     assert_eq!(r.status(), 503, "no replica confirmed it");
     assert!(r.headers().contains_key("retry-after"));
     assert!(
-        started.elapsed() >= Duration::from_millis(300),
+        started.elapsed() >= Duration::from_millis(1000),
         "it waited REDIS_WAIT_MS"
     );
     assert!(r.text().await.unwrap().contains("replica"));

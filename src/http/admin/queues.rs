@@ -189,9 +189,9 @@ pub struct FlushResult {
     pub dead_lettered: u64,
     /// Batches flushed.
     pub batches: u64,
-    /// Search-index changes applied to Meilisearch; null without `MEILI_URL`.
-    #[oai(nullable)]
-    pub search_ops_applied: Option<u64>,
+    /// Search-index changes applied (to Meilisearch, or to the term index
+    /// in MariaDB without `MEILI_URL`).
+    pub search_ops_applied: u64,
     /// Whether the chats and messages queues were empty at the end. False
     /// when only messages waiting for their chat are left, or when the flush
     /// ran out of its `budget_ms` (it stopped after the batch in hand).
@@ -397,7 +397,7 @@ impl QueuesAdminApi {
     /// Flush now
     ///
     /// Writes the chats and messages queues to MariaDB now (and applies the
-    /// queued search-index changes when Meilisearch is configured), waits,
+    /// queued search-index changes), waits,
     /// and reports what was written. Stops when its time budget (`budget_ms`
     /// in the answer) has passed, with what it did.
     #[oai(path = "/flush", method = "post")]
@@ -414,10 +414,7 @@ impl QueuesAdminApi {
             let flushed = flusher
                 .flush_all(Duration::from_secs(FLUSH_BUDGET_SECS))
                 .await;
-            let indexed = match &indexer {
-                Some(i) => Some(i.index_once().await),
-                None => None,
-            };
+            let indexed = indexer.index_once().await;
             (flushed, indexed)
         });
         let (flushed, indexed) = task
@@ -431,9 +428,8 @@ impl QueuesAdminApi {
             }
         })?;
         let search_ops_applied = match indexed {
-            None => None,
-            Some(Ok(n)) => Some(n),
-            Some(Err(e)) => {
+            Ok(n) => n,
+            Err(e) => {
                 tracing::warn!(error = %e, "forced index pass failed");
                 return Err(ApiError::unavailable(
                     format!("the database flush is done, but the search index is not: {e}"),

@@ -11,72 +11,13 @@ use meilisearch_sdk::client::Client;
 use meilisearch_sdk::documents::DocumentDeletionQuery;
 use meilisearch_sdk::indexes::Index;
 use meilisearch_sdk::tasks::Task;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::SearchError;
+use super::{IndexOp, MessageDoc, SearchError};
 use crate::domain::Page;
 
 /// How long to wait for Meilisearch to process one task.
 const TASK_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// One indexed message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MessageDoc {
-    /// `{chat_id}-{number}`: unique, and derived from the row's unique key.
-    pub id: String,
-    /// `applications.id` (for deleting an application's documents).
-    pub application_id: u64,
-    /// `chats.id` (the search scope).
-    pub chat_id: u64,
-    /// Number within the chat.
-    pub number: i64,
-    /// The body.
-    pub body: String,
-}
-
-impl MessageDoc {
-    /// The document of message `number` of chat `chat_id`.
-    pub fn new(application_id: u64, chat_id: u64, number: i64, body: String) -> Self {
-        Self {
-            id: doc_id(chat_id, number),
-            application_id,
-            chat_id,
-            number,
-            body,
-        }
-    }
-}
-
-/// Document id of message `number` of chat `chat_id`.
-pub fn doc_id(chat_id: u64, number: i64) -> String {
-    format!("{chat_id}-{number}")
-}
-
-/// A change to the index, queued durably in Redis (`pending:search`) and
-/// applied by the indexer ([`crate::jobs::indexer`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum IndexOp {
-    /// Bring these messages, given as `(chat_id, number)`, in line with
-    /// MariaDB: the indexer reads them at apply time, replaces the live ones
-    /// (one add_or_replace) and deletes the rest. Reading at apply time makes
-    /// the order of ops irrelevant: the index always converges to the
-    /// database. Queued once per flushed batch, and by each edit and delete.
-    Sync {
-        /// `(chat_id, number)` of each message.
-        messages: Vec<(u64, i64)>,
-    },
-    /// Delete every document of a chat.
-    DeleteChat {
-        /// `chats.id`
-        chat_id: u64,
-    },
-    /// Delete every document of an application.
-    DeleteApplication {
-        /// `applications.id`
-        application_id: u64,
-    },
-}
 
 /// A handle on the index.
 #[derive(Clone)]

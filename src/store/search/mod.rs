@@ -1,34 +1,100 @@
 //! Full-text search of messages within one chat, with two backends:
 //!
+//! - [`terms`] (the default, `MEILI_URL` unset): a term index scoped by chat
+//!   in MariaDB, BM25-ranked, tokenized by charabia (CJK included).
 //! - [`meili`]: Meilisearch (when `MEILI_URL` is set): typo tolerance, prefix
-//!   search, any script. Documents are indexed after their batch is committed
-//!   to MariaDB, through a durable queue in Redis (see
-//!   [`crate::jobs::indexer`]), so results lag the database by about a second
-//!   while Meilisearch is up, and by the outage while it is not.
-//! - [`database`]: MariaDB's InnoDB FULLTEXT index, queried with
-//!   `MATCH … AGAINST` in natural-language mode: words of at least 3
-//!   characters (`innodb_ft_min_token_size`), no stopwords, no typo
-//!   tolerance, and words split on spaces and punctuation only (so CJK text
-//!   matches only whole space-delimited runs of 3 or more characters).
+//!   search, ranking rules.
+//!
+//! Both are written the same way, off the flush path: after a message batch
+//! is committed to MariaDB, its acknowledgement queues an [`IndexOp`] in a
+//! durable Redis list, which the search indexer ([`crate::jobs::indexer`])
+//! applies. So results lag the database by about a second while the engine
+//! keeps up (`chat_search_lag_seconds` in `/metrics`), and the flush never
+//! waits for the index.
 //!
 //! Either way the hits are read back from MariaDB by number, so a result is
 //! always the stored, live message: never one of another chat, never a
 //! deleted one, never a stale body.
 
-pub mod database;
 pub mod meili;
+pub mod terms;
 
+use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 
 use crate::domain::Page;
 use crate::store::messages::MessageRow;
 
-/// A search hit: the stored message and its relevance (higher is better;
-/// the scale depends on the backend, see [`database`] and [`meili`]).
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// One indexed message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageDoc {
+    /// `{chat_id}-{number}`: unique, and derived from the row's unique key.
+    pub id: String,
+    /// `applications.id` (for deleting an application's documents).
+    pub application_id: u64,
+    /// `chats.id` (the search scope).
+    pub chat_id: u64,
+    /// Number within the chat.
+    pub number: i64,
+    /// The body.
+    pub body: String,
+    /// When the message was created or last edited (UTC), as read from
+    /// MariaDB; not sent to Meilisearch. The indexer reports the search lag
+    /// from it.
+    #[serde(skip)]
+    pub changed_at: Option<chrono::NaiveDateTime>,
+}
+
+impl MessageDoc {
+    /// The document of message `number` of chat `chat_id`.
+    pub fn new(application_id: u64, chat_id: u64, number: i64, body: String) -> Self {
+        Self {
+            id: doc_id(chat_id, number),
+            application_id,
+            chat_id,
+            number,
+            body,
+            changed_at: None,
+        }
+    }
+}
+
+/// Document id of message `number` of chat `chat_id`.
+pub fn doc_id(chat_id: u64, number: i64) -> String {
+    format!("{chat_id}-{number}")
+}
+
+/// A change to the index, queued durably in Redis (`pending:search`) and
+/// applied by the indexer ([`crate::jobs::indexer`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum IndexOp {
+    /// Bring these messages, given as `(chat_id, number)`, in line with
+    /// MariaDB: the indexer reads them at apply time, replaces the live ones
+    /// (one add_or_replace) and deletes the rest. Reading at apply time makes
+    /// the order of ops irrelevant: the index always converges to the
+    /// database. Queued once per flushed batch, and by each edit and delete.
+    Sync {
+        /// `(chat_id, number)` of each message.
+        messages: Vec<(u64, i64)>,
+    },
+    /// Delete every document of a chat.
+    DeleteChat {
+        /// `chats.id`
+        chat_id: u64,
+    },
+    /// Delete every document of an application.
+    DeleteApplication {
+        /// `applications.id`
+        application_id: u64,
+    },
+}
+
+/// A search hit: the stored message and its relevance (0 to 1, higher is
+/// better; see [`terms`] and [`meili`]).
+#[derive(Debug, Clone)]
 pub struct ScoredRow {
     /// The message as stored.
-    #[sqlx(flatten)]
     pub row: MessageRow,
     /// The engine's relevance score.
     pub score: f64,
@@ -51,7 +117,7 @@ pub enum SearchError {
 /// The configured backend.
 #[derive(Clone)]
 pub enum SearchBackend {
-    /// MariaDB FULLTEXT.
+    /// The term index in MariaDB ([`terms`]).
     Database(MySqlPool),
     /// Meilisearch, with MariaDB to read hits back.
     Meili(meili::MeiliSearch, MySqlPool),
@@ -66,14 +132,6 @@ impl SearchBackend {
         }
     }
 
-    /// Whether documents must be sent to an external index.
-    pub fn meili(&self) -> Option<&meili::MeiliSearch> {
-        match self {
-            SearchBackend::Meili(m, _) => Some(m),
-            SearchBackend::Database(_) => None,
-        }
-    }
-
     /// One page (fetched with `LIMIT per_page + 1`) of the live messages of
     /// chat `chat_id` that match `query`, best match first, with their
     /// scores. Errors: the engine or MariaDB unavailable.
@@ -83,23 +141,21 @@ impl SearchBackend {
         query: &str,
         page: Page,
     ) -> Result<Vec<ScoredRow>, SearchError> {
-        match self {
+        let (hits, pool) = match self {
             SearchBackend::Database(pool) => {
-                Ok(database::search(pool, chat_id, query, page).await?)
+                (terms::search(pool, chat_id, query, page).await?, pool)
             }
-            SearchBackend::Meili(m, pool) => {
-                let hits = m.search(chat_id, query, page).await?;
-                let numbers: Vec<i64> = hits.iter().map(|&(n, _)| n).collect();
-                let scores: std::collections::HashMap<i64, f64> = hits.into_iter().collect();
-                let rows = crate::store::messages::find_many_live(pool, chat_id, &numbers).await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|row| ScoredRow {
-                        score: scores.get(&row.number).copied().unwrap_or(0.0),
-                        row,
-                    })
-                    .collect())
-            }
-        }
+            SearchBackend::Meili(m, pool) => (m.search(chat_id, query, page).await?, pool),
+        };
+        let numbers: Vec<i64> = hits.iter().map(|&(n, _)| n).collect();
+        let scores: std::collections::HashMap<i64, f64> = hits.into_iter().collect();
+        let rows = crate::store::messages::find_many_live(pool, chat_id, &numbers).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| ScoredRow {
+                score: scores.get(&row.number).copied().unwrap_or(0.0),
+                row,
+            })
+            .collect())
     }
 }
