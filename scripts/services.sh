@@ -42,6 +42,13 @@ ensure_mariadb() {
       GRANT ALL PRIVILEGES ON \`chat%\`.* TO 'chat'@'127.0.0.1';
       GRANT ALL PRIVILEGES ON \`chat%\`.* TO 'chat'@'localhost';"
   fi
+  # The search index's postings are inserted in key order per chat, which
+  # is random over the table: with MariaDB's default 128 MiB buffer pool
+  # they go to disk once the index outgrows it (about a million messages).
+  # 1 GiB here (dynamic since MariaDB 10.2; production sizes it to its RAM,
+  # docs/search.md). Best effort: a server we may not configure keeps its own.
+  $SUDO mariadb -e "SET GLOBAL innodb_buffer_pool_size = GREATEST(@@innodb_buffer_pool_size, 1073741824)" \
+    >/dev/null 2>&1 || true
 }
 
 ensure_redis() {

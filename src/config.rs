@@ -290,6 +290,14 @@ pub struct Config {
     #[arg(long, env = "INSTANCE_ID")]
     pub instance_id: Option<String>,
 
+    /// Seconds a client connection may stay silent (nothing read or written)
+    /// before it is closed: a connection that sent part of a request and
+    /// stopped (slowloris), or an idle keep-alive connection. Without it
+    /// each such connection holds a file descriptor forever. Keep it above
+    /// the longest request (`POST /admin/flush`, 30 s).
+    #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value = "60", value_parser = parse_nonzero_secs)]
+    pub idle_timeout: Duration,
+
     /// Seconds the service gives itself on SIGTERM/Ctrl-C to drain the buffer.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value = "30", value_parser = parse_nonzero_secs)]
     pub shutdown_timeout: Duration,

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::http::admin::KeyDigest;
+use crate::http::idle::IdleTimeoutAcceptor;
 use crate::http::ratelimit::{self, RateLimit};
 use crate::http::{self, AppState};
 use crate::jobs::counts::{CountsRefresher, DirtyMarks};
@@ -418,7 +419,13 @@ async fn bind(
     let addr = bound_addr(&public)?;
     config.bind_addr = addr;
     let Some(admin_bind) = config.admin_bind_addr else {
-        return Ok((public.boxed(), addr, None));
+        // Silent connections are closed, so half-sent requests cannot
+        // hold file descriptors forever (src/http/idle.rs).
+        return Ok((
+            IdleTimeoutAcceptor::new(public, config.idle_timeout).boxed(),
+            addr,
+            None,
+        ));
     };
     let admin = TcpListener::bind(admin_bind)
         .into_acceptor()
@@ -427,7 +434,11 @@ async fn bind(
     let admin_addr = bound_addr(&admin)?;
     config.admin_bind_addr = Some(admin_addr);
     tracing::info!(addr = %admin_addr, "operator listener: /api/v1/admin, /metrics and the application listing are served only here");
-    Ok((public.combine(admin).boxed(), addr, Some(admin_addr)))
+    Ok((
+        IdleTimeoutAcceptor::new(public.combine(admin), config.idle_timeout).boxed(),
+        addr,
+        Some(admin_addr),
+    ))
 }
 
 /// The first socket address an acceptor is bound to.

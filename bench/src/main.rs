@@ -18,6 +18,7 @@ use sqlx::MySqlPool;
 
 mod numbering;
 mod request_path;
+mod search_lag;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 mod sustained;
@@ -52,6 +53,9 @@ enum Cmd {
     /// Only figure 14: the request path against a server that runs one
     /// minimal script per create.
     RequestPath(Opts),
+    /// Only figure 16: the search lag while text creates run at 0.6 of
+    /// their peak.
+    SearchLag(Opts),
     /// Serve the ceiling endpoint on `port`.
     Ceiling { port: u16 },
     /// Serve the script-ceiling endpoint on `port` (figure 14), its keys
@@ -1719,6 +1723,12 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Ceiling { port } => serve(CeilingApi, port).await,
+        Cmd::SearchLag(opts) => {
+            let figure = search_lag::search_lag(&opts).await?;
+            println!("{}", serde_json::to_string_pretty(&figure)?);
+            println!("{}", search_lag::markdown(&figure));
+            Ok(())
+        }
         Cmd::RequestPath(opts) => {
             let figure = request_path::request_path(&opts).await?;
             println!("{}", serde_json::to_string_pretty(&figure)?);

@@ -64,12 +64,16 @@ pub enum ApiError {
         /// Whole seconds to wait, rounded up.
         #[oai(header = "Retry-After")]
         u64,
-        /// Requests allowed per minute.
+        /// The client's bucket: requests it may send at once
+        /// (`RATE_LIMIT_BURST`), refilled at `RATE_LIMIT_PER_MINUTE`.
         #[oai(header = "X-RateLimit-Limit")]
         u32,
-        /// Requests left in the burst (0 here).
+        /// Requests left in the bucket (0 here).
         #[oai(header = "X-RateLimit-Remaining")]
         u32,
+        /// Whole seconds until the bucket is full again, rounded up.
+        #[oai(header = "X-RateLimit-Reset")]
+        u64,
     ),
     /// 503: the write buffer is full, or Redis or MariaDB cannot be reached;
     /// retry after the given number of seconds.

@@ -8,6 +8,7 @@ pub mod chats;
 pub mod error;
 pub mod fields;
 pub mod health;
+pub mod idle;
 pub mod limits;
 pub mod lookup;
 pub mod messages;

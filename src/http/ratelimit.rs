@@ -15,8 +15,13 @@
 //!   temporary addresses), so the full address would let it pick a fresh
 //!   bucket for every request. IPv4 clients are keyed by the full address.
 //! - Past the limit: 429 with `Retry-After` (whole seconds, rounded up),
-//!   `X-RateLimit-Limit`, `X-RateLimit-Remaining` and a JSON error. Allowed
-//!   responses carry the two `X-RateLimit-*` headers as well.
+//!   the `X-RateLimit-*` headers and a JSON error. Allowed responses carry
+//!   the headers as well. They describe one bucket, so they agree with each
+//!   other: `X-RateLimit-Limit` is its size (`RATE_LIMIT_BURST`),
+//!   `X-RateLimit-Remaining` the requests left in it, and `X-RateLimit-Reset`
+//!   the whole seconds until it is full again at `RATE_LIMIT_PER_MINUTE`
+//!   (the names of the IETF draft "RateLimit header fields for HTTP",
+//!   draft-ietf-httpapi-ratelimit-headers, with GCRA's bucket as the quota).
 //! - `/health/*` and `/metrics` are not limited; everything else is,
 //!   Swagger UI and `/openapi.json` included.
 //! - The keyed state grows with every IP seen; [`prune`] (run every minute)
@@ -44,6 +49,7 @@ pub type KeyedLimiter =
 pub struct RateLimit {
     limiter: Option<Arc<KeyedLimiter>>,
     per_minute: u32,
+    burst: u32,
     trusted: Arc<TrustedProxies>,
     ipv6_prefix: u8,
 }
@@ -63,6 +69,7 @@ impl RateLimit {
         Self {
             limiter,
             per_minute,
+            burst: burst.max(1),
             trusted: Arc::new(trusted),
             ipv6_prefix: ipv6_prefix.min(128),
         }
@@ -77,6 +84,12 @@ impl RateLimit {
                 .map(|net| IpAddr::V6(net.network()))
                 .unwrap_or(ip),
         }
+    }
+
+    /// Whole seconds, rounded up, until a bucket missing `used` requests is
+    /// full again (one request comes back every `60 / per_minute` s).
+    fn refill_secs(&self, used: f64) -> u64 {
+        (used.max(0.0) * 60.0 / f64::from(self.per_minute.max(1))).ceil() as u64
     }
 
     /// The limiter, for pruning and for measurements; `None` when disabled.
@@ -163,10 +176,14 @@ impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
             Ok(snapshot) => {
                 let mut resp = self.inner.call(req).await?.into_response();
                 let h = resp.headers_mut();
-                h.insert("x-ratelimit-limit", self.limit.per_minute.into());
+                let remaining = snapshot.remaining_burst_capacity();
+                h.insert("x-ratelimit-limit", self.limit.burst.into());
+                h.insert("x-ratelimit-remaining", remaining.into());
                 h.insert(
-                    "x-ratelimit-remaining",
-                    snapshot.remaining_burst_capacity().into(),
+                    "x-ratelimit-reset",
+                    self.limit
+                        .refill_secs(f64::from(self.limit.burst.saturating_sub(remaining)))
+                        .into(),
                 );
                 Ok(resp)
             }
@@ -183,8 +200,12 @@ impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
                         ),
                     }),
                     retry_after.max(1),
-                    self.limit.per_minute,
+                    self.limit.burst,
                     0,
+                    // The wait for one request, then the rest of the bucket.
+                    (wait.as_secs_f64()
+                        + (self.limit.refill_secs(f64::from(self.limit.burst - 1)) as f64))
+                        .ceil() as u64,
                 )
                 .into_response())
             }

@@ -48,10 +48,13 @@ use crate::writebehind::{Buffer, BufferError, Kind};
 /// Ops claimed per batch with Meilisearch (each op is one task waited for).
 const MEILI_OPS_PER_BATCH: usize = 50;
 
-/// Ops claimed per batch with the term index: each op is a flushed batch of
-/// up to `MESSAGE_BATCH_SIZE` messages and its own transaction, so one per
-/// claim lets the workers share a busy shard.
-const TERMS_OPS_PER_BATCH: usize = 1;
+/// Ops claimed per batch with the term index. Their syncs are merged and
+/// written [`TERMS_KEYS_PER_TRANSACTION`] messages at a time, so that small
+/// flushed batches do not cost a commit (an fsync) each.
+const TERMS_OPS_PER_BATCH: usize = 8;
+
+/// Messages per term-index transaction when syncs are merged.
+const TERMS_KEYS_PER_TRANSACTION: usize = 5000;
 
 /// Why an indexing pass stopped early (its batch was given back).
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +163,7 @@ impl Indexer {
             budget = budget.saturating_sub(batch.items.len() as u64);
             let mut dead = Vec::new();
             let mut renewed = tokio::time::Instant::now();
-            for raw in &batch.items {
+            for (raw, op, ops) in self.work(&batch.items) {
                 if renewed.elapsed() > self.lease / 3 {
                     if !leases.renew(&batch, self.lease).await? {
                         tracing::warn!(key = %batch.key, "index batch's lease lost; its recoverer applies it");
@@ -168,7 +171,7 @@ impl Indexer {
                     }
                     renewed = tokio::time::Instant::now();
                 }
-                let result = match serde_json::from_slice::<IndexOp>(raw) {
+                let result = match op {
                     Ok(op) => match tokio::time::timeout(self.lease / 2, self.apply(&op)).await {
                         Ok(result) => result,
                         Err(_) => Err(IndexError::Meili(ApplyError::Unreachable(format!(
@@ -181,10 +184,12 @@ impl Indexer {
                     )))),
                 };
                 match result {
-                    Ok(()) => applied += 1,
+                    Ok(()) => applied += ops,
                     Err(IndexError::Meili(ApplyError::Rejected(reason))) => {
-                        tracing::error!(%reason, op = %String::from_utf8_lossy(raw), "index op dead-lettered");
-                        dead.push(crate::writebehind::deadletter::entry(raw, &reason).into_bytes());
+                        tracing::error!(%reason, op = %String::from_utf8_lossy(&raw), "index op dead-lettered");
+                        dead.push(
+                            crate::writebehind::deadletter::entry(&raw, &reason).into_bytes(),
+                        );
                     }
                     Err(e) => {
                         if let Err(re) = leases.give_back(&batch).await {
@@ -205,6 +210,47 @@ impl Indexer {
             }
         }
         Ok(applied)
+    }
+
+    /// The work of a claimed batch, as `(raw op, decoded op, ops it stands
+    /// for)`: each op in order for Meilisearch; for the term index, the
+    /// deletes and undecodable ops in order, then the messages of every
+    /// sync merged, deduplicated and split into syncs of at most
+    /// [`TERMS_KEYS_PER_TRANSACTION`] messages (a sync reads the messages
+    /// when applied, so merging and reordering syncs cannot change the
+    /// result).
+    fn work(&self, items: &[Vec<u8>]) -> Vec<(Vec<u8>, Result<IndexOp, serde_json::Error>, u64)> {
+        let decoded = items
+            .iter()
+            .map(|raw| (raw.clone(), serde_json::from_slice::<IndexOp>(raw), 1));
+        if self.meili.is_some() {
+            return decoded.collect();
+        }
+        let mut work = Vec::new();
+        let mut keys: Vec<(u64, i64)> = Vec::new();
+        let mut syncs = 0u64;
+        for (raw, op, n) in decoded {
+            match op {
+                Ok(IndexOp::Sync { messages }) => {
+                    keys.extend(messages);
+                    syncs += n;
+                }
+                other => work.push((raw, other, n)),
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let chunks = keys.chunks(TERMS_KEYS_PER_TRANSACTION).count() as u64;
+        for (i, chunk) in keys.chunks(TERMS_KEYS_PER_TRANSACTION).enumerate() {
+            let op = IndexOp::Sync {
+                messages: chunk.to_vec(),
+            };
+            // The merged ops count once, with the last chunk.
+            let ops = if i as u64 + 1 == chunks { syncs } else { 0 };
+            let raw = serde_json::to_vec(&op).unwrap_or_default();
+            work.push((raw, Ok(op), ops));
+        }
+        work
     }
 
     async fn apply(&self, op: &IndexOp) -> Result<(), IndexError> {

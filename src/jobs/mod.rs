@@ -2,7 +2,8 @@
 //!
 //! - [`counts`]: refreshes `chats_count` and `messages_count` of the rows
 //!   marked dirty, on a cron schedule.
-//! - [`indexer`]: applies queued changes to Meilisearch.
+//! - [`indexer`]: applies queued search-index changes (Meilisearch, or the
+//!   term index in MariaDB).
 //! - [`idle`]: evicts the counters of idle chats from Redis.
 
 pub mod counts;

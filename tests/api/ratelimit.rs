@@ -38,10 +38,22 @@ async fn the_burst_passes_then_429_with_headers() {
     for i in 0..5 {
         let r = app.client.get(probe(&app)).send().await.unwrap();
         assert_eq!(r.status(), 200, "request {i} is in the burst");
-        assert_eq!(r.headers()["x-ratelimit-limit"], "60");
+        // One bucket of 5, refilled at one request a second: the headers
+        // agree with each other.
+        assert_eq!(r.headers()["x-ratelimit-limit"], "5");
         assert_eq!(
             r.headers()["x-ratelimit-remaining"].to_str().unwrap(),
             (4 - i).to_string()
+        );
+        let reset: u64 = r.headers()["x-ratelimit-reset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (i + 1..=i + 2).contains(&reset),
+            "{} used, one back a second: full in {reset} s",
+            i + 1
         );
     }
     let r = app.client.get(probe(&app)).send().await.unwrap();
@@ -55,8 +67,17 @@ async fn the_burst_passes_then_429_with_headers() {
         (1..=1).contains(&retry),
         "one request per second refills: {retry}"
     );
-    assert_eq!(r.headers()["x-ratelimit-limit"], "60");
+    assert_eq!(r.headers()["x-ratelimit-limit"], "5");
     assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+    let reset: u64 = r.headers()["x-ratelimit-reset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (5..=6).contains(&reset),
+        "an empty bucket is full in 5 s: {reset}"
+    );
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("rate limit"));
 

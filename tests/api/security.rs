@@ -244,3 +244,36 @@ async fn invented_methods_and_paths_add_a_bounded_number_of_series() {
         "series of invented methods: {other:?}"
     );
 }
+
+/// Slowloris: connections that sent part of a request header and went
+/// silent are closed after `IDLE_TIMEOUT_SECS`, not held forever.
+#[tokio::test]
+async fn half_sent_requests_are_closed_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.idle_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let addr = app.address.trim_start_matches("http://").to_string();
+    let mut conns = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /api/v1/applications HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        conns.push(s);
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    for (i, s) in conns.iter_mut().enumerate() {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} is still open after the idle timeout"));
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "connection {i} was closed, not answered: {read:?}"
+        );
+    }
+    // The service still answers.
+    assert_eq!(app.get("/applications/unknown/chats").await.status(), 404);
+}

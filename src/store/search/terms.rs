@@ -216,19 +216,21 @@ pub async fn apply_sync(
     report.postings = postings.len() as u64;
     // In key order: fewer page splits, and locks taken in one order.
     postings.sort_unstable();
+    // Every value is an integer the service computed, so the rows are
+    // written as SQL literals over the text protocol: a prepared statement
+    // of 20,000 placeholders cost more to prepare and bind than to insert.
     for chunk in postings.chunks(ROWS_PER_INSERT) {
-        let mut qb = QueryBuilder::<MySql>::new(
-            "INSERT INTO search_postings (chat_id, term, number, tf, length) ",
-        );
-        qb.push_values(chunk, |mut b, (c, h, n, tf, len)| {
-            b.push_bind(*c)
-                .push_bind(*h)
-                .push_bind(*n)
-                .push_bind(*tf)
-                .push_bind(*len);
-        });
-        qb.push(" ON DUPLICATE KEY UPDATE tf = VALUES(tf), length = VALUES(length)");
-        qb.build().execute(&mut *tx).await?;
+        use std::fmt::Write;
+        let mut sql = String::with_capacity(64 + chunk.len() * 48);
+        sql.push_str("INSERT INTO search_postings (chat_id, term, number, tf, length) VALUES ");
+        for (i, (c, h, n, tf, len)) in chunk.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(sql, "{sep}({c},{h},{n},{tf},{len})");
+        }
+        sql.push_str(" ON DUPLICATE KEY UPDATE tf = VALUES(tf), length = VALUES(length)");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await?;
     }
     for chunk in documents.chunks(ROWS_PER_INSERT / 4) {
         let mut qb = QueryBuilder::<MySql>::new(
