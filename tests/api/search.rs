@@ -504,3 +504,40 @@ async fn meilisearch_scores_hits_best_first() {
     assert!(hits[0].1 > hits[hits.len() - 1].1, "{hits:?}");
     assert!(!hits.iter().any(|h| h.0 == 4));
 }
+
+/// With Meilisearch as the backend, nothing of the MariaDB search index is
+/// written, on the flush path or after it: no FULLTEXT index exists, and the
+/// term tables stay empty (runs without a server: the address is closed, so
+/// the index ops stay queued).
+#[tokio::test]
+async fn a_meilisearch_backed_service_keeps_no_mariadb_search_index() {
+    let app = spawn_app_with(|c| {
+        c.meili_url = Some("http://127.0.0.1:9".into());
+    })
+    .await;
+    let t = app.create_app("meili").await;
+    let c = app.create_chat(&t).await;
+    for i in 0..20 {
+        app.create_message(&t, c, &format!("words that only Meilisearch indexes {i}"))
+            .await;
+    }
+    app.flush().await;
+    assert_eq!(app.count("messages").await, 20);
+    let fulltext: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.STATISTICS \
+         WHERE TABLE_SCHEMA = DATABASE() AND INDEX_TYPE = 'FULLTEXT'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(fulltext, 0, "no FULLTEXT index is kept up by the flush");
+    for table in ["search_postings", "search_documents", "search_chats"] {
+        assert_eq!(app.count(table).await, 0, "{table} stays empty");
+    }
+    let queued = app
+        .buffer
+        .pending_len(chat_api::writebehind::Kind::Search)
+        .await
+        .unwrap();
+    assert!(queued >= 1, "the batch's op waits for Meilisearch");
+}

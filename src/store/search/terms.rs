@@ -319,7 +319,7 @@ async fn delete_postings(
 }
 
 /// Removes chat `chat_id`'s whole index, in statements of at most
-/// [`ROWS_PER_DELETE`] rows (each committed, so a long removal that is
+/// 10,000 rows (each committed, so a long removal that is
 /// interrupted resumes where it stopped). Errors: MariaDB failed.
 pub async fn delete_chat(pool: &MySqlPool, chat_id: u64) -> sqlx::Result<()> {
     for table in ["search_postings", "search_documents"] {
