@@ -855,7 +855,7 @@ async fn old_fulltext_search(pool: &MySqlPool, chat_id: u64, q: &str) -> anyhow:
 async fn index_stored(pool: &MySqlPool, after: &mut u64) -> anyhow::Result<u64> {
     let mut n = 0;
     loop {
-        let (docs, last) = chat_api::store::messages::search_docs_after(pool, *after, 5000).await?;
+        let (docs, last) = chat_api::store::search::search_docs_after(pool, *after, 5000).await?;
         let Some(last) = last else { break };
         chat_api::store::search::terms::apply_sync(pool, &docs, &[]).await?;
         n += docs.len() as u64;

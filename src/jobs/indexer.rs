@@ -256,7 +256,7 @@ impl Indexer {
     async fn apply(&self, op: &IndexOp) -> Result<(), IndexError> {
         match (op, &self.meili) {
             (IndexOp::Sync { messages }, meili) => {
-                let docs = crate::store::messages::search_docs(&self.pool, messages).await?;
+                let docs = crate::store::search::search_docs(&self.pool, messages).await?;
                 let live: std::collections::HashSet<(u64, i64)> =
                     docs.iter().map(|d| (d.chat_id, d.number)).collect();
                 let gone: Vec<(u64, i64)> = messages
@@ -339,8 +339,7 @@ pub async fn reindex(
 ) -> anyhow::Result<u64> {
     let (mut after, mut indexed) = (0u64, 0u64);
     loop {
-        let (docs, last) =
-            crate::store::messages::search_docs_after(pool, after, batch_size).await?;
+        let (docs, last) = crate::store::search::search_docs_after(pool, after, batch_size).await?;
         let Some(last) = last else { break };
         match meili {
             Some(meili) => meili.upsert(&docs).await?,

@@ -19,6 +19,7 @@
 pub mod meili;
 pub mod terms;
 
+use chrono::NaiveDateTime;
 use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 
@@ -158,4 +159,48 @@ impl SearchBackend {
             })
             .collect())
     }
+}
+
+/// Search documents of the live messages among `keys` (`(chat_id, number)`),
+/// with their application; keys of missing or deleted messages are left out.
+pub async fn search_docs(pool: &MySqlPool, keys: &[(u64, i64)]) -> sqlx::Result<Vec<MessageDoc>> {
+    let mut docs = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(1000) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::MySql>::new(
+            "SELECT c.application_id, m.chat_id, m.number, m.body, m.updated_at FROM messages m JOIN chats c ON c.id = m.chat_id \
+             WHERE m.deleted_at IS NULL AND c.deleted_at IS NULL AND ",
+        );
+        crate::store::push_chat_numbers(&mut qb, "m.", chunk);
+        let rows: Vec<(u64, u64, i64, String, NaiveDateTime)> =
+            qb.build_query_as().fetch_all(pool).await?;
+        docs.extend(rows.into_iter().map(|(a, c, n, b, at)| {
+            let mut doc = MessageDoc::new(a, c, n, b);
+            doc.changed_at = Some(at);
+            doc
+        }));
+    }
+    Ok(docs)
+}
+
+/// Search documents of live messages with `id > after_id`, by id, at most
+/// `limit`, with the last id seen (for `reindex`, a keyset scan).
+pub async fn search_docs_after(
+    pool: &MySqlPool,
+    after_id: u64,
+    limit: i64,
+) -> sqlx::Result<(Vec<MessageDoc>, Option<u64>)> {
+    let rows: Vec<(u64, u64, u64, i64, String)> = sqlx::query_as(
+        "SELECT m.id, c.application_id, m.chat_id, m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id \
+         WHERE m.id > ? AND m.deleted_at IS NULL AND c.deleted_at IS NULL ORDER BY m.id LIMIT ?",
+    )
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let last = rows.last().map(|r| r.0);
+    let docs = rows
+        .into_iter()
+        .map(|(_, a, c, n, b)| MessageDoc::new(a, c, n, b))
+        .collect();
+    Ok((docs, last))
 }
