@@ -49,15 +49,7 @@ fn post_args(url_regex: &str, secs: u64, connections: u32, rate: Option<u64>) ->
 
 /// Pending search ops over the service's shards.
 async fn search_depth(r: &mut redis::aio::MultiplexedConnection, prefix: &str) -> u64 {
-    let keys = chat_api::writebehind::keys::Keys::with_shards(prefix, super::SERVICE_SHARDS);
-    let mut pipe = redis::pipe();
-    for shard in keys.shards() {
-        pipe.llen(shard.pending(chat_api::writebehind::Kind::Search));
-    }
-    pipe.query_async::<Vec<u64>>(r)
-        .await
-        .map(|lens| lens.iter().sum())
-        .unwrap_or(0)
+    super::sustained::depth_of(r, prefix, chat_api::writebehind::Kind::Search).await
 }
 
 /// `chat_search_lag_seconds` buckets: `(upper bound in s, cumulative count)`.

@@ -98,10 +98,19 @@ impl Cpu {
 /// Length of the pending messages lists under `prefix`, summed over the
 /// service's [`super::SERVICE_SHARDS`] shards (one pipelined round trip).
 pub(crate) async fn depth(r: &mut redis::aio::MultiplexedConnection, prefix: &str) -> u64 {
+    depth_of(r, prefix, chat_api::writebehind::Kind::Messages).await
+}
+
+/// [`depth`] of the pending lists of queue `kind`.
+pub(crate) async fn depth_of(
+    r: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    kind: chat_api::writebehind::Kind,
+) -> u64 {
     let keys = chat_api::writebehind::keys::Keys::with_shards(prefix, super::SERVICE_SHARDS);
     let mut pipe = redis::pipe();
     for shard in keys.shards() {
-        pipe.llen(shard.pending(chat_api::writebehind::Kind::Messages));
+        pipe.llen(shard.pending(kind));
     }
     pipe.query_async::<Vec<u64>>(r)
         .await
