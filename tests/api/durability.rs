@@ -6,7 +6,37 @@ use std::time::{Duration, Instant};
 
 use chat_api::config::Durability;
 
-use crate::helpers::{PrivateRedis, spawn_app_with, test_config};
+use crate::helpers::{PrivateRedis, TestApp, spawn_app_with, test_config};
+
+/// POSTs `body` as the not-replicated 503 tells a client to: on that 503,
+/// again with the same `Idempotency-Key`, up to 20 times. A loaded machine
+/// can miss a 300 ms `REDIS_WAIT_MS` on a healthy replica; the tests that
+/// use this are about the stopped replica, not the healthy one. Returns the
+/// created record's `number`.
+async fn create_confirmed(app: &TestApp, path: &str, body: serde_json::Value) -> i64 {
+    let key = format!("setup-{}", uuid::Uuid::new_v4());
+    for _ in 0..20 {
+        let r = app
+            .client
+            .post(app.url(path))
+            .header("Idempotency-Key", &key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 201 {
+            return r.json::<serde_json::Value>().await.unwrap()["number"]
+                .as_i64()
+                .unwrap();
+        }
+        let (status, text) = (r.status(), r.text().await.unwrap());
+        assert!(
+            status == 503 && text.contains("replica"),
+            "{status}: {text}"
+        );
+    }
+    panic!("no replica confirmed {path} in 20 tries");
+}
 
 /// Waits until `primary` reports `n` replicas, all online (synced).
 async fn replicas(primary: &PrivateRedis, n: usize) {
@@ -89,8 +119,15 @@ async fn with_its_replica_stopped_replica_durability_answers_in_time_and_blocks_
         .await,
     );
     let token = app.create_app("group commit").await;
-    let chat = app.create_chat(&token).await;
-    assert_eq!(app.create_message(&token, chat, "replicated").await, 1);
+    let chat = create_confirmed(
+        &app,
+        &format!("/applications/{token}/chats"),
+        serde_json::json!({}),
+    )
+    .await;
+    let path = format!("/applications/{token}/chats/{chat}/messages");
+    let first = create_confirmed(&app, &path, serde_json::json!({ "body": "replicated" })).await;
+    assert_eq!(first, 1);
     app.flush().await;
 
     // The replica hangs: it neither answers nor drops the link.
@@ -144,13 +181,12 @@ async fn with_its_replica_stopped_replica_durability_answers_in_time_and_blocks_
     assert!(flush_took < Duration::from_millis(500), "{flush_took:?}");
     // The connections are fine: once the replica is back, 201 again.
     replicas(&primary, 1).await;
-    let r = app
-        .post(
-            &format!("/applications/{token}/chats/{chat}/messages"),
-            serde_json::json!({ "body": "confirmed again" }),
-        )
-        .await;
-    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    create_confirmed(
+        &app,
+        &path,
+        serde_json::json!({ "body": "confirmed again" }),
+    )
+    .await;
 }
 
 #[tokio::test]
