@@ -1,5 +1,6 @@
 //! `/api/v1/applications`: applications are written to MariaDB synchronously.
 
+use crate::http::answers::{CreateWithBody, Errors, Lookup, OperatorQuery, Update};
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
@@ -55,7 +56,7 @@ impl ApplicationsApi {
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<IdempotencyKey>>,
         input: JsonBody<FlatOrWrapped<ApplicationInput>>,
-    ) -> Result<CreatedApplication, ApiError> {
+    ) -> Result<CreatedApplication, Errors<CreateWithBody>> {
         let name = AppName::parse(input.0.0.name.0)?;
         let buffer = state.write_behind.buffer();
         // No application, hence no token, exists yet to scope the key by: it
@@ -67,13 +68,13 @@ impl ApplicationsApi {
                 if !crate::domain::is_unguessable_key(&k.0) {
                     return Err(ApiError::unprocessable(
                         "an application create's Idempotency-Key must be unguessable: a UUID, or at least 22 URL-safe base64 characters (128 bits)",
-                    ));
+                    ).into());
                 }
                 let Some(client) = super::ratelimit::client_ip(req, &state.config.trusted_proxies)
                 else {
                     return Err(ApiError::unprocessable(
                         "an Idempotency-Key on an application create needs the client's address, and this connection has none",
-                    ));
+                    ).into());
                 };
                 Some(Idempotency::new(
                     &[client.to_string().as_bytes(), k.0.as_bytes()],
@@ -91,7 +92,7 @@ impl ApplicationsApi {
                 KeyState::InProgress => {
                     return Err(ApiError::conflict(
                         "a request with this Idempotency-Key is still in progress; retry once it has answered",
-                    ));
+                    ).into());
                 }
             }
         }
@@ -146,9 +147,9 @@ impl ApplicationsApi {
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
-    ) -> Result<Json<ApplicationList>, ApiError> {
+    ) -> Result<Json<ApplicationList>, Errors<OperatorQuery>> {
         if matches!(key, OptionalAdminKey::Missing) && !state.config.public_application_list {
-            return Err(ApiError::unauthorized());
+            return Err(ApiError::unauthorized().into());
         }
         let page = Page::parse(page.0, per_page.0)?;
         let rows = store::applications::list(&state.pool, page).await?;
@@ -166,7 +167,7 @@ impl ApplicationsApi {
         state: Data<&AppState>,
         /// The application's token.
         token: Path<String>,
-    ) -> Result<Json<Application>, ApiError> {
+    ) -> Result<Json<Application>, Errors<Lookup>> {
         Ok(Json(lookup::application(&state, &token.0).await?.into()))
     }
 
@@ -178,15 +179,15 @@ impl ApplicationsApi {
         /// The application's token.
         token: Path<String>,
         input: JsonBody<FlatOrWrapped<ApplicationInput>>,
-    ) -> Result<Json<Application>, ApiError> {
+    ) -> Result<Json<Application>, Errors<Update>> {
         if !is_plausible_token(&token.0) {
-            return Err(ApiError::not_found("no application with this token"));
+            return Err(ApiError::not_found("no application with this token").into());
         }
         let name = AppName::parse(input.0.0.name.0)?;
         store::applications::rename(&state.pool, &token.0, name.as_str(), crate::domain::now())
             .await?
             .map(|row| Json(row.into()))
-            .ok_or_else(|| ApiError::not_found("no application with this token"))
+            .ok_or_else(|| ApiError::not_found("no application with this token").into())
     }
 
     /// Delete an application
@@ -200,7 +201,7 @@ impl ApplicationsApi {
         state: Data<&AppState>,
         /// The application's token.
         token: Path<String>,
-    ) -> Result<Deleted, ApiError> {
+    ) -> Result<Deleted, Errors<Lookup>> {
         let app = lookup::application(&state, &token.0).await?;
         // Tombstone first, in the step that stops new numbers: no create can
         // be acknowledged after this answers. No tombstone, no delete (503).

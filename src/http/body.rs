@@ -5,8 +5,15 @@
 //!
 //! - [`MalformedJson`]: the bytes are not JSON (serde_json's syntax, EOF or
 //!   I/O categories): 400.
-//! - [`InvalidBody`]: the JSON does not match the operation's schema (a
-//!   missing field, a wrong type, an unknown key): 422.
+//! - [`InvalidBody`]: the JSON does not match the operation's schema: 422,
+//!   naming the field at fault by its JSON Pointer (RFC 6901), for example
+//!   `/body`, and the rule it broke: missing or null, wrong type, blank, too
+//!   long, both shapes at once (see [`FlatOrWrapped`]).
+//!
+//! **Unknown keys are ignored** (a tolerant reader): a body may carry keys
+//! this version does not define, so that clients can send fields a later
+//! version adds, and Rails clients can send their usual extra parameters.
+//! The schemas allow them (no `additionalProperties: false`).
 //!
 //! The spec is the same as `Json<T>`'s: content type
 //! `application/json; charset=utf-8`, any `application/*+json` accepted, and
@@ -36,11 +43,16 @@ impl poem::error::ResponseError for MalformedJson {
     }
 }
 
-/// The body is JSON but does not match the schema: 422. Holds
-/// poem-openapi's description of the mismatch.
+/// The body is JSON but does not match the schema: 422.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid request body: {0}")]
-pub struct InvalidBody(pub String);
+#[error("invalid request body: {}{detail}", if pointer.is_empty() { String::new() } else { format!("`{pointer}`: ") })]
+pub struct InvalidBody {
+    /// The JSON Pointer (RFC 6901) of the field at fault, for example
+    /// `/body` or `/message/body`; empty for the body as a whole.
+    pub pointer: String,
+    /// The rule it broke, in words.
+    pub detail: String,
+}
 
 impl poem::error::ResponseError for InvalidBody {
     fn status(&self) -> StatusCode {
@@ -64,7 +76,7 @@ impl<T: Type> Payload for JsonBody<T> {
     }
 }
 
-impl<T: ParseFromJSON> ParsePayload for JsonBody<T> {
+impl<T: Locate> ParsePayload for JsonBody<T> {
     const IS_REQUIRED: bool = T::IS_REQUIRED;
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
@@ -74,13 +86,166 @@ impl<T: ParseFromJSON> ParsePayload for JsonBody<T> {
         } else {
             serde_json::from_slice(&data).map_err(MalformedJson)?
         };
-        T::parse_from_json(Some(value))
-            .map(Self)
-            .map_err(|e| InvalidBody(e.into_message()).into())
+        match T::parse_from_json(Some(value.clone())) {
+            Ok(parsed) => Ok(Self(parsed)),
+            Err(e) => Err(T::locate(&value, e.into_message()).into()),
+        }
     }
 }
 
-impl_apirequest_for_payload!(JsonBody<T>, T: ParseFromJSON);
+impl_apirequest_for_payload!(JsonBody<T>, T: Locate);
+
+/// A body type that can say which field made its parse fail.
+/// poem-openapi's messages name the type (`occurred while parsing
+/// "MessageInput"`), not the field; this finds the field.
+pub trait Locate: ParseFromJSON {
+    /// The field of `value` at fault, given the parser's `message` (used
+    /// for the rule when the check is not structural).
+    fn locate(value: &serde_json::Value, message: String) -> InvalidBody;
+}
+
+/// [`Locate`] for a body that is a poem-openapi `Object`.
+macro_rules! locate_object {
+    ($($t:ty),+) => {$(
+        impl $crate::http::body::Locate for $t {
+            fn locate(value: &serde_json::Value, message: String) -> $crate::http::body::InvalidBody {
+                $crate::http::body::locate_in_object::<$t>(value, message, "")
+            }
+        }
+    )+};
+}
+pub(crate) use locate_object;
+
+/// The JSON type of `value`, in words: `a string`, `null`…
+fn kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Whether `value` is of the OpenAPI type `ty` (`string`, `integer`…).
+fn is_of_type(value: &serde_json::Value, ty: &str) -> bool {
+    use serde_json::Value;
+    match (ty, value) {
+        ("string", Value::String(_)) | ("boolean", Value::Bool(_)) => true,
+        ("array", Value::Array(_)) | ("object", Value::Object(_)) => true,
+        ("number", Value::Number(_)) => true,
+        ("integer", Value::Number(n)) => n.is_i64() || n.is_u64(),
+        // Any other schema type (for example `oneOf` wrappers) is left to
+        // the parser.
+        (other, _) => !matches!(
+            other,
+            "string" | "boolean" | "array" | "object" | "number" | "integer"
+        ),
+    }
+}
+
+/// poem-openapi's `message` without its wrapping: drops `failed to parse
+/// "X": ` and ` (occurred while parsing "X")`, and words a failed
+/// validator (`field `name` verification failed. maxLength(255)`) as the
+/// rule it names.
+fn rule(message: &str) -> String {
+    let mut m = message.trim();
+    if let Some(at) = m.find(" (occurred while parsing \"") {
+        m = &m[..at];
+    }
+    while let Some(rest) = m.strip_prefix("failed to parse \"") {
+        match rest.find("\": ") {
+            Some(at) => m = &rest[at + 3..],
+            None => break,
+        }
+    }
+    if let Some(at) = m.find("verification failed. ") {
+        return format!("breaks {}", &m[at + "verification failed. ".len()..]);
+    }
+    m.to_string()
+}
+
+/// The field of the object `value` that made `T`'s parse fail, checked in
+/// this order: not an object; a required field missing or null; a field of
+/// the wrong JSON type; else the first field that fails alone (with the
+/// other required fields beside it), its rule taken from the parser.
+/// `prefix` is prepended to every pointer (`/message` inside a wrapper).
+pub(crate) fn locate_in_object<T: ParseFromJSON>(
+    value: &serde_json::Value,
+    message: String,
+    prefix: &str,
+) -> InvalidBody {
+    use poem_openapi::registry::MetaSchemaRef;
+    let at = |field: &str, detail: String| InvalidBody {
+        pointer: format!("{prefix}/{field}"),
+        detail,
+    };
+    let mut registry = Registry::new();
+    T::register(&mut registry);
+    let schema = match T::schema_ref() {
+        MetaSchemaRef::Reference(name) => registry.schemas.get(&name).cloned(),
+        MetaSchemaRef::Inline(schema) => Some(*schema),
+    };
+    let whole = |detail: String| InvalidBody {
+        pointer: prefix.to_string(),
+        detail,
+    };
+    let Some(schema) = schema.filter(|s| s.ty == "object") else {
+        return whole(rule(&message));
+    };
+    let Some(object) = value.as_object() else {
+        return whole(format!("expected a JSON object, found {}", kind(value)));
+    };
+    for field in &schema.required {
+        match object.get(*field) {
+            None => return at(field, "required, and missing".into()),
+            Some(serde_json::Value::Null) => return at(field, "required, and null".into()),
+            Some(_) => {}
+        }
+    }
+    for (field, property) in &schema.properties {
+        let Some(v) = object.get(*field).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let ty = match property {
+            MetaSchemaRef::Inline(p) => p.ty,
+            MetaSchemaRef::Reference(name) => registry.schemas.get(name).map_or("", |p| p.ty),
+        };
+        if !is_of_type(v, ty) {
+            return at(
+                field,
+                format!("expected {}, found {}", article(ty), kind(v)),
+            );
+        }
+    }
+    for (field, _) in &schema.properties {
+        let Some(v) = object.get(*field) else {
+            continue;
+        };
+        let mut alone = serde_json::Map::new();
+        for required in &schema.required {
+            if let Some(r) = object.get(*required) {
+                alone.insert((*required).to_string(), r.clone());
+            }
+        }
+        alone.insert((*field).to_string(), v.clone());
+        if let Err(e) = T::parse_from_json(Some(serde_json::Value::Object(alone))) {
+            return at(field, rule(e.message()));
+        }
+    }
+    whole(rule(&message))
+}
+
+/// `a string`, `an integer`, `an array`…
+fn article(ty: &str) -> String {
+    match ty.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {ty}"),
+        _ => format!("a {ty}"),
+    }
+}
 
 /// An input object that clients written against Rails implementations may
 /// also send wrapped under the resource's name, as Rails' `wrap_parameters`
@@ -162,6 +327,24 @@ impl<T: Wrappable> Type for FlatOrWrapped<T> {
         &'a self,
     ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
         Box::new(std::iter::once(self))
+    }
+}
+
+impl<T: Wrappable> Locate for FlatOrWrapped<T> {
+    /// Inside the wrapper, pointers start with it (`/message/body`); both
+    /// shapes at once, or a wrapper that is not an object, point at the
+    /// wrapper.
+    fn locate(value: &serde_json::Value, message: String) -> InvalidBody {
+        match value.as_object().and_then(|o| o.get(T::WRAPPER)) {
+            Some(inner) if inner.is_object() && value.as_object().is_some_and(|o| o.len() == 1) => {
+                locate_in_object::<T>(inner, message, &format!("/{}", T::WRAPPER))
+            }
+            Some(_) => InvalidBody {
+                pointer: format!("/{}", T::WRAPPER),
+                detail: rule(&message),
+            },
+            None => locate_in_object::<T>(value, message, ""),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! `/api/v1/applications/{token}/chats`: creation is write-behind.
 
+use crate::http::answers::{CreateChat, Errors, Listing, Lookup};
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
@@ -43,9 +44,9 @@ impl ChatsApi {
         /// same answer and creates nothing. A UUID, for example.
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<IdempotencyKey>>,
-    ) -> Result<CreatedNumber, ApiError> {
+    ) -> Result<CreatedNumber, Errors<CreateChat>> {
         if !is_plausible_token(&token.0) {
-            return Err(ApiError::not_found("no application with this token"));
+            return Err(ApiError::not_found("no application with this token").into());
         }
         let idem = idempotency_key
             .0
@@ -56,7 +57,7 @@ impl ChatsApi {
             .await?
         {
             Some(a) => Ok(CreatedNumber::Created(Json(Created { number: a.number }))),
-            None => Err(ApiError::not_found("no application with this token")),
+            None => Err(ApiError::not_found("no application with this token").into()),
         }
     }
 
@@ -75,7 +76,7 @@ impl ChatsApi {
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
-    ) -> Result<Json<ChatList>, ApiError> {
+    ) -> Result<Json<ChatList>, Errors<Listing>> {
         let page = Page::parse(page.0, per_page.0)?;
         let app = lookup::application(&state, &token.0).await?;
         let rows = store::chats::list(&state.pool, app.id, page).await?;
@@ -95,7 +96,7 @@ impl ChatsApi {
         token: Path<String>,
         /// The chat's number.
         number: Path<i64>,
-    ) -> Result<Json<Chat>, ApiError> {
+    ) -> Result<Json<Chat>, Errors<Lookup>> {
         let app = lookup::application(&state, &token.0).await?;
         Ok(Json(lookup::chat(&state, &app, number.0).await?.into()))
     }
@@ -113,7 +114,7 @@ impl ChatsApi {
         token: Path<String>,
         /// The chat's number.
         number: Path<i64>,
-    ) -> Result<Deleted, ApiError> {
+    ) -> Result<Deleted, Errors<Lookup>> {
         let app = lookup::application(&state, &token.0).await?;
         let chat = lookup::chat(&state, &app, number.0).await?;
         // Tombstone first, in the step that stops new numbers: no message can

@@ -14,13 +14,29 @@ use poem_openapi::{ApiResponse, Object};
 /// Body of every error response.
 #[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
 pub struct ErrorBody {
-    /// What went wrong, in words a person can act on.
+    /// What went wrong, in words a person can act on. On a 422 about a body
+    /// field it starts with the field's pointer: ``invalid request body:
+    /// `/body`: expected a string, found an integer``.
     pub error: String,
+    /// On a 422 about a request body: the JSON Pointer (RFC 6901) of the
+    /// field at fault, for example `/body` or `/message/body` (empty for
+    /// the body as a whole). Absent on every other error.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
 }
 
 impl ErrorBody {
+    /// An error with no pointer.
+    pub fn new(msg: impl Into<String>) -> Self {
+        ErrorBody {
+            error: msg.into(),
+            pointer: None,
+        }
+    }
+
     fn json(msg: impl Into<String>) -> Json<Self> {
-        Json(ErrorBody { error: msg.into() })
+        Json(Self::new(msg))
     }
 }
 
@@ -93,9 +109,7 @@ impl ApiError {
     /// 401 with `WWW-Authenticate: Bearer realm="admin"`.
     pub fn unauthorized() -> Self {
         Self::Unauthorized(
-            Json(ErrorBody {
-                error: UNAUTHORIZED_MESSAGE.into(),
-            }),
+            Json(ErrorBody::new(UNAUTHORIZED_MESSAGE)),
             WWW_AUTHENTICATE.into(),
         )
     }
@@ -207,9 +221,9 @@ pub async fn json_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Res
 /// spec declares for the path.
 fn method_not_allowed(path: &str) -> Response {
     let allow = crate::http::allowed_methods(path).join(", ");
-    let body = serde_json::to_vec(&ErrorBody {
-        error: format!("method not allowed on this route; allowed: {allow}"),
-    })
+    let body = serde_json::to_vec(&ErrorBody::new(format!(
+        "method not allowed on this route; allowed: {allow}"
+    )))
     .unwrap_or_default();
     Response::builder()
         .status(StatusCode::METHOD_NOT_ALLOWED)
@@ -230,9 +244,11 @@ fn error_response(err: poem::Error, path: &str) -> Response {
     if err.is::<AuthorizationError>() {
         return unauthorized_response();
     }
+    let mut pointer = None;
     let (status, msg) = if let Some(e) = err.downcast_ref::<MalformedJson>() {
         (StatusCode::BAD_REQUEST, e.to_string())
     } else if let Some(e) = err.downcast_ref::<InvalidBody>() {
+        pointer = Some(e.pointer.clone());
         (StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
     } else if let Some(e) = err.downcast_ref::<ParseRequestPayloadError>() {
         // Only poem-openapi's own payloads raise it; every body of this API
@@ -273,7 +289,11 @@ fn error_response(err: poem::Error, path: &str) -> Response {
         };
         (status, msg)
     };
-    let body = serde_json::to_vec(&ErrorBody { error: msg }).unwrap_or_default();
+    let body = serde_json::to_vec(&ErrorBody {
+        error: msg,
+        pointer,
+    })
+    .unwrap_or_default();
     Response::builder()
         .status(status)
         .content_type("application/json; charset=utf-8")
@@ -296,10 +316,7 @@ pub(crate) const WWW_AUTHENTICATE: &str = "Bearer realm=\"admin\"";
 
 /// The 401 of the operator API, as JSON with `WWW-Authenticate: Bearer`.
 pub fn unauthorized_response() -> Response {
-    let body = serde_json::to_vec(&ErrorBody {
-        error: UNAUTHORIZED_MESSAGE.into(),
-    })
-    .unwrap_or_default();
+    let body = serde_json::to_vec(&ErrorBody::new(UNAUTHORIZED_MESSAGE)).unwrap_or_default();
     Response::builder()
         .status(StatusCode::UNAUTHORIZED)
         .header("www-authenticate", WWW_AUTHENTICATE)

@@ -1,5 +1,6 @@
 //! `/api/v1/applications/{token}/chats/{number}/messages`: creation is write-behind.
 
+use crate::http::answers::{CreateWithBody, Errors, Listing, Lookup, Update};
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Path, Query};
@@ -42,10 +43,10 @@ impl MessagesApi {
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<IdempotencyKey>>,
         input: JsonBody<FlatOrWrapped<MessageInput>>,
-    ) -> Result<CreatedNumber, ApiError> {
+    ) -> Result<CreatedNumber, Errors<CreateWithBody>> {
         let body = MessageBody::parse(input.0.0.body.0, state.config.max_message_bytes)?;
         if !is_plausible_token(&token.0) || number.0 < 1 {
-            return Err(ApiError::not_found("no such application or chat"));
+            return Err(ApiError::not_found("no such application or chat").into());
         }
         let idem = idempotency_key.0.map(|k| {
             Idempotency::new(
@@ -66,7 +67,8 @@ impl MessagesApi {
             None => Err(ApiError::not_found(format!(
                 "no chat number {} in this application",
                 number.0
-            ))),
+            ))
+            .into()),
         }
     }
 
@@ -87,7 +89,7 @@ impl MessagesApi {
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
-    ) -> Result<Json<MessageList>, ApiError> {
+    ) -> Result<Json<MessageList>, Errors<Listing>> {
         let page = Page::parse(page.0, per_page.0)?;
         let app = lookup::application(&state, &token.0).await?;
         let chat = lookup::chat(&state, &app, number.0).await?;
@@ -113,7 +115,7 @@ impl MessagesApi {
         number: Path<i64>,
         /// The message's number.
         message_number: Path<i64>,
-    ) -> Result<Json<Message>, ApiError> {
+    ) -> Result<Json<Message>, Errors<Lookup>> {
         let app = lookup::application(&state, &token.0).await?;
         let chat = lookup::chat(&state, &app, number.0).await?;
         Ok(Json(
@@ -138,7 +140,7 @@ impl MessagesApi {
         /// The message's number.
         message_number: Path<i64>,
         input: JsonBody<FlatOrWrapped<MessageInput>>,
-    ) -> Result<Json<Message>, ApiError> {
+    ) -> Result<Json<Message>, Errors<Update>> {
         let body = MessageBody::parse(input.0.0.body.0, state.config.max_message_bytes)?;
         let app = lookup::application(&state, &token.0).await?;
         let chat = lookup::chat(&state, &app, number.0).await?;
@@ -148,7 +150,8 @@ impl MessagesApi {
             return Err(ApiError::not_found(format!(
                 "no message number {} in this chat",
                 msg.number
-            )));
+            ))
+            .into());
         }
         state
             .queue_index(
@@ -183,7 +186,7 @@ impl MessagesApi {
         number: Path<i64>,
         /// The message's number.
         message_number: Path<i64>,
-    ) -> Result<Deleted, ApiError> {
+    ) -> Result<Deleted, Errors<Lookup>> {
         let app = lookup::application(&state, &token.0).await?;
         let chat = lookup::chat(&state, &app, number.0).await?;
         let msg = lookup::message(&state, &app, &chat, message_number.0).await?;

@@ -2,6 +2,7 @@
 //! [`routes`] assembles them with Swagger UI, the spec and the middleware.
 
 pub mod admin;
+pub mod answers;
 pub mod applications;
 pub mod body;
 pub mod chats;
@@ -145,9 +146,36 @@ pub fn allowed_methods(path: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The spec as JSON, as written to `openapi/openapi.json`.
+/// The order of the tags in the spec and Swagger UI: the tenant's resources
+/// from the outside in, then the probes, then the operator API.
+/// poem-openapi lists tags by name, which put Admin first.
+const TAG_ORDER: [&str; 5] = ["Applications", "Chats", "Messages", "Health", "Admin"];
+
+/// The spec as JSON (pretty), as served at `/openapi.json` and `/docs`, and
+/// written to `openapi/openapi.json`: poem-openapi's spec with its `tags`
+/// in [`TAG_ORDER`] (a tag missing from it goes last).
 pub fn spec_json() -> String {
-    api().spec()
+    let spec = api().spec();
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&spec) else {
+        return spec;
+    };
+    if let Some(tags) = doc.get_mut("tags").and_then(|t| t.as_array_mut()) {
+        tags.sort_by_key(|t| {
+            let name = t["name"].as_str().unwrap_or_default();
+            TAG_ORDER
+                .iter()
+                .position(|n| *n == name)
+                .unwrap_or(TAG_ORDER.len())
+        });
+    }
+    serde_json::to_string_pretty(&doc).unwrap_or(spec)
+}
+
+/// Swagger UI at `/docs/`, showing [`spec_json`]. poem-openapi's own
+/// endpoint embeds its spec verbatim, so its page (`html`, from
+/// `swagger_ui_html`) is taken and that spec swapped for ours.
+fn swagger_ui(html: String) -> impl poem::Endpoint {
+    poem::endpoint::make_sync(move |_| poem::web::Html(html.clone()))
 }
 
 /// Serves the Prometheus text format.
@@ -181,8 +209,16 @@ async fn no_store<E: poem::Endpoint>(next: E, req: poem::Request) -> poem::Resul
 /// the operator gate (see [`admin::gate`]).
 pub fn routes(state: AppState) -> impl poem::Endpoint + 'static {
     let api = api();
-    let spec = api.spec_endpoint();
-    let docs = api.swagger_ui();
+    let spec_text = spec_json();
+    let spec = poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type("application/json")
+            .body(spec_text.clone())
+    });
+    let docs = Route::new().at(
+        "/",
+        swagger_ui(api.swagger_ui_html().replace(&api.spec(), &spec_json())),
+    );
     let max_body = state.config.max_request_bytes;
     let rate_limit = state.rate_limit.clone();
     let surface = admin::OperatorSurface {

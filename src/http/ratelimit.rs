@@ -192,13 +192,11 @@ impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
                 let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 crate::telemetry::metrics::rate_limited();
                 Ok(ApiError::TooManyRequests(
-                    poem_openapi::payload::Json(ErrorBody {
-                        error: format!(
-                            "rate limit of {} requests per minute exceeded; retry in {} s",
-                            self.limit.per_minute,
-                            retry_after.max(1)
-                        ),
-                    }),
+                    poem_openapi::payload::Json(ErrorBody::new(format!(
+                        "rate limit of {} requests per minute exceeded; retry in {} s",
+                        self.limit.per_minute,
+                        retry_after.max(1)
+                    ))),
                     retry_after.max(1),
                     self.limit.burst,
                     0,

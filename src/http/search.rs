@@ -1,5 +1,6 @@
 //! `GET /api/v1/applications/{token}/chats/{number}/messages/search`.
 
+use crate::http::answers::{Errors, Listing};
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Path, Query};
@@ -70,28 +71,30 @@ impl SearchApi {
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
-    ) -> Result<Json<SearchResults>, ApiError> {
+    ) -> Result<Json<SearchResults>, Errors<Listing>> {
         let query = match (q.0.0.map(|q| q.0), query_alias(req)?) {
             (Some(q), Some(alias)) if q != alias => {
                 return Err(ApiError::unprocessable(
                     "q and query name the same parameter; send one of them, or the same value in both",
-                ));
+                ).into());
             }
             (Some(q), _) | (None, Some(q)) => q,
             (None, None) => {
                 return Err(ApiError::unprocessable(
                     "the query parameter q (or its alias query) is required",
-                ));
+                )
+                .into());
             }
         };
         if crate::domain::is_blank(&query) {
-            return Err(ApiError::unprocessable("q must not be empty"));
+            return Err(ApiError::unprocessable("q must not be empty").into());
         }
         if query.len() > MAX_QUERY_BYTES {
             return Err(ApiError::unprocessable(format!(
                 "q is {} bytes long; the maximum is {MAX_QUERY_BYTES}",
                 query.len()
-            )));
+            ))
+            .into());
         }
         let page = Page::parse(page.0, per_page.0)?;
         let app = lookup::application(&state, &token.0).await?;

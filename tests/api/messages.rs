@@ -169,6 +169,89 @@ async fn invalid_bodies_are_refused() {
     );
 }
 
+/// Every 422 about a body names the field by its JSON Pointer and the rule
+/// it broke; unknown keys are ignored (the documented tolerant-reader
+/// policy), in both shapes.
+#[tokio::test]
+async fn a_refused_body_names_its_field_and_unknown_keys_are_ignored() {
+    let app = spawn_app().await;
+    let t = app.create_app("a").await;
+    let c = app.create_chat(&t).await;
+    let path = format!("/applications/{t}/chats/{c}/messages");
+    for (body, pointer, rule) in [
+        (
+            json!({ "body": 5 }),
+            "/body",
+            "expected a string, found an integer",
+        ),
+        (json!({}), "/body", "required, and missing"),
+        (json!({ "body": null }), "/body", "required, and null"),
+        (json!({ "body": " " }), "/body", "must not be blank"),
+        (json!([1]), "", "expected a JSON object, found an array"),
+        (
+            json!({ "message": { "body": [] } }),
+            "/message/body",
+            "expected a string, found an array",
+        ),
+        (
+            json!({ "message": { "body": "x" }, "body": "y" }),
+            "/message",
+            "not both",
+        ),
+        (
+            json!({ "message": "x" }),
+            "/message",
+            "must be a JSON object",
+        ),
+    ] {
+        let r = app.post(&path, body.clone()).await;
+        assert_eq!(r.status(), 422, "{body}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["pointer"], pointer, "{body}: {e}");
+        let error = e["error"].as_str().unwrap();
+        assert!(error.contains(rule), "{body}: {error}");
+        if !pointer.is_empty() {
+            assert!(error.contains(&format!("`{pointer}`")), "{error}");
+        }
+    }
+    let r = app
+        .put(
+            &format!("/applications/{t}"),
+            json!({ "name": "n".repeat(256) }),
+        )
+        .await;
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["pointer"], "/name", "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("maxLength(255)"),
+        "{e}"
+    );
+    // Errors that are not about a body field carry no pointer.
+    let e: Value = app
+        .get(&format!("/applications/{t}/chats/99"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(e.get("pointer").is_none(), "{e}");
+
+    // Unknown keys are ignored, flat and wrapped.
+    let r = app.post(&path, json!({ "body": "flat", "foo": 1 })).await;
+    assert_eq!(r.status(), 201);
+    let r = app
+        .post(
+            &path,
+            json!({ "message": { "body": "wrapped", "sender": "x" } }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    app.flush().await;
+    assert_eq!(
+        app.stored_messages(&t, c).await,
+        vec![(1, "flat".to_string()), (2, "wrapped".to_string())]
+    );
+}
+
 #[tokio::test]
 async fn messages_are_paginated_by_number() {
     let app = spawn_app().await;

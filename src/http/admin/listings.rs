@@ -3,6 +3,7 @@
 //! [`crate::store::listings`]). Only stored records appear: records still in
 //! the buffer show up after their flush.
 
+use crate::http::answers::{Errors, OperatorQuery};
 use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::param::Query;
@@ -126,7 +127,7 @@ impl ListingsAdminApi {
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
-    ) -> Result<Json<AdminChatList>, ApiError> {
+    ) -> Result<Json<AdminChatList>, Errors<OperatorQuery>> {
         let (after, per_page) = parse(after.0, per_page.0)?;
         let rows = listings::chats(&state.pool, after, per_page + 1).await?;
         let (rows, meta) = page(rows, per_page, |r| Cursor {
@@ -163,7 +164,7 @@ impl ListingsAdminApi {
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
-    ) -> Result<Json<AdminMessageList>, ApiError> {
+    ) -> Result<Json<AdminMessageList>, Errors<OperatorQuery>> {
         let (after, per_page) = parse(after.0, per_page.0)?;
         let rows = listings::messages(&state.pool, after, per_page + 1).await?;
         let (rows, meta) = page(rows, per_page, |r| Cursor {

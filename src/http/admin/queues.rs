@@ -4,6 +4,7 @@
 //! [`crate::writebehind::inspect`], [`crate::writebehind::deadletter`] and
 //! [`crate::writebehind::Flusher::flush_all`].
 
+use crate::http::answers::{Errors, Operator, OperatorBody, OperatorQuery};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -124,7 +125,7 @@ pub struct DeadLetterView {
     pub id: String,
     /// The queue it came from.
     pub queue: QueueName,
-    /// The buffered record: tab-separated fields (see `src/writebehind/record.rs`),
+    /// The buffered record: tab-separated fields (see `src/domain/record.rs`),
     /// or a JSON op for the search queue.
     pub record: String,
     /// Why it could not be written.
@@ -157,6 +158,8 @@ pub struct ReplayRequest {
     #[oai(nullable, validator(max_items = 1000))]
     pub ids: Option<Vec<Hex128>>,
 }
+
+crate::http::body::locate_object!(ReplayRequest);
 
 /// What a replay did.
 #[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
@@ -244,7 +247,7 @@ impl QueuesAdminApi {
         &self,
         state: Data<&AppState>,
         _key: AdminKey,
-    ) -> Result<Json<QueuesView>, ApiError> {
+    ) -> Result<Json<QueuesView>, Errors<Operator>> {
         let buffer = state.write_behind.buffer();
         let stats = buffer.inspect().await?;
         let now = crate::writebehind::now_ms();
@@ -293,7 +296,7 @@ impl QueuesAdminApi {
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
-    ) -> Result<Json<DeadLetterList>, ApiError> {
+    ) -> Result<Json<DeadLetterList>, Errors<OperatorQuery>> {
         let page = Page::parse(page.0, per_page.0)?;
         let kind: Kind = queue.0.into();
         let buffer = state.write_behind.buffer();
@@ -331,7 +334,7 @@ impl QueuesAdminApi {
         state: Data<&AppState>,
         _key: AdminKey,
         request: JsonBody<ReplayRequest>,
-    ) -> Result<Json<ReplayResult>, ApiError> {
+    ) -> Result<Json<ReplayResult>, Errors<OperatorBody>> {
         let ids = id_set(request.0.ids)?;
         let queues: Vec<Kind> = match request.0.queue {
             Some(q) => vec![q.into()],
@@ -374,7 +377,7 @@ impl QueuesAdminApi {
         /// Only these entries (repeat the parameter for several); omitted:
         /// every entry of the queue.
         id: Query<Option<Vec<Hex128>>>,
-    ) -> Result<Json<DiscardResult>, ApiError> {
+    ) -> Result<Json<DiscardResult>, Errors<OperatorQuery>> {
         let ids = id_set(id.0)?;
         let kind: Kind = queue.0.into();
         let outcome = state
@@ -405,7 +408,7 @@ impl QueuesAdminApi {
         &self,
         state: Data<&AppState>,
         _key: AdminKey,
-    ) -> Result<Json<FlushResult>, ApiError> {
+    ) -> Result<Json<FlushResult>, Errors<Operator>> {
         let started = std::time::Instant::now();
         let flusher = state.flusher.clone();
         let indexer = state.indexer.clone();
@@ -434,7 +437,8 @@ impl QueuesAdminApi {
                 return Err(ApiError::unavailable(
                     format!("the database flush is done, but the search index is not: {e}"),
                     5,
-                ));
+                )
+                .into());
             }
         };
         tracing::info!(?report, drained, "forced flush by an operator");
