@@ -5,8 +5,8 @@
 //! a tab; a message body comes last and may itself hold tabs (or any byte).
 //!
 //! ```text
-//! chat:    {application_id}\t{number}\t{created_at_ms}
-//! message: {application_id}\t{chat_number}\t{number}\t{created_at_ms}\t{body}
+//! chat:    {application_id}\t{number}\t{created_at_us}
+//! message: {application_id}\t{chat_number}\t{number}\t{created_at_us}\t{body}
 //! ```
 //!
 //! A message the flusher deferred (its chat was not stored yet) goes back to
@@ -24,8 +24,9 @@ pub struct ChatRecord {
     pub application_id: u64,
     /// The chat's number within its application (from 1).
     pub number: i64,
-    /// When the number was allocated, in milliseconds since the Unix epoch.
-    pub created_at_ms: i64,
+    /// When the number was allocated, in microseconds since the Unix epoch
+    /// (see [`created_at_us`] for records written in milliseconds).
+    pub created_at_us: i64,
 }
 
 /// A message that has its number but is not yet in MariaDB.
@@ -37,8 +38,9 @@ pub struct MessageRecord {
     pub chat_number: i64,
     /// The message's number within its chat (from 1).
     pub number: i64,
-    /// When the number was allocated, in milliseconds since the Unix epoch.
-    pub created_at_ms: i64,
+    /// When the number was allocated, in microseconds since the Unix epoch
+    /// (see [`created_at_us`] for records written in milliseconds).
+    pub created_at_us: i64,
     /// The body, byte for byte as the client sent it.
     pub body: String,
     /// When the flusher first deferred it, in ms since the Unix epoch
@@ -63,24 +65,24 @@ fn field<'a, T: std::str::FromStr>(
 }
 
 impl ChatRecord {
-    /// Decodes `{application_id}\t{number}\t{created_at_ms}`.
+    /// Decodes `{application_id}\t{number}\t{created_at_us}`.
     pub fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
         let mut it = raw.splitn(3, |b| *b == b'\t');
         Ok(Self {
             application_id: field(&mut it, "application_id")?,
             number: field(&mut it, "number")?,
-            created_at_ms: field(&mut it, "created_at_ms")?,
+            created_at_us: created_at_us(field(&mut it, "created_at")?),
         })
     }
 
     /// Creation time as a UTC timestamp.
     pub fn created_at(&self) -> DateTime<Utc> {
-        ms_to_utc(self.created_at_ms)
+        us_to_utc(self.created_at_us)
     }
 }
 
 impl MessageRecord {
-    /// Decodes `{application_id}\t{chat_number}\t{number}\t{created_at_ms}\t{body}`,
+    /// Decodes `{application_id}\t{chat_number}\t{number}\t{created_at_us}\t{body}`,
     /// with or without the `d{first_deferred_ms}\t` prefix.
     pub fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
         let (deferred_since_ms, raw) = match raw.strip_prefix(b"d") {
@@ -95,7 +97,7 @@ impl MessageRecord {
         let application_id = field(&mut it, "application_id")?;
         let chat_number = field(&mut it, "chat_number")?;
         let number = field(&mut it, "number")?;
-        let created_at_ms = field(&mut it, "created_at_ms")?;
+        let created_at_us = created_at_us(field(&mut it, "created_at")?);
         let body = it.next().ok_or(DecodeError("body"))?;
         let body =
             String::from_utf8(body.to_vec()).map_err(|_| DecodeError("body is not UTF-8"))?;
@@ -103,7 +105,7 @@ impl MessageRecord {
             application_id,
             chat_number,
             number,
-            created_at_ms,
+            created_at_us,
             body,
             deferred_since_ms,
         })
@@ -111,7 +113,7 @@ impl MessageRecord {
 
     /// Creation time as a UTC timestamp.
     pub fn created_at(&self) -> DateTime<Utc> {
-        ms_to_utc(self.created_at_ms)
+        us_to_utc(self.created_at_us)
     }
 
     /// `raw` as it goes back to the queue when deferred at `now_ms`: stamped
@@ -150,6 +152,25 @@ pub fn message_lost_field(application_id: u64, chat_number: i64, number: i64) ->
     format!("m:{application_id}:{chat_number}:{number}")
 }
 
+/// A record's creation time as written, in µs since the Unix epoch. Versions
+/// before 2026-12 wrote milliseconds; a value below 10^14 is read as such
+/// (10^14 ms is in the year 5138, 10^14 µs was in 1973), so that records
+/// queued by an older instance keep their time across an upgrade.
+pub fn created_at_us(written: i64) -> i64 {
+    const MILLISECONDS_BELOW: i64 = 100_000_000_000_000;
+    if written.abs() < MILLISECONDS_BELOW {
+        written.saturating_mul(1000)
+    } else {
+        written
+    }
+}
+
+/// Microseconds since the Unix epoch to a UTC timestamp (the epoch itself
+/// if out of range, which a record built by our scripts never is).
+pub fn us_to_utc(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
 /// Milliseconds since the Unix epoch to a UTC timestamp (the epoch itself if
 /// out of range, which a record built by our scripts never is).
 pub fn ms_to_utc(ms: i64) -> DateTime<Utc> {
@@ -167,6 +188,14 @@ mod tests {
         assert_eq!((r.application_id, r.chat_number, r.number), (7, 3, 12));
         assert_eq!(r.body, "a\tb\0c 😀");
         assert_eq!(r.created_at().timestamp_millis(), 1_700_000_000_123);
+    }
+
+    #[test]
+    fn created_at_is_read_in_microseconds_and_in_the_milliseconds_of_older_records() {
+        let us = MessageRecord::decode(b"7\t3\t12\t1700000000123456\tb").unwrap();
+        assert_eq!(us.created_at().timestamp_micros(), 1_700_000_000_123_456);
+        let ms = ChatRecord::decode(b"7\t3\t1700000000123").unwrap();
+        assert_eq!(ms.created_at().timestamp_micros(), 1_700_000_000_123_000);
     }
 
     #[test]

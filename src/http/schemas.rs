@@ -1,5 +1,5 @@
-//! The JSON shapes of the API. Timestamps are RFC 3339 in UTC; database ids
-//! never appear.
+//! The JSON shapes of the API. Timestamps are RFC 3339 in UTC with six
+//! fractional digits (see [`micros`]); database ids never appear.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use poem_openapi::Object;
@@ -14,6 +14,27 @@ fn utc(t: NaiveDateTime) -> DateTime<Utc> {
     t.and_utc()
 }
 
+/// A timestamp as every object of the API writes it: RFC 3339, UTC, with
+/// exactly six fractional digits (microseconds, the precision of MariaDB's
+/// `DATETIME(6)`), for example `2026-12-03T14:25:23.081000+00:00`.
+/// poem-openapi's default (chrono's `to_rfc3339`) drops trailing zero
+/// groups, so a time on a whole millisecond read as milliseconds.
+/// Used through `#[oai(serialize_with)]`; always `Some`.
+pub fn micros(t: &DateTime<Utc>) -> Option<serde_json::Value> {
+    Some(
+        t.to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
+            .into(),
+    )
+}
+
+/// [`micros`] for an optional timestamp: `null` when `None`.
+pub fn micros_or_null(t: &Option<DateTime<Utc>>) -> Option<serde_json::Value> {
+    Some(t.as_ref().map_or(serde_json::Value::Null, |t| {
+        t.to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
+            .into()
+    }))
+}
+
 /// An application: the owner of chats, identified by its token.
 #[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
 pub struct Application {
@@ -24,8 +45,10 @@ pub struct Application {
     /// Number of chats; refreshed periodically, so it may lag.
     pub chats_count: u64,
     /// Creation time, RFC 3339 UTC.
+    #[oai(serialize_with = "crate::http::schemas::micros")]
     pub created_at: DateTime<Utc>,
     /// Last update time, RFC 3339 UTC.
+    #[oai(serialize_with = "crate::http::schemas::micros")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -49,8 +72,10 @@ pub struct Chat {
     /// Number of messages; refreshed periodically, so it may lag.
     pub messages_count: u64,
     /// Creation time, RFC 3339 UTC.
+    #[oai(serialize_with = "crate::http::schemas::micros")]
     pub created_at: DateTime<Utc>,
     /// Last update time, RFC 3339 UTC.
+    #[oai(serialize_with = "crate::http::schemas::micros")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -73,8 +98,10 @@ pub struct Message {
     /// Body, returned byte for byte.
     pub body: String,
     /// Creation time, RFC 3339 UTC.
+    #[oai(serialize_with = "crate::http::schemas::micros")]
     pub created_at: DateTime<Utc>,
     /// Last edit time, RFC 3339 UTC.
+    #[oai(serialize_with = "crate::http::schemas::micros")]
     pub updated_at: DateTime<Utc>,
 }
 

@@ -57,7 +57,13 @@ impl RedisHandle {
 }
 
 /// Milliseconds since the Unix epoch, from the system clock (lease
-/// deadlines, `created_at`).
+/// deadlines, deferral and queue ages).
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Microseconds since the Unix epoch, from the system clock: a buffered
+/// record's `created_at`, at the precision MariaDB's `DATETIME(6)` keeps.
+pub fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
 }

@@ -434,10 +434,10 @@ impl Buffer {
     pub async fn enqueue_chat(
         &self,
         token: &str,
-        created_at_ms: i64,
+        created_at_us: i64,
         idem: Option<&Idempotency>,
     ) -> Result<Enqueue, BufferError> {
-        self.enqueue(Kind::Chats, token, created_at_ms, None, idem)
+        self.enqueue(Kind::Chats, token, created_at_us, None, idem)
             .await
     }
 
@@ -448,14 +448,14 @@ impl Buffer {
         &self,
         token: &str,
         chat_number: i64,
-        created_at_ms: i64,
+        created_at_us: i64,
         body: &str,
         idem: Option<&Idempotency>,
     ) -> Result<Enqueue, BufferError> {
         self.enqueue(
             Kind::Messages,
             token,
-            created_at_ms,
+            created_at_us,
             Some((chat_number, body)),
             idem,
         )
@@ -470,7 +470,7 @@ impl Buffer {
         &self,
         kind: Kind,
         token: &str,
-        created_at_ms: i64,
+        created_at_us: i64,
         message: Option<(i64, &str)>,
         idem: Option<&Idempotency>,
     ) -> Result<Enqueue, BufferError> {
@@ -516,7 +516,7 @@ impl Buffer {
                     .key(idem_key)
                     .key(usage)
                     .arg(max_pending)
-                    .arg(created_at_ms)
+                    .arg(created_at_us)
                     .arg(chat_number)
                     .arg(body)
                     .arg(fingerprint)

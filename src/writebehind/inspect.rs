@@ -61,8 +61,10 @@ impl QueueStats {
 /// Creation time, in ms since the epoch, of a raw record of `queue`.
 fn created_at_ms(queue: Kind, raw: &[u8]) -> Option<i64> {
     match queue {
-        Kind::Chats => ChatRecord::decode(raw).ok().map(|r| r.created_at_ms),
-        Kind::Messages => MessageRecord::decode(raw).ok().map(|r| r.created_at_ms),
+        Kind::Chats => ChatRecord::decode(raw).ok().map(|r| r.created_at_us / 1000),
+        Kind::Messages => MessageRecord::decode(raw)
+            .ok()
+            .map(|r| r.created_at_us / 1000),
         Kind::Search => serde_json::from_slice::<serde_json::Value>(raw)
             .ok()
             .and_then(|v| v.get("queued_at_ms")?.as_i64()),

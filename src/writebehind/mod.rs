@@ -80,9 +80,9 @@ impl Target<'_> {
 pub struct Allocated {
     /// Its number in its scope.
     pub number: i64,
-    /// When it was allocated, in ms since the epoch (its `created_at`); for
+    /// When it was allocated, in µs since the epoch (its `created_at`); for
     /// a replay, when this request was made.
-    pub created_at_ms: i64,
+    pub created_at_us: i64,
     /// The request repeated an earlier one with the same `Idempotency-Key`:
     /// `number` is the earlier one's, and nothing new was queued.
     pub replayed: bool,
@@ -175,12 +175,12 @@ impl WriteBehind {
     ) -> Result<Option<Allocated>, BufferError> {
         let (mut seeds, mut reserves) = (0, 0);
         while seeds < MAX_SEED_ROUNDS && reserves < MAX_RESERVE_ROUNDS {
-            let created_at_ms = now_ms();
+            let created_at_us = crate::redis::now_us();
             let reply = match target {
-                Target::Chat => self.buffer.enqueue_chat(token, created_at_ms, idem).await?,
+                Target::Chat => self.buffer.enqueue_chat(token, created_at_us, idem).await?,
                 Target::Message { chat_number, body } => {
                     self.buffer
-                        .enqueue_message(token, chat_number, created_at_ms, body, idem)
+                        .enqueue_message(token, chat_number, created_at_us, body, idem)
                         .await?
                 }
             };
@@ -208,7 +208,7 @@ impl WriteBehind {
                     }
                     return Ok(Some(Allocated {
                         number,
-                        created_at_ms,
+                        created_at_us,
                         replayed,
                     }));
                 }

@@ -173,7 +173,7 @@ end
 ///
 /// KEYS: app hash, pending chats list, epoch hash, idempotency key (the app
 /// hash again when there is none), the shard's usage hash. ARGV: max
-/// pending, created_at ms, unused,
+/// pending, created_at µs, unused,
 /// unused, request fingerprint (empty: no key), key lifetime in seconds, max
 /// pending bytes (0: none), the caller's `QUEUE_SHARDS` (a different `shards`
 /// field in the epoch hash is [`code::WRONG_SHARDS`]), max pending records
@@ -209,7 +209,7 @@ return {n, len, 0, bound, tonumber(id)}
 ///
 /// KEYS: app hash, pending messages list, epoch hash, idempotency key (the
 /// app hash again when there is none), the shard's usage hash. ARGV: max
-/// pending, created_at ms, chat
+/// pending, created_at µs, chat
 /// number (canonical decimal), body, request fingerprint (empty: no key), key
 /// lifetime in seconds, max pending bytes (0: none), the caller's
 /// `QUEUE_SHARDS`, max pending records per application (0: none).

@@ -27,5 +27,6 @@ mod security;
 mod shards;
 #[path = "../support/mod.rs"]
 mod support;
+mod timestamps;
 mod wrapped;
 mod writebehind;

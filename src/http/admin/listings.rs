@@ -29,8 +29,10 @@ pub struct AdminChat {
     /// Number of messages; refreshed periodically, so it may lag.
     pub messages_count: u64,
     /// Creation time, RFC 3339 UTC.
+    #[oai(serialize_with = "crate::http::schemas::micros")]
     pub created_at: DateTime<Utc>,
     /// Last update time, RFC 3339 UTC.
+    #[oai(serialize_with = "crate::http::schemas::micros")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -46,8 +48,10 @@ pub struct AdminMessage {
     /// Body, byte for byte.
     pub body: String,
     /// Creation time, RFC 3339 UTC.
+    #[oai(serialize_with = "crate::http::schemas::micros")]
     pub created_at: DateTime<Utc>,
     /// Last edit time, RFC 3339 UTC.
+    #[oai(serialize_with = "crate::http::schemas::micros")]
     pub updated_at: DateTime<Utc>,
 }
 

@@ -76,9 +76,11 @@ pub struct BatchView {
     pub owner: Option<String>,
     /// When it was claimed, or null if unknown.
     #[oai(nullable)]
+    #[oai(serialize_with = "crate::http::schemas::micros_or_null")]
     pub claimed_at: Option<DateTime<Utc>>,
     /// When its lease runs out. After that, any instance moves the batch back
     /// to the head of its queue (within `LEASE_SECS`).
+    #[oai(serialize_with = "crate::http::schemas::micros")]
     pub lease_expires_at: DateTime<Utc>,
     /// Seconds until the lease runs out; negative when it has expired and the
     /// batch waits for recovery.
@@ -132,6 +134,7 @@ pub struct DeadLetterView {
     pub reason: String,
     /// When it last failed, or null if the entry is unreadable.
     #[oai(nullable)]
+    #[oai(serialize_with = "crate::http::schemas::micros_or_null")]
     pub failed_at: Option<DateTime<Utc>>,
 }
 
