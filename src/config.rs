@@ -291,12 +291,22 @@ pub struct Config {
     pub instance_id: Option<String>,
 
     /// Seconds a client connection may stay silent (nothing read or written)
-    /// before it is closed: a connection that sent part of a request and
-    /// stopped (slowloris), or an idle keep-alive connection. Without it
-    /// each such connection holds a file descriptor forever. Keep it above
-    /// the longest request (`POST /admin/flush`, 30 s).
+    /// between requests (keep-alive), or within a request's body or
+    /// response, before it is closed. Keep it above the longest request
+    /// (`POST /admin/flush`, 30 s). See `src/http/connections.rs`.
     #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value = "60", value_parser = parse_nonzero_secs)]
     pub idle_timeout: Duration,
+
+    /// Seconds a request's header may take, from its first byte, before the
+    /// connection is closed, however slowly it keeps sending (slowloris).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value = "10", value_parser = parse_nonzero_secs)]
+    pub header_read_timeout: Duration,
+
+    /// Client connections open at once (both listeners together); past it
+    /// new connections wait in the listen backlog until one closes. Keep it
+    /// below the process's open-file limit (`ulimit -n`) minus the pools.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value = "10000", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
 
     /// Seconds the service gives itself on SIGTERM/Ctrl-C to drain the buffer.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value = "30", value_parser = parse_nonzero_secs)]

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::http::admin::KeyDigest;
-use crate::http::idle::IdleTimeoutAcceptor;
+use crate::http::connections::{ConnectionLimits, GuardedAcceptor};
 use crate::http::ratelimit::{self, RateLimit};
 use crate::http::{self, AppState};
 use crate::jobs::counts::{CountsRefresher, DirtyMarks};
@@ -418,14 +418,15 @@ async fn bind(
         .with_context(|| format!("could not bind BIND_ADDR={}", config.bind_addr))?;
     let addr = bound_addr(&public)?;
     config.bind_addr = addr;
+    let limits = ConnectionLimits {
+        header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
+        max_connections: config.max_connections as usize,
+    };
     let Some(admin_bind) = config.admin_bind_addr else {
-        // Silent connections are closed, so half-sent requests cannot
-        // hold file descriptors forever (src/http/idle.rs).
-        return Ok((
-            IdleTimeoutAcceptor::new(public, config.idle_timeout).boxed(),
-            addr,
-            None,
-        ));
+        // Slow and silent connections are closed, and their number capped,
+        // so clients cannot hold file descriptors forever (src/http/connections.rs).
+        return Ok((GuardedAcceptor::new(public, limits).boxed(), addr, None));
     };
     let admin = TcpListener::bind(admin_bind)
         .into_acceptor()
@@ -435,7 +436,7 @@ async fn bind(
     config.admin_bind_addr = Some(admin_addr);
     tracing::info!(addr = %admin_addr, "operator listener: /api/v1/admin, /metrics and the application listing are served only here");
     Ok((
-        IdleTimeoutAcceptor::new(public.combine(admin), config.idle_timeout).boxed(),
+        GuardedAcceptor::new(public.combine(admin), limits).boxed(),
         addr,
         Some(admin_addr),
     ))

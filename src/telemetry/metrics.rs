@@ -20,6 +20,8 @@
 //! | `chat_backpressure_rejections_total` | counter | | 503s because the buffer was full |
 //! | `chat_rate_limited_total` | counter | | 429s from the rate limit |
 //! | `http_request_duration_seconds` | histogram | `method`, `route`, `status` | request latency |
+//! | `chat_http_connections_open` | gauge | | client connections open (at most `MAX_CONNECTIONS`) |
+//! | `chat_http_connections_timed_out_total` | counter | `reason` | connections closed by `HEADER_READ_TIMEOUT_SECS` (`header`) or `IDLE_TIMEOUT_SECS` (`idle`) |
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -157,6 +159,21 @@ pub fn backpressure_rejected() {
 /// `PENDING_HIGH_WATER` (load shedding, see [`crate::writebehind::shedding`]).
 pub fn load_shed() {
     counter!("chat_load_shed_total").increment(1);
+}
+
+/// A client connection accepted.
+pub fn connection_opened() {
+    gauge!("chat_http_connections_open").increment(1.0);
+}
+
+/// A client connection closed.
+pub fn connection_closed() {
+    gauge!("chat_http_connections_open").decrement(1.0);
+}
+
+/// A client connection closed by a timeout: `reason` is `header` or `idle`.
+pub fn connection_timed_out(reason: &'static str) {
+    counter!("chat_http_connections_timed_out_total", "reason" => reason).increment(1);
 }
 
 /// A request refused with 429.

@@ -245,35 +245,158 @@ async fn invented_methods_and_paths_add_a_bounded_number_of_series() {
     );
 }
 
-/// Slowloris: connections that sent part of a request header and went
-/// silent are closed after `IDLE_TIMEOUT_SECS`, not held forever.
-#[tokio::test]
-async fn half_sent_requests_are_closed_after_the_idle_timeout() {
+/// Slowloris: 2,000 connections that sent part of a request header and
+/// keep trickling a byte now and then are all closed by
+/// `HEADER_READ_TIMEOUT_SECS`, however they trickle, while a normal request
+/// keeps its latency; `/metrics` counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_half_sent_requests_are_closed_by_the_header_timeout() {
+    use std::time::{Duration, Instant};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SLOW: usize = 2000;
     let app = crate::helpers::spawn_app_with(|c| {
-        c.idle_timeout = std::time::Duration::from_secs(1);
+        c.header_read_timeout = Duration::from_secs(3);
+        c.idle_timeout = Duration::from_secs(60);
     })
     .await;
     let addr = app.address.trim_start_matches("http://").to_string();
-    let mut conns = Vec::new();
-    for _ in 0..50 {
+    // Normal requests, on their own connections, before and during.
+    let probe = |app: &crate::helpers::TestApp| {
+        let url = app.url("/applications/unknown/chats");
+        async move {
+            let client = reqwest::Client::new();
+            let started = Instant::now();
+            let status = client.get(url).send().await.unwrap().status();
+            assert_eq!(status, 404);
+            started.elapsed()
+        }
+    };
+    let before = probe(&app).await;
+    let opened = Instant::now();
+    let mut conns = Vec::with_capacity(SLOW);
+    for _ in 0..SLOW {
         let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
         s.write_all(b"GET /api/v1/applications HTTP/1.1\r\nHost: x\r\nX-Slow: ")
             .await
             .unwrap();
         conns.push(s);
     }
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let open = metric(&app.metrics_text().await, "chat_http_connections_open");
+    assert!(open >= SLOW as f64, "{SLOW} slow connections open: {open}");
+    // Trickle: one byte per connection every 500 ms, far inside the idle
+    // timeout; a probe each round.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for s in conns.iter_mut() {
+            let _ = s.write_all(b"a").await;
+        }
+        slowest = slowest.max(probe(&app).await);
+    }
+    // All closed by the header timeout (3 s from their first byte).
     for (i, s) in conns.iter_mut().enumerate() {
         let mut buf = [0u8; 64];
-        let read = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf))
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
             .await
-            .unwrap_or_else(|_| panic!("connection {i} is still open after the idle timeout"));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "connection {i} is still open {:?} after it opened",
+                    opened.elapsed()
+                )
+            });
         assert!(
             matches!(read, Ok(0) | Err(_)),
             "connection {i} was closed, not answered: {read:?}"
         );
     }
-    // The service still answers.
-    assert_eq!(app.get("/applications/unknown/chats").await.status(), 404);
+    let closed_after = opened.elapsed();
+    let after = probe(&app).await;
+    eprintln!(
+        "{SLOW} half-sent requests closed within {closed_after:?}; a normal request took {before:?} before, at most {slowest:?} during, {after:?} after"
+    );
+    assert!(
+        closed_after < Duration::from_secs(3 + 3),
+        "{closed_after:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(500),
+        "latency held: {slowest:?}"
+    );
+    let metrics = app.metrics_text().await;
+    let timed_out = metric(
+        &metrics,
+        "chat_http_connections_timed_out_total{reason=\"header\"}",
+    );
+    assert!(timed_out >= SLOW as f64, "{timed_out}");
+    assert!(metric(&metrics, "chat_http_connections_open") < 50.0);
+}
+
+/// An idle keep-alive connection is closed after `IDLE_TIMEOUT_SECS`; one
+/// that keeps making requests is not.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::helpers::spawn_app_with(|c| c.idle_timeout = Duration::from_secs(1)).await;
+    let addr = app.address.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..3 {
+        s.write_all(request).await.unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "kept alive while in use"
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let read = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .expect("closed after the idle timeout");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let metrics = app.metrics_text().await;
+    assert!(
+        metric(
+            &metrics,
+            "chat_http_connections_timed_out_total{reason=\"idle\"}"
+        ) >= 1.0
+    );
+}
+
+/// `MAX_CONNECTIONS`: past the cap, a new connection waits to be accepted
+/// until one closes, then is served.
+#[tokio::test]
+async fn past_max_connections_a_new_connection_waits_for_one_to_close() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    let app = crate::helpers::spawn_app_with(|c| c.max_connections = 3).await;
+    let addr = app.address.trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET").await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let url = app.url("/applications/unknown/chats");
+    let waiting = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!waiting.is_finished(), "served past the cap");
+    drop(held.pop());
+    let status = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once a connection closed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 404);
+}
+
+/// The value of the sample named `name` (with its labels) in Prometheus
+/// text, 0 if absent.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
