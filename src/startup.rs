@@ -341,10 +341,15 @@ impl Application {
         }
         tasks.spawn(self.indexer.clone().run(jobs_stop.clone()));
         let buffer = self.state.write_behind.buffer().clone();
+        let pool = self.state.pool.clone();
+        crate::telemetry::metrics::limits_set(
+            self.state.config.max_pending,
+            self.state.config.max_pending_bytes,
+        );
         tasks.spawn(every(
             Duration::from_secs(5),
             jobs_stop.clone(),
-            move || sample_queues(buffer.clone()),
+            move || sample_queues(buffer.clone(), pool.clone()),
         ));
         // New connections run the epoch check already; this catches a key
         // lost without a restart (see crate::redis), and a shard
@@ -602,9 +607,16 @@ where
     }
 }
 
-/// Publishes the depth, oldest age and dead letters of each queue as gauges.
-async fn sample_queues(buffer: Buffer) {
-    let Ok(stats) = buffer.inspect().await else {
+/// Publishes the depth, oldest age and dead letters of each queue as
+/// gauges, and whether Redis and MariaDB answer (`chat_dependency_up`; a
+/// probe has 2 s).
+async fn sample_queues(buffer: Buffer, pool: sqlx::MySqlPool) {
+    let probe = Duration::from_secs(2);
+    let mariadb = tokio::time::timeout(probe, sqlx::query("SELECT 1").execute(&pool)).await;
+    crate::telemetry::metrics::dependency_sampled("mariadb", matches!(mariadb, Ok(Ok(_))));
+    let stats = tokio::time::timeout(probe, buffer.inspect()).await;
+    crate::telemetry::metrics::dependency_sampled("redis", matches!(stats, Ok(Ok(_))));
+    let Ok(Ok(stats)) = stats else {
         return;
     };
     let now = crate::writebehind::now_ms();

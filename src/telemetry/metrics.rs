@@ -6,6 +6,8 @@
 //! | `chat_pending_records` | gauge | `queue` | records waiting in Redis |
 //! | `chat_pending_bytes` | gauge | `queue` | bytes of the records pending or claimed (what `MAX_PENDING_BYTES` limits) |
 //! | `chat_pending_oldest_age_seconds` | gauge | `queue` | age of the oldest pending record |
+//! | `chat_max_pending_records`, `chat_max_pending_bytes` | gauge | | `MAX_PENDING` and `MAX_PENDING_BYTES` in force |
+//! | `chat_dependency_up` | gauge | `dependency` | 1 if `redis` or `mariadb` answered its last probe (every 5 s), else 0 |
 //! | `chat_flushed_records_total` | counter | `queue` | records written to MariaDB |
 //! | `chat_flush_batch_size` | histogram | `queue` | records per flushed batch |
 //! | `chat_flush_duration_seconds` | histogram | `queue` | time to write and acknowledge a batch |
@@ -66,9 +68,47 @@ pub fn install() -> PrometheusHandle {
                 })
                 .expect("valid buckets")
                 .install_recorder()
+                .inspect(|_| zero_counters())
                 .expect("no other metrics recorder is installed")
         })
         .clone()
+}
+
+/// Exports every counter at 0 from the start, for each label value it can
+/// take, so that a counter exists before its first event: an alert or panel
+/// on `increase(chat_collisions_total[…])` then sees 0, not "no data", and
+/// the first event counts as an increase (Prometheus's advice on
+/// instrumentation: "avoid missing metrics").
+fn zero_counters() {
+    for name in [
+        "chat_flush_failures_total",
+        "chat_recovered_batches_total",
+        "chat_backpressure_rejections_total",
+        "chat_load_shed_total",
+        "chat_rate_limited_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    for queue in ["chats", "messages"] {
+        for name in [
+            "chat_flushed_records_total",
+            "chat_dead_lettered_records_total",
+            "chat_dropped_records_total",
+            "chat_collisions_total",
+        ] {
+            counter!(name, "queue" => queue).increment(0);
+        }
+        for name in [
+            "chat_number_reservations_total",
+            "chat_numbers_skipped_total",
+        ] {
+            counter!(name, "scope" => queue).increment(0);
+        }
+    }
+    for reason in ["header", "idle"] {
+        counter!("chat_http_connections_timed_out_total", "reason" => reason).increment(0);
+    }
+    gauge!("chat_http_connections_open").increment(0.0);
 }
 
 /// Renders every metric in the Prometheus text format.
@@ -148,6 +188,20 @@ pub fn queue_sampled(
     gauge!("chat_pending_bytes", "queue" => queue).set(pending_bytes as f64);
     gauge!("chat_pending_oldest_age_seconds", "queue" => queue).set(oldest_age.as_secs_f64());
     gauge!("chat_dead_letters", "queue" => queue).set(dead_letters as f64);
+}
+
+/// Whether `dependency` (`redis` or `mariadb`) answered its last probe
+/// (sampled every 5 s): `chat_dependency_up` 1 or 0.
+pub fn dependency_sampled(dependency: &'static str, up: bool) {
+    gauge!("chat_dependency_up", "dependency" => dependency).set(if up { 1.0 } else { 0.0 });
+}
+
+/// The buffer's limits in force, so that alerts can compare the depth with
+/// them: `MAX_PENDING` (records, per queue, over all shards) and
+/// `MAX_PENDING_BYTES`.
+pub fn limits_set(max_pending: u64, max_pending_bytes: u64) {
+    gauge!("chat_max_pending_records").set(max_pending as f64);
+    gauge!("chat_max_pending_bytes").set(max_pending_bytes as f64);
 }
 
 /// A create refused with 503 because the buffer was full.

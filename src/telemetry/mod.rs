@@ -1,5 +1,8 @@
 //! Structured logs through `tracing`. `RUST_LOG` filters (default `info`);
-//! `LOG_FORMAT=json` switches to one JSON object per line.
+//! `LOG_FORMAT=json` switches to one JSON object per line. Text logs are
+//! coloured only on a terminal, and never when `NO_COLOR` is set to
+//! anything but the empty string (<https://no-color.org>): no escape codes
+//! under Docker or in a log file.
 
 use tracing_subscriber::EnvFilter;
 
@@ -8,8 +11,11 @@ pub fn init() {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let ansi = !no_color && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()

@@ -6,6 +6,7 @@
 mod cluster;
 mod harness;
 mod logs;
+mod monitoring;
 mod numbering;
 #[path = "../support/mod.rs"]
 mod support;
