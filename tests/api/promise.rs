@@ -18,10 +18,10 @@ async fn app_id(app: &TestApp, token: &str) -> u64 {
         .unwrap()
 }
 
-/// `created_at` of message `number` of application `id`, in ms.
-async fn created_ms(app: &TestApp, id: u64, number: i64) -> i64 {
+/// `created_at` of message `number` of application `id`, in µs.
+async fn created_us(app: &TestApp, id: u64, number: i64) -> i64 {
     sqlx::query_scalar(
-        "SELECT CAST(UNIX_TIMESTAMP(m.created_at) * 1000 AS SIGNED) FROM messages m \
+        "SELECT CAST(UNIX_TIMESTAMP(m.created_at) * 1000000 AS SIGNED) FROM messages m \
          JOIN chats c ON c.id = m.chat_id WHERE c.application_id = ? AND m.number = ?",
     )
     .bind(id)
@@ -68,7 +68,7 @@ async fn a_record_on_a_taken_number_is_a_collision_and_a_replay_is_silent() {
     }
     app.flush().await;
     let id = app_id(&app, &token).await;
-    let created_2 = created_ms(&app, id, 2).await;
+    let created_2 = created_us(&app, id, 2).await;
     let before = collisions_metric(&app).await;
 
     // As if Redis had handed out 2 again (another body, another time), and
@@ -110,7 +110,7 @@ async fn a_record_on_a_taken_number_is_a_collision_and_a_replay_is_silent() {
         )
         .await;
     assert_eq!(r.status(), 200);
-    let created_1 = created_ms(&app, id, 1).await;
+    let created_1 = created_us(&app, id, 1).await;
     let _: () = c
         .rpush(&pending, format!("{id}\t{chat}\t1\t{created_1}\tone"))
         .await

@@ -141,8 +141,11 @@ async fn every_validation_applies_to_both_shapes_and_ambiguous_bodies_are_422() 
             &wrapped.to_string(),
         )
         .await;
+        // The same error; only the field's pointer starts with the wrapper.
+        let wrapper = wrapped.as_object().unwrap().keys().next().unwrap();
         assert_eq!(
-            flat_error, wrapped_error,
+            flat_error,
+            wrapped_error.replacen(&format!("`/{wrapper}/"), "`/", 1),
             "{flat} and {wrapped}: the same error"
         );
     }
@@ -165,7 +168,7 @@ async fn every_validation_applies_to_both_shapes_and_ambiguous_bodies_are_422() 
         (
             "/applications",
             json!({"message": {"body": "b"}}),
-            "ApplicationInput",
+            "`/name`: required",
         ),
     ] {
         let error = error_of(app.post(path, body.clone()).await, 422, &body.to_string()).await;
