@@ -142,8 +142,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
             Poll::Ready(Ok(())) => {
                 let read = &buf.filled()[before..];
                 if !read.is_empty() {
-                    let read = read.to_vec();
-                    this.on_read(&read);
+                    this.on_read(read);
                 }
                 Poll::Ready(Ok(()))
             }

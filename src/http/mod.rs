@@ -156,7 +156,11 @@ const TAG_ORDER: [&str; 5] = ["Applications", "Chats", "Messages", "Health", "Ad
 /// in the order Applications, Chats, Messages, Health, Admin (a tag not
 /// listed goes last).
 pub fn spec_json() -> String {
-    let spec = api().spec();
+    with_tags_in_order(api().spec())
+}
+
+/// `spec` (poem-openapi's) with its `tags` in [`spec_json`]'s order.
+fn with_tags_in_order(spec: String) -> String {
     let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&spec) else {
         return spec;
     };
@@ -210,16 +214,17 @@ async fn no_store<E: poem::Endpoint>(next: E, req: poem::Request) -> poem::Resul
 /// the operator gate (see [`admin::gate`]).
 pub fn routes(state: AppState) -> impl poem::Endpoint + 'static {
     let api = api();
-    let spec_text = spec_json();
+    let generated = api.spec();
+    let spec_text = with_tags_in_order(generated.clone());
+    let docs = Route::new().at(
+        "/",
+        swagger_ui(api.swagger_ui_html().replace(&generated, &spec_text)),
+    );
     let spec = poem::endpoint::make_sync(move |_| {
         poem::Response::builder()
             .content_type("application/json")
             .body(spec_text.clone())
     });
-    let docs = Route::new().at(
-        "/",
-        swagger_ui(api.swagger_ui_html().replace(&api.spec(), &spec_json())),
-    );
     let max_body = state.config.max_request_bytes;
     let rate_limit = state.rate_limit.clone();
     let surface = admin::OperatorSurface {

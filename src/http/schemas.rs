@@ -29,10 +29,7 @@ pub fn micros(t: &DateTime<Utc>) -> Option<serde_json::Value> {
 
 /// [`micros`] for an optional timestamp: `null` when `None`.
 pub fn micros_or_null(t: &Option<DateTime<Utc>>) -> Option<serde_json::Value> {
-    Some(t.as_ref().map_or(serde_json::Value::Null, |t| {
-        t.to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
-            .into()
-    }))
+    t.as_ref().map_or(Some(serde_json::Value::Null), micros)
 }
 
 /// An application: the owner of chats, identified by its token.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use chat_api::config::Durability;
 
-use crate::helpers::{PrivateRedis, TestApp, spawn_app_with, test_config};
+use crate::helpers::{PrivateRedis, TestApp, post_with_key, spawn_app_with, test_config};
 
 /// POSTs `body` as the not-replicated 503 tells a client to: on that 503,
 /// again with the same `Idempotency-Key`, up to 20 times. A loaded machine
@@ -16,14 +16,7 @@ use crate::helpers::{PrivateRedis, TestApp, spawn_app_with, test_config};
 async fn create_confirmed(app: &TestApp, path: &str, body: serde_json::Value) -> i64 {
     let key = format!("setup-{}", uuid::Uuid::new_v4());
     for _ in 0..20 {
-        let r = app
-            .client
-            .post(app.url(path))
-            .header("Idempotency-Key", &key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = post_with_key(app, &app.address, path, &key, body.clone()).await;
         if r.status() == 201 {
             return r.json::<serde_json::Value>().await.unwrap()["number"]
                 .as_i64()

@@ -363,3 +363,32 @@ impl Drop for TestApp {
 }
 
 pub use crate::support::PrivateRedis;
+
+/// POST `body` to `{base}/api/v1{path}` with `Idempotency-Key: key`.
+pub async fn send_with_key(
+    app: &TestApp,
+    base: &str,
+    path: &str,
+    key: &str,
+    body: Value,
+) -> reqwest::Result<reqwest::Response> {
+    app.client
+        .post(format!("{base}/api/v1{path}"))
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+        .await
+}
+
+/// [`send_with_key`], which must get an answer.
+pub async fn post_with_key(
+    app: &TestApp,
+    base: &str,
+    path: &str,
+    key: &str,
+    body: Value,
+) -> reqwest::Response {
+    send_with_key(app, base, path, key, body)
+        .await
+        .expect("an answer")
+}

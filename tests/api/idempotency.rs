@@ -5,36 +5,7 @@
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{TestApp, spawn_app};
-
-/// POST `body` to `{base}/api/v1{path}` with `Idempotency-Key: key`.
-async fn send_with_key(
-    app: &TestApp,
-    base: &str,
-    path: &str,
-    key: &str,
-    body: Value,
-) -> reqwest::Result<reqwest::Response> {
-    app.client
-        .post(format!("{base}/api/v1{path}"))
-        .header("Idempotency-Key", key)
-        .json(&body)
-        .send()
-        .await
-}
-
-/// [`send_with_key`], which must get an answer.
-async fn post_with_key(
-    app: &TestApp,
-    base: &str,
-    path: &str,
-    key: &str,
-    body: Value,
-) -> reqwest::Response {
-    send_with_key(app, base, path, key, body)
-        .await
-        .expect("an answer")
-}
+use crate::helpers::{post_with_key, send_with_key, spawn_app};
 
 #[tokio::test]
 async fn a_retried_create_with_the_same_key_creates_nothing_new() {
