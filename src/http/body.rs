@@ -86,9 +86,14 @@ impl<T: Locate> ParsePayload for JsonBody<T> {
         } else {
             serde_json::from_slice(&data).map_err(MalformedJson)?
         };
-        match T::parse_from_json(Some(value.clone())) {
+        match T::parse_from_json(Some(value)) {
             Ok(parsed) => Ok(Self(parsed)),
-            Err(e) => Err(T::locate(&value, e.into_message()).into()),
+            Err(e) => {
+                // Parsed again only on this error path, so that a valid body
+                // is not copied (it can be `MAX_REQUEST_BYTES` long).
+                let value = serde_json::from_slice(&data).unwrap_or_default();
+                Err(T::locate(&value, e.into_message()).into())
+            }
         }
     }
 }
