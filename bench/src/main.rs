@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use sqlx::MySqlPool;
 
 mod numbering;
+mod plots;
 mod request_path;
 mod search_lag;
 #[path = "../../tests/support/mod.rs"]
@@ -58,6 +59,19 @@ enum Cmd {
     SearchLag(Opts),
     /// Serve the ceiling endpoint on `port`.
     Ceiling { port: u16 },
+    /// Draw the SVG figures again from saved results, without running
+    /// anything (figure 8 only if its file exists).
+    Plot {
+        /// `bench all`'s results.
+        #[arg(long, default_value = "bench/out/results.json")]
+        results: String,
+        /// `bench flush-text`'s results.
+        #[arg(long, default_value = "bench/out/flush_text.json")]
+        flush_text: String,
+        /// Where to write the SVG files.
+        #[arg(long, default_value = FIGURES_DIR)]
+        figures: String,
+    },
     /// Serve the script-ceiling endpoint on `port` (figure 14), its keys
     /// under `prefix` on `redis_url`.
     ScriptCeiling {
@@ -445,7 +459,8 @@ async fn all(opts: Opts) -> anyhow::Result<()> {
     let service_max = stat(s_rps.clone()).median;
     results.insert(
         "create_throughput".into(),
-        json!({ "service_rps": stat(s_rps), "ceiling_rps": stat(c_rps), "baseline_rps": stat(b_rps),
+        json!({ "per_run": { "service": s_rps, "ceiling": c_rps, "baseline": b_rps },
+                "service_rps": stat(s_rps), "ceiling_rps": stat(c_rps), "baseline_rps": stat(b_rps),
                 "service_vs_ceiling": stat(vs_c), "service_vs_baseline": stat(vs_b) }),
     );
 
@@ -486,24 +501,12 @@ async fn all(opts: Opts) -> anyhow::Result<()> {
         "figure 4: {} s at the maximum rate, sampling the queue…",
         opts.balance_secs
     );
-    let sampler = {
-        let mut r = redis.clone();
-        let prefix = env.prefix.clone();
-        let secs = opts.balance_secs;
-        tokio::spawn(async move {
-            let mut depth = Vec::new();
-            for _ in 0..secs {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                depth.push(sustained::depth(&mut r, &prefix).await);
-            }
-            depth
-        })
-    };
     let url = url_regex(sp, &tokens, 100);
     let (secs, conns) = (opts.balance_secs, opts.connections);
-    let balance_report =
-        tokio::task::spawn_blocking(move || post_closed(&url, secs, conns)).await?;
-    let depth = sampler.await?;
+    let (balance_report, depth) = sustained::under_load(&redis, &env.prefix, secs, move || {
+        post_closed(&url, secs, conns)
+    })
+    .await?;
     results.insert(
         "sustained_balance".into(),
         json!({ "rps": rps(&balance_report), "pending_depth_per_second": depth,
@@ -630,6 +633,8 @@ async fn all(opts: Opts) -> anyhow::Result<()> {
 
     let json_text = serde_json::to_string_pretty(&results)?;
     std::fs::write(format!("{}/results.json", opts.out), &json_text)?;
+    let results_value = serde_json::to_value(&results)?;
+    draw(&opts, |dir| plots::render_results(&results_value, dir))?;
     let md = markdown(&results);
     std::fs::write(format!("{}/results.md", opts.out), &md)?;
     if opts.write_benchmarks_md {
@@ -648,6 +653,27 @@ async fn all(opts: Opts) -> anyhow::Result<()> {
         std::fs::write("BENCHMARKS.md", doc)?;
     }
     println!("{md}");
+    Ok(())
+}
+
+/// Where BENCHMARKS.md finds the figures' SVG files.
+const FIGURES_DIR: &str = "bench/figures";
+
+/// Draws figures with `render` into `<out>/figures/`, and into
+/// [`FIGURES_DIR`] too with `--write-benchmarks-md`; prints each file.
+fn draw(
+    opts: &Opts,
+    render: impl Fn(&std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>>,
+) -> anyhow::Result<()> {
+    let mut dirs = vec![std::path::Path::new(&opts.out).join("figures")];
+    if opts.write_benchmarks_md {
+        dirs.push(FIGURES_DIR.into());
+    }
+    for dir in dirs {
+        for file in render(&dir)? {
+            eprintln!("drew {}", file.display());
+        }
+    }
     Ok(())
 }
 
@@ -1201,6 +1227,7 @@ async fn drain_with(
         shutdown_timeout: Duration::from_secs(30),
         fault_delay: Duration::ZERO,
         workers,
+        causal_mark_ttl: None,
     };
     // As the service does: the counts refresh's marks follow each commit.
     let mut flusher = chat_api::writebehind::Flusher::new(buffer.clone(), pool.clone(), settings)
@@ -1677,6 +1704,12 @@ async fn main() -> anyhow::Result<()> {
         Cmd::All(opts) => all(opts).await,
         Cmd::FlushText(opts) => {
             let figure = flush_text(&opts).await?;
+            std::fs::create_dir_all(&opts.opts.out)?;
+            std::fs::write(
+                format!("{}/flush_text.json", opts.opts.out),
+                serde_json::to_string_pretty(&figure)?,
+            )?;
+            draw(&opts.opts, |dir| plots::render_flush_text(&figure, dir))?;
             println!("{}", serde_json::to_string_pretty(&figure)?);
             println!("{}", flush_text_markdown(&figure));
             Ok(())
@@ -1720,6 +1753,24 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Durability(opts) => {
             let figure = durability_cost(&opts).await?;
             println!("{}", durability_markdown(&figure));
+            Ok(())
+        }
+        Cmd::Plot {
+            results,
+            flush_text,
+            figures,
+        } => {
+            let read = |path: &str| -> anyhow::Result<Value> {
+                Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
+            };
+            let dir = std::path::Path::new(&figures);
+            let mut written = plots::render_results(&read(&results)?, dir)?;
+            if std::path::Path::new(&flush_text).exists() {
+                written.extend(plots::render_flush_text(&read(&flush_text)?, dir)?);
+            }
+            for file in written {
+                println!("{}", file.display());
+            }
             Ok(())
         }
         Cmd::Ceiling { port } => serve(CeilingApi, port).await,

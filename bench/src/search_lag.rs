@@ -125,25 +125,18 @@ pub async fn search_lag(opts: &Opts) -> anyhow::Result<Value> {
         "figure 16: {rate} req/s ({SHARE} of the peak {peak:.0}) for {} s…",
         opts.hold_secs
     );
-    let sampler = {
-        let mut r = r.clone();
-        let prefix = env.prefix.clone();
-        let secs = opts.hold_secs;
-        tokio::spawn(async move {
-            let mut samples = Vec::new();
-            for _ in 0..secs {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                samples.push((
-                    depth(&mut r, &prefix).await,
-                    search_depth(&mut r, &prefix).await,
-                ));
-            }
-            samples
-        })
-    };
+    let sampler = super::sustained::sample_depths(
+        &r,
+        &env.prefix,
+        opts.hold_secs,
+        &[
+            chat_api::writebehind::Kind::Messages,
+            chat_api::writebehind::Kind::Search,
+        ],
+    );
     let args = post_args(&url, opts.hold_secs, opts.connections, Some(rate));
     let report = tokio::task::spawn_blocking(move || oha(&args)).await?;
-    let samples = sampler.await?;
+    let samples: Vec<(u64, u64)> = sampler.await?.iter().map(|row| (row[0], row[1])).collect();
     // The lag of what the run made searchable, 5 s after it ended: the last
     // records, below every shard's MESSAGE_BATCH_SIZE once the load stops,
     // wait for the flush timer (60 s), which no sustained load would see.

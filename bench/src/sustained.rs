@@ -118,28 +118,45 @@ pub(crate) async fn depth_of(
         .unwrap_or(0)
 }
 
-/// Runs `load` (an oha invocation) while sampling the pending depth every
-/// second; returns oha's report and the samples.
-async fn under_load(
+/// Samples the depth of the pending lists of each of `kinds` under `prefix`
+/// once a second for `secs` seconds, in a task of its own; its result holds
+/// one row per second, one depth (records) per kind, in the order of `kinds`.
+/// The one sampler of figures 4, 9, 11 and 16.
+pub(crate) fn sample_depths(
+    r: &redis::aio::MultiplexedConnection,
+    prefix: &str,
+    secs: u64,
+    kinds: &'static [chat_api::writebehind::Kind],
+) -> tokio::task::JoinHandle<Vec<Vec<u64>>> {
+    let mut r = r.clone();
+    let prefix = prefix.to_string();
+    tokio::spawn(async move {
+        let mut samples = Vec::with_capacity(secs as usize);
+        for _ in 0..secs {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut row = Vec::with_capacity(kinds.len());
+            for &kind in kinds {
+                row.push(depth_of(&mut r, &prefix, kind).await);
+            }
+            samples.push(row);
+        }
+        samples
+    })
+}
+
+/// Runs `load` (an oha invocation) while sampling the pending messages
+/// every second ([`sample_depths`]); returns oha's report and the samples
+/// (records, one per second).
+pub(crate) async fn under_load(
     r: &redis::aio::MultiplexedConnection,
     prefix: &str,
     secs: u64,
     load: impl FnOnce() -> Value + Send + 'static,
 ) -> anyhow::Result<(Value, Vec<u64>)> {
-    let sampler = {
-        let mut r = r.clone();
-        let prefix = prefix.to_string();
-        tokio::spawn(async move {
-            let mut samples = Vec::new();
-            for _ in 0..secs {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                samples.push(depth(&mut r, &prefix).await);
-            }
-            samples
-        })
-    };
+    let sampler = sample_depths(r, prefix, secs, &[chat_api::writebehind::Kind::Messages]);
     let report = tokio::task::spawn_blocking(load).await?;
-    Ok((report, sampler.await?))
+    let samples = sampler.await?.into_iter().map(|row| row[0]).collect();
+    Ok((report, samples))
 }
 
 /// Open-loop POSTs of 100-byte messages at `rate` requests/s for `secs`.
@@ -264,6 +281,7 @@ pub async fn sustainable(opts: &Opts) -> anyhow::Result<Value> {
         steps.push(json!({ "rate": rate, "achieved_rps": achieved, "share_201": ok,
             "second_half_growth": growth, "bounded": bounded,
             "depth_first": samples.first(), "depth_max": samples.iter().max(), "depth_last": samples.last(),
+            "depth_per_second": samples,
             "p99_ms": report["latencyPercentiles"]["p99"].as_f64().unwrap_or(0.0) * 1000.0 }));
         if bounded {
             lo = rate as f64;
