@@ -26,6 +26,32 @@ pub struct Config {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
 
+    /// MariaDB replicas for reads (comma-separated URLs, each a replica of
+    /// `DATABASE_URL` by GTID, same database name). Lists, lookups of
+    /// stored records, search on the MariaDB backend and the operator
+    /// listings are spread over them, each read of an application or chat
+    /// waiting first for that scope's last write (read-your-writes, see
+    /// `src/store/replicas.rs`). Unset: every read goes to the primary.
+    #[arg(
+        long,
+        env = "DATABASE_READ_URLS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub database_read_urls: Vec<String>,
+
+    /// Milliseconds a read waits on a replica for the last write of its
+    /// scope (`MASTER_GTID_WAIT`) before it goes to the primary instead.
+    #[arg(long, env = "READ_REPLICA_WAIT_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub read_replica_wait_ms: u64,
+
+    /// Seconds a replica may lag (`Seconds_Behind_Master`, checked every
+    /// second) and stay in rotation. One that lags more, whose SQL thread
+    /// is stopped, or that does not answer, gets no reads until it is back
+    /// within the limit. A write's GTID is kept in Redis for this plus 10 s.
+    #[arg(long, env = "READ_REPLICA_MAX_LAG_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub read_replica_max_lag_secs: u64,
+
     /// Redis connection URL. Redis holds the counters and the write-behind buffer.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,

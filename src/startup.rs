@@ -18,6 +18,7 @@ use crate::http::{self, AppState};
 use crate::jobs::counts::{CountsRefresher, DirtyMarks};
 use crate::jobs::indexer::Indexer;
 use crate::store;
+use crate::store::replicas::Pools;
 use crate::store::search::SearchBackend;
 use crate::store::search::meili::MeiliSearch;
 use crate::writebehind::flusher::FlushSettings;
@@ -84,7 +85,44 @@ pub fn flush_settings(config: &Config) -> FlushSettings {
         shutdown_timeout: config.shutdown_timeout,
         fault_delay: Duration::from_millis(config.fault_flush_delay_ms),
         workers: config.flush_workers.get(),
+        causal_mark_ttl: (!config.database_read_urls.is_empty())
+            .then(|| Duration::from_secs(config.read_replica_max_lag_secs + 10)),
     }
+}
+
+/// The primary and the read replicas of `DATABASE_READ_URLS`, each checked
+/// once (a replica is in rotation only once it answers within
+/// `READ_REPLICA_MAX_LAG_SECS`). Errors: a URL that does not parse, or a
+/// primary that answers but writes no binary log (no GTIDs: no replica can
+/// follow it, and read-your-writes could not be kept).
+async fn read_pools(config: &Config, primary: &sqlx::MySqlPool) -> anyhow::Result<Pools> {
+    if config.database_read_urls.is_empty() {
+        return Ok(Pools::primary_only(primary.clone()));
+    }
+    let pools = Pools::new(
+        primary.clone(),
+        &config.database_read_urls,
+        config.database_max_connections,
+        Duration::from_millis(config.read_replica_wait_ms),
+        config.read_replica_max_lag_secs,
+    )?;
+    match crate::store::replicas::primary_logs_binary(primary).await {
+        Ok(true) => {}
+        Ok(false) => anyhow::bail!(
+            "DATABASE_READ_URLS is set, but the primary (DATABASE_URL) writes no binary log \
+             (log_bin is off): it has no GTIDs, so no replica can follow it"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not ask the primary whether it logs binary; reads go to it until the replicas are checked")
+        }
+    }
+    pools.check_replicas().await;
+    tracing::info!(
+        replicas = pools.replicas().len(),
+        in_rotation = pools.replicas().iter().filter(|r| r.in_rotation()).count(),
+        "read replicas"
+    );
+    Ok(pools)
 }
 
 /// With the term index (`MEILI_URL` unset), warns when messages are stored
@@ -263,7 +301,9 @@ impl Application {
         tracing::info!(backend = search.name(), index = %config.meili_index, "search backend");
         check_term_index(&search).await;
         let admin_key = config.admin_api_key.as_ref().map(KeyDigest::of);
+        let reads = read_pools(&config, &pool).await?;
         let state = AppState {
+            reads,
             pool,
             write_behind,
             config: Arc::new(config),
@@ -340,6 +380,17 @@ impl Application {
             ));
         }
         tasks.spawn(self.indexer.clone().run(jobs_stop.clone()));
+        if self.state.reads.keeps_marks() {
+            let reads = self.state.reads.clone();
+            tasks.spawn(every(
+                crate::store::replicas::CHECK_INTERVAL,
+                jobs_stop.clone(),
+                move || {
+                    let reads = reads.clone();
+                    async move { reads.check_replicas().await }
+                },
+            ));
+        }
         let buffer = self.state.write_behind.buffer().clone();
         let pool = self.state.pool.clone();
         crate::telemetry::metrics::limits_set(

@@ -152,7 +152,7 @@ impl ApplicationsApi {
             return Err(ApiError::unauthorized().into());
         }
         let page = Page::parse(page.0, per_page.0)?;
-        let rows = store::applications::list(&state.pool, page).await?;
+        let rows = store::applications::list(state.reads.for_read(None).await, page).await?;
         let (rows, meta) = Meta::paginate(page, rows);
         Ok(Json(ApplicationList {
             applications: rows.into_iter().map(Into::into).collect(),

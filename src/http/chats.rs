@@ -8,11 +8,13 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::applications::Deleted;
 use super::fields::IdempotencyKey;
+use super::reads::{self, Via};
 use super::schemas::{Chat, ChatList, Created, Meta};
 use super::{ApiTags, AppState, lookup};
 use crate::domain::{Page, is_plausible_token};
 use crate::http::error::ApiError;
 use crate::store;
+use crate::store::replicas::ReadScope;
 use crate::store::search::IndexOp;
 use crate::writebehind::Idempotency;
 
@@ -79,7 +81,14 @@ impl ChatsApi {
     ) -> Result<Json<ChatList>, Errors<Listing>> {
         let page = Page::parse(page.0, per_page.0)?;
         let app = lookup::application(&state, &token.0).await?;
-        let rows = store::chats::list(&state.pool, app.id, page).await?;
+        let pool = reads::pool_for(
+            &state,
+            &app.token,
+            ReadScope::Application(app.id),
+            Via::Replica,
+        )
+        .await;
+        let rows = store::chats::list(pool, app.id, page).await?;
         let (rows, meta) = Meta::paginate(page, rows);
         Ok(Json(ChatList {
             chats: rows.into_iter().map(Into::into).collect(),
@@ -98,7 +107,11 @@ impl ChatsApi {
         number: Path<i64>,
     ) -> Result<Json<Chat>, Errors<Lookup>> {
         let app = lookup::application(&state, &token.0).await?;
-        Ok(Json(lookup::chat(&state, &app, number.0).await?.into()))
+        Ok(Json(
+            lookup::chat(&state, &app, number.0, Via::Replica)
+                .await?
+                .into(),
+        ))
     }
 
     /// Delete a chat
@@ -116,18 +129,27 @@ impl ChatsApi {
         number: Path<i64>,
     ) -> Result<Deleted, Errors<Lookup>> {
         let app = lookup::application(&state, &token.0).await?;
-        let chat = lookup::chat(&state, &app, number.0).await?;
+        let chat = lookup::chat(&state, &app, number.0, Via::Primary).await?;
         // Tombstone first, in the step that stops new numbers: no message can
         // be acknowledged after this answers. No tombstone, no delete (503).
         // Messages still buffered for this chat are dropped at flush time.
         let buffer = state.write_behind.buffer();
         let tombstone = buffer.tombstone_chat(&app.token, chat.number).await?;
-        if let Err(e) = store::chats::delete(&state.pool, chat.id, crate::domain::now()).await {
-            if let Err(undo) = buffer.untombstone(&tombstone).await {
-                tracing::error!(error = %undo, "the delete failed and its Redis tombstone could not be lifted: messages to this chat answer 404 until it is");
+        let deleted = state
+            .reads
+            .observed(async |c| store::chats::delete(c, chat.id, crate::domain::now()).await)
+            .await;
+        let gtid = match deleted {
+            Ok((_, gtid)) => gtid,
+            Err(e) => {
+                if let Err(undo) = buffer.untombstone(&tombstone).await {
+                    tracing::error!(error = %undo, "the delete failed and its Redis tombstone could not be lifted: messages to this chat answer 404 until it is");
+                }
+                return Err(e.into());
             }
-            return Err(e.into());
-        }
+        };
+        let scopes = [ReadScope::Application(app.id), ReadScope::Chat(chat.id)];
+        reads::keep_marks(&state, &app.token, &scopes, gtid).await;
         if let Err(e) = buffer.commit_tombstone(&tombstone).await {
             tracing::warn!(error = %e, "the delete committed; its Redis tombstone stays, marked in flight");
         }

@@ -8,6 +8,8 @@ use crate::domain::is_plausible_token;
 use crate::domain::record::{chat_lost_field, message_lost_field};
 use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::http::reads::{self, Via};
+use crate::store::replicas::ReadScope;
 use crate::store::{self, applications::AppRow, chats::ChatRow, messages::MessageRow};
 use crate::writebehind::{BufferError, CounterScope};
 
@@ -75,13 +77,27 @@ async fn on_its_way(
 }
 
 /// The live chat `number` of `app`, waiting for its flush if it is buffered.
-/// Errors: 404 if none, or if its record was dead-lettered (saying so); 503
-/// if buffered and not stored in time or Redis down.
-pub async fn chat(state: &AppState, app: &AppRow, number: i64) -> Result<ChatRow, ApiError> {
+/// Read `via` a replica (a GET) or the primary (inside a write); a row the
+/// replica does not have yet is looked for on the primary, as a buffered
+/// one is. Errors: 404 if none, or if its record was dead-lettered (saying
+/// so); 503 if buffered and not stored in time or Redis down.
+pub async fn chat(
+    state: &AppState,
+    app: &AppRow,
+    number: i64,
+    via: Via,
+) -> Result<ChatRow, ApiError> {
     if number < 1 {
         return Err(no_chat(number));
     }
-    let row = match store::chats::find(&state.pool, app.id, number).await? {
+    let pool = reads::pool_for(state, &app.token, ReadScope::Application(app.id), via).await;
+    let found = match store::chats::find(pool, app.id, number).await? {
+        None if !std::ptr::eq(pool, &state.pool) => {
+            store::chats::find(&state.pool, app.id, number).await?
+        }
+        found => found,
+    };
+    let row = match found {
         Some(c) => Some(c),
         None => {
             let buffer = state.write_behind.buffer();
@@ -110,17 +126,26 @@ pub async fn chat(state: &AppState, app: &AppRow, number: i64) -> Result<ChatRow
 }
 
 /// The live message `number` of chat `chat_number`, waiting for its flush if
-/// it is buffered. Errors: 404 if none, 503 as for [`chat`].
+/// it is buffered; read `via` as for [`chat`]. Errors: 404 if none, 503 as
+/// for [`chat`].
 pub async fn message(
     state: &AppState,
     app: &AppRow,
     chat: &ChatRow,
     number: i64,
+    via: Via,
 ) -> Result<MessageRow, ApiError> {
     if number < 1 {
         return Err(no_message(number));
     }
-    let row = match store::messages::find(&state.pool, chat.id, number).await? {
+    let pool = reads::pool_for(state, &app.token, ReadScope::Chat(chat.id), via).await;
+    let found = match store::messages::find(pool, chat.id, number).await? {
+        None if !std::ptr::eq(pool, &state.pool) => {
+            store::messages::find(&state.pool, chat.id, number).await?
+        }
+        found => found,
+    };
+    let row = match found {
         Some(m) => Some(m),
         None => {
             let buffer = state.write_behind.buffer();

@@ -10,11 +10,13 @@ use super::applications::Deleted;
 use super::body::{FlatOrWrapped, JsonBody};
 use super::chats::CreatedNumber;
 use super::fields::IdempotencyKey;
+use super::reads::{self, Via};
 use super::schemas::{Created, Message, MessageInput, MessageList, Meta};
 use super::{ApiTags, AppState, lookup};
 use crate::domain::{MessageBody, Page, is_plausible_token};
 use crate::http::error::ApiError;
 use crate::store;
+use crate::store::replicas::ReadScope;
 use crate::store::search::IndexOp;
 use crate::writebehind::Idempotency;
 
@@ -92,8 +94,10 @@ impl MessagesApi {
     ) -> Result<Json<MessageList>, Errors<Listing>> {
         let page = Page::parse(page.0, per_page.0)?;
         let app = lookup::application(&state, &token.0).await?;
-        let chat = lookup::chat(&state, &app, number.0).await?;
-        let rows = store::messages::list(&state.pool, chat.id, page).await?;
+        let chat = lookup::chat(&state, &app, number.0, Via::Replica).await?;
+        let pool =
+            reads::pool_for(&state, &app.token, ReadScope::Chat(chat.id), Via::Replica).await;
+        let rows = store::messages::list(pool, chat.id, page).await?;
         let (rows, meta) = Meta::paginate(page, rows);
         Ok(Json(MessageList {
             messages: rows.into_iter().map(Into::into).collect(),
@@ -117,9 +121,9 @@ impl MessagesApi {
         message_number: Path<i64>,
     ) -> Result<Json<Message>, Errors<Lookup>> {
         let app = lookup::application(&state, &token.0).await?;
-        let chat = lookup::chat(&state, &app, number.0).await?;
+        let chat = lookup::chat(&state, &app, number.0, Via::Replica).await?;
         Ok(Json(
-            lookup::message(&state, &app, &chat, message_number.0)
+            lookup::message(&state, &app, &chat, message_number.0, Via::Replica)
                 .await?
                 .into(),
         ))
@@ -143,10 +147,15 @@ impl MessagesApi {
     ) -> Result<Json<Message>, Errors<Update>> {
         let body = MessageBody::parse(input.0.0.body.0, state.config.max_message_bytes)?;
         let app = lookup::application(&state, &token.0).await?;
-        let chat = lookup::chat(&state, &app, number.0).await?;
-        let msg = lookup::message(&state, &app, &chat, message_number.0).await?;
+        let chat = lookup::chat(&state, &app, number.0, Via::Primary).await?;
+        let msg = lookup::message(&state, &app, &chat, message_number.0, Via::Primary).await?;
         let now = crate::domain::now();
-        if !store::messages::update_body(&state.pool, msg.id, body.as_str(), now).await? {
+        let (live, gtid) = state
+            .reads
+            .observed(async |c| store::messages::update_body(c, msg.id, body.as_str(), now).await)
+            .await?;
+        reads::keep_marks(&state, &app.token, &[ReadScope::Chat(chat.id)], gtid).await;
+        if !live {
             return Err(ApiError::not_found(format!(
                 "no message number {} in this chat",
                 msg.number
@@ -188,9 +197,13 @@ impl MessagesApi {
         message_number: Path<i64>,
     ) -> Result<Deleted, Errors<Lookup>> {
         let app = lookup::application(&state, &token.0).await?;
-        let chat = lookup::chat(&state, &app, number.0).await?;
-        let msg = lookup::message(&state, &app, &chat, message_number.0).await?;
-        store::messages::delete(&state.pool, msg.id, crate::domain::now()).await?;
+        let chat = lookup::chat(&state, &app, number.0, Via::Primary).await?;
+        let msg = lookup::message(&state, &app, &chat, message_number.0, Via::Primary).await?;
+        let (_, gtid) = state
+            .reads
+            .observed(async |c| store::messages::delete(c, msg.id, crate::domain::now()).await)
+            .await?;
+        reads::keep_marks(&state, &app.token, &[ReadScope::Chat(chat.id)], gtid).await;
         state
             .queue_index(
                 &app.token,

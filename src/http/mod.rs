@@ -14,6 +14,7 @@ pub mod limits;
 pub mod lookup;
 pub mod messages;
 pub mod ratelimit;
+pub mod reads;
 pub mod schemas;
 pub mod search;
 
@@ -29,8 +30,11 @@ use crate::writebehind::WriteBehind;
 /// Everything a handler needs; shared by reference (`Data<&AppState>`).
 #[derive(Clone)]
 pub struct AppState {
-    /// MariaDB pool (reads, application writes, deletes).
+    /// MariaDB primary's pool (writes, and reads inside write paths).
     pub pool: MySqlPool,
+    /// The primary and the read replicas (`DATABASE_READ_URLS`), for reads
+    /// that may lag ([`reads::pool_for`]).
+    pub reads: crate::store::replicas::Pools,
     /// The write-behind core (creates, read-your-writes).
     pub write_behind: WriteBehind,
     /// Settings in force.

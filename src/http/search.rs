@@ -6,10 +6,12 @@ use poem_openapi::OpenApi;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 
+use super::reads::{self, Via};
 use super::schemas::{Meta, SearchResults};
 use super::{ApiTags, AppState, lookup};
 use crate::domain::Page;
 use crate::http::error::ApiError;
+use crate::store::replicas::ReadScope;
 use crate::store::search::{MAX_QUERY_BYTES, SearchError};
 
 /// The `query` parameter, the alias of `q`: `None` when absent. Errors
@@ -98,10 +100,12 @@ impl SearchApi {
         }
         let page = Page::parse(page.0, per_page.0)?;
         let app = lookup::application(&state, &token.0).await?;
-        let chat = lookup::chat(&state, &app, number.0).await?;
+        let chat = lookup::chat(&state, &app, number.0, Via::Replica).await?;
+        let pool =
+            reads::pool_for(&state, &app.token, ReadScope::Chat(chat.id), Via::Replica).await;
         let rows = state
             .search
-            .search(chat.id, &query, page)
+            .search(pool, chat.id, &query, page)
             .await
             .map_err(|e| match e {
                 SearchError::Database(e) => e.into(),

@@ -1,7 +1,7 @@
 //! SQL of the `chats` table (reads and deletes; inserts are in [`super::bulk`]).
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use sqlx::MySqlPool;
+use sqlx::{MySqlConnection, MySqlPool};
 
 use crate::domain::Page;
 
@@ -52,11 +52,16 @@ pub async fn find(
     .await
 }
 
-/// Soft-deletes a stored chat and removes its messages, in one transaction.
-/// The chat row stays as a tombstone (see the migration). Returns whether a
-/// live chat was deleted.
-pub async fn delete(pool: &MySqlPool, chat_id: u64, now: DateTime<Utc>) -> sqlx::Result<bool> {
-    let mut tx = pool.begin().await?;
+/// Soft-deletes a stored chat and removes its messages, in one transaction
+/// on `conn` (a connection of the primary, so that its GTID can be read
+/// after). The chat row stays as a tombstone (see the migration). Returns
+/// whether a live chat was deleted.
+pub async fn delete(
+    conn: &mut MySqlConnection,
+    chat_id: u64,
+    now: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
     let done = sqlx::query(
         "UPDATE chats SET deleted_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL",
     )

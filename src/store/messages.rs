@@ -1,7 +1,7 @@
 //! SQL of the `messages` table (reads, edits, deletes; inserts are in [`super::bulk`]).
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use sqlx::MySqlPool;
+use sqlx::{MySqlConnection, MySqlPool};
 
 use crate::domain::Page;
 
@@ -80,9 +80,10 @@ pub async fn count_live(pool: &MySqlPool) -> sqlx::Result<i64> {
         .await
 }
 
-/// Replaces the body of a stored message. Returns whether it was live.
+/// Replaces the body of a stored message, on `conn` (a connection of the
+/// primary, so that its GTID can be read after). Returns whether it was live.
 pub async fn update_body(
-    pool: &MySqlPool,
+    conn: &mut MySqlConnection,
     id: u64,
     body: &str,
     now: DateTime<Utc>,
@@ -93,20 +94,20 @@ pub async fn update_body(
     .bind(body)
     .bind(now.naive_utc())
     .bind(id)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(done.rows_affected() > 0)
 }
 
-/// Soft-deletes a stored message: the body is erased and the row stays as a
-/// tombstone so its number is never reused nor its flush replayed.
-/// Returns whether it was live.
-pub async fn delete(pool: &MySqlPool, id: u64, now: DateTime<Utc>) -> sqlx::Result<bool> {
+/// Soft-deletes a stored message, on `conn` (as for [`update_body`]): the
+/// body is erased and the row stays as a tombstone so its number is never
+/// reused nor its flush replayed. Returns whether it was live.
+pub async fn delete(conn: &mut MySqlConnection, id: u64, now: DateTime<Utc>) -> sqlx::Result<bool> {
     let done = sqlx::query("UPDATE messages SET body = '', deleted_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL")
         .bind(now.naive_utc())
         .bind(now.naive_utc())
         .bind(id)
-        .execute(pool)
+        .execute(conn)
         .await?;
     Ok(done.rows_affected() > 0)
 }

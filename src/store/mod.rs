@@ -8,6 +8,7 @@ pub mod chats;
 pub mod listings;
 pub mod messages;
 pub mod numbering;
+pub mod replicas;
 pub mod search;
 
 use std::time::Duration;

@@ -21,6 +21,12 @@
 //! | `chat_search_lag_seconds` | histogram | | per indexed message: from its creation or last edit to the moment it is searchable |
 //! | `chat_backpressure_rejections_total` | counter | | 503s because the buffer was full |
 //! | `chat_rate_limited_total` | counter | | 429s from the rate limit |
+//! | `chat_read_replica_in_rotation` | gauge | `replica` | 1 while reads may go to the replica (`host:port`), else 0 |
+//! | `chat_read_replica_lag_seconds` | gauge | `replica` | its `Seconds_Behind_Master` at the last check (every second); -1 unknown |
+//! | `chat_read_replica_reads_total` | counter | `replica` | reads sent to the replica |
+//! | `chat_read_replica_waits_total` | counter | `replica` | causal waits (`MASTER_GTID_WAIT`) for a scope's last write |
+//! | `chat_read_replica_wait_timeouts_total` | counter | `replica` | waits that ran past `READ_REPLICA_WAIT_MS` |
+//! | `chat_read_primary_fallbacks_total` | counter | `reason` | replica reads sent to the primary instead: `no_replica` in rotation, `wait_timed_out`, `wait_failed` |
 //! | `http_request_duration_seconds` | histogram | `method`, `route`, `status` | request latency |
 //! | `chat_http_connections_open` | gauge | | client connections open (at most `MAX_CONNECTIONS`) |
 //! | `chat_http_connections_timed_out_total` | counter | `reason` | connections closed by `HEADER_READ_TIMEOUT_SECS` (`header`) or `IDLE_TIMEOUT_SECS` (`idle`) |
@@ -104,6 +110,9 @@ fn zero_counters() {
         ] {
             counter!(name, "scope" => queue).increment(0);
         }
+    }
+    for reason in ["no_replica", "wait_timed_out", "wait_failed"] {
+        counter!("chat_read_primary_fallbacks_total", "reason" => reason).increment(0);
     }
     for reason in ["header", "idle"] {
         counter!("chat_http_connections_timed_out_total", "reason" => reason).increment(0);
@@ -228,6 +237,39 @@ pub fn connection_closed() {
 /// A client connection closed by a timeout: `reason` is `header` or `idle`.
 pub fn connection_timed_out(reason: &'static str) {
     counter!("chat_http_connections_timed_out_total", "reason" => reason).increment(1);
+}
+
+/// A read sent to read replica `replica` (`host:port`).
+pub fn replica_read(replica: &str) {
+    counter!("chat_read_replica_reads_total", "replica" => replica.to_owned()).increment(1);
+}
+
+/// A causal wait begun on read replica `replica`.
+pub fn replica_wait(replica: &str) {
+    counter!("chat_read_replica_waits_total", "replica" => replica.to_owned()).increment(1);
+}
+
+/// A causal wait on read replica `replica` that ran past `READ_REPLICA_WAIT_MS`.
+pub fn replica_wait_timed_out(replica: &str) {
+    counter!("chat_read_replica_wait_timeouts_total", "replica" => replica.to_owned()).increment(1);
+}
+
+/// A replica read sent to the primary instead, for `reason` (see
+/// [`crate::store::replicas::Fallback`]).
+pub fn primary_fallback(reason: &'static str) {
+    counter!("chat_read_primary_fallbacks_total", "reason" => reason).increment(1);
+}
+
+/// What the background check saw of read replica `replica`: its lag in
+/// seconds (`None`: unknown) and whether it is in rotation.
+pub fn replica_state(replica: &str, lag_secs: Option<i64>, in_rotation: bool) {
+    gauge!("chat_read_replica_lag_seconds", "replica" => replica.to_owned())
+        .set(lag_secs.map_or(-1.0, |l| l as f64));
+    gauge!("chat_read_replica_in_rotation", "replica" => replica.to_owned()).set(if in_rotation {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 /// A request refused with 429.

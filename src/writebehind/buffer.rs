@@ -608,6 +608,44 @@ impl Buffer {
             .await
     }
 
+    /// The GTID of the last write to `scope` (see
+    /// [`crate::store::replicas::ReadScope::mark`]) of `token`'s
+    /// application, while its read-your-writes mark lives. Errors: Redis
+    /// unavailable.
+    pub async fn causal_mark(
+        &self,
+        token: &str,
+        scope: &str,
+    ) -> Result<Option<String>, BufferError> {
+        let key = format!("{}{scope}", self.keys.for_token(token).causal());
+        self.with_conn(|mut c| async move { c.get(key).await })
+            .await
+    }
+
+    /// Keeps `gtid` as the last write of each of `scopes` of `token`'s
+    /// application for `ttl` (one round trip; the keys share the shard's
+    /// hash slot). Errors: Redis unavailable.
+    pub async fn keep_causal_marks(
+        &self,
+        token: &str,
+        scopes: &[String],
+        gtid: &str,
+        ttl: Duration,
+    ) -> Result<(), BufferError> {
+        let prefix = self.keys.for_token(token).causal();
+        let mut pipe = redis::pipe();
+        for scope in scopes {
+            pipe.cmd("SET")
+                .arg(format!("{prefix}{scope}"))
+                .arg(gtid)
+                .arg("PX")
+                .arg(ttl.as_millis() as u64)
+                .ignore();
+        }
+        self.with_conn(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .await
+    }
+
     async fn seed_field(&self, token: &str, field: &str, value: i64) -> Result<(), BufferError> {
         let key = self.keys.for_token(token).app(token);
         self.with_conn(|mut c| async move { c.hset_nx::<_, _, _, ()>(key, field, value).await })

@@ -61,6 +61,10 @@ pub struct FlushSettings {
     pub fault_delay: Duration,
     /// Flush tasks that share a pass (`FLUSH_WORKERS`), at least 1.
     pub workers: usize,
+    /// With read replicas: how long the read-your-writes mark of each
+    /// batch's parents lives (see [`crate::store::replicas`]); `None`
+    /// without replicas (no mark is kept).
+    pub causal_mark_ttl: Option<Duration>,
 }
 
 impl FlushSettings {
@@ -301,6 +305,21 @@ impl Flusher {
         // the acknowledgement itself (one script), so a full Redis cannot
         // refuse it while accepting the acknowledgement, or the other way round.
         let touched = outcome.touched();
+        // With read replicas, the parents' reads wait for this batch: the
+        // primary's binlog position now is at or after its commit.
+        let causal = match self.settings.causal_mark_ttl {
+            Some(ttl) if !touched.is_empty() => {
+                match crate::store::replicas::binlog_position(&self.pool).await {
+                    Ok(Some(gtid)) => Some((ttl, gtid)),
+                    Ok(None) => None,
+                    Err(e) => {
+                        self.give_back(&batch).await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            _ => None,
+        };
         let committed = Committed {
             kind,
             shard,
@@ -354,6 +373,9 @@ impl Flusher {
         }
         report.deferred = deferred.len() as u64;
         report.dead_lettered = dead.len() as u64;
+        if let Some((ttl, gtid)) = causal {
+            hand_on.push(causal_marks(kind, shard, &touched, &gtid, ttl));
+        }
         let usage = usage_delta(kind, &batch.items, &deferred);
         for (key, into, items) in [
             (shard.usage(), Collection::Counts, usage),
@@ -550,6 +572,34 @@ impl Flusher {
 
 fn new_backoff() -> impl Iterator<Item = Duration> {
     retry_backoff(Duration::from_millis(200), Duration::from_secs(10))
+}
+
+/// The read-your-writes marks of a committed batch: each parent's scope
+/// (an application for a chat batch, a chat for a message batch) gets
+/// `gtid` for `ttl` (see [`crate::store::replicas`]).
+fn causal_marks(
+    kind: Kind,
+    shard: &ShardKeys,
+    parents: &[u64],
+    gtid: &str,
+    ttl: Duration,
+) -> HandOn {
+    use crate::store::replicas::ReadScope;
+    let mut items = Vec::with_capacity(1 + 2 * parents.len());
+    items.push(ttl.as_millis().to_string().into_bytes());
+    for &id in parents {
+        let scope = match kind {
+            Kind::Messages => ReadScope::Chat(id),
+            _ => ReadScope::Application(id),
+        };
+        items.push(scope.mark().into_bytes());
+        items.push(gtid.as_bytes().to_vec());
+    }
+    HandOn {
+        key: shard.causal(),
+        into: Collection::Expiring,
+        items,
+    }
 }
 
 /// Delays between retries of a background job whose dependency is down:

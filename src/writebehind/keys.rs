@@ -228,6 +228,15 @@ impl ShardKeys {
         format!("{}lost", self.prefix)
     }
 
+    /// Prefix of the read-your-writes marks of this shard's applications
+    /// (with read replicas, see [`crate::store::replicas`]): string keys
+    /// `causal:a:{application_id}` and `causal:c:{chat_id}` → the GTID of
+    /// the scope's last write, expiring after `READ_REPLICA_MAX_LAG_SECS`
+    /// + 10 s.
+    pub fn causal(&self) -> String {
+        format!("{}causal:", self.prefix)
+    }
+
     /// List of records waiting to be flushed (or, for [`Kind::Search`],
     /// indexed).
     /// (The request path calls this on every create: it formats the one

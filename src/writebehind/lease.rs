@@ -124,6 +124,10 @@ pub enum Collection {
     /// `HINCRBY` of (field, increment) pairs in a hash; a field that falls
     /// to 0 or below is removed (a count of what a queue holds).
     Counts,
+    /// `SET … PX` of string keys that expire: the first item is the life
+    /// in ms, then (suffix, value) pairs; each key is the hand-on's key (a
+    /// prefix in the shard, so in its hash slot) followed by the suffix.
+    Expiring,
 }
 
 impl Collection {
@@ -133,6 +137,7 @@ impl Collection {
             Collection::Set => "set",
             Collection::Hash => "hash",
             Collection::Counts => "counts",
+            Collection::Expiring => "expiring",
         }
     }
 }
@@ -233,8 +238,8 @@ return LEASE_LOST
 /// lease, makes its hand-on writes.
 ///
 /// KEYS: leases, processing, batches, then one key per hand-on. ARGV: the
-/// number of hand-ons T, then T pairs (`list` / `set` / `hash`, item
-/// count), then every hand-on's items in order. Returns HELD or LEASE_LOST.
+/// number of hand-ons T, then T pairs (`list` / `set` / `hash` / `counts`
+/// / `expiring`, item count), then every hand-on's items in order. Returns HELD or LEASE_LOST.
 const ACK: &str = r#"#!lua flags=allow-oom
 local held = redis.call('ZREM', KEYS[1], KEYS[2])
 redis.call('DEL', KEYS[2])
@@ -250,6 +255,10 @@ for h = 1, t do
       if redis.call('HINCRBY', KEYS[3 + h], ARGV[j], ARGV[j + 1]) <= 0 then
         redis.call('HDEL', KEYS[3 + h], ARGV[j])
       end
+    end
+  elseif ARGV[2 * h] == 'expiring' then
+    for j = i + 1, i + n - 1, 2 do
+      redis.call('SET', KEYS[3 + h] .. ARGV[j], ARGV[j + 1], 'PX', ARGV[i])
     end
   else
     push(commands[ARGV[2 * h]], KEYS[3 + h], ARGV, i, i + n - 1)

@@ -335,8 +335,11 @@ impl Drop for TestApp {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let name = db_url.rsplit('/').next().unwrap_or_default().to_string();
-                if let Ok(pool) = MySqlPool::connect(&admin_url()).await {
+                // The database's own server (the tests of read replicas use
+                // a primary of their own).
+                let (server, name) = db_url.rsplit_once('/').unwrap_or_default();
+                let (server, name) = (server.to_string(), name.to_string());
+                if let Ok(pool) = MySqlPool::connect(&server).await {
                     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS `{name}`"
                     )))

@@ -22,6 +22,7 @@ mod messages;
 mod openapi;
 mod promise;
 mod ratelimit;
+mod replicas;
 mod search;
 mod security;
 mod shards;

@@ -135,18 +135,19 @@ impl SearchBackend {
 
     /// One page (fetched with `LIMIT per_page + 1`) of the live messages of
     /// chat `chat_id` that match `query`, best match first, with their
-    /// scores. Errors: the engine or MariaDB unavailable.
+    /// scores; the term index and the hits are read from `read` (the
+    /// primary, or a replica that has the chat's last write, see
+    /// [`crate::store::replicas`]). Errors: the engine or MariaDB unavailable.
     pub async fn search(
         &self,
+        read: &MySqlPool,
         chat_id: u64,
         query: &str,
         page: Page,
     ) -> Result<Vec<ScoredRow>, SearchError> {
         let (hits, pool) = match self {
-            SearchBackend::Database(pool) => {
-                (terms::search(pool, chat_id, query, page).await?, pool)
-            }
-            SearchBackend::Meili(m, pool) => (m.search(chat_id, query, page).await?, pool),
+            SearchBackend::Database(_) => (terms::search(read, chat_id, query, page).await?, read),
+            SearchBackend::Meili(m, _) => (m.search(chat_id, query, page).await?, read),
         };
         let numbers: Vec<i64> = hits.iter().map(|&(n, _)| n).collect();
         let scores: std::collections::HashMap<i64, f64> = hits.into_iter().collect();

@@ -1,0 +1,72 @@
+//! Where a handler's read runs, and what a handler's write leaves for the
+//! reads after it: the HTTP side of [`crate::store::replicas`].
+//!
+//! A read of an application's chats or of a chat's messages asks Redis for
+//! the scope's read-your-writes mark (the GTID of its last write, if recent)
+//! and gets a replica that has applied it, or the primary. A write a client
+//! can observe (an edit, a delete) keeps its GTID as the mark of the scopes
+//! whose reads could show it. Without `DATABASE_READ_URLS` both are free:
+//! every read runs on the primary and no mark is kept.
+
+use sqlx::MySqlPool;
+
+use crate::http::AppState;
+use crate::store::replicas::ReadScope;
+
+/// Which server a lookup may read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The primary: a lookup inside a write path (edit, delete), which must
+    /// see the latest row.
+    Primary,
+    /// A replica that has applied the scope's last write, else the primary.
+    Replica,
+}
+
+/// The pool for a read of `scope` in `token`'s application, `via` the
+/// primary or a caught-up replica ([`crate::store::replicas::Pools::for_read`]).
+/// Redis unreachable (no mark can be read): the primary, which is never
+/// behind.
+pub async fn pool_for<'a>(
+    state: &'a AppState,
+    token: &str,
+    scope: ReadScope,
+    via: Via,
+) -> &'a MySqlPool {
+    if via == Via::Primary || !state.reads.keeps_marks() {
+        return &state.pool;
+    }
+    match state
+        .write_behind
+        .buffer()
+        .causal_mark(token, &scope.mark())
+        .await
+    {
+        Ok(mark) => state.reads.for_read(mark.as_deref()).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "read-your-writes mark unreadable; reading from the primary");
+            &state.pool
+        }
+    }
+}
+
+/// Keeps `gtid` (the GTID a write committed, `None` when there is none to
+/// keep) as the last write of each of `scopes` of `token`'s application,
+/// for [`crate::store::replicas::Pools::mark_ttl`]. A failure (Redis down)
+/// is logged: the write stands, and reads of those scopes may then lag
+/// behind it by at most `READ_REPLICA_MAX_LAG_SECS` (replicas that lag more
+/// get no reads).
+pub async fn keep_marks(state: &AppState, token: &str, scopes: &[ReadScope], gtid: Option<String>) {
+    let Some(gtid) = gtid else {
+        return;
+    };
+    let scopes: Vec<String> = scopes.iter().map(ReadScope::mark).collect();
+    if let Err(e) = state
+        .write_behind
+        .buffer()
+        .keep_causal_marks(token, &scopes, &gtid, state.reads.mark_ttl())
+        .await
+    {
+        tracing::warn!(error = %e, "could not keep a read-your-writes mark; replica reads of this scope may lag until the replicas catch up");
+    }
+}

@@ -1,0 +1,342 @@
+//! Reads on MariaDB replicas, with read-your-writes kept by GTID.
+//!
+//! Writes go to the primary (`DATABASE_URL`). Reads that may lag
+//! (lists, lookups of stored records, search on the MariaDB backend, the
+//! operator listings) go to a replica of `DATABASE_READ_URLS`, round robin
+//! over those in rotation, after a *causal wait*:
+//!
+//! 1. each write a client can observe keeps the GTID it committed
+//!    (`@@last_gtid` on the connection that committed, or the primary's
+//!    `@@gtid_binlog_pos` after a flush's batch, which is at or after it)
+//!    under its [`ReadScope`] in Redis, for `READ_REPLICA_MAX_LAG_SECS`
+//!    plus 10 s ([`Pools::mark_ttl`]);
+//! 2. a read of that scope on a replica first runs
+//!    `MASTER_GTID_WAIT(gtid, READ_REPLICA_WAIT_MS)`; if the replica has not
+//!    applied the write by then, the read goes to the primary instead
+//!    ([`Pools::for_read`]);
+//! 3. a read whose scope has no mark (no write within the mark's life, so
+//!    on every replica still in rotation) needs no wait.
+//!
+//! This is the causal read of MariaDB MaxScale's readwritesplit
+//! (`causal_reads`, which also waits with `MASTER_GTID_WAIT` and falls back
+//! to the primary) and of ProxySQL's GTID-consistent reads, scoped per
+//! application or chat instead of per connection, so that every instance of
+//! the service sees the marks.
+//!
+//! A background check ([`Pools::check_replicas`], every second) reads each
+//! replica's `SHOW SLAVE STATUS`: one that does not answer, whose SQL
+//! thread is stopped (`Seconds_Behind_Master` is NULL), or that lags more
+//! than `READ_REPLICA_MAX_LAG_SECS` is taken out of rotation, and put back
+//! once it is within the limit again.
+//!
+//! Not on replicas: the application lookup by token (the credential check:
+//! a deleted application's token must stop working at once), every read
+//! inside a write path, the wait for a buffered record's flush, the
+//! flusher, the counts refresh and migrations.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sqlx::mysql::MySqlConnectOptions;
+use sqlx::{MySqlConnection, MySqlPool};
+
+/// Period of the background check of the replicas' lag.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a causal mark is kept for: the rows a read may show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadScope {
+    /// An application's chats (its chat list and chat lookups), by id.
+    Application(u64),
+    /// A chat's messages (its message list, lookups and search), by id.
+    Chat(u64),
+}
+
+impl ReadScope {
+    /// The scope's name in the mark keys: `a:{id}` or `c:{id}`.
+    pub fn mark(&self) -> String {
+        match self {
+            ReadScope::Application(id) => format!("a:{id}"),
+            ReadScope::Chat(id) => format!("c:{id}"),
+        }
+    }
+}
+
+/// One replica and what the background check last saw of it.
+pub struct Replica {
+    /// `host:port` (never the URL: it may hold a password), for logs and
+    /// metric labels.
+    pub name: String,
+    /// Its pool (connections made on first use).
+    pub pool: MySqlPool,
+    in_rotation: AtomicBool,
+    /// Seconds behind the primary at the last check; -1 unknown.
+    lag_secs: AtomicI64,
+}
+
+impl Replica {
+    /// Whether reads may go to it now.
+    pub fn in_rotation(&self) -> bool {
+        self.in_rotation.load(Ordering::Relaxed)
+    }
+
+    /// Its lag at the last check, in seconds (`None` unknown: down, or its
+    /// SQL thread stopped).
+    pub fn lag_secs(&self) -> Option<i64> {
+        Some(self.lag_secs.load(Ordering::Relaxed)).filter(|l| *l >= 0)
+    }
+}
+
+/// The primary and the read replicas.
+#[derive(Clone)]
+pub struct Pools {
+    primary: MySqlPool,
+    replicas: Arc<[Replica]>,
+    wait: Duration,
+    max_lag_secs: u64,
+    next: Arc<AtomicUsize>,
+}
+
+/// Why a read that could have gone to a replica went to the primary (a
+/// label of `chat_read_primary_fallbacks_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// No replica is in rotation.
+    NoReplica,
+    /// The replica had not applied the scope's last write within
+    /// `READ_REPLICA_WAIT_MS`.
+    WaitTimedOut,
+    /// The wait failed (the replica went away).
+    WaitFailed,
+}
+
+impl Fallback {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::NoReplica => "no_replica",
+            Fallback::WaitTimedOut => "wait_timed_out",
+            Fallback::WaitFailed => "wait_failed",
+        }
+    }
+}
+
+impl Pools {
+    /// Every read on `primary`: no replicas.
+    pub fn primary_only(primary: MySqlPool) -> Self {
+        Self {
+            primary,
+            replicas: Arc::from(Vec::new()),
+            wait: Duration::from_millis(200),
+            max_lag_secs: 5,
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// `primary` and lazy pools on `read_urls` (each of `max_connections`),
+    /// none in rotation until a check ([`Pools::check_replicas`]) finds it fit. `wait`: the
+    /// causal wait's bound; `max_lag_secs`: the lag that takes a replica
+    /// out of rotation. Errors: a URL that does not parse.
+    pub fn new(
+        primary: MySqlPool,
+        read_urls: &[String],
+        max_connections: u32,
+        wait: Duration,
+        max_lag_secs: u64,
+    ) -> anyhow::Result<Self> {
+        let mut replicas = Vec::with_capacity(read_urls.len());
+        for url in read_urls {
+            let opts: MySqlConnectOptions = url
+                .parse()
+                .map_err(|e| anyhow::anyhow!("DATABASE_READ_URLS holds an invalid URL: {e}"))?;
+            let name = format!("{}:{}", opts.get_host(), opts.get_port());
+            replicas.push(Replica {
+                name,
+                pool: super::connect_lazy(url, max_connections)?,
+                in_rotation: AtomicBool::new(false),
+                lag_secs: AtomicI64::new(-1),
+            });
+        }
+        Ok(Self {
+            primary,
+            replicas: Arc::from(replicas),
+            wait,
+            max_lag_secs,
+            next: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The primary: every write, and every read inside a write path.
+    pub fn primary(&self) -> &MySqlPool {
+        &self.primary
+    }
+
+    /// The replicas (empty without `DATABASE_READ_URLS`).
+    pub fn replicas(&self) -> &[Replica] {
+        &self.replicas
+    }
+
+    /// Whether writes must keep their GTID: replicas are configured.
+    pub fn keeps_marks(&self) -> bool {
+        !self.replicas.is_empty()
+    }
+
+    /// How long a causal mark is kept: `READ_REPLICA_MAX_LAG_SECS` + 10 s.
+    /// A replica that lags more is out of rotation, so once a mark expires
+    /// every replica in rotation has applied it (to within one check, 1 s).
+    pub fn mark_ttl(&self) -> Duration {
+        Duration::from_secs(self.max_lag_secs + 10)
+    }
+
+    /// The pool a read of a scope whose last write committed `mark` (its
+    /// GTID, `None` when no mark is kept) may run on: the next replica in
+    /// rotation once it has applied `mark` (`MASTER_GTID_WAIT`, up to
+    /// `READ_REPLICA_WAIT_MS`), else the primary. Never fails: the primary
+    /// is the fallback of every failure (counted by reason).
+    pub async fn for_read(&self, mark: Option<&str>) -> &MySqlPool {
+        if self.replicas.is_empty() {
+            return &self.primary;
+        }
+        let Some(replica) = self.pick() else {
+            return self.fall_back(Fallback::NoReplica);
+        };
+        let Some(gtid) = mark else {
+            crate::telemetry::metrics::replica_read(&replica.name);
+            return &replica.pool;
+        };
+        crate::telemetry::metrics::replica_wait(&replica.name);
+        // MASTER_GTID_WAIT answers 0 once the position is applied, -1 on
+        // timeout (seconds, fractions allowed).
+        let waited: sqlx::Result<Option<i64>> = sqlx::query_scalar("SELECT MASTER_GTID_WAIT(?, ?)")
+            .bind(gtid)
+            .bind(self.wait.as_secs_f64())
+            .fetch_one(&replica.pool)
+            .await;
+        match waited {
+            Ok(Some(0)) => {
+                crate::telemetry::metrics::replica_read(&replica.name);
+                &replica.pool
+            }
+            Ok(_) => {
+                crate::telemetry::metrics::replica_wait_timed_out(&replica.name);
+                self.fall_back(Fallback::WaitTimedOut)
+            }
+            Err(e) => {
+                tracing::warn!(replica = %replica.name, error = %e, "causal wait on a replica failed; reading from the primary");
+                self.fall_back(Fallback::WaitFailed)
+            }
+        }
+    }
+
+    fn fall_back(&self, why: Fallback) -> &MySqlPool {
+        crate::telemetry::metrics::primary_fallback(why.as_str());
+        &self.primary
+    }
+
+    /// The next replica in rotation, round robin.
+    fn pick(&self) -> Option<&Replica> {
+        let n = self.replicas.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.replicas[(start + i) % n])
+            .find(|r| r.in_rotation())
+    }
+
+    /// Runs `write` on one connection of the primary and returns its
+    /// result with the GTID it committed (`@@last_gtid` on that
+    /// connection), read only when replicas are configured (`None`
+    /// otherwise). Errors: those of `write`, or the connection failing.
+    pub async fn observed<T>(
+        &self,
+        write: impl AsyncFnOnce(&mut MySqlConnection) -> sqlx::Result<T>,
+    ) -> sqlx::Result<(T, Option<String>)> {
+        let mut conn = self.primary.acquire().await?;
+        let out = write(&mut conn).await?;
+        let gtid = if self.keeps_marks() {
+            last_gtid(&mut conn).await?
+        } else {
+            None
+        };
+        Ok((out, gtid))
+    }
+
+    /// One round of the background check: each replica's
+    /// `Seconds_Behind_Master` decides whether it stays in rotation (see
+    /// the module docs). Logs every change; updates the lag gauge.
+    pub async fn check_replicas(&self) {
+        for replica in self.replicas.iter() {
+            let lag = replica_lag(&replica.pool).await;
+            let fit = matches!(lag, Ok(Some(l)) if l <= self.max_lag_secs as i64);
+            replica.lag_secs.store(
+                lag.as_ref().ok().copied().flatten().unwrap_or(-1),
+                Ordering::Relaxed,
+            );
+            crate::telemetry::metrics::replica_state(&replica.name, replica.lag_secs(), fit);
+            if replica.in_rotation.swap(fit, Ordering::Relaxed) != fit {
+                match (&lag, fit) {
+                    (_, true) => {
+                        tracing::info!(replica = %replica.name, "replica back in rotation")
+                    }
+                    (Ok(Some(l)), false) => {
+                        tracing::warn!(replica = %replica.name, lag_secs = l, max = self.max_lag_secs, "replica lags too far; out of rotation")
+                    }
+                    (Ok(None), false) => {
+                        tracing::warn!(replica = %replica.name, "replica is not applying (SQL thread stopped or not a replica); out of rotation")
+                    }
+                    (Err(e), false) => {
+                        tracing::warn!(replica = %replica.name, error = %e, "replica unreachable; out of rotation")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Seconds_Behind_Master` of the replica behind `pool`: `None` when it is
+/// not applying (NULL: SQL or IO thread stopped) or not a replica at all.
+/// Errors: it cannot be reached.
+async fn replica_lag(pool: &MySqlPool) -> sqlx::Result<Option<i64>> {
+    use sqlx::Row;
+    let row = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SHOW SLAVE STATUS").fetch_optional(pool),
+    )
+    .await
+    .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    Ok(row.and_then(|r| {
+        r.try_get::<Option<u64>, _>("Seconds_Behind_Master")
+            .ok()
+            .flatten()
+            .map(|l| l as i64)
+    }))
+}
+
+/// The GTID of the last transaction committed on `conn` (`@@last_gtid`),
+/// `None` when it wrote none or the primary has no binary log. Errors: the
+/// connection failed.
+pub async fn last_gtid(conn: &mut MySqlConnection) -> sqlx::Result<Option<String>> {
+    let gtid: Option<String> = sqlx::query_scalar("SELECT @@last_gtid")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(gtid.filter(|g| !g.is_empty()))
+}
+
+/// The primary's binary log position (`@@gtid_binlog_pos`): at or after
+/// every transaction committed before this call. `None` without a binary
+/// log. Errors: the primary cannot be reached.
+pub async fn binlog_position(pool: &MySqlPool) -> sqlx::Result<Option<String>> {
+    let pos: Option<String> = sqlx::query_scalar("SELECT @@gtid_binlog_pos")
+        .fetch_one(pool)
+        .await?;
+    Ok(pos.filter(|p| !p.is_empty()))
+}
+
+/// Whether the primary writes a binary log (`@@log_bin`), without which it
+/// has no GTIDs and no replica can follow it. Errors: it cannot be reached.
+pub async fn primary_logs_binary(pool: &MySqlPool) -> sqlx::Result<bool> {
+    let on: i64 = sqlx::query_scalar("SELECT @@log_bin")
+        .fetch_one(pool)
+        .await?;
+    Ok(on == 1)
+}

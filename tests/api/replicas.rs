@@ -1,0 +1,373 @@
+//! Reads on a MariaDB GTID replica (`DATABASE_READ_URLS`, issue 26):
+//! read-your-writes across the replica's lag, and reads that stay correct
+//! when the replica stops applying.
+//!
+//! The replica is made to lag on purpose: a session on it holds `LOCK
+//! TABLES messages READ`, which stops its SQL thread from applying a write
+//! to `messages` (reads still run), and lets go after a moment. A read that
+//! did not wait for the write's GTID would show the row as it was.
+//!
+//! Needs a primary with a binary log and its replica: `scripts/test` starts
+//! the pair of `scripts/replication` and sets `TEST_PRIMARY_URL` and
+//! `TEST_REPLICA_URL`; without them these tests print SKIPPED and pass. The
+//! test that stops the SQL thread starts a pair of its own.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sqlx::{Connection, MySqlConnection};
+
+use crate::helpers::{TestApp, spawn_app_with};
+
+/// `(primary, replica)` server URLs, or `None` (and SKIPPED printed).
+fn replication(test: &str) -> Option<(String, String)> {
+    match (
+        std::env::var("TEST_PRIMARY_URL"),
+        std::env::var("TEST_REPLICA_URL"),
+    ) {
+        (Ok(p), Ok(r)) => Some((p, r)),
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: TEST_PRIMARY_URL and TEST_REPLICA_URL are not set (scripts/test starts scripts/replication and sets them)"
+            );
+            None
+        }
+    }
+}
+
+/// The service with its database on `primary` and reads on `replica`, the
+/// causal wait long enough that a read waits for the replica rather than
+/// falling back.
+async fn spawn_with_replica(primary: &str, replica: &str, wait_ms: u64) -> TestApp {
+    spawn_app_with(|c| {
+        let db = c.database_url.rsplit('/').next().unwrap().to_string();
+        c.database_url = format!("{primary}/{db}");
+        c.database_read_urls = vec![format!("{replica}/{db}")];
+        c.read_replica_wait_ms = wait_ms;
+    })
+    .await
+}
+
+/// The database name of `app`.
+fn db_of(app: &TestApp) -> String {
+    app.config
+        .database_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Waits until the replica has the database and tables of `app`.
+async fn replica_has_schema(app: &TestApp, replica: &str) {
+    let url = format!("{replica}/{}", db_of(app));
+    assert!(
+        app.eventually(Duration::from_secs(20), || {
+            let url = url.clone();
+            async move {
+                let Ok(mut c) = MySqlConnection::connect(&url).await else {
+                    return false;
+                };
+                sqlx::query("SELECT 1 FROM messages LIMIT 1")
+                    .fetch_optional(&mut c)
+                    .await
+                    .is_ok()
+            }
+        })
+        .await,
+        "the replica never had the schema"
+    );
+}
+
+/// Holds `LOCK TABLES messages READ` on the replica's copy of `app`'s
+/// database for `hold`, in a task: the replica applies no write to
+/// `messages` meanwhile. Returns once the lock is held.
+async fn stall_replica(
+    app: &TestApp,
+    replica: &str,
+    hold: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let mut c = MySqlConnection::connect(&format!("{replica}/{}", db_of(app)))
+        .await
+        .unwrap();
+    // LOCK TABLES cannot be prepared: the text protocol.
+    sqlx::raw_sql("LOCK TABLES messages READ")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(hold).await;
+        sqlx::raw_sql("UNLOCK TABLES")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    })
+}
+
+/// The sum of the samples of metric `name` (every label set) in `text`.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_flushed_record_is_read_at_once_from_a_lagging_replica() {
+    let Some((primary, replica)) = replication("a_flushed_record_is_read_at_once") else {
+        return;
+    };
+    let app = spawn_with_replica(&primary, &replica, 10_000).await;
+    replica_has_schema(&app, &replica).await;
+    let token = app.create_app("replicated").await;
+    let chat = app.create_chat(&token).await;
+    app.flush().await;
+    for i in 1..=5 {
+        app.create_message(&token, chat, &format!("hello {i}"))
+            .await;
+    }
+    let unlock = stall_replica(&app, &replica, Duration::from_millis(700)).await;
+    app.flush().await;
+    let started = Instant::now();
+    let list = app
+        .get_json(&format!("/applications/{token}/chats/{chat}/messages"))
+        .await;
+    let waited = started.elapsed();
+    let bodies: Vec<&str> = list["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        ["hello 1", "hello 2", "hello 3", "hello 4", "hello 5"],
+        "the list read right after the flush (after {waited:?})"
+    );
+    unlock.await.unwrap();
+    let metrics = app.metrics_text().await;
+    assert!(
+        metric_sum(&metrics, "chat_read_replica_waits_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric_sum(&metrics, "chat_read_replica_reads_total") >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "chat_read_primary_fallbacks_total"),
+        0.0,
+        "every read was served by the replica: {metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_edit_and_a_delete_are_read_at_once_from_a_lagging_replica() {
+    let Some((primary, replica)) = replication("an_edit_and_a_delete_are_read_at_once") else {
+        return;
+    };
+    let app = spawn_with_replica(&primary, &replica, 10_000).await;
+    replica_has_schema(&app, &replica).await;
+    let token = app.create_app("replicated").await;
+    let chat = app.create_chat(&token).await;
+    let first = app.create_message(&token, chat, "before").await;
+    let second = app.create_message(&token, chat, "doomed").await;
+    app.flush().await;
+    let path = |n: i64| format!("/applications/{token}/chats/{chat}/messages/{n}");
+    // The replica has both before it is stalled.
+    assert!(
+        app.eventually(Duration::from_secs(10), || async {
+            app.get(&path(second)).await.status() == 200
+        })
+        .await
+    );
+
+    let unlock = stall_replica(&app, &replica, Duration::from_millis(700)).await;
+    let r = app.put(&path(first), json!({"body": "after"})).await;
+    assert_eq!(r.status(), 200);
+    let read = app.get_json(&path(first)).await;
+    assert_eq!(read["body"], "after", "the edit, read right after it");
+    unlock.await.unwrap();
+
+    let unlock = stall_replica(&app, &replica, Duration::from_millis(700)).await;
+    assert_eq!(app.delete(&path(second)).await.status(), 204);
+    let r = app.get(&path(second)).await;
+    assert_eq!(r.status(), 404, "the delete, read right after it");
+    let list = app
+        .get_json(&format!("/applications/{token}/chats/{chat}/messages"))
+        .await;
+    assert_eq!(list["messages"].as_array().unwrap().len(), 1, "{list}");
+    unlock.await.unwrap();
+    let metrics = app.metrics_text().await;
+    assert!(
+        metric_sum(&metrics, "chat_read_replica_waits_total") >= 3.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "chat_read_primary_fallbacks_total"),
+        0.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn without_a_write_to_wait_for_a_read_goes_to_the_replica_at_once() {
+    let Some((primary, replica)) = replication("without_a_write_to_wait_for") else {
+        return;
+    };
+    let app = spawn_with_replica(&primary, &replica, 10_000).await;
+    replica_has_schema(&app, &replica).await;
+    let token = app.create_app("replicated").await;
+    let r = app.get(&format!("/applications/{token}/chats")).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let metrics = app.metrics_text().await;
+    assert_eq!(
+        metric_sum(&metrics, "chat_read_replica_waits_total"),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "chat_read_replica_reads_total"),
+        1.0,
+        "{metrics}"
+    );
+}
+
+/// A pair of `scripts/replication` of the test's own, stopped on drop.
+struct PrivatePair {
+    dir: std::path::PathBuf,
+    primary: String,
+    replica: String,
+}
+
+impl PrivatePair {
+    fn start() -> PrivatePair {
+        let dir = std::env::temp_dir().join(format!("chat-repl-{}", uuid::Uuid::new_v4().simple()));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/replication");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = std::fs::read_to_string(dir.join("env")).unwrap();
+        let get = |name: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .unwrap()
+                .to_string()
+        };
+        PrivatePair {
+            primary: get("TEST_PRIMARY_URL"),
+            replica: get("TEST_REPLICA_URL"),
+            dir,
+        }
+    }
+}
+
+impl Drop for PrivatePair {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/replication"))
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn with_the_replicas_sql_thread_stopped_reads_stay_right_and_it_comes_back() {
+    if replication("with_the_replicas_sql_thread_stopped").is_none() {
+        return;
+    }
+    let pair = PrivatePair::start();
+    let app = spawn_with_replica(&pair.primary, &pair.replica, 200).await;
+    replica_has_schema(&app, &pair.replica).await;
+    let in_rotation = |want: f64| {
+        let app = &app;
+        async move {
+            app.eventually(Duration::from_secs(10), || async {
+                metric_sum(&app.metrics_text().await, "chat_read_replica_in_rotation") == want
+            })
+            .await
+        }
+    };
+    assert!(
+        in_rotation(1.0).await,
+        "the replica is in rotation at first"
+    );
+    let token = app.create_app("replicated").await;
+    let chat = app.create_chat(&token).await;
+    app.flush().await;
+
+    let mut admin = MySqlConnection::connect(&pair.replica).await.unwrap();
+    sqlx::raw_sql("STOP SLAVE SQL_THREAD")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    // Writes and reads go on meanwhile: creates, flushes, edits, reads.
+    let mut numbers = Vec::new();
+    for round in 0..5 {
+        for i in 0..20 {
+            numbers.push(
+                app.create_message(&token, chat, &format!("r{round} m{i}"))
+                    .await,
+            );
+        }
+        app.flush().await;
+        let edited = numbers[round * 20];
+        let path = format!("/applications/{token}/chats/{chat}/messages/{edited}");
+        assert_eq!(
+            app.put(&path, json!({"body": format!("edited {round}")}))
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(app.get_json(&path).await["body"], format!("edited {round}"));
+        let list = app
+            .get_json(&format!(
+                "/applications/{token}/chats/{chat}/messages?per_page=100"
+            ))
+            .await;
+        assert_eq!(
+            list["messages"].as_array().unwrap().len(),
+            numbers.len(),
+            "round {round}"
+        );
+    }
+    assert!(
+        in_rotation(0.0).await,
+        "a replica that does not apply leaves the rotation"
+    );
+    let metrics = app.metrics_text().await;
+    assert!(
+        metric_sum(&metrics, "chat_read_primary_fallbacks_total") >= 1.0,
+        "reads went to the primary: {metrics}"
+    );
+    // Nothing lost: every acknowledged message is stored, once.
+    assert_eq!(app.count("messages").await, numbers.len() as i64);
+
+    sqlx::raw_sql("START SLAVE SQL_THREAD")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    assert!(
+        in_rotation(1.0).await,
+        "the replica is put back once it applies again"
+    );
+    let before = metric_sum(&app.metrics_text().await, "chat_read_replica_reads_total");
+    let list = app
+        .get_json(&format!(
+            "/applications/{token}/chats/{chat}/messages?per_page=100"
+        ))
+        .await;
+    assert_eq!(list["messages"].as_array().unwrap().len(), numbers.len());
+    assert!(metric_sum(&app.metrics_text().await, "chat_read_replica_reads_total") > before);
+    drop(app);
+    drop(pair);
+}
