@@ -18,6 +18,7 @@ use sqlx::MySqlPool;
 
 mod numbering;
 mod plots;
+mod read_replica;
 mod request_path;
 mod search_lag;
 #[path = "../../tests/support/mod.rs"]
@@ -57,6 +58,9 @@ enum Cmd {
     /// Only figure 16: the search lag while text creates run at 0.6 of
     /// their peak.
     SearchLag(Opts),
+    /// Only figure 17: message list reads with 0 and 1 MariaDB replica
+    /// while creates run at half their peak, and the primary's CPU per read.
+    ReadReplica(Opts),
     /// Serve the ceiling endpoint on `port`.
     Ceiling { port: u16 },
     /// Draw the SVG figures again from saved results, without running
@@ -1778,6 +1782,17 @@ async fn main() -> anyhow::Result<()> {
             let figure = search_lag::search_lag(&opts).await?;
             println!("{}", serde_json::to_string_pretty(&figure)?);
             println!("{}", search_lag::markdown(&figure));
+            Ok(())
+        }
+        Cmd::ReadReplica(opts) => {
+            let figure = read_replica::read_replica(&opts).await?;
+            std::fs::create_dir_all(&opts.out)?;
+            std::fs::write(
+                format!("{}/read_replica.json", opts.out),
+                serde_json::to_string_pretty(&figure)?,
+            )?;
+            println!("{}", serde_json::to_string_pretty(&figure)?);
+            println!("{}", read_replica::markdown(&figure));
             Ok(())
         }
         Cmd::RequestPath(opts) => {

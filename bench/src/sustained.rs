@@ -25,7 +25,7 @@ use super::{
 };
 
 /// CPU seconds (user + system) used so far by process `pid`; 0 if it is gone.
-fn cpu_secs(pid: i32) -> f64 {
+pub(crate) fn cpu_secs(pid: i32) -> f64 {
     procfs::process::Process::new(pid)
         .and_then(|p| p.stat())
         .map(|s| (s.utime + s.stime) as f64 / procfs::ticks_per_second() as f64)
@@ -160,7 +160,7 @@ pub(crate) async fn under_load(
 }
 
 /// Open-loop POSTs of 100-byte messages at `rate` requests/s for `secs`.
-fn post_open(url_regex: &str, rate: u64, secs: u64, connections: u32) -> Value {
+pub(crate) fn post_open(url_regex: &str, rate: u64, secs: u64, connections: u32) -> Value {
     oha(&[
         "-z".into(),
         format!("{secs}s"),
