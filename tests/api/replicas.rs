@@ -313,12 +313,13 @@ async fn with_the_replicas_sql_thread_stopped_reads_stay_right_and_it_comes_back
     // Writes and reads go on meanwhile: creates, flushes, edits, reads.
     let mut numbers = Vec::new();
     for round in 0..5 {
-        for i in 0..20 {
-            numbers.push(
-                app.create_message(&token, chat, &format!("r{round} m{i}"))
-                    .await,
-            );
-        }
+        // 20 concurrent creates a round.
+        let bodies: Vec<String> = (0..20).map(|i| format!("r{round} m{i}")).collect();
+        let mut created =
+            futures::future::join_all(bodies.iter().map(|b| app.create_message(&token, chat, b)))
+                .await;
+        created.sort_unstable();
+        numbers.extend(created);
         app.flush().await;
         let edited = numbers[round * 20];
         let path = format!("/applications/{token}/chats/{chat}/messages/{edited}");
@@ -344,6 +345,13 @@ async fn with_the_replicas_sql_thread_stopped_reads_stay_right_and_it_comes_back
         in_rotation(0.0).await,
         "a replica that does not apply leaves the rotation"
     );
+    let ready = app
+        .client
+        .get(format!("{}/health/ready", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "ready while the primary is up");
     let metrics = app.metrics_text().await;
     assert!(
         metric_sum(&metrics, "chat_read_primary_fallbacks_total") >= 1.0,
