@@ -1164,7 +1164,7 @@ fn flush_text_markdown(d: &Value) -> String {
         let (old, new) = (&d["search"]["fulltext"][chat], &d["search"]["terms"][chat]);
         out += &format!(
             "| 15. search latency, {} messages in the chat: FULLTEXT (before) p50 / p99 ms; term index p50 / p99 ms | {} / {}; {} / {} | |\n",
-            s(&new["messages"]),
+            new["messages"],
             f(&old["p50_ms"]),
             f(&old["p99_ms"]),
             f(&new["p50_ms"]),
