@@ -13,66 +13,12 @@
 //! replica shares the cores with everything else: the point is the
 //! primary's load, not the raw rate.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::sustained::{cpu_secs, post_open};
 use super::{Env, Opts, f, free_port, oha, post_closed, rps, s, seed, stat, url_regex, wait_up};
-
-/// A pair of `scripts/replication`, stopped (and its directory removed) on
-/// drop.
-struct Pair {
-    dir: PathBuf,
-    primary: String,
-    replica: String,
-}
-
-impl Pair {
-    fn start() -> anyhow::Result<Pair> {
-        let dir =
-            std::env::temp_dir().join(format!("chat-bench-repl-{}", uuid::Uuid::new_v4().simple()));
-        let out = std::process::Command::new("bash")
-            .args(["scripts/replication", "start"])
-            .arg(&dir)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "scripts/replication start failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let env = std::fs::read_to_string(dir.join("env"))?;
-        let get = |name: &str| {
-            env.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name}=")))
-                .map(str::to_string)
-                .ok_or_else(|| anyhow::anyhow!("{name} missing from the pair's env"))
-        };
-        Ok(Pair {
-            primary: get("TEST_PRIMARY_URL")?,
-            replica: get("TEST_REPLICA_URL")?,
-            dir,
-        })
-    }
-
-    /// The pid of the `primary` or `replica` server.
-    fn pid(&self, name: &str) -> i32 {
-        std::fs::read_to_string(self.dir.join(name).join("pid"))
-            .ok()
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .args(["scripts/replication", "stop"])
-            .arg(&self.dir)
-            .output();
-    }
-}
 
 /// Message list pages 1 to 5 of any chat of `tokens` on `port`.
 fn list_regex(port: u16, tokens: &[String]) -> String {
@@ -84,7 +30,7 @@ fn list_regex(port: u16, tokens: &[String]) -> String {
 
 /// Figure 17 (see the module docs).
 pub async fn read_replica(opts: &Opts) -> anyhow::Result<Value> {
-    let pair = Pair::start()?;
+    let pair = super::support::ReplicationPair::start();
     let mut on_pair = opts.clone();
     on_pair.mysql = pair.primary.clone();
     let (env, pool) = Env::fresh(&on_pair).await?;

@@ -44,6 +44,9 @@ async fn spawn_with_replica(primary: &str, replica: &str, wait_ms: u64) -> TestA
         c.database_url = format!("{primary}/{db}");
         c.database_read_urls = vec![format!("{replica}/{db}")];
         c.read_replica_wait_ms = wait_ms;
+        // A loaded machine's replica may lag seconds; these tests are about
+        // the wait, not the rotation (a stopped SQL thread leaves it anyway).
+        c.read_replica_max_lag_secs = 120;
     })
     .await
 }
@@ -233,59 +236,12 @@ async fn without_a_write_to_wait_for_a_read_goes_to_the_replica_at_once() {
     );
 }
 
-/// A pair of `scripts/replication` of the test's own, stopped on drop.
-struct PrivatePair {
-    dir: std::path::PathBuf,
-    primary: String,
-    replica: String,
-}
-
-impl PrivatePair {
-    fn start() -> PrivatePair {
-        let dir = std::env::temp_dir().join(format!("chat-repl-{}", uuid::Uuid::new_v4().simple()));
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/replication");
-        let out = std::process::Command::new("bash")
-            .arg(script)
-            .arg("start")
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let env = std::fs::read_to_string(dir.join("env")).unwrap();
-        let get = |name: &str| {
-            env.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name}=")))
-                .unwrap()
-                .to_string()
-        };
-        PrivatePair {
-            primary: get("TEST_PRIMARY_URL"),
-            replica: get("TEST_REPLICA_URL"),
-            dir,
-        }
-    }
-}
-
-impl Drop for PrivatePair {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/replication"))
-            .arg("stop")
-            .arg(&self.dir)
-            .output();
-    }
-}
-
 #[tokio::test]
 async fn with_the_replicas_sql_thread_stopped_reads_stay_right_and_it_comes_back() {
     if replication("with_the_replicas_sql_thread_stopped").is_none() {
         return;
     }
-    let pair = PrivatePair::start();
+    let pair = crate::support::ReplicationPair::start();
     let app = spawn_with_replica(&pair.primary, &pair.replica, 200).await;
     replica_has_schema(&app, &pair.replica).await;
     let in_rotation = |want: f64| {

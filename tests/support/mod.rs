@@ -207,3 +207,76 @@ impl Drop for PrivateRedis {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A MariaDB primary with a binary log and its GTID replica, started by
+/// `scripts/replication` on free loopback ports in a directory of their
+/// own; stopped (and the directory removed) on drop. For the read-replica
+/// tests and figure 17.
+pub struct ReplicationPair {
+    dir: std::path::PathBuf,
+    /// `mysql://chat:chat@127.0.0.1:{port}` of the primary (no database).
+    pub primary: String,
+    /// The same of the replica.
+    pub replica: String,
+}
+
+impl ReplicationPair {
+    /// `scripts/replication` of this checkout (from the crate's own
+    /// directory, the workspace root or `bench/`).
+    fn script() -> std::path::PathBuf {
+        let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let own = here.join("scripts/replication");
+        if own.exists() {
+            own
+        } else {
+            here.join("../scripts/replication")
+        }
+    }
+
+    /// Starts the pair (about 4 s). Panics when the script fails, with its
+    /// output.
+    pub fn start() -> ReplicationPair {
+        let dir = std::env::temp_dir().join(format!("chat-repl-{}", uuid::Uuid::new_v4().simple()));
+        let out = Command::new("bash")
+            .arg(Self::script())
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .expect("bash runs");
+        assert!(
+            out.status.success(),
+            "scripts/replication start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = std::fs::read_to_string(dir.join("env")).expect("the pair's env file");
+        let get = |name: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("{name} missing from the pair's env"))
+                .to_string()
+        };
+        ReplicationPair {
+            primary: get("TEST_PRIMARY_URL"),
+            replica: get("TEST_REPLICA_URL"),
+            dir,
+        }
+    }
+
+    /// The pid of its `primary` or `replica` server (0 if unknown).
+    pub fn pid(&self, name: &str) -> i32 {
+        std::fs::read_to_string(self.dir.join(name).join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for ReplicationPair {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(Self::script())
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+    }
+}
