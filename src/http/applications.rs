@@ -152,7 +152,10 @@ impl ApplicationsApi {
             return Err(ApiError::unauthorized().into());
         }
         let page = Page::parse(page.0, per_page.0)?;
-        let rows = store::applications::list(state.reads.for_read(None).await, page).await?;
+        let rows = super::reads::read_unscoped(&state, |pool| async move {
+            store::applications::list(&pool, page).await
+        })
+        .await?;
         let (rows, meta) = Meta::paginate(page, rows);
         Ok(Json(ApplicationList {
             applications: rows.into_iter().map(Into::into).collect(),

@@ -81,14 +81,12 @@ impl ChatsApi {
     ) -> Result<Json<ChatList>, Errors<Listing>> {
         let page = Page::parse(page.0, per_page.0)?;
         let app = lookup::application(&state, &token.0).await?;
-        let pool = reads::pool_for(
-            &state,
-            &app.token,
-            ReadScope::Application(app.id),
-            Via::Replica,
-        )
-        .await;
-        let rows = store::chats::list(pool, app.id, page).await?;
+        let scope = ReadScope::Application(app.id);
+        let app_id = app.id;
+        let rows = reads::read(&state, &app.token, scope, Via::Replica, |pool| async move {
+            store::chats::list(&pool, app_id, page).await
+        })
+        .await?;
         let (rows, meta) = Meta::paginate(page, rows);
         Ok(Json(ChatList {
             chats: rows.into_iter().map(Into::into).collect(),

@@ -90,9 +90,15 @@ pub async fn chat(
     if number < 1 {
         return Err(no_chat(number));
     }
-    let pool = reads::pool_for(state, &app.token, ReadScope::Application(app.id), via).await;
-    let found = match store::chats::find(pool, app.id, number).await? {
-        None if !std::ptr::eq(pool, &state.pool) => {
+    let scope = ReadScope::Application(app.id);
+    let app_id = app.id;
+    let found = match reads::read(state, &app.token, scope, via, |pool| async move {
+        store::chats::find(&pool, app_id, number).await
+    })
+    .await?
+    {
+        // Not on the replica yet (or never): the primary decides.
+        None if via == Via::Replica && state.reads.keeps_marks() => {
             store::chats::find(&state.pool, app.id, number).await?
         }
         found => found,
@@ -138,9 +144,14 @@ pub async fn message(
     if number < 1 {
         return Err(no_message(number));
     }
-    let pool = reads::pool_for(state, &app.token, ReadScope::Chat(chat.id), via).await;
-    let found = match store::messages::find(pool, chat.id, number).await? {
-        None if !std::ptr::eq(pool, &state.pool) => {
+    let scope = ReadScope::Chat(chat.id);
+    let chat_id = chat.id;
+    let found = match reads::read(state, &app.token, scope, via, |pool| async move {
+        store::messages::find(&pool, chat_id, number).await
+    })
+    .await?
+    {
+        None if via == Via::Replica && state.reads.keeps_marks() => {
             store::messages::find(&state.pool, chat.id, number).await?
         }
         found => found,

@@ -95,9 +95,12 @@ impl MessagesApi {
         let page = Page::parse(page.0, per_page.0)?;
         let app = lookup::application(&state, &token.0).await?;
         let chat = lookup::chat(&state, &app, number.0, Via::Replica).await?;
-        let pool =
-            reads::pool_for(&state, &app.token, ReadScope::Chat(chat.id), Via::Replica).await;
-        let rows = store::messages::list(pool, chat.id, page).await?;
+        let scope = ReadScope::Chat(chat.id);
+        let chat_id = chat.id;
+        let rows = reads::read(&state, &app.token, scope, Via::Replica, |pool| async move {
+            store::messages::list(&pool, chat_id, page).await
+        })
+        .await?;
         let (rows, meta) = Meta::paginate(page, rows);
         Ok(Json(MessageList {
             messages: rows.into_iter().map(Into::into).collect(),

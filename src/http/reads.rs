@@ -8,6 +8,8 @@
 //! whose reads could show it. Without `DATABASE_READ_URLS` both are free:
 //! every read runs on the primary and no mark is kept.
 
+use std::future::Future;
+
 use sqlx::MySqlPool;
 
 use crate::http::AppState;
@@ -47,6 +49,83 @@ pub async fn pool_for<'a>(
             tracing::warn!(error = %e, "read-your-writes mark unreadable; reading from the primary");
             &state.pool
         }
+    }
+}
+
+/// An error of a read that another server may not give: the replica went
+/// away (see [`crate::store::is_unavailable`]).
+pub trait ReplicaFailure {
+    /// Whether the read should be tried again on the primary.
+    fn replica_failed(&self) -> bool;
+}
+
+impl ReplicaFailure for sqlx::Error {
+    fn replica_failed(&self) -> bool {
+        crate::store::is_unavailable(self)
+    }
+}
+
+impl ReplicaFailure for crate::store::search::SearchError {
+    fn replica_failed(&self) -> bool {
+        matches!(self, Self::Database(e) if crate::store::is_unavailable(e))
+    }
+}
+
+/// Runs `query` (given the pool, by value) on the pool for `scope`
+/// ([`pool_for`]); when it ran on a replica and failed because the replica
+/// went away (down since the last check, at most
+/// [`crate::store::replicas::CHECK_INTERVAL`] ago), runs it again on the
+/// primary (`chat_read_primary_fallbacks_total{reason="read_failed"}`).
+/// Errors: those of `query` on the primary.
+pub async fn read<T, E, Q, F>(
+    state: &AppState,
+    token: &str,
+    scope: ReadScope,
+    via: Via,
+    query: Q,
+) -> Result<T, E>
+where
+    E: ReplicaFailure + std::fmt::Display,
+    Q: Fn(MySqlPool) -> F,
+    F: Future<Output = Result<T, E>>,
+{
+    let pool = pool_for(state, token, scope, via).await;
+    on_replica_or_primary(state, pool, query).await
+}
+
+/// [`read`] for a read of no scope (the application list, the operator
+/// listings): any replica in rotation, no wait.
+pub async fn read_unscoped<T, E, Q, F>(state: &AppState, query: Q) -> Result<T, E>
+where
+    E: ReplicaFailure + std::fmt::Display,
+    Q: Fn(MySqlPool) -> F,
+    F: Future<Output = Result<T, E>>,
+{
+    let pool = state.reads.for_read(None).await;
+    on_replica_or_primary(state, pool, query).await
+}
+
+async fn on_replica_or_primary<T, E, Q, F>(
+    state: &AppState,
+    pool: &MySqlPool,
+    query: Q,
+) -> Result<T, E>
+where
+    E: ReplicaFailure + std::fmt::Display,
+    Q: Fn(MySqlPool) -> F,
+    F: Future<Output = Result<T, E>>,
+{
+    // (The query gets the pool by value, a cheap handle, so that its
+    // future borrows nothing of ours and stays `Send` in a handler.)
+    match query(pool.clone()).await {
+        Err(e) if !std::ptr::eq(pool, &state.pool) && e.replica_failed() => {
+            tracing::warn!(error = %e, "a read on a replica failed; reading from the primary");
+            crate::telemetry::metrics::primary_fallback(
+                crate::store::replicas::Fallback::ReadFailed.as_str(),
+            );
+            query(state.pool.clone()).await
+        }
+        done => done,
     }
 }
 

@@ -101,19 +101,19 @@ impl SearchApi {
         let page = Page::parse(page.0, per_page.0)?;
         let app = lookup::application(&state, &token.0).await?;
         let chat = lookup::chat(&state, &app, number.0, Via::Replica).await?;
-        let pool =
-            reads::pool_for(&state, &app.token, ReadScope::Chat(chat.id), Via::Replica).await;
-        let rows = state
-            .search
-            .search(pool, chat.id, &query, page)
-            .await
-            .map_err(|e| match e {
-                SearchError::Database(e) => e.into(),
-                SearchError::Unavailable(cause) => {
-                    tracing::warn!(%cause, "search engine unavailable");
-                    ApiError::unavailable("the search engine is unavailable; retry later", 5)
-                }
-            })?;
+        let scope = ReadScope::Chat(chat.id);
+        let (search, chat_id, q) = (&state.search, chat.id, query.as_str());
+        let rows = reads::read(&state, &app.token, scope, Via::Replica, |pool| async move {
+            search.search(&pool, chat_id, q, page).await
+        })
+        .await
+        .map_err(|e| match e {
+            SearchError::Database(e) => e.into(),
+            SearchError::Unavailable(cause) => {
+                tracing::warn!(%cause, "search engine unavailable");
+                ApiError::unavailable("the search engine is unavailable; retry later", 5)
+            }
+        })?;
         let (rows, meta) = Meta::paginate(page, rows);
         Ok(Json(SearchResults {
             messages: rows.into_iter().map(Into::into).collect(),

@@ -109,6 +109,8 @@ pub enum Fallback {
     WaitTimedOut,
     /// The wait failed (the replica went away).
     WaitFailed,
+    /// The read itself failed on the replica (it went away after the wait).
+    ReadFailed,
 }
 
 impl Fallback {
@@ -118,6 +120,7 @@ impl Fallback {
             Fallback::NoReplica => "no_replica",
             Fallback::WaitTimedOut => "wait_timed_out",
             Fallback::WaitFailed => "wait_failed",
+            Fallback::ReadFailed => "read_failed",
         }
     }
 }

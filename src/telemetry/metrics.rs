@@ -26,7 +26,7 @@
 //! | `chat_read_replica_reads_total` | counter | `replica` | reads sent to the replica |
 //! | `chat_read_replica_waits_total` | counter | `replica` | causal waits (`MASTER_GTID_WAIT`) for a scope's last write |
 //! | `chat_read_replica_wait_timeouts_total` | counter | `replica` | waits that ran past `READ_REPLICA_WAIT_MS` |
-//! | `chat_read_primary_fallbacks_total` | counter | `reason` | replica reads sent to the primary instead: `no_replica` in rotation, `wait_timed_out`, `wait_failed` |
+//! | `chat_read_primary_fallbacks_total` | counter | `reason` | replica reads sent to the primary instead: `no_replica` in rotation, `wait_timed_out`, `wait_failed`, `read_failed` (the replica went away mid-read) |
 //! | `http_request_duration_seconds` | histogram | `method`, `route`, `status` | request latency |
 //! | `chat_http_connections_open` | gauge | | client connections open (at most `MAX_CONNECTIONS`) |
 //! | `chat_http_connections_timed_out_total` | counter | `reason` | connections closed by `HEADER_READ_TIMEOUT_SECS` (`header`) or `IDLE_TIMEOUT_SECS` (`idle`) |
@@ -111,7 +111,7 @@ fn zero_counters() {
             counter!(name, "scope" => queue).increment(0);
         }
     }
-    for reason in ["no_replica", "wait_timed_out", "wait_failed"] {
+    for reason in ["no_replica", "wait_timed_out", "wait_failed", "read_failed"] {
         counter!("chat_read_primary_fallbacks_total", "reason" => reason).increment(0);
     }
     for reason in ["header", "idle"] {

@@ -237,7 +237,7 @@ async fn without_a_write_to_wait_for_a_read_goes_to_the_replica_at_once() {
 }
 
 #[tokio::test]
-async fn with_the_replicas_sql_thread_stopped_reads_stay_right_and_it_comes_back() {
+async fn with_the_replicas_sql_thread_stopped_or_the_replica_killed_reads_stay_right() {
     if replication("with_the_replicas_sql_thread_stopped").is_none() {
         return;
     }
@@ -332,6 +332,42 @@ async fn with_the_replicas_sql_thread_stopped_reads_stay_right_and_it_comes_back
         .await;
     assert_eq!(list["messages"].as_array().unwrap().len(), numbers.len());
     assert!(metric_sum(&app.metrics_text().await, "chat_read_replica_reads_total") > before);
+
+    // The replica dies between two checks: reads go on, from the primary.
+    drop(admin);
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pair.pid("replica").to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let fallbacks = metric_sum(
+        &app.metrics_text().await,
+        "chat_read_primary_fallbacks_total",
+    );
+    // A scope with no recent write (no wait): the read itself fails on the
+    // replica, and is run again on the primary.
+    let quiet = app.create_app("quiet").await;
+    let r = app.get(&format!("/applications/{quiet}/chats")).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    for _ in 0..5 {
+        let list = app
+            .get_json(&format!(
+                "/applications/{token}/chats/{chat}/messages?per_page=100"
+            ))
+            .await;
+        assert_eq!(list["messages"].as_array().unwrap().len(), numbers.len());
+    }
+    assert!(
+        metric_sum(
+            &app.metrics_text().await,
+            "chat_read_primary_fallbacks_total"
+        ) > fallbacks,
+        "the reads the dead replica could not serve went to the primary"
+    );
+    assert!(
+        in_rotation(0.0).await,
+        "a replica that does not answer leaves the rotation"
+    );
     drop(app);
     drop(pair);
 }

@@ -133,7 +133,10 @@ impl ListingsAdminApi {
         per_page: Query<Option<i64>>,
     ) -> Result<Json<AdminChatList>, Errors<OperatorQuery>> {
         let (after, per_page) = parse(after.0, per_page.0)?;
-        let rows = listings::chats(state.reads.for_read(None).await, after, per_page + 1).await?;
+        let rows = crate::http::reads::read_unscoped(&state, |pool| async move {
+            listings::chats(&pool, after, per_page + 1).await
+        })
+        .await?;
         let (rows, meta) = page(rows, per_page, |r| Cursor {
             created_at: r.created_at,
             id: r.id,
@@ -170,8 +173,10 @@ impl ListingsAdminApi {
         per_page: Query<Option<i64>>,
     ) -> Result<Json<AdminMessageList>, Errors<OperatorQuery>> {
         let (after, per_page) = parse(after.0, per_page.0)?;
-        let rows =
-            listings::messages(state.reads.for_read(None).await, after, per_page + 1).await?;
+        let rows = crate::http::reads::read_unscoped(&state, |pool| async move {
+            listings::messages(&pool, after, per_page + 1).await
+        })
+        .await?;
         let (rows, meta) = page(rows, per_page, |r| Cursor {
             created_at: r.created_at,
             id: r.id,
