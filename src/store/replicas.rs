@@ -15,7 +15,8 @@
 //!    applied the write by then, the read goes to the primary instead
 //!    ([`Pools::for_read`]);
 //! 3. a read whose scope has no mark (no write within the mark's life, so
-//!    on every replica still in rotation) needs no wait.
+//!    on every replica still in rotation) needs no wait, nor one whose mark
+//!    the replica had applied at the last check ([`covers`]).
 //!
 //! This is the causal read of MariaDB MaxScale's readwritesplit
 //! (`causal_reads`, which also waits with `MASTER_GTID_WAIT` and falls back
@@ -73,6 +74,8 @@ pub struct Replica {
     in_rotation: AtomicBool,
     /// Seconds behind the primary at the last check; -1 unknown.
     lag_secs: AtomicI64,
+    /// Its `@@gtid_slave_pos` at the last check: what it had applied then.
+    applied: std::sync::Mutex<String>,
 }
 
 impl Replica {
@@ -159,6 +162,7 @@ impl Pools {
                 pool: super::connect_lazy(url, max_connections)?,
                 in_rotation: AtomicBool::new(false),
                 lag_secs: AtomicI64::new(-1),
+                applied: std::sync::Mutex::new(String::new()),
             });
         }
         Ok(Self {
@@ -208,6 +212,12 @@ impl Pools {
             crate::telemetry::metrics::replica_read(&replica.name);
             return &replica.pool;
         };
+        // Applied by the last check (at most CHECK_INTERVAL ago; a
+        // replica's applied position only grows): no wait needed.
+        if covers(&replica.applied.lock().expect("not poisoned"), gtid) {
+            crate::telemetry::metrics::replica_read(&replica.name);
+            return &replica.pool;
+        }
         crate::telemetry::metrics::replica_wait(&replica.name);
         // MASTER_GTID_WAIT answers 0 once the position is applied, -1 on
         // timeout (seconds, fractions allowed).
@@ -269,7 +279,11 @@ impl Pools {
     /// the module docs). Logs every change; updates the lag gauge.
     pub async fn check_replicas(&self) {
         for replica in self.replicas.iter() {
-            let lag = replica_lag(&replica.pool).await;
+            let status = replica_status(&replica.pool).await;
+            if let Ok((_, Some(applied))) = &status {
+                applied.clone_into(&mut replica.applied.lock().expect("not poisoned"));
+            }
+            let lag = status.map(|(lag, _)| lag);
             let fit = matches!(lag, Ok(Some(l)) if l <= self.max_lag_secs as i64);
             replica.lag_secs.store(
                 lag.as_ref().ok().copied().flatten().unwrap_or(-1),
@@ -296,23 +310,61 @@ impl Pools {
     }
 }
 
-/// `Seconds_Behind_Master` of the replica behind `pool`: `None` when it is
-/// not applying (NULL: SQL or IO thread stopped) or not a replica at all.
-/// Errors: it cannot be reached.
-async fn replica_lag(pool: &MySqlPool) -> sqlx::Result<Option<i64>> {
+/// `Seconds_Behind_Master` of the replica behind `pool` (`None` when it is
+/// not applying: NULL, its SQL or IO thread stopped, or not a replica at
+/// all) and its `@@gtid_slave_pos` (what its SQL thread has applied).
+/// Errors: it cannot be reached within 2 s.
+async fn replica_status(pool: &MySqlPool) -> sqlx::Result<(Option<i64>, Option<String>)> {
     use sqlx::Row;
-    let row = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query("SHOW SLAVE STATUS").fetch_optional(pool),
-    )
-    .await
-    .map_err(|_| sqlx::Error::PoolTimedOut)??;
-    Ok(row.and_then(|r| {
-        r.try_get::<Option<u64>, _>("Seconds_Behind_Master")
+    let status = async {
+        let row = sqlx::query("SHOW SLAVE STATUS")
+            .fetch_optional(pool)
+            .await?;
+        // (SHOW SLAVE STATUS has only the IO thread's position.)
+        let applied: Option<String> = sqlx::query_scalar("SELECT @@gtid_slave_pos")
+            .fetch_one(pool)
+            .await?;
+        Ok::<_, sqlx::Error>((row, applied))
+    };
+    let (row, applied) = tokio::time::timeout(Duration::from_secs(2), status)
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    let lag = row.and_then(|row| {
+        row.try_get::<Option<u64>, _>("Seconds_Behind_Master")
             .ok()
             .flatten()
             .map(|l| l as i64)
-    }))
+    });
+    Ok((lag, applied))
+}
+
+/// Whether the GTID position `applied` (`domain-server-seq`, one per
+/// domain, comma-separated, as `@@gtid_slave_pos`) includes every GTID of
+/// `wanted` (one GTID or such a position): in each of `wanted`'s domains,
+/// `applied` has a sequence number at least as high (sequence numbers grow
+/// within a domain, across servers). Anything unparsable: false (wait).
+/// MariaDB's GTID model: <https://mariadb.com/kb/en/gtid/>.
+pub fn covers(applied: &str, wanted: &str) -> bool {
+    fn parse(pos: &str) -> Option<Vec<(u32, u64)>> {
+        pos.split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(|g| {
+                let mut parts = g.split('-');
+                let domain = parts.next()?.parse().ok()?;
+                let _server: u32 = parts.next()?.parse().ok()?;
+                let seq = parts.next()?.parse().ok()?;
+                parts.next().is_none().then_some((domain, seq))
+            })
+            .collect()
+    }
+    let (Some(applied), Some(wanted)) = (parse(applied), parse(wanted)) else {
+        return false;
+    };
+    !wanted.is_empty()
+        && wanted
+            .iter()
+            .all(|(domain, seq)| applied.iter().any(|(d, s)| d == domain && s >= seq))
 }
 
 /// The GTID of the last transaction committed on `conn` (`@@last_gtid`),
@@ -342,4 +394,27 @@ pub async fn primary_logs_binary(pool: &MySqlPool) -> sqlx::Result<bool> {
         .fetch_one(pool)
         .await?;
     Ok(on == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covers;
+
+    #[test]
+    fn a_position_covers_what_it_has_applied_in_every_domain() {
+        assert!(covers("0-1-42", "0-1-42"));
+        assert!(covers("0-1-43", "0-1-42"));
+        assert!(!covers("0-1-41", "0-1-42"));
+        // Another server of the same domain (after a failover): by sequence.
+        assert!(covers("0-2-50", "0-1-42"));
+        assert!(covers("0-1-10,1-1-7", "1-1-7"));
+        assert!(!covers("0-1-10", "1-1-7"), "a domain it has not seen");
+        assert!(covers("0-1-10,1-1-7", "0-1-9,1-1-7"));
+        assert!(!covers("0-1-10,1-1-6", "0-1-9,1-1-7"));
+        // Nothing known, or garbage: wait.
+        assert!(!covers("", "0-1-1"));
+        assert!(!covers("0-1-5", ""));
+        assert!(!covers("0-1-x", "0-1-1"));
+        assert!(!covers("0-1-5-9", "0-1-1"));
+    }
 }
