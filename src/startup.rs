@@ -86,7 +86,7 @@ pub fn flush_settings(config: &Config) -> FlushSettings {
         fault_delay: Duration::from_millis(config.fault_flush_delay_ms),
         workers: config.flush_workers.get(),
         causal_mark_ttl: (!config.database_read_urls.is_empty())
-            .then(|| Duration::from_secs(config.read_replica_max_lag_secs + 10)),
+            .then(|| crate::store::replicas::mark_ttl(config.read_replica_max_lag_secs)),
     }
 }
 

@@ -92,17 +92,10 @@ pub async fn chat(
     }
     let scope = ReadScope::Application(app.id);
     let app_id = app.id;
-    let found = match reads::read(state, &app.token, scope, via, |pool| async move {
+    let found = reads::find(state, &app.token, scope, via, |pool| async move {
         store::chats::find(&pool, app_id, number).await
     })
-    .await?
-    {
-        // Not on the replica yet (or never): the primary decides.
-        None if via == Via::Replica && state.reads.keeps_marks() => {
-            store::chats::find(&state.pool, app.id, number).await?
-        }
-        found => found,
-    };
+    .await?;
     let row = match found {
         Some(c) => Some(c),
         None => {
@@ -146,16 +139,10 @@ pub async fn message(
     }
     let scope = ReadScope::Chat(chat.id);
     let chat_id = chat.id;
-    let found = match reads::read(state, &app.token, scope, via, |pool| async move {
+    let found = reads::find(state, &app.token, scope, via, |pool| async move {
         store::messages::find(&pool, chat_id, number).await
     })
-    .await?
-    {
-        None if via == Via::Replica && state.reads.keeps_marks() => {
-            store::messages::find(&state.pool, chat.id, number).await?
-        }
-        found => found,
-    };
+    .await?;
     let row = match found {
         Some(m) => Some(m),
         None => {

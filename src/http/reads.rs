@@ -93,6 +93,28 @@ where
     on_replica_or_primary(state, pool, query).await
 }
 
+/// [`read`] of one row that may not be on the replica yet: a miss there
+/// (`None`) is asked of the primary, which decides (the row may have been
+/// stored since the replica's last apply, or never). Errors: as [`read`].
+pub async fn find<T, E, Q, F>(
+    state: &AppState,
+    token: &str,
+    scope: ReadScope,
+    via: Via,
+    query: Q,
+) -> Result<Option<T>, E>
+where
+    E: ReplicaFailure + std::fmt::Display,
+    Q: Fn(MySqlPool) -> F,
+    F: Future<Output = Result<Option<T>, E>>,
+{
+    let pool = pool_for(state, token, scope, via).await;
+    match on_replica_or_primary(state, pool, &query).await? {
+        None if !std::ptr::eq(pool, &state.pool) => query(state.pool.clone()).await,
+        found => Ok(found),
+    }
+}
+
 /// [`read`] for a read of no scope (the application list, the operator
 /// listings): any replica in rotation, no wait.
 pub async fn read_unscoped<T, E, Q, F>(state: &AppState, query: Q) -> Result<T, E>

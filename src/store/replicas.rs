@@ -45,6 +45,14 @@ use sqlx::{MySqlConnection, MySqlPool};
 /// Period of the background check of the replicas' lag.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a causal mark is kept with `max_lag_secs`
+/// (`READ_REPLICA_MAX_LAG_SECS`): that + 10 s. A replica that lags more is
+/// out of rotation, so once a mark expires every replica in rotation has
+/// applied it (to within one check, [`CHECK_INTERVAL`]).
+pub fn mark_ttl(max_lag_secs: u64) -> Duration {
+    Duration::from_secs(max_lag_secs + 10)
+}
+
 /// What a causal mark is kept for: the rows a read may show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadScope {
@@ -189,11 +197,10 @@ impl Pools {
         !self.replicas.is_empty()
     }
 
-    /// How long a causal mark is kept: `READ_REPLICA_MAX_LAG_SECS` + 10 s.
-    /// A replica that lags more is out of rotation, so once a mark expires
-    /// every replica in rotation has applied it (to within one check, 1 s).
+    /// How long a causal mark is kept ([`mark_ttl`] of
+    /// `READ_REPLICA_MAX_LAG_SECS`).
     pub fn mark_ttl(&self) -> Duration {
-        Duration::from_secs(self.max_lag_secs + 10)
+        mark_ttl(self.max_lag_secs)
     }
 
     /// The pool a read of a scope whose last write committed `mark` (its

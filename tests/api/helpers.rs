@@ -51,6 +51,16 @@ pub fn test_config() -> Config {
     config
 }
 
+/// The sum of the samples of metric `name` in Prometheus text `text`, over
+/// every label set (`name` may also carry its labels, to pick one sample);
+/// 0 if absent.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The keys of a JSON object, sorted (to check that no internal field,
 /// such as a database id, leaks into a response).
 pub fn keys_of(v: &Value) -> Vec<String> {

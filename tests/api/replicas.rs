@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sqlx::{Connection, MySqlConnection};
 
-use crate::helpers::{TestApp, spawn_app_with};
+use crate::helpers::{TestApp, metric_sum, spawn_app_with};
 
 /// `(primary, replica)` server URLs, or `None` (and SKIPPED printed).
 fn replication(test: &str) -> Option<(String, String)> {
@@ -105,14 +105,6 @@ async fn stall_replica(
             .await
             .unwrap();
     })
-}
-
-/// The sum of the samples of metric `name` (every label set) in `text`.
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test]

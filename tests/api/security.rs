@@ -7,7 +7,7 @@
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, metric_sum, spawn_app, spawn_app_with};
 
 const KEY: &str = "test-operator-key-5e1d0c3b";
 
@@ -282,7 +282,7 @@ async fn two_thousand_half_sent_requests_are_closed_by_the_header_timeout() {
         conns.push(s);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let open = metric(&app.metrics_text().await, "chat_http_connections_open");
+    let open = metric_sum(&app.metrics_text().await, "chat_http_connections_open");
     assert!(open >= SLOW as f64, "{SLOW} slow connections open: {open}");
     // Trickle: one byte per connection every 500 ms, far inside the idle
     // timeout; a probe each round.
@@ -324,12 +324,12 @@ async fn two_thousand_half_sent_requests_are_closed_by_the_header_timeout() {
         "latency held: {slowest:?}"
     );
     let metrics = app.metrics_text().await;
-    let timed_out = metric(
+    let timed_out = metric_sum(
         &metrics,
         "chat_http_connections_timed_out_total{reason=\"header\"}",
     );
     assert!(timed_out >= SLOW as f64, "{timed_out}");
-    assert!(metric(&metrics, "chat_http_connections_open") < 50.0);
+    assert!(metric_sum(&metrics, "chat_http_connections_open") < 50.0);
 }
 
 /// An idle keep-alive connection is closed after `IDLE_TIMEOUT_SECS`; one
@@ -358,7 +358,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     let metrics = app.metrics_text().await;
     assert!(
-        metric(
+        metric_sum(
             &metrics,
             "chat_http_connections_timed_out_total{reason=\"idle\"}"
         ) >= 1.0
@@ -391,12 +391,4 @@ async fn past_max_connections_a_new_connection_waits_for_one_to_close() {
         .unwrap()
         .unwrap();
     assert_eq!(status, 404);
-}
-
-/// The value of the sample named `name` (with its labels) in Prometheus
-/// text, 0 if absent.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
