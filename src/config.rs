@@ -169,6 +169,15 @@ pub struct Config {
     #[arg(long, env = "FLUSH_INTERVAL_SECS", default_value = "60", value_parser = parse_nonzero_secs)]
     pub flush_interval: Duration,
 
+    /// Longest time, in ms, a shard that holds records goes without a flush
+    /// (the maximum age of a batch, Vector's `batch.timeout_secs`): the
+    /// flusher checks every quarter of it, so a record waits in Redis at
+    /// most 1.25 times this (plus the write) while MariaDB is up, whatever
+    /// the rate. It bounds how late a message becomes searchable. 0 turns
+    /// it off: then only `*_BATCH_SIZE` and `FLUSH_INTERVAL_SECS` trigger.
+    #[arg(long, env = "FLUSH_MAX_AGE_MS", default_value_t = 2000)]
+    pub flush_max_age_ms: u64,
+
     /// Pending records per queue, in total over every shard, past which
     /// creation answers 503 with `Retry-After` (backpressure). A single
     /// application may fill it up to `MAX_PENDING_PER_APPLICATION`.

@@ -80,6 +80,8 @@ pub fn flush_settings(config: &Config) -> FlushSettings {
         chat_batch_size: config.chat_batch_size.get(),
         message_batch_size: config.message_batch_size.get(),
         interval: config.flush_interval,
+        max_age: (config.flush_max_age_ms > 0)
+            .then(|| Duration::from_millis(config.flush_max_age_ms)),
         lease: config.lease,
         orphan_max_age: config.orphan_max_age,
         shutdown_timeout: config.shutdown_timeout,

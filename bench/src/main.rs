@@ -21,6 +21,7 @@ mod plots;
 mod read_replica;
 mod request_path;
 mod search_lag;
+mod search_quality;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 mod sustained;
@@ -58,6 +59,9 @@ enum Cmd {
     /// Only figure 16: the search lag while text creates run at 0.6 of
     /// their peak.
     SearchLag(Opts),
+    /// Only figure 18: precision at 5 of each search backend on a judged
+    /// set of queries over the chatterbot corpus.
+    SearchQuality(Opts),
     /// Only figure 17: message list reads with 0 and 1 MariaDB replica
     /// while creates run at half their peak, and the primary's CPU per read.
     ReadReplica(Opts),
@@ -1226,6 +1230,7 @@ async fn drain_with(
         chat_batch_size: batch,
         message_batch_size: batch,
         interval: Duration::from_secs(3600),
+        max_age: None,
         lease: Duration::from_secs(60),
         orphan_max_age: Duration::from_secs(3600),
         shutdown_timeout: Duration::from_secs(30),
@@ -1782,6 +1787,17 @@ async fn main() -> anyhow::Result<()> {
             let figure = search_lag::search_lag(&opts).await?;
             println!("{}", serde_json::to_string_pretty(&figure)?);
             println!("{}", search_lag::markdown(&figure));
+            Ok(())
+        }
+        Cmd::SearchQuality(opts) => {
+            let figure = search_quality::search_quality(&opts).await?;
+            std::fs::create_dir_all(&opts.out)?;
+            std::fs::write(
+                format!("{}/search_quality.json", opts.out),
+                serde_json::to_string_pretty(&figure)?,
+            )?;
+            println!("{}", serde_json::to_string_pretty(&figure)?);
+            println!("{}", search_quality::markdown(&figure));
             Ok(())
         }
         Cmd::ReadReplica(opts) => {

@@ -84,6 +84,7 @@ pub async fn request_path(opts: &Opts) -> anyhow::Result<Value> {
         ("MESSAGE_BATCH_SIZE", "100000000"),
         ("CHAT_BATCH_SIZE", "100000000"),
         ("FLUSH_INTERVAL_SECS", "86400"),
+        ("FLUSH_MAX_AGE_MS", "0"),
         ("MAX_PENDING", "100000000"),
         ("PENDING_HIGH_WATER", "100000000"),
         ("MAX_PENDING_PER_APPLICATION", "0"),

@@ -321,6 +321,7 @@ pub async fn cpu_per_record(opts: &Opts) -> anyhow::Result<Value> {
     let idle_flusher = [
         ("MESSAGE_BATCH_SIZE", "100000000"),
         ("FLUSH_INTERVAL_SECS", "86400"),
+        ("FLUSH_MAX_AGE_MS", "0"),
         ("MAX_PENDING", "100000000"),
         ("PENDING_HIGH_WATER", "100000000"),
     ];

@@ -21,9 +21,13 @@
 //! dead-lettered instead. Records whose application or chat was deleted are
 //! dropped and counted. Neither ever blocks the queue.
 //!
-//! **When it runs** (the policy of Vector's batcher, by count or by time):
-//! when a request pushes a list to its batch size (it wakes the flusher
-//! through a [`Notify`], no polling), and every `FLUSH_INTERVAL_SECS`. On
+//! **When it runs** (the policy of Vector's batcher, by count or by age):
+//! every shard when a request pushes a list to its batch size (it wakes the
+//! flusher through a [`Notify`], no polling) and every `FLUSH_INTERVAL_SECS`;
+//! and one shard when it holds records and this instance has not flushed it
+//! for `FLUSH_MAX_AGE_MS` (checked every quarter of that, one LLEN pipeline
+//! per shard due), so that with 16 shards a slow trickle into each does not
+//! wait for a batch size that only the sum of the shards reaches. On
 //! shutdown it drains what is pending before returning.
 
 use std::sync::Arc;
@@ -50,6 +54,9 @@ pub struct FlushSettings {
     pub message_batch_size: usize,
     /// Timer period (`FLUSH_INTERVAL_SECS`).
     pub interval: Duration,
+    /// Longest a shard that holds records goes without a flush
+    /// (`FLUSH_MAX_AGE_MS`); `None`: no age trigger.
+    pub max_age: Option<Duration>,
     /// Lease of a claimed batch (`LEASE_SECS`).
     pub lease: Duration,
     /// Age past which a message whose chat never arrived is dead-lettered.
@@ -142,6 +149,9 @@ pub struct Flusher {
     wake: Arc<Notify>,
     /// Incremented after every flush attempt; waiters watch it.
     generation: watch::Sender<u64>,
+    /// When this instance last began to flush each shard (by shard index),
+    /// for the age trigger.
+    last_flushed: std::sync::Mutex<Vec<tokio::time::Instant>>,
 }
 
 /// A cheap handle to wake the flusher and wait for its next pass.
@@ -180,13 +190,15 @@ impl FlushHandle {
 impl Flusher {
     /// A flusher over `buffer` writing to `pool`.
     pub fn new(buffer: Buffer, pool: MySqlPool, settings: FlushSettings) -> Self {
+        let shards = usize::from(buffer.keys().shard_count());
         Self {
-            buffer,
             pool,
             settings,
             after_commit: Vec::new(),
             wake: Arc::new(Notify::new()),
             generation: watch::Sender::new(0),
+            last_flushed: std::sync::Mutex::new(vec![tokio::time::Instant::now(); shards]),
+            buffer,
         }
     }
 
@@ -220,16 +232,62 @@ impl Flusher {
     /// other workers finish their shard first; what they flushed stays
     /// flushed.
     pub async fn flush_once(&self) -> Result<FlushReport, FlushError> {
-        use std::sync::atomic::{AtomicU16, Ordering};
-        let next = AtomicU16::new(0);
-        let shards = self.buffer.keys().shard_count();
+        let all: Vec<u16> = (0..self.buffer.keys().shard_count()).collect();
+        self.flush_shards(&all).await
+    }
+
+    /// Flushes the shards that hold records and that this instance has not
+    /// begun to flush for `max_age` (the age trigger). Shards found empty
+    /// count as flushed now, so an idle service asks each shard once per
+    /// `max_age`. Errors: as [`Self::flush_once`].
+    pub async fn flush_aged(&self, max_age: Duration) -> Result<FlushReport, FlushError> {
+        let now = tokio::time::Instant::now();
+        let stale: Vec<u16> = {
+            let last = self.last_flushed.lock().expect("not poisoned");
+            (0..self.buffer.keys().shard_count())
+                .filter(|&i| now.duration_since(last[usize::from(i)]) >= max_age)
+                .collect()
+        };
+        if stale.is_empty() {
+            return Ok(FlushReport::default());
+        }
+        let depths = futures_util::future::try_join_all(stale.iter().map(|&i| async move {
+            let shard = self.buffer.keys().shard(i);
+            let mut depth = 0;
+            for kind in Kind::FLUSHED_TO_DATABASE {
+                depth += self.buffer.shard_pending_len(&shard, kind).await?;
+            }
+            Ok::<_, BufferError>(depth)
+        }))
+        .await?;
+        let mut due = Vec::new();
+        {
+            let mut last = self.last_flushed.lock().expect("not poisoned");
+            for (&i, depth) in stale.iter().zip(depths) {
+                if depth == 0 {
+                    last[usize::from(i)] = now;
+                } else {
+                    due.push(i);
+                }
+            }
+        }
+        if due.is_empty() {
+            return Ok(FlushReport::default());
+        }
+        self.flush_shards(&due).await
+    }
+
+    /// One flush pass over `shards` (indexes), shared by the
+    /// `FLUSH_WORKERS` tasks as [`Self::flush_once`] describes.
+    async fn flush_shards(&self, shards: &[u16]) -> Result<FlushReport, FlushError> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let next = AtomicUsize::new(0);
         let worker = || async {
             let mut report = FlushReport::default();
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= shards {
+                let Some(&i) = shards.get(next.fetch_add(1, Ordering::Relaxed)) else {
                     return Ok::<_, FlushError>(report);
-                }
+                };
                 report += self.flush_shard(&self.buffer.keys().shard(i)).await?;
             }
         };
@@ -259,6 +317,14 @@ impl Flusher {
     /// Errors: as [`Self::flush_once`].
     pub async fn flush_shard(&self, shard: &ShardKeys) -> Result<FlushReport, FlushError> {
         let mut report = FlushReport::default();
+        if let Some(at) = self
+            .last_flushed
+            .lock()
+            .expect("not poisoned")
+            .get_mut(usize::from(shard.index()))
+        {
+            *at = tokio::time::Instant::now();
+        }
         for kind in Kind::FLUSHED_TO_DATABASE {
             let mut budget = self.buffer.shard_pending_len(shard, kind).await?;
             let queue = shard.record_queue(kind);
@@ -482,20 +548,40 @@ impl Flusher {
         let mut recovery =
             tokio::time::interval_at(start + self.settings.lease, self.settings.lease);
         recovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The age trigger looks every quarter of the age (at least every 50 ms).
+        let mut age_check = self.settings.max_age.map(|age| {
+            let period = (age / 4).max(Duration::from_millis(50));
+            let mut i = tokio::time::interval_at(start + period, period);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            (age, i)
+        });
         let mut backoff = new_backoff();
         loop {
-            tokio::select! {
+            let aged = async {
+                match &mut age_check {
+                    Some((age, check)) => {
+                        check.tick().await;
+                        *age
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let pass = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.wake.notified() => {}
-                _ = timer.tick() => {}
+                _ = self.wake.notified() => None,
+                _ = timer.tick() => None,
+                age = aged => Some(age),
                 _ = recovery.tick() => {
                     if let Err(e) = self.recover_once().await {
                         tracing::warn!(error = %e, "recovery failed");
                     }
                     continue;
                 }
-            }
-            let result = self.flush_once().await;
+            };
+            let result = match pass {
+                None => self.flush_once().await,
+                Some(age) => self.flush_aged(age).await,
+            };
             self.generation.send_modify(|g| *g += 1);
             match result {
                 Ok(_) => backoff = new_backoff(),

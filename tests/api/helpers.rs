@@ -41,6 +41,8 @@ pub fn test_config() -> Config {
     config.redis_key_prefix = format!("test:{id}:");
     config.bind_addr = "127.0.0.1:0".parse().unwrap();
     config.flush_interval = Duration::from_secs(3600);
+    // What is buffered stays buffered until a test flushes or fills a batch.
+    config.flush_max_age_ms = 0;
     config.database_max_connections = 5;
     // Rate-limit tests turn it on; the others send bursts from one IP.
     config.rate_limit_per_minute = 0;

@@ -49,6 +49,41 @@ async fn the_timer_flushes_below_the_batch_size() {
 }
 
 #[tokio::test]
+async fn a_shard_not_flushed_for_the_max_age_is_flushed_without_the_timer() {
+    // No timer to speak of, batches never full: only the age trigger can
+    // store these records. Eight applications spread them over the shards.
+    let app = spawn_app_with(|c| c.flush_max_age_ms = 400).await;
+    let mut scopes = Vec::new();
+    for i in 0..8 {
+        let t = app.create_app(&format!("a{i}")).await;
+        let c = app.create_chat(&t).await;
+        app.create_message(&t, c, "hello").await;
+        scopes.push(t);
+    }
+    let shards: std::collections::HashSet<u16> =
+        scopes.iter().map(|t| app.shard(t).index()).collect();
+    assert!(shards.len() > 1, "the records sit in several shards");
+    let flushed = app
+        .eventually(Duration::from_secs(5), || async {
+            app.count("messages").await == 8 && app.count("chats").await == 8
+        })
+        .await;
+    assert!(
+        flushed,
+        "each shard was flushed once its records had waited 400 ms"
+    );
+    // And the trigger keeps working for records that come later.
+    let c = app.create_chat(&scopes[0]).await;
+    app.create_message(&scopes[0], c, "later").await;
+    let flushed = app
+        .eventually(Duration::from_secs(5), || async {
+            app.count("messages").await == 9
+        })
+        .await;
+    assert!(flushed, "a later record was flushed by age too");
+}
+
+#[tokio::test]
 async fn a_batch_whose_flusher_died_is_written_exactly_once_by_another() {
     let app = spawn_app().await;
     let t = app.create_app("a").await;

@@ -155,6 +155,7 @@ pub(crate) fn env(redis: &PrivateRedis) -> Vec<(&'static str, String)> {
     vec![
         ("REDIS_URL", redis.url()),
         ("FLUSH_INTERVAL_SECS", "600".into()),
+        ("FLUSH_MAX_AGE_MS", "0".into()),
         ("MESSAGE_BATCH_SIZE", "100000".into()),
         ("CHAT_BATCH_SIZE", "100000".into()),
         ("ADMIN_API_KEY", ADMIN_KEY.into()),
