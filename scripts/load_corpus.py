@@ -113,9 +113,22 @@ def main():
                     help="with --search-check: how long to wait for the search index (it follows the flush) to catch up")
     ap.add_argument("--search-check", action="store_true",
                     help="then search a word found in exactly one conversation, and time searches")
+    ap.add_argument("--dump-lines", metavar="LANGUAGE",
+                    help="only print, as a JSON array, every distinct non-blank line of LANGUAGE "
+                         "(files in name order, first occurrence kept): the chat that "
+                         "`bench search-quality` searches with its judged queries")
     args = ap.parse_args()
 
     corpus = load_corpus()
+    if args.dump_lines:
+        seen, lines = set(), []
+        for conv in corpus[args.dump_lines]:
+            for line in conv:
+                if line.strip() and line not in seen:
+                    seen.add(line)
+                    lines.append(line)
+        json.dump(lines, sys.stdout, ensure_ascii=False)
+        return
     n_lines = sum(len(l) for c in corpus.values() for l in c)
     print(f"corpus: {len(corpus)} languages, {sum(len(c) for c in corpus.values())} conversations, {n_lines} lines")
 
