@@ -24,9 +24,10 @@
 //! the lease lost (another instance recovered the batch and applies it).
 //! So no batch is applied by two indexers at once, nor again and again.
 //!
-//! **Lag.** While the engine is up, a message is searchable about the poll
-//! interval (`SEARCH_INDEX_INTERVAL_MS`, 1 s) plus the engine's own
-//! processing time after its flush; during an outage, until the outage ends
+//! **Lag.** While the engine is up, a message is searchable at most the
+//! poll interval (`SEARCH_INDEX_INTERVAL_MS`, 1 s: an indexer that found
+//! work polls again at once) plus the engine's own processing time after
+//! its flush; during an outage, until the outage ends
 //! (plus at most the backoff, 30 s). Each indexed message's lag, from its
 //! creation or last edit to the moment it is searchable, goes to the
 //! `chat_search_lag_seconds` histogram.
@@ -306,6 +307,12 @@ impl Indexer {
                 self.index_once().await
             };
             let delay = match step.await {
+                // Ops were waiting: what came during the pass goes at once
+                // (the interval is the poll period of an idle indexer).
+                Ok(applied) if applied > 0 => {
+                    backoff = new_backoff();
+                    Duration::ZERO
+                }
                 Ok(_) => {
                     backoff = new_backoff();
                     self.interval
