@@ -99,6 +99,10 @@ struct FlushTextOpts {
     /// Stored messages before each measurement (comma-separated, ascending).
     #[arg(long, value_delimiter = ',', default_value = "0,1000000,10000000")]
     levels: Vec<u64>,
+    /// Search indexes to measure, of `fulltext`, `terms` and `none`
+    /// (comma-separated): the FULLTEXT one takes longest to fill at 10M.
+    #[arg(long, value_delimiter = ',', default_value = "fulltext,terms,none")]
+    variants: Vec<String>,
     /// Records flushed at each level.
     #[arg(long, default_value_t = 100_000)]
     records: u64,
@@ -953,6 +957,9 @@ async fn flush_text(o: &FlushTextOpts) -> anyhow::Result<Value> {
     let mut search = serde_json::Map::new();
     let mut seed = 42u64;
     for variant in ["fulltext", "terms", "none"] {
+        if !o.variants.iter().any(|v| v == variant) {
+            continue;
+        }
         let env = Env {
             opts: o.opts.clone(),
             db: format!("chat_bench_{id}_{variant}"),
