@@ -1714,6 +1714,22 @@ async fn serve<T: OpenApi + 'static>(api: T, port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Saves `figure` as `<out>/<name>.json` and prints it, then its
+/// BENCHMARKS.md row(s). Errors: the file could not be written.
+fn report(
+    opts: &Opts,
+    name: &str,
+    figure: &Value,
+    markdown: fn(&Value) -> String,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.out)?;
+    let pretty = serde_json::to_string_pretty(figure)?;
+    std::fs::write(format!("{}/{name}.json", opts.out), &pretty)?;
+    println!("{pretty}");
+    println!("{}", markdown(figure));
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
@@ -1798,25 +1814,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::SearchQuality(opts) => {
             let figure = search_quality::search_quality(&opts).await?;
-            std::fs::create_dir_all(&opts.out)?;
-            std::fs::write(
-                format!("{}/search_quality.json", opts.out),
-                serde_json::to_string_pretty(&figure)?,
-            )?;
-            println!("{}", serde_json::to_string_pretty(&figure)?);
-            println!("{}", search_quality::markdown(&figure));
-            Ok(())
+            report(&opts, "search_quality", &figure, search_quality::markdown)
         }
         Cmd::ReadReplica(opts) => {
             let figure = read_replica::read_replica(&opts).await?;
-            std::fs::create_dir_all(&opts.out)?;
-            std::fs::write(
-                format!("{}/read_replica.json", opts.out),
-                serde_json::to_string_pretty(&figure)?,
-            )?;
-            println!("{}", serde_json::to_string_pretty(&figure)?);
-            println!("{}", read_replica::markdown(&figure));
-            Ok(())
+            report(&opts, "read_replica", &figure, read_replica::markdown)
         }
         Cmd::RequestPath(opts) => {
             let figure = request_path::request_path(&opts).await?;

@@ -108,6 +108,22 @@ async fn fulltext_top(pool: &MySqlPool, chat_id: u64, q: &str) -> anyhow::Result
     Ok(rows.into_iter().map(|(body, _)| body).collect())
 }
 
+/// The first [`K`] hits of each query in chat 1 of `token`, through the API.
+async fn api_tops(port: u16, token: &str, queries: &[Value]) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut tops = Vec::new();
+    for q in queries {
+        tops.push(api_top(port, token, q["q"].as_str().unwrap_or_default()).await?);
+    }
+    Ok(tops)
+}
+
+/// [`precision`] of `backend`'s hits, shown as [`show`] does.
+fn judge(backend: &str, queries: &[Value], tops: &[Vec<String>]) -> Vec<f64> {
+    let p = precision(queries, tops);
+    show(backend, queries, tops, &p);
+    p
+}
+
 /// Waits until `ready` holds (polled every 200 ms), at most `limit`.
 async fn until<F: std::future::Future<Output = bool>>(
     limit: Duration,
@@ -121,18 +137,23 @@ async fn until<F: std::future::Future<Output = bool>>(
     Ok(())
 }
 
+/// The lines judged relevant to query `q`.
+fn relevant(q: &Value) -> HashSet<&str> {
+    q["relevant"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 /// Precision at [`K`] of each query (R-capped) from each query's hits.
 fn precision(queries: &[Value], tops: &[Vec<String>]) -> Vec<f64> {
     queries
         .iter()
         .zip(tops)
         .map(|(q, top)| {
-            let relevant: HashSet<&str> = q["relevant"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
+            let relevant = relevant(q);
             let hits = top.iter().filter(|b| relevant.contains(b.as_str())).count();
             hits as f64 / relevant.len().clamp(1, K) as f64
         })
@@ -143,12 +164,7 @@ fn precision(queries: &[Value], tops: &[Vec<String>]) -> Vec<f64> {
 /// pool when a backend finds a line nobody judged).
 fn show(backend: &str, queries: &[Value], tops: &[Vec<String>], p: &[f64]) {
     for ((q, top), p) in queries.iter().zip(tops).zip(p) {
-        let relevant: HashSet<&str> = q["relevant"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let relevant = relevant(q);
         eprintln!("figure 18 [{backend}] {:?}: P@5 {p:.2}", q["q"]);
         for b in top {
             let mark = if relevant.contains(b.as_str()) {
@@ -194,12 +210,7 @@ pub async fn search_quality(opts: &Opts) -> anyhow::Result<Value> {
             .is_ok_and(|c| c == n)
     })
     .await?;
-    let mut tops = Vec::new();
-    for q in &queries {
-        tops.push(api_top(port, &token, q["q"].as_str().unwrap_or_default()).await?);
-    }
-    let terms = precision(&queries, &tops);
-    show("terms", &queries, &tops, &terms);
+    let terms = judge("terms", &queries, &api_tops(port, &token, &queries).await?);
     drop(service);
 
     // The backend before issue 25, on the same stored rows.
@@ -210,8 +221,7 @@ pub async fn search_quality(opts: &Opts) -> anyhow::Result<Value> {
     for q in &queries {
         tops.push(fulltext_top(&pool, chat_id, q["q"].as_str().unwrap_or_default()).await?);
     }
-    let fulltext = precision(&queries, &tops);
-    show("fulltext", &queries, &tops, &fulltext);
+    let fulltext = judge("fulltext", &queries, &tops);
     env.drop_all(&pool, &mut r).await?;
 
     // Meilisearch, where a server is given.
@@ -235,12 +245,11 @@ pub async fn search_quality(opts: &Opts) -> anyhow::Result<Value> {
             })
             .await?;
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let mut tops = Vec::new();
-            for q in &queries {
-                tops.push(api_top(port, &token, q["q"].as_str().unwrap_or_default()).await?);
-            }
-            let p = precision(&queries, &tops);
-            show("meilisearch", &queries, &tops, &p);
+            let p = judge(
+                "meilisearch",
+                &queries,
+                &api_tops(port, &token, &queries).await?,
+            );
             drop(service);
             env.drop_all(&pool, &mut r).await?;
             json!({ "p_at_5": mean(&p), "per_query": p })
