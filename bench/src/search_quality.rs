@@ -24,7 +24,6 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sqlx::MySqlPool;
 
 use super::{Env, Opts, free_port, wait_up};
 
@@ -89,23 +88,6 @@ async fn api_top(port: u16, token: &str, q: &str) -> anyhow::Result<Vec<String>>
                 .collect()
         })
         .unwrap_or_default())
-}
-
-/// The first [`K`] hits' bodies of `q` in chat `chat_id` with the FULLTEXT
-/// backend's query as it ran before issue 25.
-async fn fulltext_top(pool: &MySqlPool, chat_id: u64, q: &str) -> anyhow::Result<Vec<String>> {
-    let rows: Vec<(String, f64)> = sqlx::query_as(
-        "SELECT body, CAST(MATCH(body) AGAINST (? IN NATURAL LANGUAGE MODE) AS DOUBLE) AS score FROM messages \
-         WHERE chat_id = ? AND deleted_at IS NULL AND MATCH(body) AGAINST (? IN NATURAL LANGUAGE MODE) \
-         ORDER BY score DESC, number LIMIT ?",
-    )
-    .bind(q)
-    .bind(chat_id)
-    .bind(q)
-    .bind(K as i64)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(|(body, _)| body).collect())
 }
 
 /// The first [`K`] hits of each query in chat 1 of `token`, through the API.
@@ -219,7 +201,15 @@ pub async fn search_quality(opts: &Opts) -> anyhow::Result<Value> {
         .await?;
     let mut tops = Vec::new();
     for q in &queries {
-        tops.push(fulltext_top(&pool, chat_id, q["q"].as_str().unwrap_or_default()).await?);
+        tops.push(
+            super::old_fulltext_search(
+                &pool,
+                chat_id,
+                q["q"].as_str().unwrap_or_default(),
+                K as i64,
+            )
+            .await?,
+        );
     }
     let fulltext = judge("fulltext", &queries, &tops);
     env.drop_all(&pool, &mut r).await?;

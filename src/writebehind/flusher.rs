@@ -24,9 +24,9 @@
 //! **When it runs** (the policy of Vector's batcher, by count or by age):
 //! every shard when a request pushes a list to its batch size (it wakes the
 //! flusher through a [`Notify`], no polling) and every `FLUSH_INTERVAL_SECS`;
-//! and one shard when it holds records and this instance has not flushed it
-//! for `FLUSH_MAX_AGE_MS` (checked every quarter of that, one LLEN pipeline
-//! per shard due), so that with 16 shards a slow trickle into each does not
+//! and one shard when this instance has not flushed it for
+//! `FLUSH_MAX_AGE_MS` (checked every quarter of that; an empty shard's
+//! flush is its two LLENs), so that with 16 shards a slow trickle into each does not
 //! wait for a batch size that only the sum of the shards reaches. On
 //! shutdown it drains what is pending before returning.
 
@@ -236,10 +236,10 @@ impl Flusher {
         self.flush_shards(&all).await
     }
 
-    /// Flushes the shards that hold records and that this instance has not
-    /// begun to flush for `max_age` (the age trigger). Shards found empty
-    /// count as flushed now, so an idle service asks each shard once per
-    /// `max_age`. Errors: as [`Self::flush_once`].
+    /// Flushes the shards that this instance has not begun to flush for
+    /// `max_age` (the age trigger). A flush of an empty shard is its two
+    /// LLENs and nothing more, and counts as a flush, so an idle service
+    /// asks each shard once per `max_age`. Errors: as [`Self::flush_once`].
     pub async fn flush_aged(&self, max_age: Duration) -> Result<FlushReport, FlushError> {
         let now = tokio::time::Instant::now();
         let stale: Vec<u16> = {
@@ -251,30 +251,7 @@ impl Flusher {
         if stale.is_empty() {
             return Ok(FlushReport::default());
         }
-        let depths = futures_util::future::try_join_all(stale.iter().map(|&i| async move {
-            let shard = self.buffer.keys().shard(i);
-            let mut depth = 0;
-            for kind in Kind::FLUSHED_TO_DATABASE {
-                depth += self.buffer.shard_pending_len(&shard, kind).await?;
-            }
-            Ok::<_, BufferError>(depth)
-        }))
-        .await?;
-        let mut due = Vec::new();
-        {
-            let mut last = self.last_flushed.lock().expect("not poisoned");
-            for (&i, depth) in stale.iter().zip(depths) {
-                if depth == 0 {
-                    last[usize::from(i)] = now;
-                } else {
-                    due.push(i);
-                }
-            }
-        }
-        if due.is_empty() {
-            return Ok(FlushReport::default());
-        }
-        self.flush_shards(&due).await
+        self.flush_shards(&stale).await
     }
 
     /// One flush pass over `shards` (indexes), shared by the
