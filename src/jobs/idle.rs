@@ -24,10 +24,16 @@
 
 use std::collections::HashMap;
 
-use redis::AsyncCommands;
-
 use crate::store;
 use crate::writebehind::{BufferError, Numbering};
+
+/// Fields asked of each `HSCAN` call, and counters evicted per
+/// [`crate::writebehind::numbering::EVICT`] call. Redis runs one command
+/// at a time: one `HGETALL` or one script over a million-chat hash would
+/// stall every tenant's creates for as long (and a call past
+/// `REDIS_TIMEOUT_MS` marks the shared connection broken), so each call
+/// stays a bounded piece of work.
+const PAGE: usize = 1000;
 
 /// The idle-counter sweep of one process.
 pub struct IdleCounters {
@@ -72,12 +78,7 @@ impl IdleCounters {
             let Some(token) = key.rsplit_once("app:").map(|(_, t)| t.to_string()) else {
                 continue;
             };
-            let fields: HashMap<String, String> = {
-                let key = key.clone();
-                redis
-                    .call(timeout, |mut c| async move { c.hgetall(key).await })
-                    .await?
-            };
+            let fields = self.read_hash(&key).await?;
             let Some(id) = fields.get("id").and_then(|v| v.parse::<u64>().ok()) else {
                 continue;
             };
@@ -115,7 +116,9 @@ impl IdleCounters {
                     evict.push((field, highest.to_string()));
                 }
             }
-            report.evicted += self.numbering.evict(&token, &evict).await?;
+            for page in evict.chunks(PAGE) {
+                report.evicted += self.numbering.evict(&token, page).await?;
+            }
             let mut left = counters;
             for (field, _) in &evict {
                 left.remove(field);
@@ -126,5 +129,37 @@ impl IdleCounters {
         }
         *seen = now_seen;
         Ok(report)
+    }
+
+    /// Every field of the hash `key`, read by `HSCAN` pages of about
+    /// [`PAGE`] fields (a field may come twice; the map keeps one). A field
+    /// present for the whole scan is returned (Redis's `SCAN` guarantee).
+    /// Errors: Redis unavailable, or a page not answered within the time
+    /// limit.
+    async fn read_hash(&self, key: &str) -> Result<HashMap<String, String>, BufferError> {
+        let (redis, _, _, timeout) = self.numbering.parts();
+        let mut fields = HashMap::new();
+        let mut cursor = "0".to_string();
+        loop {
+            let (next, page): (String, HashMap<String, String>) = {
+                let (key, cursor) = (key.to_string(), cursor.clone());
+                redis
+                    .call(timeout, |mut c| async move {
+                        redis::cmd("HSCAN")
+                            .arg(key)
+                            .arg(cursor)
+                            .arg("COUNT")
+                            .arg(PAGE)
+                            .query_async(&mut c)
+                            .await
+                    })
+                    .await?
+            };
+            fields.extend(page);
+            if next == "0" {
+                return Ok(fields);
+            }
+            cursor = next;
+        }
     }
 }
