@@ -154,6 +154,7 @@ pub struct Buffer {
     /// [`super::shards`]): the reason creates are refused.
     shard_mismatch: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     shard_mismatch_flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    coalescer: super::coalesce::Coalescer,
 }
 
 /// A client's `Idempotency-Key` for one create: the key's digest, and the
@@ -204,11 +205,18 @@ impl Buffer {
     ) -> Self {
         let redis = redis.into();
         let shards = keys.shard_count();
+        let scripts: std::sync::Arc<Scripts> = Default::default();
         Self {
+            coalescer: super::coalesce::Coalescer::new(
+                redis.clone(),
+                scripts.clone(),
+                shards,
+                timeout,
+            ),
             lease_queue: LeaseQueue::new(redis.clone(), timeout, "unnamed"),
             redis,
             keys,
-            scripts: Default::default(),
+            scripts,
             timeout,
             max_pending,
             max_pending_bytes: 0,
@@ -403,6 +411,9 @@ impl Buffer {
                     retry_after_secs: FULL_RETRY_AFTER_SECS,
                 });
             }
+            (code::SCRIPT_FAILED, _, _) => {
+                return Err(BufferError::Unavailable("the enqueue script failed".into()));
+            }
             other => {
                 return Err(BufferError::Unavailable(format!(
                     "unexpected script reply {other:?}"
@@ -480,10 +491,6 @@ impl Buffer {
                 retry_after_secs: super::shedding::SHED_RETRY_AFTER_SECS,
             });
         }
-        let script = match kind {
-            Kind::Messages => &self.scripts.enqueue_message,
-            _ => &self.scripts.enqueue_chat,
-        };
         let shard = self.keys.for_token(token);
         let app = shard.app(token);
         let pending = shard.pending(kind);
@@ -507,27 +514,25 @@ impl Buffer {
             Some((chat, body)) => (chat.to_string(), body),
             None => (String::new(), ""),
         };
+        let create = super::coalesce::Create {
+            keys: [app, pending, epoch, idem_key, usage],
+            args: [
+                max_pending.to_string().into_bytes(),
+                created_at_us.to_string().into_bytes(),
+                chat_number.into_bytes(),
+                body.as_bytes().to_vec(),
+                fingerprint.into_bytes(),
+                self.idempotency_ttl_secs.to_string().into_bytes(),
+                max_pending_bytes.to_string().into_bytes(),
+                self.keys.shard_count().to_string().into_bytes(),
+                self.max_pending_per_application.to_string().into_bytes(),
+            ],
+        };
         let reply = self
-            .with_conn(|mut c| async move {
-                script
-                    .key(&app)
-                    .key(pending)
-                    .key(epoch)
-                    .key(idem_key)
-                    .key(usage)
-                    .arg(max_pending)
-                    .arg(created_at_us)
-                    .arg(chat_number)
-                    .arg(body)
-                    .arg(fingerprint)
-                    .arg(self.idempotency_ttl_secs)
-                    .arg(max_pending_bytes)
-                    .arg(self.keys.shard_count())
-                    .arg(self.max_pending_per_application)
-                    .invoke_async::<Reply>(&mut c)
-                    .await
-            })
-            .await?;
+            .coalescer
+            .enqueue(kind, shard.index(), create)
+            .await
+            .map_err(|super::coalesce::Unavailable(why)| BufferError::Unavailable(why))?;
         // A replay queued nothing and reports no depth.
         if reply.0 > 0 && reply.2 == 0 {
             self.shedder.observe(kind, shard.index(), reply.1 as u64);
@@ -826,7 +831,7 @@ pub struct Tombstone {
 }
 
 /// The reply of an enqueue script (see [`super::scripts::enqueue_chat`]).
-type Reply = (i64, i64, i64, i64, i64);
+use super::coalesce::Reply;
 
 /// How long an application create's `Idempotency-Key` stays in progress by
 /// default, in seconds (`IDEMPOTENCY_IN_PROGRESS_SECS`).

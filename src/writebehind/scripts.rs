@@ -63,13 +63,17 @@ pub mod code {
     /// The application has `MAX_PENDING_PER_APPLICATION` records waiting:
     /// backpressure on this tenant alone.
     pub const APP_FULL: i64 = -9;
+    /// This create's part of a batched enqueue script raised an error (a
+    /// Lua error caught by `pcall`; the other creates of the batch are not
+    /// affected): answered as Redis unavailable.
+    pub const SCRIPT_FAILED: i64 = -10;
 }
 
 /// The result codes of [`code`] as Lua locals, spliced at the top of the
 /// enqueue scripts, so that the Lua names each code as the Rust does.
 fn codes() -> String {
     format!(
-        "local APP_MISS, DELETED, COUNTER_MISS, FULL, UNVERIFIED, KEY_REUSED, WRONG_SHARDS, NO_BLOCK, APP_FULL, FIRST_BLOCK = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}",
+        "local APP_MISS, DELETED, COUNTER_MISS, FULL, UNVERIFIED, KEY_REUSED, WRONG_SHARDS, NO_BLOCK, APP_FULL, SCRIPT_FAILED, FIRST_BLOCK = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}",
         code::APP_MISS,
         code::DELETED,
         code::COUNTER_MISS,
@@ -79,6 +83,7 @@ fn codes() -> String {
         code::WRONG_SHARDS,
         code::NO_BLOCK,
         code::APP_FULL,
+        code::SCRIPT_FAILED,
         crate::store::numbering::FIRST_BLOCK
     )
 }
@@ -90,34 +95,81 @@ fn codes() -> String {
 /// idempotency replay, then the shard's epoch (`KEYS[3]`; another
 /// `QUEUE_SHARDS` than `ARGV[8]` is [`code::WRONG_SHARDS`]) as `epoch`, nil
 /// when none is set or when it was set on another server: the doubt check.
-/// The `run_id` comes from `INFO server` (about 5 µs of Redis CPU, measured
-/// with `INFO commandstats`), because nothing else a script can read is both
-/// node-local and never copied.
+/// The epoch hash and the `run_id` are read once per batch (see [`BATCH`]).
 const OPENING: &str = r#"
---CODES
 local c = redis.call('HMGET', KEYS[1], 'id', --SCOPE)
 local id = c[1]
 if not id then return {APP_MISS, 0, 0, 0, 0} end
 if id == 'deleted' then return {DELETED, 0, 0, 0, 0} end
 --REPLAY_KEY
-local e = redis.call('HMGET', KEYS[3], 'epoch', 'shards', 'run_id')
+local e = epoch_hash(KEYS[3])
 if e[2] and e[2] ~= ARGV[8] then return {WRONG_SHARDS, 0, 0, 0, 0} end
 local epoch = e[1]
-if epoch and e[3] ~= string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') then epoch = nil end
+if epoch and e[3] ~= run_id() then epoch = nil end
 "#;
 
-/// An enqueue script with its shared steps spliced in: [`OPENING`] (with
-/// the codes and [`REPLAY_KEY`]), [`LIMITS`], [`COUNT_IN`] and
-/// [`REMEMBER_KEY`].
+/// Keys per create in a batched enqueue script.
+pub const KEYS_PER_CREATE: usize = 5;
+/// Arguments per create in a batched enqueue script.
+pub const ARGS_PER_CREATE: usize = 9;
+
+/// The batch around one create's enqueue text (`--ONE`, its `KEYS[i]` and
+/// `ARGV[i]` made the create's own `K[i]` and `A[i]`): runs it for each
+/// create of the batch in turn, [`KEYS_PER_CREATE`] keys and
+/// [`ARGS_PER_CREATE`] arguments each, and answers the array of their
+/// replies, in order. A script runs atomically, so the batch is the same as
+/// its creates' scripts run one after the other; each create runs under
+/// `pcall`, so that an error in one ([`code::SCRIPT_FAILED`]) leaves the
+/// others as they would have been alone. What every create of a shard
+/// reads alike is read once: the epoch hash, and the server's `run_id`
+/// from `INFO server` (about 5 µs of Redis CPU, measured with `INFO
+/// commandstats`; the `run_id` because nothing else a script can read is
+/// both node-local and never copied).
+const BATCH: &str = r#"
+--CODES
+local RUN_ID
+local function run_id()
+  if not RUN_ID then RUN_ID = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') end
+  return RUN_ID
+end
+local EPOCHS = {}
+local function epoch_hash(k)
+  if not EPOCHS[k] then EPOCHS[k] = redis.call('HMGET', k, 'epoch', 'shards', 'run_id') end
+  return EPOCHS[k]
+end
+local function one(K, A)
+--ONE
+end
+local out = {}
+for i = 0, #KEYS / @KEYS_PER@ - 1 do
+  local K, A = {}, {}
+  for j = 1, @KEYS_PER@ do K[j] = KEYS[i * @KEYS_PER@ + j] end
+  for j = 1, @ARGS_PER@ do A[j] = ARGV[i * @ARGS_PER@ + j] end
+  local ok, r = pcall(one, K, A)
+  if ok then out[i + 1] = r else out[i + 1] = {SCRIPT_FAILED, 0, 0, 0, 0} end
+end
+return out
+"#;
+
+/// A batched enqueue script: one create's `text` with its shared steps
+/// spliced in ([`OPENING`] with [`REPLAY_KEY`], [`LIMITS`], [`COUNT_IN`]
+/// and [`REMEMBER_KEY`]), inside [`BATCH`].
 fn splice(text: &str, kind: &str, scope: &str) -> String {
-    text.replace("--OPENING", OPENING)
+    let one = text
+        .replace("--OPENING", OPENING)
         .replace("--SCOPE", scope)
-        .replace("--CODES", &codes())
         .replace("--REPLAY_KEY", REPLAY_KEY)
         .replace("--LIMITS", LIMITS)
         .replace("--COUNT_IN", COUNT_IN)
         .replace("--REMEMBER_KEY", REMEMBER_KEY)
         .replace("@KIND@", kind)
+        .replace("KEYS[", "K[")
+        .replace("ARGV[", "A[");
+    BATCH
+        .replace("--CODES", &codes())
+        .replace("--ONE", &one)
+        .replace("@KEYS_PER@", &KEYS_PER_CREATE.to_string())
+        .replace("@ARGS_PER@", &ARGS_PER_CREATE.to_string())
 }
 
 /// The idempotency step shared by the enqueue scripts (spliced into them):
@@ -167,7 +219,9 @@ if ARGV[5] ~= '' then
 end
 "#;
 
-/// Allocates the next chat number and queues the chat record, in one step.
+/// Allocates the next chat number and queues the chat record, in one step,
+/// for each create of a batch (see [`BATCH`]; below, the keys and
+/// arguments of one create).
 /// The new chat's message counter starts at 0, checked in this epoch, with
 /// the implicit first block as its bound.
 ///
@@ -178,9 +232,9 @@ end
 /// pending bytes (0: none), the caller's `QUEUE_SHARDS` (a different `shards`
 /// field in the epoch hash is [`code::WRONG_SHARDS`]), max pending records
 /// per application (0: none).
-/// Returns `{number, pending length, replayed (0/1), bound (-1 for a
-/// replay), application id}` or `{code, application id, epoch (0 when none
-/// is set; the counter for NO_BLOCK), 0, 0}`.
+/// Returns, per create, `{number, pending length, replayed (0/1), bound (-1
+/// for a replay), application id}` or `{code, application id, epoch (0 when
+/// none is set; the counter for NO_BLOCK), 0, 0}`.
 pub fn enqueue_chat() -> String {
     splice(ENQUEUE_CHAT, "chats", "'chats', 'v', 'r'")
 }
@@ -205,7 +259,8 @@ len = redis.call('RPUSH', KEYS[2], rec)
 return {n, len, 0, bound, tonumber(id)}
 "#;
 
-/// Allocates the next message number of a chat and queues the message, in one step.
+/// Allocates the next message number of a chat and queues the message, in
+/// one step, for each create of a batch (see [`BATCH`]).
 ///
 /// KEYS: app hash, pending messages list, epoch hash, idempotency key (the
 /// app hash again when there is none), the shard's usage hash. ARGV: max
