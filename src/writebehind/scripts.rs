@@ -220,7 +220,7 @@ end
 "#;
 
 /// Allocates the next chat number and queues the chat record, in one step,
-/// for each create of a batch (see [`BATCH`]; below, the keys and
+/// for each create of a batch (see the batched script, `BATCH`; below, the keys and
 /// arguments of one create).
 /// The new chat's message counter starts at 0, checked in this epoch, with
 /// the implicit first block as its bound.
@@ -260,7 +260,7 @@ return {n, len, 0, bound, tonumber(id)}
 "#;
 
 /// Allocates the next message number of a chat and queues the message, in
-/// one step, for each create of a batch (see [`BATCH`]).
+/// one step, for each create of a batch (see `BATCH`).
 ///
 /// KEYS: app hash, pending messages list, epoch hash, idempotency key (the
 /// app hash again when there is none), the shard's usage hash. ARGV: max
