@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::redis::{RedisConnection, RedisHandle};
 use redis::AsyncCommands;
 
+use super::coalesce::Reply;
 use super::keys::{Keys, Kind, ShardKeys};
 use super::lease::LeaseQueue;
 use super::scripts::{Scripts, code};
@@ -829,9 +830,6 @@ pub struct Tombstone {
     token: String,
     field: String,
 }
-
-/// The reply of an enqueue script (see [`super::scripts::enqueue_chat`]).
-use super::coalesce::Reply;
 
 /// How long an application create's `Idempotency-Key` stays in progress by
 /// default, in seconds (`IDEMPOTENCY_IN_PROGRESS_SECS`).

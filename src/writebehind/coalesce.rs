@@ -68,9 +68,7 @@ struct Waiting {
 #[derive(Clone)]
 pub struct Coalescer {
     lanes: Arc<Vec<OnceLock<mpsc::UnboundedSender<Waiting>>>>,
-    redis: RedisHandle,
-    scripts: Arc<Scripts>,
-    timeout: Duration,
+    caller: Caller,
 }
 
 impl Coalescer {
@@ -83,9 +81,11 @@ impl Coalescer {
                     .map(|_| OnceLock::new())
                     .collect(),
             ),
-            redis,
-            scripts,
-            timeout,
+            caller: Caller {
+                redis,
+                scripts,
+                timeout,
+            },
         }
     }
 
@@ -98,7 +98,7 @@ impl Coalescer {
         shard: u16,
         create: Create,
     ) -> Result<Reply, Unavailable> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + self.caller.timeout;
         let (answer, reply) = oneshot::channel();
         let waiting = Waiting {
             create,
@@ -111,17 +111,17 @@ impl Coalescer {
                 let lane = lane.get_or_init(|| self.start_lane(kind));
                 if let Err(mpsc::error::SendError(waiting)) = lane.send(waiting) {
                     // The lane's task is gone (its runtime shut down): alone.
-                    self.run(kind, vec![waiting]).await;
+                    self.caller.run(kind, vec![waiting]).await;
                 }
             }
-            None => self.run(kind, vec![waiting]).await,
+            None => self.caller.run(kind, vec![waiting]).await,
         }
         match tokio::time::timeout_at(deadline, reply).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(Unavailable("the enqueue lane stopped".into())),
             Err(_) => Err(Unavailable(format!(
                 "no answer within {} ms",
-                self.timeout.as_millis()
+                self.caller.timeout.as_millis()
             ))),
         }
     }
@@ -132,7 +132,7 @@ impl Coalescer {
         let (tx, mut rx) = mpsc::unbounded_channel::<Waiting>();
         // The task holds what it calls Redis with, not the lanes: the last
         // Buffer's drop closes the channel and ends the task.
-        let this = self.lane();
+        let caller = self.caller.clone();
         tokio::spawn(async move {
             let calls = Arc::new(Semaphore::new(IN_FLIGHT));
             let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -144,40 +144,27 @@ impl Coalescer {
                     return;
                 }
                 let batch = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-                let lane = this.clone();
+                let caller = caller.clone();
                 tokio::spawn(async move {
-                    lane.run(kind, batch).await;
+                    caller.run(kind, batch).await;
                     drop(permit);
                 });
             }
         });
         tx
     }
-
-    /// One batch, without a lane (see [`Lane::run`]).
-    async fn run(&self, kind: Kind, batch: Vec<Waiting>) {
-        self.lane().run(kind, batch).await
-    }
-
-    fn lane(&self) -> Lane {
-        Lane {
-            redis: self.redis.clone(),
-            scripts: self.scripts.clone(),
-            timeout: self.timeout,
-        }
-    }
 }
 
 /// What a lane's task needs to call Redis (not the lanes themselves, so
 /// that the task does not keep its own channel open).
 #[derive(Clone)]
-struct Lane {
+struct Caller {
     redis: RedisHandle,
     scripts: Arc<Scripts>,
     timeout: Duration,
 }
 
-impl Lane {
+impl Caller {
     /// Sends `batch` (what is still within its deadline) in one script call
     /// and answers each create with its part of the reply, or all with the
     /// call's error.
@@ -215,32 +202,24 @@ impl Lane {
             .saturating_duration_since(now);
         let result: Result<Vec<Reply>, _> = self
             .redis
-            .call(limit.min(self.timeout), |mut c| async move {
-                inv.invoke_async(&mut c).await
-            })
+            .call(limit, |mut c| async move { inv.invoke_async(&mut c).await })
             .await;
-        match result {
+        let why = match result {
             Ok(replies) if replies.len() == live.len() => {
                 for (w, reply) in live.into_iter().zip(replies) {
                     let _ = w.answer.send(Ok(reply));
                 }
+                return;
             }
-            Ok(replies) => {
-                let why = format!(
-                    "the enqueue script answered {} replies for {} creates",
-                    replies.len(),
-                    live.len()
-                );
-                for w in live {
-                    let _ = w.answer.send(Err(Unavailable(why.clone())));
-                }
-            }
-            Err(e) => {
-                let why = e.to_string();
-                for w in live {
-                    let _ = w.answer.send(Err(Unavailable(why.clone())));
-                }
-            }
+            Ok(replies) => format!(
+                "the enqueue script answered {} replies for {} creates",
+                replies.len(),
+                live.len()
+            ),
+            Err(e) => e.to_string(),
+        };
+        for w in live {
+            let _ = w.answer.send(Err(Unavailable(why.clone())));
         }
     }
 }

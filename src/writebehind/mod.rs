@@ -20,8 +20,10 @@
 //!    counted; records that cannot be written go to a dead-letter list.
 //!
 //! Reading order: [`WriteBehind`] (what the HTTP layer calls), [`buffer`]
-//! (Redis calls), [`coalesce`] (a shard's creates in one script call), [`numbering`] (counters, bounds, the doubt check), [`scripts`] (the atomic steps), [`lease`] (how queues are
-//! drained), [`flusher`] and [`after_commit`], then [`crate::store::bulk`].
+//! (Redis calls), [`coalesce`] (a shard's creates in one script call),
+//! [`numbering`] (counters, bounds, the doubt check), [`scripts`] (the
+//! atomic steps), [`lease`] (how queues are drained), [`flusher`] and
+//! [`after_commit`], then [`crate::store::bulk`].
 
 pub mod after_commit;
 pub mod buffer;
