@@ -304,7 +304,7 @@ impl Application {
         check_term_index(&search).await;
         let admin_key = config.admin_api_key.as_ref().map(KeyDigest::of);
         let reads = read_pools(&config, &pool).await?;
-        let state = AppState {
+        let state = AppState::new(http::Services {
             reads,
             pool,
             write_behind,
@@ -315,7 +315,7 @@ impl Application {
             flusher: flusher.clone(),
             indexer: indexer.clone(),
             admin_key,
-        };
+        });
         Ok(Self {
             addr,
             admin_addr,

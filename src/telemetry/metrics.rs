@@ -308,9 +308,10 @@ pub async fn track_requests<E: Endpoint>(next: E, req: Request) -> poem::Result<
     let method = method_label(req.method());
     let started = std::time::Instant::now();
     let resp = next.call(req).await?.into_response();
-    let route = resp
+    // The pattern's own `Arc<str>`: no copy per request.
+    let route: metrics::SharedString = resp
         .data::<poem::PathPattern>()
-        .map(|p| p.0.to_string())
+        .map(|p| p.0.clone().into())
         .unwrap_or_else(|| UNMATCHED_ROUTE.into());
     histogram!(
         "http_request_duration_seconds",

@@ -42,6 +42,21 @@ fn path_token(path: &str) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
+/// The `app` field of a request's span: the fingerprint of the token in
+/// the path ([`token_fingerprint`]), or `-`. Hashed only when a subscriber
+/// records the span (a SHA-256 per request was about 2.4 µs of CPU with
+/// `RUST_LOG=warn`, which records no request span).
+struct PathApp<'a>(&'a str);
+
+impl std::fmt::Display for PathApp<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match path_token(self.0) {
+            Some(token) => f.write_str(&token_fingerprint(token)),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 /// Logs each request, in place of `poem::middleware::Tracing`, whose span
 /// carries the full URI and so every token: a span `request` with the
 /// method, the route template (`/api/v1/applications/:param0/chats`, once
@@ -54,12 +69,11 @@ pub async fn log_requests<E: poem::Endpoint>(
 ) -> poem::Result<poem::Response> {
     use poem::IntoResponse;
     use tracing::Instrument;
-    let app = path_token(req.uri().path()).map(token_fingerprint);
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
         route = tracing::field::Empty,
-        app = app.as_deref().unwrap_or("-"),
+        app = %PathApp(req.uri().path()),
         remote_addr = %req.remote_addr(),
     );
     let started = std::time::Instant::now();
@@ -107,5 +121,8 @@ mod tests {
         let f = token_fingerprint(token);
         assert_eq!(f.len(), 8);
         assert!(!token.contains(&f));
+        let path = format!("/api/v1/applications/{token}/chats/1/messages");
+        assert_eq!(PathApp(&path).to_string(), f);
+        assert_eq!(PathApp("/metrics").to_string(), "-");
     }
 }
