@@ -195,21 +195,27 @@ end
 /// (`ARGV[9]`, 0: none) is [`code::APP_FULL`]. The bytes and the per-tenant
 /// count are exact, kept in the shard's usage hash (`KEYS[5]`, see
 /// [`super::keys::ShardKeys::usage`]): O(1), where Redis's own `MEMORY
-/// USAGE` estimate was O(samples) and blind past them.
+/// USAGE` estimate was O(samples) and blind past them. The counts after
+/// this record (`bytes`, `queued`) are computed here, before the first
+/// write, as is everything else that can fail in Lua: a create that fails
+/// in its `pcall` ([`code::SCRIPT_FAILED`]) has written nothing, unless a
+/// Redis write itself failed.
 const LIMITS: &str = r#"
 local len = redis.call('LLEN', KEYS[2])
 if len >= tonumber(ARGV[1]) then return {FULL, len, 0, 0, 0} end
 local used = redis.call('HMGET', KEYS[5], 'bytes:@KIND@', 'app:' .. id)
-if tonumber(ARGV[7]) > 0 and tonumber(used[1] or '0') + #rec > tonumber(ARGV[7]) then return {FULL, len, 0, 0, 0} end
-if tonumber(ARGV[9]) > 0 and tonumber(used[2] or '0') >= tonumber(ARGV[9]) then return {APP_FULL, len, 0, 0, 0} end
+local bytes = tonumber(used[1] or '0') + #rec
+local queued = tonumber(used[2] or '0') + 1
+if tonumber(ARGV[7]) > 0 and bytes > tonumber(ARGV[7]) then return {FULL, len, 0, 0, 0} end
+if tonumber(ARGV[9]) > 0 and queued > tonumber(ARGV[9]) then return {APP_FULL, len, 0, 0, 0} end
 "#;
 
 /// Counts the queued record `rec` in the shard's usage hash (see
 /// [`LIMITS`]); the acknowledgement of its batch counts it out. One HSET of
-/// the two values [`LIMITS`] read (`used`): the script runs alone, so they
-/// are still current, and one command costs Redis less than two HINCRBYs.
+/// the two counts [`LIMITS`] computed: the script runs alone, so they are
+/// still current, and one command costs Redis less than two HINCRBYs.
 const COUNT_IN: &str = r#"
-redis.call('HSET', KEYS[5], 'bytes:@KIND@', string.format('%d', tonumber(used[1] or '0') + #rec), 'app:' .. id, string.format('%d', tonumber(used[2] or '0') + 1))
+redis.call('HSET', KEYS[5], 'bytes:@KIND@', string.format('%d', bytes), 'app:' .. id, string.format('%d', queued))
 "#;
 
 /// See [`REPLAY_KEY`]: records `{fingerprint}\t{n}` for `ARGV[6]` seconds.

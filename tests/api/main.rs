@@ -5,6 +5,7 @@ mod admin;
 mod applications;
 mod backpressure;
 mod badinput;
+mod batch;
 mod chats;
 #[path = "../support/cluster.rs"]
 mod cluster;

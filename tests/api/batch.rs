@@ -1,0 +1,152 @@
+//! The batched enqueue script (`chat_api::writebehind::scripts`), run
+//! directly against Redis with a batch built by hand: a batch must be
+//! exactly its creates run one after the other (numbers, lengths, an
+//! idempotency key used twice in one batch), and a create that fails must
+//! leave nothing behind: no number taken, no record queued, nothing counted.
+
+use chat_api::writebehind::scripts::{self, code};
+use redis::AsyncCommands;
+
+use crate::helpers::redis_url;
+
+/// One create's keys and arguments, in the script's order.
+struct Create {
+    keys: [String; 5],
+    args: [String; 9],
+}
+
+#[tokio::test]
+async fn a_batch_is_its_creates_one_after_the_other_and_a_failed_create_leaves_nothing() {
+    let mut r = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let p = format!("batch-test:{}:{{0}}:", uuid::Uuid::new_v4().simple());
+    let (app1, app2) = (format!("{p}app:one"), format!("{p}app:two"));
+    let (pending, epoch, usage, idem) = (
+        format!("{p}pending:messages"),
+        format!("{p}epoch"),
+        format!("{p}usage"),
+        format!("{p}idem:k"),
+    );
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let run_id = info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let e = "17";
+    let _: () = r
+        .hset_multiple(
+            &epoch,
+            &[("epoch", e), ("shards", "16"), ("run_id", run_id.as_str())],
+        )
+        .await
+        .unwrap();
+    // Application 1: chat 7 has handed out 5 messages. Application 2:
+    // chat 3 has handed out 9, and its usage count is not a number, so its
+    // create fails in Lua (before the script changed, after it had written
+    // its counter and pushed its record).
+    let _: () = r
+        .hset_multiple(
+            &app1,
+            &[("id", "1"), ("7", "5"), ("v:7", e), ("r:7", "100")],
+        )
+        .await
+        .unwrap();
+    let _: () = r
+        .hset_multiple(
+            &app2,
+            &[("id", "2"), ("3", "9"), ("v:3", e), ("r:3", "100")],
+        )
+        .await
+        .unwrap();
+    let _: () = r.hset(&usage, "app:2", "not a number").await.unwrap();
+    let create = |app: &str, chat: &str, body: &str, fingerprint: &str| Create {
+        keys: [
+            app.to_string(),
+            pending.clone(),
+            epoch.clone(),
+            if fingerprint.is_empty() {
+                app.to_string()
+            } else {
+                idem.clone()
+            },
+            usage.clone(),
+        ],
+        args: [
+            "1000".into(),
+            "1700000000000000".into(),
+            chat.into(),
+            body.into(),
+            fingerprint.into(),
+            "60".into(),
+            "0".into(),
+            "16".into(),
+            "0".into(),
+        ],
+    };
+    let batch = [
+        create(&app1, "7", "first", ""),
+        create(&app1, "7", "second", "abc123"),
+        create(&app2, "3", "fails", ""),
+        create(&app1, "7", "second", "abc123"),
+        create(&app1, "7", "another request, same key", "def456"),
+        create(&app1, "7", "third", ""),
+    ];
+    let script = redis::Script::new(&scripts::enqueue_message());
+    let mut inv = script.prepare_invoke();
+    for c in &batch {
+        for k in &c.keys {
+            inv.key(k);
+        }
+        for a in &c.args {
+            inv.arg(a);
+        }
+    }
+    let replies: Vec<(i64, i64, i64, i64, i64)> = inv.invoke_async(&mut r).await.unwrap();
+    assert_eq!(
+        replies,
+        vec![
+            (6, 1, 0, 100, 1),
+            (7, 2, 0, 100, 1),
+            (code::SCRIPT_FAILED, 0, 0, 0, 0),
+            // The same key and request: the number of the second, replayed.
+            (7, 0, 1, -1, 1),
+            (code::KEY_REUSED, 0, 0, 0, 0),
+            (8, 3, 0, 100, 1),
+        ]
+    );
+    let records: Vec<String> = r.lrange(&pending, 0, -1).await.unwrap();
+    assert_eq!(
+        records,
+        vec![
+            "1\t7\t6\t1700000000000000\tfirst",
+            "1\t7\t7\t1700000000000000\tsecond",
+            "1\t7\t8\t1700000000000000\tthird",
+        ]
+    );
+    let counter: String = r.hget(&app1, "7").await.unwrap();
+    assert_eq!(counter, "8");
+    // The failed create took no number and queued nothing.
+    let counter: String = r.hget(&app2, "3").await.unwrap();
+    assert_eq!(counter, "9");
+    let bytes: i64 = r.hget(&usage, "bytes:messages").await.unwrap();
+    assert_eq!(bytes, records.iter().map(|r| r.len() as i64).sum::<i64>());
+    let queued: i64 = r.hget(&usage, "app:1").await.unwrap();
+    assert_eq!(queued, 3);
+    let key: String = r.get(&idem).await.unwrap();
+    assert_eq!(key, "abc123\t7");
+    let ttl: i64 = r.ttl(&idem).await.unwrap();
+    assert!((1..=60).contains(&ttl), "the key expires: {ttl}");
+    let _: () = r
+        .del(&[&app1, &app2, &pending, &epoch, &usage, &idem])
+        .await
+        .unwrap();
+}
