@@ -8,7 +8,10 @@
 //! load: 2 applications × 100 chats, 64 connections): the service with its
 //! flusher idle (thresholds out of reach), the script ceiling, and the
 //! service with its flusher running (default settings); the ratios to the
-//! script ceiling are per run.
+//! script ceiling are per run. Each run also gives the CPU (user + system,
+//! from `/proc`) that the server and Redis spent per `201`, in µs: on
+//! shared cores the rates follow the sum of the two, so this says which
+//! side a gap is on.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -18,6 +21,7 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use serde_json::{Value, json};
 
+use crate::sustained::cpu_secs;
 use crate::{
     Created, CreatedResp, Input, Opts, Proc, free_port, post_closed, rps, stat, status_share,
     url_regex, wait_up,
@@ -123,14 +127,35 @@ pub async fn request_path(opts: &Opts) -> anyhow::Result<Value> {
     wait_up(port, "/").await;
     let tokens = targets[0].2.clone();
     targets.insert(1, ("script ceiling".into(), port, tokens, ceiling));
-    // name → (req/s, p99 ms, ÷ script ceiling) per run.
-    type Runs = (Vec<f64>, Vec<f64>, Vec<f64>);
+    let redis_pid = {
+        let mut r = redis::Client::open(opts.redis.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
+        crate::sustained::redis_pid(&mut r).await?
+    };
+    // name → (req/s, p99 ms, ÷ script ceiling, server and Redis CPU µs per
+    // create) per run.
+    #[derive(Default)]
+    struct Runs {
+        rate: Vec<f64>,
+        p99: Vec<f64>,
+        ratio: Vec<f64>,
+        server_cpu: Vec<f64>,
+        redis_cpu: Vec<f64>,
+    }
     let mut figures: BTreeMap<String, Runs> = BTreeMap::new();
     for run in 0..opts.runs {
         let mut rates = BTreeMap::new();
-        for (name, port, tokens, _) in &targets {
+        for (name, port, tokens, proc) in &targets {
             eprintln!("figure 14, run {}: {name}…", run + 1);
+            let pid = proc.0.id() as i32;
+            let (server0, redis0) = (cpu_secs(pid), cpu_secs(redis_pid));
             let report = post_closed(&url_regex(*port, tokens, 100), opts.secs, opts.connections);
+            let (server1, redis1) = (cpu_secs(pid), cpu_secs(redis_pid));
+            let created = report["statusCodeDistribution"]["201"]
+                .as_f64()
+                .unwrap_or(0.0)
+                .max(1.0);
             assert!(
                 status_share(&report, "201") > 0.99,
                 "{name} answered 201: {:?}",
@@ -140,15 +165,17 @@ pub async fn request_path(opts: &Opts) -> anyhow::Result<Value> {
             rates.insert(name.clone(), rate);
             let p99 = report["latencyPercentiles"]["p99"].as_f64().unwrap_or(0.0) * 1000.0;
             let e = figures.entry(name.clone()).or_default();
-            e.0.push(rate);
-            e.1.push(p99);
+            e.rate.push(rate);
+            e.p99.push(p99);
+            e.server_cpu.push((server1 - server0) * 1e6 / created);
+            e.redis_cpu.push((redis1 - redis0) * 1e6 / created);
         }
         let ceiling = rates.get("script ceiling").copied().unwrap_or(1.0);
         for (name, rate) in &rates {
             figures
                 .get_mut(name)
                 .expect("measured")
-                .2
+                .ratio
                 .push(rate / ceiling.max(1.0));
         }
     }
@@ -165,10 +192,16 @@ pub async fn request_path(opts: &Opts) -> anyhow::Result<Value> {
     Ok(Value::Object(
         figures
             .into_iter()
-            .map(|(name, (rate, p99, ratio))| {
+            .map(|(name, r)| {
                 (
                     name,
-                    json!({ "create_rps": stat(rate), "p99_ms": stat(p99), "vs_script_ceiling": stat(ratio) }),
+                    json!({
+                        "create_rps": stat(r.rate),
+                        "p99_ms": stat(r.p99),
+                        "vs_script_ceiling": stat(r.ratio),
+                        "server_cpu_us_per_create": stat(r.server_cpu),
+                        "redis_cpu_us_per_create": stat(r.redis_cpu),
+                    }),
                 )
             })
             .collect(),
@@ -180,10 +213,12 @@ pub fn markdown(d: &Value) -> String {
     let mut out = String::new();
     for (name, v) in d.as_object().into_iter().flatten() {
         out += &format!(
-            "| 14. {name}: create req/s; p99 ms; ÷ script ceiling, same run | {}; {}; {} | {} |\n",
+            "| 14. {name}: create req/s; p99 ms; ÷ script ceiling, same run; CPU µs per create, server and Redis | {}; {}; {}; {}, {} | {} |\n",
             crate::s(&v["create_rps"]),
             crate::s(&v["p99_ms"]),
             crate::s(&v["vs_script_ceiling"]),
+            crate::s(&v["server_cpu_us_per_create"]),
+            crate::s(&v["redis_cpu_us_per_create"]),
             if name == "service, flusher idle" {
                 "≥ 0.85"
             } else {

@@ -54,7 +54,7 @@ fn mariadb_pid() -> Option<i32> {
 }
 
 /// The pid of the Redis server behind `r` (`INFO server`'s `process_id`).
-async fn redis_pid(r: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<i32> {
+pub(crate) async fn redis_pid(r: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<i32> {
     let info: String = redis::cmd("INFO").arg("server").query_async(r).await?;
     info.lines()
         .find_map(|l| l.strip_prefix("process_id:"))
