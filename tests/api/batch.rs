@@ -42,31 +42,31 @@ async fn a_batch_is_its_creates_one_after_the_other_and_a_failed_create_leaves_n
         .trim()
         .to_string();
     let e = "17";
-    let _: () = r
-        .hset_multiple(
-            &epoch,
-            &[("epoch", e), ("shards", "16"), ("run_id", run_id.as_str())],
-        )
-        .await
-        .unwrap();
-    // Application 1: chat 7 has handed out 5 messages. Application 2:
-    // chat 3 has handed out 9, and its usage count is not a number, so its
-    // create fails in Lua (before the script changed, after it had written
-    // its counter and pushed its record).
-    let _: () = r
-        .hset_multiple(
-            &app1,
-            &[("id", "1"), ("7", "5"), ("v:7", e), ("r:7", "100")],
-        )
-        .await
-        .unwrap();
-    let _: () = r
-        .hset_multiple(
-            &app2,
-            &[("id", "2"), ("3", "9"), ("v:3", e), ("r:3", "100")],
-        )
-        .await
-        .unwrap();
+    // The shard's epoch; application 1: chat 7 has handed out 5 messages;
+    // application 2: chat 3 has handed out 9, and its usage count is not a
+    // number, so its create fails in Lua (before the script changed, after
+    // it had written its counter and pushed its record).
+    let app = |id: &str, chat: &str, counter: &str| {
+        [
+            ("id", id),
+            (chat, counter),
+            (format!("v:{chat}").as_str(), e),
+            (format!("r:{chat}").as_str(), "100"),
+        ]
+        .map(|(f, v)| (f.to_string(), v.to_string()))
+        .to_vec()
+    };
+    let epoch_fields = [("epoch", e), ("shards", "16"), ("run_id", run_id.as_str())]
+        .map(|(f, v)| (f.to_string(), v.to_string()))
+        .to_vec();
+    let hashes = [
+        (&epoch, epoch_fields),
+        (&app1, app("1", "7", "5")),
+        (&app2, app("2", "3", "9")),
+    ];
+    for (key, fields) in &hashes {
+        let _: () = r.hset_multiple(*key, fields).await.unwrap();
+    }
     let _: () = r.hset(&usage, "app:2", "not a number").await.unwrap();
     let create = |app: &str, chat: &str, body: &str, fingerprint: &str| Create {
         keys: [
