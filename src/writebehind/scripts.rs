@@ -116,9 +116,8 @@ pub const ARGS_PER_CREATE: usize = 9;
 /// The batch around one create's enqueue text (`--ONE`, its `KEYS[i]` and
 /// `ARGV[i]` made `KEYS[k + i]` and `ARGV[a + i]`, `k` and `a` the offsets
 /// of the create's own keys and arguments: no table is copied per create):
-/// runs it for each
-/// create of the batch in turn, [`KEYS_PER_CREATE`] keys and
-/// [`ARGS_PER_CREATE`] arguments each, and answers the array of their
+/// runs it for each create of the batch in turn, [`KEYS_PER_CREATE`] keys
+/// and [`ARGS_PER_CREATE`] arguments each, and answers the array of their
 /// replies, in order. A script runs atomically, so the batch is the same as
 /// its creates' scripts run one after the other; each create runs under
 /// `pcall`, so that an error in one ([`code::SCRIPT_FAILED`]) leaves the
@@ -226,8 +225,8 @@ end
 "#;
 
 /// Allocates the next chat number and queues the chat record, in one step,
-/// for each create of a batch (see the batched script, `BATCH`; below, the keys and
-/// arguments of one create).
+/// for each create of a batch (see the batched script, `BATCH`; below,
+/// the keys and arguments of one create).
 /// The new chat's message counter starts at 0, checked in this epoch, with
 /// the implicit first block as its bound.
 ///

@@ -4,16 +4,11 @@
 //! idempotency key used twice in one batch), and a create that fails must
 //! leave nothing behind: no number taken, no record queued, nothing counted.
 
+use chat_api::writebehind::coalesce::Create;
 use chat_api::writebehind::scripts::{self, code};
 use redis::AsyncCommands;
 
 use crate::helpers::redis_url;
-
-/// One create's keys and arguments, in the script's order.
-struct Create {
-    keys: [String; 5],
-    args: [String; 9],
-}
 
 #[tokio::test]
 async fn a_batch_is_its_creates_one_after_the_other_and_a_failed_create_leaves_nothing() {
@@ -107,7 +102,7 @@ async fn a_batch_is_its_creates_one_after_the_other_and_a_failed_create_leaves_n
             inv.key(k);
         }
         for a in &c.args {
-            inv.arg(a);
+            inv.arg(a.as_slice());
         }
     }
     let replies: Vec<(i64, i64, i64, i64, i64)> = inv.invoke_async(&mut r).await.unwrap();
