@@ -89,13 +89,20 @@ pub struct Config {
     pub chat_idle_secs: u64,
 
     /// The largest block of numbers a counter reserves in MariaDB at once
-    /// (see `src/writebehind/numbering.rs`). A scope reserves twice the
-    /// numbers it has used, from 16 up to this, in the background when half
-    /// of its block is left. Larger: fewer SQL writes in a hot chat (one per
-    /// about half a block of creates). Smaller: fewer numbers skipped when
-    /// Redis loses data (at most one block per scope and loss event).
+    /// (see docs/numbering.md). A scope's block holds about two minutes of
+    /// its own create rate, from 16 up to this, and the next one is reserved
+    /// in the background when half of it is left, so that creates ride out
+    /// a MariaDB stall of about a minute. Larger: fewer SQL writes and a
+    /// longer stall ridden out in a hot chat. Smaller: fewer numbers skipped
+    /// when Redis loses data (at most one block per scope and loss event).
     #[arg(long, env = "NUMBER_BLOCK_MAX", default_value_t = 2048, value_parser = clap::value_parser!(i64).range(16..=1_000_000))]
     pub number_block_max: i64,
+
+    /// Time limit of each SQL statement numbering runs on the request path
+    /// (reserving a block, restarting a counter), in milliseconds. Past it
+    /// the create answers 503 instead of waiting on a MariaDB that hangs.
+    #[arg(long, env = "NUMBERING_SQL_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub numbering_sql_timeout_ms: u64,
 
     /// Maximum number of pooled Redis connections.
     #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 16)]

@@ -262,6 +262,7 @@ impl Application {
             pool.clone(),
             config.redis_timeout(),
             config.number_block_max,
+            std::time::Duration::from_millis(config.numbering_sql_timeout_ms),
         );
         let write_behind = WriteBehind::new(
             buffer,

@@ -65,7 +65,7 @@ async fn on_its_way(
     let write_behind = &state.write_behind;
     if write_behind
         .numbering()
-        .is_skipped(app.id, scope, number)
+        .is_skipped(&app.token, app.id, scope, number)
         .await?
     {
         return Err(BufferError::Skipped);

@@ -7,17 +7,24 @@
 //! `CHAT_IDLE_SECS` this sweep looks at every application hash; a counter
 //! (a chat's, or the application's chat counter) that held the same value
 //! at the last sweep, a whole period ago, and equals MariaDB's highest
-//! number of its scope (so everything it handed out is stored) is evicted
-//! by [`crate::writebehind::numbering::EVICT`], which checks atomically that
-//! no create came since. A deleted chat's tombstone goes the same way once
-//! idle (MariaDB keeps the deletion).
+//! number of its scope (so everything it handed out is stored) is evicted.
+//! The sweep first records the shard's current epoch as the scope's
+//! eviction epoch in MariaDB ([`crate::store::numbering::mark_evicted`]),
+//! then runs [`crate::writebehind::numbering::EVICT`], which checks
+//! atomically that no create came since, that the counter was checked in
+//! that epoch on this Redis lineage (a counter in doubt is never evicted)
+//! and that the epoch is still current. A deleted chat's tombstone goes the
+//! same way once idle (MariaDB keeps the deletion).
 //!
 //! On its next use the counter is missing, and
 //! [`crate::writebehind::numbering::RESTART`] brings it back exactly at
-//! MariaDB's highest number, skipping nothing, when Redis lost nothing since
-//! the eviction (the hash's `e` is the current epoch); otherwise it restarts
-//! at its reservation like any counter in doubt. So no number is handed out
-//! twice.
+//! MariaDB's highest number, skipping nothing, only when MariaDB recorded
+//! its eviction in the shard's current epoch (Redis lost nothing since);
+//! otherwise it restarts above its reservation like any counter in doubt.
+//! So no number is handed out twice (docs/numbering.md, I1).
+//!
+//! The sweep also records the skipped ranges that a restart left waiting in
+//! Redis (`k:{field}`) when MariaDB failed right after it (I2).
 //!
 //! The sweep remembers, per application hash, the counters it saw (in this
 //! process: as much memory as the counters themselves, freed with them).
@@ -25,6 +32,7 @@
 use std::collections::HashMap;
 
 use crate::store;
+use crate::store::numbering::FIRST_BLOCK;
 use crate::writebehind::{BufferError, Numbering};
 
 /// Fields asked of each `HSCAN` call, and counters evicted per
@@ -49,6 +57,12 @@ pub struct SweepReport {
     pub applications: u64,
     /// Counters evicted.
     pub evicted: u64,
+    /// Skipped ranges recorded in MariaDB that a restart had left waiting
+    /// in Redis.
+    pub skips_recorded: usize,
+    /// Chat tombstones repaired: left in place with a delete in flight for
+    /// a whole period (see [`IdleCounters::repair_tombstone`]).
+    pub repaired: u64,
 }
 
 impl IdleCounters {
@@ -83,19 +97,34 @@ impl IdleCounters {
                 continue;
             };
             report.applications += 1;
+            for field in fields.keys().filter_map(|f| f.strip_prefix("k:")) {
+                report.skips_recorded += self.numbering.record_skips(&token, id, field).await?;
+            }
             let counters: HashMap<String, String> = fields
-                .into_iter()
-                .filter(|(f, _)| f == "chats" || f.parse::<i64>().is_ok())
+                .iter()
+                .filter(|(f, _)| {
+                    f.as_str() == "chats" || f.parse::<i64>().is_ok() || f.starts_with("t:")
+                })
+                .map(|(f, v)| (f.clone(), v.clone()))
                 .collect();
             let before = seen.remove(&key).unwrap_or_default();
             let unchanged: Vec<(&String, &String)> = counters
                 .iter()
-                .filter(|(f, v)| before.get(*f) == Some(*v))
+                .filter(|(f, v)| before.get(*f) == Some(*v) && !f.starts_with("t:"))
                 .collect();
             let mut evict = Vec::new();
             let mut chats = Vec::new();
             for (field, value) in unchanged {
-                if value == "deleted" {
+                let in_flight = format!("t:{field}");
+                if value == "deleted" && counters.contains_key(&in_flight) {
+                    // A delete in flight for a whole period: its SQL delete
+                    // and its undo both failed (see repair_tombstone).
+                    if before.get(&in_flight) == counters.get(&in_flight) {
+                        report.repaired += self
+                            .repair_tombstone(&token, id, field, &counters[&in_flight])
+                            .await?;
+                    }
+                } else if value == "deleted" {
                     evict.push((field.clone(), value.clone()));
                 } else if field == "chats" {
                     if store::applications::last_chat_number(pool, id)
@@ -116,8 +145,29 @@ impl IdleCounters {
                     evict.push((field, highest.to_string()));
                 }
             }
-            for page in evict.chunks(PAGE) {
-                report.evicted += self.numbering.evict(&token, page).await?;
+            if let Some(epoch) = self.numbering.current_epoch(&token).await? {
+                for page in evict.chunks(PAGE) {
+                    let scopes: Vec<(i64, i64)> = page
+                        .iter()
+                        .filter(|(_, value)| value != "deleted")
+                        .map(|(field, _)| {
+                            let bound = if field == "chats" {
+                                "r".to_string()
+                            } else {
+                                format!("r:{field}")
+                            };
+                            (
+                                field.parse().unwrap_or(0),
+                                fields
+                                    .get(&bound)
+                                    .and_then(|b| b.parse().ok())
+                                    .unwrap_or(FIRST_BLOCK),
+                            )
+                        })
+                        .collect();
+                    store::numbering::mark_evicted(pool, id, &scopes, epoch).await?;
+                    report.evicted += self.numbering.evict(&token, epoch, page).await?;
+                }
             }
             let mut left = counters;
             for (field, _) in &evict {
@@ -129,6 +179,43 @@ impl IdleCounters {
         }
         *seen = now_seen;
         Ok(report)
+    }
+
+    /// Repairs chat `field`'s tombstone, left `deleted` with `in_flight`
+    /// deletes in flight for a whole sweep period: the chat's SQL delete
+    /// failed and so did the undo ([`crate::writebehind::scripts::UNTOMBSTONE`]),
+    /// so no request will ever settle it. MariaDB decides: a chat it holds
+    /// live gets its counter back, in doubt (its next create restarts it
+    /// above its bound); a deleted or unknown one keeps its tombstone, made
+    /// final. Returns 1 if repaired. Errors: Redis or MariaDB unavailable.
+    async fn repair_tombstone(
+        &self,
+        token: &str,
+        application_id: u64,
+        field: &str,
+        in_flight: &str,
+    ) -> Result<u64, BufferError> {
+        let Ok(chat_number) = field.parse::<i64>() else {
+            return Ok(0);
+        };
+        let (_, _, pool, _) = self.numbering.parts();
+        let live = matches!(
+            store::chats::message_floor(pool, application_id, chat_number).await?,
+            Some((false, _))
+        );
+        let repaired = self
+            .numbering
+            .repair_tombstone(token, field, in_flight, live)
+            .await?;
+        if repaired {
+            tracing::warn!(
+                application_id,
+                chat_number,
+                live,
+                "repaired a chat tombstone left by a delete whose SQL and undo both failed"
+            );
+        }
+        Ok(u64::from(repaired))
     }
 
     /// Every field of the hash `key`, read by `HSCAN` pages of about

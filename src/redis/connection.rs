@@ -128,8 +128,9 @@ pub struct RedisManager {
     response_timeout: Duration,
 }
 
-/// Raises the epoch when the server is not the one that set it: its `run_id`
-/// differs from the recorded one (a restart, a failover, a restore) or the
+/// Raises the epoch when the server is not the one that set it: its
+/// lineage ([`LINEAGE`]: `run_id` and `master_replid`) differs from the
+/// recorded one (a restart, a failover, a restore, a promotion back) or the
 /// record is missing (lost, or never made).
 ///
 /// An epoch is the server's clock in microseconds when it was raised, so
@@ -153,7 +154,8 @@ pub struct RedisManager {
 /// a single Redis, where they share one slot space. Returns `{epoch of the
 /// first, raised any (0/1)}`.
 pub const CHECK_EPOCH: &str = r#"
-local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+--LINEAGE
+local run_id = lineage()
 local first, raised = nil, 0
 for _, key in ipairs(KEYS) do
   local epoch = redis.call('HGET', key, 'epoch')
@@ -168,6 +170,28 @@ end
 return {first, raised}
 "#;
 
+/// The Lua function `lineage()` that every script judging the epoch uses
+/// (spliced where a script says `--LINEAGE`): the server's `run_id` and its
+/// `master_replid`, joined by `/`, from one `INFO server replication` call
+/// (several sections in one call: Redis 7.0 and later). The `run_id` names
+/// the server process (made at start, never copied to a replica, an RDB or
+/// an AOF); the `master_replid` follows the data's replication history: a
+/// node promoted to master takes a new one, so a master that failed over,
+/// resynced from the new master and was promoted back (a manual `CLUSTER
+/// FAILOVER`) no longer matches the lineage it recorded, although its
+/// `run_id` does. Stored in the epoch hash's `run_id` field.
+pub const LINEAGE: &str = r#"
+local function lineage()
+  local info = redis.call('INFO', 'server', 'replication')
+  return (string.match(info, 'run_id:(%x+)') or '') .. '/' .. (string.match(info, 'master_replid:(%x+)') or '')
+end
+"#;
+
+/// [`CHECK_EPOCH`] with [`LINEAGE`] spliced in.
+pub fn check_epoch_script() -> String {
+    CHECK_EPOCH.replace("--LINEAGE", LINEAGE)
+}
+
 /// Runs [`CHECK_EPOCH`] on `conn` against `epoch_keys` (at least one);
 /// returns the epoch in force in the first. Logs a warning when it raised
 /// one. Errors: Redis failed.
@@ -176,7 +200,7 @@ pub async fn check_epoch(
     epoch_keys: &[String],
 ) -> redis::RedisResult<i64> {
     static SCRIPT: std::sync::LazyLock<redis::Script> =
-        std::sync::LazyLock::new(|| redis::Script::new(CHECK_EPOCH));
+        std::sync::LazyLock::new(|| redis::Script::new(&check_epoch_script()));
     let (epoch, raised): (i64, i64) = SCRIPT.key(epoch_keys).invoke_async(conn).await?;
     if raised == 1 {
         tracing::warn!(

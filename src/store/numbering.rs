@@ -13,6 +13,38 @@ use sqlx::MySqlPool;
 /// so the request path needs no SQL for a scope's first numbers.
 pub const FIRST_BLOCK: i64 = 16;
 
+/// What MariaDB records of a scope's numbering: its reserved high-water
+/// mark ([`FIRST_BLOCK`] when it has no row) and the epoch in which the idle
+/// sweep last evicted its counter from Redis (`None`: never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    /// The highest number the scope may hand out.
+    pub reserved_to: i64,
+    /// See [`mark_evicted`].
+    pub evicted_epoch: Option<i64>,
+}
+
+/// The scope's [`Reservation`]. Errors: MariaDB unavailable.
+pub async fn reservation(
+    pool: &MySqlPool,
+    application_id: u64,
+    chat_number: i64,
+) -> sqlx::Result<Reservation> {
+    let row: Option<(i64, Option<i64>)> = sqlx::query_as(
+        "SELECT reserved_to, evicted_epoch FROM number_reservations \
+         WHERE application_id = ? AND chat_number = ?",
+    )
+    .bind(application_id)
+    .bind(chat_number)
+    .fetch_optional(pool)
+    .await?;
+    let (reserved_to, evicted_epoch) = row.unwrap_or((FIRST_BLOCK, None));
+    Ok(Reservation {
+        reserved_to: reserved_to.max(FIRST_BLOCK),
+        evicted_epoch,
+    })
+}
+
 /// The reserved high-water mark of the scope, [`FIRST_BLOCK`] when it has
 /// no row. Errors: MariaDB unavailable.
 pub async fn reserved_to(
@@ -20,37 +52,101 @@ pub async fn reserved_to(
     application_id: u64,
     chat_number: i64,
 ) -> sqlx::Result<i64> {
-    let row: Option<i64> = sqlx::query_scalar(
-        "SELECT reserved_to FROM number_reservations WHERE application_id = ? AND chat_number = ?",
-    )
-    .bind(application_id)
-    .bind(chat_number)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.unwrap_or(FIRST_BLOCK).max(FIRST_BLOCK))
+    Ok(reservation(pool, application_id, chat_number)
+        .await?
+        .reserved_to)
 }
 
-/// Raises the scope's reserved high-water mark to at least `to` (never
-/// lowers it: `GREATEST`), committed before this returns, so that Redis may
-/// then hand out numbers up to `to`. Errors: MariaDB unavailable, or a
-/// foreign-key error (1452) when the application is gone.
+/// Raises the scope's reserved high-water mark from `expected` to `to`, as
+/// a compare-and-set, committed before this returns, so that Redis may then
+/// hand out numbers up to `to`. `expected` is the bound the caller's Redis
+/// holds ([`FIRST_BLOCK`] when it holds none: the scope may have no row
+/// yet). Returns false, changing nothing, when the recorded mark is not
+/// `expected`: another Redis lineage (an old master after a failover, a
+/// copy restored beside it) or a concurrent caller moved it, and the range
+/// `(expected, to]` may be someone else's. So the values the mark takes form
+/// one chain, each step owned by one caller, and the ranges callers hand out
+/// are disjoint (docs/numbering.md, invariant I1).
+///
+/// Errors: MariaDB unavailable, or a foreign-key error (1452) when the
+/// application is gone.
 pub async fn reserve(
     pool: &MySqlPool,
     application_id: u64,
     chat_number: i64,
+    expected: i64,
     to: i64,
-) -> sqlx::Result<()> {
-    sqlx::query(
+) -> sqlx::Result<bool> {
+    let updated = sqlx::query(
+        "UPDATE number_reservations SET reserved_to = ?, evicted_epoch = NULL, \
+         updated_at = UTC_TIMESTAMP(6) \
+         WHERE application_id = ? AND chat_number = ? AND reserved_to = ?",
+    )
+    .bind(to)
+    .bind(application_id)
+    .bind(chat_number)
+    .bind(expected)
+    .execute(pool)
+    .await?;
+    if updated.rows_affected() > 0 {
+        return Ok(true);
+    }
+    if expected > FIRST_BLOCK {
+        return Ok(false);
+    }
+    // No row yet (the implicit first block), unless a concurrent caller
+    // just inserted one: a duplicate key is a lost race.
+    match sqlx::query(
         "INSERT INTO number_reservations (application_id, chat_number, reserved_to, updated_at) \
-         VALUES (?, ?, ?, UTC_TIMESTAMP(6)) \
-         ON DUPLICATE KEY UPDATE reserved_to = GREATEST(reserved_to, VALUES(reserved_to)), \
-         updated_at = VALUES(updated_at)",
+         VALUES (?, ?, ?, UTC_TIMESTAMP(6))",
     )
     .bind(application_id)
     .bind(chat_number)
     .bind(to)
     .execute(pool)
-    .await?;
+    .await
+    {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Records that the idle sweep is about to evict these scopes' counters
+/// in `epoch`, before it does: `(chat_number, bound)` pairs of one
+/// application, the bound being the one its Redis holds. A counter missing
+/// from Redis later comes back exactly at MariaDB's highest number only
+/// when its scope was marked in the current epoch (see
+/// [`crate::writebehind::numbering`]). A scope is marked only where the
+/// recorded mark is still that bound (else its mark is cleared): if another
+/// Redis lineage reserved past it (split brain), the counter must restart
+/// above the mark, not come back exactly; and every reservation clears the
+/// mark ([`reserve`]), for the same reason. A scope without a row gets one
+/// at its bound. Errors: MariaDB unavailable.
+pub async fn mark_evicted(
+    pool: &MySqlPool,
+    application_id: u64,
+    scopes: &[(i64, i64)],
+    epoch: i64,
+) -> sqlx::Result<()> {
+    if scopes.is_empty() {
+        return Ok(());
+    }
+    let mut q = sqlx::QueryBuilder::new(
+        "INSERT INTO number_reservations (application_id, chat_number, reserved_to, evicted_epoch, updated_at) ",
+    );
+    q.push_values(scopes, |mut row, (n, bound)| {
+        row.push_bind(application_id)
+            .push_bind(*n)
+            .push_bind(*bound)
+            .push_bind(epoch)
+            .push("UTC_TIMESTAMP(6)");
+    });
+    q.push(
+        " ON DUPLICATE KEY UPDATE evicted_epoch = \
+         IF(reserved_to = VALUES(reserved_to), VALUES(evicted_epoch), NULL)",
+    );
+    q.build().execute(pool).await?;
     Ok(())
 }
 

@@ -1,43 +1,54 @@
 //! Numbering: the counters that hand out chat and message numbers, their
 //! durable high-water marks in MariaDB, the epochs and the doubt check.
+//! The protocol, its state, transitions and invariants are written down in
+//! `docs/numbering.md`; each script below names the invariants it keeps
+//! (I1: a number is handed out at most once per scope; I2: every
+//! acknowledged number is stored under it or recorded as skipped; I3: a
+//! bound is recorded in MariaDB before Redis hands out a number under it).
 //!
 //! **The promise.** A number is never handed out twice, whatever Redis
-//! loses. Two rules make it hold:
+//! loses. Three rules make it hold:
 //!
 //! 1. **A durable high-water mark per scope (the hi/lo pattern).** A scope
 //!    (an application's chat counter, or a chat's message counter) hands out
 //!    numbers only up to its *bound* (`r`, `r:{n}` in the application's
 //!    hash), and a bound is raised in Redis only after MariaDB recorded it
-//!    (`number_reservations`, [`crate::store::numbering::reserve`]). Every
-//!    scope starts with an implicit first block
-//!    ([`crate::store::numbering::FIRST_BLOCK`]), so a small scope never
-//!    waits on SQL. When a create leaves less than half a block, the next
-//!    block is reserved in the background ([`Numbering::reserve_ahead`]);
-//!    only a scope that outran it (MariaDB down for longer than a block
-//!    lasts) waits on SQL, and answers 503 while MariaDB is down. Block
-//!    sizes follow the scope's rate ([`next_block`]): a block used up within
-//!    10 s makes the next one twice as large (up to `NUMBER_BLOCK_MAX`, 2048
-//!    by default), one that lasted over a minute makes it half as large
-//!    (down to 16). So a hot chat makes one SQL write per about 1,000
-//!    creates, and a quiet one skips few numbers when Redis loses data.
+//!    (`number_reservations`, [`crate::store::numbering::reserve`]), as a
+//!    compare-and-set on the bound this Redis holds, so that two Redis
+//!    lineages (an old master still reached after a failover, and the new
+//!    one) never reserve the same range. Every scope starts with an implicit
+//!    first block ([`crate::store::numbering::FIRST_BLOCK`]). When a create
+//!    leaves less than half of the scope's last block, the next block is
+//!    reserved past the bound in the background ([`Numbering::reserve_ahead`]),
+//!    so no create waits on SQL in steady state. A block holds about
+//!    [`RESERVE_SECS`] of the scope's own rate ([`next_block`]), so half of
+//!    one, what is left when the next is reserved, rides out a MariaDB stall
+//!    of about a minute; only a scope that outran it waits on SQL, and
+//!    answers 503 past `NUMBERING_SQL_TIMEOUT_MS`.
 //! 2. **A doubt check that no copy of the data carries.** The enqueue
 //!    scripts hand out a number only when the scope was checked in the
-//!    current epoch and the epoch was set by *this* server process: the
-//!    epoch hash records the `run_id` that set it, and the script compares
-//!    it with `INFO server`'s `run_id`, which Redis makes at process start
-//!    and never writes to a replica, an RDB or an AOF. So a promoted
-//!    replica (even after a full resync), a restart from a rewritten AOF or
-//!    an older RDB, a missing counter or a reshard all put the scope in
-//!    doubt before the first number the changed node hands out. In doubt,
-//!    the counter restarts at the scope's recorded bound
-//!    ([`Numbering::restart`]), which is at or above every number ever
-//!    handed out in it.
+//!    current epoch and the epoch was set by *this* server lineage (its
+//!    `run_id` and `master_replid`, [`crate::redis::LINEAGE`]). So a promoted
+//!    replica, a restart from a rewritten AOF or an older RDB, a missing
+//!    counter or a reshard all put the scope in doubt before the first
+//!    number the changed node hands out. In doubt, the counter restarts
+//!    above the scope's recorded bound ([`Numbering::restart`]), which is at
+//!    or above every number ever handed out in it.
+//! 3. **An evicted counter comes back exactly only when nothing was lost.**
+//!    The idle sweep records the epoch of an eviction in MariaDB before it
+//!    evicts ([`crate::store::numbering::mark_evicted`]), and evicts only a
+//!    counter checked in the current epoch on this lineage; a missing
+//!    counter comes back at MariaDB's highest number only when its scope
+//!    was evicted in the current epoch. Any other missing counter (lost with
+//!    Redis) restarts above its bound.
 //!
 //! The numbers between what Redis still had and the restart point are
-//! skipped: at most one block per loss event. The range is recorded in
-//! MariaDB (`skipped_numbers`), durable, so that a lookup of any of them
-//! answers 404 at once, saying it was skipped, however many loss events
-//! happened, and `chat_numbers_skipped_total{scope}` counts them.
+//! skipped: at most one block per loss event. The range is written in the
+//! same script that moves the counter (`k:{field}` in the application's
+//! hash), then recorded in MariaDB (`skipped_numbers`) and cleared, so that
+//! a lookup of any of them answers 404 at once, saying it was skipped, even
+//! when MariaDB failed in between (the idle sweep records what is left), and
+//! `chat_numbers_skipped_total{scope}` counts them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -60,11 +71,11 @@ use super::keys::Keys;
 /// skipped per loss event.
 pub const DEFAULT_BLOCK_MAX: i64 = 2048;
 
-/// A block used up faster than this makes the next one twice as large.
-pub const GROW_WITHIN: Duration = Duration::from_secs(10);
-
-/// A block that lasted longer than this makes the next one half as large.
-pub const SHRINK_AFTER: Duration = Duration::from_secs(60);
+/// A block holds this many seconds of its scope's own create rate (see
+/// [`next_block`]); the next is reserved when half of it is left, so a
+/// scope keeps about half of this in reserve: how long its creates ride out
+/// a MariaDB stall.
+pub const RESERVE_SECS: f64 = 120.0;
 
 /// At most this many scopes' last block sizes are remembered per process;
 /// past it the memory starts afresh (each scope's next block is then
@@ -76,82 +87,110 @@ const REMEMBERED_SCOPES: usize = 10_000;
 /// create.
 const RESERVE_BACKOFF_MS: i64 = 1000;
 
-/// Restarts a counter at its recorded bound (or marks its chat deleted) and
-/// marks it checked for the epoch the caller read before querying MariaDB;
-/// creates the counter when it is missing. Does nothing to an application
-/// that is missing or deleted in Redis, nor to a scope already checked in
-/// this epoch (by a concurrent request), so that it restarts once per event.
+/// Compare-and-set attempts of a reservation before the scope is put in
+/// doubt (see [`Numbering::reserve`]); the waits between them (50, 100 ms)
+/// let a concurrent instance on the same Redis raise the bound it reserved.
+const CAS_ATTEMPTS: u64 = 3;
+
+/// Restarts a counter above its recorded bound (or marks its chat deleted)
+/// and marks it checked for the epoch the caller read before querying
+/// MariaDB; creates the counter when it is missing. Does nothing when the
+/// shard's epoch or lineage changed since (the caller asks again), to an
+/// application that is missing or deleted in Redis, nor to a scope already
+/// checked in this epoch (by a concurrent request), so that it restarts once
+/// per event.
 ///
-/// KEYS: app hash. ARGV: counter field (`chats` or a chat number), checked
-/// field (`v` or `v:{n}`), bound field (`r` or `r:{n}`), floor (the number
-/// to restart at: the recorded bound, or MariaDB's highest number if higher),
-/// the new bound (already reserved in MariaDB), epoch, deleted (`1`: the
-/// chat is deleted in MariaDB), MariaDB's highest number of the scope. A
-/// counter [`EVICT`] removed in this same epoch (the hash's `e` field) comes
-/// back exactly at MariaDB's highest number, skipping nothing: it was equal
-/// to it when evicted, and Redis lost nothing since. Returns `{applied
-/// (0/1), the counter before (-1: none, or deleted; -2: back from an
-/// eviction)}`.
+/// Keeps I1 and I2 (docs/numbering.md): the counter moves to at least
+/// `floor`, which is at or above every number handed out in the scope, and
+/// the range it jumps over (what Redis still had, or MariaDB's highest when
+/// it had nothing, up to `floor`) is written to `k:{field}` in the same
+/// step, so that a lookup answers "skipped" before MariaDB records it.
+/// Exact mode (`ARGV[9]` = 1, the scope's eviction is recorded in this very
+/// epoch): a missing counter comes back at MariaDB's highest number,
+/// skipping nothing, since it was equal to it when evicted and Redis lost
+/// nothing since; a counter present is left alone (not applied).
+///
+/// KEYS: app hash, the shard's epoch hash. ARGV: counter field (`chats` or
+/// a chat number), checked field (`v` or `v:{n}`), bound field (`r` or
+/// `r:{n}`), floor, the new bound (already reserved in MariaDB), epoch,
+/// deleted (`1`: the chat is deleted in MariaDB), MariaDB's highest number
+/// of the scope, exact (`1`/`0`). Returns `{applied (0/1), the counter kept
+/// (-1: none applied or deleted; -2: exact)}`.
 pub const RESTART: &str = r#"
+--LINEAGE
+local e = redis.call('HMGET', KEYS[2], 'epoch', 'run_id')
+if e[1] ~= ARGV[6] or e[2] ~= lineage() then return {0, -1} end
 local id = redis.call('HGET', KEYS[1], 'id')
 if not id or id == 'deleted' then return {0, -1} end
 if redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[6] then return {0, -1} end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-local before = -1
 if ARGV[7] == '1' then
-  redis.call('HSET', KEYS[1], ARGV[1], 'deleted')
-elseif not cur and redis.call('HGET', KEYS[1], 'e') == ARGV[6] then
-  -- Evicted idle and wholly stored, with no loss since: exactly where it was.
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[8], ARGV[3], ARGV[5])
-  before = -2
-elseif cur ~= 'deleted' then
-  before = tonumber(cur or '-1')
-  redis.call('HSET', KEYS[1], ARGV[1], math.max(tonumber(cur or '0'), tonumber(ARGV[4])))
-  local bound = tonumber(redis.call('HGET', KEYS[1], ARGV[3]) or '0')
-  if bound < tonumber(ARGV[5]) then redis.call('HSET', KEYS[1], ARGV[3], ARGV[5]) end
+  redis.call('HSET', KEYS[1], ARGV[1], 'deleted', ARGV[2], ARGV[6])
+  return {1, -1}
 end
+if ARGV[9] == '1' then
+  if cur then return {0, -1} end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[8], ARGV[3], ARGV[5], ARGV[2], ARGV[6])
+  return {1, -2}
+end
+if cur == 'deleted' then
+  -- A delete in flight: its tombstone stays.
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[6])
+  return {1, -1}
+end
+local kept = tonumber(cur or ARGV[8])
+local floor = tonumber(ARGV[4])
+if kept < floor then
+  local k, range = 'k:' .. ARGV[1], string.format('%d-%d', kept + 1, floor)
+  local old = redis.call('HGET', KEYS[1], k)
+  redis.call('HSET', KEYS[1], k, old and (old .. ',' .. range) or range)
+end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', math.max(kept, floor)))
+local bound = tonumber(redis.call('HGET', KEYS[1], ARGV[3]) or '0')
+if bound < tonumber(ARGV[5]) then redis.call('HSET', KEYS[1], ARGV[3], ARGV[5]) end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[6])
-return {1, before}
+return {1, kept}
 "#;
 
 /// Evicts idle counters from an application's hash, so that Redis's memory
-/// does not grow with every chat ever created: each given field (`chats`
+/// does not grow with every chat ever created. Each given field (`chats`
 /// or a chat number) goes, with its checked epoch and bound, only if it
-/// still holds the expected value (no create since the caller looked) and
-/// no delete is in flight on it; the hash then records the shard's epoch in
-/// `e`, so that [`RESTART`] brings the counter back exactly. An `e` from an
-/// earlier epoch (Redis may have lost data since those evictions) becomes
-/// `doubt` for good: every evicted counter of the hash then restarts at its
-/// reservation, as any counter in doubt does.
+/// still holds the expected value (no create since the caller looked), it
+/// was checked in `epoch` (a counter in doubt is never evicted: it would
+/// come back as if it were not), no delete is in flight on it and no
+/// skipped range of it waits to be recorded; and only when `epoch` is the
+/// shard's current one, set by this lineage. The caller recorded `epoch`
+/// as the scopes' eviction epoch in MariaDB first, which is what lets
+/// [`RESTART`] bring them back exactly (keeps I1: docs/numbering.md). A
+/// deleted chat's tombstone (`deleted`) goes whatever its epoch: MariaDB
+/// keeps the deletion.
 ///
-/// KEYS: app hash, the shard's epoch hash. ARGV: pairs of (field, expected
-/// value). Returns the number of counters evicted.
+/// KEYS: app hash, the shard's epoch hash. ARGV: epoch, then pairs of
+/// (field, expected value). Returns the number of counters evicted.
 pub const EVICT: &str = r#"
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if not epoch or not redis.call('HGET', KEYS[1], 'id') then return 0 end
+--LINEAGE
+local e = redis.call('HMGET', KEYS[2], 'epoch', 'run_id')
+if e[1] ~= ARGV[1] or e[2] ~= lineage() then return 0 end
+if not redis.call('HGET', KEYS[1], 'id') then return 0 end
 local n = 0
-for i = 1, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local f = ARGV[i]
-  if redis.call('HGET', KEYS[1], f) == ARGV[i + 1] and not redis.call('HGET', KEYS[1], 't:' .. f) then
-    if f == 'chats' then
-      redis.call('HDEL', KEYS[1], 'chats', 'v', 'r')
-    else
-      redis.call('HDEL', KEYS[1], f, 'v:' .. f, 'r:' .. f)
-    end
+  local checked, bound = 'v:' .. f, 'r:' .. f
+  if f == 'chats' then checked, bound = 'v', 'r' end
+  local c = redis.call('HMGET', KEYS[1], f, checked, 't:' .. f, 'k:' .. f)
+  if c[1] == ARGV[i + 1] and (c[1] == 'deleted' or c[2] == ARGV[1]) and not c[3] and not c[4] then
+    redis.call('HDEL', KEYS[1], f, checked, bound)
     n = n + 1
   end
 end
-if n > 0 then
-  -- Counters evicted in an earlier epoch may have lost numbers since: they
-  -- and any evicted from now on restart at their reservation ('doubt').
-  local e = redis.call('HGET', KEYS[1], 'e')
-  redis.call('HSET', KEYS[1], 'e', (e and e ~= epoch) and 'doubt' or epoch)
-end
+-- The hash-wide eviction epoch of earlier versions is no longer read.
+if n > 0 then redis.call('HDEL', KEYS[1], 'e') end
 return n
 "#;
 
 /// Raises a scope's bound to `ARGV[2]` (never lowers it), after MariaDB
-/// recorded it. Does nothing to an application missing or deleted in Redis.
+/// recorded it (keeps I3). Does nothing to an application missing or
+/// deleted in Redis.
 ///
 /// KEYS: app hash. ARGV: bound field, new bound. Returns 1 if raised.
 pub const RAISE_BOUND: &str = r#"
@@ -162,6 +201,72 @@ if bound >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 "#;
+
+/// Puts a scope in doubt when its bound is still the one whose
+/// compare-and-set kept failing (MariaDB's mark moved past it: another
+/// Redis lineage reserved, or a raise was lost): its checked field becomes
+/// `doubt`, so the next create restarts it above the recorded bound (keeps
+/// I1 under split brain).
+///
+/// KEYS: app hash. ARGV: checked field, bound field, the bound seen (an
+/// absent bound reads as the first block's). Returns 1 if put in doubt.
+pub const DOUBT: &str = r#"
+local bound = redis.call('HGET', KEYS[1], ARGV[2]) or ARGV[4]
+if bound ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], 'doubt')
+return 1
+"#;
+
+/// Clears a scope's skipped ranges waiting to be recorded (`k:{field}`,
+/// written by [`RESTART`]) once MariaDB recorded them, if no restart added
+/// another meanwhile (keeps I2).
+///
+/// KEYS: app hash. ARGV: the `k:` field, the value recorded. Returns 1 if
+/// cleared.
+pub const CLEAR_SKIPS: &str = r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+"#;
+
+/// Settles a chat tombstone that no request will settle (its SQL delete
+/// and its [`super::scripts::UNTOMBSTONE`] both failed), if it is still as
+/// the idle sweep saw it for a whole period: field `deleted`, the same
+/// count of deletes in flight. Live in MariaDB: the saved value comes back
+/// and the counter is put in doubt (its checked field removed), so its
+/// next create restarts it above its bound (keeps I1). Deleted: the
+/// tombstone is made final.
+///
+/// KEYS: app hash. ARGV: field, the deletes in flight seen, live (`1`/`0`).
+/// Returns 1 if settled.
+pub const REPAIR_TOMBSTONE: &str = r#"
+local inflight, undo = 't:' .. ARGV[1], 'u:' .. ARGV[1]
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= 'deleted' then return 0 end
+if redis.call('HGET', KEYS[1], inflight) ~= ARGV[2] then return 0 end
+if ARGV[3] == '1' then
+  local prev = redis.call('HGET', KEYS[1], undo)
+  if prev and prev ~= '' then
+    redis.call('HSET', KEYS[1], ARGV[1], prev)
+  else
+    redis.call('HDEL', KEYS[1], ARGV[1])
+  end
+  redis.call('HDEL', KEYS[1], 'v:' .. ARGV[1])
+end
+redis.call('HDEL', KEYS[1], inflight, undo)
+return 1
+"#;
+
+/// The ranges of a `k:{field}` value (`first-last[,first-last…]`); a range
+/// that does not parse is left out.
+pub fn parse_skips(value: &str) -> Vec<std::ops::RangeInclusive<i64>> {
+    value
+        .split(',')
+        .filter_map(|r| {
+            let (a, b) = r.split_once('-')?;
+            Some(a.parse().ok()?..=b.parse().ok()?)
+        })
+        .collect()
+}
 
 /// Which counter of an application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -207,21 +312,34 @@ impl CounterScope {
     }
 }
 
+/// The last block this process reserved for a scope.
+#[derive(Debug, Clone, Copy)]
+pub struct LastBlock {
+    /// How long ago it was reserved.
+    pub ago: Duration,
+    /// Its size, in numbers.
+    pub size: i64,
+    /// Numbers the scope handed out since.
+    pub used: i64,
+}
+
 /// The size of a scope's next block, given its last one (`None`: none
-/// reserved by this process) and how long ago that was reserved: twice the
-/// last within [`GROW_WITHIN`], half of it after [`SHRINK_AFTER`], else the
-/// same; between [`FIRST_BLOCK`] and `max`. The rate is estimated from how
-/// fast the last block went, the way a hi/lo allocator sizes its next block
-/// (see for example Hibernate's "pooled" optimizer, which keeps the block in
-/// the sequence increment).
-pub fn next_block(last: Option<(Duration, i64)>, max: i64) -> i64 {
-    let size = match last {
-        None => FIRST_BLOCK,
-        Some((ago, block)) if ago < GROW_WITHIN => block.saturating_mul(2),
-        Some((ago, block)) if ago > SHRINK_AFTER => block / 2,
-        Some((_, block)) => block,
+/// reserved by this process): [`RESERVE_SECS`] of the scope's rate since
+/// that reservation (numbers used over the time, at least 1 s), at most 4
+/// times and at least half the last block, between [`FIRST_BLOCK`] and
+/// `max`. The rate is estimated from how fast the last block went, the way
+/// a hi/lo allocator sizes its next block (see for example Hibernate's
+/// "pooled" optimizer, which keeps the block in the sequence increment).
+pub fn next_block(last: Option<LastBlock>, max: i64) -> i64 {
+    let max = max.max(FIRST_BLOCK);
+    let Some(last) = last else {
+        return FIRST_BLOCK;
     };
-    size.clamp(FIRST_BLOCK, max.max(FIRST_BLOCK))
+    let rate = last.used.max(0) as f64 / last.ago.as_secs_f64().max(1.0);
+    let wanted = (rate * RESERVE_SECS).ceil() as i64;
+    wanted
+        .clamp(last.size / 2, last.size.saturating_mul(4))
+        .clamp(FIRST_BLOCK, max)
 }
 
 /// The numbering of one deployment: counters in Redis, bounds and skipped
@@ -232,43 +350,66 @@ pub struct Numbering {
     keys: Keys,
     pool: MySqlPool,
     timeout: Duration,
+    sql_timeout: Duration,
     block_max: i64,
-    restart: Arc<Script>,
-    raise_bound: Arc<Script>,
-    evict: Arc<Script>,
+    scripts: Arc<NumberingScripts>,
     /// Scopes (`{token}\t{bound field}`) with a background reservation
     /// under way in this process.
     in_flight: Arc<Mutex<HashSet<String>>>,
-    /// Each scope's last block reserved by this process, and when.
-    blocks: Arc<Mutex<HashMap<String, (Instant, i64)>>>,
-    /// Scopes with a reservation on the request path under way (one at a
-    /// time per scope: [`Numbering::reserve`]).
+    /// Each scope's last block reserved by this process: when, its size,
+    /// and the counter then.
+    blocks: Arc<Mutex<HashMap<String, Reserved>>>,
+    /// Scopes with a reservation under way (one at a time per scope:
+    /// [`Numbering::reserve`]).
     reserving: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// No background reservation before this time (ms since the epoch):
     /// MariaDB failed the last one.
     backoff_until_ms: Arc<AtomicI64>,
 }
 
+/// A block this process reserved for a scope: when, its size, and the
+/// scope's counter then.
+type Reserved = (Instant, i64, i64);
+
+/// The numbering scripts, hashed once.
+struct NumberingScripts {
+    restart: Script,
+    raise_bound: Script,
+    evict: Script,
+    doubt: Script,
+    clear_skips: Script,
+    repair_tombstone: Script,
+}
+
 impl Numbering {
     /// Numbering over `redis` (keys under `keys`, calls bounded by
-    /// `timeout`) and MariaDB `pool`, with blocks of at most `block_max`
-    /// numbers (`NUMBER_BLOCK_MAX`).
+    /// `timeout`) and MariaDB `pool` (each statement bounded by
+    /// `sql_timeout`, `NUMBERING_SQL_TIMEOUT_MS`), with blocks of at most
+    /// `block_max` numbers (`NUMBER_BLOCK_MAX`).
     pub fn new(
         redis: RedisHandle,
         keys: Keys,
         pool: MySqlPool,
         timeout: Duration,
         block_max: i64,
+        sql_timeout: Duration,
     ) -> Self {
+        let lineage = |text: &str| Script::new(&text.replace("--LINEAGE", crate::redis::LINEAGE));
         Self {
             redis,
             keys,
             pool,
             timeout,
+            sql_timeout,
             block_max: block_max.max(FIRST_BLOCK),
-            restart: Arc::new(Script::new(RESTART)),
-            raise_bound: Arc::new(Script::new(RAISE_BOUND)),
-            evict: Arc::new(Script::new(EVICT)),
+            scripts: Arc::new(NumberingScripts {
+                restart: lineage(RESTART),
+                raise_bound: Script::new(RAISE_BOUND),
+                evict: lineage(EVICT),
+                doubt: Script::new(DOUBT),
+                clear_skips: Script::new(CLEAR_SKIPS),
+                repair_tombstone: Script::new(REPAIR_TOMBSTONE),
+            }),
             in_flight: Default::default(),
             blocks: Default::default(),
             reserving: Default::default(),
@@ -285,9 +426,33 @@ impl Numbering {
         Ok(self.redis.call(self.timeout, f).await?)
     }
 
-    /// Reserves the next block of `scope` in MariaDB, the counter being at
-    /// `counter`, then raises the bound in Redis. Called on the request path
-    /// only when the scope used up its bound ([`super::scripts::code::NO_BLOCK`]).
+    /// Runs one SQL step within `NUMBERING_SQL_TIMEOUT_MS`: past it, the
+    /// step is dropped (its connection closed) and this answers a MariaDB
+    /// time-out (503), so that a MariaDB that hangs without failing does not
+    /// hold creates. A dropped write may still commit: every caller treats
+    /// that as a lost compare-and-set, never as a reservation made.
+    async fn sql<T>(
+        &self,
+        step: impl std::future::Future<Output = sqlx::Result<T>>,
+    ) -> Result<T, BufferError> {
+        match tokio::time::timeout(self.sql_timeout, step).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(BufferError::Database(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "numbering SQL past NUMBERING_SQL_TIMEOUT_MS",
+            )))),
+        }
+    }
+
+    /// Makes sure `scope` may hand out the number after `counter`: called
+    /// on the request path only when the scope used up its bound
+    /// ([`super::scripts::code::NO_BLOCK`]). Reserves the next block in
+    /// MariaDB as a compare-and-set on the bound this Redis holds, then
+    /// raises the bound in Redis. When the compare-and-set keeps failing
+    /// ([`CAS_ATTEMPTS`]), MariaDB's mark is past this Redis's bound
+    /// (another lineage reserved: split brain, or a raise was lost): the
+    /// scope is put in doubt ([`DOUBT`]), and the caller's next try
+    /// restarts it above the recorded bound.
     /// Errors: MariaDB (the create answers 503) or Redis unavailable.
     pub async fn reserve(
         &self,
@@ -296,9 +461,22 @@ impl Numbering {
         scope: CounterScope,
         counter: i64,
     ) -> Result<(), BufferError> {
-        // One reservation at a time per scope in this process: the creates
-        // that found the bound used up together wait for one SQL write, not
-        // one each (single flight).
+        self.reserve_single_flight(token, application_id, scope, counter, false)
+            .await
+    }
+
+    /// [`Numbering::reserve`] one at a time per scope in this process: the
+    /// creates that found the bound used up together wait for one SQL
+    /// write, not one each (single flight). `ahead`: the background
+    /// reservation, due while less than half the last block is left.
+    async fn reserve_single_flight(
+        &self,
+        token: &str,
+        application_id: u64,
+        scope: CounterScope,
+        counter: i64,
+        ahead: bool,
+    ) -> Result<(), BufferError> {
         let slot = Self::slot(token, scope);
         let lock = self
             .reserving
@@ -309,7 +487,7 @@ impl Numbering {
             .clone();
         let result = {
             let _turn = lock.lock().await;
-            self.reserve_now(token, application_id, scope, counter, &slot)
+            self.reserve_now(token, application_id, scope, counter, ahead, &slot)
                 .await
         };
         let mut reserving = self.reserving.lock().unwrap_or_else(|e| e.into_inner());
@@ -320,52 +498,106 @@ impl Numbering {
         result
     }
 
-    /// [`Numbering::reserve`] once this process's turn for the scope came:
-    /// nothing when the bound was raised past `counter` meanwhile.
+    /// The last block this process reserved for `slot`, seen at `counter`.
+    fn last_block(&self, slot: &str, counter: i64) -> Option<LastBlock> {
+        let blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        blocks.get(slot).map(|(at, size, then)| LastBlock {
+            ago: at.elapsed(),
+            size: *size,
+            used: counter - then,
+        })
+    }
+
+    /// [`Numbering::reserve_single_flight`] once this process's turn for the
+    /// scope came: nothing when the bound was raised far enough meanwhile
+    /// (past `counter`; for `ahead`, by half the last block).
     async fn reserve_now(
         &self,
         token: &str,
         application_id: u64,
         scope: CounterScope,
         counter: i64,
+        ahead: bool,
         slot: &str,
     ) -> Result<(), BufferError> {
         let key = self.keys.for_token(token).app(token);
-        let (_, _, bound_field) = scope.fields();
-        let bound: Option<i64> = {
-            let (key, field) = (key.clone(), bound_field.clone());
-            self.call(|mut c| async move { c.hget(key, field).await })
-                .await?
-        };
-        if bound.unwrap_or(FIRST_BLOCK) > counter {
+        let (_, checked_field, bound_field) = scope.fields();
+        let mut bound = FIRST_BLOCK;
+        for attempt in 0..CAS_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+            bound = {
+                let (key, field) = (key.clone(), bound_field.clone());
+                self.call(|mut c| async move { c.hget::<_, _, Option<i64>>(key, field).await })
+                    .await?
+                    .unwrap_or(FIRST_BLOCK)
+            };
+            let last = self.last_block(slot, counter);
+            let enough = if ahead {
+                bound - counter >= last.map_or(FIRST_BLOCK, |l| l.size) / 2
+            } else {
+                bound > counter
+            };
+            if enough {
+                return Ok(());
+            }
+            let block = next_block(last, self.block_max);
+            let to = bound.max(counter) + block;
+            let won = self
+                .sql(store::numbering::reserve(
+                    &self.pool,
+                    application_id,
+                    scope.chat_number(),
+                    bound,
+                    to,
+                ))
+                .await?;
+            if !won {
+                continue;
+            }
+            crate::telemetry::metrics::number_reservation(scope.label());
+            {
+                let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+                if blocks.len() >= REMEMBERED_SCOPES && !blocks.contains_key(slot) {
+                    blocks.clear();
+                }
+                blocks.insert(slot.to_string(), (Instant::now(), block, counter));
+            }
+            let key = key.clone();
+            let field = bound_field.clone();
+            self.call(|mut c| async move {
+                self.scripts
+                    .raise_bound
+                    .key(key)
+                    .arg(field)
+                    .arg(to)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await?;
             return Ok(());
         }
-        let block = {
-            let blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
-            next_block(
-                blocks.get(slot).map(|(at, b)| (at.elapsed(), *b)),
-                self.block_max,
-            )
-        };
-        let to = counter + block;
-        store::numbering::reserve(&self.pool, application_id, scope.chat_number(), to).await?;
-        crate::telemetry::metrics::number_reservation(scope.label());
-        {
-            let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
-            if blocks.len() >= REMEMBERED_SCOPES && !blocks.contains_key(slot) {
-                blocks.clear();
-            }
-            blocks.insert(slot.to_string(), (Instant::now(), block));
-        }
-        self.call(|mut c| async move {
-            self.raise_bound
-                .key(key)
-                .arg(bound_field)
-                .arg(to)
-                .invoke_async::<i64>(&mut c)
-                .await
-        })
-        .await?;
+        let doubted: i64 = self
+            .call(|mut c| async move {
+                self.scripts
+                    .doubt
+                    .key(key)
+                    .arg(checked_field)
+                    .arg(bound_field)
+                    .arg(bound)
+                    .arg(FIRST_BLOCK)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        tracing::warn!(
+            application_id,
+            ?scope,
+            bound,
+            doubted,
+            "MariaDB's reserved bound moved past this Redis's (another Redis lineage reserved, or a raise was lost): the counter restarts above it"
+        );
         Ok(())
     }
 
@@ -375,9 +607,10 @@ impl Numbering {
     }
 
     /// After a create got `number` under `bound`: when less than half of
-    /// the scope's last block is left, reserves the next block in the background (once per
-    /// scope at a time in this process, and not while MariaDB is failing),
-    /// so that the request path does not wait on SQL.
+    /// the scope's last block is left, reserves the next block past the
+    /// bound in the background (once per scope at a time in this process,
+    /// and not while MariaDB is failing), so that the request path does not
+    /// wait on SQL.
     pub fn reserve_ahead(
         &self,
         token: &str,
@@ -397,7 +630,7 @@ impl Numbering {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&slot)
-            .map_or(FIRST_BLOCK, |(_, b)| *b);
+            .map_or(FIRST_BLOCK, |(_, b, _)| *b);
         if bound - number >= last_block / 2 {
             return;
         }
@@ -413,7 +646,10 @@ impl Numbering {
         let this = self.clone();
         let token = token.to_string();
         tokio::spawn(async move {
-            if let Err(e) = this.reserve(&token, application_id, scope, number).await {
+            if let Err(e) = this
+                .reserve_single_flight(&token, application_id, scope, number, true)
+                .await
+            {
                 this.backoff_until_ms.store(
                     crate::redis::now_ms() + RESERVE_BACKOFF_MS,
                     Ordering::Relaxed,
@@ -428,12 +664,16 @@ impl Numbering {
     }
 
     /// Restarts the counter of `scope` after a doubt (see the module
-    /// docs): reads MariaDB's recorded bound and highest number of the
-    /// scope, deleted rows included, reserves a block past them, restarts
-    /// the counter there (or marks its chat deleted) and marks it checked in
-    /// `epoch` (read by the script before this, so a newer epoch is checked
-    /// again). Records the numbers skipped. `missing`: Redis has no counter
-    /// for the scope, so a chat that MariaDB does not have does not exist.
+    /// docs): reads MariaDB's recorded bound, eviction epoch and highest
+    /// number of the scope (deleted rows included). A counter missing from
+    /// Redis whose eviction MariaDB recorded in `epoch` comes back exactly
+    /// at the highest number. Any other restarts at the recorded bound (or
+    /// the highest number, if higher), with a first block past it reserved
+    /// as a compare-and-set (retried on a lost race), or is marked deleted;
+    /// it is marked checked in `epoch` (read by the script before this, so a
+    /// newer epoch is checked again). The numbers skipped are recorded.
+    /// `missing`: Redis has no counter for the scope, so a chat that MariaDB
+    /// does not have does not exist.
     ///
     /// Returns false when the scope does not exist (the chat is unknown).
     /// Errors: Redis or MariaDB unavailable.
@@ -447,11 +687,22 @@ impl Numbering {
     ) -> Result<bool, BufferError> {
         let (highest, deleted) = match scope {
             CounterScope::Chats => (
-                store::applications::last_chat_number(&self.pool, application_id).await?,
+                self.sql(store::applications::last_chat_number(
+                    &self.pool,
+                    application_id,
+                ))
+                .await?,
                 false,
             ),
             CounterScope::Messages { chat_number } => {
-                match store::chats::message_floor(&self.pool, application_id, chat_number).await? {
+                match self
+                    .sql(store::chats::message_floor(
+                        &self.pool,
+                        application_id,
+                        chat_number,
+                    ))
+                    .await?
+                {
                     // Unknown to both: no such chat.
                     None if missing => return Ok(false),
                     // Known to Redis only: a chat still buffered.
@@ -460,34 +711,60 @@ impl Numbering {
                 }
             }
         };
-        let recorded =
-            store::numbering::reserved_to(&self.pool, application_id, scope.chat_number()).await?;
-        let floor = recorded.max(highest);
-        // After a doubt the scope's rate is unknown: a first block, which
-        // the background reservation grows if the scope is hot.
-        let bound = floor + FIRST_BLOCK;
-        if !deleted {
-            store::numbering::reserve(&self.pool, application_id, scope.chat_number(), bound)
-                .await?;
-        }
-        let (applied, before) = self
-            .run_restart(token, scope, floor, bound, epoch, deleted, highest)
-            .await?;
-        // What Redis still had, or MariaDB's highest when Redis had nothing:
-        // every number above it up to the floor is skipped.
-        if before == -2 {
-            return Ok(true);
-        }
-        let kept = if before >= 0 { before } else { highest };
-        if applied == 1 && !deleted && kept < floor {
-            store::numbering::record_skip(
+        let chat_number = scope.chat_number();
+        let recorded = self
+            .sql(store::numbering::reservation(
                 &self.pool,
                 application_id,
-                scope.chat_number(),
-                kept + 1,
-                floor,
-            )
+                chat_number,
+            ))
             .await?;
+        if missing && !deleted && recorded.evicted_epoch == Some(epoch) {
+            // Evicted in this very epoch, equal to MariaDB's highest then;
+            // if the counter is back meanwhile, the caller asks again.
+            let bound = recorded.reserved_to.max(highest);
+            self.run_restart(token, scope, highest, bound, epoch, false, highest, true)
+                .await?;
+            return Ok(true);
+        }
+        let mut reserved_to = recorded.reserved_to;
+        let mut attempts = 0;
+        let (floor, bound) = loop {
+            let floor = reserved_to.max(highest);
+            // After a doubt the scope's rate is unknown: a first block,
+            // which the background reservation grows if the scope is hot.
+            let bound = floor + FIRST_BLOCK;
+            if deleted
+                || self
+                    .sql(store::numbering::reserve(
+                        &self.pool,
+                        application_id,
+                        chat_number,
+                        reserved_to,
+                        bound,
+                    ))
+                    .await?
+            {
+                break (floor, bound);
+            }
+            attempts += 1;
+            if attempts >= CAS_ATTEMPTS {
+                return Err(BufferError::Unavailable(
+                    "concurrent restarts of this counter kept moving its reservation".into(),
+                ));
+            }
+            reserved_to = self
+                .sql(store::numbering::reserved_to(
+                    &self.pool,
+                    application_id,
+                    chat_number,
+                ))
+                .await?;
+        };
+        let (applied, kept) = self
+            .run_restart(token, scope, floor, bound, epoch, deleted, highest, false)
+            .await?;
+        if applied == 1 && !deleted && kept >= 0 && kept < floor {
             crate::telemetry::metrics::numbers_skipped(scope.label(), (floor - kept) as u64);
             tracing::warn!(
                 application_id,
@@ -498,7 +775,64 @@ impl Numbering {
                 "counter restarted at its recorded bound after Redis may have lost data; the numbers between were skipped"
             );
         }
+        if let Err(e) = self
+            .record_skips(token, application_id, &scope.fields().0)
+            .await
+        {
+            // They stay in `k:{field}`, where lookups see them; the idle
+            // sweep records them later.
+            tracing::warn!(error = %e, application_id, ?scope, "could not record skipped numbers yet");
+        }
         Ok(true)
+    }
+
+    /// Records in MariaDB the skipped ranges of `token`'s counter `field`
+    /// (`chats` or a chat number) that wait in its `k:{field}`, then clears
+    /// them (see [`RESTART`], [`CLEAR_SKIPS`]). Returns how many ranges it
+    /// recorded. Errors: Redis or MariaDB unavailable (what is left stays).
+    pub async fn record_skips(
+        &self,
+        token: &str,
+        application_id: u64,
+        field: &str,
+    ) -> Result<usize, BufferError> {
+        let key = self.keys.for_token(token).app(token);
+        let k = format!("k:{field}");
+        let value: Option<String> = {
+            let (key, k) = (key.clone(), k.clone());
+            self.call(|mut c| async move { c.hget(key, k).await })
+                .await?
+        };
+        let Some(value) = value else {
+            return Ok(0);
+        };
+        let chat_number = if field == "chats" {
+            0
+        } else {
+            field.parse().unwrap_or(0)
+        };
+        let ranges = parse_skips(&value);
+        for range in &ranges {
+            self.sql(store::numbering::record_skip(
+                &self.pool,
+                application_id,
+                chat_number,
+                *range.start(),
+                *range.end(),
+            ))
+            .await?;
+        }
+        self.call(|mut c| async move {
+            self.scripts
+                .clear_skips
+                .key(key)
+                .arg(k)
+                .arg(value)
+                .invoke_async::<i64>(&mut c)
+                .await
+        })
+        .await?;
+        Ok(ranges.len())
     }
 
     /// Starts the chat counter of an application just created in MariaDB
@@ -509,15 +843,24 @@ impl Numbering {
         let Some(epoch) = self.current_epoch(token).await? else {
             return Ok(());
         };
-        self.run_restart(token, CounterScope::Chats, 0, FIRST_BLOCK, epoch, false, 0)
-            .await?;
+        self.run_restart(
+            token,
+            CounterScope::Chats,
+            0,
+            FIRST_BLOCK,
+            epoch,
+            false,
+            0,
+            false,
+        )
+        .await?;
         Ok(())
     }
 
     /// Runs [`RESTART`] on `scope` of `token`'s application: the counter to
-    /// `floor` (or exactly `highest`, back from an eviction), its bound to
-    /// `bound`, checked in `epoch`, or marked `deleted`. Returns `{applied,
-    /// the counter before}` as the script does. Errors: Redis unavailable.
+    /// `floor` (or, `exact`, back at `highest`), its bound to `bound`,
+    /// checked in `epoch`, or marked `deleted`. Returns `{applied, the
+    /// counter kept}` as the script does. Errors: Redis unavailable.
     #[allow(clippy::too_many_arguments)]
     async fn run_restart(
         &self,
@@ -528,12 +871,16 @@ impl Numbering {
         epoch: i64,
         deleted: bool,
         highest: i64,
+        exact: bool,
     ) -> Result<(i64, i64), BufferError> {
-        let key = self.keys.for_token(token).app(token);
+        let shard = self.keys.for_token(token);
+        let (key, epoch_key) = (shard.app(token), shard.epoch());
         let (counter, checked, bound_field) = scope.fields();
         self.call(|mut c| async move {
-            self.restart
+            self.scripts
+                .restart
                 .key(key)
+                .key(epoch_key)
                 .arg(counter)
                 .arg(checked)
                 .arg(bound_field)
@@ -542,6 +889,7 @@ impl Numbering {
                 .arg(epoch)
                 .arg(if deleted { "1" } else { "0" })
                 .arg(highest)
+                .arg(if exact { "1" } else { "0" })
                 .invoke_async(&mut c)
                 .await
         })
@@ -585,28 +933,59 @@ impl Numbering {
     }
 
     /// Evicts the counters `fields` of `token`'s application, each only if
-    /// it still holds its expected value (see [`EVICT`]): `(field,
-    /// value)` pairs, the field `chats` or a chat number. Returns how many
-    /// went. Errors: Redis unavailable.
+    /// it still holds its expected value and was checked in `epoch`, the
+    /// shard's current one (see [`EVICT`]): `(field, value)` pairs, the
+    /// field `chats` or a chat number. The caller recorded `epoch` as their
+    /// eviction epoch in MariaDB first
+    /// ([`crate::store::numbering::mark_evicted`]). Returns how many went.
+    /// Errors: Redis unavailable.
     pub async fn evict(
         &self,
         token: &str,
+        epoch: i64,
         fields: &[(String, String)],
     ) -> Result<u64, BufferError> {
         if fields.is_empty() {
             return Ok(0);
         }
         let shard = self.keys.for_token(token);
-        let (app, epoch) = (shard.app(token), shard.epoch());
+        let (app, epoch_key) = (shard.app(token), shard.epoch());
         self.call(|mut c| async move {
-            let mut inv = self.evict.key(app);
-            inv.key(epoch);
+            let mut inv = self.scripts.evict.key(app);
+            inv.key(epoch_key).arg(epoch);
             for (field, value) in fields {
                 inv.arg(field).arg(value);
             }
             inv.invoke_async(&mut c).await
         })
         .await
+    }
+
+    /// Runs [`REPAIR_TOMBSTONE`] on chat `field` of `token`'s application,
+    /// whose tombstone was seen with `in_flight` deletes in flight for a
+    /// whole sweep period; `live`: MariaDB holds the chat, not deleted.
+    /// Returns whether it settled it. Errors: Redis unavailable.
+    pub async fn repair_tombstone(
+        &self,
+        token: &str,
+        field: &str,
+        in_flight: &str,
+        live: bool,
+    ) -> Result<bool, BufferError> {
+        let key = self.keys.for_token(token).app(token);
+        let done: i64 = self
+            .call(|mut c| async move {
+                self.scripts
+                    .repair_tombstone
+                    .key(key)
+                    .arg(field)
+                    .arg(in_flight)
+                    .arg(if live { "1" } else { "0" })
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(done == 1)
     }
 
     /// The Redis handle, keys and MariaDB pool numbering works on (for the
@@ -616,17 +995,26 @@ impl Numbering {
     }
 
     /// Whether `number` of `scope` was skipped at a restart (see the module
-    /// docs). Errors: MariaDB unavailable.
+    /// docs): recorded in MariaDB, or still waiting in Redis to be recorded.
+    /// Errors: MariaDB or Redis unavailable.
     pub async fn is_skipped(
         &self,
+        token: &str,
         application_id: u64,
         scope: CounterScope,
         number: i64,
     ) -> Result<bool, BufferError> {
-        Ok(
-            store::numbering::is_skipped(&self.pool, application_id, scope.chat_number(), number)
-                .await?,
-        )
+        if store::numbering::is_skipped(&self.pool, application_id, scope.chat_number(), number)
+            .await?
+        {
+            return Ok(true);
+        }
+        let key = self.keys.for_token(token).app(token);
+        let k = format!("k:{}", scope.fields().0);
+        let waiting: Option<String> = self
+            .call(|mut c| async move { c.hget(key, k).await })
+            .await?;
+        Ok(waiting.is_some_and(|v| parse_skips(&v).iter().any(|r| r.contains(&number))))
     }
 }
 
@@ -634,15 +1022,33 @@ impl Numbering {
 mod tests {
     use super::*;
 
+    fn last(secs: u64, size: i64, used: i64) -> Option<LastBlock> {
+        Some(LastBlock {
+            ago: Duration::from_secs(secs),
+            size,
+            used,
+        })
+    }
+
     #[test]
-    fn blocks_follow_the_rate_between_the_first_block_and_the_cap() {
-        let s = Duration::from_secs;
+    fn a_block_holds_two_minutes_of_the_scopes_rate_within_bounds() {
         assert_eq!(next_block(None, 2048), FIRST_BLOCK);
-        assert_eq!(next_block(Some((s(1), 16)), 2048), 32, "used up fast: grow");
-        assert_eq!(next_block(Some((s(1), 2048)), 2048), 2048, "capped");
-        assert_eq!(next_block(Some((s(30), 512)), 2048), 512, "steady");
-        assert_eq!(next_block(Some((s(120), 512)), 2048), 256, "slow: shrink");
-        assert_eq!(next_block(Some((s(120), 16)), 2048), FIRST_BLOCK);
-        assert_eq!(next_block(Some((s(1), 1024)), 1), FIRST_BLOCK);
+        // 5 creates/s: 600 numbers wanted, at most 4 times the last block.
+        assert_eq!(next_block(last(10, 64, 50), 2048), 256);
+        assert_eq!(next_block(last(10, 256, 50), 2048), 600);
+        assert_eq!(next_block(last(1, 2048, 5000), 2048), 2048, "capped");
+        // Idle: at most halved per block.
+        assert_eq!(next_block(last(600, 512, 1), 2048), 256);
+        assert_eq!(next_block(last(600, 16, 0), 2048), FIRST_BLOCK);
+        // A burst within a second counts as one second.
+        assert_eq!(next_block(last(0, 16, 8), 2048), 64);
+        assert_eq!(next_block(last(1, 1024, 100), 1), FIRST_BLOCK);
+    }
+
+    #[test]
+    fn skipped_ranges_parse_and_bad_ones_are_left_out() {
+        assert_eq!(parse_skips("4-16"), vec![4..=16]);
+        assert_eq!(parse_skips("4-16,20-40"), vec![4..=16, 20..=40]);
+        assert_eq!(parse_skips("x,5-6"), vec![5..=6]);
     }
 }

@@ -128,9 +128,10 @@ pub const ARGS_PER_CREATE: usize = 9;
 /// both node-local and never copied).
 const BATCH: &str = r#"
 --CODES
+--LINEAGE
 local RUN_ID
 local function run_id()
-  if not RUN_ID then RUN_ID = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') end
+  if not RUN_ID then RUN_ID = lineage() end
   return RUN_ID
 end
 local EPOCHS = {}
@@ -144,7 +145,19 @@ end
 local out = {}
 for i = 0, #KEYS / @KEYS_PER@ - 1 do
   local ok, r = pcall(one, i * @KEYS_PER@, i * @ARGS_PER@)
-  if ok then out[i + 1] = r else out[i + 1] = {SCRIPT_FAILED, 0, 0, 0, 0} end
+  if ok then
+    out[i + 1] = r
+  else
+    -- A server that refuses every write (a demoted master, too few
+    -- replicas) refused this create's first write, so no create of the
+    -- batch wrote anything: the whole call fails with Redis's own error,
+    -- which the pool's broken-connection rule sees.
+    local msg = type(r) == 'table' and r.err or tostring(r)
+    if string.find(msg, '^READONLY') or string.find(msg, '^NOREPLICAS') or string.find(msg, '^MASTERDOWN') then
+      return redis.error_reply(msg)
+    end
+    out[i + 1] = {SCRIPT_FAILED, 0, 0, 0, 0}
+  end
 end
 return out
 "#;
@@ -164,6 +177,7 @@ fn splice(text: &str, kind: &str, scope: &str) -> String {
         .replace("KEYS[", "KEYS[k + ")
         .replace("ARGV[", "ARGV[a + ");
     BATCH
+        .replace("--LINEAGE", crate::redis::LINEAGE)
         .replace("--CODES", &codes())
         .replace("--ONE", &one)
         .replace("@KEYS_PER@", &KEYS_PER_CREATE.to_string())
@@ -341,7 +355,9 @@ return 1
 /// Undoes [`TOMBSTONE`] after a failed SQL delete, only when it was the
 /// last delete in flight on the field and none committed: puts the saved
 /// value back (or removes the field when it had none, so that it is filled
-/// from MariaDB again) and removes the expiry. Returns 1 if it undid it.
+/// from MariaDB again), puts a chat's counter in doubt (a restart may have
+/// run on the tombstone meanwhile) and removes the expiry. Returns 1 if it
+/// undid it.
 ///
 /// KEYS: app hash. ARGV: field.
 pub const UNTOMBSTONE: &str = r#"#!lua flags=allow-oom
@@ -357,6 +373,10 @@ if prev == '' then
 else
   redis.call('HSET', KEYS[1], ARGV[1], prev)
 end
+-- A restart may have marked the tombstone checked while the delete ran; the
+-- value put back was not checked with it: the counter restarts on its next
+-- create (docs/numbering.md, I1).
+if ARGV[1] ~= 'id' then redis.call('HDEL', KEYS[1], 'v:' .. ARGV[1]) end
 redis.call('PERSIST', KEYS[1])
 return 1
 "#;

@@ -9,6 +9,105 @@ use chat_api::writebehind::scripts::{self, code};
 use redis::AsyncCommands;
 
 use crate::helpers::redis_url;
+use crate::support::PrivateRedis;
+
+/// The server's lineage as the scripts record it in the epoch hash's
+/// `run_id` field (`chat_api::redis::LINEAGE`): `{run_id}/{master_replid}`.
+async fn lineage(r: &mut redis::aio::MultiplexedConnection) -> String {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .arg("replication")
+        .query_async(r)
+        .await
+        .unwrap();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    format!("{}/{}", field("run_id:"), field("master_replid:"))
+}
+
+/// A demoted master (a replica now) refuses the batch's first write: the
+/// call fails with Redis's own `READONLY`, which the pool's broken-connection
+/// rule sees, instead of each create's `pcall` turning it into
+/// `SCRIPT_FAILED` (answered 503 for as long as the pool kept the
+/// connection). Fails on the script before issue 39's fix.
+#[tokio::test]
+async fn a_demoted_master_fails_the_whole_batch_with_readonly() {
+    let master = PrivateRedis::start().await;
+    let replica =
+        PrivateRedis::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]).await;
+    replica.wait_in_sync().await;
+    let mut r = redis::Client::open(replica.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let run_id = lineage(&mut r).await;
+    let p = "demoted:{0}:";
+    let (app, pending, epoch, usage) = (
+        format!("{p}app:one"),
+        format!("{p}pending:messages"),
+        format!("{p}epoch"),
+        format!("{p}usage"),
+    );
+    // What the replica holds, as if it had been written on it as a master.
+    let mut m = redis::Client::open(master.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = m
+        .hset_multiple(
+            &epoch,
+            &[("epoch", "5"), ("shards", "1"), ("run_id", &run_id)],
+        )
+        .await
+        .unwrap();
+    let _: () = m
+        .hset_multiple(
+            &app,
+            &[("id", "1"), ("7", "5"), ("v:7", "5"), ("r:7", "100")],
+        )
+        .await
+        .unwrap();
+    let _: () = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query_async(&mut m)
+        .await
+        .unwrap();
+    let create = Create {
+        keys: [app.clone(), pending, epoch, app.clone(), usage],
+        args: [
+            "1000".into(),
+            "1700000000000000".into(),
+            "7".into(),
+            "body".into(),
+            "".into(),
+            "60".into(),
+            "0".into(),
+            "1".into(),
+            "0".into(),
+        ],
+    };
+    let script = redis::Script::new(&scripts::enqueue_message());
+    let mut inv = script.prepare_invoke();
+    for k in &create.keys {
+        inv.key(k);
+    }
+    for a in &create.args {
+        inv.arg(a.as_slice());
+    }
+    let err = inv
+        .invoke_async::<Vec<(i64, i64, i64, i64, i64)>>(&mut r)
+        .await
+        .expect_err("a replica refuses the write");
+    assert_eq!(err.code(), Some("READONLY"), "{err}");
+}
 
 #[tokio::test]
 async fn a_batch_is_its_creates_one_after_the_other_and_a_failed_create_leaves_nothing() {
@@ -25,17 +124,7 @@ async fn a_batch_is_its_creates_one_after_the_other_and_a_failed_create_leaves_n
         format!("{p}usage"),
         format!("{p}idem:k"),
     );
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let run_id = info
-        .lines()
-        .find_map(|l| l.strip_prefix("run_id:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let run_id = lineage(&mut r).await;
     let e = "17";
     // The shard's epoch; application 1: chat 7 has handed out 5 messages;
     // application 2: chat 3 has handed out 9, and its usage count is not a

@@ -20,6 +20,7 @@ mod idle;
 mod indexer;
 mod lease;
 mod messages;
+mod numbering;
 mod openapi;
 mod promise;
 mod ratelimit;

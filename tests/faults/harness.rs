@@ -143,14 +143,50 @@ impl World {
         );
     }
 
+    /// Where [`Self::start`] writes the log of the service on `port` (a
+    /// restart on the same port starts it afresh).
+    pub fn log_path(&self, port: u16) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("fault-{}-{port}.log", self.db))
+    }
+
+    /// Points the services' `DATABASE_URL` at `proxy` (same credentials and
+    /// database), so that the test can cut or freeze MariaDB for them; the
+    /// world's own pool stays direct.
+    pub fn database_through(&mut self, proxy: &Proxy) {
+        let direct = mysql_url();
+        let creds = direct
+            .trim_start_matches("mysql://")
+            .split('@')
+            .next()
+            .unwrap()
+            .to_string();
+        let url = format!("mysql://{creds}@{}/{}", proxy.addr, self.db);
+        self.env.retain(|(k, _)| k != "DATABASE_URL");
+        self.env.push(("DATABASE_URL".into(), url));
+    }
+
+    /// [`Self::start`] with some variables of the environment overridden
+    /// (for example another `REDIS_URL`).
+    pub async fn start_with(&self, port: u16, overrides: &[(&str, String)]) -> Service {
+        let mut env = self.env.clone();
+        for (k, v) in overrides {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.clone()));
+        }
+        World {
+            db: self.db.clone(),
+            prefix: self.prefix.clone(),
+            env,
+            pool: self.pool.clone(),
+            redis: self.redis.clone(),
+        }
+        .start(port)
+        .await
+    }
+
     /// Starts a service process on `port`, and waits until it answers.
     pub async fn start(&self, port: u16) -> Service {
-        let log = std::fs::File::create(format!(
-            "{}/fault-{}-{port}.log",
-            std::env::temp_dir().display(),
-            self.db
-        ))
-        .unwrap();
+        let log = std::fs::File::create(self.log_path(port)).unwrap();
         let child = Command::new(binary())
             .arg("serve")
             // Only a test that asks for Meilisearch gets it.
@@ -238,6 +274,18 @@ impl World {
         sqlx::query_as(
             "SELECT c.number, m.number, m.body FROM messages m JOIN chats c ON c.id = m.chat_id \
              JOIN applications a ON a.id = c.application_id WHERE a.token = ? ORDER BY c.number, m.number",
+        )
+        .bind(token)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Stored chat numbers of the application, in order.
+    pub async fn stored_chats(&self, token: &str) -> Vec<i64> {
+        sqlx::query_scalar(
+            "SELECT c.number FROM chats c JOIN applications a ON a.id = c.application_id \
+             WHERE a.token = ? ORDER BY c.number",
         )
         .bind(token)
         .fetch_all(&self.pool)
@@ -551,6 +599,7 @@ pub struct Proxy {
     /// Where clients connect.
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -561,20 +610,27 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
+        let frozen = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let (c2, k2) = (cut.clone(), conns.clone());
+        let (c2, k2, f2) = (cut.clone(), conns.clone(), frozen.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
                 if c2.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
+                let frozen = f2.clone();
                 let h = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let (ri, wi) = inbound.into_split();
+                        let (ro, wo) = outbound.into_split();
+                        tokio::select! {
+                            _ = pump(ri, wo, frozen.clone()) => {}
+                            _ = pump(ro, wi, frozen) => {}
+                        }
                     }
                 });
                 k2.lock().unwrap().push(h.abort_handle());
@@ -583,9 +639,22 @@ impl Proxy {
         Proxy {
             addr,
             cut,
+            frozen,
             conns,
             task,
         }
+    }
+
+    /// Freezes every connection, open or new, as a `SIGSTOP` of the
+    /// upstream server would: connections stay open, and nothing passes
+    /// either way until [`Self::thaw`].
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets bytes pass again after [`Self::freeze`].
+    pub fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
     }
 
     /// Cuts every connection, now and until [`Self::heal`].
@@ -599,6 +668,31 @@ impl Proxy {
     /// Lets connections through again.
     pub fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to`, holding every byte while `frozen` is set.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 

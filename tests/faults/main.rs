@@ -8,6 +8,7 @@ mod harness;
 mod logs;
 mod monitoring;
 mod numbering;
+mod protocol;
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{self, PrivateRedis, World, free_port};
 
-const ADMIN_KEY: &str = "numbering-fault-test-operator-key";
+pub(crate) const ADMIN_KEY: &str = "numbering-fault-test-operator-key";
 
 /// A client of one service: creates one at a time and records every 201.
 pub(crate) struct Client {
@@ -20,16 +20,16 @@ pub(crate) struct Client {
 
 /// What a scope's creates and lookups saw.
 #[derive(Default, Debug)]
-struct Tally {
+pub(crate) struct Tally {
     /// Every number acknowledged, with what was sent under it.
-    acked: BTreeMap<i64, String>,
+    pub(crate) acked: BTreeMap<i64, String>,
     /// Numbers acknowledged a second time (must stay empty).
-    twice: Vec<i64>,
-    requests: u64,
+    pub(crate) twice: Vec<i64>,
+    pub(crate) requests: u64,
 }
 
 impl Tally {
-    fn ack(&mut self, number: i64, body: String) {
+    pub(crate) fn ack(&mut self, number: i64, body: String) {
         if self.acked.insert(number, body).is_some() {
             self.twice.push(number);
         }
@@ -51,7 +51,7 @@ impl Client {
         }
     }
 
-    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> reqwest::Response {
         self.http
             .post(format!("{}/api/v1{path}", self.base))
             .json(&body)
@@ -80,7 +80,14 @@ impl Client {
 
     /// `n` creates in `scope` (chats of the application, or messages of a
     /// chat), each retried through 503s for up to 10 s.
-    async fn create(&self, token: &str, scope: Scope, n: usize, tag: &str, tally: &mut Tally) {
+    pub(crate) async fn create(
+        &self,
+        token: &str,
+        scope: Scope,
+        n: usize,
+        tag: &str,
+        tally: &mut Tally,
+    ) {
         for i in 0..n {
             let body = format!("{tag}-{i}");
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -131,7 +138,7 @@ impl Client {
     }
 
     /// The operator's flush: everything pending is in MariaDB when it answers.
-    async fn flush(&self) {
+    pub(crate) async fn flush(&self) {
         let r = self
             .http
             .post(format!("{}/api/v1/admin/flush", self.base))
@@ -144,7 +151,7 @@ impl Client {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Scope {
+pub(crate) enum Scope {
     Chats,
     Messages(i64),
 }
@@ -189,7 +196,7 @@ async fn stored(world: &World, token: &str, scope: Scope) -> BTreeMap<i64, Strin
 /// Every acknowledged number either is stored with its own body, or answers
 /// 404 "skipped" at once (well under `READ_YOUR_WRITES_TIMEOUT_MS`).
 /// Returns (stored, skipped).
-async fn every_number_accounted_for(
+pub(crate) async fn every_number_accounted_for(
     client: &Client,
     world: &World,
     token: &str,

@@ -87,6 +87,24 @@ impl PrivateRedis {
         redis
     }
 
+    /// Starts one from a copy of the snapshot `rdb` (another server's
+    /// `dump.rdb`): a stand-in for a copy of that server promoted or
+    /// restored beside it.
+    pub async fn start_from(rdb: &std::path::Path) -> PrivateRedis {
+        let dir =
+            std::env::temp_dir().join(format!("chat-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(rdb, dir.join("dump.rdb")).unwrap();
+        let mut redis = PrivateRedis {
+            child: None,
+            port: free_port(),
+            dir,
+            extra: Vec::new(),
+        };
+        redis.spawn().await;
+        redis
+    }
+
     /// Its working directory (`dump.rdb`, `appendonlydir/`).
     pub fn dir(&self) -> &std::path::Path {
         &self.dir

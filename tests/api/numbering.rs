@@ -1,0 +1,167 @@
+//! Steps of the numbering protocol where they meet (docs/numbering.md): a
+//! delete that fails over a restart, a tombstone no request settles, and
+//! eviction marks under a split brain. Each fails on the code before its
+//! fix (issue 39).
+
+use chat_api::jobs::idle::IdleCounters;
+use chat_api::store::numbering::{self, FIRST_BLOCK};
+use chat_api::writebehind::CounterScope;
+use chat_api::writebehind::scripts::Scripts;
+use redis::AsyncCommands;
+
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+
+/// `applications.id` of `token`.
+async fn app_id(app: &TestApp, token: &str) -> u64 {
+    sqlx::query_scalar("SELECT id FROM applications WHERE token = ?")
+        .bind(token)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// A chat's counter came back too low (a restore) and is in doubt; a
+/// delete tombstones it, a create meanwhile runs the restart (which marks
+/// the tombstone checked), then the SQL delete fails and the tombstone is
+/// undone. The value put back was never checked: the next create must
+/// restart the counter, not hand out the number after it (3, stored
+/// already). Before the fix, UNTOMBSTONE left the tombstone's checked mark
+/// on the value it put back.
+#[tokio::test]
+async fn an_undone_delete_over_a_restart_leaves_the_counter_in_doubt() {
+    let app = spawn_app().await;
+    let token = app.create_app("undone delete").await;
+    let chat = app.create_chat(&token).await;
+    for i in 0..5 {
+        app.create_message(&token, chat, &format!("m{i}")).await;
+    }
+    app.flush().await;
+    let key = app.shard(&token).app(&token);
+    let field = chat.to_string();
+    let mut c = app.redis_conn().await;
+    // The restore: the counter at 2, checked in some older epoch.
+    let _: () = c.hset(&key, &field, 2).await.unwrap();
+    let _: () = c.hset(&key, format!("v:{chat}"), "older").await.unwrap();
+    let scripts = Scripts::default();
+    let _: Option<String> = scripts
+        .tombstone
+        .key(&key)
+        .arg(&field)
+        .arg(0)
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    // A create that found the counter in doubt before the tombstone runs
+    // its restart now, over the tombstone.
+    let epoch = app.numbering.current_epoch(&token).await.unwrap().unwrap();
+    let scope = CounterScope::Messages { chat_number: chat };
+    let id = app_id(&app, &token).await;
+    assert!(
+        app.numbering
+            .restart(&token, id, scope, epoch, false)
+            .await
+            .unwrap()
+    );
+    let undone: i64 = scripts
+        .untombstone
+        .key(&key)
+        .arg(&field)
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(undone, 1);
+    let n = app.create_message(&token, chat, "after").await;
+    assert!(n > 5, "a number above every stored one, not {n}");
+    app.flush().await;
+    let stored = app.stored_messages(&token, chat).await;
+    assert_eq!(stored.len(), 6, "{stored:?}");
+    assert_eq!(stored.last().unwrap(), &(n, "after".to_string()));
+}
+
+/// A chat's SQL delete failed and so did its undo: the field stays
+/// `deleted` with a delete in flight, which no request will ever settle,
+/// and creates in a chat MariaDB has live answered 404 for good. The idle
+/// sweep settles it once it saw it so for a whole period: MariaDB holds the
+/// chat live, so the counter comes back in doubt and creates resume above
+/// every stored number.
+#[tokio::test]
+async fn the_idle_sweep_settles_a_tombstone_left_by_a_double_failure() {
+    let app = spawn_app_with(|c| c.chat_idle_secs = 0).await;
+    let token = app.create_app("stuck tombstone").await;
+    let chat = app.create_chat(&token).await;
+    for i in 0..3 {
+        app.create_message(&token, chat, &format!("m{i}")).await;
+    }
+    app.flush().await;
+    let key = app.shard(&token).app(&token);
+    let field = chat.to_string();
+    let mut c = app.redis_conn().await;
+    let _: Option<String> = Scripts::default()
+        .tombstone
+        .key(&key)
+        .arg(&field)
+        .arg(0)
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    let path = format!("/applications/{token}/chats/{chat}/messages");
+    let body = serde_json::json!({"body": "stuck"});
+    assert_eq!(app.post(&path, body.clone()).await.status(), 404);
+
+    let sweep = IdleCounters::new(app.numbering.clone());
+    assert_eq!(sweep.sweep_once().await.unwrap().repaired, 0, "first look");
+    assert_eq!(sweep.sweep_once().await.unwrap().repaired, 1);
+    let r = app.post(&path, body).await;
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    app.flush().await;
+    assert_eq!(app.stored_messages(&token, chat).await.len(), 4);
+}
+
+/// Eviction marks under a split brain: a scope is marked evicted only where
+/// MariaDB's bound is still the one this Redis holds, and any reservation
+/// clears the mark, so that a counter whose range another Redis lineage
+/// reserved past never comes back "exactly" inside that range.
+#[tokio::test]
+async fn an_eviction_mark_holds_only_while_nobody_reserved_past_it() {
+    let app = spawn_app().await;
+    let token = app.create_app("marks").await;
+    let id = app_id(&app, &token).await;
+    let mark = |n: i64| {
+        let pool = app.pool.clone();
+        async move { numbering::reservation(&pool, id, n).await.unwrap() }
+    };
+    // Scope 1: never reserved; scope 2: reserved to 48 by "another lineage"
+    // while this Redis holds 32.
+    assert!(
+        numbering::reserve(&app.pool, id, 2, FIRST_BLOCK, 32)
+            .await
+            .unwrap()
+    );
+    assert!(numbering::reserve(&app.pool, id, 2, 32, 48).await.unwrap());
+    assert!(
+        !numbering::reserve(&app.pool, id, 2, 32, 64).await.unwrap(),
+        "a compare-and-set from a bound that moved loses"
+    );
+    numbering::mark_evicted(&app.pool, id, &[(1, FIRST_BLOCK), (2, 32)], 7)
+        .await
+        .unwrap();
+    assert_eq!(mark(1).await.evicted_epoch, Some(7));
+    assert_eq!(
+        mark(2).await.evicted_epoch,
+        None,
+        "reserved past this Redis's bound"
+    );
+    numbering::mark_evicted(&app.pool, id, &[(2, 48)], 8)
+        .await
+        .unwrap();
+    assert_eq!(mark(2).await.evicted_epoch, Some(8));
+    assert!(numbering::reserve(&app.pool, id, 2, 48, 64).await.unwrap());
+    assert_eq!(
+        mark(2).await,
+        numbering::Reservation {
+            reserved_to: 64,
+            evicted_epoch: None
+        },
+        "a reservation clears the mark"
+    );
+}
