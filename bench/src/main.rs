@@ -16,6 +16,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, param::Path};
 use serde_json::{Value, json};
 use sqlx::MySqlPool;
 
+mod block_wait;
 mod numbering;
 mod plots;
 mod read_replica;
@@ -53,6 +54,10 @@ enum Cmd {
     /// Only figure 13: what numbering costs (the doubt check on every
     /// create, and the reservations), against another build when given.
     Numbering(numbering::NumberingOpts),
+    /// Only figure 19: the p99 of creates with blocks of `NUMBER_BLOCK_MAX`
+    /// against blocks so large that no create waits on SQL, on one hot chat
+    /// and on 1,000 chats.
+    BlockWait(Opts),
     /// Only figure 14: the request path against a server that runs one
     /// minimal script per create.
     RequestPath(Opts),
@@ -1781,6 +1786,12 @@ async fn main() -> anyhow::Result<()> {
                 "{}",
                 markdown_flush_workers(&figure["flush_workers_rows_per_sec"])
             );
+            Ok(())
+        }
+        Cmd::BlockWait(opts) => {
+            let figure = block_wait::block_wait(&opts).await?;
+            println!("{}", serde_json::to_string_pretty(&figure)?);
+            println!("{}", block_wait::markdown(&figure));
             Ok(())
         }
         Cmd::Numbering(opts) => {
