@@ -142,6 +142,18 @@ impl MessageRecord {
     }
 }
 
+/// The application id field of a queued chat or message record (the text
+/// before its first tab), past a message's deferral stamp
+/// (`d{ms}\t`, see [`MessageRecord::stamp_deferred`]): what the usage
+/// counts (`app:{id}` in the shard's usage hash) are kept under. `None`
+/// when the record has no such field (a search-index op is JSON).
+pub fn application_id_of(raw: &[u8]) -> Option<&[u8]> {
+    let raw = MessageRecord::unstamp_deferred(raw);
+    let end = raw.iter().position(|b| *b == b'\t')?;
+    let id = &raw[..end];
+    (!id.is_empty() && id.iter().all(u8::is_ascii_digit)).then_some(id)
+}
+
 /// The `lost` field of chat `number` of application `application_id`.
 pub fn chat_lost_field(application_id: u64, number: i64) -> String {
     format!("c:{application_id}:{number}")

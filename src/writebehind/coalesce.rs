@@ -90,8 +90,12 @@ impl Coalescer {
     }
 
     /// Runs `create` of `kind` on shard `shard`, in the next batch of its
-    /// lane, and answers its reply; within the time limit from now. Errors:
-    /// [`Unavailable`] when Redis fails or does not answer in time.
+    /// lane, and answers its reply: the create's own outcome, even when
+    /// its batch answered after the create's own deadline (`REDIS_TIMEOUT_MS`
+    /// from now; a batch's call is bounded by its latest create's deadline,
+    /// so a create waits at most about twice that). Errors: [`Unavailable`]
+    /// when Redis fails or its batch did not answer within its limit (the
+    /// create may then have been applied: indeterminate, as any time-out).
     pub async fn enqueue(
         &self,
         kind: Kind,
@@ -116,13 +120,15 @@ impl Coalescer {
             }
             None => self.caller.run(kind, vec![waiting]).await,
         }
-        match tokio::time::timeout_at(deadline, reply).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => Err(Unavailable("the enqueue lane stopped".into())),
-            Err(_) => Err(Unavailable(format!(
-                "no answer within {} ms",
-                self.caller.timeout.as_millis()
-            ))),
+        // Answered by its own outcome: a batch's call is bounded by its
+        // latest waiter's deadline, and a create whose own deadline passed
+        // while its batch ran may still have been applied, so it waits for
+        // the batch's answer (the caller always sends one: a reply, the
+        // call's error, or "timed out before it was sent") instead of
+        // answering 503 for a create that Redis then acknowledged.
+        match reply.await {
+            Ok(reply) => reply,
+            Err(_) => Err(Unavailable("the enqueue lane stopped".into())),
         }
     }
 

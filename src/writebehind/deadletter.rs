@@ -266,7 +266,10 @@ impl Buffer {
                 .with_conn(|mut c| async move {
                     let mut inv = self.scripts().replay.key(dead);
                     inv.key(pending).key(shard.lost()).key(shard.usage());
-                    inv.arg(format!("bytes:{}", queue.as_str()));
+                    inv.arg(match queue {
+                        Kind::Search => String::new(),
+                        _ => format!("bytes:{}", queue.as_str()),
+                    });
                     for (entry, raw) in chunk {
                         let lost = lost_field(queue, raw).unwrap_or_default();
                         inv.arg(entry.as_slice()).arg(raw.as_slice()).arg(lost);

@@ -718,12 +718,11 @@ fn merge(slots: Vec<Result<usize, DecodeError>>, written: BatchOutcome) -> Batch
 fn usage_delta(kind: Kind, batch: &[Vec<u8>], deferred: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let mut bytes = 0i64;
     let mut apps: std::collections::BTreeMap<&[u8], i64> = Default::default();
-    let app_of = |raw: &[u8]| -> Option<usize> { raw.iter().position(|b| *b == b'\t') };
     for (records, sign) in [(batch, -1), (deferred, 1)] {
         for raw in records {
             bytes += sign * raw.len() as i64;
-            if let Some(end) = app_of(raw) {
-                *apps.entry(&raw[..end]).or_default() += sign;
+            if let Some(app) = crate::domain::record::application_id_of(raw) {
+                *apps.entry(app).or_default() += sign;
             }
         }
     }
@@ -759,5 +758,30 @@ mod usage_tests {
             .map(|i| String::from_utf8(i).unwrap())
             .collect();
         assert_eq!(items, ["bytes:chats", "-12", "app:7", "-2"]);
+    }
+
+    /// A message deferred once carries its deferral stamp (`d{ms}\t`) when
+    /// it is claimed again: it is counted out of its application, not of an
+    /// `app:d{ms}` field (issue 39, point 9).
+    #[test]
+    fn a_deferred_record_is_counted_out_of_its_own_application() {
+        let stamped = crate::domain::record::MessageRecord::stamp_deferred(
+            b"9\t1\t3\t100\tbody",
+            1_800_000_000_000,
+        )
+        .into_owned();
+        let items: Vec<String> = usage_delta(Kind::Messages, std::slice::from_ref(&stamped), &[])
+            .into_iter()
+            .map(|i| String::from_utf8(i).unwrap())
+            .collect();
+        assert_eq!(
+            items,
+            [
+                "bytes:messages".to_string(),
+                format!("-{}", stamped.len()),
+                "app:9".into(),
+                "-1".into()
+            ]
+        );
     }
 }

@@ -410,7 +410,9 @@ return {1, result}
 /// and its application's records: the id before the first tab).
 ///
 /// KEYS: dead-letter list, pending list, lost hash, usage hash. ARGV: the
-/// usage field of the queue's bytes (`bytes:{kind}`), then triples of
+/// usage field of the queue's bytes (`bytes:{kind}`; empty for the search
+/// queue, whose records are not counted: its acknowledgement never counts
+/// them out), then triples of
 /// (entry, record, lost field or empty). Returns the number of records
 /// replayed.
 pub const REPLAY: &str = r#"
@@ -419,9 +421,11 @@ for i = 2, #ARGV, 3 do
   if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
     redis.call('RPUSH', KEYS[2], ARGV[i + 1])
     if ARGV[i + 2] ~= '' then redis.call('HDEL', KEYS[3], ARGV[i + 2]) end
-    redis.call('HINCRBY', KEYS[4], ARGV[1], #ARGV[i + 1])
-    local app = string.match(ARGV[i + 1], '^(%d+)\t')
-    if app then redis.call('HINCRBY', KEYS[4], 'app:' .. app, 1) end
+    if ARGV[1] ~= '' then
+      redis.call('HINCRBY', KEYS[4], ARGV[1], #ARGV[i + 1])
+      local app = string.match(ARGV[i + 1], '^(%d+)\t')
+      if app then redis.call('HINCRBY', KEYS[4], 'app:' .. app, 1) end
+    end
     n = n + 1
   end
 end
@@ -446,7 +450,9 @@ if ARGV[1] ~= '' then
     local ok, entry = pcall(cjson.decode, e)
     if ok and type(entry) == 'table' and type(entry['record']) == 'string' then
       local fields = {}
-      for f in string.gmatch(entry['record'], '[^\t]+') do
+      -- A deferred message carries its deferral stamp first (d{ms}\t).
+      local rec = string.gsub(entry['record'], '^d%d+\t', '')
+      for f in string.gmatch(rec, '[^\t]+') do
         fields[#fields + 1] = f
         if #fields == parts then break end
       end

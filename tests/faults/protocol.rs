@@ -425,7 +425,8 @@ async fn creates_at_500_per_second_over_100_chats_ride_out_a_30_second_mariadb_f
     let service = world.start(free_port()).await;
     let token = crate::harness::setup_app(&service.base(), CHATS as usize).await;
     // (frozen, chat, status, number, body) of every create.
-    let answers: Arc<Mutex<Vec<(bool, i64, u16, Option<i64>, String)>>> = Arc::default();
+    type Answer = (bool, i64, u16, Option<i64>, String);
+    let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
     let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let generator = {
@@ -466,7 +467,7 @@ async fn creates_at_500_per_second_over_100_chats_ride_out_a_30_second_mariadb_f
     generator.await.unwrap();
     world.wait_drained(Duration::from_secs(120)).await;
 
-    let answers = answers.lock().unwrap();
+    let answers: Vec<Answer> = std::mem::take(&mut *answers.lock().unwrap());
     let mut during = BTreeMap::new();
     let mut before = BTreeMap::new();
     for (f, _, status, _, _) in answers.iter() {
