@@ -629,8 +629,10 @@ impl Buffer {
     }
 
     /// Keeps `gtid` as the last write of each of `scopes` of `token`'s
-    /// application for `ttl` (one round trip; the keys share the shard's
-    /// hash slot). Errors: Redis unavailable.
+    /// application for `ttl`, merged per GTID domain with the mark there,
+    /// so that a mark never moves backwards ([`super::scripts::KEEP_MARKS`];
+    /// one round trip; the keys share the shard's hash slot). Errors: Redis
+    /// unavailable.
     pub async fn keep_causal_marks(
         &self,
         token: &str,
@@ -638,17 +640,16 @@ impl Buffer {
         gtid: &str,
         ttl: Duration,
     ) -> Result<(), BufferError> {
-        let prefix = self.keys.for_token(token).causal();
-        let mut pipe = redis::pipe();
-        for scope in scopes {
-            pipe.cmd("SET")
-                .arg(format!("{prefix}{scope}"))
-                .arg(gtid)
-                .arg("PX")
-                .arg(ttl.as_millis() as u64)
-                .ignore();
+        if scopes.is_empty() {
+            return Ok(());
         }
-        self.with_conn(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+        let prefix = self.keys.for_token(token).causal();
+        let mut inv = self.scripts.keep_marks.prepare_invoke();
+        for scope in scopes {
+            inv.key(format!("{prefix}{scope}"));
+        }
+        inv.arg(ttl.as_millis() as u64).arg(gtid);
+        self.with_conn(|mut c| async move { inv.invoke_async::<()>(&mut c).await })
             .await
     }
 

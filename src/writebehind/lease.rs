@@ -196,7 +196,11 @@ end
 /// `#!lua flags=allow-oom` shebang, which must stay first).
 fn script(body: &str) -> Script {
     let (shebang, rest) = body.split_once('\n').unwrap_or((body, ""));
-    Script::new(&format!("{shebang}\n{}{rest}", prelude()))
+    Script::new(&format!(
+        "{shebang}\n{}{}{rest}",
+        prelude(),
+        super::scripts::MERGE_GTID
+    ))
 }
 
 /// Moves up to N items of the waiting list (its head, in order) or set (any
@@ -258,7 +262,8 @@ for h = 1, t do
     end
   elseif ARGV[2 * h] == 'expiring' then
     for j = i + 1, i + n - 1, 2 do
-      redis.call('SET', KEYS[3 + h] .. ARGV[j], ARGV[j + 1], 'PX', ARGV[i])
+      local key = KEYS[3 + h] .. ARGV[j]
+      redis.call('SET', key, merge_gtid(redis.call('GET', key), ARGV[j + 1]), 'PX', ARGV[i])
     end
   else
     push(commands[ARGV[2 * h]], KEYS[3 + h], ARGV, i, i + n - 1)

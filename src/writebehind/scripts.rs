@@ -466,6 +466,42 @@ redis.call('DEL', KEYS[1])
 return #entries
 "#;
 
+/// The Lua function `merge_gtid(old, new)` (spliced into the scripts that
+/// write read-your-writes marks): the union of two GTID lists
+/// (`domain-server-seq,…`, as `@@gtid_binlog_pos` gives them) keeping, per
+/// domain, the one with the highest sequence number, so that a mark never
+/// moves backwards (docs/numbering.md, I4): a flush's older position
+/// written after an edit's newer one keeps the edit's. `old` may be nil or
+/// false (no mark yet). Sequence numbers are compared as Lua numbers
+/// (exact below 2^53).
+pub const MERGE_GTID: &str = r#"
+local function merge_gtid(old, new)
+  if not old then return new end
+  local best, order = {}, {}
+  for _, list in ipairs({old, new}) do
+    for d, sv, n in string.gmatch(list, '(%d+)%-(%d+)%-(%d+)') do
+      local cur = best[d]
+      if not cur then order[#order + 1] = d end
+      if not cur or tonumber(n) > cur[2] then best[d] = {d .. '-' .. sv .. '-' .. n, tonumber(n)} end
+    end
+  end
+  local out = {}
+  for _, d in ipairs(order) do out[#out + 1] = best[d][1] end
+  return table.concat(out, ',')
+end
+"#;
+
+/// Keeps a read-your-writes mark on each key, merged with the mark there
+/// ([`MERGE_GTID`]), for the given time.
+///
+/// KEYS: the mark keys (in one shard). ARGV: life in ms, GTID list.
+pub const KEEP_MARKS: &str = r#"
+for _, key in ipairs(KEYS) do
+  redis.call('SET', key, merge_gtid(redis.call('GET', key), ARGV[2]), 'PX', ARGV[1])
+end
+return 1
+"#;
+
 /// The scripts, hashed once at start-up.
 pub struct Scripts {
     /// See [`enqueue_chat`].
@@ -484,6 +520,8 @@ pub struct Scripts {
     pub replay: Script,
     /// See [`DISCARD_ALL`].
     pub discard_all: Script,
+    /// See [`KEEP_MARKS`].
+    pub keep_marks: Script,
 }
 
 impl Default for Scripts {
@@ -497,6 +535,7 @@ impl Default for Scripts {
             commit_tombstone: Script::new(COMMIT_TOMBSTONE),
             replay: Script::new(REPLAY),
             discard_all: Script::new(DISCARD_ALL),
+            keep_marks: Script::new(&format!("{MERGE_GTID}{KEEP_MARKS}")),
         }
     }
 }

@@ -165,3 +165,35 @@ async fn an_eviction_mark_holds_only_while_nobody_reserved_past_it() {
         "a reservation clears the mark"
     );
 }
+
+/// Read-your-writes marks merge per GTID domain, keeping the highest
+/// sequence number: a flush's older position written after an edit's newer
+/// one keeps the edit's, so a replica at the older position does not serve
+/// the old body (issue 39, point 8; a plain `SET` before).
+#[tokio::test]
+async fn a_read_your_writes_mark_never_moves_backwards() {
+    let app = spawn_app().await;
+    let token = app.create_app("marks").await;
+    let ttl = std::time::Duration::from_secs(60);
+    let scope = vec!["c:1".to_string()];
+    let mark = || async { app.buffer.causal_mark(&token, &scope[0]).await.unwrap() };
+    app.buffer
+        .keep_causal_marks(&token, &scope, "0-1-10", ttl)
+        .await
+        .unwrap();
+    app.buffer
+        .keep_causal_marks(&token, &scope, "0-1-5", ttl)
+        .await
+        .unwrap();
+    assert_eq!(mark().await.as_deref(), Some("0-1-10"));
+    app.buffer
+        .keep_causal_marks(&token, &scope, "0-1-7,1-2-3", ttl)
+        .await
+        .unwrap();
+    assert_eq!(mark().await.as_deref(), Some("0-1-10,1-2-3"));
+    app.buffer
+        .keep_causal_marks(&token, &scope, "1-2-9", ttl)
+        .await
+        .unwrap();
+    assert_eq!(mark().await.as_deref(), Some("0-1-10,1-2-9"));
+}
