@@ -133,9 +133,12 @@ pub struct RedisManager {
 /// recorded one (a restart, a failover, a restore, a promotion back) or the
 /// record is missing (lost, or never made).
 ///
-/// An epoch is the server's clock in microseconds when it was raised, so
-/// that it is new even when the hash itself was lost (a counter would start
-/// again at a value that counters still carry); it is only ever compared for
+/// An epoch is the server's clock in microseconds when it was raised (plus
+/// the key's place in the call, since a script sees one frozen `TIME`, so
+/// that shards raised together differ: a counter moved by a reshard keeps
+/// its old shard's epoch and must be in doubt in the new one), so that it
+/// is new even when the hash itself was lost (a counter would start again at
+/// a value that counters still carry); it is only ever compared for
 /// equality.
 ///
 /// There is one epoch per queue shard (see [`crate::writebehind::keys`]), so
@@ -157,11 +160,14 @@ pub const CHECK_EPOCH: &str = r#"
 --LINEAGE
 local run_id = lineage()
 local first, raised = nil, 0
-for _, key in ipairs(KEYS) do
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i, key in ipairs(KEYS) do
   local epoch = redis.call('HGET', key, 'epoch')
   if not epoch or redis.call('HGET', key, 'run_id') ~= run_id then
-    local t = redis.call('TIME')
-    epoch = t[1] .. string.format('%06d', tonumber(t[2]))
+    -- TIME is frozen for a whole script (Redis 7.2): each shard's epoch is
+    -- offset by its place, so no two shards raised together share one.
+    epoch = string.format('%.0f', now + i - 1)
     redis.call('HSET', key, 'epoch', epoch, 'run_id', run_id)
     raised = 1
   end
