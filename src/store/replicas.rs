@@ -384,14 +384,27 @@ pub async fn last_gtid(conn: &mut MySqlConnection) -> sqlx::Result<Option<String
     Ok(gtid.filter(|g| !g.is_empty()))
 }
 
-/// The primary's binary log position (`@@gtid_binlog_pos`): at or after
-/// every transaction committed before this call. `None` without a binary
-/// log. Errors: the primary cannot be reached.
+/// The primary's binary log position in the domain this service writes in
+/// (the entry of `@@gtid_binlog_pos` for `@@gtid_domain_id`): at or after
+/// every transaction this service committed before this call. Only that
+/// domain: a mark with another domain's position (another writer's, or an
+/// old one) would wait on a replica that does not replicate it, forever
+/// (issue 39, point 8). `None` without a binary log. Errors: the primary
+/// cannot be reached.
 pub async fn binlog_position(pool: &MySqlPool) -> sqlx::Result<Option<String>> {
-    let pos: Option<String> = sqlx::query_scalar("SELECT @@gtid_binlog_pos")
-        .fetch_one(pool)
-        .await?;
-    Ok(pos.filter(|p| !p.is_empty()))
+    let (pos, domain): (Option<String>, i64) =
+        sqlx::query_as("SELECT @@gtid_binlog_pos, CAST(@@gtid_domain_id AS SIGNED)")
+            .fetch_one(pool)
+            .await?;
+    Ok(pos.and_then(|p| own_domain(&p, domain)))
+}
+
+/// The entry of GTID list `pos` (`domain-server-seq,…`) in `domain`.
+pub fn own_domain(pos: &str, domain: i64) -> Option<String> {
+    pos.split(',')
+        .map(str::trim)
+        .find(|g| g.split('-').next().and_then(|d| d.parse::<i64>().ok()) == Some(domain))
+        .map(str::to_string)
 }
 
 /// Whether the primary writes a binary log (`@@log_bin`), without which it
@@ -423,5 +436,22 @@ mod tests {
         assert!(!covers("0-1-5", ""));
         assert!(!covers("0-1-x", "0-1-1"));
         assert!(!covers("0-1-5-9", "0-1-1"));
+    }
+}
+
+#[cfg(test)]
+mod domain_tests {
+    #[test]
+    fn a_flush_mark_keeps_only_the_services_own_domain() {
+        assert_eq!(
+            super::own_domain("0-1-100,7-2-5", 0).as_deref(),
+            Some("0-1-100")
+        );
+        assert_eq!(
+            super::own_domain("0-1-100, 7-2-5", 7).as_deref(),
+            Some("7-2-5")
+        );
+        assert_eq!(super::own_domain("7-2-5", 0), None);
+        assert_eq!(super::own_domain("", 0), None);
     }
 }
