@@ -520,3 +520,76 @@ async fn creates_at_500_per_second_over_100_chats_ride_out_a_30_second_mariadb_f
     drop(service);
     world.cleanup().await;
 }
+
+/// Issue 39, point 4: a master promoted back. Redis A (the service's) has
+/// a replica B. B is promoted while A still takes creates (6 to 8, which B
+/// never gets); then A resyncs from B (its data is now B's: the counter at
+/// 5) and is promoted back. A's `run_id` is the one its epoch recorded, so
+/// before the fix the epoch looked valid over B's older counters and 6 was
+/// handed out again; its `master_replid` changed with each promotion, and
+/// the lineage check (run_id and master_replid) puts every counter in doubt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_promoted_back_after_a_resync_hands_out_no_number_again() {
+    let a = PrivateRedis::start().await;
+    let b = PrivateRedis::start_with(&["--replicaof", "127.0.0.1", &a.port.to_string()]).await;
+    b.wait_in_sync().await;
+    let world = World::new(&env(&a)).await;
+    let service = world.start(free_port()).await;
+    let client = Client::new(service.base());
+    let token = client.app_with_chats(1).await;
+    let mut tally = Tally::default();
+    client
+        .create(&token, Scope::Messages(1), 5, "both", &mut tally)
+        .await;
+    client.flush().await;
+    let cmd = |redis: &PrivateRedis, args: &'static [&'static str]| {
+        let url = redis.url();
+        async move {
+            let mut c = redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let mut command = redis::cmd(args[0]);
+            for a in &args[1..] {
+                command.arg(*a);
+            }
+            let _: redis::Value = command.query_async(&mut c).await.unwrap();
+        }
+    };
+    // Let B have everything so far, then promote it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cmd(&b, &["REPLICAOF", "NO", "ONE"]).await;
+    client
+        .create(&token, Scope::Messages(1), 3, "a-only", &mut tally)
+        .await;
+    // A resyncs from B (B's data: the counter at 5), then is promoted back.
+    let b_port: &'static str = Box::leak(b.port.to_string().into_boxed_str());
+    let args: &'static [&'static str] =
+        Box::leak(vec!["REPLICAOF", "127.0.0.1", b_port].into_boxed_slice());
+    cmd(&a, args).await;
+    a.wait_in_sync().await;
+    cmd(&a, &["REPLICAOF", "NO", "ONE"]).await;
+    client
+        .create(&token, Scope::Messages(1), 3, "after", &mut tally)
+        .await;
+    client.flush().await;
+    let after: Vec<i64> = tally
+        .acked
+        .iter()
+        .filter(|(_, body)| body.starts_with("after"))
+        .map(|(n, _)| *n)
+        .collect();
+    eprintln!(
+        "promoted back: numbers after {after:?}, handed out twice {:?}",
+        tally.twice
+    );
+    assert!(
+        tally.twice.is_empty(),
+        "handed out twice: {:?}",
+        tally.twice
+    );
+    assert!(after.iter().all(|n| *n > 8), "{after:?}");
+    drop(service);
+    world.cleanup().await;
+}
