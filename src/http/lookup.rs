@@ -63,6 +63,13 @@ async fn on_its_way(
     lost_field: impl FnOnce() -> String,
 ) -> Result<bool, BufferError> {
     let write_behind = &state.write_behind;
+    if !allocated {
+        // Beyond what Redis's counter handed out, or no counter: a counter
+        // that Redis lost with this number and that no create used since
+        // would never record the number as skipped (I2), so the lookup
+        // checks the counter as a create would, restarting it if in doubt.
+        write_behind.settle(&app.token, app.id, scope).await?;
+    }
     if write_behind
         .numbering()
         .is_skipped(&app.token, app.id, scope, number)

@@ -150,6 +150,70 @@ pub async fn mark_evicted(
     Ok(())
 }
 
+/// How far below a scope's highest stored number [`gaps`] looks for
+/// numbers never stored, in numbers.
+pub const GAP_WINDOW: i64 = 4096;
+
+/// The numbers of the scope in `(highest - GAP_WINDOW, highest)` that
+/// MariaDB never stored (deleted rows count as stored), as ranges, lowest
+/// first, not counting those already recorded as skipped. A counter that
+/// Redis lost while records below its highest stored number were still
+/// queued (two batches flushed out of order: two instances, or a deferred
+/// message) lost those records too: a restart records these ranges as
+/// skipped with the rest (docs/numbering.md, I2). One index range scan of
+/// at most [`GAP_WINDOW`] rows. Errors: MariaDB unavailable.
+pub async fn gaps(
+    pool: &MySqlPool,
+    application_id: u64,
+    chat_number: i64,
+    highest: i64,
+) -> sqlx::Result<Vec<std::ops::RangeInclusive<i64>>> {
+    let from = (highest - GAP_WINDOW).max(0);
+    let numbers: Vec<i64> = if chat_number == 0 {
+        sqlx::query_scalar(
+            "SELECT number FROM chats WHERE application_id = ? AND number > ? AND number <= ? \
+             ORDER BY number",
+        )
+        .bind(application_id)
+        .bind(from)
+        .bind(highest)
+        .fetch_all(pool)
+        .await?
+    } else {
+        sqlx::query_scalar(
+            "SELECT m.number FROM messages m JOIN chats c ON c.id = m.chat_id \
+             WHERE c.application_id = ? AND c.number = ? AND m.number > ? AND m.number <= ? \
+             ORDER BY m.number",
+        )
+        .bind(application_id)
+        .bind(chat_number)
+        .bind(from)
+        .bind(highest)
+        .fetch_all(pool)
+        .await?
+    };
+    let mut gaps = Vec::new();
+    let mut next = from + 1;
+    for n in numbers {
+        if n > next {
+            gaps.push(next..=n - 1);
+        }
+        next = n + 1;
+    }
+    if gaps.is_empty() {
+        return Ok(gaps);
+    }
+    let skipped = skipped_ranges(pool, application_id, chat_number).await?;
+    Ok(gaps
+        .into_iter()
+        .filter(|g| {
+            !skipped
+                .iter()
+                .any(|s| s.start() <= g.start() && s.end() >= g.end())
+        })
+        .collect())
+}
+
 /// Records that the scope skipped `first..=last` at a restart (idempotent:
 /// a second record of the same restart keeps the wider range). Errors:
 /// MariaDB unavailable.

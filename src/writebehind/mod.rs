@@ -291,6 +291,32 @@ impl WriteBehind {
             .await
     }
 
+    /// Makes sure the counter of `scope` was checked in the current epoch of
+    /// `token`'s shard, restarting it if not (see
+    /// [`numbering::Numbering::restart`]), so that the numbers Redis lost
+    /// with it are recorded as skipped even when no create uses the scope
+    /// again: a lookup of a number MariaDB does not have calls this before
+    /// it answers 404 (docs/numbering.md, I2). Caches the application's id
+    /// first (Redis may have lost its hash). Errors: Redis or MariaDB
+    /// unavailable.
+    pub async fn settle(
+        &self,
+        token: &str,
+        application_id: u64,
+        scope: CounterScope,
+    ) -> Result<(), BufferError> {
+        self.buffer.seed_app(token, application_id).await?;
+        let epoch = self.numbering.check_epoch(token).await?;
+        let (present, checked) = self.numbering.checked(token, scope).await?;
+        if checked.as_deref() == Some(epoch.to_string().as_str()) {
+            return Ok(());
+        }
+        self.numbering
+            .restart(token, application_id, scope, epoch, !present)
+            .await?;
+        Ok(())
+    }
+
     /// Caches the application's id; false when no such application.
     async fn seed_app(&self, token: &str) -> Result<bool, BufferError> {
         match store::applications::find_id(&self.pool, token).await? {

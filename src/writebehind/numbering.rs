@@ -114,8 +114,12 @@ const CAS_ATTEMPTS: u64 = 3;
 /// a chat number), checked field (`v` or `v:{n}`), bound field (`r` or
 /// `r:{n}`), floor, the new bound (already reserved in MariaDB), epoch,
 /// deleted (`1`: the chat is deleted in MariaDB), MariaDB's highest number
-/// of the scope, exact (`1`/`0`). Returns `{applied (0/1), the counter kept
-/// (-1: none applied or deleted; -2: exact)}`.
+/// of the scope, exact (`1`/`0`), the ranges below MariaDB's highest
+/// number that it never stored (`a-b,…`, see
+/// [`crate::store::numbering::gaps`]; written to `k:{field}` with the rest
+/// only when the counter is missing: a counter Redis kept covers its
+/// queued records). Returns `{applied (0/1), the counter kept (-1: none
+/// applied or deleted; -2: exact)}`.
 pub const RESTART: &str = r#"
 --LINEAGE
 local e = redis.call('HMGET', KEYS[2], 'epoch', 'run_id')
@@ -140,8 +144,11 @@ if cur == 'deleted' then
 end
 local kept = tonumber(cur or ARGV[8])
 local floor = tonumber(ARGV[4])
-if kept < floor then
-  local k, range = 'k:' .. ARGV[1], string.format('%d-%d', kept + 1, floor)
+local ranges = {}
+if not cur and ARGV[10] ~= '' then ranges[#ranges + 1] = ARGV[10] end
+if kept < floor then ranges[#ranges + 1] = string.format('%d-%d', kept + 1, floor) end
+if #ranges > 0 then
+  local k, range = 'k:' .. ARGV[1], table.concat(ranges, ',')
   local old = redis.call('HGET', KEYS[1], k)
   redis.call('HSET', KEYS[1], k, old and (old .. ',' .. range) or range)
 end
@@ -723,8 +730,10 @@ impl Numbering {
             // Evicted in this very epoch, equal to MariaDB's highest then;
             // if the counter is back meanwhile, the caller asks again.
             let bound = recorded.reserved_to.max(highest);
-            self.run_restart(token, scope, highest, bound, epoch, false, highest, true)
-                .await?;
+            self.run_restart(
+                token, scope, highest, bound, epoch, false, highest, true, "",
+            )
+            .await?;
             return Ok(true);
         }
         let mut reserved_to = recorded.reserved_to;
@@ -761,8 +770,27 @@ impl Numbering {
                 ))
                 .await?;
         };
+        // A missing counter may have been lost with records below MariaDB's
+        // highest number still queued (flushed out of order).
+        let gaps = if missing && !deleted {
+            self.sql(store::numbering::gaps(
+                &self.pool,
+                application_id,
+                chat_number,
+                highest,
+            ))
+            .await?
+            .iter()
+            .map(|r| format!("{}-{}", r.start(), r.end()))
+            .collect::<Vec<_>>()
+            .join(",")
+        } else {
+            String::new()
+        };
         let (applied, kept) = self
-            .run_restart(token, scope, floor, bound, epoch, deleted, highest, false)
+            .run_restart(
+                token, scope, floor, bound, epoch, deleted, highest, false, &gaps,
+            )
             .await?;
         if applied == 1 && !deleted && kept >= 0 && kept < floor {
             crate::telemetry::metrics::numbers_skipped(scope.label(), (floor - kept) as u64);
@@ -852,6 +880,7 @@ impl Numbering {
             false,
             0,
             false,
+            "",
         )
         .await?;
         Ok(())
@@ -872,6 +901,7 @@ impl Numbering {
         deleted: bool,
         highest: i64,
         exact: bool,
+        gaps: &str,
     ) -> Result<(i64, i64), BufferError> {
         let shard = self.keys.for_token(token);
         let (key, epoch_key) = (shard.app(token), shard.epoch());
@@ -890,10 +920,34 @@ impl Numbering {
                 .arg(if deleted { "1" } else { "0" })
                 .arg(highest)
                 .arg(if exact { "1" } else { "0" })
+                .arg(gaps)
                 .invoke_async(&mut c)
                 .await
         })
         .await
+    }
+
+    /// Whether `scope`'s counter is in `token`'s application hash, and the
+    /// epoch it was last checked in (`v` or `v:{n}`; `doubt` when put in
+    /// doubt). Errors: Redis unavailable.
+    pub async fn checked(
+        &self,
+        token: &str,
+        scope: CounterScope,
+    ) -> Result<(bool, Option<String>), BufferError> {
+        let key = self.keys.for_token(token).app(token);
+        let (counter, checked, _) = scope.fields();
+        let (value, checked): (Option<String>, Option<String>) = self
+            .call(|mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg(counter)
+                    .arg(checked)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok((value.is_some(), checked))
     }
 
     /// The epoch in force in `token`'s shard, as the enqueue scripts read it

@@ -2,6 +2,7 @@
 //! MariaDB outage and a Redis outage. Each is bounded in time, stops by
 //! itself, and talks to loopback only.
 
+mod campaign;
 #[path = "../support/cluster.rs"]
 mod cluster;
 mod harness;

@@ -593,3 +593,44 @@ async fn a_master_promoted_back_after_a_resync_hands_out_no_number_again() {
     drop(service);
     world.cleanup().await;
 }
+
+/// Found by the fault campaign (seeds 102 and 20240601): messages
+/// acknowledged, then lost with Redis (restarted empty), in a chat that no
+/// create uses again. No create restarts its counter, so before the fix
+/// nothing recorded their numbers as skipped, and a lookup answered a plain
+/// 404 "no message number", breaking I2. The lookup now checks the counter
+/// as a create would: 404 "skipped", at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_lost_in_a_chat_never_written_again_answers_skipped() {
+    let mut redis = PrivateRedis::start().await;
+    let mut world = World::new(&env(&redis)).await;
+    let service = world.start(free_port()).await;
+    let client = Client::new(service.base());
+    let token = client.app_with_chats(1).await;
+    let mut tally = Tally::default();
+    client
+        .create(&token, Scope::Messages(1), 3, "stored", &mut tally)
+        .await;
+    client.flush().await;
+    client
+        .create(&token, Scope::Messages(1), 2, "lost", &mut tally)
+        .await;
+    redis.restart().await; // empty
+    world.reconnect_redis(&redis.url()).await;
+    // The service's connections notice the restart (a 503 or two), then
+    // lookups that need Redis work again.
+    let url = format!(
+        "{}/api/v1/applications/{token}/chats/1/messages/5",
+        service.base()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(&url).await.unwrap().status() == 503 {
+        assert!(Instant::now() < deadline, "reads resume after the restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (stored, skipped) =
+        every_number_accounted_for(&client, &world, &token, Scope::Messages(1), &tally).await;
+    assert_eq!((stored, skipped), (3, 2));
+    drop(service);
+    world.cleanup().await;
+}
