@@ -306,7 +306,13 @@ impl WriteBehind {
         scope: CounterScope,
     ) -> Result<(), BufferError> {
         self.buffer.seed_app(token, application_id).await?;
-        let epoch = self.numbering.check_epoch(token).await?;
+        // The epoch as the enqueue scripts read it (one HGET: every new
+        // connection and a periodic task run the full check, and RESTART
+        // itself applies only on a valid epoch).
+        let epoch = match self.numbering.current_epoch(token).await? {
+            Some(epoch) => epoch,
+            None => self.numbering.check_epoch(token).await?,
+        };
         let (present, checked) = self.numbering.checked(token, scope).await?;
         if checked.as_deref() == Some(epoch.to_string().as_str()) {
             return Ok(());
