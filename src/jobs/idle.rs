@@ -61,7 +61,7 @@ pub struct SweepReport {
     /// in Redis.
     pub skips_recorded: usize,
     /// Chat tombstones repaired: left in place with a delete in flight for
-    /// a whole period (see [`IdleCounters::repair_tombstone`]).
+    /// a whole period (see [`crate::writebehind::numbering::REPAIR_TOMBSTONE`]).
     pub repaired: u64,
 }
 

@@ -456,7 +456,7 @@ impl Numbering {
     /// ([`super::scripts::code::NO_BLOCK`]). Reserves the next block in
     /// MariaDB as a compare-and-set on the bound this Redis holds, then
     /// raises the bound in Redis. When the compare-and-set keeps failing
-    /// ([`CAS_ATTEMPTS`]), MariaDB's mark is past this Redis's bound
+    /// (3 attempts, 50 and 100 ms apart), MariaDB's mark is past this Redis's bound
     /// (another lineage reserved: split brain, or a raise was lost): the
     /// scope is put in doubt ([`DOUBT`]), and the caller's next try
     /// restarts it above the recorded bound.
