@@ -94,7 +94,8 @@ pub struct Config {
     /// in the background when half of it is left, so that creates ride out
     /// a MariaDB stall of about a minute. Larger: fewer SQL writes and a
     /// longer stall ridden out in a hot chat. Smaller: fewer numbers skipped
-    /// when Redis loses data (at most one block per scope and loss event).
+    /// when Redis loses data (under 1.5 blocks never handed out per scope
+    /// and loss event).
     #[arg(long, env = "NUMBER_BLOCK_MAX", default_value_t = 2048, value_parser = clap::value_parser!(i64).range(16..=1_000_000))]
     pub number_block_max: i64,
 

@@ -97,8 +97,17 @@ impl IdleCounters {
                 continue;
             };
             report.applications += 1;
+            // Per application, a MariaDB error (say, an application that a
+            // restored Redis still has and MariaDB no longer) is logged and
+            // the sweep goes on with the next.
             for field in fields.keys().filter_map(|f| f.strip_prefix("k:")) {
-                report.skips_recorded += self.numbering.record_skips(&token, id, field).await?;
+                match self.numbering.record_skips(&token, id, field).await {
+                    Ok(n) => report.skips_recorded += n,
+                    Err(BufferError::Database(e)) => {
+                        tracing::warn!(error = %e, application_id = id, "could not record skipped numbers")
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             let counters: HashMap<String, String> = fields
                 .iter()
@@ -120,9 +129,16 @@ impl IdleCounters {
                     // A delete in flight for a whole period: its SQL delete
                     // and its undo both failed (see repair_tombstone).
                     if before.get(&in_flight) == counters.get(&in_flight) {
-                        report.repaired += self
+                        match self
                             .repair_tombstone(&token, id, field, &counters[&in_flight])
-                            .await?;
+                            .await
+                        {
+                            Ok(n) => report.repaired += n,
+                            Err(BufferError::Database(e)) => {
+                                tracing::warn!(error = %e, application_id = id, "could not settle a tombstone")
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
                 } else if value == "deleted" {
                     evict.push((field.clone(), value.clone()));
@@ -165,8 +181,31 @@ impl IdleCounters {
                             )
                         })
                         .collect();
-                    store::numbering::mark_evicted(pool, id, &scopes, epoch).await?;
-                    report.evicted += self.numbering.evict(&token, epoch, page).await?;
+                    let numbers: Vec<i64> = scopes.iter().map(|(n, _)| *n).collect();
+                    let marked = match store::numbering::mark_evicted(pool, id, &scopes, epoch)
+                        .await
+                    {
+                        Ok(()) => store::numbering::marked_evicted(pool, id, &numbers, epoch).await,
+                        Err(e) => Err(e),
+                    };
+                    let marked = match marked {
+                        Ok(marked) => marked,
+                        Err(e) => {
+                            tracing::warn!(error = %e, application_id = id, "could not record evictions; nothing evicted");
+                            break;
+                        }
+                    };
+                    // Only what MariaDB marked (a scope whose reservation
+                    // moved past this Redis's bound keeps its counter), and
+                    // tombstones.
+                    let page: Vec<(String, String)> = page
+                        .iter()
+                        .filter(|(field, value)| {
+                            value == "deleted" || marked.contains(&field.parse().unwrap_or(0))
+                        })
+                        .cloned()
+                        .collect();
+                    report.evicted += self.numbering.evict(&token, epoch, &page).await?;
                 }
             }
             let mut left = counters;

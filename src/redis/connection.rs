@@ -158,17 +158,18 @@ pub struct RedisManager {
 /// first, raised any (0/1)}`.
 pub const CHECK_EPOCH: &str = r#"
 --LINEAGE
-local run_id = lineage()
+local l = lineage()
 local first, raised = nil, 0
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 for i, key in ipairs(KEYS) do
   local epoch = redis.call('HGET', key, 'epoch')
-  if not epoch or redis.call('HGET', key, 'run_id') ~= run_id then
+  local rec = redis.call('HMGET', key, 'run_id', 'replid')
+  if not epoch or not same_lineage(rec[1], rec[2]) then
     -- TIME is frozen for a whole script (Redis 7.2): each shard's epoch is
     -- offset by its place, so no two shards raised together share one.
     epoch = string.format('%.0f', now + i - 1)
-    redis.call('HSET', key, 'epoch', epoch, 'run_id', run_id)
+    redis.call('HSET', key, 'epoch', epoch, 'run_id', l[1], 'replid', l[2])
     raised = 1
   end
   first = first or epoch
@@ -176,20 +177,41 @@ end
 return {first, raised}
 "#;
 
-/// The Lua function `lineage()` that every script judging the epoch uses
-/// (spliced where a script says `--LINEAGE`): the server's `run_id` and its
-/// `master_replid`, joined by `/`, from one `INFO server replication` call
-/// (several sections in one call: Redis 7.0 and later). The `run_id` names
-/// the server process (made at start, never copied to a replica, an RDB or
-/// an AOF); the `master_replid` follows the data's replication history: a
-/// node promoted to master takes a new one, so a master that failed over,
-/// resynced from the new master and was promoted back (a manual `CLUSTER
-/// FAILOVER`) no longer matches the lineage it recorded, although its
-/// `run_id` does. Stored in the epoch hash's `run_id` field.
+/// The Lua functions every script judging the epoch uses (spliced where a
+/// script says `--LINEAGE`): `lineage()`, the server's `{run_id,
+/// master_replid, master_replid2}` from one `INFO server replication` call
+/// (several sections in one call: Redis 7.0 and later; read once per
+/// script), and `same_lineage(run_id, replid)`, whether an epoch hash's
+/// recorded `run_id` and `replid` fields name this server's lineage.
+///
+/// The `run_id` names the server process (made at start, never copied to a
+/// replica, an RDB or an AOF). The `master_replid` follows the data's
+/// replication history: a node promoted to master takes a new one and keeps
+/// the old as `master_replid2`, so a master that failed over, resynced from
+/// the new master and was promoted back (a manual `CLUSTER FAILOVER`) no
+/// longer matches, although its `run_id` does. A master also takes a new
+/// replid, with `master_replid2` cleared to zeros, when it makes or frees its
+/// replication backlog (the first replica attaching, or none for
+/// `repl-backlog-ttl`): no data is lost then, so a changed replid counts only
+/// while `master_replid2` is set (Redis's `shiftReplicationId` against
+/// `changeReplicationId` in `replication.c`). A hash without `replid` (written
+/// before it was recorded) is judged by its `run_id` alone on a node never
+/// promoted, so an upgrade raises no epoch by itself.
 pub const LINEAGE: &str = r#"
+local LINEAGE
 local function lineage()
-  local info = redis.call('INFO', 'server', 'replication')
-  return (string.match(info, 'run_id:(%x+)') or '') .. '/' .. (string.match(info, 'master_replid:(%x+)') or '')
+  if not LINEAGE then
+    local info = redis.call('INFO', 'server', 'replication')
+    LINEAGE = {string.match(info, 'run_id:(%x+)') or '', string.match(info, 'master_replid:(%x+)') or '',
+      string.match(info, 'master_replid2:(%x+)') or ''}
+  end
+  return LINEAGE
+end
+local function same_lineage(run_id, replid)
+  local l = lineage()
+  if run_id ~= l[1] then return false end
+  if replid == l[2] then return true end
+  return string.find(l[3], '^0+$') ~= nil
 end
 "#;
 

@@ -150,6 +150,35 @@ pub async fn mark_evicted(
     Ok(())
 }
 
+/// Which of the application's scopes `chat_numbers` are marked evicted in
+/// `epoch` (see [`mark_evicted`], which leaves unmarked a scope whose
+/// reservation moved past the bound its Redis holds). Errors: MariaDB
+/// unavailable.
+pub async fn marked_evicted(
+    pool: &MySqlPool,
+    application_id: u64,
+    chat_numbers: &[i64],
+    epoch: i64,
+) -> sqlx::Result<std::collections::HashSet<i64>> {
+    if chat_numbers.is_empty() {
+        return Ok(Default::default());
+    }
+    let mut q = sqlx::QueryBuilder::new(
+        "SELECT chat_number FROM number_reservations WHERE application_id = ",
+    );
+    q.push_bind(application_id)
+        .push(" AND evicted_epoch = ")
+        .push_bind(epoch)
+        .push(" AND chat_number IN (");
+    let mut list = q.separated(", ");
+    for n in chat_numbers {
+        list.push_bind(*n);
+    }
+    q.push(")");
+    let rows: Vec<i64> = q.build_query_scalar().fetch_all(pool).await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// How far below a scope's highest stored number [`gaps`] looks for
 /// numbers never stored, in numbers.
 pub const GAP_WINDOW: i64 = 4096;

@@ -198,8 +198,8 @@ impl Caller {
                 inv.arg(a.as_slice());
             }
         }
-        // Bounded by the latest deadline of the batch: an earlier one's
-        // waiter gives up on its own.
+        // Bounded by the latest deadline of the batch; an earlier one's
+        // waiter still gets the batch's answer (see `enqueue`).
         let limit = live
             .iter()
             .map(|w| w.deadline)

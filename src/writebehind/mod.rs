@@ -305,7 +305,6 @@ impl WriteBehind {
         application_id: u64,
         scope: CounterScope,
     ) -> Result<(), BufferError> {
-        self.buffer.seed_app(token, application_id).await?;
         // The epoch as the enqueue scripts read it (one HGET: every new
         // connection and a periodic task run the full check, and RESTART
         // itself applies only on a valid epoch).
@@ -317,6 +316,7 @@ impl WriteBehind {
         if checked.as_deref() == Some(epoch.to_string().as_str()) {
             return Ok(());
         }
+        self.buffer.seed_app(token, application_id).await?;
         self.numbering
             .restart(token, application_id, scope, epoch, !present)
             .await?;

@@ -78,7 +78,7 @@ pub const DEFAULT_BLOCK_MAX: i64 = 2048;
 pub const RESERVE_SECS: f64 = 120.0;
 
 /// At most this many scopes' last block sizes are remembered per process;
-/// past it the memory starts afresh (each scope's next block is then
+/// past it the least recently reserved is forgotten (its next block is then
 /// [`FIRST_BLOCK`] again, and grows back within a few reservations).
 const REMEMBERED_SCOPES: usize = 10_000;
 
@@ -122,8 +122,8 @@ const CAS_ATTEMPTS: u64 = 3;
 /// applied or deleted; -2: exact)}`.
 pub const RESTART: &str = r#"
 --LINEAGE
-local e = redis.call('HMGET', KEYS[2], 'epoch', 'run_id')
-if e[1] ~= ARGV[6] or e[2] ~= lineage() then return {0, -1} end
+local e = redis.call('HMGET', KEYS[2], 'epoch', 'run_id', 'replid')
+if e[1] ~= ARGV[6] or not same_lineage(e[2], e[3]) then return {0, -1} end
 local id = redis.call('HGET', KEYS[1], 'id')
 if not id or id == 'deleted' then return {0, -1} end
 if redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[6] then return {0, -1} end
@@ -176,8 +176,8 @@ return {1, kept}
 /// (field, expected value). Returns the number of counters evicted.
 pub const EVICT: &str = r#"
 --LINEAGE
-local e = redis.call('HMGET', KEYS[2], 'epoch', 'run_id')
-if e[1] ~= ARGV[1] or e[2] ~= lineage() then return 0 end
+local e = redis.call('HMGET', KEYS[2], 'epoch', 'run_id', 'replid')
+if e[1] ~= ARGV[1] or not same_lineage(e[2], e[3]) then return 0 end
 if not redis.call('HGET', KEYS[1], 'id') then return 0 end
 local n = 0
 for i = 2, #ARGV, 2 do
@@ -566,8 +566,14 @@ impl Numbering {
             crate::telemetry::metrics::number_reservation(scope.label());
             {
                 let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
-                if blocks.len() >= REMEMBERED_SCOPES && !blocks.contains_key(slot) {
-                    blocks.clear();
+                if blocks.len() >= REMEMBERED_SCOPES
+                    && !blocks.contains_key(slot)
+                    && let Some(oldest) = blocks
+                        .iter()
+                        .min_by_key(|(_, (at, _, _))| *at)
+                        .map(|(k, _)| k.clone())
+                {
+                    blocks.remove(&oldest);
                 }
                 blocks.insert(slot.to_string(), (Instant::now(), block, counter));
             }
@@ -692,6 +698,49 @@ impl Numbering {
         epoch: i64,
         missing: bool,
     ) -> Result<bool, BufferError> {
+        // One restart at a time per scope in this process (the creates that
+        // found it in doubt together wait for one), and none once another,
+        // here or on another instance, checked it in this epoch: concurrent
+        // restarts would each move the reservation, all but one in vain.
+        let slot = Self::slot(token, scope);
+        let lock = self
+            .reserving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(slot.clone())
+            .or_default()
+            .clone();
+        let result = {
+            let _turn = lock.lock().await;
+            if self.checked(token, scope).await?.1 == Some(epoch.to_string()) {
+                Ok(true)
+            } else {
+                // After a doubt the scope's rate is unknown: its blocks
+                // start again from the first.
+                self.blocks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&slot);
+                self.restart_now(token, application_id, scope, epoch, missing)
+                    .await
+            }
+        };
+        let mut reserving = self.reserving.lock().unwrap_or_else(|e| e.into_inner());
+        if Arc::strong_count(&lock) <= 2 {
+            reserving.remove(&slot);
+        }
+        result
+    }
+
+    /// [`Numbering::restart`] once this process's turn for the scope came.
+    async fn restart_now(
+        &self,
+        token: &str,
+        application_id: u64,
+        scope: CounterScope,
+        epoch: i64,
+        missing: bool,
+    ) -> Result<bool, BufferError> {
         let (highest, deleted) = match scope {
             CounterScope::Chats => (
                 self.sql(store::applications::last_chat_number(
@@ -756,6 +805,12 @@ impl Numbering {
             {
                 break (floor, bound);
             }
+            // Lost: another restart (another instance on this Redis, or
+            // another lineage) moved the reservation. If it was one on this
+            // Redis that checked the scope, nothing is left to do.
+            if self.checked(token, scope).await?.1 == Some(epoch.to_string()) {
+                return Ok(true);
+            }
             attempts += 1;
             if attempts >= CAS_ATTEMPTS {
                 return Err(BufferError::Unavailable(
@@ -792,6 +847,23 @@ impl Numbering {
                 token, scope, floor, bound, epoch, deleted, highest, false, &gaps,
             )
             .await?;
+        if applied == 0 && !deleted {
+            // Another restart checked the scope first; the step this one
+            // won is committed, so Redis may use it too (B never lowered),
+            // and the reservation stays where this Redis's bound is.
+            let key = self.keys.for_token(token).app(token);
+            let field = scope.fields().2;
+            self.call(|mut c| async move {
+                self.scripts
+                    .raise_bound
+                    .key(key)
+                    .arg(field)
+                    .arg(bound)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await?;
+        }
         if applied == 1 && !deleted && kept >= 0 && kept < floor {
             crate::telemetry::metrics::numbers_skipped(scope.label(), (floor - kept) as u64);
             tracing::warn!(

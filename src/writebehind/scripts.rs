@@ -15,22 +15,24 @@
 //!   and their leases (see [`super::lease`]).
 //! - `deadletter:{kind}` list: records that could not be written, with the reason.
 //! - `epoch` hash: `epoch`, raised each time Redis may have lost data, and the
-//!   `run_id` of the server that raised it (see
-//!   [`crate::redis::CHECK_EPOCH`]).
+//!   lineage of the server that raised it: its `run_id` and `replid` (see
+//!   [`crate::redis::CHECK_EPOCH`], [`crate::redis::LINEAGE`]).
 //! - In `app:{token}`, `v` = the epoch in which the chat counter was last
 //!   checked, and `v:{n}` = the same for chat `n`'s message counter; `r` and
 //!   `r:{n}` = their bounds: the highest number each may hand out, reserved
 //!   in MariaDB first ([`crate::store::numbering::FIRST_BLOCK`] when absent);
 //!   `t:{field}` and `u:{field}` = the deletes in flight on a field and the
-//!   value to put back if all of them fail (see [`TOMBSTONE`]).
+//!   value to put back if all of them fail (see [`TOMBSTONE`]); `k:{field}`
+//!   = skipped ranges waiting to be recorded in MariaDB (see
+//!   [`super::numbering::RESTART`]).
 //!
 //! ## Numbers that survive Redis losing data
 //!
 //! The enqueue scripts hand out a number only when its scope was checked in
-//! the current epoch *on this very server* (the epoch hash's `run_id` is the
-//! one `INFO server` reports now: a run id is made at process start and is
-//! never copied to a replica, an RDB or an AOF) and only at or below the
-//! scope's bound, which MariaDB recorded first. Otherwise they answer
+//! the current epoch *on this very server lineage* (the epoch hash's
+//! `run_id` and `replid` are the ones `INFO server replication` reports now,
+//! see [`crate::redis::LINEAGE`]) and only at or below the scope's bound,
+//! which MariaDB recorded first (docs/numbering.md). Otherwise they answer
 //! [`code::UNVERIFIED`] or [`code::NO_BLOCK`] and the caller restarts the
 //! counter at its reservation or reserves a new block (see
 //! [`super::numbering`]).
@@ -105,7 +107,7 @@ if id == 'deleted' then return {DELETED, 0, 0, 0, 0} end
 local e = epoch_hash(KEYS[3])
 if e[2] and e[2] ~= ARGV[8] then return {WRONG_SHARDS, 0, 0, 0, 0} end
 local epoch = e[1]
-if epoch and e[3] ~= run_id() then epoch = nil end
+if epoch and not same_lineage(e[3], e[4]) then epoch = nil end
 "#;
 
 /// Keys per create in a batched enqueue script.
@@ -129,14 +131,9 @@ pub const ARGS_PER_CREATE: usize = 9;
 const BATCH: &str = r#"
 --CODES
 --LINEAGE
-local RUN_ID
-local function run_id()
-  if not RUN_ID then RUN_ID = lineage() end
-  return RUN_ID
-end
 local EPOCHS = {}
 local function epoch_hash(k)
-  if not EPOCHS[k] then EPOCHS[k] = redis.call('HMGET', k, 'epoch', 'shards', 'run_id') end
+  if not EPOCHS[k] then EPOCHS[k] = redis.call('HMGET', k, 'epoch', 'shards', 'run_id', 'replid') end
   return EPOCHS[k]
 end
 local function one(k, a)
@@ -344,11 +341,16 @@ return prev
 
 /// Makes a tombstone final after its SQL delete committed: forgets the
 /// deletes in flight and the value to put back (see [`TOMBSTONE`]), so that
-/// a concurrent delete that fails leaves it in place.
+/// a concurrent delete that fails leaves it in place, and sets the field to
+/// `deleted` again.
 ///
 /// KEYS: app hash. ARGV: field.
 pub const COMMIT_TOMBSTONE: &str = r#"#!lua flags=allow-oom
 redis.call('HDEL', KEYS[1], 't:' .. ARGV[1], 'u:' .. ARGV[1])
+-- The tombstone again, in case something put the field back meanwhile
+-- (the idle sweep settles a tombstone whose delete ran longer than a sweep
+-- period by MariaDB's word, which said "live" before this commit).
+redis.call('HSET', KEYS[1], ARGV[1], 'deleted')
 return 1
 "#;
 
@@ -467,26 +469,25 @@ return #entries
 "#;
 
 /// The Lua function `merge_gtid(old, new)` (spliced into the scripts that
-/// write read-your-writes marks): the union of two GTID lists
-/// (`domain-server-seq,…`, as `@@gtid_binlog_pos` gives them) keeping, per
-/// domain, the one with the highest sequence number, so that a mark never
-/// moves backwards (docs/numbering.md, I4): a flush's older position
-/// written after an edit's newer one keeps the edit's. `old` may be nil or
+/// write read-your-writes marks): the domains of the new GTID list
+/// (`domain-server-seq,…`), each with the higher sequence number of the two
+/// marks, so that a mark never moves backwards (docs/numbering.md, I4): a
+/// flush's older position written after an edit's newer one keeps the
+/// edit's. Domains only the old mark has are dropped: the service writes in
+/// one domain, and a mark of an older version held the whole binlog
+/// position, whose other domains a replica may never cover. `old` may be nil or
 /// false (no mark yet). Sequence numbers are compared as Lua numbers
 /// (exact below 2^53).
 pub const MERGE_GTID: &str = r#"
 local function merge_gtid(old, new)
   if not old then return new end
-  local best, order = {}, {}
-  for _, list in ipairs({old, new}) do
-    for d, sv, n in string.gmatch(list, '(%d+)%-(%d+)%-(%d+)') do
-      local cur = best[d]
-      if not cur then order[#order + 1] = d end
-      if not cur or tonumber(n) > cur[2] then best[d] = {d .. '-' .. sv .. '-' .. n, tonumber(n)} end
-    end
-  end
+  local was = {}
+  for d, sv, n in string.gmatch(old, '(%d+)%-(%d+)%-(%d+)') do was[d] = {d .. '-' .. sv .. '-' .. n, tonumber(n)} end
   local out = {}
-  for _, d in ipairs(order) do out[#out + 1] = best[d][1] end
+  for d, sv, n in string.gmatch(new, '(%d+)%-(%d+)%-(%d+)') do
+    local w = was[d]
+    if w and w[2] > tonumber(n) then out[#out + 1] = w[1] else out[#out + 1] = d .. '-' .. sv .. '-' .. n end
+  end
   return table.concat(out, ',')
 end
 "#;

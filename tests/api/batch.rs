@@ -11,9 +11,9 @@ use redis::AsyncCommands;
 use crate::helpers::redis_url;
 use crate::support::PrivateRedis;
 
-/// The server's lineage as the scripts record it in the epoch hash's
-/// `run_id` field (`chat_api::redis::LINEAGE`): `{run_id}/{master_replid}`.
-async fn lineage(r: &mut redis::aio::MultiplexedConnection) -> String {
+/// The server's lineage as the scripts record it in the epoch hash
+/// (`chat_api::redis::LINEAGE`): its `run_id` and `master_replid`.
+async fn lineage(r: &mut redis::aio::MultiplexedConnection) -> (String, String) {
     let info: String = redis::cmd("INFO")
         .arg("server")
         .arg("replication")
@@ -27,7 +27,7 @@ async fn lineage(r: &mut redis::aio::MultiplexedConnection) -> String {
             .trim()
             .to_string()
     };
-    format!("{}/{}", field("run_id:"), field("master_replid:"))
+    (field("run_id:"), field("master_replid:"))
 }
 
 /// A demoted master (a replica now) refuses the batch's first write: the
@@ -46,7 +46,7 @@ async fn a_demoted_master_fails_the_whole_batch_with_readonly() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let run_id = lineage(&mut r).await;
+    let (run_id, replid) = lineage(&mut r).await;
     let p = "demoted:{0}:";
     let (app, pending, epoch, usage) = (
         format!("{p}app:one"),
@@ -63,7 +63,12 @@ async fn a_demoted_master_fails_the_whole_batch_with_readonly() {
     let _: () = m
         .hset_multiple(
             &epoch,
-            &[("epoch", "5"), ("shards", "1"), ("run_id", &run_id)],
+            &[
+                ("epoch", "5"),
+                ("shards", "1"),
+                ("run_id", &run_id),
+                ("replid", &replid),
+            ],
         )
         .await
         .unwrap();
@@ -124,7 +129,7 @@ async fn a_batch_is_its_creates_one_after_the_other_and_a_failed_create_leaves_n
         format!("{p}usage"),
         format!("{p}idem:k"),
     );
-    let run_id = lineage(&mut r).await;
+    let (run_id, replid) = lineage(&mut r).await;
     let e = "17";
     // The shard's epoch; application 1: chat 7 has handed out 5 messages;
     // application 2: chat 3 has handed out 9, and its usage count is not a
@@ -140,9 +145,14 @@ async fn a_batch_is_its_creates_one_after_the_other_and_a_failed_create_leaves_n
         .map(|(f, v)| (f.to_string(), v.to_string()))
         .to_vec()
     };
-    let epoch_fields = [("epoch", e), ("shards", "16"), ("run_id", run_id.as_str())]
-        .map(|(f, v)| (f.to_string(), v.to_string()))
-        .to_vec();
+    let epoch_fields = [
+        ("epoch", e),
+        ("shards", "16"),
+        ("run_id", run_id.as_str()),
+        ("replid", replid.as_str()),
+    ]
+    .map(|(f, v)| (f.to_string(), v.to_string()))
+    .to_vec();
     let hashes = [
         (&epoch, epoch_fields),
         (&app1, app("1", "7", "5")),

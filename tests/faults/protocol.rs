@@ -15,9 +15,13 @@ use serde_json::{Value, json};
 use crate::harness::{PrivateRedis, Proxy, World, free_port};
 use crate::numbering::{Client, Scope, Tally, env, every_number_accounted_for};
 
+/// One HTTP client for every create of this file's tests (one per request
+/// would cost a TLS-capable client's setup at 500 creates/s).
+static HTTP: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(reqwest::Client::new);
+
 /// One create, once, with a client time limit: its status and number.
 async fn create_once(base: &str, token: &str, chat: i64, body: &str) -> (u16, Option<i64>) {
-    let r = reqwest::Client::new()
+    let r = HTTP
         .post(format!(
             "{base}/api/v1/applications/{token}/chats/{chat}/messages"
         ))
