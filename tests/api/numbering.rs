@@ -322,3 +322,28 @@ async fn creates_that_find_a_scope_in_doubt_together_restart_it_once() {
         .await;
     assert!(settled, "MariaDB's reservation is the bound Redis holds");
 }
+
+/// Found by review: a master takes a new `master_replid` when its first
+/// replica attaches (it makes its replication backlog), though it loses no
+/// data; with the replid judged alone, adding a replica (as the docs
+/// advise) put every counter of the node in doubt. `master_replid2` tells a
+/// promotion from that: the epoch stays.
+#[tokio::test]
+async fn attaching_a_replica_raises_no_epoch() {
+    let master = crate::support::PrivateRedis::start().await;
+    let app = spawn_app_with(|c| c.redis_url = master.url()).await;
+    let token = app.create_app("replica").await;
+    let chat = app.create_chat(&token).await;
+    app.create_message(&token, chat, "before").await;
+    let before = app.numbering.current_epoch(&token).await.unwrap();
+    let replica = crate::support::PrivateRedis::start_with(&[
+        "--replicaof",
+        "127.0.0.1",
+        &master.port.to_string(),
+    ])
+    .await;
+    replica.wait_in_sync().await;
+    app.numbering.check_all_epochs().await.unwrap();
+    assert_eq!(app.numbering.current_epoch(&token).await.unwrap(), before);
+    assert_eq!(app.create_message(&token, chat, "after").await, 2);
+}
