@@ -195,16 +195,22 @@ if n > 0 then redis.call('HDEL', KEYS[1], 'e') end
 return n
 "#;
 
-/// Raises a scope's bound to `ARGV[2]` (never lowers it), after MariaDB
-/// recorded it (keeps I3). Does nothing to an application missing or
-/// deleted in Redis.
+/// Raises a scope's bound to `ARGV[2]`, after MariaDB recorded it (keeps
+/// I3), only if the bound is still `ARGV[3]`, the one the caller's
+/// compare-and-set went from: in a split brain an instance's calls may
+/// reach either server, and a step won from one server's bound must not
+/// raise the other's past numbers it never owned (found by the model check,
+/// `numbering_model.rs`, findings 2a and 2c). Does nothing to an
+/// application missing or deleted in Redis.
 ///
-/// KEYS: app hash. ARGV: bound field, new bound. Returns 1 if raised.
+/// KEYS: app hash. ARGV: bound field, new bound, the bound it must still be
+/// (an absent bound reads as `ARGV[4]`, the first block). Returns 1 if
+/// raised.
 pub const RAISE_BOUND: &str = r#"
 local id = redis.call('HGET', KEYS[1], 'id')
 if not id or id == 'deleted' then return 0 end
-local bound = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-if bound >= tonumber(ARGV[2]) then return 0 end
+local bound = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or ARGV[4])
+if bound ~= tonumber(ARGV[3]) or bound >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 "#;
@@ -585,6 +591,8 @@ impl Numbering {
                     .key(key)
                     .arg(field)
                     .arg(to)
+                    .arg(bound)
+                    .arg(FIRST_BLOCK)
                     .invoke_async::<i64>(&mut c)
                     .await
             })
@@ -787,7 +795,7 @@ impl Numbering {
         }
         let mut reserved_to = recorded.reserved_to;
         let mut attempts = 0;
-        let (floor, bound) = loop {
+        let (floor, bound, won_from) = loop {
             let floor = reserved_to.max(highest);
             // After a doubt the scope's rate is unknown: a first block,
             // which the background reservation grows if the scope is hot.
@@ -803,7 +811,7 @@ impl Numbering {
                     ))
                     .await?
             {
-                break (floor, bound);
+                break (floor, bound, reserved_to);
             }
             // Lost: another restart (another instance on this Redis, or
             // another lineage) moved the reservation. If it was one on this
@@ -849,8 +857,9 @@ impl Numbering {
             .await?;
         if applied == 0 && !deleted {
             // Another restart checked the scope first; the step this one
-            // won is committed, so Redis may use it too (B never lowered),
-            // and the reservation stays where this Redis's bound is.
+            // won is committed, so Redis may use it too if its bound is
+            // still where this step went from (the same Redis: the
+            // reservation stays where its bound is).
             let key = self.keys.for_token(token).app(token);
             let field = scope.fields().2;
             self.call(|mut c| async move {
@@ -859,6 +868,8 @@ impl Numbering {
                     .key(key)
                     .arg(field)
                     .arg(bound)
+                    .arg(won_from)
+                    .arg(FIRST_BLOCK)
                     .invoke_async::<i64>(&mut c)
                     .await
             })
@@ -1178,3 +1189,7 @@ mod tests {
         assert_eq!(parse_skips("x,5-6"), vec![5..=6]);
     }
 }
+
+#[cfg(test)]
+#[path = "numbering_model.rs"]
+mod model;
