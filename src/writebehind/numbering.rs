@@ -491,22 +491,32 @@ impl Numbering {
         ahead: bool,
     ) -> Result<(), BufferError> {
         let slot = Self::slot(token, scope);
+        self.one_at_a_time(&slot, async || {
+            self.reserve_now(token, application_id, scope, counter, ahead, &slot)
+                .await
+        })
+        .await
+    }
+
+    /// Runs `f` holding the scope's turn (`slot`) in this process: one
+    /// reservation or restart of a scope at a time (the map entry goes when
+    /// nobody else waits on it).
+    async fn one_at_a_time<T>(&self, slot: &str, f: impl AsyncFnOnce() -> T) -> T {
         let lock = self
             .reserving
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(slot.clone())
+            .entry(slot.to_string())
             .or_default()
             .clone();
         let result = {
             let _turn = lock.lock().await;
-            self.reserve_now(token, application_id, scope, counter, ahead, &slot)
-                .await
+            f().await
         };
         let mut reserving = self.reserving.lock().unwrap_or_else(|e| e.into_inner());
         // Ours and the map's: nobody else waits on it.
         if Arc::strong_count(&lock) <= 2 {
-            reserving.remove(&slot);
+            reserving.remove(slot);
         }
         result
     }
@@ -711,33 +721,20 @@ impl Numbering {
         // here or on another instance, checked it in this epoch: concurrent
         // restarts would each move the reservation, all but one in vain.
         let slot = Self::slot(token, scope);
-        let lock = self
-            .reserving
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(slot.clone())
-            .or_default()
-            .clone();
-        let result = {
-            let _turn = lock.lock().await;
+        self.one_at_a_time(&slot, async || {
             if self.checked(token, scope).await?.1 == Some(epoch.to_string()) {
-                Ok(true)
-            } else {
-                // After a doubt the scope's rate is unknown: its blocks
-                // start again from the first.
-                self.blocks
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&slot);
-                self.restart_now(token, application_id, scope, epoch, missing)
-                    .await
+                return Ok(true);
             }
-        };
-        let mut reserving = self.reserving.lock().unwrap_or_else(|e| e.into_inner());
-        if Arc::strong_count(&lock) <= 2 {
-            reserving.remove(&slot);
-        }
-        result
+            // After a doubt the scope's rate is unknown: its blocks start
+            // again from the first.
+            self.blocks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&slot);
+            self.restart_now(token, application_id, scope, epoch, missing)
+                .await
+        })
+        .await
     }
 
     /// [`Numbering::restart`] once this process's turn for the scope came.

@@ -197,24 +197,12 @@ async fn the_survivor_of_two_instances_recovers_the_dead_ones_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_buffers_then_refuses_with_503_and_loses_nothing() {
     let proxy = Proxy::start("127.0.0.1:3306".parse().unwrap()).await;
-    let db_via_proxy = |db: &str| {
-        let direct = harness::mysql_url();
-        let creds = direct
-            .trim_start_matches("mysql://")
-            .split('@')
-            .next()
-            .unwrap()
-            .to_string();
-        format!("mysql://{creds}@{}/{db}", proxy.addr)
-    };
     let mut world = World::new(&[
         ("MAX_PENDING", "300".into()),
         ("FLUSH_INTERVAL_SECS", "1".into()),
     ])
     .await;
-    let url = db_via_proxy(&world.db);
-    world.env.retain(|(k, _)| k != "DATABASE_URL");
-    world.env.push(("DATABASE_URL".into(), url));
+    world.database_through(&proxy);
     let mut service = world.start(free_port()).await;
     let token = setup_app(&service.base(), 3).await;
     let load = Load::start("d", vec![service.base()], &token, 3, 4);
