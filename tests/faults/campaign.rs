@@ -1407,6 +1407,19 @@ fn check_reads(ops: &[Op], stored: &Stored, found: &mut Anomalies, figures: &mut
                     op.at()
                 ),
             ),
+            404 if stored.skipped(*app, *chat, *number)
+                && stored.messages[*app].contains_key(&(*chat, *number)) =>
+            {
+                // Recorded skipped, yet stored: a read of an acknowledged
+                // message that was still on its way answered "skipped".
+                found.flag(
+                    "5 read skipped, but stored",
+                    format!(
+                        "app {app} chat {chat} number {number} ({body:?}) answered 404 {got:?}, and is stored: {}",
+                        op.at()
+                    ),
+                )
+            }
             404 if stored.skipped(*app, *chat, *number) => figures.reads_of_skipped += 1,
             404 => found.flag(
                 "5 read 404",
