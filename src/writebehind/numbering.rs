@@ -593,20 +593,7 @@ impl Numbering {
                 }
                 blocks.insert(slot.to_string(), (Instant::now(), block, counter));
             }
-            let key = key.clone();
-            let field = bound_field.clone();
-            self.call(|mut c| async move {
-                self.scripts
-                    .raise_bound
-                    .key(key)
-                    .arg(field)
-                    .arg(to)
-                    .arg(bound)
-                    .arg(FIRST_BLOCK)
-                    .invoke_async::<i64>(&mut c)
-                    .await
-            })
-            .await?;
+            self.raise_bound(token, scope, to, bound).await?;
             return Ok(());
         }
         let doubted: i64 = self
@@ -629,6 +616,33 @@ impl Numbering {
             doubted,
             "MariaDB's reserved bound moved past this Redis's (another Redis lineage reserved, or a raise was lost): the counter restarts above it"
         );
+        Ok(())
+    }
+
+    /// Runs [`RAISE_BOUND`]: `scope`'s bound to `to`, if it is still
+    /// `from` (the bound the caller's compare-and-set went from). Errors:
+    /// Redis unavailable.
+    async fn raise_bound(
+        &self,
+        token: &str,
+        scope: CounterScope,
+        to: i64,
+        from: i64,
+    ) -> Result<(), BufferError> {
+        let key = self.keys.for_token(token).app(token);
+        let field = scope.fields().2;
+        self.call(|mut c| async move {
+            self.scripts
+                .raise_bound
+                .key(key)
+                .arg(field)
+                .arg(to)
+                .arg(from)
+                .arg(FIRST_BLOCK)
+                .invoke_async::<i64>(&mut c)
+                .await
+        })
+        .await?;
         Ok(())
     }
 
@@ -857,20 +871,7 @@ impl Numbering {
             // won is committed, so Redis may use it too if its bound is
             // still where this step went from (the same Redis: the
             // reservation stays where its bound is).
-            let key = self.keys.for_token(token).app(token);
-            let field = scope.fields().2;
-            self.call(|mut c| async move {
-                self.scripts
-                    .raise_bound
-                    .key(key)
-                    .arg(field)
-                    .arg(bound)
-                    .arg(won_from)
-                    .arg(FIRST_BLOCK)
-                    .invoke_async::<i64>(&mut c)
-                    .await
-            })
-            .await?;
+            self.raise_bound(token, scope, bound, won_from).await?;
         }
         if applied == 1 && !deleted && kept >= 0 && kept < floor {
             crate::telemetry::metrics::numbers_skipped(scope.label(), (floor - kept) as u64);

@@ -9,16 +9,8 @@ use chat_api::writebehind::CounterScope;
 use chat_api::writebehind::scripts::Scripts;
 use redis::AsyncCommands;
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with};
-
-/// `applications.id` of `token`.
-async fn app_id(app: &TestApp, token: &str) -> u64 {
-    sqlx::query_scalar("SELECT id FROM applications WHERE token = ?")
-        .bind(token)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
-}
+use crate::helpers::{spawn_app, spawn_app_with};
+use crate::promise::app_id;
 
 /// A chat's counter came back too low (a restore) and is in doubt; a
 /// delete tombstones it, a create meanwhile runs the restart (which marks

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::helpers::{TestApp, spawn_app};
 
 /// `applications.id` of `token`.
-async fn app_id(app: &TestApp, token: &str) -> u64 {
+pub(crate) async fn app_id(app: &TestApp, token: &str) -> u64 {
     sqlx::query_scalar("SELECT id FROM applications WHERE token = ?")
         .bind(token)
         .fetch_one(&app.pool)
