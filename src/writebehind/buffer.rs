@@ -548,6 +548,19 @@ impl Buffer {
         Ok(enqueue)
     }
 
+    /// With `REDIS_DURABILITY=replica`, whether a replica has every write
+    /// that shard `shard`'s master made before this call (one round of the
+    /// group commit, at most `REDIS_WAIT_MS`; see [`super::group_commit`]);
+    /// always true under the other durabilities. The flusher asks it
+    /// before it writes a claimed batch to MariaDB (see
+    /// `Flusher::flush_batch`).
+    pub async fn confirmed_by_replica(&self, shard: u16) -> bool {
+        match &self.group_commit {
+            Some(group_commit) => group_commit.replicated(shard).await,
+            None => true,
+        }
+    }
+
     /// Caches `token` → `application_id`, unless a value (or a tombstone) is
     /// already there (HSETNX), so a racing delete always wins.
     pub async fn seed_app(&self, token: &str, application_id: u64) -> Result<(), BufferError> {

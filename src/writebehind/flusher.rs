@@ -328,6 +328,20 @@ impl Flusher {
         shard: &ShardKeys,
         batch: Batch,
     ) -> Result<FlushReport, FlushError> {
+        // REDIS_DURABILITY=replica: a batch is written only once a replica
+        // has it (and every record before it). A master cut off from its
+        // replica (a split brain, or the seconds of a switchover before the
+        // sentinels demote the old master) keeps accepting creates, each
+        // answered 503 "not confirmed"; were its flusher to store them, the
+        // failover would then drop the Redis side (numbers, idempotency
+        // keys) of records MariaDB holds, and a client's retry with the same
+        // Idempotency-Key would be stored a second time under a new number
+        // (found by the fault campaign, Sentinel topology). Given back, they
+        // are lost with the old master's data, as their 503 allowed.
+        if !self.buffer.confirmed_by_replica(shard.index()).await {
+            self.give_back(&batch).await;
+            return Err(BufferError::NotReplicated.into());
+        }
         let started = std::time::Instant::now();
         let write = tokio::time::timeout(self.settings.lease / 2, self.write(kind, &batch)).await;
         let (outcome, stored_messages) = match write {

@@ -159,6 +159,85 @@ impl PrivateCluster {
 
     /// SIGKILLs the node on `port` and starts it again with its cluster
     /// config but no RDB: a replica then does a full resync with its master.
+    /// The ports of the masters that serve slots and are not failed, as
+    /// the first node that answers `CLUSTER NODES` sees them.
+    pub fn masters(&self) -> Vec<u16> {
+        for &port in &self.ports {
+            let text = self.cli(port, &["cluster", "nodes"]);
+            let masters: Vec<u16> = text
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .filter(|f| {
+                    f.len() >= 9
+                        && f[2].contains("master")
+                        && !f[2].contains("fail")
+                        && f[7] == "connected"
+                })
+                .filter_map(|f| f[1].split('@').next()?.rsplit(':').next()?.parse().ok())
+                .collect();
+            if !masters.is_empty() {
+                return masters;
+            }
+        }
+        Vec::new()
+    }
+
+    /// `redis-cli -p {port} args…`: what it printed (stdout, trimmed; the
+    /// error text when it could not run).
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        match Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+        {
+            Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// A reshard of one slot: a slot that holds keys on master `from`
+    /// (that of a key `RANDOMKEY` names) moves to master `to` the way
+    /// `redis-cli --cluster reshard` moves it: `SETSLOT … IMPORTING` on
+    /// `to`, `MIGRATING` on `from`, the keys sent over with `MIGRATE` in
+    /// batches of 100, then `SETSLOT … NODE` on both and on every other
+    /// master. Returns the slot and what happened, in a few words.
+    pub fn migrate_one_slot(&self, from: u16, to: u16) -> (u16, String) {
+        let key = self.cli(from, &["randomkey"]);
+        if key.is_empty() {
+            return (0, "no key on the source master".into());
+        }
+        let slot = chat_api::redis::key_slot(&key);
+        let s = slot.to_string();
+        let from_id = self.cli(from, &["cluster", "myid"]);
+        let to_id = self.cli(to, &["cluster", "myid"]);
+        self.cli(to, &["cluster", "setslot", &s, "importing", &from_id]);
+        self.cli(from, &["cluster", "setslot", &s, "migrating", &to_id]);
+        let mut moved = 0;
+        loop {
+            let keys = self.cli(from, &["cluster", "getkeysinslot", &s, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.to_string();
+            let mut args = vec!["migrate", "127.0.0.1", &port, "", "0", "5000", "keys"];
+            args.extend(keys.iter().copied());
+            let out = self.cli(from, &args);
+            if out != "OK" {
+                return (slot, format!("MIGRATE failed after {moved} keys: {out}"));
+            }
+            moved += keys.len();
+        }
+        self.cli(to, &["cluster", "setslot", &s, "node", &to_id]);
+        self.cli(from, &["cluster", "setslot", &s, "node", &to_id]);
+        for m in self.masters() {
+            if m != from && m != to {
+                self.cli(m, &["cluster", "setslot", &s, "node", &to_id]);
+            }
+        }
+        (slot, format!("{moved} keys moved"))
+    }
+
     pub fn restart_without_rdb(&self, port: u16) {
         let status = Command::new("bash")
             .arg(script())

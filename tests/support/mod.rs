@@ -217,6 +217,14 @@ impl PrivateRedis {
         self.kill9();
         self.spawn().await;
     }
+
+    /// [`Self::restart`] with these `redis-server` arguments instead of
+    /// those it was started with (for example `--replicaof` the node that
+    /// is master now); later restarts keep them.
+    pub async fn restart_with(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|a| a.to_string()).collect();
+        self.restart().await;
+    }
 }
 
 impl Drop for PrivateRedis {

@@ -31,16 +31,23 @@ use rand::rngs::StdRng;
 mod check;
 mod history;
 mod nemesis;
+mod topology;
 mod workload;
 
-use crate::harness::{self, PrivateRedis, Proxy, Service, World, free_port};
+use crate::harness::{self, Proxy, Service, World, free_port};
 use check::{Lookups, Stored, check, summary};
 use history::History;
 use nemesis::Nemesis;
+use topology::{RedisSide, Topology};
 use workload::{Workload, worker};
 
-/// The seeds CI runs when `CHAOS_SEED` is not set.
-const FIXED_SEEDS: [u64; 2] = [20_240_601, 7_340_033];
+/// The runs CI makes when `CHAOS_SEED` is not set: a seed per topology.
+const FIXED_RUNS: [(u64, Topology); 4] = [
+    (20_240_601, Topology::Single),
+    (7_340_033, Topology::Sentinel),
+    (5_551_212, Topology::Aof),
+    (8_675_309, Topology::Cluster),
+];
 /// Operator key of the services (the nemesis and the drain flush with it).
 const ADMIN_KEY: &str = "chaos-campaign-operator-key";
 /// Applications of the workload, each with [`CHATS_PER_APP`] chats at first.
@@ -63,16 +70,37 @@ async fn a_seeded_fault_campaign_finds_no_anomaly() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(40);
-    let seeds: Vec<u64> = match std::env::var("CHAOS_SEED") {
-        Ok(s) => vec![s.trim().parse().expect("CHAOS_SEED is a u64")],
-        Err(_) => FIXED_SEEDS.to_vec(),
+    let topologies: Option<Vec<Topology>> = std::env::var("CHAOS_TOPOLOGY").ok().map(|t| {
+        if t.trim() == "all" {
+            Topology::ALL.to_vec()
+        } else {
+            vec![
+                Topology::parse(&t)
+                    .expect("CHAOS_TOPOLOGY is single, aof, sentinel, cluster or all"),
+            ]
+        }
+    });
+    let runs: Vec<(u64, Topology)> = match std::env::var("CHAOS_SEED") {
+        Ok(s) => {
+            let seed = s.trim().parse().expect("CHAOS_SEED is a u64");
+            topologies
+                .unwrap_or_else(|| vec![Topology::Single])
+                .into_iter()
+                .map(|t| (seed, t))
+                .collect()
+        }
+        Err(_) => FIXED_RUNS
+            .into_iter()
+            .filter(|(_, t)| topologies.as_ref().is_none_or(|ts| ts.contains(t)))
+            .collect(),
     };
     let mut failed = Vec::new();
-    for seed in seeds {
-        let anomalies = campaign(seed, Duration::from_secs(secs)).await;
+    for (seed, topology) in runs {
+        let anomalies = campaign(seed, topology, Duration::from_secs(secs)).await;
         if !anomalies.is_empty() {
             failed.push(format!(
-                "CHAOS_SEED={seed} CHAOS_SECS={secs}: {} anomalies, the first: {}",
+                "CHAOS_SEED={seed} CHAOS_TOPOLOGY={} CHAOS_SECS={secs}: {} anomalies, the first: {}",
+                topology.name(),
                 anomalies.len(),
                 anomalies[0]
             ));
@@ -102,15 +130,16 @@ fn settings() -> Vec<(&'static str, String)> {
 
 /// Runs one campaign: setup, workload and nemesis for `length`, heal, drain,
 /// check. Returns the anomalies (each line names the seed).
-async fn campaign(seed: u64, length: Duration) -> Vec<String> {
+async fn campaign(seed: u64, topology: Topology, length: Duration) -> Vec<String> {
     eprintln!(
-        "campaign CHAOS_SEED={seed}: {} s of faults",
+        "campaign CHAOS_SEED={seed} CHAOS_TOPOLOGY={}: {} s of faults",
+        topology.name(),
         length.as_secs()
     );
-    let redis = PrivateRedis::start().await;
+    let redis = RedisSide::start(topology).await;
     let proxy = Proxy::start(mysql_upstream().await).await;
     let mut env = settings();
-    env.push(("REDIS_URL", redis.url()));
+    env.extend(redis.env());
     let mut world = World::new(&env).await;
     // The services reach MariaDB through the proxy; `world.pool` stays direct.
     world.database_through(&proxy);
@@ -156,11 +185,11 @@ async fn campaign(seed: u64, length: Duration) -> Vec<String> {
         http: http.clone(),
         services,
         ports,
+        topology,
         redis,
         proxy,
         workload: workload.clone(),
         log: Vec::new(),
-        snapshot_at: None,
         evictions: 0,
     };
     nemesis.run(&world, length).await;
@@ -175,7 +204,9 @@ async fn campaign(seed: u64, length: Duration) -> Vec<String> {
     }
 
     // Drain; the Redis connection of the world follows restarts.
-    world.reconnect_redis(&nemesis.redis.url()).await;
+    if let Some(url) = nemesis.redis.master_url().await {
+        world.reconnect_redis(&url).await;
+    }
     let drained = drain(&world, &http, &bases).await;
     let stored = Stored::read(&world, &tokens).await;
     let ops = std::mem::take(&mut *workload.history.ops.lock().unwrap());

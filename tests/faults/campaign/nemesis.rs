@@ -8,9 +8,10 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use serde_json::Value;
 
+use super::topology::{RedisSide, Topology};
 use super::workload::{Workload, describe};
 use super::{ADMIN_KEY, TAIL};
-use crate::harness::{PrivateRedis, Proxy, Service, World};
+use crate::harness::{Proxy, Service, World};
 
 /// The faults the nemesis picks from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -23,6 +24,25 @@ pub(super) enum FaultKind {
     RedisRestore,
     /// SIGKILL Redis and restart it with no data.
     RedisEmpty,
+    /// `BGREWRITEAOF` and a copy of the AOF that a later restore goes back to.
+    AofCopy,
+    /// SIGKILL Redis and restart it from its own AOF (fsync always).
+    AofRestart,
+    /// SIGKILL Redis and restart it from the older AOF copy.
+    AofOlder,
+    /// SIGKILL the master: its replica is promoted (by the sentinels or the
+    /// cluster); it comes back empty as a replica.
+    MasterKilled,
+    /// A graceful failover (`SENTINEL FAILOVER`, `CLUSTER FAILOVER`).
+    Switchover,
+    /// A replica restarted empty: a full resync.
+    ReplicaResync,
+    /// The sentinels cut from the master promote the replica; one instance
+    /// follows them, the other stays on the old master, until the partition
+    /// heals and the old master is demoted.
+    SplitBrain,
+    /// The slot of a shard migrated to another cluster master, key by key.
+    Reshard,
     /// Every byte to and from MariaDB held for 1 to 5 s.
     DbFreeze,
     /// Every connection to MariaDB cut, and new ones refused, for 1 to 3 s.
@@ -34,21 +54,27 @@ pub(super) enum FaultKind {
 }
 
 impl FaultKind {
-    /// Each kind with its weight.
-    const WEIGHTS: [(FaultKind, u32); 8] = [
+    /// The faults of every topology, each with its weight (the topology
+    /// adds its Redis faults, [`Topology::faults`]).
+    const COMMON: [(FaultKind, u32); 5] = [
         (FaultKind::KillInstance, 3),
-        (FaultKind::RedisSave, 2),
-        (FaultKind::RedisRestore, 2),
-        (FaultKind::RedisEmpty, 1),
         (FaultKind::DbFreeze, 2),
         (FaultKind::DbCut, 2),
         (FaultKind::OperatorFlush, 2),
         (FaultKind::Lull, 2),
     ];
 
-    /// Whether Redis loses writes in this fault.
+    /// Whether Redis may lose writes in this fault (acknowledged ones
+    /// included, where the topology's durability allows it).
     pub(super) fn loses_redis_data(self) -> bool {
-        matches!(self, FaultKind::RedisRestore | FaultKind::RedisEmpty)
+        matches!(
+            self,
+            FaultKind::RedisRestore
+                | FaultKind::RedisEmpty
+                | FaultKind::AofOlder
+                | FaultKind::MasterKilled
+                | FaultKind::SplitBrain
+        )
     }
 }
 
@@ -76,16 +102,16 @@ pub(super) struct Nemesis {
     pub(super) services: Vec<Service>,
     /// Their ports, kept across restarts.
     pub(super) ports: [u16; 2],
-    /// The private Redis of the campaign.
-    pub(super) redis: PrivateRedis,
+    /// Which topology the Redis side is.
+    pub(super) topology: Topology,
+    /// The Redis processes of the campaign.
+    pub(super) redis: RedisSide,
     /// The services' way to MariaDB.
     pub(super) proxy: Proxy,
     /// For the lull.
     pub(super) workload: Arc<Workload>,
     /// Every fault injected.
     pub(super) log: Vec<Fault>,
-    /// When the snapshot a restore would load was taken.
-    pub(super) snapshot_at: Option<u64>,
     /// Idle counters evicted, from the logs of instances since killed.
     pub(super) evictions: u64,
 }
@@ -100,9 +126,14 @@ impl Nemesis {
                 return;
             }
             tokio::time::sleep(wait).await;
-            let total: u32 = FaultKind::WEIGHTS.iter().map(|(_, w)| w).sum();
+            let weights: Vec<(FaultKind, u32)> = FaultKind::COMMON
+                .iter()
+                .chain(self.topology.faults())
+                .copied()
+                .collect();
+            let total: u32 = weights.iter().map(|(_, w)| w).sum();
             let mut roll = self.rng.random_range(0..total);
-            let kind = FaultKind::WEIGHTS
+            let kind = weights
                 .iter()
                 .find(|(_, w)| {
                     let hit = roll < *w;
@@ -122,7 +153,7 @@ impl Nemesis {
             FaultKind::KillInstance => {
                 let i = self.rng.random_range(0..self.services.len());
                 self.services[i].kill9();
-                self.evictions += self.evictions_in_log(world, i);
+                self.evictions += evictions_in_log(world, self.ports[i]);
                 let t = Instant::now();
                 self.services[i] = world.start(self.ports[i]).await;
                 let what = format!(
@@ -131,38 +162,6 @@ impl Nemesis {
                     t.elapsed().as_millis()
                 );
                 (kind, what)
-            }
-            FaultKind::RedisSave => {
-                self.redis.save().await;
-                self.snapshot_at = Some(at_ms);
-                (
-                    kind,
-                    "Redis SAVE (a snapshot a later restore goes back to)".into(),
-                )
-            }
-            FaultKind::RedisRestore => match self.snapshot_at {
-                Some(s) => {
-                    self.redis.restart().await;
-                    let what = format!(
-                        "SIGKILL Redis, restarted from the snapshot of +{:.1} s",
-                        s as f64 / 1000.0
-                    );
-                    (kind, what)
-                }
-                None => {
-                    // Nothing to go back to: take the snapshot instead.
-                    self.redis.save().await;
-                    self.snapshot_at = Some(at_ms);
-                    let what = "Redis SAVE (no snapshot to restore yet)".to_string();
-                    (FaultKind::RedisSave, what)
-                }
-            },
-            FaultKind::RedisEmpty => {
-                self.redis.kill9();
-                let _ = std::fs::remove_file(self.redis.dir().join("dump.rdb"));
-                self.redis.restart().await;
-                self.snapshot_at = None;
-                (kind, "SIGKILL Redis, restarted empty".into())
             }
             FaultKind::DbFreeze => {
                 let d = self.rng.random_range(1000..5000);
@@ -210,6 +209,24 @@ impl Nemesis {
                     format!("no writes for {d} ms (idle counters leave Redis)"),
                 )
             }
+            redis_fault => {
+                let Nemesis {
+                    redis,
+                    rng,
+                    services,
+                    ports,
+                    evictions,
+                    ..
+                } = self;
+                // The split brain's instance that follows the sentinels.
+                let restart_one = || async move {
+                    services[0].kill9();
+                    *evictions += evictions_in_log(world, ports[0]);
+                    services[0] = world.start(ports[0]).await;
+                    "instance 0 restarted (it asks the sentinels again)".to_string()
+                };
+                redis.inject(redis_fault, rng, at_ms, restart_one).await
+            }
         };
         self.logged(at_ms, kind, what);
     }
@@ -237,25 +254,25 @@ impl Nemesis {
         );
     }
 
-    /// Idle counters instance `i` reported evicting, from its log.
-    pub(super) fn evictions_in_log(&self, world: &World, i: usize) -> u64 {
-        let log = std::fs::read_to_string(world.log_path(self.ports[i])).unwrap_or_default();
-        log.lines()
-            .filter(|l| l.contains("idle counters evicted"))
-            .filter_map(|l| {
-                let rest = l.split("evicted=").nth(1)?;
-                rest.split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum()
-    }
-
     /// Evictions in the logs of the running instances.
     pub(super) fn evictions_so_far(&self, world: &World) -> Vec<u64> {
         (0..self.services.len())
-            .map(|i| self.evictions_in_log(world, i))
+            .map(|i| evictions_in_log(world, self.ports[i]))
             .collect()
     }
+}
+
+/// Idle counters the instance on `port` reported evicting, from its log.
+fn evictions_in_log(world: &World, port: u16) -> u64 {
+    let log = std::fs::read_to_string(world.log_path(port)).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.contains("idle counters evicted"))
+        .filter_map(|l| {
+            let rest = l.split("evicted=").nth(1)?;
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }

@@ -33,6 +33,13 @@ pub(super) struct Workload {
     pub(super) lull: AtomicBool,
 }
 
+/// The texts of the 503 answers whose create may still have been applied
+/// (Redis did not answer in time, or answered but no replica confirmed).
+const MAY_HAVE_APPLIED: [&str; 2] = [
+    "the write buffer (Redis) is unavailable",
+    "not confirmed by a Redis replica",
+];
+
 /// A message this worker got a 201 for: `(app, chat, number, body)`.
 pub(super) type Acked = (usize, i64, i64, String);
 
@@ -103,6 +110,11 @@ impl Workload {
                         Some(n) => Outcome::Acked(n),
                         None => Outcome::Indeterminate(format!("201 without a number: {text}")),
                     },
+                    // A 503 for Redis timing out or no replica confirming
+                    // in time may have been applied: it is no refusal.
+                    (_, 503) if MAY_HAVE_APPLIED.iter().any(|m| error.contains(m)) => {
+                        Outcome::Indeterminate(format!("503: {error}"))
+                    }
                     (_, s) if (400..500).contains(&s) || s == 503 => Outcome::Refused(s, error),
                     (_, s) => Outcome::Indeterminate(format!("status {s}: {error}")),
                 };
