@@ -397,7 +397,9 @@ pub enum Durability {
     /// In Redis's memory: lost if Redis dies before persisting or
     /// replicating it (as with AOF `everysec`, up to about a second).
     Memory,
-    /// On at least one replica too (`WAIT 1 REDIS_WAIT_MS`), else 503.
+    /// On at least one replica too (`WAIT 1 REDIS_WAIT_MS`), else 503; and
+    /// a batch is flushed to MariaDB only once a replica has it, so that a
+    /// failover never drops the Redis side of a stored record.
     Replica,
     /// On the primary's disk: Redis must run `appendfsync always`.
     Fsync,

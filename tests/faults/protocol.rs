@@ -638,3 +638,102 @@ async fn a_number_lost_in_a_chat_never_written_again_answers_skipped() {
     drop(service);
     world.cleanup().await;
 }
+
+/// Found by the fault campaign (Sentinel topology, seed 11). With
+/// `REDIS_DURABILITY=replica`, a master cut off from its replica (here: the
+/// replica detached, as a failover or a split brain detaches it) still
+/// applies each create, answering 503 "not confirmed". Before the fix its
+/// flusher stored such a record; the failover then replaced the old
+/// master's data with the replica's, dropping the record's number and its
+/// `Idempotency-Key` from Redis, and the client's retry with the same key
+/// (which the 503 tells it to make) was stored a second time under a new
+/// number. Now a batch is flushed only once a replica has it: the record
+/// goes with the old master's data, and the retry is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_failover_of_an_unconfirmed_create_is_stored_once() {
+    let a = PrivateRedis::start().await;
+    let b = PrivateRedis::start_with(&["--replicaof", "127.0.0.1", &a.port.to_string()]).await;
+    b.wait_in_sync().await;
+    let mut settings = env(&a);
+    settings.push(("REDIS_DURABILITY", "replica".into()));
+    settings.push(("REDIS_WAIT_MS", "300".into()));
+    let world = World::new(&settings).await;
+    let service = world.start(free_port()).await;
+    let base = service.base();
+    let client = Client::new(base.clone());
+    let token = client.app_with_chats(1).await;
+    client.flush().await;
+    let cmd = |port: u16, args: Vec<String>| async move {
+        let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let mut command = redis::cmd(&args[0]);
+        for a in &args[1..] {
+            command.arg(a);
+        }
+        let _: redis::Value = command.query_async(&mut c).await.unwrap();
+    };
+    let words = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+    let keyed = |body: &'static str| {
+        HTTP.post(format!(
+            "{base}/api/v1/applications/{token}/chats/1/messages"
+        ))
+        .header("Idempotency-Key", "retry-after-failover")
+        .timeout(Duration::from_secs(10))
+        .json(&json!({ "body": body }))
+        .send()
+    };
+    // The replica leaves: the master's next writes reach no replica.
+    cmd(b.port, words("REPLICAOF NO ONE")).await;
+    let first = keyed("once").await.unwrap();
+    assert_eq!(first.status(), 503, "not confirmed by a replica");
+    // The operator flushes while the master is cut off from its replica.
+    let flush = HTTP
+        .post(format!("{base}/api/v1/admin/flush"))
+        .bearer_auth(crate::numbering::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    eprintln!("flush while cut off: {}", flush.status());
+    // The failover: the old master takes the replica's data (without the
+    // record and its key), then serves again with the replica behind it.
+    cmd(a.port, words(&format!("REPLICAOF 127.0.0.1 {}", b.port))).await;
+    a.wait_in_sync().await;
+    cmd(a.port, words("REPLICAOF NO ONE")).await;
+    cmd(b.port, words(&format!("REPLICAOF 127.0.0.1 {}", a.port))).await;
+    b.wait_in_sync().await;
+    // The client retries with the same key, as the 503 said.
+    let retried = harness_retry(|| keyed("once")).await;
+    assert_eq!(retried, 201, "the retry is acknowledged");
+    client.flush().await;
+    let stored: Vec<(i64, String)> = world
+        .stored(&token)
+        .await
+        .into_iter()
+        .filter(|(_, _, body)| body == "once")
+        .map(|(_, n, body)| (n, body))
+        .collect();
+    assert_eq!(stored.len(), 1, "stored exactly once: {stored:?}");
+    drop(service);
+    world.cleanup().await;
+}
+
+/// Sends `send()` until it is not a 503 (Redis reconnecting), for up to
+/// 10 s; the last status.
+async fn harness_retry<F, Fut>(send: F) -> u16
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    let mut status = 0;
+    for _ in 0..40 {
+        status = send().await.map_or(0, |r| r.status().as_u16());
+        if status != 503 && status != 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    status
+}

@@ -5,7 +5,8 @@
 //! holds once everything is healed and flushed.
 //!
 //! The world: two instances of the service (the binary, as processes), a
-//! private `redis-server` (RDB only, saved when the nemesis says so), and
+//! private Redis in one of four topologies (see [`topology`]: one node with
+//! RDB or AOF, Sentinel, Cluster), and
 //! MariaDB behind a [`Proxy`] the nemesis freezes or cuts; the checker reads
 //! MariaDB directly. Idle counters leave Redis after 2 s
 //! (`CHAT_IDLE_SECS`), number blocks are small (`NUMBER_BLOCK_MAX=64`) and
@@ -15,9 +16,11 @@
 //! (creates must succeed again), then both instances flush until Redis holds
 //! nothing pending, and the checker runs.
 //!
-//! `CHAOS_SEED` runs one seed (else [`FIXED_SEEDS`], one after the other);
+//! `CHAOS_SEED` runs one seed (else [`FIXED_RUNS`], a seed per topology,
+//! one after the other), on `CHAOS_TOPOLOGY` (`single`, `aof`, `sentinel`,
+//! `cluster` or `all`; default `single`, or every fixed run's);
 //! `CHAOS_SECS` is the length of a run's fault phase (default 40).
-//! `scripts/chaos` loops over fresh seeds. Every line the campaign prints,
+//! `scripts/chaos` loops over fresh seeds and the topologies. Every line the campaign prints,
 //! and every assertion, names its seed: the seed fixes every choice of the
 //! workload and the nemesis (not the timing of real processes).
 
