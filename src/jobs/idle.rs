@@ -13,8 +13,11 @@
 //! then runs [`crate::writebehind::numbering::EVICT`], which checks
 //! atomically that no create came since, that the counter was checked in
 //! that epoch on this Redis lineage (a counter in doubt is never evicted)
-//! and that the epoch is still current. A deleted chat's tombstone goes the
-//! same way once idle (MariaDB keeps the deletion).
+//! and that the epoch is still current. The scopes it marked whose counters
+//! EVICT did not take lose their mark again
+//! ([`crate::store::numbering::unmark_evicted`]), so that a mark never
+//! outlives the counter it was written for. A deleted chat's tombstone goes
+//! the same way once idle (MariaDB keeps the deletion).
 //!
 //! On its next use the counter is missing, and
 //! [`crate::writebehind::numbering::RESTART`] brings it back exactly at
@@ -218,7 +221,21 @@ impl IdleCounters {
                         })
                         .cloned()
                         .collect();
-                    report.evicted += self.numbering.evict(&token, epoch, &page).await?;
+                    let taken = self.numbering.evict(&token, epoch, &page).await?;
+                    report.evicted += taken.len() as u64;
+                    // The scopes marked whose counters EVICT did not take
+                    // (a create came since the sweep looked, or the epoch
+                    // moved) lose their mark again (O11). A failure leaves
+                    // marks behind, as before this step existed.
+                    let stayed: Vec<i64> = page
+                        .iter()
+                        .filter(|(field, value)| value != "deleted" && !taken.contains(field))
+                        .map(|(field, _)| field.parse().unwrap_or(0))
+                        .collect();
+                    if let Err(e) = store::numbering::unmark_evicted(pool, id, &stayed, epoch).await
+                    {
+                        tracing::warn!(error = %e, application_id = id, "could not clear the eviction marks of counters that stayed");
+                    }
                 }
             }
             let mut left = counters;

@@ -179,6 +179,41 @@ pub async fn marked_evicted(
     Ok(rows.into_iter().collect())
 }
 
+/// Clears the eviction mark `epoch` of the application's scopes
+/// `chat_numbers`, where it is still `epoch`: the idle sweep marked them
+/// ([`mark_evicted`]) but EVICT did not take their counters (a create came
+/// in between, or the epoch moved), so the mark must not outlive the
+/// counter it was written for (docs/numbering.md, O11: were that counter
+/// to vanish later in the same epoch without an eviction, its restart
+/// would trust the mark and resume at MariaDB's highest number). A mark
+/// another sweep wrote since for an eviction that did happen may be
+/// cleared too; that is safe, only not exact: the counter then restarts
+/// above its reservation, as any counter in doubt. Returns how many marks
+/// were cleared. Errors: MariaDB unavailable.
+pub async fn unmark_evicted(
+    pool: &MySqlPool,
+    application_id: u64,
+    chat_numbers: &[i64],
+    epoch: i64,
+) -> sqlx::Result<u64> {
+    if chat_numbers.is_empty() {
+        return Ok(0);
+    }
+    let mut q = sqlx::QueryBuilder::new(
+        "UPDATE number_reservations SET evicted_epoch = NULL WHERE application_id = ",
+    );
+    q.push_bind(application_id)
+        .push(" AND evicted_epoch = ")
+        .push_bind(epoch)
+        .push(" AND chat_number IN (");
+    let mut list = q.separated(", ");
+    for n in chat_numbers {
+        list.push_bind(*n);
+    }
+    q.push(")");
+    Ok(q.build().execute(pool).await?.rows_affected())
+}
+
 /// How far below a scope's highest stored number [`gaps`] looks for
 /// numbers never stored, in numbers.
 pub const GAP_WINDOW: i64 = 4096;

@@ -173,13 +173,14 @@ return {1, kept}
 /// keeps the deletion.
 ///
 /// KEYS: app hash, the shard's epoch hash. ARGV: epoch, then pairs of
-/// (field, expected value). Returns the number of counters evicted.
+/// (field, expected value). Returns the fields evicted (so that the caller
+/// clears the MariaDB mark of those it marked and that stayed: O11).
 pub const EVICT: &str = r#"
 --LINEAGE
 local e = redis.call('HMGET', KEYS[2], 'epoch', 'run_id', 'replid')
-if e[1] ~= ARGV[1] or not same_lineage(e[2], e[3]) then return 0 end
-if not redis.call('HGET', KEYS[1], 'id') then return 0 end
-local n = 0
+if e[1] ~= ARGV[1] or not same_lineage(e[2], e[3]) then return {} end
+if not redis.call('HGET', KEYS[1], 'id') then return {} end
+local taken = {}
 for i = 2, #ARGV, 2 do
   local f = ARGV[i]
   local checked, bound = 'v:' .. f, 'r:' .. f
@@ -187,12 +188,12 @@ for i = 2, #ARGV, 2 do
   local c = redis.call('HMGET', KEYS[1], f, checked, 't:' .. f, 'k:' .. f)
   if c[1] == ARGV[i + 1] and (c[1] == 'deleted' or c[2] == ARGV[1]) and not c[3] and not c[4] then
     redis.call('HDEL', KEYS[1], f, checked, bound)
-    n = n + 1
+    taken[#taken + 1] = f
   end
 end
 -- The hash-wide eviction epoch of earlier versions is no longer read.
-if n > 0 then redis.call('HDEL', KEYS[1], 'e') end
-return n
+if #taken > 0 then redis.call('HDEL', KEYS[1], 'e') end
+return taken
 "#;
 
 /// Raises a scope's bound to `ARGV[2]`, after MariaDB recorded it (keeps
@@ -1072,16 +1073,17 @@ impl Numbering {
     /// shard's current one (see [`EVICT`]): `(field, value)` pairs, the
     /// field `chats` or a chat number. The caller recorded `epoch` as their
     /// eviction epoch in MariaDB first
-    /// ([`crate::store::numbering::mark_evicted`]). Returns how many went.
+    /// ([`crate::store::numbering::mark_evicted`]). Returns the fields that
+    /// went (the others stay: a create came since, or the epoch moved).
     /// Errors: Redis unavailable.
     pub async fn evict(
         &self,
         token: &str,
         epoch: i64,
         fields: &[(String, String)],
-    ) -> Result<u64, BufferError> {
+    ) -> Result<Vec<String>, BufferError> {
         if fields.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let shard = self.keys.for_token(token);
         let (app, epoch_key) = (shard.app(token), shard.epoch());

@@ -244,3 +244,156 @@ async fn a_batch_is_its_creates_one_after_the_other_and_a_failed_create_leaves_n
         .await
         .unwrap();
 }
+
+/// Issue 39, point 10: a create whose own deadline (`REDIS_TIMEOUT_MS` from
+/// its start) passes while its batch's Redis call still runs, bounded by a
+/// later create's deadline, waits for the batch's answer: Redis applied it,
+/// so it is answered with its number, never "unavailable" (503).
+///
+/// A private Redis is paused for writes (`CLIENT PAUSE … WRITE`, which
+/// holds every script call) for 1.5 time limits. Two *filler* creates take
+/// the lane's two calls ([`IN_FLIGHT`]) and hold them until their own limit
+/// (answered "timed out", indeterminate by design: their calls may apply
+/// later). Meanwhile an *early* create (0.1 limits in) and a *late* one
+/// (0.85 limits in) queue, and go together as the next batch once a filler
+/// gives its call back, bounded by the late one's deadline; Redis applies
+/// that batch when the pause ends, after the early create's own deadline
+/// and before the late one's. Fails on the code before the fix, which
+/// answered the early create 503 at its own deadline.
+#[tokio::test]
+async fn a_create_past_its_own_deadline_is_answered_by_its_batch() {
+    use chat_api::writebehind::coalesce::{Coalescer, IN_FLIGHT, Reply, Unavailable};
+    use chat_api::writebehind::keys::Kind;
+    use std::time::{Duration, Instant};
+
+    assert_eq!(
+        IN_FLIGHT, 2,
+        "the test holds the lane's calls with two fillers"
+    );
+    let limit = Duration::from_millis(2000);
+    let redis = PrivateRedis::start().await;
+    let mut r = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let (run_id, replid) = lineage(&mut r).await;
+    let p = "deadline:{0}:";
+    let (app, pending, epoch, usage) = (
+        format!("{p}app:one"),
+        format!("{p}pending:messages"),
+        format!("{p}epoch"),
+        format!("{p}usage"),
+    );
+    let _: () = r
+        .hset_multiple(
+            &epoch,
+            &[
+                ("epoch", "5"),
+                ("shards", "1"),
+                ("run_id", &run_id),
+                ("replid", &replid),
+            ],
+        )
+        .await
+        .unwrap();
+    // Chat 7 of application 1 has handed out 5 messages, checked in epoch 5.
+    let _: () = r
+        .hset_multiple(
+            &app,
+            &[("id", "1"), ("7", "5"), ("v:7", "5"), ("r:7", "100")],
+        )
+        .await
+        .unwrap();
+    let create = |body: &str| Create {
+        keys: [
+            app.clone(),
+            pending.clone(),
+            epoch.clone(),
+            app.clone(),
+            usage.clone(),
+        ],
+        args: [
+            "1000".into(),
+            "1700000000000000".into(),
+            "7".into(),
+            body.into(),
+            "".into(),
+            "60".into(),
+            "0".into(),
+            "1".into(),
+            "0".into(),
+        ],
+    };
+    let pool = chat_api::redis::pool(&redis.url(), 4, limit).unwrap();
+    let coalescer = Coalescer::new(pool.into(), Default::default(), 1, limit);
+    // Loads the script (a NOSCRIPT answer would otherwise wait out the pause).
+    let warm = coalescer
+        .enqueue(Kind::Messages, 0, create("warm-up"))
+        .await
+        .unwrap();
+    assert_eq!(warm.0, 6, "{warm:?}");
+
+    let start = Instant::now();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg((limit.as_millis() * 3 / 2) as u64)
+        .arg("WRITE")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    type Answer = (Result<Reply, Unavailable>, Duration);
+    let spawn = |body: &'static str| -> tokio::task::JoinHandle<Answer> {
+        let coalescer = coalescer.clone();
+        let create = create(body);
+        tokio::spawn(async move {
+            let began = Instant::now();
+            let answer = coalescer.enqueue(Kind::Messages, 0, create).await;
+            (answer, began.elapsed())
+        })
+    };
+    let at = |fraction: f64| start + limit.mul_f64(fraction);
+    let filler1 = spawn("filler 1");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let filler2 = spawn("filler 2");
+    tokio::time::sleep_until(at(0.1).into()).await;
+    let early = spawn("early");
+    tokio::time::sleep_until(at(0.85).into()).await;
+    let late = spawn("late");
+    let (early, late) = (early.await.unwrap(), late.await.unwrap());
+    let fillers = [filler1.await.unwrap(), filler2.await.unwrap()];
+    for (answer, _) in &fillers {
+        assert!(
+            answer.is_err(),
+            "a filler held its call until its limit: {answer:?}"
+        );
+    }
+    assert!(
+        early.1 > limit,
+        "the early create's batch answered after its own deadline ({:?})",
+        early.1
+    );
+    let early_number = match &early.0 {
+        Ok(reply) => reply.0,
+        Err(e) => panic!(
+            "the early create was applied by its batch but answered unavailable after {:?}: {e:?}",
+            early.1
+        ),
+    };
+    let late_number = late.0.as_ref().expect("the late create is answered").0;
+    assert!(early_number > 6 && late_number > 6, "{early:?} {late:?}");
+    // What Redis applied: each waiter's record is queued under the number it
+    // was answered.
+    let records: Vec<String> = r.lrange(&pending, 0, -1).await.unwrap();
+    for (body, number) in [("early", early_number), ("late", late_number)] {
+        let queued: Vec<&String> = records
+            .iter()
+            .filter(|rec| rec.ends_with(&format!("\t{body}")))
+            .collect();
+        assert_eq!(
+            queued,
+            vec![&format!("1\t7\t{number}\t1700000000000000\t{body}")],
+            "{records:?}"
+        );
+    }
+}

@@ -339,3 +339,90 @@ async fn attaching_a_replica_raises_no_epoch() {
     assert_eq!(app.numbering.current_epoch(&token).await.unwrap(), before);
     assert_eq!(app.create_message(&token, chat, "after").await, 2);
 }
+
+/// O11: the idle sweep marks a scope evicted in MariaDB, then a create
+/// comes before its EVICT, which leaves the counter in Redis. The mark must
+/// not stay behind: were that counter to vanish later in the same epoch
+/// without an eviction, its restart would trust the mark and resume at
+/// MariaDB's highest number, below what the create handed out. The create
+/// is slipped in between by holding `number_reservations` locked while the
+/// sweep waits to write its marks. Fails before the fix (the mark stayed).
+#[tokio::test]
+async fn an_eviction_mark_is_cleared_for_a_counter_evict_did_not_take() {
+    use sqlx::Connection;
+
+    let app = spawn_app_with(|c| c.chat_idle_secs = 0).await;
+    let token = app.create_app("mark without eviction").await;
+    let id = app_id(&app, &token).await;
+    let chat = app.create_chat(&token).await;
+    for i in 0..3 {
+        app.create_message(&token, chat, &format!("m{i}")).await;
+    }
+    app.flush().await;
+    let sweep = std::sync::Arc::new(IdleCounters::new(app.numbering.clone()));
+    assert_eq!(sweep.sweep_once().await.unwrap().evicted, 0, "first look");
+    let epoch = app
+        .numbering
+        .current_epoch(&token)
+        .await
+        .unwrap()
+        .expect("an epoch");
+
+    let mut lock = sqlx::MySqlConnection::connect(&app.config.database_url)
+        .await
+        .unwrap();
+    sqlx::raw_sql("LOCK TABLES number_reservations WRITE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let sweeping = tokio::spawn({
+        let sweep = sweep.clone();
+        async move { sweep.sweep_once().await }
+    });
+    // The sweep has read the counters and waits to write the marks.
+    assert!(
+        app.eventually(std::time::Duration::from_secs(10), || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                 WHERE INFO LIKE 'INSERT INTO number_reservations%'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            waiting > 0
+        })
+        .await,
+        "the sweep never came to mark"
+    );
+    let n = app.create_message(&token, chat, "in between").await;
+    assert_eq!(n, 4);
+    sqlx::raw_sql("UNLOCK TABLES")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let report = sweeping.await.unwrap().unwrap();
+
+    let mut c = app.redis_conn().await;
+    let counter: Option<String> = c
+        .hget(app.shard(&token).app(&token), chat.to_string())
+        .await
+        .unwrap();
+    assert_eq!(counter.as_deref(), Some("4"), "EVICT did not take it");
+    assert_eq!(
+        numbering::reservation(&app.pool, id, chat)
+            .await
+            .unwrap()
+            .evicted_epoch,
+        None,
+        "a scope marked but not evicted keeps no mark"
+    );
+    // The application's chat counter, idle and evicted, keeps its mark.
+    assert_eq!(report.evicted, 1, "{report:?}");
+    assert_eq!(
+        numbering::reservation(&app.pool, id, 0)
+            .await
+            .unwrap()
+            .evicted_epoch,
+        Some(epoch)
+    );
+}
