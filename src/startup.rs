@@ -396,14 +396,27 @@ impl Application {
         }
         let buffer = self.state.write_behind.buffer().clone();
         let pool = self.state.pool.clone();
+        let search = self.state.search.clone();
+        let config = &self.state.config;
+        // A record waits at most 1.25 × FLUSH_MAX_AGE_MS while MariaDB is
+        // up (see its doc), or FLUSH_INTERVAL_SECS when that is off.
+        let max_wait = match config.flush_max_age_ms {
+            0 => config.flush_interval,
+            ms => Duration::from_millis(ms + ms / 4),
+        };
         crate::telemetry::metrics::limits_set(
-            self.state.config.max_pending,
-            self.state.config.max_pending_bytes,
+            config.max_pending,
+            config.max_pending_bytes,
+            config.pending_high_water,
+            max_wait,
         );
+        if self.state.reads.keeps_marks() {
+            crate::telemetry::metrics::replica_max_lag_set(config.read_replica_max_lag_secs);
+        }
         tasks.spawn(every(
             Duration::from_secs(5),
             jobs_stop.clone(),
-            move || sample_queues(buffer.clone(), pool.clone()),
+            move || sample_queues(buffer.clone(), pool.clone(), search.clone()),
         ));
         // New connections run the epoch check already; this catches a key
         // lost without a restart (see crate::redis), and a shard
@@ -662,12 +675,21 @@ where
 }
 
 /// Publishes the depth, oldest age and dead letters of each queue as
-/// gauges, and whether Redis and MariaDB answer (`chat_dependency_up`; a
-/// probe has 2 s).
-async fn sample_queues(buffer: Buffer, pool: sqlx::MySqlPool) {
+/// gauges, and whether Redis, MariaDB and the search backend answer
+/// (`chat_dependency_up`; a probe has 2 s).
+async fn sample_queues(buffer: Buffer, pool: sqlx::MySqlPool, search: SearchBackend) {
     let probe = Duration::from_secs(2);
     let mariadb = tokio::time::timeout(probe, sqlx::query("SELECT 1").execute(&pool)).await;
-    crate::telemetry::metrics::dependency_sampled("mariadb", matches!(mariadb, Ok(Ok(_))));
+    let mariadb_up = matches!(mariadb, Ok(Ok(_)));
+    crate::telemetry::metrics::dependency_sampled("mariadb", mariadb_up);
+    let search_up = match &search {
+        // The term index lives in MariaDB.
+        SearchBackend::Database(_) => mariadb_up,
+        SearchBackend::Meili(meili, _) => tokio::time::timeout(probe, meili.healthy())
+            .await
+            .unwrap_or(false),
+    };
+    crate::telemetry::metrics::dependency_sampled("search", search_up);
     let stats = tokio::time::timeout(probe, buffer.inspect()).await;
     crate::telemetry::metrics::dependency_sampled("redis", matches!(stats, Ok(Ok(_))));
     let Ok(Ok(stats)) = stats else {

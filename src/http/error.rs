@@ -213,7 +213,16 @@ pub async fn json_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Res
     let path = req.uri().path().to_string();
     match next.call(req).await {
         Ok(resp) => Ok(resp.into_response()),
-        Err(err) => Ok(error_response(err, &path)),
+        Err(err) => {
+            // The router's pattern rides on the error; the rebuilt answer
+            // keeps it, for the `route` label of the latency metric.
+            let pattern = err.data::<poem::PathPattern>().cloned();
+            let mut resp = error_response(err, &path);
+            if let Some(p) = pattern {
+                resp.set_data(p);
+            }
+            Ok(resp)
+        }
     }
 }
 

@@ -140,6 +140,37 @@ pub fn api() -> OpenApiService<impl poem_openapi::OpenApi, ()> {
 /// The methods the spec declares for a concrete request path (for the
 /// `Allow` header of a 405), upper-case, for example `["GET", "POST"]`.
 pub fn allowed_methods(path: &str) -> Vec<String> {
+    spec_route(path)
+        .map(|(_, methods)| methods.clone())
+        .unwrap_or_default()
+}
+
+/// The route pattern a concrete request path matches, spelled as poem's
+/// router spells it (`/api/v1/applications/:param0/chats`: poem-openapi
+/// names path parameters `param0`, `param1`… in order), or `None` when no
+/// operation of the spec matches. For the `route` label of responses that
+/// never reached the router (a 429 of the rate limit, a 413 of the body
+/// limit), so they are counted under their route like the others.
+pub fn route_pattern(path: &str) -> Option<String> {
+    let (segments, _) = spec_route(path)?;
+    let mut n = 0;
+    let parts: Vec<String> = segments
+        .iter()
+        .map(|s| {
+            if s.starts_with('{') {
+                n += 1;
+                format!(":param{}", n - 1)
+            } else {
+                s.clone()
+            }
+        })
+        .collect();
+    Some(parts.join("/"))
+}
+
+/// The spec's path template (split on `/`) that a concrete path matches,
+/// with its methods (see [`allowed_methods`]).
+fn spec_route(path: &str) -> Option<&'static (Vec<String>, Vec<String>)> {
     type Routes = Vec<(Vec<String>, Vec<String>)>;
     static ROUTES: std::sync::OnceLock<Routes> = std::sync::OnceLock::new();
     let routes = ROUTES.get_or_init(|| {
@@ -169,8 +200,6 @@ pub fn allowed_methods(path: &str) -> Vec<String> {
         })
         // A literal segment (`/messages/search`) wins over a parameter.
         .min_by_key(|(segments, _)| segments.iter().filter(|s| s.starts_with('{')).count())
-        .map(|(_, methods)| methods.clone())
-        .unwrap_or_default()
 }
 
 /// The order of the tags in the spec and Swagger UI: the tenant's resources

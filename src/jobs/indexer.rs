@@ -318,6 +318,7 @@ impl Indexer {
                     self.interval
                 }
                 Err(e) => {
+                    crate::telemetry::metrics::search_index_failed();
                     let d = backoff.next().unwrap_or(Duration::from_secs(30));
                     tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "indexing failed; ops stay queued");
                     d

@@ -6,8 +6,13 @@
 //! | `chat_pending_records` | gauge | `queue` | records waiting in Redis |
 //! | `chat_pending_bytes` | gauge | `queue` | bytes of the records pending or claimed (what `MAX_PENDING_BYTES` limits) |
 //! | `chat_pending_oldest_age_seconds` | gauge | `queue` | age of the oldest pending record |
-//! | `chat_max_pending_records`, `chat_max_pending_bytes` | gauge | | `MAX_PENDING` and `MAX_PENDING_BYTES` in force |
-//! | `chat_dependency_up` | gauge | `dependency` | 1 if `redis` or `mariadb` answered its last probe (every 5 s), else 0 |
+//! | `chat_max_pending_records`, `chat_max_pending_bytes` | gauge | | `MAX_PENDING` and `MAX_PENDING_BYTES` in force (bytes 0: no limit) |
+//! | `chat_pending_high_water_records` | gauge | | `PENDING_HIGH_WATER` in force: past it, load shedding refuses a share of creates (off when at or above `MAX_PENDING`) |
+//! | `chat_flush_max_wait_seconds` | gauge | | the longest a record should wait in Redis while MariaDB is up: 1.25 × `FLUSH_MAX_AGE_MS`, or `FLUSH_INTERVAL_SECS` when that is 0 |
+//! | `chat_read_replica_max_lag_seconds` | gauge | | `READ_REPLICA_MAX_LAG_SECS` in force (exported only with read replicas) |
+//! | `chat_dead_letters` | gauge | `queue` | records in the dead-letter list now (sampled every 5 s) |
+//! | `chat_dead_letters_replayed_total`, `chat_dead_letters_discarded_total` | counter | `queue` | dead letters an operator replayed or discarded |
+//! | `chat_dependency_up` | gauge | `dependency` | 1 if `redis`, `mariadb` or `search` (the search backend: Meilisearch's `/health`, or MariaDB for the term index) answered its last probe (every 5 s), else 0 |
 //! | `chat_flushed_records_total` | counter | `queue` | records written to MariaDB |
 //! | `chat_flush_batch_size` | histogram | `queue` | records per flushed batch |
 //! | `chat_flush_duration_seconds` | histogram | `queue` | time to write and acknowledge a batch |
@@ -19,7 +24,9 @@
 //! | `chat_number_reservations_total` | counter | `scope` | blocks of numbers reserved in MariaDB (`chats` or `messages` counters) |
 //! | `chat_numbers_skipped_total` | counter | `scope` | numbers skipped when a counter restarted at its reservation after Redis may have lost data |
 //! | `chat_search_lag_seconds` | histogram | | per indexed message: from its creation or last edit to the moment it is searchable |
+//! | `chat_search_index_failures_total` | counter | | indexer passes that failed (the search backend unreachable); their ops stay queued |
 //! | `chat_backpressure_rejections_total` | counter | | 503s because the buffer was full |
+//! | `chat_load_shed_total` | counter | | 503s before Redis because a pending list was past `PENDING_HIGH_WATER` (load shedding) |
 //! | `chat_rate_limited_total` | counter | | 429s from the rate limit |
 //! | `chat_read_replica_in_rotation` | gauge | `replica` | 1 while reads may go to the replica (`host:port`), else 0 |
 //! | `chat_read_replica_lag_seconds` | gauge | `replica` | its `Seconds_Behind_Master` at the last check (every second); -1 unknown |
@@ -92,6 +99,7 @@ fn zero_counters() {
         "chat_backpressure_rejections_total",
         "chat_load_shed_total",
         "chat_rate_limited_total",
+        "chat_search_index_failures_total",
     ] {
         counter!(name).increment(0);
     }
@@ -101,6 +109,12 @@ fn zero_counters() {
             "chat_dead_lettered_records_total",
             "chat_dropped_records_total",
             "chat_collisions_total",
+        ] {
+            counter!(name, "queue" => queue).increment(0);
+        }
+        for name in [
+            "chat_dead_letters_replayed_total",
+            "chat_dead_letters_discarded_total",
         ] {
             counter!(name, "queue" => queue).increment(0);
         }
@@ -199,8 +213,8 @@ pub fn queue_sampled(
     gauge!("chat_dead_letters", "queue" => queue).set(dead_letters as f64);
 }
 
-/// Whether `dependency` (`redis` or `mariadb`) answered its last probe
-/// (sampled every 5 s): `chat_dependency_up` 1 or 0.
+/// Whether `dependency` (`redis`, `mariadb` or `search`) answered its last
+/// probe (sampled every 5 s): `chat_dependency_up` 1 or 0.
 pub fn dependency_sampled(dependency: &'static str, up: bool) {
     gauge!("chat_dependency_up", "dependency" => dependency).set(if up { 1.0 } else { 0.0 });
 }
@@ -208,9 +222,28 @@ pub fn dependency_sampled(dependency: &'static str, up: bool) {
 /// The buffer's limits in force, so that alerts can compare the depth with
 /// them: `MAX_PENDING` (records, per queue, over all shards) and
 /// `MAX_PENDING_BYTES`.
-pub fn limits_set(max_pending: u64, max_pending_bytes: u64) {
+/// `PENDING_HIGH_WATER` too (records, where load shedding starts; at or
+/// above `MAX_PENDING` it is off), and the longest healthy wait of a record
+/// in Redis, `max_wait` (1.25 × `FLUSH_MAX_AGE_MS`, or
+/// `FLUSH_INTERVAL_SECS` when that is 0), from which the flush alert's
+/// threshold is derived.
+pub fn limits_set(max_pending: u64, max_pending_bytes: u64, high_water: u64, max_wait: Duration) {
     gauge!("chat_max_pending_records").set(max_pending as f64);
     gauge!("chat_max_pending_bytes").set(max_pending_bytes as f64);
+    gauge!("chat_pending_high_water_records").set(high_water as f64);
+    gauge!("chat_flush_max_wait_seconds").set(max_wait.as_secs_f64());
+}
+
+/// `READ_REPLICA_MAX_LAG_SECS` in force (`chat_read_replica_max_lag_seconds`),
+/// for the replica-lag alert; exported only when read replicas are set.
+pub fn replica_max_lag_set(secs: u64) {
+    gauge!("chat_read_replica_max_lag_seconds").set(secs as f64);
+}
+
+/// An indexer pass failed (the search backend unreachable); its ops stay
+/// queued (`chat_search_index_failures_total`).
+pub fn search_index_failed() {
+    counter!("chat_search_index_failures_total").increment(1);
 }
 
 /// A create refused with 503 because the buffer was full.
@@ -306,13 +339,19 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 /// methods and the statuses the service answers with.
 pub async fn track_requests<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     let method = method_label(req.method());
+    // A reference count, not a copy of the path (`Uri` holds `Bytes`).
+    let uri = req.uri().clone();
     let started = std::time::Instant::now();
     let resp = next.call(req).await?.into_response();
-    // The pattern's own `Arc<str>`: no copy per request.
-    let route: metrics::SharedString = resp
-        .data::<poem::PathPattern>()
-        .map(|p| p.0.clone().into())
-        .unwrap_or_else(|| UNMATCHED_ROUTE.into());
+    // The pattern's own `Arc<str>`: no copy per request. A response that
+    // never reached the router (a 429 of the rate limit is answered before
+    // it) has none: the route is then found in the spec's paths.
+    let route: metrics::SharedString = match resp.data::<poem::PathPattern>() {
+        Some(p) => p.0.clone().into(),
+        None => crate::http::route_pattern(uri.path())
+            .map(Into::into)
+            .unwrap_or_else(|| UNMATCHED_ROUTE.into()),
+    };
     histogram!(
         "http_request_duration_seconds",
         "method" => method,

@@ -392,3 +392,78 @@ async fn past_max_connections_a_new_connection_waits_for_one_to_close() {
         .unwrap();
     assert_eq!(status, 404);
 }
+
+/// The `_count` of `http_request_duration_seconds` for one label set, or 0.
+async fn request_count(app: &TestApp, method: &str, route: &str, status: u16) -> u64 {
+    let labels = [
+        format!("method=\"{method}\""),
+        format!("route=\"{route}\""),
+        format!("status=\"{status}\""),
+    ];
+    app.metrics_text()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("http_request_duration_seconds_count{"))
+        .filter(|l| labels.iter().all(|p| l.contains(p.as_str())))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Answers that never reach a handler keep their route in the latency
+/// metric: a 429 of the rate limit (answered before routing) and the 400,
+/// 415 and 422 that the JSON-error layer rebuilds are counted under the
+/// route they were sent to, not `unmatched` (issue 37, finding 7), so an
+/// alert or panel on a route sees them. The metrics recorder is shared by
+/// the tests of this binary, so each check counts its own increase.
+#[tokio::test]
+async fn refused_and_rebuilt_answers_keep_their_route_label() {
+    const CHATS: &str = "/api/v1/applications/:param0/chats";
+    const MESSAGES: &str = "/api/v1/applications/:param0/chats/:param1/messages";
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.rate_limit_per_minute = 1;
+        c.rate_limit_burst = 30;
+    })
+    .await;
+    let token = app.create_app("labels").await;
+    let chat = app.create_chat(&token).await;
+    let messages = app.url(&format!("/applications/{token}/chats/{chat}/messages"));
+    let send = |body: &'static str, content_type: &'static str| {
+        app.client
+            .post(messages.clone())
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    // 400 (malformed JSON), 415 (not JSON), 422 (no body field).
+    for (body, content_type, status) in [
+        ("{", "application/json", 400),
+        ("body=hi", "text/plain", 415),
+        ("{\"nobody\": 1}", "application/json", 422),
+    ] {
+        let before = request_count(&app, "POST", MESSAGES, status).await;
+        for _ in 0..5 {
+            assert_eq!(send(body, content_type).await.unwrap().status(), status);
+        }
+        let after = request_count(&app, "POST", MESSAGES, status).await;
+        assert!(
+            after >= before + 5,
+            "{status}: counted under {MESSAGES}: {before} then {after}"
+        );
+    }
+    // Spend the bucket, then 429s on the chats route.
+    let before = request_count(&app, "GET", CHATS, 429).await;
+    let mut limited = 0;
+    for _ in 0..60 {
+        let r = app.get(&format!("/applications/{token}/chats")).await;
+        if r.status() == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 20, "the rate limit answered 429 ({limited})");
+    let after = request_count(&app, "GET", CHATS, 429).await;
+    assert!(
+        after >= before + limited,
+        "429s counted under {CHATS}: {before} then {after}, {limited} sent"
+    );
+}

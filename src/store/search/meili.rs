@@ -49,6 +49,11 @@ impl MeiliSearch {
         Ok(Self { client, index })
     }
 
+    /// Whether the server answers its `/health` route as available.
+    pub async fn healthy(&self) -> bool {
+        self.client.is_healthy().await
+    }
+
     /// Creates the index if needed and applies its settings. Idempotent.
     /// Errors: Meilisearch unreachable or rejecting a settings task.
     pub async fn ensure_index(&self) -> Result<(), ApplyError> {
