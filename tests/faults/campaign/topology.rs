@@ -526,10 +526,12 @@ async fn cluster_fault(
                 .nth(rng.random_range(0..2))
                 .unwrap_or(master);
             let (slot, moved) = cluster.migrate_one_slot(master, to);
-            (
-                FaultKind::Reshard,
-                format!("reshard: slot {slot} moved from {master} to {to} ({moved})"),
-            )
+            let what = if moved.starts_with("no key") {
+                format!("no reshard: master {master} holds no key")
+            } else {
+                format!("reshard: slot {slot} moved from {master} to {to} ({moved})")
+            };
+            (FaultKind::Reshard, what)
         }
     }
 }
