@@ -45,10 +45,12 @@ pub struct Config {
     #[arg(long, env = "READ_REPLICA_WAIT_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub read_replica_wait_ms: u64,
 
-    /// Seconds a replica may lag (`Seconds_Behind_Master`, checked every
-    /// second) and stay in rotation. One that lags more, whose SQL thread
-    /// is stopped, or that does not answer, gets no reads until it is back
-    /// within the limit. A write's GTID is kept in Redis for this plus 10 s.
+    /// Seconds a replica may lag and stay in rotation, checked every
+    /// second: its `Seconds_Behind_Master`, and how long ago the oldest
+    /// primary GTID position it has not applied was first seen. One that
+    /// lags more, whose SQL thread is stopped, or that does not answer,
+    /// gets no reads until it is back within the limit. A write's GTID is
+    /// kept in Redis for this plus 10 s.
     #[arg(long, env = "READ_REPLICA_MAX_LAG_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub read_replica_max_lag_secs: u64,
 

@@ -24,20 +24,38 @@
 //! application or chat instead of per connection, so that every instance of
 //! the service sees the marks.
 //!
-//! A background check ([`Pools::check_replicas`], every second) reads each
-//! replica's `SHOW SLAVE STATUS`: one that does not answer, whose SQL
+//! A background check ([`Pools::check_replicas`], every second) reads the
+//! primary's binary log position in the service's GTID domain, remembering
+//! when it first saw each ([`PositionHistory`]), then each replica's `SHOW
+//! SLAVE STATUS` and `@@gtid_slave_pos`. A replica's lag is the larger of
+//! its `Seconds_Behind_Master` and the age of the oldest primary position
+//! it has not applied (its *GTID lag*). One that does not answer, whose SQL
 //! thread is stopped (`Seconds_Behind_Master` is NULL), or that lags more
 //! than `READ_REPLICA_MAX_LAG_SECS` is taken out of rotation, and put back
 //! once it is within the limit again.
+//!
+//! Why GTID positions and not `Seconds_Behind_Master` alone: that reads 0
+//! while the IO thread waits on a half-open link to the primary (for up to
+//! `slave_net_timeout`, 60 s by default), since the SQL thread has applied
+//! all it received; a causal mark lives max lag + 10 s, so such a replica,
+//! kept in rotation, would serve a write made 20 s earlier stale once its
+//! mark expired (issue 39, point 8; docs/numbering.md, I4). A write the
+//! primary committed is first seen at most one check later, so a replica
+//! that has not applied it is out within max lag plus two checks, before
+//! its mark expires. This is the heartbeat idea of pt-heartbeat (a
+//! timestamp written on the primary, read on the replica) with the GTID
+//! sequence number as the heartbeat and the check's clock as the stamp:
+//! nothing is written to the primary.
 //!
 //! Not on replicas: the application lookup by token (the credential check:
 //! a deleted application's token must stop working at once), every read
 //! inside a write path, the wait for a buffered record's flush, the
 //! flusher, the counts refresh and migrations.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{MySqlConnection, MySqlPool};
@@ -46,11 +64,80 @@ use sqlx::{MySqlConnection, MySqlPool};
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a causal mark is kept with `max_lag_secs`
-/// (`READ_REPLICA_MAX_LAG_SECS`): that + 10 s. A replica that lags more is
-/// out of rotation, so once a mark expires every replica in rotation has
-/// applied it (to within one check, [`CHECK_INTERVAL`]).
+/// (`READ_REPLICA_MAX_LAG_SECS`): that + 10 s. A replica that has not
+/// applied a write that long after it is out of rotation (judged by GTID
+/// positions, within two checks, [`CHECK_INTERVAL`]: see the module docs),
+/// so once a mark expires every replica in rotation has applied it.
 pub fn mark_ttl(max_lag_secs: u64) -> Duration {
     Duration::from_secs(max_lag_secs + 10)
+}
+
+/// How long [`PositionHistory`] remembers primary positions: a replica
+/// further behind reads as lagging about this much (its lag saturates
+/// here), which is far past any `READ_REPLICA_MAX_LAG_SECS`.
+pub const LAG_HORIZON: Duration = Duration::from_secs(3600);
+
+/// The primary's binary log positions in the service's GTID domain, each
+/// with when a check first saw it, oldest first: one entry per check that
+/// saw the position move, kept for [`LAG_HORIZON`] (plus the newest entry
+/// older than that), so at most one hour of checks. A replica's GTID lag is
+/// the age of the oldest entry it has not applied ([`Self::lag`]).
+#[derive(Debug, Default)]
+pub struct PositionHistory {
+    /// The GTID domain the positions are in (`@@gtid_domain_id` of the
+    /// primary); `None` before the first position.
+    domain: Option<u32>,
+    /// (sequence number, first seen), sequence numbers increasing.
+    seen: VecDeque<(u64, Instant)>,
+}
+
+impl PositionHistory {
+    /// Records `position` (`domain-server-seq`, the primary's, as
+    /// [`binlog_position`] reads it) as seen at `now`, if it is past the
+    /// last one. A position of another domain, or lower than the last one
+    /// (the binary log was reset, or another primary took over with a lower
+    /// sequence number), starts the history again. Unparsable: ignored.
+    pub fn observe(&mut self, position: &str, now: Instant) {
+        let Some(&[(domain, seq)]) = parse_position(position).as_deref() else {
+            return;
+        };
+        let last = self.seen.back().map(|(s, _)| *s);
+        if self.domain != Some(domain) || last.is_some_and(|l| seq < l) {
+            self.domain = Some(domain);
+            self.seen.clear();
+        }
+        if last.is_none_or(|l| seq > l) || self.seen.is_empty() {
+            self.seen.push_back((seq, now));
+        }
+        // Keep the newest entry older than the horizon: a replica behind it
+        // still reads as lagging at least that long.
+        while self.seen.len() > 1
+            && self
+                .seen
+                .get(1)
+                .is_some_and(|(_, t)| now.saturating_duration_since(*t) > LAG_HORIZON)
+        {
+            self.seen.pop_front();
+        }
+    }
+
+    /// How long ago the oldest recorded primary position that `applied` (a
+    /// replica's `@@gtid_slave_pos`) does not include was first seen: zero
+    /// when it includes them all (or nothing is recorded yet). A replica
+    /// with nothing in the domain is behind every position; an unparsable
+    /// `applied` is too.
+    pub fn lag(&self, applied: &str, now: Instant) -> Duration {
+        let Some(domain) = self.domain else {
+            return Duration::ZERO;
+        };
+        let applied_seq = parse_position(applied)
+            .and_then(|p| p.into_iter().find(|(d, _)| *d == domain))
+            .map_or(0, |(_, s)| s);
+        self.seen
+            .iter()
+            .find(|(seq, _)| *seq > applied_seq)
+            .map_or(Duration::ZERO, |(_, t)| now.saturating_duration_since(*t))
+    }
 }
 
 /// What a causal mark is kept for: the rows a read may show.
@@ -80,7 +167,8 @@ pub struct Replica {
     /// Its pool (connections made on first use).
     pub pool: MySqlPool,
     in_rotation: AtomicBool,
-    /// Seconds behind the primary at the last check; -1 unknown.
+    /// Seconds behind the primary at the last check (the larger of its
+    /// `Seconds_Behind_Master` and its GTID lag); -1 unknown.
     lag_secs: AtomicI64,
     /// Its `@@gtid_slave_pos` at the last check: what it had applied then.
     applied: std::sync::Mutex<String>,
@@ -92,8 +180,10 @@ impl Replica {
         self.in_rotation.load(Ordering::Relaxed)
     }
 
-    /// Its lag at the last check, in seconds (`None` unknown: down, or its
-    /// SQL thread stopped).
+    /// Its lag at the last check, in seconds: the larger of its
+    /// `Seconds_Behind_Master` and the age of the oldest primary position
+    /// it had not applied (`None` unknown: down, or its SQL thread
+    /// stopped).
     pub fn lag_secs(&self) -> Option<i64> {
         Some(self.lag_secs.load(Ordering::Relaxed)).filter(|l| *l >= 0)
     }
@@ -107,6 +197,8 @@ pub struct Pools {
     wait: Duration,
     max_lag_secs: u64,
     next: Arc<AtomicUsize>,
+    /// The primary's positions the checks saw, for the GTID lag.
+    positions: Arc<std::sync::Mutex<PositionHistory>>,
 }
 
 /// Why a read that could have gone to a replica went to the primary (a
@@ -145,6 +237,7 @@ impl Pools {
             wait: Duration::from_millis(200),
             max_lag_secs: 5,
             next: Arc::new(AtomicUsize::new(0)),
+            positions: Default::default(),
         }
     }
 
@@ -179,6 +272,7 @@ impl Pools {
             wait,
             max_lag_secs,
             next: Arc::new(AtomicUsize::new(0)),
+            positions: Default::default(),
         })
     }
 
@@ -281,16 +375,46 @@ impl Pools {
         Ok((out, gtid))
     }
 
-    /// One round of the background check: each replica's
-    /// `Seconds_Behind_Master` decides whether it stays in rotation (see
-    /// the module docs). Logs every change; updates the lag gauge.
+    /// One round of the background check: the primary's position is
+    /// recorded, then each replica's lag (the larger of its
+    /// `Seconds_Behind_Master` and its GTID lag, see the module docs)
+    /// decides whether it stays in rotation. Logs every change; updates the
+    /// lag gauge. A primary that does not answer adds no position (the
+    /// replicas are judged by those already seen).
     pub async fn check_replicas(&self) {
+        if self.replicas.is_empty() {
+            return;
+        }
+        // The primary first, then the replicas: a position is only judged
+        // against what a replica applied after it was seen.
+        match tokio::time::timeout(Duration::from_secs(2), binlog_position(&self.primary)).await {
+            Ok(Ok(Some(position))) => self
+                .positions
+                .lock()
+                .expect("not poisoned")
+                .observe(&position, Instant::now()),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not read the primary's GTID position")
+            }
+            Err(_) => tracing::warn!("the primary's GTID position not read within 2 s"),
+        }
         for replica in self.replicas.iter() {
             let status = replica_status(&replica.pool).await;
             if let Ok((_, Some(applied))) = &status {
                 applied.clone_into(&mut replica.applied.lock().expect("not poisoned"));
             }
-            let lag = status.map(|(lag, _)| lag);
+            let lag = status.map(|(lag, applied)| {
+                let behind = self
+                    .positions
+                    .lock()
+                    .expect("not poisoned")
+                    .lag(applied.as_deref().unwrap_or(""), Instant::now());
+                // Whole seconds, rounded up: a position unapplied for 1.2 s
+                // is over a 1 s limit.
+                let gtid_lag = behind.as_millis().div_ceil(1000) as i64;
+                lag.map(|l| l.max(gtid_lag))
+            });
             let fit = matches!(lag, Ok(Some(l)) if l <= self.max_lag_secs as i64);
             replica.lag_secs.store(
                 lag.as_ref().ok().copied().flatten().unwrap_or(-1),
@@ -352,26 +476,29 @@ async fn replica_status(pool: &MySqlPool) -> sqlx::Result<(Option<i64>, Option<S
 /// within a domain, across servers). Anything unparsable: false (wait).
 /// MariaDB's GTID model: <https://mariadb.com/kb/en/gtid/>.
 pub fn covers(applied: &str, wanted: &str) -> bool {
-    fn parse(pos: &str) -> Option<Vec<(u32, u64)>> {
-        pos.split(',')
-            .map(str::trim)
-            .filter(|g| !g.is_empty())
-            .map(|g| {
-                let mut parts = g.split('-');
-                let domain = parts.next()?.parse().ok()?;
-                let _server: u32 = parts.next()?.parse().ok()?;
-                let seq = parts.next()?.parse().ok()?;
-                parts.next().is_none().then_some((domain, seq))
-            })
-            .collect()
-    }
-    let (Some(applied), Some(wanted)) = (parse(applied), parse(wanted)) else {
+    let (Some(applied), Some(wanted)) = (parse_position(applied), parse_position(wanted)) else {
         return false;
     };
     !wanted.is_empty()
         && wanted
             .iter()
             .all(|(domain, seq)| applied.iter().any(|(d, s)| d == domain && s >= seq))
+}
+
+/// A GTID position (`domain-server-seq`, comma-separated) as `(domain,
+/// sequence number)` pairs; `None` if any entry does not parse.
+fn parse_position(pos: &str) -> Option<Vec<(u32, u64)>> {
+    pos.split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(|g| {
+            let mut parts = g.split('-');
+            let domain = parts.next()?.parse().ok()?;
+            let _server: u32 = parts.next()?.parse().ok()?;
+            let seq = parts.next()?.parse().ok()?;
+            parts.next().is_none().then_some((domain, seq))
+        })
+        .collect()
 }
 
 /// The GTID of the last transaction committed on `conn` (`@@last_gtid`),
@@ -453,5 +580,63 @@ mod domain_tests {
         );
         assert_eq!(super::own_domain("7-2-5", 0), None);
         assert_eq!(super::own_domain("", 0), None);
+    }
+}
+
+#[cfg(test)]
+mod lag_tests {
+    use super::{LAG_HORIZON, PositionHistory};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_replica_lags_by_the_age_of_the_oldest_primary_position_it_has_not_applied() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut h = PositionHistory::default();
+        assert_eq!(h.lag("", t0), Duration::ZERO, "nothing seen yet");
+        h.observe("0-1-10", t0);
+        h.observe("0-1-10", t0 + s(1));
+        h.observe("0-1-12", t0 + s(2));
+        h.observe("0-1-15", t0 + s(3));
+        let now = t0 + s(5);
+        assert_eq!(h.lag("0-1-15", now), Duration::ZERO);
+        assert_eq!(h.lag("0-1-16,1-9-3", now), Duration::ZERO);
+        assert_eq!(h.lag("0-1-12", now), s(2), "15 first seen 2 s ago");
+        assert_eq!(h.lag("0-1-11", now), s(3));
+        // 10 was first seen at t0, not when last seen.
+        assert_eq!(h.lag("0-1-9", now), s(5));
+        assert_eq!(h.lag("", now), s(5), "nothing in the domain");
+        assert_eq!(h.lag("1-1-99", now), s(5), "another domain only");
+        assert_eq!(h.lag("garbage", now), s(5));
+        // Another server of the same domain: by sequence number.
+        assert_eq!(h.lag("0-2-15", now), Duration::ZERO);
+        h.observe("not a position", now);
+        assert_eq!(h.lag("0-1-12", now), s(2), "ignored");
+    }
+
+    #[test]
+    fn the_history_starts_again_on_a_reset_and_keeps_an_hour() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut h = PositionHistory::default();
+        h.observe("0-1-100", t0);
+        h.observe("0-1-5", t0 + s(1));
+        assert_eq!(h.lag("0-1-4", t0 + s(2)), s(1), "reset: 100 forgotten");
+        assert_eq!(h.lag("0-1-5", t0 + s(2)), Duration::ZERO);
+        h.observe("7-1-1", t0 + s(3));
+        assert_eq!(h.lag("0-1-5", t0 + s(4)), s(1), "another domain");
+        let mut h = PositionHistory::default();
+        for i in 0..10_000u64 {
+            h.observe(&format!("0-1-{}", i + 1), t0 + s(i));
+        }
+        let now = t0 + s(10_000);
+        assert!(
+            h.seen.len() <= LAG_HORIZON.as_secs() as usize + 2,
+            "{}",
+            h.seen.len()
+        );
+        // Far behind: still at least the horizon.
+        assert!(h.lag("0-1-1", now) > LAG_HORIZON);
+        assert_eq!(h.lag("0-1-9990", now), s(10));
     }
 }

@@ -29,7 +29,7 @@
 //! | `chat_load_shed_total` | counter | | 503s before Redis because a pending list was past `PENDING_HIGH_WATER` (load shedding) |
 //! | `chat_rate_limited_total` | counter | | 429s from the rate limit |
 //! | `chat_read_replica_in_rotation` | gauge | `replica` | 1 while reads may go to the replica (`host:port`), else 0 |
-//! | `chat_read_replica_lag_seconds` | gauge | `replica` | its `Seconds_Behind_Master` at the last check (every second); -1 unknown |
+//! | `chat_read_replica_lag_seconds` | gauge | `replica` | at the last check (every second), the larger of its `Seconds_Behind_Master` and its GTID lag: how long ago a check first saw the oldest primary GTID position (the service's domain) it has not applied, in whole seconds rounded up, at most about an hour; -1 unknown |
 //! | `chat_read_replica_reads_total` | counter | `replica` | reads sent to the replica |
 //! | `chat_read_replica_waits_total` | counter | `replica` | causal waits (`MASTER_GTID_WAIT`) for a scope's last write |
 //! | `chat_read_replica_wait_timeouts_total` | counter | `replica` | waits that ran past `READ_REPLICA_WAIT_MS` |

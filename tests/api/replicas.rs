@@ -383,3 +383,223 @@ async fn with_the_replicas_sql_thread_stopped_or_the_replica_killed_reads_stay_r
     drop(app);
     drop(pair);
 }
+
+/// A TCP proxy that can freeze its connections as a half-open link does:
+/// they stay open and nothing passes, either way, until thawed (the same
+/// as `Proxy::freeze` of `tests/faults/harness.rs`, which this test crate
+/// does not include).
+struct FreezingProxy {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl FreezingProxy {
+    /// A proxy on a free loopback port forwarding to `127.0.0.1:{upstream}`.
+    async fn start(upstream: u16) -> FreezingProxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
+            Default::default();
+        async fn pump(
+            mut from: tokio::net::tcp::OwnedReadHalf,
+            mut to: tokio::net::tcp::OwnedWriteHalf,
+            frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        ) {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match from.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                while frozen.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let (f, t) = (frozen.clone(), tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let frozen = f.clone();
+                let h = tokio::spawn(async move {
+                    let Ok(outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    tokio::select! {
+                        _ = pump(ri, wo, frozen.clone()) => {}
+                        _ = pump(ro, wi, frozen) => {}
+                    }
+                });
+                t.lock().unwrap().push(h.abort_handle());
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        FreezingProxy {
+            port,
+            frozen,
+            tasks,
+        }
+    }
+
+    fn freeze(&self, frozen: bool) {
+        self.frozen
+            .store(frozen, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for FreezingProxy {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// `Seconds_Behind_Master` and `Slave_IO_Running` of the replica at `url`.
+async fn replica_io(url: &str) -> (Option<u64>, String) {
+    use sqlx::Row;
+    let mut c = MySqlConnection::connect(url).await.unwrap();
+    let row = sqlx::query("SHOW SLAVE STATUS")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    (
+        row.try_get::<Option<u64>, _>("Seconds_Behind_Master")
+            .unwrap(),
+        row.try_get::<String, _>("Slave_IO_Running").unwrap(),
+    )
+}
+
+/// Issue 39, point 8 (O7): the replica's link to the primary goes
+/// half-open (a proxy between them freezes): its IO thread waits for bytes
+/// that do not come (up to `slave_net_timeout`, 60 s), its SQL thread has
+/// applied everything it received, and `Seconds_Behind_Master` reads 0
+/// throughout. An edit made on the primary is then never applied there.
+/// The replica must leave the rotation within `READ_REPLICA_MAX_LAG_SECS`
+/// plus a check or two, judged by GTID positions; and no read of the
+/// edited message, for longer than its read-your-writes mark lives (max
+/// lag + 10 s), may show the old body. Before the fix the replica stayed
+/// in rotation, and once the mark expired reads were served stale.
+#[tokio::test]
+async fn a_replica_on_a_half_open_link_leaves_the_rotation_by_its_gtid_position() {
+    if replication("a_replica_on_a_half_open_link").is_none() {
+        return;
+    }
+    let max_lag_secs = 1;
+    let pair = crate::support::ReplicationPair::start();
+    let primary_port: u16 = pair.primary.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = FreezingProxy::start(primary_port).await;
+    let mut admin = MySqlConnection::connect(&pair.replica).await.unwrap();
+    // A port number only: nothing to escape.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "STOP SLAVE; CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}; START SLAVE",
+        proxy.port
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let app = spawn_app_with(|c| {
+        let db = c.database_url.rsplit('/').next().unwrap().to_string();
+        c.database_url = format!("{}/{db}", pair.primary);
+        c.database_read_urls = vec![format!("{}/{db}", pair.replica)];
+        c.read_replica_wait_ms = 200;
+        c.read_replica_max_lag_secs = max_lag_secs;
+    })
+    .await;
+    replica_has_schema(&app, &pair.replica).await;
+    let in_rotation =
+        || async { metric_sum(&app.metrics_text().await, "chat_read_replica_in_rotation") == 1.0 };
+    assert!(
+        app.eventually(Duration::from_secs(20), in_rotation).await,
+        "the replica is in rotation at first"
+    );
+    let token = app.create_app("half-open").await;
+    let chat = app.create_chat(&token).await;
+    let n = app.create_message(&token, chat, "before").await;
+    app.flush().await;
+    let path = format!("/applications/{token}/chats/{chat}/messages/{n}");
+    let replica_db = format!("{}/{}", pair.replica, db_of(&app));
+    assert!(
+        app.eventually(Duration::from_secs(20), || async {
+            let Ok(mut c) = MySqlConnection::connect(&replica_db).await else {
+                return false;
+            };
+            sqlx::query("SELECT 1 FROM messages WHERE body = 'before'")
+                .fetch_optional(&mut c)
+                .await
+                .is_ok_and(|r| r.is_some())
+        })
+        .await,
+        "the replica has the message"
+    );
+    assert!(
+        app.eventually(Duration::from_secs(20), in_rotation).await,
+        "the replica is in rotation before the link freezes"
+    );
+
+    proxy.freeze(true);
+    let frozen_at = Instant::now();
+    let r = app.put(&path, json!({"body": "after"})).await;
+    assert_eq!(r.status(), 200);
+    let mark_ttl = chat_api::store::replicas::mark_ttl(max_lag_secs);
+    let mut stale = Vec::new();
+    let mut left_after = None;
+    while frozen_at.elapsed() < mark_ttl + Duration::from_secs(3) {
+        let body = app.get_json(&path).await["body"].clone();
+        if body != "after" {
+            stale.push((frozen_at.elapsed(), body));
+        }
+        if left_after.is_none() && !in_rotation().await {
+            left_after = Some(frozen_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The scenario held: the IO thread still "runs" and the replica reports
+    // no lag, though it never got the edit.
+    let (behind, io) = replica_io(&pair.replica).await;
+    assert_eq!(
+        (behind, io.as_str()),
+        (Some(0), "Yes"),
+        "Seconds_Behind_Master reads 0 on the half-open link"
+    );
+    assert!(
+        stale.is_empty(),
+        "reads of an edit served stale while the link was frozen: {stale:?}"
+    );
+    let bound = Duration::from_secs(max_lag_secs) + 2 * chat_api::store::replicas::CHECK_INTERVAL;
+    match left_after {
+        Some(after) => assert!(
+            after <= bound + Duration::from_millis(500),
+            "left the rotation {after:?} after the write (bound {bound:?})"
+        ),
+        None => panic!("the replica stayed in rotation for {mark_ttl:?} and more"),
+    }
+    eprintln!(
+        "the replica left the rotation {left_after:?} after the write (bound {bound:?}); stale reads: 0"
+    );
+    let lag = metric_sum(&app.metrics_text().await, "chat_read_replica_lag_seconds");
+    assert!(
+        lag >= max_lag_secs as f64,
+        "the lag gauge shows the GTID lag: {lag}"
+    );
+
+    proxy.freeze(false);
+    assert!(
+        app.eventually(Duration::from_secs(20), in_rotation).await,
+        "the replica is put back once it applied the edit"
+    );
+    assert_eq!(app.get_json(&path).await["body"], "after");
+    drop(app);
+    drop(proxy);
+    drop(pair);
+}
