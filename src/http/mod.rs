@@ -74,6 +74,10 @@ pub struct Services {
     pub indexer: Arc<crate::jobs::indexer::Indexer>,
     /// The digest of `ADMIN_API_KEY`; `None` while the operator API is off.
     pub admin_key: Option<admin::KeyDigest>,
+    /// Whether MariaDB answered its last probe (every 5 s, by the sampler
+    /// that sets `chat_dependency_up`): reported by `/health/ready`, which
+    /// does not wait on MariaDB (see [`health`]).
+    pub database_up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Services {
