@@ -96,18 +96,30 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Migrate {
             database: Database { database_url },
         }) => {
+            let database_url =
+                chat_api::config::secret_from_file("DATABASE_URL", |n| std::env::var(n).ok())?
+                    .unwrap_or(database_url);
             chat_api::store::ensure_database(&database_url).await?;
             let pool = chat_api::store::connect_lazy(&database_url, 2)?;
             chat_api::store::migrate(&pool).await?;
             tracing::info!("migrations applied");
             Ok(())
         }
-        Some(Command::Reindex { config, batch_size }) => reindex(&config, batch_size).await,
+        Some(Command::Reindex {
+            mut config,
+            batch_size,
+        }) => {
+            config.read_secret_files()?;
+            reindex(&config, batch_size).await
+        }
         Some(Command::Reshard {
-            config,
+            mut config,
             to,
             drain_timeout_secs,
-        }) => reshard(&config, to, drain_timeout_secs).await,
+        }) => {
+            config.read_secret_files()?;
+            reshard(&config, to, drain_timeout_secs).await
+        }
         Some(Command::Openapi { out }) => {
             std::fs::write(&out, chat_api::http::spec_json() + "\n")?;
             println!("wrote {}", out.display());
@@ -116,7 +128,8 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config, migrate: bool) -> anyhow::Result<()> {
+async fn serve(mut config: Config, migrate: bool) -> anyhow::Result<()> {
+    config.read_secret_files()?;
     let app = Application::build(config, migrate).await?;
     app.run_until(startup::shutdown_signal()).await
 }
@@ -161,11 +174,12 @@ async fn reshard(config: &Config, to: u16, drain_timeout_secs: u64) -> anyhow::R
 /// The MariaDB URL of the commands that need nothing else.
 #[derive(clap::Args)]
 struct Database {
-    /// MariaDB connection URL.
+    /// MariaDB connection URL (or the file `DATABASE_URL_FILE` names).
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "mysql://root@127.0.0.1:3306/chat_api"
+        default_value = chat_api::config::DEFAULT_DATABASE_URL,
+        hide_env_values = true
     )]
     database_url: String,
 }

@@ -10,13 +10,13 @@ use crate::helpers::Wrapper;
 
 /// The environment variables `chat-api serve` reads (hidden ones aside):
 /// its configuration, plus `SKIP_MIGRATIONS` (a flag of `serve` itself) and
-/// the logging variables of `chat_api::telemetry`.
+/// the logging variables of `chat_api::telemetry` (`NO_COLOR` included).
 fn settings() -> BTreeSet<String> {
     Wrapper::command()
         .get_arguments()
         .filter(|a| !a.is_hide_set())
         .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
-        .chain(["SKIP_MIGRATIONS", "RUST_LOG", "LOG_FORMAT"].map(String::from))
+        .chain(["SKIP_MIGRATIONS", "RUST_LOG", "LOG_FORMAT", "NO_COLOR"].map(String::from))
         .collect()
 }
 
@@ -60,6 +60,42 @@ fn every_setting_is_in_the_configuration_page_and_env_example_and_nothing_else()
         missing_example.is_empty() && stale_example.is_empty(),
         ".env.example: missing {missing_example:?}, not a setting {stale_example:?}"
     );
+}
+
+/// The configuration table is whole: every variable row of
+/// docs/configuration.md is in one table, with no text between rows (a
+/// paragraph inside it ends the table, and Markdown renders the rows after
+/// it as a run-on paragraph), and the page has each heading once.
+#[test]
+fn the_configuration_table_is_one_table() {
+    let page = read("docs/configuration.md");
+    let lines: Vec<&str> = page.lines().collect();
+    let rows: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("| `"))
+        .collect();
+    assert!(rows.len() > 40, "the rows were read");
+    let (first, last) = (rows[0], *rows.last().unwrap());
+    assert!(
+        lines[first - 1].starts_with("|---") && lines[first - 2].starts_with("| variable"),
+        "the table starts with its header"
+    );
+    let outside: Vec<(usize, &str)> = (first..=last)
+        .filter(|&i| !lines[i].starts_with('|'))
+        .map(|i| (i + 1, lines[i]))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "lines inside the table that are not rows: {outside:?}"
+    );
+    let mut headings: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| l.trim_start_matches('#').trim())
+        .collect();
+    let count = headings.len();
+    headings.sort();
+    headings.dedup();
+    assert_eq!(headings.len(), count, "a heading repeats");
 }
 
 #[test]

@@ -410,6 +410,23 @@ fn the_rules_are_complete_and_documented() {
         &["test", "rules", "alerts.test.yml"],
         &rules_dir,
     );
+    // Compose's Prometheus configuration, with the rules at their path
+    // here rather than in the container.
+    let config = std::fs::read_to_string(rules_dir.join("prometheus.yml"))
+        .unwrap()
+        .replace(
+            "/etc/prometheus/alerts.yml",
+            &rules_dir.join("alerts.yml").display().to_string(),
+        );
+    let config_path =
+        std::env::temp_dir().join(format!("chat-prometheus-{}.yml", uuid::Uuid::new_v4()));
+    std::fs::write(&config_path, config).unwrap();
+    run(
+        "promtool",
+        &["check", "config", &config_path.display().to_string()],
+        &rules_dir,
+    );
+    let _ = std::fs::remove_file(&config_path);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let runbook = std::fs::read_to_string(root.join("docs/runbook.md")).unwrap();
     let mut problems = Vec::new();
