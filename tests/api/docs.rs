@@ -144,6 +144,37 @@ fn copy_all(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// The image build (issue 37, finding 15): `.git` stays out of the build
+/// context, dependencies are cached between builds (BuildKit cache mounts
+/// of the registry and the target directory), and the health check takes
+/// its port from `BIND_ADDR` rather than a fixed 3000.
+#[test]
+fn the_dockerfile_caches_dependencies_and_checks_the_configured_port() {
+    let ignored: Vec<String> = read(".dockerignore").lines().map(str::to_string).collect();
+    assert!(ignored.iter().any(|l| l == ".git"), ".dockerignore keeps .git out");
+    let dockerfile = read("Dockerfile");
+    let build = dockerfile
+        .lines()
+        .skip_while(|l| !l.starts_with("RUN --mount"))
+        .take_while(|l| l.ends_with('\\'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for cache in ["target=/usr/local/cargo/registry", "target=/src/target"] {
+        assert!(build.contains(cache), "the build caches {cache}: {build}");
+    }
+    let health = dockerfile
+        .split("HEALTHCHECK")
+        .nth(1)
+        .expect("a HEALTHCHECK")
+        .lines()
+        .take(2)
+        .collect::<String>();
+    assert!(
+        health.contains("${BIND_ADDR##*:}") && !health.contains(":3000"),
+        "the health check follows BIND_ADDR: {health}"
+    );
+}
+
 /// The Dockerfile's build stage copies every file cargo reads to load the
 /// workspace (no Docker engine runs here: this is the part of `docker
 /// build` that can run). Its `COPY` lines are replayed into an empty
