@@ -45,6 +45,10 @@ enum Command {
         /// Messages per batch (one add_or_replace call, or one transaction).
         #[arg(long, default_value_t = 1000)]
         batch_size: i64,
+        /// Meilisearch tasks queued at once (Meilisearch merges queued
+        /// batches into one indexing pass); not used by the term index.
+        #[arg(long, default_value_t = chat_api::jobs::indexer::REINDEX_TASKS_IN_FLIGHT)]
+        tasks_in_flight: usize,
     },
     /// Change the number of queue shards (`QUEUE_SHARDS`) of the data in
     /// Redis, from the count Redis records to `--to`. Creates are refused
@@ -108,9 +112,10 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Reindex {
             mut config,
             batch_size,
+            tasks_in_flight,
         }) => {
             config.read_secret_files()?;
-            reindex(&config, batch_size).await
+            reindex(&config, batch_size, tasks_in_flight).await
         }
         Some(Command::Reshard {
             mut config,
@@ -184,7 +189,7 @@ struct Database {
     database_url: String,
 }
 
-async fn reindex(config: &Config, batch_size: i64) -> anyhow::Result<()> {
+async fn reindex(config: &Config, batch_size: i64, tasks_in_flight: usize) -> anyhow::Result<()> {
     use chat_api::store::search::meili::MeiliSearch;
     let meili = match &config.meili_url {
         Some(url) => {
@@ -202,15 +207,23 @@ async fn reindex(config: &Config, batch_size: i64) -> anyhow::Result<()> {
             "{bar:40} {pos}/{len} messages ({per_sec}, eta {eta})",
         )?,
     );
+    let started = std::time::Instant::now();
     let indexed =
-        chat_api::jobs::indexer::reindex(&pool, meili.as_ref(), batch_size, |n| bar.inc(n)).await?;
+        chat_api::jobs::indexer::reindex(&pool, meili.as_ref(), batch_size, tasks_in_flight, |n| {
+            bar.inc(n)
+        })
+        .await?;
     bar.finish();
+    let secs = started.elapsed().as_secs_f64();
+    let rate = indexed as f64 / secs.max(1e-3);
     match &meili {
         Some(_) => println!(
-            "reindexed {indexed} messages into Meilisearch index `{}`",
+            "reindexed {indexed} messages into Meilisearch index `{}` in {secs:.1} s ({rate:.0} messages/s)",
             config.meili_index
         ),
-        None => println!("reindexed {indexed} messages into the term index in MariaDB"),
+        None => println!(
+            "reindexed {indexed} messages into the term index in MariaDB in {secs:.1} s ({rate:.0} messages/s)"
+        ),
     }
     Ok(())
 }

@@ -151,7 +151,10 @@ fn copy_all(from: &std::path::Path, to: &std::path::Path) {
 #[test]
 fn the_dockerfile_caches_dependencies_and_checks_the_configured_port() {
     let ignored: Vec<String> = read(".dockerignore").lines().map(str::to_string).collect();
-    assert!(ignored.iter().any(|l| l == ".git"), ".dockerignore keeps .git out");
+    assert!(
+        ignored.iter().any(|l| l == ".git"),
+        ".dockerignore keeps .git out"
+    );
     let dockerfile = read("Dockerfile");
     let build = dockerfile
         .lines()
