@@ -229,3 +229,73 @@ fn the_dockerfile_copies_what_cargo_needs_to_load_the_workspace() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// docker-compose.yml is safe by default (issue 37, finding 11). No Docker
+/// engine runs here, so the file is read: every secret is required
+/// (`${VAR:?…}`, never a default), every service's log is rotated, every
+/// image is pinned, Redis has a `maxmemory` and a password, and
+/// Meilisearch runs in production mode.
+#[test]
+fn compose_requires_its_secrets_rotates_logs_and_bounds_redis() {
+    let text = read("docker-compose.yml");
+    let compose: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    // `${NAME:-default}` or `${NAME-default}` of a secret: a silent default.
+    let mut defaults = Vec::new();
+    for (i, _) in text.match_indices("${") {
+        let inner = &text[i + 2..i + 2 + text[i + 2..].find('}').unwrap()];
+        let name: String = inner
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let secret = ["PASSWORD", "MASTER_KEY"].iter().any(|s| name.contains(s));
+        if secret && !inner[name.len()..].is_empty() && !inner[name.len()..].starts_with(":?") {
+            defaults.push(inner.to_string());
+        }
+        if secret && inner.len() == name.len() {
+            // `${NAME}` is fine once the same file requires it elsewhere.
+            assert!(
+                text.contains(&format!("${{{name}:?")),
+                "{name} is used but never required"
+            );
+        }
+    }
+    assert!(defaults.is_empty(), "secrets with a default: {defaults:?}");
+    let services = compose["services"].as_mapping().unwrap();
+    for (name, service) in services {
+        let name = name.as_str().unwrap();
+        // `<<: *anchor` merges (serde_yaml does not apply merge keys).
+        let get = |key: &str| {
+            service
+                .get(key)
+                .or_else(|| service.get("<<").and_then(|m| m.get(key)))
+                .cloned()
+        };
+        let logging = get("logging").unwrap_or_else(|| panic!("{name}: no logging options"));
+        assert!(
+            logging["options"]["max-size"].as_str().is_some()
+                && logging["options"]["max-file"].as_str().is_some(),
+            "{name}: logs are not rotated"
+        );
+        if let Some(image) = get("image") {
+            let image = image.as_str().unwrap();
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+            assert!(
+                !tag.is_empty() && tag != "latest",
+                "{name}: image {image} is not pinned"
+            );
+        }
+    }
+    let redis = serde_yaml::to_string(&services["redis"]["command"]).unwrap();
+    assert!(
+        redis.contains("--maxmemory ") && redis.contains("requirepass"),
+        "Redis has a maxmemory and a password: {redis}"
+    );
+    assert_eq!(
+        services["meilisearch"]["environment"]["MEILI_ENV"].as_str(),
+        Some("production")
+    );
+    for exporter in ["redis-exporter", "mysqld-exporter"] {
+        let profiles = &services[exporter]["profiles"];
+        assert_eq!(profiles[0].as_str(), Some("monitoring"), "{exporter}");
+    }
+}
