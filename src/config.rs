@@ -11,14 +11,56 @@ use std::time::Duration;
 
 use clap::Args;
 
+/// `DATABASE_URL`'s default: the `chat` user `scripts/services.sh` creates
+/// (all rights on the `chat%` databases), not root.
+pub const DEFAULT_DATABASE_URL: &str = "mysql://chat:chat@127.0.0.1:3306/chat_api";
+
+/// The settings that may hold a secret, each of which can instead be read
+/// from the file named by `<NAME>_FILE` (Docker and Kubernetes secrets are
+/// mounted as files): a value in a file stays out of the process's
+/// environment, of `docker inspect` and of `ps e`.
+pub const SECRET_FILE_VARIABLES: [&str; 6] = [
+    "DATABASE_URL",
+    "DATABASE_READ_URLS",
+    "REDIS_URL",
+    "REDIS_CLUSTER_NODES",
+    "MEILI_API_KEY",
+    "ADMIN_API_KEY",
+];
+
+/// The value of secret `name` from the file `<name>_FILE` names, read with
+/// `var` (the environment, in the service), without its trailing line end;
+/// `None` when `<name>_FILE` is unset. Errors: both `name` and
+/// `<name>_FILE` set (which one wins would be a guess), or the file cannot
+/// be read.
+pub fn secret_from_file(
+    name: &str,
+    var: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<Option<String>> {
+    let Some(path) = var(&format!("{name}_FILE")) else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        var(name).is_none(),
+        "{name} and {name}_FILE are both set: set one of them"
+    );
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("{name}_FILE: cannot read {path}: {e}"))?;
+    Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
+}
+
 /// Settings of a running service (`serve`) and of the flusher inside it.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// MariaDB (or MySQL) connection URL.
+    /// MariaDB (or MySQL) connection URL, with its password (hidden in
+    /// `--help`), or the content of the file `DATABASE_URL_FILE` names. The
+    /// default user is `chat` (the one `scripts/services.sh` creates), not
+    /// root.
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "mysql://root@127.0.0.1:3306/chat_api"
+        default_value = DEFAULT_DATABASE_URL,
+        hide_env_values = true
     )]
     pub database_url: String,
 
@@ -54,8 +96,16 @@ pub struct Config {
     #[arg(long, env = "READ_REPLICA_MAX_LAG_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub read_replica_max_lag_secs: u64,
 
-    /// Redis connection URL. Redis holds the counters and the write-behind buffer.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    /// Redis connection URL (`redis://:PASSWORD@host:6379` with
+    /// `requirepass`; hidden in `--help`), or the content of the file
+    /// `REDIS_URL_FILE` names. Redis holds the counters and the
+    /// write-behind buffer.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     pub redis_url: String,
 
     /// Prefix of every Redis key the service uses, so that several deployments
@@ -68,7 +118,12 @@ pub struct Config {
     /// the cluster: each queue shard's keys share one hash slot, so every
     /// script runs on one master, and the shards spread over the masters.
     /// Replaces `REDIS_URL`; not with `REDIS_SENTINELS`.
-    #[arg(long, env = "REDIS_CLUSTER_NODES", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "REDIS_CLUSTER_NODES",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub redis_cluster_nodes: Vec<String>,
 
     /// Redis Sentinel addresses (comma-separated `host:port`). When set, the
@@ -359,6 +414,45 @@ pub struct Config {
 }
 
 impl Config {
+    /// Replaces each secret setting ([`SECRET_FILE_VARIABLES`]) whose
+    /// `<NAME>_FILE` is set in the environment with that file's content
+    /// (lists split on commas). Errors: as [`secret_from_file`].
+    pub fn read_secret_files(&mut self) -> anyhow::Result<()> {
+        self.read_secret_files_with(|name| std::env::var(name).ok())
+    }
+
+    /// [`Self::read_secret_files`] with the variables read by `var`.
+    pub fn read_secret_files_with(
+        &mut self,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<()> {
+        let list = |v: String| -> Vec<String> {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        if let Some(v) = secret_from_file("DATABASE_URL", &var)? {
+            self.database_url = v;
+        }
+        if let Some(v) = secret_from_file("DATABASE_READ_URLS", &var)? {
+            self.database_read_urls = list(v);
+        }
+        if let Some(v) = secret_from_file("REDIS_URL", &var)? {
+            self.redis_url = v;
+        }
+        if let Some(v) = secret_from_file("REDIS_CLUSTER_NODES", &var)? {
+            self.redis_cluster_nodes = list(v);
+        }
+        if let Some(v) = secret_from_file("MEILI_API_KEY", &var)? {
+            self.meili_api_key = Some(v);
+        }
+        if let Some(v) = secret_from_file("ADMIN_API_KEY", &var)? {
+            self.admin_api_key = Some(v.into());
+        }
+        Ok(())
+    }
+
     /// Time limit of one Redis call on the request path.
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
@@ -449,4 +543,82 @@ fn parse_cidrs(s: &str) -> Result<TrustedProxies, String> {
         nets.push(net);
     }
     Ok(TrustedProxies(nets))
+}
+
+#[cfg(test)]
+mod secret_file_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn config() -> Config {
+        Cli::parse_from(["chat-api"]).config
+    }
+
+    #[test]
+    fn secrets_are_read_from_their_files_without_the_line_end() {
+        let dir = std::env::temp_dir().join(format!("chat-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("db");
+        std::fs::write(&db, "mysql://chat:s3cret@db:3306/chat_api\n").unwrap();
+        let key = dir.join("key");
+        std::fs::write(&key, "0123456789abcdef0123\r\n").unwrap();
+        let replicas = dir.join("replicas");
+        std::fs::write(&replicas, "mysql://a/x, mysql://b/x\n").unwrap();
+        let env = [
+            ("DATABASE_URL_FILE", db.display().to_string()),
+            ("ADMIN_API_KEY_FILE", key.display().to_string()),
+            ("DATABASE_READ_URLS_FILE", replicas.display().to_string()),
+        ];
+        let var = |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone());
+        let mut c = config();
+        c.read_secret_files_with(var).unwrap();
+        assert_eq!(c.database_url, "mysql://chat:s3cret@db:3306/chat_api");
+        use secrecy::ExposeSecret;
+        assert_eq!(
+            c.admin_api_key.as_ref().unwrap().expose_secret(),
+            "0123456789abcdef0123"
+        );
+        assert_eq!(c.database_read_urls, ["mysql://a/x", "mysql://b/x"]);
+        assert_eq!(c.redis_url, "redis://127.0.0.1:6379", "untouched");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_secret_set_twice_or_a_missing_file_is_an_error() {
+        let both = |name: &str| match name {
+            "REDIS_URL" => Some("redis://x".to_string()),
+            "REDIS_URL_FILE" => Some("/nonexistent".to_string()),
+            _ => None,
+        };
+        let e = config().read_secret_files_with(both).unwrap_err();
+        assert!(e.to_string().contains("both set"), "{e}");
+        let missing = |name: &str| (name == "REDIS_URL_FILE").then(|| "/nonexistent/x".to_string());
+        let e = config().read_secret_files_with(missing).unwrap_err();
+        assert!(e.to_string().contains("REDIS_URL_FILE: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn help_hides_secret_values_and_the_default_user_is_not_root() {
+        use clap::CommandFactory;
+        assert!(!DEFAULT_DATABASE_URL.contains("root@"));
+        // Each secret's argument hides its environment value in `--help`
+        // (clap prints `[env: DATABASE_URL=mysql://chat:s3cret@…]` otherwise).
+        let command = Cli::command();
+        for name in SECRET_FILE_VARIABLES {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_env().is_some_and(|e| e == name))
+                .unwrap_or_else(|| panic!("{name} is a setting"));
+            assert!(
+                arg.is_hide_env_values_set(),
+                "{name}: its value shows in --help"
+            );
+        }
+    }
 }

@@ -45,6 +45,10 @@ enum Command {
         /// Messages per batch (one add_or_replace call, or one transaction).
         #[arg(long, default_value_t = 1000)]
         batch_size: i64,
+        /// Meilisearch tasks queued at once (Meilisearch merges queued
+        /// batches into one indexing pass); not used by the term index.
+        #[arg(long, default_value_t = chat_api::jobs::indexer::REINDEX_TASKS_IN_FLIGHT)]
+        tasks_in_flight: usize,
     },
     /// Change the number of queue shards (`QUEUE_SHARDS`) of the data in
     /// Redis, from the count Redis records to `--to`. Creates are refused
@@ -96,18 +100,31 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Migrate {
             database: Database { database_url },
         }) => {
+            let database_url =
+                chat_api::config::secret_from_file("DATABASE_URL", |n| std::env::var(n).ok())?
+                    .unwrap_or(database_url);
             chat_api::store::ensure_database(&database_url).await?;
             let pool = chat_api::store::connect_lazy(&database_url, 2)?;
             chat_api::store::migrate(&pool).await?;
             tracing::info!("migrations applied");
             Ok(())
         }
-        Some(Command::Reindex { config, batch_size }) => reindex(&config, batch_size).await,
+        Some(Command::Reindex {
+            mut config,
+            batch_size,
+            tasks_in_flight,
+        }) => {
+            config.read_secret_files()?;
+            reindex(&config, batch_size, tasks_in_flight).await
+        }
         Some(Command::Reshard {
-            config,
+            mut config,
             to,
             drain_timeout_secs,
-        }) => reshard(&config, to, drain_timeout_secs).await,
+        }) => {
+            config.read_secret_files()?;
+            reshard(&config, to, drain_timeout_secs).await
+        }
         Some(Command::Openapi { out }) => {
             std::fs::write(&out, chat_api::http::spec_json() + "\n")?;
             println!("wrote {}", out.display());
@@ -116,7 +133,8 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config, migrate: bool) -> anyhow::Result<()> {
+async fn serve(mut config: Config, migrate: bool) -> anyhow::Result<()> {
+    config.read_secret_files()?;
     let app = Application::build(config, migrate).await?;
     app.run_until(startup::shutdown_signal()).await
 }
@@ -161,16 +179,17 @@ async fn reshard(config: &Config, to: u16, drain_timeout_secs: u64) -> anyhow::R
 /// The MariaDB URL of the commands that need nothing else.
 #[derive(clap::Args)]
 struct Database {
-    /// MariaDB connection URL.
+    /// MariaDB connection URL (or the file `DATABASE_URL_FILE` names).
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "mysql://root@127.0.0.1:3306/chat_api"
+        default_value = chat_api::config::DEFAULT_DATABASE_URL,
+        hide_env_values = true
     )]
     database_url: String,
 }
 
-async fn reindex(config: &Config, batch_size: i64) -> anyhow::Result<()> {
+async fn reindex(config: &Config, batch_size: i64, tasks_in_flight: usize) -> anyhow::Result<()> {
     use chat_api::store::search::meili::MeiliSearch;
     let meili = match &config.meili_url {
         Some(url) => {
@@ -188,15 +207,23 @@ async fn reindex(config: &Config, batch_size: i64) -> anyhow::Result<()> {
             "{bar:40} {pos}/{len} messages ({per_sec}, eta {eta})",
         )?,
     );
+    let started = std::time::Instant::now();
     let indexed =
-        chat_api::jobs::indexer::reindex(&pool, meili.as_ref(), batch_size, |n| bar.inc(n)).await?;
+        chat_api::jobs::indexer::reindex(&pool, meili.as_ref(), batch_size, tasks_in_flight, |n| {
+            bar.inc(n)
+        })
+        .await?;
     bar.finish();
+    let secs = started.elapsed().as_secs_f64();
+    let rate = indexed as f64 / secs.max(1e-3);
     match &meili {
         Some(_) => println!(
-            "reindexed {indexed} messages into Meilisearch index `{}`",
+            "reindexed {indexed} messages into Meilisearch index `{}` in {secs:.1} s ({rate:.0} messages/s)",
             config.meili_index
         ),
-        None => println!("reindexed {indexed} messages into the term index in MariaDB"),
+        None => println!(
+            "reindexed {indexed} messages into the term index in MariaDB in {secs:.1} s ({rate:.0} messages/s)"
+        ),
     }
     Ok(())
 }

@@ -316,6 +316,7 @@ impl Application {
             flusher: flusher.clone(),
             indexer: indexer.clone(),
             admin_key,
+            database_up: Arc::default(),
         });
         Ok(Self {
             addr,
@@ -397,6 +398,7 @@ impl Application {
         let buffer = self.state.write_behind.buffer().clone();
         let pool = self.state.pool.clone();
         let search = self.state.search.clone();
+        let database_up = self.state.database_up.clone();
         let config = &self.state.config;
         // A record waits at most 1.25 × FLUSH_MAX_AGE_MS while MariaDB is
         // up (see its doc), or FLUSH_INTERVAL_SECS when that is off.
@@ -416,7 +418,14 @@ impl Application {
         tasks.spawn(every(
             Duration::from_secs(5),
             jobs_stop.clone(),
-            move || sample_queues(buffer.clone(), pool.clone(), search.clone()),
+            move || {
+                sample_queues(
+                    buffer.clone(),
+                    pool.clone(),
+                    search.clone(),
+                    database_up.clone(),
+                )
+            },
         ));
         // New connections run the epoch check already; this catches a key
         // lost without a restart (see crate::redis), and a shard
@@ -676,11 +685,18 @@ where
 
 /// Publishes the depth, oldest age and dead letters of each queue as
 /// gauges, and whether Redis, MariaDB and the search backend answer
-/// (`chat_dependency_up`; a probe has 2 s).
-async fn sample_queues(buffer: Buffer, pool: sqlx::MySqlPool, search: SearchBackend) {
+/// (`chat_dependency_up`; a probe has 2 s); MariaDB's answer also goes to
+/// `database_up`, for `/health/ready`.
+async fn sample_queues(
+    buffer: Buffer,
+    pool: sqlx::MySqlPool,
+    search: SearchBackend,
+    database_up: Arc<std::sync::atomic::AtomicBool>,
+) {
     let probe = Duration::from_secs(2);
     let mariadb = tokio::time::timeout(probe, sqlx::query("SELECT 1").execute(&pool)).await;
     let mariadb_up = matches!(mariadb, Ok(Ok(_)));
+    database_up.store(mariadb_up, std::sync::atomic::Ordering::Relaxed);
     crate::telemetry::metrics::dependency_sampled("mariadb", mariadb_up);
     let search_up = match &search {
         // The term index lives in MariaDB.

@@ -14,7 +14,8 @@
 //! - 401: the operator surface (an operator key is checked);
 //! - 404: a token, number or admin path (the operator API answers 404 while
 //!   `ADMIN_API_KEY` is unset);
-//! - 409: an `Idempotency-Key` whose first request is still in progress;
+//! - 409: an application create whose `Idempotency-Key`'s first request is
+//!   still in progress (only application creates hold a key in progress);
 //! - 422: a body, a query parameter or a header that is well-formed but
 //!   invalid;
 //! - 429: every path under `/api/v1` is rate-limited;
@@ -98,10 +99,13 @@ status_sets! {
     /// `q` can be out of range (422).
     Listing = [404, 422, 429, 503];
     /// A chat create: no body; an `Idempotency-Key` can be invalid or
-    /// reused (422) or in progress (409).
-    CreateChat = [404, 409, 422, 429, 503];
-    /// A create with a JSON body (an application, a message).
-    CreateWithBody = [400, 404, 409, 413, 415, 422, 429, 503];
+    /// reused (422). Never 409: no chat create holds its key in progress.
+    CreateChat = [404, 422, 429, 503];
+    /// An application create: a JSON body, and an `Idempotency-Key` that
+    /// can be in progress (409).
+    CreateApplication = [400, 404, 409, 413, 415, 422, 429, 503];
+    /// A message create: a JSON body; never 409, as for chats.
+    CreateMessage = [400, 404, 413, 415, 422, 429, 503];
     /// An edit with a JSON body.
     Update = [400, 404, 413, 415, 422, 429, 503];
     /// An operator operation with no parameter.

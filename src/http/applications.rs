@@ -1,6 +1,6 @@
 //! `/api/v1/applications`: applications are written to MariaDB synchronously.
 
-use crate::http::answers::{CreateWithBody, Errors, Lookup, OperatorQuery, Update};
+use crate::http::answers::{CreateApplication, Errors, Lookup, OperatorQuery, Update};
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
@@ -56,7 +56,7 @@ impl ApplicationsApi {
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<IdempotencyKey>>,
         input: JsonBody<FlatOrWrapped<ApplicationInput>>,
-    ) -> Result<CreatedApplication, Errors<CreateWithBody>> {
+    ) -> Result<CreatedApplication, Errors<CreateApplication>> {
         let name = AppName::parse(input.0.0.name.0)?;
         let buffer = state.write_behind.buffer();
         // No application, hence no token, exists yet to scope the key by: it

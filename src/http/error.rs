@@ -55,11 +55,13 @@ pub enum ApiError {
         #[oai(header = "WWW-Authenticate")]
         String,
     ),
-    /// 404: no application, chat or message with that token or number.
+    /// 404: no application, chat or message with that token or number; on
+    /// the operator surface, every path while the operator API is off
+    /// (`ADMIN_API_KEY` unset).
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
-    /// 409: a request with the same `Idempotency-Key` is still in progress;
-    /// retry once it has answered.
+    /// 409: an application create with the same `Idempotency-Key` is still
+    /// in progress; retry once it has answered.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
     /// 413: the request body is larger than `MAX_REQUEST_BYTES`.
@@ -68,8 +70,9 @@ pub enum ApiError {
     /// 415: the body is not sent as `Content-Type: application/json`.
     #[oai(status = 415)]
     UnsupportedMediaType(Json<ErrorBody>),
-    /// 422: well-formed but invalid input (blank or too long name or body,
-    /// out-of-range page or per_page).
+    /// 422: well-formed but invalid input: a field of the body, a query
+    /// parameter (`page`, `per_page`, `q`…) or a header (`Idempotency-Key`);
+    /// the error says which.
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
     /// 429: the client's IP is over its rate limit (`RATE_LIMIT_PER_MINUTE`);

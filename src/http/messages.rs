@@ -1,6 +1,6 @@
 //! `/api/v1/applications/{token}/chats/{number}/messages`: creation is write-behind.
 
-use crate::http::answers::{CreateWithBody, Errors, Listing, Lookup, Update};
+use crate::http::answers::{CreateMessage, Errors, Listing, Lookup, Update};
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Path, Query};
@@ -45,7 +45,7 @@ impl MessagesApi {
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<IdempotencyKey>>,
         input: JsonBody<FlatOrWrapped<MessageInput>>,
-    ) -> Result<CreatedNumber, Errors<CreateWithBody>> {
+    ) -> Result<CreatedNumber, Errors<CreateMessage>> {
         let body = MessageBody::parse(input.0.0.body.0, state.config.max_message_bytes)?;
         if !is_plausible_token(&token.0) || number.0 < 1 {
             return Err(ApiError::not_found("no such application or chat").into());

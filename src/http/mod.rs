@@ -74,6 +74,10 @@ pub struct Services {
     pub indexer: Arc<crate::jobs::indexer::Indexer>,
     /// The digest of `ADMIN_API_KEY`; `None` while the operator API is off.
     pub admin_key: Option<admin::KeyDigest>,
+    /// Whether MariaDB answered its last probe (every 5 s, by the sampler
+    /// that sets `chat_dependency_up`): reported by `/health/ready`, which
+    /// does not wait on MariaDB (see [`health`]).
+    pub database_up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Services {
@@ -126,9 +130,13 @@ pub fn api() -> OpenApiService<impl poem_openapi::OpenApi, ()> {
     .description(
         "Applications own chats; chats own messages. Creating a chat or a message is \
          write-behind: the number is allocated in Redis and the record is written to MariaDB \
-         in batches, so lists (and counts) may lag by up to one flush interval \
-         (`FLUSH_INTERVAL_SECS`, default 60 s). A single chat or message can be read, edited and \
-         deleted right after its creation. Errors are `{\"error\": \"...\"}`.\n\n\
+         in batches, so lists (and counts) lag the creates by about 2.5 s while MariaDB is up \
+         (1.25 × `FLUSH_MAX_AGE_MS`, default 2000 ms). A single chat or message can be read, \
+         edited and deleted right after its creation. Errors are `{\"error\": \"...\"}`.\n\n\
+         **Rate limit.** Every answer under `/api/v1` carries `X-RateLimit-Limit` (the client's \
+         bucket), `X-RateLimit-Remaining` (requests left in it) and `X-RateLimit-Reset` (whole \
+         seconds until it is full again), successes included; past the limit, 429 with \
+         `Retry-After`.\n\n\
          **Tokens.** An application's token is its only credential: whoever holds it can read, \
          change and delete that application and all of its chats and messages. Keep it secret; \
          responses that carry it are `Cache-Control: no-store`. No operation lists tokens to a \

@@ -337,7 +337,7 @@ async fn reindex_builds_the_term_index_from_mariadb() {
             .unwrap()
     );
     for _ in 0..2 {
-        let n = chat_api::jobs::indexer::reindex(&app.pool, None, 7, |_| {})
+        let n = chat_api::jobs::indexer::reindex(&app.pool, None, 7, 1, |_| {})
             .await
             .unwrap();
         assert_eq!(n, 30);

@@ -15,6 +15,8 @@ mod support;
 
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 use harness::{Load, PrivateRedis, Proxy, Sentinels, World, check_promise, free_port, setup_app};
 
 /// A small deterministic generator for kill times (seed printed for replay).
@@ -210,6 +212,8 @@ async fn a_database_outage_buffers_then_refuses_with_503_and_loses_nothing() {
 
     proxy.cut();
     let client = reqwest::Client::new();
+    // Readiness follows Redis, not MariaDB (src/http/health.rs): the
+    // instance stays in rotation through the outage.
     let mut not_ready = 0;
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -218,7 +222,7 @@ async fn a_database_outage_buffers_then_refuses_with_503_and_loses_nothing() {
             .send()
             .await
             .unwrap();
-        if r.status() == 503 {
+        if r.status() != 200 {
             not_ready += 1;
         }
     }
@@ -229,9 +233,9 @@ async fn a_database_outage_buffers_then_refuses_with_503_and_loses_nothing() {
     world.wait_drained(Duration::from_secs(60)).await;
     assert!(service.terminate(Duration::from_secs(30)));
 
-    assert!(
-        not_ready >= 25,
-        "readiness reported not-ready during the outage ({not_ready}/30)"
+    assert_eq!(
+        not_ready, 0,
+        "readiness stayed 200 during the outage ({not_ready}/30 not ready)"
     );
     assert_eq!(
         ledger
@@ -260,6 +264,124 @@ async fn a_database_outage_buffers_then_refuses_with_503_and_loses_nothing() {
         ledger.acked.len(),
         ledger.statuses,
         rows
+    );
+    drop(proxy);
+    world.cleanup().await;
+}
+
+/// Readiness as src/http/health.rs decides it: with MariaDB frozen (a
+/// `SIGSTOP`-like stall: connections open, nothing passes), the instance
+/// answers `/health/ready` 200 promptly, reports `database: false` once its
+/// probe has failed, and answers creates 201 from Redis while the numbers
+/// its chats may use without MariaDB last (each chat's first block,
+/// `FIRST_BLOCK` = 16, docs/numbering.md); past them a create answers 503
+/// with `Retry-After` (numbering needs MariaDB), and the instance is still
+/// ready. When MariaDB is back, everything acknowledged is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_database_leaves_the_instance_ready_while_creates_are_served() {
+    let proxy = Proxy::start("127.0.0.1:3306".parse().unwrap()).await;
+    let mut world = World::new(&[("FLUSH_INTERVAL_SECS", "1".into())]).await;
+    world.database_through(&proxy);
+    let mut service = world.start(free_port()).await;
+    let base = service.base();
+    let token = setup_app(&base, 2).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    // A first message in each chat reserves its block of numbers in
+    // MariaDB, so the creates below need only Redis.
+    for chat in 1..=2 {
+        let r = client
+            .post(format!(
+                "{base}/api/v1/applications/{token}/chats/{chat}/messages"
+            ))
+            .json(&json!({"body": "before the freeze"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+
+    proxy.freeze();
+    let (mut created, mut ready, mut database_down_seen) = (0, 0, false);
+    let mut slowest_probe = Duration::ZERO;
+    // 15 more per chat: up to the end of each chat's first block.
+    for i in 0..30 {
+        let chat = 1 + i % 2;
+        let r = client
+            .post(format!(
+                "{base}/api/v1/applications/{token}/chats/{chat}/messages"
+            ))
+            .json(&json!({"body": format!("during the freeze {i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "create {i} while MariaDB is frozen");
+        created += 1;
+        let started = std::time::Instant::now();
+        let r = client
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .unwrap();
+        slowest_probe = slowest_probe.max(started.elapsed());
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 200, "ready while MariaDB is frozen: {body}");
+        ready += 1;
+        database_down_seen |= body["database"] == false;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The 17th message of a chat needs a reservation: 503, still ready.
+    let started = std::time::Instant::now();
+    let r = client
+        .post(format!(
+            "{base}/api/v1/applications/{token}/chats/1/messages"
+        ))
+        .json(&json!({"body": "past the block"}))
+        .send()
+        .await
+        .unwrap();
+    let refused_in = started.elapsed();
+    assert_eq!(r.status(), 503, "past the block, numbering needs MariaDB");
+    assert!(r.headers().contains_key("retry-after"));
+    let r = client
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "still ready past the block");
+    assert!(
+        database_down_seen,
+        "the answer reported MariaDB down once its probe failed"
+    );
+    assert!(
+        slowest_probe < Duration::from_secs(1),
+        "the probe never waits on MariaDB: slowest {slowest_probe:?}"
+    );
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("chat_dependency_up{dependency=\"mariadb\"} 0"),
+        "chat_dependency_up shows MariaDB down"
+    );
+
+    proxy.thaw();
+    world.wait_drained(Duration::from_secs(60)).await;
+    assert!(service.terminate(Duration::from_secs(30)));
+    let stored = world.stored(&token).await;
+    assert_eq!(
+        stored.len(),
+        2 + created,
+        "every acknowledged message stored"
+    );
+    eprintln!(
+        "frozen database: {created} creates answered 201 and {ready} probes 200 (slowest {slowest_probe:?}); past the block, 503 in {refused_in:?}"
     );
     drop(proxy);
     world.cleanup().await;

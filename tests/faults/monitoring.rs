@@ -383,7 +383,8 @@ const CONDITIONAL: [&str; 5] = [
     "mysql_slave_status_slave_sql_running",
 ];
 
-/// The Grafana dashboard's queries, with their panel's title.
+/// The Grafana dashboard's queries, with their panel's title, its
+/// variables set as a user would: job `chat-api`, every instance.
 fn panel_queries() -> Vec<(String, String)> {
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(deploy().join("grafana/chat-api.json")).unwrap(),
@@ -394,7 +395,11 @@ fn panel_queries() -> Vec<(String, String)> {
         for target in panel["targets"].as_array().into_iter().flatten() {
             out.push((
                 panel["title"].as_str().unwrap_or_default().to_string(),
-                target["expr"].as_str().unwrap().to_string(),
+                target["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$job", "chat-api")
+                    .replace("$instance", ".*"),
             ));
         }
     }
@@ -410,6 +415,23 @@ fn the_rules_are_complete_and_documented() {
         &["test", "rules", "alerts.test.yml"],
         &rules_dir,
     );
+    // Compose's Prometheus configuration, with the rules at their path
+    // here rather than in the container.
+    let config = std::fs::read_to_string(rules_dir.join("prometheus.yml"))
+        .unwrap()
+        .replace(
+            "/etc/prometheus/alerts.yml",
+            &rules_dir.join("alerts.yml").display().to_string(),
+        );
+    let config_path =
+        std::env::temp_dir().join(format!("chat-prometheus-{}.yml", uuid::Uuid::new_v4()));
+    std::fs::write(&config_path, config).unwrap();
+    run(
+        "promtool",
+        &["check", "config", &config_path.display().to_string()],
+        &rules_dir,
+    );
+    let _ = std::fs::remove_file(&config_path);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let runbook = std::fs::read_to_string(root.join("docs/runbook.md")).unwrap();
     let mut problems = Vec::new();
@@ -453,6 +475,18 @@ fn the_rules_are_complete_and_documented() {
         for (metric, matcher) in selectors(&expr) {
             if !metric.contains(':') && !matcher.contains("job=") {
                 problems.push(format!("{name}: `{metric}{matcher}` has no job matcher"));
+            }
+        }
+    }
+    // And every selector of every panel (the exporters' panels name
+    // theirs, `redis` and `mariadb`; the service's follow the `job`
+    // variable).
+    for (title, expr) in panel_queries() {
+        for (metric, matcher) in selectors(&expr) {
+            if !metric.contains(':') && !matcher.contains("job=") {
+                problems.push(format!(
+                    "panel {title}: `{metric}{matcher}` has no job matcher"
+                ));
             }
         }
     }
@@ -585,7 +619,24 @@ async fn every_panel_and_alert_of_the_monitoring_pack_queries_real_metrics() {
     let load = Load::start("monitoring", vec![service.base()], &token, 4, 4);
     let http = reqwest::Client::new();
     // Load for 12 s under 1 s scrapes: every rate has samples to work on.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // Reads too, for the read-latency panel.
+    let reads_until = std::time::Instant::now() + Duration::from_secs(12);
+    while std::time::Instant::now() < reads_until {
+        let r = http
+            .get(format!(
+                "{}/api/v1/applications/{token}/chats",
+                service.base()
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success() || r.status() == 429,
+            "{}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let mut empty = Vec::new();
     // Every target is up, and each exporter reaches its server.

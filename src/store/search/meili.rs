@@ -179,11 +179,28 @@ impl MeiliSearch {
 
     /// Sends one batch of documents (used by `reindex`) and waits for it.
     pub async fn upsert(&self, docs: &[MessageDoc]) -> Result<(), ApplyError> {
-        let task = self
-            .index
+        let task = self.enqueue_upsert(docs).await?;
+        self.finish(task).await
+    }
+
+    /// Sends one batch of documents and returns as soon as Meilisearch has
+    /// queued its task, without waiting for it to be processed: several
+    /// such tasks in flight let Meilisearch's auto-batching merge them into
+    /// one indexing pass (`reindex` keeps a few in flight, then
+    /// [`Self::wait`]s for each). Errors: as [`Self::upsert`].
+    pub async fn enqueue_upsert(
+        &self,
+        docs: &[MessageDoc],
+    ) -> Result<meilisearch_sdk::task_info::TaskInfo, ApplyError> {
+        self.index
             .add_or_replace(docs, Some("id"))
             .await
-            .map_err(unreachable)?;
+            .map_err(unreachable)
+    }
+
+    /// Waits for a task [`Self::enqueue_upsert`] queued (at most 30 s).
+    /// Errors: unreachable, timed out, or the task failed.
+    pub async fn wait(&self, task: meilisearch_sdk::task_info::TaskInfo) -> Result<(), ApplyError> {
         self.finish(task).await
     }
 }
