@@ -38,21 +38,7 @@ impl Stored {
             deleted: Vec::new(),
         };
         for (app, token) in tokens.iter().enumerate() {
-            let mut messages = HashMap::new();
-            for (chat, number, body) in world.stored(token).await {
-                stored
-                    .bodies
-                    .entry(body.clone())
-                    .or_default()
-                    .push((app, chat, number));
-                messages.insert((chat, number), body);
-            }
-            stored.messages.push(messages);
-            stored
-                .chats
-                .push(world.stored_chats(token).await.into_iter().collect());
-            stored.skips.push(world.skips(token).await);
-            let deleted: Vec<(i64, i64)> = sqlx::query_as(
+            let deleted: HashSet<(i64, i64)> = sqlx::query_as::<_, (i64, i64)>(
                 "SELECT c.number, m.number FROM messages m JOIN chats c ON c.id = m.chat_id \
                  JOIN applications a ON a.id = c.application_id \
                  WHERE a.token = ? AND m.deleted_at IS NOT NULL",
@@ -60,8 +46,27 @@ impl Stored {
             .bind(token)
             .fetch_all(&world.pool)
             .await
-            .unwrap();
-            stored.deleted.push(deleted.into_iter().collect());
+            .unwrap()
+            .into_iter()
+            .collect();
+            let mut messages = HashMap::new();
+            for (chat, number, body) in world.stored(token).await {
+                // A deleted message keeps its row, its body blanked.
+                if !deleted.contains(&(chat, number)) {
+                    stored
+                        .bodies
+                        .entry(body.clone())
+                        .or_default()
+                        .push((app, chat, number));
+                }
+                messages.insert((chat, number), body);
+            }
+            stored.messages.push(messages);
+            stored
+                .chats
+                .push(world.stored_chats(token).await.into_iter().collect());
+            stored.skips.push(world.skips(token).await);
+            stored.deleted.push(deleted);
         }
         stored
     }
@@ -144,11 +149,21 @@ fn fates(ops: &[Op]) -> Fates<'_> {
 }
 
 /// Whether message `(app, chat, n)`, created with `created`, may hold
-/// `stored` at the end.
-fn allows(fates: &Fates<'_>, (app, chat, n): (usize, i64, i64), created: &str, stored: &str) -> bool {
+/// `body` at the end. A deleted message (its body blanked) may hold any:
+/// rule 6 judges whether it should be deleted.
+fn allows(
+    fates: &Fates<'_>,
+    stored: &Stored,
+    (app, chat, n): (usize, i64, i64),
+    created: &str,
+    body: &str,
+) -> bool {
+    if stored.deleted[app].contains(&(chat, n)) {
+        return true;
+    }
     match fates.get(&(app, chat, n)) {
-        Some(fate) => fate.allows(created, stored),
-        None => created == stored,
+        Some(fate) => fate.allows(created, body),
+        None => created == body,
     }
 }
 
@@ -294,7 +309,16 @@ pub(super) async fn check(
     check_answers(ops, healed_ms, &mut found);
     let fates = fates(ops);
     check_numbers(ops, stored, &fates, faults, &mut found, &mut figures);
-    check_acknowledged(ops, stored, &fates, faults, lookups, &mut found, &mut figures).await;
+    check_acknowledged(
+        ops,
+        stored,
+        &fates,
+        faults,
+        lookups,
+        &mut found,
+        &mut figures,
+    )
+    .await;
     check_bodies(ops, stored, &mut found, &mut figures);
     check_reads(ops, stored, &mut found, &mut figures);
     check_deletes(stored, &fates, &mut found);
@@ -412,7 +436,7 @@ fn check_numbers(
                 } else {
                     stored.messages[*app]
                         .get(&(*chat, **n))
-                        .is_some_and(|b| allows(fates, (*app, *chat, **n), body, b))
+                        .is_some_and(|b| allows(fates, stored, (*app, *chat, **n), body, b))
                 }
             })
             .count();
@@ -487,7 +511,9 @@ async fn check_acknowledged(
             stored.chats[app].contains(n)
         } else {
             match stored.messages[app].get(&(chat, *n)) {
-                Some(b) if allows(fates, (app, chat, *n), body.unwrap_or_default(), b) => true,
+                Some(b) if allows(fates, stored, (app, chat, *n), body.unwrap_or_default(), b) => {
+                    true
+                }
                 Some(other) => {
                     found.flag(
                         "2 stored with another body",

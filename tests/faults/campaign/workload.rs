@@ -124,9 +124,7 @@ impl Workload {
                     (Request::Read { .. }, s) => Outcome::Read(s, error),
                     // An edit or a delete is SQL: a 503 (MariaDB unavailable
                     // mid-statement, say) may have applied it.
-                    (Request::Edit { .. } | Request::Delete { .. }, 200..300) => {
-                        Outcome::Applied
-                    }
+                    (Request::Edit { .. } | Request::Delete { .. }, 200..300) => Outcome::Applied,
                     (Request::Edit { .. } | Request::Delete { .. }, 400..500) => {
                         Outcome::Refused(status, error)
                     }
