@@ -23,6 +23,8 @@ pub(super) struct Stored {
     pub(super) skips: Vec<HashMap<i64, Vec<RangeInclusive<i64>>>>,
     /// Every stored body, with where it is: `(app, chat, number)`.
     pub(super) bodies: HashMap<String, Vec<(usize, i64, i64)>>,
+    /// Messages deleted (`deleted_at` set): `(chat, number)`.
+    pub(super) deleted: Vec<HashSet<(i64, i64)>>,
 }
 
 impl Stored {
@@ -33,15 +35,30 @@ impl Stored {
             chats: Vec::new(),
             skips: Vec::new(),
             bodies: HashMap::new(),
+            deleted: Vec::new(),
         };
         for (app, token) in tokens.iter().enumerate() {
+            let deleted: HashSet<(i64, i64)> = sqlx::query_as::<_, (i64, i64)>(
+                "SELECT c.number, m.number FROM messages m JOIN chats c ON c.id = m.chat_id \
+                 JOIN applications a ON a.id = c.application_id \
+                 WHERE a.token = ? AND m.deleted_at IS NOT NULL",
+            )
+            .bind(token)
+            .fetch_all(&world.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
             let mut messages = HashMap::new();
             for (chat, number, body) in world.stored(token).await {
-                stored
-                    .bodies
-                    .entry(body.clone())
-                    .or_default()
-                    .push((app, chat, number));
+                // A deleted message keeps its row, its body blanked.
+                if !deleted.contains(&(chat, number)) {
+                    stored
+                        .bodies
+                        .entry(body.clone())
+                        .or_default()
+                        .push((app, chat, number));
+                }
                 messages.insert((chat, number), body);
             }
             stored.messages.push(messages);
@@ -49,6 +66,7 @@ impl Stored {
                 .chats
                 .push(world.stored_chats(token).await.into_iter().collect());
             stored.skips.push(world.skips(token).await);
+            stored.deleted.push(deleted);
         }
         stored
     }
@@ -62,6 +80,90 @@ impl Stored {
                 .is_some_and(|rs| rs.iter().any(|r| r.contains(&n)))
         };
         within(chat, number) || (chat != 0 && within(0, chat))
+    }
+}
+
+/// The edits and deletes the history sent to one message, `(app, chat,
+/// number)`, in the order answered.
+#[derive(Default)]
+struct Fate<'a> {
+    /// Each edit's body and whether it applied (`Some(true)`), was refused
+    /// (`Some(false)`) or got no definite answer (`None`).
+    edits: Vec<(&'a str, Option<bool>)>,
+    /// Each delete's outcome, likewise.
+    deletes: Vec<Option<bool>>,
+}
+
+impl Fate<'_> {
+    /// Whether the message may hold `stored` at the end, created with
+    /// `created`: the body of the last edit that applied (the create's
+    /// before any), or the body of any edit without a definite answer (it
+    /// may have applied at any time, even after a later one).
+    fn allows(&self, created: &str, stored: &str) -> bool {
+        let last = self
+            .edits
+            .iter()
+            .rev()
+            .find(|(_, applied)| *applied == Some(true))
+            .map_or(created, |(b, _)| *b);
+        stored == last
+            || self
+                .edits
+                .iter()
+                .any(|(b, applied)| applied.is_none() && *b == stored)
+    }
+}
+
+/// The fate of every message the history edited or deleted.
+type Fates<'a> = HashMap<(usize, i64, i64), Fate<'a>>;
+
+/// Collects [`Fates`] from the history.
+fn fates(ops: &[Op]) -> Fates<'_> {
+    let mut fates = Fates::new();
+    for op in ops {
+        let outcome = match op.outcome {
+            Outcome::Applied => Some(true),
+            Outcome::Refused(..) => Some(false),
+            _ => None,
+        };
+        match &op.req {
+            Request::Edit {
+                app,
+                chat,
+                number,
+                body,
+            } => fates
+                .entry((*app, *chat, *number))
+                .or_default()
+                .edits
+                .push((body.as_str(), outcome)),
+            Request::Delete { app, chat, number } => fates
+                .entry((*app, *chat, *number))
+                .or_default()
+                .deletes
+                .push(outcome),
+            _ => {}
+        }
+    }
+    fates
+}
+
+/// Whether message `(app, chat, n)`, created with `created`, may hold
+/// `body` at the end. A deleted message (its body blanked) may hold any:
+/// rule 6 judges whether it should be deleted.
+fn allows(
+    fates: &Fates<'_>,
+    stored: &Stored,
+    (app, chat, n): (usize, i64, i64),
+    created: &str,
+    body: &str,
+) -> bool {
+    if stored.deleted[app].contains(&(chat, n)) {
+        return true;
+    }
+    match fates.get(&(app, chat, n)) {
+        Some(fate) => fate.allows(created, body),
+        None => created == body,
     }
 }
 
@@ -169,7 +271,7 @@ fn create_of(op: &Op) -> Option<(Scope, Identity, Option<&str>)> {
             };
             Some((scope, identity, None))
         }
-        Request::Read { .. } => None,
+        Request::Read { .. } | Request::Edit { .. } | Request::Delete { .. } => None,
     }
 }
 
@@ -179,11 +281,15 @@ fn create_of(op: &Op) -> Option<(Scope, Identity, Option<&str>)> {
 ///    gets one number, unless Redis lost data in between and at most one
 ///    of its numbers is stored);
 /// 2. every acknowledged create is stored under its number (a message with
-///    its own body), or its number answers 404 "skipped";
+///    its own body, or that of its last applied edit, or of an edit without
+///    a definite answer), or its number answers 404 "skipped";
 /// 3. no body sent only in refused requests (4xx, 503) is stored;
 /// 4. no body is stored twice (an unanswered create at most once);
-/// 5. a read of an acknowledged message shows its body (200), or answers
-///    503, or 404 for a number since recorded as skipped;
+/// 5. a read of an acknowledged message shows its body (200; after an
+///    applied edit, the edit's), or answers 503, or 404 for a number since
+///    recorded as skipped;
+/// 6. a message a delete applied to is deleted; no message is deleted that
+///    no delete may have reached;
 ///
 /// and no answer is a 5xx other than 503, and creates succeed again once
 /// every fault is healed (at `healed_ms`).
@@ -201,10 +307,21 @@ pub(super) async fn check(
     };
     let mut figures = Figures::default();
     check_answers(ops, healed_ms, &mut found);
-    check_numbers(ops, stored, faults, &mut found, &mut figures);
-    check_acknowledged(ops, stored, faults, lookups, &mut found, &mut figures).await;
+    let fates = fates(ops);
+    check_numbers(ops, stored, &fates, faults, &mut found, &mut figures);
+    check_acknowledged(
+        ops,
+        stored,
+        &fates,
+        faults,
+        lookups,
+        &mut found,
+        &mut figures,
+    )
+    .await;
     check_bodies(ops, stored, &mut found, &mut figures);
     check_reads(ops, stored, &mut found, &mut figures);
+    check_deletes(stored, &fates, &mut found);
     // Not a rule, a figure: a create in a chat that exists should not get 404.
     for op in ops {
         if let (Request::Message { app, chat, .. }, Outcome::Refused(404, _)) =
@@ -265,6 +382,7 @@ fn check_answers(ops: &[Op], healed_ms: u64, found: &mut Anomalies) {
 fn check_numbers(
     ops: &[Op],
     stored: &Stored,
+    fates: &Fates<'_>,
     faults: &[Fault],
     found: &mut Anomalies,
     figures: &mut Figures,
@@ -316,7 +434,9 @@ fn check_numbers(
                 if *chat == 0 {
                     stored.chats[*app].contains(n)
                 } else {
-                    stored.messages[*app].get(&(*chat, **n)) == Some(body)
+                    stored.messages[*app]
+                        .get(&(*chat, **n))
+                        .is_some_and(|b| allows(fates, stored, (*app, *chat, **n), body, b))
                 }
             })
             .count();
@@ -348,6 +468,7 @@ fn check_numbers(
 async fn check_acknowledged(
     ops: &[Op],
     stored: &Stored,
+    fates: &Fates<'_>,
     faults: &[Fault],
     lookups: &Lookups<'_>,
     found: &mut Anomalies,
@@ -390,7 +511,9 @@ async fn check_acknowledged(
             stored.chats[app].contains(n)
         } else {
             match stored.messages[app].get(&(chat, *n)) {
-                Some(b) if Some(b.as_str()) == body => true,
+                Some(b) if allows(fates, stored, (app, chat, *n), body.unwrap_or_default(), b) => {
+                    true
+                }
                 Some(other) => {
                     found.flag(
                         "2 stored with another body",
@@ -446,6 +569,9 @@ fn check_bodies(ops: &[Op], stored: &Stored, found: &mut Anomalies, figures: &mu
     let mut sent: HashMap<&str, Vec<&Op>> = HashMap::new();
     for op in ops {
         if let Some((_, _, Some(body))) = create_of(op) {
+            sent.entry(body).or_default().push(op);
+        }
+        if let Request::Edit { body, .. } = &op.req {
             sent.entry(body).or_default().push(op);
         }
     }
@@ -540,6 +666,35 @@ fn check_reads(ops: &[Op], stored: &Stored, found: &mut Anomalies, figures: &mut
     }
 }
 
+/// Rule 6: a message a delete applied to is deleted; one no delete was
+/// sent to (or every delete refused) is not.
+fn check_deletes(stored: &Stored, fates: &Fates<'_>, found: &mut Anomalies) {
+    for ((app, chat, n), fate) in fates {
+        let applied = fate.deletes.contains(&Some(true));
+        let stored_live = stored.messages[*app].contains_key(&(*chat, *n))
+            && !stored.deleted[*app].contains(&(*chat, *n));
+        if applied && stored_live {
+            found.flag(
+                "6 deleted, still there",
+                format!("app {app} chat {chat} number {n}: a delete answered 2xx, and it is stored, not deleted"),
+            );
+        }
+    }
+    for (app, deleted) in stored.deleted.iter().enumerate() {
+        for (chat, n) in deleted {
+            let asked = fates
+                .get(&(app, *chat, *n))
+                .is_some_and(|f| f.deletes.iter().any(|d| *d != Some(false)));
+            if !asked {
+                found.flag(
+                    "6 deleted, never asked",
+                    format!("app {app} chat {chat} number {n} is deleted; no delete of it may have applied"),
+                );
+            }
+        }
+    }
+}
+
 /// Prints the summary line of a run (and the fault log).
 pub(super) fn summary(
     seed: u64,
@@ -550,22 +705,26 @@ pub(super) fn summary(
     anomalies: &[String],
 ) {
     let (mut creates, mut acked, mut refused, mut unknown, mut reads) = (0, 0, 0, 0, 0);
+    let mut applied = 0;
     let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
     for op in ops {
         match op.outcome {
             Outcome::Read(..) => reads += 1,
+            Outcome::Applied => applied += 1,
             Outcome::Acked(_) => acked += 1,
             Outcome::Refused(..) => refused += 1,
             Outcome::Indeterminate(_) => unknown += 1,
         }
-        if !matches!(op.req, Request::Read { .. }) {
+        if matches!(op.req, Request::Message { .. } | Request::Chat { .. }) {
             creates += 1;
         }
         let kind = match op.req {
             Request::Message { .. } => "message",
             Request::Chat { .. } => "chat",
             Request::Read { .. } => "read",
+            Request::Edit { .. } => "edit",
+            Request::Delete { .. } => "delete",
         };
         let status = op.status.map_or("none".to_string(), |s| s.to_string());
         *statuses.entry(format!("{kind} {status}")).or_default() += 1;
@@ -598,7 +757,7 @@ pub(super) fn summary(
         eprintln!("CHAOS_SEED={seed}   {n:5} × {reason}");
     }
     eprintln!(
-        "CHAOS_SEED={seed} summary: {} requests ({creates} creates, {reads} reads), {acked} acknowledged, {refused} refused, \
+        "CHAOS_SEED={seed} summary: {} requests ({creates} creates, {reads} reads, {applied} edits and deletes applied), {acked} acknowledged, {refused} refused, \
          {unknown} indeterminate; faults {faults:?}; {} numbers skipped (acknowledged, lost with Redis), {} reads of skipped numbers, \
          {} keys forgotten with Redis, {} unanswered creates stored, {} idle counters evicted, {} dead letters; {} anomalies",
         ops.len(),

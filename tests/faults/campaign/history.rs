@@ -15,6 +15,15 @@ pub(super) enum Request {
     },
     /// POST a chat to application `app`.
     Chat { app: usize, key: Option<String> },
+    /// PUT a new `body` on a message acknowledged earlier.
+    Edit {
+        app: usize,
+        chat: i64,
+        number: i64,
+        body: String,
+    },
+    /// DELETE a message acknowledged earlier.
+    Delete { app: usize, chat: i64, number: i64 },
     /// GET a message acknowledged earlier, which should show `body`.
     Read {
         app: usize,
@@ -29,6 +38,8 @@ pub(super) enum Request {
 pub(super) enum Outcome {
     /// A create's 201, with its number.
     Acked(i64),
+    /// An edit's or a delete's 2xx.
+    Applied,
     /// A create's definite refusal: a 4xx or a 503, with the error text.
     Refused(u16, String),
     /// No answer that says what happened: a timeout, a connection error (an

@@ -76,6 +76,22 @@ impl Workload {
                     None => b,
                 }
             }
+            Request::Edit {
+                app,
+                chat,
+                number,
+                body,
+            } => self
+                .http
+                .put(format!(
+                    "{base}/api/v1/applications/{}/chats/{chat}/messages/{number}",
+                    self.tokens[*app]
+                ))
+                .json(&json!({ "body": body })),
+            Request::Delete { app, chat, number } => self.http.delete(format!(
+                "{base}/api/v1/applications/{}/chats/{chat}/messages/{number}",
+                self.tokens[*app]
+            )),
             Request::Read {
                 app, chat, number, ..
             } => self.http.get(format!(
@@ -106,6 +122,15 @@ impl Workload {
                         Outcome::Read(200, v["body"].as_str().unwrap_or_default().to_string())
                     }
                     (Request::Read { .. }, s) => Outcome::Read(s, error),
+                    // An edit or a delete is SQL: a 503 (MariaDB unavailable
+                    // mid-statement, say) may have applied it.
+                    (Request::Edit { .. } | Request::Delete { .. }, 200..300) => Outcome::Applied,
+                    (Request::Edit { .. } | Request::Delete { .. }, 400..500) => {
+                        Outcome::Refused(status, error)
+                    }
+                    (Request::Edit { .. } | Request::Delete { .. }, s) => {
+                        Outcome::Indeterminate(format!("status {s}: {error}"))
+                    }
                     (_, 201) => match v["number"].as_i64() {
                         Some(n) => Outcome::Acked(n),
                         None => Outcome::Indeterminate(format!("201 without a number: {text}")),
@@ -253,8 +278,9 @@ pub(super) fn describe(e: &reqwest::Error) -> String {
 }
 
 /// One client: a seeded mix of message creates (some keyed, some retried),
-/// reads of its acknowledged messages, chat creates, creates in a chat that
-/// does not exist (404) and key reuse with another body (422).
+/// reads, edits and deletes of its acknowledged messages, chat creates,
+/// creates in a chat that does not exist (404) and key reuse with another
+/// body (422).
 pub(super) async fn worker(load: Arc<Workload>, w: usize) {
     let mut rng =
         StdRng::seed_from_u64(load.seed ^ (w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -287,6 +313,43 @@ pub(super) async fn worker(load: Arc<Workload>, w: usize) {
                 };
                 load.perform(w, rng.random_range(0..load.bases.len()), req)
                     .await;
+            }
+            29..34 if !acked.is_empty() => {
+                let i = rng.random_range(0..acked.len());
+                let (app, chat, number, _) = acked[i].clone();
+                let body = format!("e{}-w{w}-{seq} ✓", load.seed);
+                let req = Request::Edit {
+                    app,
+                    chat,
+                    number,
+                    body: body.clone(),
+                };
+                match load
+                    .perform(w, rng.random_range(0..load.bases.len()), req)
+                    .await
+                {
+                    Outcome::Applied => acked[i].3 = body,
+                    // Its body is no longer known (or it is gone): no more
+                    // reads nor edits of it.
+                    Outcome::Indeterminate(_) | Outcome::Refused(404, _) => {
+                        acked.swap_remove(i);
+                    }
+                    _ => {}
+                }
+            }
+            34..36 if !acked.is_empty() => {
+                let i = rng.random_range(0..acked.len());
+                let (app, chat, number, _) = acked[i].clone();
+                let req = Request::Delete { app, chat, number };
+                match load
+                    .perform(w, rng.random_range(0..load.bases.len()), req)
+                    .await
+                {
+                    Outcome::Applied | Outcome::Indeterminate(_) | Outcome::Refused(404, _) => {
+                        acked.swap_remove(i);
+                    }
+                    _ => {}
+                }
             }
             26..29 if !keyed.is_empty() => {
                 let (app, chat, key) = keyed.choose(&mut rng).cloned().unwrap();
