@@ -20,6 +20,7 @@ mod block_wait;
 mod numbering;
 mod plots;
 mod read_replica;
+mod reindex;
 mod request_path;
 mod search_lag;
 mod search_quality;
@@ -67,6 +68,9 @@ enum Cmd {
     /// Only figure 18: precision at 5 of each search backend on a judged
     /// set of queries over the chatterbot corpus.
     SearchQuality(Opts),
+    /// Only figure 20: `chat-api reindex` into the term index and into
+    /// Meilisearch (`MEILI_URL`), on the same 200,000 stored messages.
+    Reindex(reindex::ReindexOpts),
     /// Only figure 17: message list reads with 0 and 1 MariaDB replica
     /// while creates run at half their peak, and the primary's CPU per read.
     ReadReplica(Opts),
@@ -1833,6 +1837,12 @@ async fn main() -> anyhow::Result<()> {
         Cmd::SearchQuality(opts) => {
             let figure = search_quality::search_quality(&opts).await?;
             report(&opts, "search_quality", &figure, search_quality::markdown)
+        }
+        Cmd::Reindex(o) => {
+            let figure = reindex::reindex(&o).await?;
+            println!("{}", serde_json::to_string_pretty(&figure)?);
+            println!("{}", reindex::markdown(&figure));
+            Ok(())
         }
         Cmd::ReadReplica(opts) => {
             let figure = read_replica::read_replica(&opts).await?;
