@@ -30,18 +30,20 @@ pub const SECRET_FILE_VARIABLES: [&str; 6] = [
 
 /// The value of secret `name` from the file `<name>_FILE` names, read with
 /// `var` (the environment, in the service), without its trailing line end;
-/// `None` when `<name>_FILE` is unset. Errors: both `name` and
-/// `<name>_FILE` set (which one wins would be a guess), or the file cannot
-/// be read.
+/// `None` when `<name>_FILE` is unset. An empty variable counts as unset.
+/// Errors: both `name` and `<name>_FILE` set (which one wins would be a
+/// guess), or the file cannot be read.
 pub fn secret_from_file(
     name: &str,
     var: impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<Option<String>> {
-    let Some(path) = var(&format!("{name}_FILE")) else {
+    // An empty variable counts as unset (compose writes `NAME: ${NAME:-}`).
+    let set = |n: &str| var(n).filter(|v| !v.is_empty());
+    let Some(path) = set(&format!("{name}_FILE")) else {
         return Ok(None);
     };
     anyhow::ensure!(
-        var(name).is_none(),
+        set(name).is_none(),
         "{name} and {name}_FILE are both set: set one of them"
     );
     let text = std::fs::read_to_string(&path)
@@ -586,6 +588,27 @@ mod secret_file_tests {
         );
         assert_eq!(c.database_read_urls, ["mysql://a/x", "mysql://b/x"]);
         assert_eq!(c.redis_url, "redis://127.0.0.1:6379", "untouched");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_empty_variable_beside_its_file_counts_as_unset() {
+        let dir = std::env::temp_dir().join(format!("chat-secrets-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key");
+        std::fs::write(&key, "0123456789abcdef0123\n").unwrap();
+        let env = [
+            ("ADMIN_API_KEY", String::new()),
+            ("ADMIN_API_KEY_FILE", key.display().to_string()),
+        ];
+        let var = |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone());
+        let mut c = config();
+        c.read_secret_files_with(var).unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(
+            c.admin_api_key.as_ref().unwrap().expose_secret(),
+            "0123456789abcdef0123"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

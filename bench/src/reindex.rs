@@ -120,7 +120,11 @@ pub async fn reindex(o: &ReindexOpts) -> anyhow::Result<Value> {
 
 /// Figure 20's lines for BENCHMARKS.md.
 pub fn markdown(figure: &Value) -> String {
-    let cell = |v: &Value, digits: usize| match (v["median"].as_f64(), v["min"].as_f64(), v["max"].as_f64()) {
+    let cell = |v: &Value, digits: usize| match (
+        v["median"].as_f64(),
+        v["min"].as_f64(),
+        v["max"].as_f64(),
+    ) {
         (Some(m), Some(lo), Some(hi)) => format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})"),
         _ => "not measured (MEILI_URL unset)".to_string(),
     };

@@ -343,8 +343,9 @@ pub const REINDEX_TASKS_IN_FLIGHT: usize = 8;
 /// Rebuilds the search index from MariaDB (`chat-api reindex`): every live
 /// message, by id, `batch_size` at a time, into `meili`, or into the term
 /// index in `pool` when `meili` is `None`. Into Meilisearch, up to
-/// `in_flight` batches are queued before the oldest is waited for (see
-/// [`REINDEX_TASKS_IN_FLIGHT`]), and MariaDB is read meanwhile. Calls
+/// `in_flight` batches are queued (see [`REINDEX_TASKS_IN_FLIGHT`]); the
+/// oldest is waited for before the next batch is read, so each batch is
+/// sent right after its read. Calls
 /// `progress` with each batch's size once it is indexed. Safe while the
 /// service runs (documents are replaced, and hits are re-read from
 /// MariaDB). Returns the number of messages indexed. Errors: MariaDB or
@@ -362,17 +363,23 @@ pub async fn reindex(
     // their batch's size.
     let mut queued = std::collections::VecDeque::new();
     loop {
+        // The oldest task is waited for before the next batch is read, so
+        // that a batch is sent within moments of its read: an edit or a
+        // delete the live indexer applies in between cannot be undone by a
+        // body read long before.
+        if let Some(meili) = meili
+            && queued.len() >= in_flight
+        {
+            let (task, size) = queued.pop_front().expect("in_flight >= 1");
+            meili.wait(task).await?;
+            indexed += size;
+            progress(size);
+        }
         let (docs, last) = crate::store::search::search_docs_after(pool, after, batch_size).await?;
         let Some(last) = last else { break };
         let n = docs.len() as u64;
         match meili {
             Some(meili) => {
-                if queued.len() >= in_flight {
-                    let (task, size) = queued.pop_front().expect("in_flight >= 1");
-                    meili.wait(task).await?;
-                    indexed += size;
-                    progress(size);
-                }
                 queued.push_back((meili.enqueue_upsert(&docs).await?, n));
             }
             None => {

@@ -89,6 +89,9 @@ pub struct PositionHistory {
     domain: Option<u32>,
     /// (sequence number, first seen), sequence numbers increasing.
     seen: VecDeque<(u64, Instant)>,
+    /// Whether the front of `seen` is the first position of a fresh
+    /// history, whose age is not known (it counts LAG_HORIZON more).
+    first_age_unknown: bool,
 }
 
 impl PositionHistory {
@@ -107,6 +110,15 @@ impl PositionHistory {
             self.seen.clear();
         }
         if last.is_none_or(|l| seq > l) || self.seen.is_empty() {
+            // The first position of a fresh history (a process that just
+            // started, or a reset) may be of any age: marks other instances
+            // wrote up to max lag + 10 s ago may need it. It counts as seen
+            // LAG_HORIZON ago, so a replica stays out of rotation until it
+            // has applied it (a healthy replica, within the next check);
+            // see `lag`.
+            if self.seen.is_empty() {
+                self.first_age_unknown = true;
+            }
             self.seen.push_back((seq, now));
         }
         // Keep the newest entry older than the horizon: a replica behind it
@@ -118,11 +130,14 @@ impl PositionHistory {
                 .is_some_and(|(_, t)| now.saturating_duration_since(*t) > LAG_HORIZON)
         {
             self.seen.pop_front();
+            self.first_age_unknown = false;
         }
     }
 
     /// How long ago the oldest recorded primary position that `applied` (a
-    /// replica's `@@gtid_slave_pos`) does not include was first seen: zero
+    /// replica's `@@gtid_current_pos`) does not include was first seen
+    /// (plus [`LAG_HORIZON`] for the first position of a fresh history,
+    /// whose age is unknown): zero
     /// when it includes them all (or nothing is recorded yet). A replica
     /// with nothing in the domain is behind every position; an unparsable
     /// `applied` is too.
@@ -133,10 +148,17 @@ impl PositionHistory {
         let applied_seq = parse_position(applied)
             .and_then(|p| p.into_iter().find(|(d, _)| *d == domain))
             .map_or(0, |(_, s)| s);
-        self.seen
-            .iter()
-            .find(|(seq, _)| *seq > applied_seq)
-            .map_or(Duration::ZERO, |(_, t)| now.saturating_duration_since(*t))
+        match self.seen.iter().position(|(seq, _)| *seq > applied_seq) {
+            None => Duration::ZERO,
+            Some(i) => {
+                let age = now.saturating_duration_since(self.seen[i].1);
+                if i == 0 && self.first_age_unknown {
+                    age + LAG_HORIZON
+                } else {
+                    age
+                }
+            }
+        }
     }
 }
 
@@ -443,7 +465,7 @@ impl Pools {
 
 /// `Seconds_Behind_Master` of the replica behind `pool` (`None` when it is
 /// not applying: NULL, its SQL or IO thread stopped, or not a replica at
-/// all) and its `@@gtid_slave_pos` (what its SQL thread has applied).
+/// all) and its `@@gtid_current_pos` (what it has applied).
 /// Errors: it cannot be reached within 2 s.
 async fn replica_status(pool: &MySqlPool) -> sqlx::Result<(Option<i64>, Option<String>)> {
     use sqlx::Row;
@@ -452,7 +474,10 @@ async fn replica_status(pool: &MySqlPool) -> sqlx::Result<(Option<i64>, Option<S
             .fetch_optional(pool)
             .await?;
         // (SHOW SLAVE STATUS has only the IO thread's position.)
-        let applied: Option<String> = sqlx::query_scalar("SELECT @@gtid_slave_pos")
+        // `gtid_current_pos`: what its SQL thread applied, or, for a former
+        // primary's own transactions (a switchover back), what its binary
+        // log has (`gtid_slave_pos` lacks those).
+        let applied: Option<String> = sqlx::query_scalar("SELECT @@gtid_current_pos")
             .fetch_one(pool)
             .await?;
         Ok::<_, sqlx::Error>((row, applied))
@@ -603,11 +628,13 @@ mod lag_tests {
         assert_eq!(h.lag("0-1-16,1-9-3", now), Duration::ZERO);
         assert_eq!(h.lag("0-1-12", now), s(2), "15 first seen 2 s ago");
         assert_eq!(h.lag("0-1-11", now), s(3));
-        // 10 was first seen at t0, not when last seen.
-        assert_eq!(h.lag("0-1-9", now), s(5));
-        assert_eq!(h.lag("", now), s(5), "nothing in the domain");
-        assert_eq!(h.lag("1-1-99", now), s(5), "another domain only");
-        assert_eq!(h.lag("garbage", now), s(5));
+        // 10, the first position of a fresh history, may be of any age: it
+        // counts as seen LAG_HORIZON before t0 (not when last seen).
+        let first = s(5) + LAG_HORIZON;
+        assert_eq!(h.lag("0-1-9", now), first);
+        assert_eq!(h.lag("", now), first, "nothing in the domain");
+        assert_eq!(h.lag("1-1-99", now), first, "another domain only");
+        assert_eq!(h.lag("garbage", now), first);
         // Another server of the same domain: by sequence number.
         assert_eq!(h.lag("0-2-15", now), Duration::ZERO);
         h.observe("not a position", now);
@@ -621,10 +648,18 @@ mod lag_tests {
         let mut h = PositionHistory::default();
         h.observe("0-1-100", t0);
         h.observe("0-1-5", t0 + s(1));
-        assert_eq!(h.lag("0-1-4", t0 + s(2)), s(1), "reset: 100 forgotten");
+        assert_eq!(
+            h.lag("0-1-4", t0 + s(2)),
+            s(1) + LAG_HORIZON,
+            "reset: 100 forgotten, 5 the first of a fresh history"
+        );
         assert_eq!(h.lag("0-1-5", t0 + s(2)), Duration::ZERO);
         h.observe("7-1-1", t0 + s(3));
-        assert_eq!(h.lag("0-1-5", t0 + s(4)), s(1), "another domain");
+        assert_eq!(
+            h.lag("0-1-5", t0 + s(4)),
+            s(1) + LAG_HORIZON,
+            "another domain"
+        );
         let mut h = PositionHistory::default();
         for i in 0..10_000u64 {
             h.observe(&format!("0-1-{}", i + 1), t0 + s(i));

@@ -550,13 +550,17 @@ impl Buffer {
 
     /// With `REDIS_DURABILITY=replica`, whether a replica has every write
     /// that shard `shard`'s master made before this call (one round of the
-    /// group commit, at most `REDIS_WAIT_MS`; see [`super::group_commit`]);
-    /// always true under the other durabilities. The flusher asks it
-    /// before it writes a claimed batch to MariaDB (see
-    /// `Flusher::flush_batch`).
-    pub async fn confirmed_by_replica(&self, shard: u16) -> bool {
+    /// group commit, at most `REDIS_WAIT_MS`; see [`super::group_commit`]),
+    /// and that master holds `processing_key` (the batch was claimed on the
+    /// master the round confirmed, not on an old master of a split brain
+    /// that a pooled connection still reaches); always true under the other
+    /// durabilities. The flusher asks it before it writes a claimed batch
+    /// to MariaDB (see `Flusher::flush_batch`).
+    pub async fn confirmed_by_replica(&self, shard: u16, processing_key: &str) -> bool {
         match &self.group_commit {
-            Some(group_commit) => group_commit.replicated(shard).await,
+            Some(group_commit) => {
+                group_commit.replicated(shard).await && group_commit.holds(processing_key).await
+            }
             None => true,
         }
     }

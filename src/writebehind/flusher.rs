@@ -259,13 +259,24 @@ impl Flusher {
     async fn flush_shards(&self, shards: &[u16]) -> Result<FlushReport, FlushError> {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let next = AtomicUsize::new(0);
+        let unconfirmed = std::sync::Mutex::new(Vec::new());
         let worker = || async {
             let mut report = FlushReport::default();
             loop {
                 let Some(&i) = shards.get(next.fetch_add(1, Ordering::Relaxed)) else {
                     return Ok::<_, FlushError>(report);
                 };
-                report += self.flush_shard(&self.buffer.keys().shard(i)).await?;
+                match self.flush_shard(&self.buffer.keys().shard(i)).await {
+                    Ok(r) => report += r,
+                    // REDIS_DURABILITY=replica and no replica confirmed
+                    // this shard's batch (on a cluster, its master's replica
+                    // is down or resyncing): the other shards go on, and
+                    // this one is tried again next pass.
+                    Err(FlushError::Buffer(BufferError::NotReplicated)) => {
+                        unconfirmed.lock().expect("not poisoned").push(i);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
         let results =
@@ -281,6 +292,13 @@ impl Flusher {
         }
         if report.batches > 0 {
             tracing::info!(?report, "flushed");
+        }
+        let unconfirmed = unconfirmed.into_inner().expect("not poisoned");
+        if !unconfirmed.is_empty() {
+            tracing::warn!(
+                shards = ?unconfirmed,
+                "not flushed: no Redis replica confirmed these shards' records (REDIS_DURABILITY=replica); tried again next pass"
+            );
         }
         match error {
             Some(e) => Err(e),
@@ -338,7 +356,11 @@ impl Flusher {
         // Idempotency-Key would be stored a second time under a new number
         // (found by the fault campaign, Sentinel topology). Given back, they
         // are lost with the old master's data, as their 503 allowed.
-        if !self.buffer.confirmed_by_replica(shard.index()).await {
+        if !self
+            .buffer
+            .confirmed_by_replica(shard.index(), &batch.key)
+            .await
+        {
             self.give_back(&batch).await;
             return Err(BufferError::NotReplicated.into());
         }

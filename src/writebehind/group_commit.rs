@@ -53,6 +53,10 @@ pub struct GroupCommit {
     rounds: Arc<Vec<Arc<Rounds>>>,
     per_shard: bool,
     wait: Duration,
+    /// The rounds' own handle, for [`Self::holds`].
+    redis: RedisHandle,
+    /// Its time limit per call (`REDIS_TIMEOUT_MS`).
+    timeout: Duration,
 }
 
 impl GroupCommit {
@@ -125,7 +129,29 @@ impl GroupCommit {
             rounds: Arc::new(rounds),
             per_shard,
             wait,
+            redis,
+            timeout,
         }
+    }
+
+    /// Whether `key` exists on the master the rounds run on (on a cluster,
+    /// the master of its slot). The flusher asks it after a round confirmed
+    /// its batch: the batch's processing key is on the master the round
+    /// confirmed, so the batch was claimed on that master and not on
+    /// another one the main pool still reaches (a split brain's old
+    /// master), whose confirmation this would not be. False when Redis
+    /// fails.
+    pub async fn holds(&self, key: &str) -> bool {
+        let key = key.to_string();
+        self.redis
+            .call(self.timeout, |mut c| async move {
+                redis::cmd("EXISTS")
+                    .arg(&key)
+                    .query_async::<i64>(&mut c)
+                    .await
+            })
+            .await
+            .is_ok_and(|n| n == 1)
     }
 
     /// Waits until a replica has every write made on shard `shard`'s master

@@ -150,8 +150,8 @@ async fn with_its_replica_stopped_replica_durability_answers_in_time_and_blocks_
         .collect();
     // Meanwhile a read goes on, unblocked, and a flush answers in time: it
     // writes nothing to MariaDB that no replica confirmed (a failover
-    // could then drop the records' numbers and keys from Redis), so it
-    // answers not-replicated within REDIS_WAIT_MS.
+    // could then drop the records' numbers and keys from Redis); the shard
+    // is tried again next pass.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
     let read = app
@@ -162,12 +162,7 @@ async fn with_its_replica_stopped_replica_durability_answers_in_time_and_blocks_
     let flushed = app.flusher.flush_once().await;
     let flush_took = started.elapsed();
     assert!(
-        matches!(
-            flushed,
-            Err(chat_api::writebehind::flusher::FlushError::Buffer(
-                chat_api::writebehind::BufferError::NotReplicated
-            ))
-        ),
+        matches!(flushed, Ok(ref r) if r.written == 0),
         "a flush with no replica writes nothing: {flushed:?}"
     );
     let mut slowest = Duration::ZERO;

@@ -696,7 +696,13 @@ async fn a_retry_after_a_failover_of_an_unconfirmed_create_is_stored_once() {
         .send()
         .await
         .unwrap();
-    eprintln!("flush while cut off: {}", flush.status());
+    let status = flush.status();
+    let report: Value = flush.json().await.unwrap_or_default();
+    eprintln!("flush while cut off: {status} {report}");
+    assert_eq!(
+        report["written"], 0,
+        "nothing unconfirmed is flushed: {status} {report}"
+    );
     // The failover: the old master takes the replica's data (without the
     // record and its key), then serves again with the replica behind it.
     cmd(a.port, words(&format!("REPLICAOF 127.0.0.1 {}", b.port))).await;

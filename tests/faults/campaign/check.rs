@@ -322,6 +322,7 @@ pub(super) async fn check(
     check_bodies(ops, stored, &mut found, &mut figures);
     check_reads(ops, stored, &mut found, &mut figures);
     check_deletes(stored, &fates, &mut found);
+    check_edit_lookups(ops, stored, &mut found);
     // Not a rule, a figure: a create in a chat that exists should not get 404.
     for op in ops {
         if let (Request::Message { app, chat, .. }, Outcome::Refused(404, _)) =
@@ -662,6 +663,36 @@ fn check_reads(ops: &[Op], stored: &Stored, found: &mut Anomalies, figures: &mut
                     op.at()
                 ),
             ),
+        }
+    }
+}
+
+/// Rule 5 for edits and deletes: they look their message up on the primary
+/// (waiting for its flush), so a 404 for an acknowledged message that is
+/// stored at the end, not deleted, and not skipped is a miss.
+fn check_edit_lookups(ops: &[Op], stored: &Stored, found: &mut Anomalies) {
+    for op in ops {
+        let Outcome::Refused(404, why) = &op.outcome else {
+            continue;
+        };
+        let (Request::Edit {
+            app, chat, number, ..
+        }
+        | Request::Delete { app, chat, number }) = &op.req
+        else {
+            continue;
+        };
+        if stored.messages[*app].contains_key(&(*chat, *number))
+            && !stored.deleted[*app].contains(&(*chat, *number))
+            && !stored.skipped(*app, *chat, *number)
+        {
+            found.flag(
+                "5 edit or delete 404",
+                format!(
+                    "app {app} chat {chat} number {number} answered 404 {why:?}, and is stored: {}",
+                    op.at()
+                ),
+            );
         }
     }
 }

@@ -16,7 +16,8 @@
 //!   one instance is restarted and follows them to the new master while the
 //!   other stays on the old one, and after a while the partition heals and
 //!   the sentinels demote the old master.
-//! - [`Topology::Cluster`]: three masters with a replica each; a master
+//! - [`Topology::Cluster`]: three masters with a replica each,
+//!   `REDIS_DURABILITY=replica`; a master
 //!   SIGKILLed (its replica takes over; it comes back empty as a replica), a
 //!   graceful `CLUSTER FAILOVER`, a replica restarted empty (a full resync),
 //!   and a reshard: the slot of one application's shard migrated to another
@@ -183,9 +184,14 @@ impl RedisSide {
                 ("REDIS_DURABILITY", "replica".into()),
                 ("REDIS_WAIT_MS", "500".into()),
             ],
-            RedisSide::Cluster { cluster } => {
-                vec![("REDIS_CLUSTER_NODES", cluster.nodes.clone())]
-            }
+            RedisSide::Cluster { cluster } => vec![
+                ("REDIS_CLUSTER_NODES", cluster.nodes.clone()),
+                // The replica durability's flush rule per shard (a master
+                // killed leaves its promoted replica without a replica
+                // until the old one is back).
+                ("REDIS_DURABILITY", "replica".into()),
+                ("REDIS_WAIT_MS", "500".into()),
+            ],
         }
     }
 
