@@ -20,7 +20,7 @@ pub mod search;
 
 use std::sync::Arc;
 
-use poem::{EndpointExt, Route};
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 use sqlx::MySqlPool;
 
@@ -151,6 +151,23 @@ pub fn allowed_methods(path: &str) -> Vec<String> {
     spec_route(path)
         .map(|(_, methods)| methods.clone())
         .unwrap_or_default()
+}
+
+/// Middleware giving a response that never reached the router (a 429 of
+/// the rate limit, a 413 of the body limit) the route pattern of its path
+/// ([`route_pattern`]) as poem's `PathPattern`, so that
+/// `telemetry::metrics::track_requests` counts it under its route like the
+/// others (the telemetry layer does not depend on the HTTP layer).
+async fn label_route<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    // A reference count, not a copy of the path (`Uri` holds `Bytes`).
+    let uri = req.uri().clone();
+    let mut resp = next.call(req).await?.into_response();
+    if resp.data::<poem::PathPattern>().is_none()
+        && let Some(pattern) = route_pattern(uri.path())
+    {
+        resp.set_data(poem::PathPattern(pattern.into()));
+    }
+    Ok(resp)
 }
 
 /// The route pattern a concrete request path matches, spelled as poem's
@@ -306,6 +323,7 @@ pub fn routes(state: AppState) -> impl poem::Endpoint + 'static {
         .around(crate::http::error::json_errors)
         .around(no_store)
         .with(rate_limit)
+        .around(label_route)
         .around(crate::telemetry::metrics::track_requests)
         .data(state)
         .around(crate::telemetry::log_requests)

@@ -339,18 +339,14 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 /// methods and the statuses the service answers with.
 pub async fn track_requests<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     let method = method_label(req.method());
-    // A reference count, not a copy of the path (`Uri` holds `Bytes`).
-    let uri = req.uri().clone();
     let started = std::time::Instant::now();
     let resp = next.call(req).await?.into_response();
-    // The pattern's own `Arc<str>`: no copy per request. A response that
-    // never reached the router (a 429 of the rate limit is answered before
-    // it) has none: the route is then found in the spec's paths.
+    // The pattern's own `Arc<str>`: no copy per request. (A response that
+    // never reached the router, a 429 of the rate limit say, is given the
+    // pattern of its path by the HTTP layer, `http::label_route`.)
     let route: metrics::SharedString = match resp.data::<poem::PathPattern>() {
         Some(p) => p.0.clone().into(),
-        None => crate::http::route_pattern(uri.path())
-            .map(Into::into)
-            .unwrap_or_else(|| UNMATCHED_ROUTE.into()),
+        None => UNMATCHED_ROUTE.into(),
     };
     histogram!(
         "http_request_duration_seconds",
