@@ -918,6 +918,22 @@ async fn index_stored(pool: &MySqlPool, after: &mut u64) -> anyhow::Result<u64> 
     Ok(n)
 }
 
+/// Inserts an application named `name` with chats 1 to 100 in SQL (for
+/// [`insert_text_rows`]); its id. Errors: MariaDB failed.
+async fn app_with_100_chats(pool: &MySqlPool, name: &str) -> anyhow::Result<u64> {
+    let app = sqlx::query("INSERT INTO applications (token, name, created_at, updated_at) VALUES (?, ?, NOW(6), NOW(6))")
+        .bind(chat_api::domain::new_token())
+        .bind(name)
+        .execute(pool)
+        .await?
+        .last_insert_id();
+    sqlx::query("INSERT INTO chats (application_id, number, created_at, updated_at) SELECT ?, seq, NOW(6), NOW(6) FROM seq_1_to_100")
+        .bind(app)
+        .execute(pool)
+        .await?;
+    Ok(app)
+}
+
 /// Inserts `n` messages of 14 words (`w…`, the shape of [`message_text`]) in
 /// SQL, numbered from `first`, into chat `chat_id`, or spread over chats 1 to
 /// 100 of application `app` when `chat_id` is `None`. `seq_1_to_n` is
@@ -988,15 +1004,7 @@ async fn flush_text(o: &FlushTextOpts) -> anyhow::Result<Value> {
             sqlx::query(OLD_FULLTEXT).execute(&pool).await?;
         }
         // The application the stored rows belong to.
-        let stored_app = sqlx::query("INSERT INTO applications (token, name, created_at, updated_at) VALUES (?, 'stored', NOW(6), NOW(6))")
-            .bind(chat_api::domain::new_token())
-            .execute(&pool)
-            .await?
-            .last_insert_id();
-        sqlx::query("INSERT INTO chats (application_id, number, created_at, updated_at) SELECT ?, seq, NOW(6), NOW(6) FROM seq_1_to_100")
-            .bind(stored_app)
-            .execute(&pool)
-            .await?;
+        let stored_app = app_with_100_chats(&pool, "stored").await?;
         let (mut stored, mut indexed_to) = (0u64, 0u64);
         let mut rates = serde_json::Map::new();
         for &level in &o.levels {

@@ -18,7 +18,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use sqlx::MySqlPool;
 
-use crate::{Env, Opts, SERVICE_BINARY, insert_text_rows, stat};
+use crate::{Env, Opts, SERVICE_BINARY, app_with_100_chats, insert_text_rows, stat};
 
 /// Options of `bench reindex`.
 #[derive(clap::Args, Clone)]
@@ -67,15 +67,7 @@ pub async fn reindex(o: &ReindexOpts) -> anyhow::Result<Value> {
     chat_api::store::ensure_database(&env.database_url()).await?;
     let pool = MySqlPool::connect(&env.database_url()).await?;
     chat_api::store::migrate(&pool).await?;
-    let app = sqlx::query("INSERT INTO applications (token, name, created_at, updated_at) VALUES (?, 'reindex', NOW(6), NOW(6))")
-        .bind(chat_api::domain::new_token())
-        .execute(&pool)
-        .await?
-        .last_insert_id();
-    sqlx::query("INSERT INTO chats (application_id, number, created_at, updated_at) SELECT ?, seq, NOW(6), NOW(6) FROM seq_1_to_100")
-        .bind(app)
-        .execute(&pool)
-        .await?;
+    let app = app_with_100_chats(&pool, "reindex").await?;
     eprintln!("figure 20: {} stored messages…", o.messages);
     insert_text_rows(&pool, app, None, 0, o.messages).await?;
     let base = vec![
