@@ -108,7 +108,11 @@ const CAS_ATTEMPTS: u64 = 3;
 /// Exact mode (`ARGV[9]` = 1, the scope's eviction is recorded in this very
 /// epoch): a missing counter comes back at MariaDB's highest number,
 /// skipping nothing, since it was equal to it when evicted and Redis lost
-/// nothing since; a counter present is left alone (not applied).
+/// nothing since; a counter present is left alone (not applied), and so is
+/// one evicted again since the caller read the hash's eviction generation
+/// `g` (`ARGV[11]`, read before MariaDB's highest number: another restart,
+/// a create, a flush and an eviction in between would leave that highest
+/// number stale, below a number handed out; O12 in docs/numbering.md).
 ///
 /// KEYS: app hash, the shard's epoch hash. ARGV: counter field (`chats` or
 /// a chat number), checked field (`v` or `v:{n}`), bound field (`r` or
@@ -118,7 +122,8 @@ const CAS_ATTEMPTS: u64 = 3;
 /// number that it never stored (`a-b,…`, see
 /// [`crate::store::numbering::gaps`]; written to `k:{field}` with the rest
 /// only when the counter is missing: a counter Redis kept covers its
-/// queued records). Returns `{applied (0/1), the counter kept (-1: none
+/// queued records), the eviction generation read (`g`, `0` when absent).
+/// Returns `{applied (0/1), the counter kept (-1: none
 /// applied or deleted; -2: exact)}`.
 pub const RESTART: &str = r#"
 --LINEAGE
@@ -134,6 +139,7 @@ if ARGV[7] == '1' then
 end
 if ARGV[9] == '1' then
   if cur then return {0, -1} end
+  if (redis.call('HGET', KEYS[1], 'g') or '0') ~= ARGV[11] then return {0, -1} end
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[8], ARGV[3], ARGV[5], ARGV[2], ARGV[6])
   return {1, -2}
 end
@@ -172,6 +178,9 @@ return {1, kept}
 /// deleted chat's tombstone (`deleted`) goes whatever its epoch: MariaDB
 /// keeps the deletion.
 ///
+/// Each EVICT that takes a field adds 1 to the hash's eviction generation
+/// `g`, which an exact [`RESTART`] checks (O12).
+///
 /// KEYS: app hash, the shard's epoch hash. ARGV: epoch, then pairs of
 /// (field, expected value). Returns the fields evicted (so that the caller
 /// clears the MariaDB mark of those it marked and that stayed: O11).
@@ -192,7 +201,10 @@ for i = 2, #ARGV, 2 do
   end
 end
 -- The hash-wide eviction epoch of earlier versions is no longer read.
-if #taken > 0 then redis.call('HDEL', KEYS[1], 'e') end
+if #taken > 0 then
+  redis.call('HDEL', KEYS[1], 'e')
+  redis.call('HINCRBY', KEYS[1], 'g', 1)
+end
 return taken
 "#;
 
@@ -761,6 +773,9 @@ impl Numbering {
         epoch: i64,
         missing: bool,
     ) -> Result<bool, BufferError> {
+        // Read before MariaDB's highest number: an exact restart applies
+        // only if no eviction came between (O12).
+        let generation = self.eviction_generation(token).await?;
         let (highest, deleted) = match scope {
             CounterScope::Chats => (
                 self.sql(store::applications::last_chat_number(
@@ -800,7 +815,15 @@ impl Numbering {
             // if the counter is back meanwhile, the caller asks again.
             let bound = recorded.reserved_to.max(highest);
             self.run_restart(
-                token, scope, highest, bound, epoch, false, highest, true, "",
+                token,
+                scope,
+                highest,
+                bound,
+                epoch,
+                false,
+                highest,
+                Some(generation),
+                "",
             )
             .await?;
             return Ok(true);
@@ -864,7 +887,7 @@ impl Numbering {
         };
         let (applied, kept) = self
             .run_restart(
-                token, scope, floor, bound, epoch, deleted, highest, false, &gaps,
+                token, scope, floor, bound, epoch, deleted, highest, None, &gaps,
             )
             .await?;
         if applied == 0 && !deleted {
@@ -961,7 +984,7 @@ impl Numbering {
             epoch,
             false,
             0,
-            false,
+            None,
             "",
         )
         .await?;
@@ -969,9 +992,10 @@ impl Numbering {
     }
 
     /// Runs [`RESTART`] on `scope` of `token`'s application: the counter to
-    /// `floor` (or, `exact`, back at `highest`), its bound to `bound`,
-    /// checked in `epoch`, or marked `deleted`. Returns `{applied, the
-    /// counter kept}` as the script does. Errors: Redis unavailable.
+    /// `floor` (or, `exact` with the eviction generation read before
+    /// `highest`, back at `highest`), its bound to `bound`, checked in
+    /// `epoch`, or marked `deleted`. Returns `{applied, the counter kept}`
+    /// as the script does. Errors: Redis unavailable.
     #[allow(clippy::too_many_arguments)]
     async fn run_restart(
         &self,
@@ -982,7 +1006,7 @@ impl Numbering {
         epoch: i64,
         deleted: bool,
         highest: i64,
-        exact: bool,
+        exact: Option<i64>,
         gaps: &str,
     ) -> Result<(i64, i64), BufferError> {
         let shard = self.keys.for_token(token);
@@ -1001,8 +1025,9 @@ impl Numbering {
                 .arg(epoch)
                 .arg(if deleted { "1" } else { "0" })
                 .arg(highest)
-                .arg(if exact { "1" } else { "0" })
+                .arg(if exact.is_some() { "1" } else { "0" })
                 .arg(gaps)
+                .arg(exact.unwrap_or(0))
                 .invoke_async(&mut c)
                 .await
         })
@@ -1030,6 +1055,18 @@ impl Numbering {
             })
             .await?;
         Ok((value.is_some(), checked))
+    }
+
+    /// The eviction generation of `token`'s application hash (`g`: how many
+    /// [`EVICT`] calls took a counter from it; 0 when absent), which an
+    /// exact [`RESTART`] checks is unchanged (O12). Errors: Redis
+    /// unavailable.
+    pub async fn eviction_generation(&self, token: &str) -> Result<i64, BufferError> {
+        let key = self.keys.for_token(token).app(token);
+        let generation: Option<i64> = self
+            .call(|mut c| async move { c.hget(key, "g").await })
+            .await?;
+        Ok(generation.unwrap_or(0))
     }
 
     /// The epoch in force in `token`'s shard, as the enqueue scripts read it

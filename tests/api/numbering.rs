@@ -426,3 +426,128 @@ async fn an_eviction_mark_is_cleared_for_a_counter_evict_did_not_take() {
         Some(epoch)
     );
 }
+
+/// O12 (finding 3 of the model check, `numbering_model.rs`): two instances
+/// restart one evicted chat counter. Instance A reads MariaDB's highest
+/// number (3) and its exact RESTART is held on its way to Redis (a frozen
+/// link). Instance B brings the counter back at 3, hands out 4, flushes it,
+/// and its sweep evicts the counter again. A's RESTART then lands with the
+/// stale 3: before the fix it applied, and A handed out 4 a second time.
+/// With the eviction generation it does not apply, and A's create restarts
+/// the counter again, at 4, and gets 5.
+#[tokio::test]
+async fn an_exact_restart_after_another_eviction_does_not_apply() {
+    use sqlx::Connection;
+
+    let direct = crate::helpers::redis_url();
+    let (host_port, db) = direct
+        .trim_start_matches("redis://")
+        .split_once('/')
+        .map_or((direct.trim_start_matches("redis://"), ""), |(h, d)| (h, d));
+    let upstream: std::net::SocketAddr = host_port.parse().expect("TEST_REDIS_URL host:port");
+    let proxy = crate::support::Proxy::start(upstream).await;
+    let a = spawn_app_with(|c| {
+        c.redis_url = format!("redis://{}/{db}", proxy.addr);
+        c.redis_timeout_ms = 60_000;
+    })
+    .await;
+    let token = a.create_app("two restarts").await;
+    let chat = a.create_chat(&token).await;
+    for i in 1..=3 {
+        a.create_message(&token, chat, &format!("m{i}")).await;
+    }
+    a.flush().await;
+    let key = a.shard(&token).app(&token);
+    let counter = async |key: &str| -> Option<String> {
+        let mut c = a.redis_conn().await;
+        c.hget(key, chat.to_string()).await.unwrap()
+    };
+    let sweep = IdleCounters::new(a.numbering.clone());
+    sweep.sweep_once().await.unwrap();
+    sweep.sweep_once().await.unwrap();
+    assert_eq!(counter(&key).await, None, "the idle counter is evicted");
+    // The application's chat counter, evicted too, comes back first, so
+    // that the restart held below is the message counter's.
+    assert_eq!(a.create_chat(&token).await, chat + 1);
+
+    // A's restart stops at its reservation read, after reading H = 3.
+    let mut lock = sqlx::MySqlConnection::connect(&a.config.database_url)
+        .await
+        .unwrap();
+    sqlx::raw_sql("LOCK TABLES number_reservations WRITE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let create_on_a = tokio::spawn({
+        let (client, url) = (
+            a.client.clone(),
+            a.url(&format!("/applications/{token}/chats/{chat}/messages")),
+        );
+        async move {
+            let r = client
+                .post(url)
+                .json(&serde_json::json!({ "body": "on A" }))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    });
+    assert!(
+        a.eventually(std::time::Duration::from_secs(10), || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                 WHERE INFO LIKE 'SELECT reserved_to, evicted_epoch FROM number_reservations%'",
+            )
+            .fetch_one(&a.pool)
+            .await
+            .unwrap();
+            waiting > 0
+        })
+        .await,
+        "A's restart never came to read the reservation"
+    );
+    // Its RESTART (exact: X is this epoch) is held between A and Redis.
+    proxy.freeze();
+    sqlx::raw_sql("UNLOCK TABLES")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    // Meanwhile B: the counter back at 3, 4 handed out and flushed, and the
+    // counter evicted again.
+    let mut config = a.config.clone();
+    config.redis_url = direct.clone();
+    config.redis_timeout_ms = 2_000;
+    let b = crate::helpers::spawn_config(config, false).await;
+    assert_eq!(b.create_message(&token, chat, "on B").await, 4);
+    b.flush().await;
+    let sweep = IdleCounters::new(b.numbering.clone());
+    sweep.sweep_once().await.unwrap();
+    sweep.sweep_once().await.unwrap();
+    let mut c = b.redis_conn().await;
+    let evicted_again: Option<String> = c.hget(&key, chat.to_string()).await.unwrap();
+    assert_eq!(evicted_again, None, "B's sweep evicted the counter at 4");
+
+    // A's RESTART lands now, with the H it read (3).
+    proxy.thaw();
+    let (status, body) = create_on_a.await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["number"].as_i64(),
+        Some(5),
+        "A's stale exact RESTART brought the counter back below 4: {body}"
+    );
+    a.flush().await;
+    let stored = b.stored_messages(&token, chat).await;
+    assert_eq!(
+        stored
+            .iter()
+            .map(|(n, body)| (*n, body.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(1, "m1"), (2, "m2"), (3, "m3"), (4, "on B"), (5, "on A")]
+    );
+    drop(b);
+}

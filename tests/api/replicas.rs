@@ -384,87 +384,6 @@ async fn with_the_replicas_sql_thread_stopped_or_the_replica_killed_reads_stay_r
     drop(pair);
 }
 
-/// A TCP proxy that can freeze its connections as a half-open link does:
-/// they stay open and nothing passes, either way, until thawed (the same
-/// as `Proxy::freeze` of `tests/faults/harness.rs`, which this test crate
-/// does not include).
-struct FreezingProxy {
-    port: u16,
-    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
-impl FreezingProxy {
-    /// A proxy on a free loopback port forwarding to `127.0.0.1:{upstream}`.
-    async fn start(upstream: u16) -> FreezingProxy {
-        use std::sync::atomic::Ordering;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
-            Default::default();
-        async fn pump(
-            mut from: tokio::net::tcp::OwnedReadHalf,
-            mut to: tokio::net::tcp::OwnedWriteHalf,
-            frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
-        ) {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match from.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                while frozen.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                if to.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        }
-        let (f, t) = (frozen.clone(), tasks.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                let frozen = f.clone();
-                let h = tokio::spawn(async move {
-                    let Ok(outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                    else {
-                        return;
-                    };
-                    let (ri, wi) = inbound.into_split();
-                    let (ro, wo) = outbound.into_split();
-                    tokio::select! {
-                        _ = pump(ri, wo, frozen.clone()) => {}
-                        _ = pump(ro, wi, frozen) => {}
-                    }
-                });
-                t.lock().unwrap().push(h.abort_handle());
-            }
-        });
-        tasks.lock().unwrap().push(accept.abort_handle());
-        FreezingProxy {
-            port,
-            frozen,
-            tasks,
-        }
-    }
-
-    fn freeze(&self, frozen: bool) {
-        self.frozen
-            .store(frozen, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for FreezingProxy {
-    fn drop(&mut self) {
-        for t in self.tasks.lock().unwrap().drain(..) {
-            t.abort();
-        }
-    }
-}
-
 /// `Seconds_Behind_Master` and `Slave_IO_Running` of the replica at `url`.
 async fn replica_io(url: &str) -> (Option<u64>, String) {
     use sqlx::Row;
@@ -498,12 +417,12 @@ async fn a_replica_on_a_half_open_link_leaves_the_rotation_by_its_gtid_position(
     let max_lag_secs = 1;
     let pair = crate::support::ReplicationPair::start();
     let primary_port: u16 = pair.primary.rsplit(':').next().unwrap().parse().unwrap();
-    let proxy = FreezingProxy::start(primary_port).await;
+    let proxy = crate::support::Proxy::start(([127, 0, 0, 1], primary_port).into()).await;
     let mut admin = MySqlConnection::connect(&pair.replica).await.unwrap();
     // A port number only: nothing to escape.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "STOP SLAVE; CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}; START SLAVE",
-        proxy.port
+        proxy.addr.port()
     )))
     .execute(&mut admin)
     .await
@@ -559,7 +478,7 @@ async fn a_replica_on_a_half_open_link_leaves_the_rotation_by_its_gtid_position(
         "the replica is in rotation before the link freezes"
     );
 
-    proxy.freeze(true);
+    proxy.freeze();
     let frozen_at = Instant::now();
     let r = app.put(&path, json!({"body": "after"})).await;
     assert_eq!(r.status(), 200);
@@ -605,7 +524,7 @@ async fn a_replica_on_a_half_open_link_leaves_the_rotation_by_its_gtid_position(
         "the lag gauge shows the GTID lag: {lag}"
     );
 
-    proxy.freeze(false);
+    proxy.thaw();
     assert!(
         app.eventually(Duration::from_secs(20), in_rotation).await,
         "the replica is put back once it applied the edit"

@@ -4,7 +4,6 @@
 //! the test can cut, and the checks of the write-behind promise.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,7 +27,7 @@ pub fn binary() -> String {
     std::env::var("CHAT_API_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_chat-api").to_string())
 }
 
-pub use crate::support::{PrivateRedis, eventually, free_port};
+pub use crate::support::{PrivateRedis, Proxy, eventually, free_port};
 
 /// Settings of one test: database, prefix and environment of the processes.
 pub struct World {
@@ -591,118 +590,6 @@ pub fn check_promise_explaining(
         }
     }
     lost
-}
-
-/// A TCP proxy the test can cut: when cut, every open connection is dropped
-/// and new ones are accepted and closed at once.
-pub struct Proxy {
-    /// Where clients connect.
-    pub addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-    frozen: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    /// A proxy on a free loopback port forwarding to `upstream`.
-    pub async fn start(upstream: SocketAddr) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
-        let frozen = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let (c2, k2, f2) = (cut.clone(), conns.clone(), frozen.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                if c2.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let frozen = f2.clone();
-                let h = tokio::spawn(async move {
-                    if let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let (ri, wi) = inbound.into_split();
-                        let (ro, wo) = outbound.into_split();
-                        tokio::select! {
-                            _ = pump(ri, wo, frozen.clone()) => {}
-                            _ = pump(ro, wi, frozen) => {}
-                        }
-                    }
-                });
-                k2.lock().unwrap().push(h.abort_handle());
-            }
-        });
-        Proxy {
-            addr,
-            cut,
-            frozen,
-            conns,
-            task,
-        }
-    }
-
-    /// Freezes every connection, open or new, as a `SIGSTOP` of the
-    /// upstream server would: connections stay open, and nothing passes
-    /// either way until [`Self::thaw`].
-    pub fn freeze(&self) {
-        self.frozen.store(true, Ordering::SeqCst);
-    }
-
-    /// Lets bytes pass again after [`Self::freeze`].
-    pub fn thaw(&self) {
-        self.frozen.store(false, Ordering::SeqCst);
-    }
-
-    /// Cuts every connection, now and until [`Self::heal`].
-    pub fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for h in self.conns.lock().unwrap().drain(..) {
-            h.abort();
-        }
-    }
-
-    /// Lets connections through again.
-    pub fn heal(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
-/// Copies `from` to `to`, holding every byte while `frozen` is set.
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    frozen: Arc<AtomicBool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        while frozen.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        while frozen.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-        for h in self.conns.lock().unwrap().drain(..) {
-            h.abort();
-        }
-    }
 }
 
 /// Three Redis Sentinels on loopback watching one master under the name

@@ -199,6 +199,8 @@ async fn campaign(seed: u64, topology: Topology, length: Duration) -> Vec<String
     // Healed, the workload goes on for a while: creation must resume, and
     // counters in doubt are used again.
     nemesis.calm(&world);
+    let settled = nemesis.redis.settle().await;
+    eprintln!("CHAOS_SEED={seed} Redis {settled}");
     let healed_ms = workload.history.now_ms();
     tokio::time::sleep(TAIL).await;
     workload.stop.store(true, Ordering::SeqCst);

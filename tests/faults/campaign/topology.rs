@@ -208,6 +208,55 @@ impl RedisSide {
         }
     }
 
+    /// Waits (at most 60 s) until the topology is whole again after the
+    /// last fault: on Sentinel, the master the sentinels name answers
+    /// `ROLE` as a master and the other node as its replica with the link
+    /// up (a `SENTINEL FAILOVER` just before the end leaves the old master
+    /// taking writes no replica confirms until the sentinels demote it,
+    /// about 10 s later); on Cluster, every node says `cluster_state:ok`.
+    /// The liveness rule counts from then. Says how long it waited, or
+    /// that it gave up.
+    pub(super) async fn settle(&self) -> String {
+        let started = std::time::Instant::now();
+        let settled = eventually(Duration::from_secs(60), || async {
+            match self {
+                RedisSide::Single { .. } | RedisSide::Aof { .. } => true,
+                RedisSide::Sentinel { nodes, sentinels } => {
+                    let Some(master) = sentinels.master_port().await else {
+                        return false;
+                    };
+                    let mut whole = true;
+                    for node in nodes {
+                        let want = if node.port == master {
+                            "master".to_string()
+                        } else {
+                            format!("slave\t127.0.0.1\t{master}\tconnected")
+                        };
+                        whole &= role(node.port).await.is_some_and(|r| r.starts_with(&want));
+                    }
+                    whole
+                }
+                RedisSide::Cluster { cluster } => cluster.urls().iter().all(|u| {
+                    let port = u
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0);
+                    cluster
+                        .cli(port, &["CLUSTER", "INFO"])
+                        .contains("cluster_state:ok")
+                }),
+            }
+        })
+        .await;
+        let waited = started.elapsed().as_secs_f64();
+        if settled {
+            format!("settled in {waited:.1} s")
+        } else {
+            format!("not settled after {waited:.1} s")
+        }
+    }
+
     /// Injects the Redis fault `kind` (one of [`Topology::faults`]) and
     /// says what was done, with the kind actually injected (a restore with
     /// nothing to restore takes the snapshot instead). `at_ms` is now, on
@@ -433,6 +482,29 @@ where
             )
         }
     }
+}
+
+/// The `ROLE` reply of the node at `port`, its fields joined by tabs
+/// (`master\t…`, `slave\thost\tport\tstate\t…`); `None` when it does not
+/// answer.
+async fn role(port: u16) -> Option<String> {
+    let mut c = connect(&format!("redis://127.0.0.1:{port}")).await?;
+    let reply: redis::Value = redis::cmd("ROLE").query_async(&mut c).await.ok()?;
+    let redis::Value::Array(fields) = reply else {
+        return None;
+    };
+    Some(
+        fields
+            .iter()
+            .map(|f| match f {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                redis::Value::SimpleString(s) => s.clone(),
+                redis::Value::Int(i) => i.to_string(),
+                _ => String::new(),
+            })
+            .collect::<Vec<_>>()
+            .join("\t"),
+    )
 }
 
 /// Kills `node`, drops its data, and starts it again as a replica of
