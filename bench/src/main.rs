@@ -18,6 +18,7 @@ use sqlx::MySqlPool;
 
 mod block_wait;
 mod numbering;
+mod page_depth;
 mod plots;
 mod read_replica;
 mod reindex;
@@ -71,6 +72,9 @@ enum Cmd {
     /// Only figure 20: `chat-api reindex` into the term index and into
     /// Meilisearch (`MEILI_URL`), on the same 200,000 stored messages.
     Reindex(reindex::ReindexOpts),
+    /// Only figure 21: a page of a 1,000,000-message chat by cursor
+    /// (`after`) against by OFFSET (`page`), at several depths.
+    PageDepth(page_depth::PageDepthOpts),
     /// Only figure 17: message list reads with 0 and 1 MariaDB replica
     /// while creates run at half their peak, and the primary's CPU per read.
     ReadReplica(Opts),
@@ -1850,6 +1854,12 @@ async fn main() -> anyhow::Result<()> {
             let figure = reindex::reindex(&o).await?;
             println!("{}", serde_json::to_string_pretty(&figure)?);
             println!("{}", reindex::markdown(&figure));
+            Ok(())
+        }
+        Cmd::PageDepth(o) => {
+            let figure = page_depth::page_depth(&o).await?;
+            println!("{}", serde_json::to_string_pretty(&figure)?);
+            println!("{}", page_depth::markdown(&figure));
             Ok(())
         }
         Cmd::ReadReplica(opts) => {

@@ -126,7 +126,7 @@ pub fn is_unguessable_key(key: &str) -> bool {
 }
 
 /// Page of a list: `page` from 1, `per_page` from 1 to [`Page::MAX_PER_PAGE`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Page {
     /// 1-based page number.
     pub page: u32,
@@ -175,6 +175,91 @@ impl Page {
     }
 }
 
+/// Which items of a list numbered within its scope (an application's chats,
+/// a chat's messages) a request asks for: a page by `page`/`per_page`, or
+/// the items after a cursor by `after`/`limit` (keyset pagination: the
+/// cost of a page does not grow with its depth, and items created or
+/// deleted meanwhile neither repeat nor skip one on a walk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// `page` and `per_page`: rows skipped by `OFFSET`.
+    Page(Page),
+    /// `after` and `limit`: the first `limit` items numbered above `after`.
+    After {
+        /// The cursor: the last number the client has (0: from the start).
+        after: i64,
+        /// Items per page, 1 to [`Page::MAX_PER_PAGE`].
+        limit: u32,
+    },
+}
+
+impl Window {
+    /// Checks the query parameters: `after` or `limit` picks the cursor
+    /// (`after` 0 when absent, `limit` [`Page::DEFAULT_PER_PAGE`]), else a
+    /// page as [`Page::parse`]. Errors: 422 when a value is out of range, or
+    /// when the two kinds are mixed (`page` with `after`).
+    pub fn parse(
+        page: Option<i64>,
+        per_page: Option<i64>,
+        after: Option<i64>,
+        limit: Option<i64>,
+    ) -> Result<Self, Invalid> {
+        if after.is_none() && limit.is_none() {
+            return Page::parse(page, per_page).map(Window::Page);
+        }
+        if page.is_some() || per_page.is_some() {
+            return Err(Invalid::new(
+                "page and per_page cannot be combined with after and limit: use one or the other",
+            ));
+        }
+        let after = after.unwrap_or(0);
+        if after < 0 {
+            return Err(Invalid::new("after must be 0 or more"));
+        }
+        let limit = limit.unwrap_or(Page::DEFAULT_PER_PAGE as i64);
+        if !(1..=Page::MAX_PER_PAGE as i64).contains(&limit) {
+            return Err(Invalid::new(format!(
+                "limit must be between 1 and {}",
+                Page::MAX_PER_PAGE
+            )));
+        }
+        Ok(Window::After {
+            after,
+            limit: limit as u32,
+        })
+    }
+
+    /// Items per page.
+    pub fn size(&self) -> u32 {
+        match self {
+            Window::Page(p) => p.per_page,
+            Window::After { limit, .. } => *limit,
+        }
+    }
+
+    /// SQL: the number the rows must be above (0 for a page: numbers start
+    /// at 1).
+    pub fn after(&self) -> i64 {
+        match self {
+            Window::Page(_) => 0,
+            Window::After { after, .. } => *after,
+        }
+    }
+
+    /// SQL `LIMIT`: one more row than a page, to learn whether more follow.
+    pub fn limit_plus_one(&self) -> i64 {
+        self.size() as i64 + 1
+    }
+
+    /// SQL `OFFSET` (0 after a cursor).
+    pub fn offset(&self) -> i64 {
+        match self {
+            Window::Page(p) => p.offset(),
+            Window::After { .. } => 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +305,20 @@ mod tests {
         assert!(Page::parse(Some(-1), None).is_err());
         let p = Page::parse(Some(3), Some(10)).unwrap();
         assert_eq!((p.offset(), p.limit_plus_one()), (20, 11));
+    }
+
+    #[test]
+    fn a_window_is_a_page_or_a_cursor_never_both() {
+        let w = Window::parse(Some(2), Some(10), None, None).unwrap();
+        assert_eq!((w.after(), w.offset(), w.limit_plus_one()), (0, 10, 11));
+        let w = Window::parse(None, None, Some(500), Some(30)).unwrap();
+        assert_eq!((w.after(), w.offset(), w.limit_plus_one()), (500, 0, 31));
+        let w = Window::parse(None, None, None, Some(5)).unwrap();
+        assert_eq!(w, Window::After { after: 0, limit: 5 });
+        assert!(Window::parse(Some(1), None, Some(3), None).is_err());
+        assert!(Window::parse(None, Some(10), None, Some(10)).is_err());
+        assert!(Window::parse(None, None, Some(-1), None).is_err());
+        assert!(Window::parse(None, None, Some(1), Some(0)).is_err());
+        assert!(Window::parse(None, None, Some(1), Some(101)).is_err());
     }
 }

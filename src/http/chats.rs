@@ -9,9 +9,9 @@ use poem_openapi::{ApiResponse, OpenApi};
 use super::applications::Deleted;
 use super::fields::IdempotencyKey;
 use super::reads::{self, Via};
-use super::schemas::{Chat, ChatList, Created, Meta};
+use super::schemas::{Chat, ChatList, Created, NumberedMeta};
 use super::{ApiTags, AppState, lookup};
-use crate::domain::{Page, is_plausible_token};
+use crate::domain::{Window, is_plausible_token};
 use crate::http::error::ApiError;
 use crate::store;
 use crate::store::replicas::ReadScope;
@@ -20,6 +20,19 @@ use crate::writebehind::Idempotency;
 
 /// Operations on chats.
 pub struct ChatsApi;
+
+/// 200 with a page of chats.
+#[derive(ApiResponse)]
+pub enum ChatPage {
+    /// A page of chats, by number.
+    #[oai(status = 200)]
+    Ok(
+        Json<ChatList>,
+        /// The next page (RFC 8288: `<…>; rel="next"`), absent on the last.
+        #[oai(header = "Link")]
+        Option<String>,
+    ),
+}
 
 /// 201 with the number of the new chat or message.
 #[derive(ApiResponse)]
@@ -65,8 +78,13 @@ impl ChatsApi {
 
     /// List chats
     ///
-    /// By number. Chats created in the last flush interval may not be listed yet.
+    /// By number. Chats created in the last flush interval may not be listed
+    /// yet. Pages by `page`/`per_page`, or after a cursor by `after`/`limit`
+    /// (the number of the last chat you have; `meta.next_after` and the
+    /// `Link` header give the next one), whose cost does not grow with its
+    /// depth. Not both kinds at once (422).
     #[oai(path = "/applications/:token/chats", method = "get")]
+    #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
         state: Data<&AppState>,
@@ -78,20 +96,30 @@ impl ChatsApi {
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
-    ) -> Result<Json<ChatList>, Errors<Listing>> {
-        let page = Page::parse(page.0, per_page.0)?;
+        /// Cursor: list the chats numbered above this one (0: from the first).
+        #[oai(validator(minimum(value = "0")))]
+        after: Query<Option<i64>>,
+        /// Items per page after a cursor, 1 to 100 (default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        limit: Query<Option<i64>>,
+    ) -> Result<ChatPage, Errors<Listing>> {
+        let window = Window::parse(page.0, per_page.0, after.0, limit.0)?;
         let app = lookup::application(&state, &token.0).await?;
         let scope = ReadScope::Application(app.id);
         let app_id = app.id;
         let rows = reads::read(&state, &app.token, scope, Via::Replica, |pool| async move {
-            store::chats::list(&pool, app_id, page).await
+            store::chats::list(&pool, app_id, window).await
         })
         .await?;
-        let (rows, meta) = Meta::paginate(page, rows);
-        Ok(Json(ChatList {
-            chats: rows.into_iter().map(Into::into).collect(),
-            meta,
-        }))
+        let (rows, meta) = NumberedMeta::paginate(window, rows, |r| r.number);
+        let link = meta.link_next(&format!("/api/v1/applications/{}/chats", app.token));
+        Ok(ChatPage::Ok(
+            Json(ChatList {
+                chats: rows.into_iter().map(Into::into).collect(),
+                meta,
+            }),
+            link,
+        ))
     }
 
     /// Get a chat

@@ -2,18 +2,18 @@
 
 use crate::http::answers::{CreateMessage, Errors, Listing, Lookup, Update};
 use poem::web::Data;
-use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
 
 use super::applications::Deleted;
 use super::body::{FlatOrWrapped, JsonBody};
 use super::chats::CreatedNumber;
 use super::fields::IdempotencyKey;
 use super::reads::{self, Via};
-use super::schemas::{Created, Message, MessageInput, MessageList, Meta};
+use super::schemas::{Created, Message, MessageInput, MessageList, NumberedMeta};
 use super::{ApiTags, AppState, lookup};
-use crate::domain::{MessageBody, Page, is_plausible_token};
+use crate::domain::{MessageBody, Window, is_plausible_token};
 use crate::http::error::ApiError;
 use crate::store;
 use crate::store::replicas::ReadScope;
@@ -22,6 +22,19 @@ use crate::writebehind::Idempotency;
 
 /// Operations on messages.
 pub struct MessagesApi;
+
+/// 200 with a page of messages.
+#[derive(ApiResponse)]
+pub enum MessagePage {
+    /// A page of messages, by number.
+    #[oai(status = 200)]
+    Ok(
+        Json<MessageList>,
+        /// The next page (RFC 8288: `<…>; rel="next"`), absent on the last.
+        #[oai(header = "Link")]
+        Option<String>,
+    ),
+}
 
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Messages")]
 impl MessagesApi {
@@ -76,8 +89,13 @@ impl MessagesApi {
 
     /// List messages
     ///
-    /// By number. Messages created in the last flush interval may not be listed yet.
+    /// By number. Messages created in the last flush interval may not be
+    /// listed yet. Pages by `page`/`per_page`, or after a cursor by
+    /// `after`/`limit` (the number of the last message you have;
+    /// `meta.next_after` and the `Link` header give the next one), whose cost
+    /// does not grow with its depth. Not both kinds at once (422).
     #[oai(path = "/applications/:token/chats/:number/messages", method = "get")]
+    #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
         state: Data<&AppState>,
@@ -91,21 +109,35 @@ impl MessagesApi {
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
-    ) -> Result<Json<MessageList>, Errors<Listing>> {
-        let page = Page::parse(page.0, per_page.0)?;
+        /// Cursor: list the messages numbered above this one (0: from the
+        /// first).
+        #[oai(validator(minimum(value = "0")))]
+        after: Query<Option<i64>>,
+        /// Items per page after a cursor, 1 to 100 (default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        limit: Query<Option<i64>>,
+    ) -> Result<MessagePage, Errors<Listing>> {
+        let window = Window::parse(page.0, per_page.0, after.0, limit.0)?;
         let app = lookup::application(&state, &token.0).await?;
         let chat = lookup::chat(&state, &app, number.0, Via::Replica).await?;
         let scope = ReadScope::Chat(chat.id);
         let chat_id = chat.id;
         let rows = reads::read(&state, &app.token, scope, Via::Replica, |pool| async move {
-            store::messages::list(&pool, chat_id, page).await
+            store::messages::list(&pool, chat_id, window).await
         })
         .await?;
-        let (rows, meta) = Meta::paginate(page, rows);
-        Ok(Json(MessageList {
-            messages: rows.into_iter().map(Into::into).collect(),
-            meta,
-        }))
+        let (rows, meta) = NumberedMeta::paginate(window, rows, |r| r.number);
+        let link = meta.link_next(&format!(
+            "/api/v1/applications/{}/chats/{}/messages",
+            app.token, chat.number
+        ));
+        Ok(MessagePage::Ok(
+            Json(MessageList {
+                messages: rows.into_iter().map(Into::into).collect(),
+                meta,
+            }),
+            link,
+        ))
     }
 
     /// Get a message

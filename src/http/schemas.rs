@@ -5,7 +5,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use poem_openapi::Object;
 
 use super::fields::NonBlank;
-use crate::domain::Page;
+use crate::domain::{Page, Window};
 use crate::store::applications::AppRow;
 use crate::store::chats::ChatRow;
 use crate::store::messages::MessageRow;
@@ -183,6 +183,77 @@ impl Meta {
     }
 }
 
+/// Where a page of a numbered list (an application's chats, a chat's
+/// messages) sits: by `page`/`per_page`, or after a cursor (`after`/`limit`).
+#[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
+pub struct NumberedMeta {
+    /// This page, from 1; null when paged by cursor.
+    #[oai(nullable)]
+    pub page: Option<u32>,
+    /// Items per page (1 to 100): `per_page`, or `limit` by cursor.
+    pub per_page: u32,
+    /// The next page, or null on the last page (and by cursor).
+    #[oai(nullable)]
+    pub next_page: Option<u32>,
+    /// The previous page, or null on the first page (and by cursor).
+    #[oai(nullable)]
+    pub previous_page: Option<u32>,
+    /// The cursor of the next page (the last number on this one): pass it
+    /// as `after`. Null on the last page. Given when paged by `page` too,
+    /// so that a client can go on by cursor.
+    #[oai(nullable)]
+    pub next_after: Option<i64>,
+}
+
+impl NumberedMeta {
+    /// Trims `rows` (fetched with [`Window::limit_plus_one`]) to one page
+    /// and describes it; `number` gives a row's number.
+    pub fn paginate<T>(
+        window: Window,
+        mut rows: Vec<T>,
+        number: impl Fn(&T) -> i64,
+    ) -> (Vec<T>, Self) {
+        let more = rows.len() > window.size() as usize;
+        rows.truncate(window.size() as usize);
+        let next_after = if more { rows.last().map(&number) } else { None };
+        let meta = match window {
+            Window::Page(page) => NumberedMeta {
+                page: Some(page.page),
+                per_page: page.per_page,
+                next_page: more.then_some(page.page + 1),
+                previous_page: (page.page > 1).then(|| page.page - 1),
+                next_after,
+            },
+            Window::After { limit, .. } => NumberedMeta {
+                page: None,
+                per_page: limit,
+                next_page: None,
+                previous_page: None,
+                next_after,
+            },
+        };
+        (rows, meta)
+    }
+
+    /// The `Link` header of the page (RFC 8288): the next page of the list
+    /// at `path` (absolute, from `/api/v1`), in the same kind as this one;
+    /// `None` on the last page.
+    pub fn link_next(&self, path: &str) -> Option<String> {
+        let next_after = self.next_after?;
+        Some(match self.page {
+            Some(page) => format!(
+                "<{path}?page={}&per_page={}>; rel=\"next\"",
+                page + 1,
+                self.per_page
+            ),
+            None => format!(
+                "<{path}?after={next_after}&limit={}>; rel=\"next\"",
+                self.per_page
+            ),
+        })
+    }
+}
+
 /// A page of applications.
 #[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
 pub struct ApplicationList {
@@ -198,7 +269,7 @@ pub struct ChatList {
     /// Chats by number.
     pub chats: Vec<Chat>,
     /// Pagination.
-    pub meta: Meta,
+    pub meta: NumberedMeta,
 }
 
 /// A page of messages.
@@ -207,7 +278,7 @@ pub struct MessageList {
     /// Messages by number.
     pub messages: Vec<Message>,
     /// Pagination.
-    pub meta: Meta,
+    pub meta: NumberedMeta,
 }
 
 /// A search hit: the message and how well it matches.

@@ -3,7 +3,7 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool};
 
-use crate::domain::Page;
+use crate::domain::Window;
 
 /// One live row of `chats`.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -22,15 +22,23 @@ pub struct ChatRow {
     pub deleted_at: Option<NaiveDateTime>,
 }
 
-/// One page of the application's live chats, by number.
-pub async fn list(pool: &MySqlPool, application_id: u64, page: Page) -> sqlx::Result<Vec<ChatRow>> {
+/// One window of the application's live chats, by number (a page by
+/// `OFFSET`, or those numbered above a cursor), with one row more than the
+/// window holds when more follow.
+pub async fn list(
+    pool: &MySqlPool,
+    application_id: u64,
+    window: Window,
+) -> sqlx::Result<Vec<ChatRow>> {
     sqlx::query_as(
         "SELECT id, number, messages_count, created_at, updated_at, deleted_at FROM chats \
-         WHERE application_id = ? AND deleted_at IS NULL ORDER BY number LIMIT ? OFFSET ?",
+         WHERE application_id = ? AND number > ? AND deleted_at IS NULL \
+         ORDER BY number LIMIT ? OFFSET ?",
     )
     .bind(application_id)
-    .bind(page.limit_plus_one())
-    .bind(page.offset())
+    .bind(window.after())
+    .bind(window.limit_plus_one())
+    .bind(window.offset())
     .fetch_all(pool)
     .await
 }

@@ -3,7 +3,7 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool};
 
-use crate::domain::Page;
+use crate::domain::Window;
 
 /// One live row of `messages`.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -22,15 +22,20 @@ pub struct MessageRow {
     pub deleted_at: Option<NaiveDateTime>,
 }
 
-/// One page of the chat's live messages, by number.
-pub async fn list(pool: &MySqlPool, chat_id: u64, page: Page) -> sqlx::Result<Vec<MessageRow>> {
+/// One window of the chat's live messages, by number (a page by `OFFSET`,
+/// or those numbered above a cursor: a range scan of the `(chat_id,
+/// number)` key whatever its depth), with one row more than the window
+/// holds when more follow.
+pub async fn list(pool: &MySqlPool, chat_id: u64, window: Window) -> sqlx::Result<Vec<MessageRow>> {
     sqlx::query_as(
         "SELECT id, number, body, created_at, updated_at, deleted_at FROM messages \
-         WHERE chat_id = ? AND deleted_at IS NULL ORDER BY number LIMIT ? OFFSET ?",
+         WHERE chat_id = ? AND number > ? AND deleted_at IS NULL \
+         ORDER BY number LIMIT ? OFFSET ?",
     )
     .bind(chat_id)
-    .bind(page.limit_plus_one())
-    .bind(page.offset())
+    .bind(window.after())
+    .bind(window.limit_plus_one())
+    .bind(window.offset())
     .fetch_all(pool)
     .await
 }

@@ -11,6 +11,7 @@ mod chats;
 mod cluster;
 mod cluster_tests;
 mod counts;
+mod cursor;
 mod deletes;
 mod docs;
 mod durability;

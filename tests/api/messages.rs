@@ -275,7 +275,7 @@ async fn messages_are_paginated_by_number() {
     assert_eq!(numbers, [4, 5, 6]);
     assert_eq!(
         page["meta"],
-        json!({ "page": 2, "per_page": 3, "next_page": 3, "previous_page": 1 })
+        json!({ "page": 2, "per_page": 3, "next_page": 3, "previous_page": 1, "next_after": 6 })
     );
     assert_eq!(
         app.get(&format!(
