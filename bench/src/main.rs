@@ -72,7 +72,7 @@ enum Cmd {
     /// Only figure 20: `chat-api reindex` into the term index and into
     /// Meilisearch (`MEILI_URL`), on the same 200,000 stored messages.
     Reindex(reindex::ReindexOpts),
-    /// Only figure 21: a page of a 1,000,000-message chat by cursor
+    /// Only figure 22: a page of a 1,000,000-message chat by cursor
     /// (`after`) against by OFFSET (`page`), at several depths.
     PageDepth(page_depth::PageDepthOpts),
     /// Only figure 17: message list reads with 0 and 1 MariaDB replica

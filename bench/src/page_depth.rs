@@ -1,4 +1,4 @@
-//! Figure 21 (issue 35): a page of a long chat by cursor against by
+//! Figure 22 (issue 35): a page of a long chat by cursor against by
 //! `OFFSET`. One chat holds `--messages` stored messages (1,000,000 by
 //! default, numbers 1 to N, inserted by SQL); at each depth of `--depths`,
 //! `GET …/messages?after={depth}&limit=20` and
@@ -58,7 +58,7 @@ async fn timed(c: &reqwest::Client, url: &str, first_after: u64) -> anyhow::Resu
     Ok(ms)
 }
 
-/// Figure 21 (see the module docs).
+/// Figure 22 (see the module docs).
 pub async fn page_depth(o: &PageDepthOpts) -> anyhow::Result<Value> {
     let (env, pool) = Env::fresh(&o.opts).await?;
     let port = free_port();
@@ -68,7 +68,7 @@ pub async fn page_depth(o: &PageDepthOpts) -> anyhow::Result<Value> {
     let chat_id: u64 = sqlx::query_scalar("SELECT id FROM chats LIMIT 1")
         .fetch_one(&pool)
         .await?;
-    eprintln!("figure 21: {} stored messages in one chat…", o.messages);
+    eprintln!("figure 22: {} stored messages in one chat…", o.messages);
     // In steps of 100,000 rows (the sequence engine's tables of MariaDB).
     let mut from = 0;
     while from < o.messages {
@@ -117,10 +117,10 @@ pub async fn page_depth(o: &PageDepthOpts) -> anyhow::Result<Value> {
     Ok(json!({ "messages": o.messages, "samples": o.samples, "depths": rows }))
 }
 
-/// Figure 21's lines for BENCHMARKS.md.
+/// Figure 22's lines for BENCHMARKS.md.
 pub fn markdown(figure: &Value) -> String {
     let mut out = format!(
-        "| 21. page of 20 in a chat of {} messages, depth | cursor p50 / p99 (ms) | OFFSET p50 / p99 (ms) | cursor ÷ OFFSET (p50) |\n|---|---|---|---|\n",
+        "| 22. page of 20 in a chat of {} messages, depth | cursor p50 / p99 (ms) | OFFSET p50 / p99 (ms) | cursor ÷ OFFSET (p50) |\n|---|---|---|---|\n",
         figure["messages"]
     );
     for r in figure["depths"].as_array().into_iter().flatten() {
