@@ -24,14 +24,16 @@ pub struct ChatRow {
 
 /// One window of the application's live chats, by number (a page by
 /// `OFFSET`, or those numbered above a cursor), with one row more than the
-/// window holds when more follow.
+/// window holds when more follow. The key is forced, as for
+/// [`super::messages::list`] (a `range` read from the cursor, not a `ref`
+/// walk from the application's first chat).
 pub async fn list(
     pool: &MySqlPool,
     application_id: u64,
     window: Window,
 ) -> sqlx::Result<Vec<ChatRow>> {
     sqlx::query_as(
-        "SELECT id, number, messages_count, created_at, updated_at, deleted_at FROM chats \
+        "SELECT id, number, messages_count, created_at, updated_at, deleted_at FROM chats FORCE INDEX (chats_application_number_key) \
          WHERE application_id = ? AND number > ? AND deleted_at IS NULL \
          ORDER BY number LIMIT ? OFFSET ?",
     )
