@@ -208,6 +208,24 @@ end
 return taken
 "#;
 
+/// Reads the application hash's eviction generation `g` (0 when absent)
+/// with the shard's epoch, on one server in one step: the generation an
+/// exact [`RESTART`] compares is then from the server whose epoch the
+/// restart has, not from the other server of a split brain, whose copy of
+/// the hash counts on apart and could hold the same value by chance (keeps
+/// I1 for O12; found by review, not reachable in the model, whose restart
+/// reads epoch and generation in one step).
+///
+/// KEYS: app hash, the shard's epoch hash. ARGV: the epoch. Returns the
+/// generation, or -1 when the epoch there is not `ARGV[1]`, set by this
+/// lineage.
+pub const GENERATION: &str = r#"
+--LINEAGE
+local e = redis.call('HMGET', KEYS[2], 'epoch', 'run_id', 'replid')
+if e[1] ~= ARGV[1] or not same_lineage(e[2], e[3]) then return -1 end
+return tonumber(redis.call('HGET', KEYS[1], 'g') or '0')
+"#;
+
 /// Raises a scope's bound to `ARGV[2]`, after MariaDB recorded it (keeps
 /// I3), only if the bound is still `ARGV[3]`, the one the caller's
 /// compare-and-set went from: in a split brain an instance's calls may
@@ -399,6 +417,7 @@ type Reserved = (Instant, i64, i64);
 
 /// The numbering scripts, hashed once.
 struct NumberingScripts {
+    generation: Script,
     restart: Script,
     raise_bound: Script,
     evict: Script,
@@ -429,6 +448,7 @@ impl Numbering {
             sql_timeout,
             block_max: block_max.max(FIRST_BLOCK),
             scripts: Arc::new(NumberingScripts {
+                generation: lineage(GENERATION),
                 restart: lineage(RESTART),
                 raise_bound: Script::new(RAISE_BOUND),
                 evict: lineage(EVICT),
@@ -774,8 +794,11 @@ impl Numbering {
         missing: bool,
     ) -> Result<bool, BufferError> {
         // Read before MariaDB's highest number: an exact restart applies
-        // only if no eviction came between (O12).
-        let generation = self.eviction_generation(token).await?;
+        // only if no eviction came between (O12). Another epoch there: the
+        // caller asks again.
+        let Some(generation) = self.eviction_generation(token, epoch).await? else {
+            return Ok(true);
+        };
         let (highest, deleted) = match scope {
             CounterScope::Chats => (
                 self.sql(store::applications::last_chat_number(
@@ -1059,14 +1082,29 @@ impl Numbering {
 
     /// The eviction generation of `token`'s application hash (`g`: how many
     /// [`EVICT`] calls took a counter from it; 0 when absent), which an
-    /// exact [`RESTART`] checks is unchanged (O12). Errors: Redis
-    /// unavailable.
-    pub async fn eviction_generation(&self, token: &str) -> Result<i64, BufferError> {
-        let key = self.keys.for_token(token).app(token);
-        let generation: Option<i64> = self
-            .call(|mut c| async move { c.hget(key, "g").await })
+    /// exact [`RESTART`] checks is unchanged (O12), read by [`GENERATION`]
+    /// with the shard's epoch: `None` when the epoch there is not `epoch`
+    /// (another server of a split brain, or the epoch moved; the caller
+    /// asks again). Errors: Redis unavailable.
+    pub async fn eviction_generation(
+        &self,
+        token: &str,
+        epoch: i64,
+    ) -> Result<Option<i64>, BufferError> {
+        let shard = self.keys.for_token(token);
+        let (app, epoch_key) = (shard.app(token), shard.epoch());
+        let generation: i64 = self
+            .call(|mut c| async move {
+                self.scripts
+                    .generation
+                    .key(app)
+                    .key(epoch_key)
+                    .arg(epoch)
+                    .invoke_async(&mut c)
+                    .await
+            })
             .await?;
-        Ok(generation.unwrap_or(0))
+        Ok((generation >= 0).then_some(generation))
     }
 
     /// The epoch in force in `token`'s shard, as the enqueue scripts read it

@@ -384,7 +384,7 @@ async fn an_eviction_mark_is_cleared_for_a_counter_evict_did_not_take() {
         app.eventually(std::time::Duration::from_secs(10), || async {
             let waiting: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
-                 WHERE INFO LIKE 'INSERT INTO number_reservations%'",
+                 WHERE DB = DATABASE() AND INFO LIKE 'INSERT INTO number_reservations%'",
             )
             .fetch_one(&app.pool)
             .await
@@ -470,11 +470,13 @@ async fn an_exact_restart_after_another_eviction_does_not_apply() {
     // that the restart held below is the message counter's.
     assert_eq!(a.create_chat(&token).await, chat + 1);
 
-    // A's restart stops at its reservation read, after reading H = 3.
+    // A's restart stops at its read of H, after reading G (so that a G
+    // read after H, which would go through the frozen link below and come
+    // back fresh, fails this test).
     let mut lock = sqlx::MySqlConnection::connect(&a.config.database_url)
         .await
         .unwrap();
-    sqlx::raw_sql("LOCK TABLES number_reservations WRITE")
+    sqlx::raw_sql("LOCK TABLES messages WRITE")
         .execute(&mut lock)
         .await
         .unwrap();
@@ -498,7 +500,7 @@ async fn an_exact_restart_after_another_eviction_does_not_apply() {
         a.eventually(std::time::Duration::from_secs(10), || async {
             let waiting: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
-                 WHERE INFO LIKE 'SELECT reserved_to, evicted_epoch FROM number_reservations%'",
+                 WHERE DB = DATABASE() AND INFO LIKE 'SELECT c.deleted_at IS NOT NULL%'",
             )
             .fetch_one(&a.pool)
             .await
@@ -506,9 +508,10 @@ async fn an_exact_restart_after_another_eviction_does_not_apply() {
             waiting > 0
         })
         .await,
-        "A's restart never came to read the reservation"
+        "A's restart never came to read H"
     );
-    // Its RESTART (exact: X is this epoch) is held between A and Redis.
+    // A reads H = 3 and X (this epoch), and its exact RESTART is held
+    // between A and Redis.
     proxy.freeze();
     sqlx::raw_sql("UNLOCK TABLES")
         .execute(&mut lock)
