@@ -1158,9 +1158,12 @@ async fn search_latency(pool: &MySqlPool, variant: &str, large: u64) -> anyhow::
                     pool,
                     chat,
                     "w10",
-                    chat_api::domain::Page::parse(Some(1), Some(20))?,
+                    chat_api::store::search::terms::Start::Offset(0),
+                    21,
+                    Duration::from_secs(60),
                 )
                 .await?
+                .hits
                 .len(),
             };
             took.push(started.elapsed().as_secs_f64() * 1000.0);
