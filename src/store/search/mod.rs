@@ -154,8 +154,9 @@ pub struct Cursor {
     /// Hits returned before that page.
     #[serde(rename = "o")]
     pub offset: u64,
-    /// Score of the last hit returned.
-    #[serde(rename = "s")]
+    /// Score of the last hit returned (as its bits: a walk compares scores
+    /// exactly).
+    #[serde(rename = "s", with = "f64_bits")]
     pub score: f64,
     /// Its number.
     #[serde(rename = "n")]
@@ -167,6 +168,19 @@ pub struct Cursor {
     /// whose ranking scores do not depend on the rest of the chat).
     #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<terms::Stats>,
+}
+
+/// An `f64` (de)serialized as its IEEE 754 bits, exactly.
+mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(v.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        u64::deserialize(d).map(f64::from_bits)
+    }
 }
 
 /// Longest accepted cursor, in bytes.
@@ -351,30 +365,36 @@ impl SearchBackend {
                 (hits, None)
             }
         };
-        let more = hits.len() > per_page;
-        let hits: Vec<(i64, f64)> = hits.into_iter().take(per_page).collect();
-        let next = match (more, hits.last()) {
-            (true, Some(&(number, score))) => Some(Cursor {
-                page: window.page() + 1,
-                offset: window.offset() + per_page as u64,
-                score,
-                number,
-                query: fingerprint,
-                stats,
-            }),
-            _ => None,
-        };
+        // The hits of up to `per_page + 1` live messages, in ranking order:
+        // a hit whose message went since it was indexed is left out, and the
+        // next one takes its place.
         let numbers: Vec<i64> = hits.iter().map(|&(n, _)| n).collect();
         let scores: std::collections::HashMap<i64, f64> = hits.into_iter().collect();
-        let rows = crate::store::messages::find_many_live(read, chat_id, &numbers).await?;
-        Ok(SearchPage {
-            rows: rows
+        let mut rows: Vec<ScoredRow> =
+            crate::store::messages::find_many_live(read, chat_id, &numbers)
+                .await?
                 .into_iter()
                 .map(|row| ScoredRow {
                     score: scores.get(&row.number).copied().unwrap_or(0.0),
                     row,
                 })
-                .collect(),
+                .collect();
+        let more = rows.len() > per_page;
+        rows.truncate(per_page);
+        // The next page starts after the last hit returned.
+        let next = match (more, rows.last()) {
+            (true, Some(last)) => Some(Cursor {
+                page: window.page() + 1,
+                offset: window.offset() + per_page as u64,
+                score: last.score,
+                number: last.row.number,
+                query: fingerprint,
+                stats,
+            }),
+            _ => None,
+        };
+        Ok(SearchPage {
+            rows,
             more,
             next,
         })
