@@ -198,14 +198,21 @@ async fn before(pool: &MySqlPool, chat: u64, q: &str, page: u32) -> anyhow::Resu
         .take(PER_PAGE as usize + 1)
         .map(|h| h.0)
         .collect();
-    Ok(chat_api::store::messages::find_many_live(pool, chat, &numbers)
-        .await?
-        .len()
-        .min(PER_PAGE as usize))
+    Ok(
+        chat_api::store::messages::find_many_live(pool, chat, &numbers)
+            .await?
+            .len()
+            .min(PER_PAGE as usize),
+    )
 }
 
 /// The window of page 10 of `q` by cursor: pages 1 to 9 walked by cursor.
-async fn page_10(search: &SearchBackend, pool: &MySqlPool, chat: u64, q: &str) -> anyhow::Result<Window> {
+async fn page_10(
+    search: &SearchBackend,
+    pool: &MySqlPool,
+    chat: u64,
+    q: &str,
+) -> anyhow::Result<Window> {
     let page = chat_api::domain::Page::parse(Some(1), Some(i64::from(PER_PAGE)))?;
     let mut window = Window::Page(page);
     for _ in 1..10 {
@@ -235,7 +242,10 @@ pub async fn search_topk(o: &SearchTopkOpts) -> anyhow::Result<Value> {
         .last_insert_id();
     let seed_secs = seed(&pool, chat, app, o.messages).await?;
     let search = SearchBackend::Database(pool.clone());
-    let first = Window::Page(chat_api::domain::Page::parse(Some(1), Some(i64::from(PER_PAGE)))?);
+    let first = Window::Page(chat_api::domain::Page::parse(
+        Some(1),
+        Some(i64::from(PER_PAGE)),
+    )?);
     let mut shapes = serde_json::Map::new();
     let cases: [(&str, &str, bool); 6] = [
         ("a word in 1 message", "rare", false),
@@ -251,11 +261,13 @@ pub async fn search_topk(o: &SearchTopkOpts) -> anyhow::Result<Value> {
         } else {
             first.clone()
         };
-        let df: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(documents), 0) FROM search_terms WHERE chat_id = ? AND term = ?")
-            .bind(chat)
-            .bind(terms::query_terms(q)[0])
-            .fetch_one(&pool)
-            .await?;
+        let df: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(documents), 0) FROM search_terms WHERE chat_id = ? AND term = ?",
+        )
+        .bind(chat)
+        .bind(terms::query_terms(q)[0])
+        .fetch_one(&pool)
+        .await?;
         // Warm both, once.
         let hits = search
             .search(&pool, chat, q, &window, Duration::from_secs(60))
@@ -314,7 +326,12 @@ pub fn markdown(d: &Value) -> String {
                 d["messages"],
                 v["query"].as_str().unwrap_or("?"),
                 v["first_word_messages"],
-                v["query"].as_str().unwrap_or("?").split(' ').next().unwrap_or("?"),
+                v["query"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .split(' ')
+                    .next()
+                    .unwrap_or("?"),
                 f(&v["top_k"]["p50_ms"]),
                 f(&v["top_k"]["p99_ms"]),
                 f(&v["before"]["p50_ms"]),

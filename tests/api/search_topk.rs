@@ -146,8 +146,7 @@ async fn top_k_pages_and_cursor_walks_equal_the_full_ranking() {
         // By cursor, the whole ranking.
         let (mut walk, mut meta) = page(&app, &t, c, q, &[("per_page", "9")]).await;
         while let Some(cursor) = meta["next_cursor"].as_str().map(str::to_owned) {
-            let (hits, next) =
-                page(&app, &t, c, q, &[("per_page", "9"), ("after", &cursor)]).await;
+            let (hits, next) = page(&app, &t, c, q, &[("per_page", "9"), ("after", &cursor)]).await;
             assert!(!hits.is_empty(), "a cursor is given only when hits follow");
             walk.extend(hits);
             meta = next;
@@ -228,14 +227,23 @@ async fn bad_cursors_are_422() {
     for (params, why) in [
         (vec![("q", "word"), ("after", "not a cursor!")], "cursor"),
         (vec![("q", "word"), ("after", "e30")], "cursor"),
-        (vec![("q", "other"), ("after", cursor.as_str())], "another query"),
+        (
+            vec![("q", "other"), ("after", cursor.as_str())],
+            "another query",
+        ),
         (
             vec![("q", "word"), ("page", "2"), ("after", cursor.as_str())],
             "not both",
         ),
         (vec![("q", "word"), ("after", "")], "after"),
     ] {
-        let r = app.client.get(app.url(&url)).query(&params).send().await.unwrap();
+        let r = app
+            .client
+            .get(app.url(&url))
+            .query(&params)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 422, "{params:?}");
         let body: Value = r.json().await.unwrap();
         let error = body["error"].as_str().unwrap_or_default();
@@ -292,7 +300,10 @@ async fn a_search_past_its_time_limit_is_503_and_leaves_nothing_running() {
     assert!(r.headers().contains_key("retry-after"));
     let body: Value = r.json().await.unwrap();
     assert!(
-        body["error"].as_str().unwrap().contains("SEARCH_TIMEOUT_MS"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("SEARCH_TIMEOUT_MS"),
         "{body}"
     );
     assert!(took < Duration::from_secs(2), "answered in {took:?}");
@@ -331,7 +342,11 @@ async fn the_search_rate_is_per_application() {
     }
     let r = search(&app, &a, 1, "hello").await;
     assert_eq!(r.status(), 429);
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=10).contains(&retry), "Retry-After {retry}");
     assert_eq!(r.headers()["x-ratelimit-limit"], "3");
     let body: Value = r.json().await.unwrap();
@@ -342,7 +357,12 @@ async fn the_search_rate_is_per_application() {
     for _ in 0..3 {
         assert_eq!(search(&app, &b, 1, "hello").await.status(), 200);
     }
-    assert_eq!(app.get(&format!("/applications/{a}/chats/1")).await.status(), 200);
+    assert_eq!(
+        app.get(&format!("/applications/{a}/chats/1"))
+            .await
+            .status(),
+        200
+    );
 }
 
 /// Meilisearch pages by cursor too (against the server at `MEILI_URL`):
@@ -362,7 +382,14 @@ async fn meilisearch_walks_by_cursor() {
     let (all, _) = page(&app, &a, 1, "pizza", &[("per_page", "100")]).await;
     let (mut walk, mut meta) = page(&app, &a, 1, "pizza", &[("per_page", "7")]).await;
     while let Some(cursor) = meta["next_cursor"].as_str().map(str::to_owned) {
-        let (hits, next) = page(&app, &a, 1, "pizza", &[("per_page", "7"), ("after", &cursor)]).await;
+        let (hits, next) = page(
+            &app,
+            &a,
+            1,
+            "pizza",
+            &[("per_page", "7"), ("after", &cursor)],
+        )
+        .await;
         walk.extend(hits);
         meta = next;
     }

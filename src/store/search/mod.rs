@@ -393,11 +393,7 @@ impl SearchBackend {
             }),
             _ => None,
         };
-        Ok(SearchPage {
-            rows,
-            more,
-            next,
-        })
+        Ok(SearchPage { rows, more, next })
     }
 }
 

@@ -29,6 +29,15 @@
 //! how many of the query's terms the message holds (rare ones weigh more) and
 //! how often, and is comparable across chats and queries as "the share of
 //! the best possible match".
+//!
+//! **Retrieval.** A search reads about what its page needs, not every
+//! posting of its terms: [`top_k`], Fagin's threshold algorithm over each
+//! term's postings in impact order (`tf` descending, then number; index
+//! `search_postings_impact`), with the terms' document frequencies kept in
+//! `search_terms` (migration `20261207000008_search_topk.sql`). It returns
+//! what [`rank`] (the whole ranking, as searches ran before) would, bit for
+//! bit; [`search_all`] keeps that for tests and the bench. Every statement
+//! of a search runs under what is left of `SEARCH_TIMEOUT_MS`.
 
 use std::collections::HashMap;
 
