@@ -320,10 +320,10 @@ pub struct SearchMeta {
     pub previous_page: Option<u32>,
     /// The next page's cursor, or null on the last page: send it back as
     /// `after` (with the same `q`) for the hits that follow this page. A
-    /// walk by cursor costs the same at every depth, and never returns a hit
-    /// twice or skips one stored for the whole walk while messages are
-    /// created and deleted (its ranking statistics are those of its first
-    /// page). An opaque string; it does not expire.
+    /// walk by cursor never returns a hit twice or skips one stored for the
+    /// whole walk while messages are created and deleted (its ranking
+    /// statistics are those of its first page). An opaque string; it does
+    /// not expire.
     #[oai(nullable)]
     pub next_cursor: Option<String>,
 }

@@ -50,9 +50,9 @@ impl SearchApi {
     /// ranked by BM25 over the chat's messages.
     ///
     /// Pages: `page` and `per_page`, or, for deep pages, `after` with the
-    /// `meta.next_cursor` of the previous page (a walk by cursor costs the
-    /// same at every depth and neither repeats nor skips a hit while
-    /// messages are created and deleted). Each search has a time limit
+    /// `meta.next_cursor` of the previous page (a walk by cursor neither
+    /// repeats nor skips a hit while messages are created and deleted, and
+    /// for a one-word query each page costs what the first does). Each search has a time limit
     /// (503 with `Retry-After` past it), and each application a search rate
     /// of its own (429 with `Retry-After` past it).
     #[oai(
