@@ -72,10 +72,10 @@ fn body(n: u64, rare: u64) -> String {
     let mut words: Vec<String> = (0..WORDS)
         .map(|i| format!("v{}", mix(n * 64 + i) % VOCABULARY))
         .collect();
-    if mix(n ^ 0x4841_4c46) % 2 == 0 {
+    if mix(n ^ 0x4841_4c46).is_multiple_of(2) {
         words[0] = "half".into();
     }
-    if mix(n ^ 0x5445_4e54) % 10 == 0 {
+    if mix(n ^ 0x5445_4e54).is_multiple_of(10) {
         words[1] = "tenth".into();
     }
     if n == rare {
