@@ -211,6 +211,71 @@ async fn a_cursor_walk_neither_repeats_nor_skips_while_messages_come_and_go() {
     assert!(round >= 15, "the walk took {round} pages");
 }
 
+/// The same, with the creates, deletes, flushes and indexing running at
+/// the same time as the walk (two futures on one task), not between its
+/// pages: no hit twice, none skipped among the messages never deleted.
+#[tokio::test]
+async fn a_cursor_walk_neither_repeats_nor_skips_under_concurrent_writes() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let app = spawn_app().await;
+    let t = app.create_app("concurrent").await;
+    let c = app.create_chat(&t).await;
+    let mut words = Words(0x51_7cc1_b727_220a);
+    for _ in 0..300 {
+        let body = format!("{} common", words.body());
+        app.create_message(&t, c, &body).await;
+    }
+    app.flush().await;
+    let q = "common w5";
+    let done = AtomicBool::new(false);
+    let deleted: Mutex<HashSet<i64>> = Mutex::new(HashSet::new());
+    let walk = async {
+        let mut seen: Vec<i64> = Vec::new();
+        let (hits, mut meta) = page(&app, &t, c, q, &[("per_page", "8")]).await;
+        seen.extend(hits.iter().map(|h| h.0));
+        while let Some(cursor) = meta["next_cursor"].as_str().map(str::to_owned) {
+            tokio::time::sleep(Duration::from_millis(15)).await;
+            let (hits, next) = page(&app, &t, c, q, &[("per_page", "8"), ("after", &cursor)]).await;
+            seen.extend(hits.iter().map(|h| h.0));
+            meta = next;
+        }
+        done.store(true, Ordering::SeqCst);
+        seen
+    };
+    let writes = async {
+        let mut round = 0i64;
+        let mut words = Words(0x3c6e_f372_fe94_f82b);
+        while !done.load(Ordering::SeqCst) {
+            round += 1;
+            app.create_message(&t, c, "w5 w5 w5 common").await;
+            app.create_message(&t, c, &format!("{} common", words.body()))
+                .await;
+            let n = 1 + (round * 53) % 300;
+            // Counted as deleted before the delete is sent: a message is
+            // judged only if it was stored for the whole walk.
+            if deleted.lock().unwrap().insert(n) {
+                app.delete(&format!("/applications/{t}/chats/{c}/messages/{n}"))
+                    .await;
+            }
+            app.flush().await;
+        }
+        round
+    };
+    let (seen, rounds) = tokio::join!(walk, writes);
+    assert!(
+        rounds >= 5,
+        "only {rounds} rounds of writes during the walk"
+    );
+    let unique: HashSet<i64> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "no hit twice: {seen:?}");
+    let deleted = deleted.into_inner().unwrap();
+    let skipped: Vec<i64> = (1..=300)
+        .filter(|n| !deleted.contains(n) && !unique.contains(n))
+        .collect();
+    assert!(skipped.is_empty(), "skipped {skipped:?}");
+}
+
 /// Cursor input errors are 422 with a JSON reason, never a 500.
 #[tokio::test]
 async fn bad_cursors_are_422() {

@@ -269,6 +269,10 @@ pub struct SearchPage {
     pub next: Option<Cursor>,
 }
 
+/// Times a page fetches the hits after the last one again, when hits of
+/// messages deleted since they were indexed left it short.
+const MAX_REFILLS: usize = 8;
+
 /// Hits of Meilisearch re-read before a cursor's offset, so that a cursor
 /// still finds its last hit after that many hits ranked before it were
 /// created or deleted.
@@ -320,7 +324,15 @@ impl SearchBackend {
         {
             return Err(SearchError::Cursor("the cursor belongs to another query"));
         }
-        let (hits, stats) = match (self, window) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let left = || {
+            deadline
+                .checked_duration_since(tokio::time::Instant::now())
+                .filter(|d| !d.is_zero())
+                .ok_or(SearchError::TimedOut)
+        };
+        // `meili_next`: Meilisearch's offset right after the hits fetched.
+        let (mut hits, stats, mut meili_next) = match (self, window) {
             (SearchBackend::Database(_), _) => {
                 let start = match window {
                     Window::Page(p) => terms::Start::Offset(p.offset().max(0) as usize),
@@ -333,16 +345,17 @@ impl SearchBackend {
                     },
                 };
                 let found =
-                    terms::search(read, chat_id, query, start, per_page + 1, timeout).await?;
-                (found.hits, found.stats)
+                    terms::search(read, chat_id, query, start, per_page + 1, left()?).await?;
+                (found.hits, found.stats, 0)
             }
             (SearchBackend::Meili(m, _), Window::Page(p)) => {
                 let offset = p.offset().max(0) as usize;
                 let hits =
-                    tokio::time::timeout(timeout, m.search(chat_id, query, offset, per_page + 1))
+                    tokio::time::timeout(left()?, m.search(chat_id, query, offset, per_page + 1))
                         .await
                         .map_err(|_| SearchError::TimedOut)??;
-                (hits, None)
+                let next = offset + hits.len();
+                (hits, None, next)
             }
             (SearchBackend::Meili(m, _), Window::After(c, _)) => {
                 if c.stats.is_some() {
@@ -353,7 +366,7 @@ impl SearchBackend {
                 let offset = usize::try_from(c.offset).unwrap_or(usize::MAX);
                 let from = offset.saturating_sub(MEILI_CURSOR_SLACK);
                 let wanted = (offset - from) + MEILI_CURSOR_SLACK + per_page + 1;
-                let hits = tokio::time::timeout(timeout, m.search(chat_id, query, from, wanted))
+                let hits = tokio::time::timeout(left()?, m.search(chat_id, query, from, wanted))
                     .await
                     .map_err(|_| SearchError::TimedOut)??;
                 let start = match hits.iter().position(|&(n, _)| n == c.number) {
@@ -362,23 +375,57 @@ impl SearchBackend {
                 };
                 let hits: Vec<(i64, f64)> =
                     hits.into_iter().skip(start).take(per_page + 1).collect();
-                (hits, None)
+                let next = from + start + hits.len();
+                (hits, None, next)
             }
         };
         // The hits of up to `per_page + 1` live messages, in ranking order:
-        // a hit whose message went since it was indexed is left out, and the
-        // next one takes its place.
-        let numbers: Vec<i64> = hits.iter().map(|&(n, _)| n).collect();
-        let scores: std::collections::HashMap<i64, f64> = hits.into_iter().collect();
-        let mut rows: Vec<ScoredRow> =
-            crate::store::messages::find_many_live(read, chat_id, &numbers)
-                .await?
-                .into_iter()
-                .map(|row| ScoredRow {
-                    score: scores.get(&row.number).copied().unwrap_or(0.0),
-                    row,
-                })
-                .collect();
+        // a hit whose message went since it was indexed (its delete not
+        // applied to the index yet) is left out, and the hits after it are
+        // fetched in its place, so that a walk does not end early.
+        let mut rows: Vec<ScoredRow> = Vec::with_capacity(per_page + 1);
+        for refill in 0.. {
+            let want = per_page + 1 - rows.len();
+            let exhausted = hits.len() < want;
+            let last = hits.last().copied();
+            let numbers: Vec<i64> = hits.iter().map(|&(n, _)| n).collect();
+            let scores: std::collections::HashMap<i64, f64> = hits.into_iter().collect();
+            rows.extend(
+                crate::store::messages::find_many_live(read, chat_id, &numbers)
+                    .await?
+                    .into_iter()
+                    .map(|row| ScoredRow {
+                        score: scores.get(&row.number).copied().unwrap_or(0.0),
+                        row,
+                    }),
+            );
+            let Some((number, score)) = last else { break };
+            if rows.len() > per_page || exhausted || refill == MAX_REFILLS {
+                break;
+            }
+            let want = per_page + 1 - rows.len();
+            hits = match (self, &stats) {
+                (SearchBackend::Database(_), Some(stats)) => {
+                    let start = terms::Start::After {
+                        score,
+                        number,
+                        stats: stats.clone(),
+                    };
+                    terms::search(read, chat_id, query, start, want, left()?)
+                        .await?
+                        .hits
+                }
+                (SearchBackend::Database(_), None) => break,
+                (SearchBackend::Meili(m, _), _) => {
+                    let hits =
+                        tokio::time::timeout(left()?, m.search(chat_id, query, meili_next, want))
+                            .await
+                            .map_err(|_| SearchError::TimedOut)??;
+                    meili_next += hits.len();
+                    hits
+                }
+            };
+        }
         let more = rows.len() > per_page;
         rows.truncate(per_page);
         // The next page starts after the last hit returned.
