@@ -369,6 +369,26 @@ pub struct Config {
     #[arg(long, env = "SEARCH_INDEX_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub search_index_interval_ms: u64,
 
+    /// Time limit of one search, in milliseconds: every SQL statement of a
+    /// search of the term index runs under what is left of it (MariaDB's
+    /// `max_statement_time`, which interrupts the statement on the server),
+    /// and a Meilisearch request is abandoned past it. Past it the search
+    /// answers 503 with `Retry-After`.
+    #[arg(long, env = "SEARCH_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub search_timeout_ms: u64,
+
+    /// Searches per minute allowed to one application (all its chats and
+    /// clients together), on top of the per-IP limit; 0 disables it. Past
+    /// it the search answers 429 with `Retry-After`, and other applications'
+    /// searches are not affected.
+    #[arg(long, env = "SEARCH_RATE_PER_MINUTE", default_value_t = 600)]
+    pub search_rate_per_minute: u32,
+
+    /// Searches one application may send at once before
+    /// `SEARCH_RATE_PER_MINUTE` applies (the bucket size).
+    #[arg(long, env = "SEARCH_RATE_BURST", default_value_t = 60)]
+    pub search_rate_burst: u32,
+
     /// Batches of index changes the search indexer applies at once (each
     /// its own transaction or Meilisearch task). 2 lets MariaDB write the
     /// term index on two cores.
@@ -476,6 +496,11 @@ impl Config {
                 std::process::id()
             )
         })
+    }
+
+    /// The time limit of one search (`SEARCH_TIMEOUT_MS`).
+    pub fn search_timeout(&self) -> Duration {
+        Duration::from_millis(self.search_timeout_ms)
     }
 
     /// The search indexer's poll interval (`SEARCH_INDEX_INTERVAL_MS`).

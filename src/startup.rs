@@ -255,6 +255,10 @@ impl Application {
                 "rate limit per client IP"
             );
         }
+        let search_rate = http::ratelimit::SearchRate::new(
+            config.search_rate_per_minute,
+            config.search_rate_burst,
+        );
         let buffer_for_indexer = buffer.clone();
         let numbering = Numbering::new(
             buffer.redis().clone(),
@@ -312,6 +316,7 @@ impl Application {
             config: Arc::new(config),
             marks,
             rate_limit,
+            search_rate,
             search,
             flusher: flusher.clone(),
             indexer: indexer.clone(),
@@ -379,6 +384,19 @@ impl Application {
                     async move {
                         let tracked = ratelimit::prune(&limiter);
                         tracing::debug!(tracked, "rate-limit state pruned");
+                    }
+                },
+            ));
+        }
+        if let Some(limiter) = self.state.search_rate.limiter() {
+            tasks.spawn(every(
+                Duration::from_secs(60),
+                jobs_stop.clone(),
+                move || {
+                    let limiter = limiter.clone();
+                    async move {
+                        limiter.retain_recent();
+                        limiter.shrink_to_fit();
                     }
                 },
             ));

@@ -25,6 +25,7 @@ mod reindex;
 mod request_path;
 mod search_lag;
 mod search_quality;
+mod search_topk;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 mod sustained;
@@ -69,6 +70,10 @@ enum Cmd {
     /// Only figure 18: precision at 5 of each search backend on a judged
     /// set of queries over the chatterbot corpus.
     SearchQuality(Opts),
+    /// Only figure 21: search latency of the term index in one chat of
+    /// 1,000,000 messages, per query shape and for page 10 by cursor, with
+    /// top-k and with the algorithm before issue 38, in one run.
+    SearchTopk(search_topk::SearchTopkOpts),
     /// Only figure 20: `chat-api reindex` into the term index and into
     /// Meilisearch (`MEILI_URL`), on the same 200,000 stored messages.
     Reindex(reindex::ReindexOpts),
@@ -1158,9 +1163,12 @@ async fn search_latency(pool: &MySqlPool, variant: &str, large: u64) -> anyhow::
                     pool,
                     chat,
                     "w10",
-                    chat_api::domain::Page::parse(Some(1), Some(20))?,
+                    chat_api::store::search::terms::Start::Offset(0),
+                    21,
+                    Duration::from_secs(60),
                 )
                 .await?
+                .hits
                 .len(),
             };
             took.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -1849,6 +1857,10 @@ async fn main() -> anyhow::Result<()> {
         Cmd::SearchQuality(opts) => {
             let figure = search_quality::search_quality(&opts).await?;
             report(&opts, "search_quality", &figure, search_quality::markdown)
+        }
+        Cmd::SearchTopk(o) => {
+            let figure = search_topk::search_topk(&o).await?;
+            report(&o.opts, "search_topk", &figure, search_topk::markdown)
         }
         Cmd::Reindex(o) => {
             let figure = reindex::reindex(&o).await?;

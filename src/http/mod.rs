@@ -66,6 +66,8 @@ pub struct Services {
     pub marks: crate::jobs::counts::DirtyMarks,
     /// The per-IP rate limit.
     pub rate_limit: ratelimit::RateLimit,
+    /// The per-application search rate.
+    pub search_rate: ratelimit::SearchRate,
     /// The search backend (Meilisearch or the term index in MariaDB).
     pub search: crate::store::search::SearchBackend,
     /// The flusher (for `POST /admin/flush`).

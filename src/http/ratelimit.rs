@@ -98,6 +98,74 @@ impl RateLimit {
     }
 }
 
+/// The per-application search rate (`SEARCH_RATE_PER_MINUTE`,
+/// `SEARCH_RATE_BURST`): a GCRA bucket per application id, checked by the
+/// search endpoint once the token is known, so that one tenant's searches
+/// cannot take the search capacity of MariaDB (or Meilisearch) from the
+/// others, whichever IPs they come from. Separate from the per-IP limit,
+/// which still applies.
+#[derive(Clone)]
+pub struct SearchRate {
+    limiter: Option<Arc<AppLimiter>>,
+    per_minute: u32,
+    burst: u32,
+}
+
+/// The limiter of [`SearchRate`], keyed by `applications.id`.
+pub type AppLimiter =
+    RateLimiter<u64, DefaultKeyedStateStore<u64>, DefaultClock, StateInformationMiddleware>;
+
+impl SearchRate {
+    /// `per_minute` searches per application with bursts of `burst` (at
+    /// least 1); `per_minute == 0` disables it.
+    pub fn new(per_minute: u32, burst: u32) -> Self {
+        let limiter = NonZeroU32::new(per_minute).map(|rate| {
+            let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+            Arc::new(
+                RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst))
+                    .with_middleware::<StateInformationMiddleware>(),
+            )
+        });
+        Self {
+            limiter,
+            per_minute,
+            burst: burst.max(1),
+        }
+    }
+
+    /// Takes one search from application `application_id`'s bucket.
+    /// Errors: 429 with `Retry-After` and the bucket's `X-RateLimit-*`
+    /// headers, and a JSON reason naming the per-application search rate.
+    pub fn check(&self, application_id: u64) -> Result<(), ApiError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        let Err(not_until) = limiter.check_key(&application_id) else {
+            return Ok(());
+        };
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let retry_after = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        crate::telemetry::metrics::rate_limited();
+        let refill = (f64::from(self.burst - 1) * 60.0 / f64::from(self.per_minute.max(1))).ceil();
+        Err(ApiError::TooManyRequests(
+            poem_openapi::payload::Json(ErrorBody::new(format!(
+                "search rate of this application ({} searches per minute, bursts of {}) \
+                 exceeded; retry in {retry_after} s",
+                self.per_minute, self.burst
+            ))),
+            retry_after,
+            self.burst,
+            0,
+            (wait.as_secs_f64() + refill).ceil() as u64,
+        ))
+    }
+
+    /// The limiter, for pruning; `None` when disabled.
+    pub fn limiter(&self) -> Option<Arc<AppLimiter>> {
+        self.limiter.clone()
+    }
+}
+
 /// Forgets IPs whose bucket has refilled and returns freed memory.
 /// Returns the number of IPs still tracked.
 pub fn prune(limiter: &KeyedLimiter) -> usize {
@@ -175,6 +243,11 @@ impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
         match limiter.check_key(&self.limit.bucket_of(ip)) {
             Ok(snapshot) => {
                 let mut resp = self.inner.call(req).await?.into_response();
+                if resp.headers().contains_key("x-ratelimit-limit") {
+                    // The per-application search rate answered (429): its
+                    // headers describe the bucket that refused.
+                    return Ok(resp);
+                }
                 let h = resp.headers_mut();
                 let remaining = snapshot.remaining_burst_capacity();
                 h.insert("x-ratelimit-limit", self.limit.burst.into());

@@ -288,12 +288,11 @@ pub struct SearchHit {
     #[oai(flatten)]
     #[serde(flatten)]
     pub message: Message,
-    /// Relevance, higher is better; hits come best first. With Meilisearch
-    /// (`MEILI_URL` set) it is the ranking score, from 0.0 to 1.0, where 1.0
-    /// matches every ranking rule perfectly. With the MariaDB backend it is
-    /// the `MATCH … AGAINST` relevance: 0 or more with no upper bound, growing
-    /// with how often the query's words occur in the body and how rare they
-    /// are in the index. Either way, compare scores within one query only.
+    /// Relevance from 0 to 1, higher is better; hits come best first (ties
+    /// by number). With Meilisearch (`MEILI_URL` set) it is the ranking
+    /// score, where 1.0 matches every ranking rule perfectly. With the term
+    /// index in MariaDB it is BM25 divided by the most the query could
+    /// score: the share of the best possible match.
     pub score: f64,
 }
 
@@ -306,11 +305,34 @@ impl From<crate::store::search::ScoredRow> for SearchHit {
     }
 }
 
+/// Where a page of search hits sits in the ranking.
+#[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
+pub struct SearchMeta {
+    /// This page, from 1 (with `after`, the page the cursor opens).
+    pub page: u32,
+    /// Hits per page (1 to 100).
+    pub per_page: u32,
+    /// The next page, or null on the last page.
+    #[oai(nullable)]
+    pub next_page: Option<u32>,
+    /// The previous page, or null on the first page.
+    #[oai(nullable)]
+    pub previous_page: Option<u32>,
+    /// The next page's cursor, or null on the last page: send it back as
+    /// `after` (with the same `q`) for the hits that follow this page. A
+    /// walk by cursor never returns a hit twice or skips one stored for the
+    /// whole walk while messages are created and deleted (its ranking
+    /// statistics are those of its first page). An opaque string; it does
+    /// not expire.
+    #[oai(nullable)]
+    pub next_cursor: Option<String>,
+}
+
 /// A page of search hits.
 #[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
 pub struct SearchResults {
     /// Hits, best first.
     pub messages: Vec<SearchHit>,
     /// Pagination.
-    pub meta: Meta,
+    pub meta: SearchMeta,
 }

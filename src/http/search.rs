@@ -7,12 +7,12 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 
 use super::reads::{self, Via};
-use super::schemas::{Meta, SearchResults};
+use super::schemas::{SearchMeta, SearchResults};
 use super::{ApiTags, AppState, lookup};
 use crate::domain::Page;
 use crate::http::error::ApiError;
 use crate::store::replicas::ReadScope;
-use crate::store::search::{MAX_QUERY_BYTES, SearchError};
+use crate::store::search::{Cursor, MAX_QUERY_BYTES, SearchError, Window};
 
 /// The `query` parameter, the alias of `q`: `None` when absent. Errors
 /// (422): given twice, or blank.
@@ -48,6 +48,13 @@ impl SearchApi {
     /// without it, the service's own term index matches whole words (any
     /// length, case and diacritics folded, Chinese segmented into words),
     /// ranked by BM25 over the chat's messages.
+    ///
+    /// Pages: `page` and `per_page`, or, for deep pages, `after` with the
+    /// `meta.next_cursor` of the previous page (a walk by cursor neither
+    /// repeats nor skips a hit while messages are created and deleted, and
+    /// for a one-word query each page costs what the first does). Each search has a time limit
+    /// (503 with `Retry-After` past it), and each application a search rate
+    /// of its own (429 with `Retry-After` past it).
     #[oai(
         path = "/applications/:token/chats/:number/messages/search",
         method = "get"
@@ -73,6 +80,10 @@ impl SearchApi {
         /// Items per page, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<i64>>,
+        /// The cursor of the page to return: the previous page's
+        /// `meta.next_cursor`, with the same `q`. Not with `page`.
+        #[oai(validator(min_length = 1, max_length = 2048))]
+        after: Query<Option<String>>,
     ) -> Result<Json<SearchResults>, Errors<Listing>> {
         let query = match (q.0.0.map(|q| q.0), query_alias(req)?) {
             (Some(q), Some(alias)) if q != alias => {
@@ -98,13 +109,28 @@ impl SearchApi {
             ))
             .into());
         }
-        let page = Page::parse(page.0, per_page.0)?;
+        let window = match after.0 {
+            None => Window::Page(Page::parse(page.0, per_page.0)?),
+            Some(_) if page.0.is_some() => {
+                return Err(ApiError::unprocessable(
+                    "give page or after, not both: after is the cursor of a page",
+                )
+                .into());
+            }
+            Some(cursor) => {
+                let per_page = Page::parse(None, per_page.0)?.per_page;
+                let cursor = Cursor::decode(&cursor).map_err(ApiError::unprocessable)?;
+                Window::After(cursor, per_page)
+            }
+        };
         let app = lookup::application(&state, &token.0).await?;
+        state.search_rate.check(app.id)?;
         let chat = lookup::chat(&state, &app, number.0, Via::Replica).await?;
         let scope = ReadScope::Chat(chat.id);
-        let (search, chat_id, q) = (&state.search, chat.id, query.as_str());
-        let rows = reads::read(&state, &app.token, scope, Via::Replica, |pool| async move {
-            search.search(&pool, chat_id, q, page).await
+        let (search, chat_id, q, window) = (&state.search, chat.id, query.as_str(), &window);
+        let timeout = state.config.search_timeout();
+        let found = reads::read(&state, &app.token, scope, Via::Replica, |pool| async move {
+            search.search(&pool, chat_id, q, window, timeout).await
         })
         .await
         .map_err(|e| match e {
@@ -113,10 +139,29 @@ impl SearchApi {
                 tracing::warn!(%cause, "search engine unavailable");
                 ApiError::unavailable("the search engine is unavailable; retry later", 5)
             }
+            SearchError::TimedOut => {
+                tracing::warn!(chat_id, "search past SEARCH_TIMEOUT_MS");
+                ApiError::unavailable(
+                    format!(
+                        "the search ran past its time limit of {} ms (SEARCH_TIMEOUT_MS); \
+                         retry later, or search for rarer words",
+                        timeout.as_millis()
+                    ),
+                    1,
+                )
+            }
+            SearchError::Cursor(why) => ApiError::unprocessable(why),
         })?;
-        let (rows, meta) = Meta::paginate(page, rows);
+        let page = window.page();
+        let meta = SearchMeta {
+            page,
+            per_page: window.per_page(),
+            next_page: found.more.then_some(page + 1),
+            previous_page: (page > 1).then(|| page - 1),
+            next_cursor: found.next.map(|c| c.encode()),
+        };
         Ok(Json(SearchResults {
-            messages: rows.into_iter().map(Into::into).collect(),
+            messages: found.rows.into_iter().map(Into::into).collect(),
             meta,
         }))
     }

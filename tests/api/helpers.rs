@@ -46,6 +46,8 @@ pub fn test_config() -> Config {
     config.database_max_connections = 5;
     // Rate-limit tests turn it on; the others send bursts from one IP.
     config.rate_limit_per_minute = 0;
+    // The per-application search rate too (its own test turns it on).
+    config.search_rate_per_minute = 0;
     // Meilisearch tests opt in; the rest use the database backend.
     config.meili_url = None;
     // Tests index when they flush (`TestApp::flush`), not in the background.

@@ -27,6 +27,7 @@ mod promise;
 mod ratelimit;
 mod replicas;
 mod search;
+mod search_topk;
 mod security;
 mod shards;
 #[path = "../support/mod.rs"]

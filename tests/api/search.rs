@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
-async fn search(app: &TestApp, token: &str, chat: i64, q: &str) -> reqwest::Response {
+pub(crate) async fn search(app: &TestApp, token: &str, chat: i64, q: &str) -> reqwest::Response {
     app.client
         .get(app.url(&format!(
             "/applications/{token}/chats/{chat}/messages/search"
@@ -170,7 +170,7 @@ async fn database_search_ranks_relevant_messages_first_and_never_crosses_chats()
     assert_eq!(body["messages"][0]["number"], 1);
     assert_eq!(
         body["meta"],
-        json!({ "page": 2, "per_page": 1, "next_page": null, "previous_page": 1 })
+        json!({ "page": 2, "per_page": 1, "next_page": null, "previous_page": 1, "next_cursor": null })
     );
 }
 
@@ -389,7 +389,7 @@ async fn search_input_is_validated_and_the_search_route_wins() {
 /// The service with the Meilisearch backend on a fresh index of the server
 /// at `MEILI_URL`, and its indexer; `None` (after printing a SKIPPED line
 /// naming `test`) when `MEILI_URL` is not set.
-async fn spawn_meili_app(
+pub(crate) async fn spawn_meili_app(
     test: &str,
 ) -> Option<(TestApp, std::sync::Arc<chat_api::jobs::indexer::Indexer>)> {
     let Ok(url) = std::env::var("MEILI_URL") else {
@@ -410,7 +410,7 @@ async fn spawn_meili_app(
 /// Runs the indexer and searches `q` in the chat until the number of hits
 /// satisfies `enough` (within 20 s). The search answers 503 until the indexer
 /// has set the index up. Returns whether it got there.
-async fn until_indexed(
+pub(crate) async fn until_indexed(
     app: &TestApp,
     indexer: &chat_api::jobs::indexer::Indexer,
     token: &str,

@@ -14,7 +14,6 @@ use meilisearch_sdk::tasks::Task;
 use serde::Deserialize;
 
 use super::{IndexOp, MessageDoc, SearchError};
-use crate::domain::Page;
 
 /// How long to wait for Meilisearch to process one task.
 const TASK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -143,7 +142,8 @@ impl MeiliSearch {
         &self,
         chat_id: u64,
         query: &str,
-        page: Page,
+        offset: usize,
+        limit: usize,
     ) -> Result<Vec<(i64, f64)>, SearchError> {
         #[derive(Deserialize)]
         struct Hit {
@@ -155,8 +155,8 @@ impl MeiliSearch {
             .search()
             .with_query(query)
             .with_filter(&filter)
-            .with_limit(page.limit_plus_one() as usize)
-            .with_offset(page.offset() as usize)
+            .with_limit(limit)
+            .with_offset(offset)
             .with_show_ranking_score(true)
             .execute::<Hit>()
             .await;
