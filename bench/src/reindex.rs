@@ -28,6 +28,9 @@ pub struct ReindexOpts {
     /// Stored messages to reindex.
     #[arg(long, default_value_t = 200_000)]
     pub messages: u64,
+    /// Messages per batch of the command (`chat-api reindex --batch-size`).
+    #[arg(long, default_value_t = 5000)]
+    pub batch_size: u64,
     /// Meilisearch server (the Meilisearch half is skipped without it).
     #[arg(long, env = "MEILI_URL")]
     pub meili_url: Option<String>,
@@ -36,12 +39,15 @@ pub struct ReindexOpts {
     pub meili_api_key: Option<String>,
 }
 
-/// Runs `chat-api reindex` with `env`: messages per second (the stored
+/// Runs `chat-api reindex --batch-size {batch_size}` with `env`: messages
+/// per second (the stored
 /// count over the process's wall time). Errors: the command failed.
-fn reindex_rate(env: &[(&str, String)], messages: u64) -> anyhow::Result<f64> {
+fn reindex_rate(env: &[(&str, String)], messages: u64, batch_size: u64) -> anyhow::Result<f64> {
     let started = Instant::now();
     let out = Command::new(SERVICE_BINARY)
         .arg("reindex")
+        .arg("--batch-size")
+        .arg(batch_size.to_string())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -84,7 +90,7 @@ pub async fn reindex(o: &ReindexOpts) -> anyhow::Result<Value> {
                 .execute(&pool)
                 .await;
         }
-        terms.push(reindex_rate(&base, o.messages)?);
+        terms.push(reindex_rate(&base, o.messages, o.batch_size)?);
         if let Some(url) = &o.meili_url {
             eprintln!("figure 20, run {}: Meilisearch…", run + 1);
             let mut env = base.clone();
@@ -93,7 +99,7 @@ pub async fn reindex(o: &ReindexOpts) -> anyhow::Result<Value> {
             if let Some(key) = &o.meili_api_key {
                 env.push(("MEILI_API_KEY", key.clone()));
             }
-            meili.push(reindex_rate(&env, o.messages)?);
+            meili.push(reindex_rate(&env, o.messages, o.batch_size)?);
         }
     }
     pool.close().await;
