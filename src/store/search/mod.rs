@@ -276,7 +276,7 @@ const MAX_REFILLS: usize = 8;
 /// Hits of Meilisearch re-read before a cursor's offset, so that a cursor
 /// still finds its last hit after that many hits ranked before it were
 /// created or deleted.
-const MEILI_CURSOR_SLACK: usize = 50;
+pub const MEILI_CURSOR_SLACK: usize = 50;
 
 /// The configured backend.
 #[derive(Clone)]
