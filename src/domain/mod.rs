@@ -179,7 +179,8 @@ impl Page {
 /// a chat's messages) a request asks for: a page by `page`/`per_page`, or
 /// the items after a cursor by `after`/`limit` (keyset pagination: the
 /// cost of a page does not grow with its depth, and items created or
-/// deleted meanwhile neither repeat nor skip one on a walk).
+/// deleted meanwhile neither repeat nor skip one on a walk). With both
+/// kinds given, the cursor wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Window {
     /// `page` and `per_page`: rows skipped by `OFFSET`.
@@ -195,9 +196,10 @@ pub enum Window {
 
 impl Window {
     /// Checks the query parameters: `after` or `limit` picks the cursor
-    /// (`after` 0 when absent, `limit` [`Page::DEFAULT_PER_PAGE`]), else a
-    /// page as [`Page::parse`]. Errors: 422 when a value is out of range, or
-    /// when the two kinds are mixed (`page` with `after`).
+    /// (`after` 0 when absent; the size `limit`, else `per_page`, else
+    /// [`Page::DEFAULT_PER_PAGE`]; `page` is then ignored: the cursor takes
+    /// precedence, as every combination the spec allows is answered), else
+    /// a page as [`Page::parse`]. Errors: 422 when a value is out of range.
     pub fn parse(
         page: Option<i64>,
         per_page: Option<i64>,
@@ -207,16 +209,11 @@ impl Window {
         if after.is_none() && limit.is_none() {
             return Page::parse(page, per_page).map(Window::Page);
         }
-        if page.is_some() || per_page.is_some() {
-            return Err(Invalid::new(
-                "page and per_page cannot be combined with after and limit: use one or the other",
-            ));
-        }
         let after = after.unwrap_or(0);
         if after < 0 {
             return Err(Invalid::new("after must be 0 or more"));
         }
-        let limit = limit.unwrap_or(Page::DEFAULT_PER_PAGE as i64);
+        let limit = limit.or(per_page).unwrap_or(Page::DEFAULT_PER_PAGE as i64);
         if !(1..=Page::MAX_PER_PAGE as i64).contains(&limit) {
             return Err(Invalid::new(format!(
                 "limit must be between 1 and {}",
@@ -315,8 +312,25 @@ mod tests {
         assert_eq!((w.after(), w.offset(), w.limit_plus_one()), (500, 0, 31));
         let w = Window::parse(None, None, None, Some(5)).unwrap();
         assert_eq!(w, Window::After { after: 0, limit: 5 });
-        assert!(Window::parse(Some(1), None, Some(3), None).is_err());
-        assert!(Window::parse(None, Some(10), None, Some(10)).is_err());
+        // The cursor takes precedence over a page.
+        assert_eq!(
+            Window::parse(Some(7), None, Some(3), None).unwrap(),
+            Window::After {
+                after: 3,
+                limit: 20
+            }
+        );
+        assert_eq!(
+            Window::parse(None, Some(10), Some(3), Some(5)).unwrap(),
+            Window::After { after: 3, limit: 5 }
+        );
+        assert_eq!(
+            Window::parse(None, Some(10), Some(3), None).unwrap(),
+            Window::After {
+                after: 3,
+                limit: 10
+            }
+        );
         assert!(Window::parse(None, None, Some(-1), None).is_err());
         assert!(Window::parse(None, None, Some(1), Some(0)).is_err());
         assert!(Window::parse(None, None, Some(1), Some(101)).is_err());

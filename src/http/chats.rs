@@ -82,7 +82,7 @@ impl ChatsApi {
     /// yet. Pages by `page`/`per_page`, or after a cursor by `after`/`limit`
     /// (the number of the last chat you have; `meta.next_after` and the
     /// `Link` header give the next one), whose cost does not grow with its
-    /// depth. Not both kinds at once (422).
+    /// depth. With both kinds given, the cursor wins (`page` is ignored).
     #[oai(path = "/applications/:token/chats", method = "get")]
     #[allow(clippy::too_many_arguments)]
     async fn list(
@@ -99,7 +99,8 @@ impl ChatsApi {
         /// Cursor: list the chats numbered above this one (0: from the first).
         #[oai(validator(minimum(value = "0")))]
         after: Query<Option<i64>>,
-        /// Items per page after a cursor, 1 to 100 (default 20).
+        /// Items per page after a cursor, 1 to 100 (default `per_page`, else
+        /// 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         limit: Query<Option<i64>>,
     ) -> Result<ChatPage, Errors<Listing>> {

@@ -93,7 +93,8 @@ impl MessagesApi {
     /// listed yet. Pages by `page`/`per_page`, or after a cursor by
     /// `after`/`limit` (the number of the last message you have;
     /// `meta.next_after` and the `Link` header give the next one), whose cost
-    /// does not grow with its depth. Not both kinds at once (422).
+    /// does not grow with its depth. With both kinds given, the cursor
+    /// wins (`page` is ignored).
     #[oai(path = "/applications/:token/chats/:number/messages", method = "get")]
     #[allow(clippy::too_many_arguments)]
     async fn list(
@@ -113,7 +114,8 @@ impl MessagesApi {
         /// first).
         #[oai(validator(minimum(value = "0")))]
         after: Query<Option<i64>>,
-        /// Items per page after a cursor, 1 to 100 (default 20).
+        /// Items per page after a cursor, 1 to 100 (default `per_page`, else
+        /// 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         limit: Query<Option<i64>>,
     ) -> Result<MessagePage, Errors<Listing>> {

@@ -111,12 +111,7 @@ impl SearchApi {
         }
         let window = match after.0 {
             None => Window::Page(Page::parse(page.0, per_page.0)?),
-            Some(_) if page.0.is_some() => {
-                return Err(ApiError::unprocessable(
-                    "give page or after, not both: after is the cursor of a page",
-                )
-                .into());
-            }
+            // A cursor takes precedence over `page`.
             Some(cursor) => {
                 let per_page = Page::parse(None, per_page.0)?.per_page;
                 let cursor = Cursor::decode(&cursor).map_err(ApiError::unprocessable)?;
