@@ -140,6 +140,8 @@ async fn campaign(seed: u64, topology: Topology, length: Duration) -> Vec<String
         length.as_secs()
     );
     let redis = RedisSide::start(topology).await;
+    let settled = redis.settle().await;
+    eprintln!("CHAOS_SEED={seed} Redis at the start: {settled}");
     let proxy = Proxy::start(mysql_upstream().await).await;
     let mut env = settings();
     env.extend(redis.env());

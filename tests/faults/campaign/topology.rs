@@ -213,7 +213,9 @@ impl RedisSide {
     /// `ROLE` as a master and the other node as its replica with the link
     /// up (a `SENTINEL FAILOVER` just before the end leaves the old master
     /// taking writes no replica confirms until the sentinels demote it,
-    /// about 10 s later); on Cluster, every node says `cluster_state:ok`.
+    /// about 10 s later); on Cluster, every node says `cluster_state:ok`
+    /// and every master has a replica online. Also waited for before the
+    /// setup: a create under replica durability needs a replica.
     /// The liveness rule counts from then. Says how long it waited, or
     /// that it gave up.
     pub(super) async fn settle(&self) -> String {
@@ -236,16 +238,23 @@ impl RedisSide {
                     }
                     whole
                 }
-                RedisSide::Cluster { cluster } => cluster.urls().iter().all(|u| {
-                    let port = u
-                        .rsplit(':')
-                        .next()
-                        .and_then(|p| p.parse().ok())
-                        .unwrap_or(0);
-                    cluster
-                        .cli(port, &["CLUSTER", "INFO"])
-                        .contains("cluster_state:ok")
-                }),
+                RedisSide::Cluster { cluster } => {
+                    let ports: Vec<u16> = cluster
+                        .urls()
+                        .iter()
+                        .filter_map(|u| u.rsplit(':').next()?.parse().ok())
+                        .collect();
+                    ports.iter().all(|port| {
+                        cluster
+                            .cli(*port, &["CLUSTER", "INFO"])
+                            .contains("cluster_state:ok")
+                    }) && cluster.masters().iter().all(|m| {
+                        // Replica durability: each master's replica online.
+                        cluster
+                            .cli(*m, &["INFO", "replication"])
+                            .contains("state=online")
+                    })
+                }
             }
         })
         .await;
