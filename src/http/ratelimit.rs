@@ -40,9 +40,28 @@ use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result};
 use crate::config::TrustedProxies;
 use crate::http::error::{ApiError, ErrorBody};
 
-/// The keyed limiter, reporting the remaining burst on every check.
-pub type KeyedLimiter =
-    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
+/// A limiter keyed by `K`, reporting the remaining burst on every check.
+pub type LimiterBy<K> =
+    RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock, StateInformationMiddleware>;
+
+/// The keyed limiter of [`RateLimit`], by client address.
+pub type KeyedLimiter = LimiterBy<IpAddr>;
+
+/// A GCRA limiter keyed by `K`, of `per_minute` with bursts of `burst` (at
+/// least 1), reporting the remaining burst on every check; `None` when
+/// `per_minute` is 0 (disabled). Shared by [`RateLimit`] and [`SearchRate`].
+fn keyed_limiter<K>(per_minute: u32, burst: u32) -> Option<Arc<LimiterBy<K>>>
+where
+    K: std::hash::Hash + Eq + Clone,
+{
+    NonZeroU32::new(per_minute).map(|rate| {
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        Arc::new(
+            RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst))
+                .with_middleware::<StateInformationMiddleware>(),
+        )
+    })
+}
 
 /// The middleware; `None` limiter means disabled (`RATE_LIMIT_PER_MINUTE=0`).
 #[derive(Clone)]
@@ -59,13 +78,7 @@ impl RateLimit {
     /// (at least 1); `per_minute == 0` disables it. A client is an IPv4
     /// address or an IPv6 prefix of `ipv6_prefix` bits (clamped to 128).
     pub fn new(per_minute: u32, burst: u32, trusted: TrustedProxies, ipv6_prefix: u8) -> Self {
-        let limiter = NonZeroU32::new(per_minute).map(|rate| {
-            let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-            Arc::new(
-                RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst))
-                    .with_middleware::<StateInformationMiddleware>(),
-            )
-        });
+        let limiter = keyed_limiter(per_minute, burst);
         Self {
             limiter,
             per_minute,
@@ -112,20 +125,13 @@ pub struct SearchRate {
 }
 
 /// The limiter of [`SearchRate`], keyed by `applications.id`.
-pub type AppLimiter =
-    RateLimiter<u64, DefaultKeyedStateStore<u64>, DefaultClock, StateInformationMiddleware>;
+pub type AppLimiter = LimiterBy<u64>;
 
 impl SearchRate {
     /// `per_minute` searches per application with bursts of `burst` (at
     /// least 1); `per_minute == 0` disables it.
     pub fn new(per_minute: u32, burst: u32) -> Self {
-        let limiter = NonZeroU32::new(per_minute).map(|rate| {
-            let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-            Arc::new(
-                RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst))
-                    .with_middleware::<StateInformationMiddleware>(),
-            )
-        });
+        let limiter = keyed_limiter(per_minute, burst);
         Self {
             limiter,
             per_minute,
