@@ -9,8 +9,26 @@ use chat_api::writebehind::CounterScope;
 use chat_api::writebehind::scripts::Scripts;
 use redis::AsyncCommands;
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 use crate::promise::app_id;
+
+/// Whether, within 10 s, a statement of `app`'s database whose text is
+/// `LIKE pattern` shows in the process list (waiting on a lock the test
+/// holds).
+async fn statement_waits(app: &TestApp, pattern: &str) -> bool {
+    app.eventually(std::time::Duration::from_secs(10), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE DB = DATABASE() AND INFO LIKE ?",
+        )
+        .bind(pattern)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        waiting > 0
+    })
+    .await
+}
 
 /// A chat's counter came back too low (a restore) and is in doubt; a
 /// delete tombstones it, a create meanwhile runs the restart (which marks
@@ -381,17 +399,7 @@ async fn an_eviction_mark_is_cleared_for_a_counter_evict_did_not_take() {
     });
     // The sweep has read the counters and waits to write the marks.
     assert!(
-        app.eventually(std::time::Duration::from_secs(10), || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
-                 WHERE DB = DATABASE() AND INFO LIKE 'INSERT INTO number_reservations%'",
-            )
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-            waiting > 0
-        })
-        .await,
+        statement_waits(&app, "INSERT INTO number_reservations%").await,
         "the sweep never came to mark"
     );
     let n = app.create_message(&token, chat, "in between").await;
@@ -497,17 +505,7 @@ async fn an_exact_restart_after_another_eviction_does_not_apply() {
         }
     });
     assert!(
-        a.eventually(std::time::Duration::from_secs(10), || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
-                 WHERE DB = DATABASE() AND INFO LIKE 'SELECT c.deleted_at IS NOT NULL%'",
-            )
-            .fetch_one(&a.pool)
-            .await
-            .unwrap();
-            waiting > 0
-        })
-        .await,
+        statement_waits(&a, "SELECT c.deleted_at IS NOT NULL%").await,
         "A's restart never came to read H"
     );
     // A reads H = 3 and X (this epoch), and its exact RESTART is held
