@@ -200,7 +200,15 @@ impl World {
         let service = Service { child, port };
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut service = service;
         while Instant::now() < deadline {
+            if let Ok(Some(status)) = service.child.try_wait() {
+                let log = std::fs::read_to_string(self.log_path(port)).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                panic!(
+                    "the service on port {port} exited at start ({status}); its log ends: {tail:?}"
+                );
+            }
             if client
                 .get(format!("{}/health/live", service.base()))
                 .send()
@@ -376,27 +384,61 @@ impl Drop for Service {
 }
 
 /// Creates an application with `chats` chats through `base`; returns its token.
+///
+/// Setup is not what a fault test checks, so a transient refusal (503, as
+/// when a Redis replica is slow to confirm under `REDIS_DURABILITY=replica`
+/// on a loaded machine) or a transport error is retried for up to 30 s.
+/// Each create carries its own `Idempotency-Key`, so a retry of a create
+/// that was stored after all answers the same number: the application ends
+/// with exactly `chats` chats, numbered 1 to `chats`.
 pub async fn setup_app(base: &str, chats: usize) -> String {
     let client = reqwest::Client::new();
-    let app: Value = client
-        .post(format!("{base}/api/v1/applications"))
-        .json(&json!({"name": "fault test"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let app = create_retrying(
+        &client,
+        &format!("{base}/api/v1/applications"),
+        Some(json!({"name": "fault test"})),
+    )
+    .await;
     let token = app["token"].as_str().unwrap().to_string();
-    for _ in 0..chats {
-        let r = client
-            .post(format!("{base}/api/v1/applications/{token}/chats"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+    for n in 1..=chats {
+        let chat = create_retrying(
+            &client,
+            &format!("{base}/api/v1/applications/{token}/chats"),
+            None,
+        )
+        .await;
+        assert_eq!(chat["number"], n, "setup's chat {n}: {chat}");
     }
     token
+}
+
+/// POSTs `body` (if any) to `url` with a fresh `Idempotency-Key` until it answers
+/// 201 (the same key on every retry), retrying 503s and transport errors
+/// for up to 30 s; panics with the last answer otherwise. Returns the
+/// created resource.
+async fn create_retrying(client: &reqwest::Client, url: &str, body: Option<Value>) -> Value {
+    let key = uuid::Uuid::new_v4().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut request = client.post(url).header("Idempotency-Key", &key);
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let last = match request.send().await {
+            Ok(r) if r.status() == 201 => return r.json().await.unwrap(),
+            Ok(r) if r.status() == 503 => format!("503: {}", r.text().await.unwrap_or_default()),
+            Ok(r) => panic!(
+                "setup: POST {url} answered {}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            ),
+            Err(e) => format!("{e}"),
+        };
+        if Instant::now() > deadline {
+            panic!("setup: POST {url} kept failing for 30 s, the last answer: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// What the load saw.
