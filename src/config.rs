@@ -205,6 +205,13 @@ pub struct Config {
     #[arg(long, env = "PUBLIC_APPLICATION_LIST")]
     pub public_application_list: bool,
 
+    /// Serve the live demo page at `GET /demo` (see [`crate::http::demo`]):
+    /// it creates applications and posts messages through the public API,
+    /// as any client may, and holds no secret. Default true; false hides
+    /// it (then `/demo` is a 404).
+    #[arg(long, env = "DEMO_PAGE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub demo_page: bool,
+
     /// Shards the queues are cut into: an application's records go to shard
     /// `CRC16(token) mod QUEUE_SHARDS`, and every key of a shard carries one
     /// Redis Cluster hash tag, so shards spread over a cluster's masters and

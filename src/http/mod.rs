@@ -7,6 +7,7 @@ pub mod applications;
 pub mod body;
 pub mod chats;
 pub mod connections;
+pub mod demo;
 pub mod error;
 pub mod fields;
 pub mod health;
@@ -292,6 +293,7 @@ async fn no_store<E: poem::Endpoint>(next: E, req: poem::Request) -> poem::Resul
 }
 
 /// All routes: the API, `/openapi.json`, Swagger UI at `/docs`, `/metrics`,
+/// the live demo page at `/demo` (unless `DEMO_PAGE=false`),
 /// with, from the outside in: logs, latency metrics, the rate limit,
 /// `Cache-Control: no-store` on the API, JSON errors, the body-size limit and
 /// the operator gate (see [`admin::gate`]).
@@ -315,7 +317,13 @@ pub fn routes(state: AppState) -> impl poem::Endpoint + 'static {
         public_application_list: state.config.public_application_list,
         admin_listener: state.config.admin_bind_addr,
     };
+    let demo = if state.config.demo_page {
+        demo::routes()
+    } else {
+        Route::new()
+    };
     Route::new()
+        .nest("/demo", demo)
         .at("/openapi.json", spec)
         .at("/metrics", poem::get(metrics))
         .nest("/docs", docs)

@@ -467,3 +467,52 @@ async fn refused_and_rebuilt_answers_keep_their_route_label() {
         "429s counted under {CHATS}: {before} then {after}, {limited} sent"
     );
 }
+
+#[tokio::test]
+async fn the_demo_page_is_served_with_a_strict_policy_and_hidden_by_demo_page_false() {
+    let app = spawn_app().await;
+    let page = app
+        .client
+        .get(format!("{}/demo", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    // Its script comes from this origin only; no inline script runs.
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"<script src="/demo/demo.js">"#));
+    let js = app
+        .client
+        .get(format!("{}/demo/demo.js", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(js.status(), 200);
+    // Server text is never parsed as HTML by the page.
+    assert!(!js.text().await.unwrap().contains("innerHTML"));
+
+    let hidden = spawn_app_with(|c| c.demo_page = false).await;
+    for path in ["/demo", "/demo/demo.js"] {
+        let r = hidden
+            .client
+            .get(format!("{}{path}", hidden.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+}
