@@ -99,17 +99,41 @@ async fn a_seeded_fault_campaign_finds_no_anomaly() {
     };
     let mut failed = Vec::new();
     for (seed, topology) in runs {
-        let anomalies = campaign(seed, topology, Duration::from_secs(secs)).await;
-        if !anomalies.is_empty() {
-            failed.push(format!(
-                "CHAOS_SEED={seed} CHAOS_TOPOLOGY={} CHAOS_SECS={secs}: {} anomalies, the first: {}",
-                topology.name(),
+        let run = format!(
+            "CHAOS_SEED={seed} CHAOS_TOPOLOGY={} CHAOS_SECS={secs}",
+            topology.name()
+        );
+        // A run that panics (its setup, say) is a failure of that run, named
+        // with its seed; the next runs still go.
+        match tokio::spawn(campaign(seed, topology, Duration::from_secs(secs))).await {
+            Ok(anomalies) if anomalies.is_empty() => {}
+            Ok(anomalies) => failed.push(format!(
+                "{run}: {} anomalies, the first: {}",
                 anomalies.len(),
                 anomalies[0]
-            ));
+            )),
+            Err(e) => failed.push(format!("{run}: panicked: {}", panic_message(e))),
         }
     }
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    if !failed.is_empty() {
+        // Last in the output, without a backtrace after it, so that a
+        // log cut to its head and tail (as CI's excerpt is) still shows it.
+        let report = format!("campaign failed:\n{}", failed.join("\n"));
+        eprintln!("{report}");
+        std::panic::resume_unwind(Box::new(report));
+    }
+}
+
+/// What a panicked task said.
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "(a panic without a message)".into()),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// The settings of every service of the campaign.
