@@ -7,19 +7,10 @@
 // are compiled into the binary). BASE_URL names the running service.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chromium } from 'playwright-core';
+import { launch } from './browser.mjs';
 
 const base = process.env.BASE_URL ?? 'http://127.0.0.1:3000';
 const origin = new URL(base).origin;
-
-function launch() {
-  return chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-}
 
 // Clicks Execute on an expanded operation and returns the HTTP status shown.
 // If the browser reports no HTTP status at all (a fetch that failed before any
