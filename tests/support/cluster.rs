@@ -42,6 +42,22 @@ impl PrivateCluster {
     /// `cluster_state:ok`. Panics when Redis cannot start (it needs Debian's
     /// `redis-server` and `redis-cli`).
     pub fn start() -> PrivateCluster {
+        // A port found free may be taken by another test's process before
+        // its node binds it (tests run in parallel): the cluster then
+        // fails to form, and is started again on other ports.
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(cluster) => return cluster,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("scripts/redis-cluster start failed 3 times: {failures:#?}");
+    }
+
+    /// One try of [`Self::start`], on six fresh ports; on failure the
+    /// nodes it started are stopped, and the script's error returned.
+    fn try_start() -> Result<PrivateCluster, String> {
         let mut ports = Vec::new();
         while ports.len() < 6 {
             let p = free_cluster_port(&ports);
@@ -61,12 +77,12 @@ impl PrivateCluster {
             ports,
             nodes: String::from_utf8_lossy(&out.stdout).trim().to_string(),
         };
-        assert!(
-            out.status.success(),
-            "scripts/redis-cluster start failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        cluster
+        if out.status.success() {
+            Ok(cluster)
+        } else {
+            // Dropping it stops what was started.
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     /// The node URLs, one by one.
