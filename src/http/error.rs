@@ -6,8 +6,8 @@
 //! Causes of 500s are logged with their whole chain and never sent to the
 //! client.
 
+use poem::Response;
 use poem::http::StatusCode;
-use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
 
@@ -212,19 +212,20 @@ impl From<crate::writebehind::BufferError> for ApiError {
 /// Turns an error poem produced outside our handlers (or one of ours) into a
 /// JSON response: unknown route 404, bad JSON 400, failed schema check or
 /// out-of-range parameter 422, a path that does not parse 404, and so on.
-pub async fn json_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
-    let path = req.uri().path().to_string();
-    match next.call(req).await {
-        Ok(resp) => Ok(resp.into_response()),
+///
+/// `path` is the request's (some answers name the route's allowed methods).
+pub fn json_errors(result: poem::Result<Response>, path: &str) -> Response {
+    match result {
+        Ok(resp) => resp,
         Err(err) => {
             // The router's pattern rides on the error; the rebuilt answer
             // keeps it, for the `route` label of the latency metric.
             let pattern = err.data::<poem::PathPattern>().cloned();
-            let mut resp = error_response(err, &path);
+            let mut resp = error_response(err, path);
             if let Some(p) = pattern {
                 resp.set_data(p);
             }
-            Ok(resp)
+            resp
         }
     }
 }

@@ -18,35 +18,55 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::StreamExt;
 use poem::http::StatusCode;
-use poem::{Body, Endpoint, Middleware, Request, Result};
+use poem::{Body, Request, Result};
 
-/// Middleware that caps request bodies at `max` bytes.
+/// Caps request bodies at `max` bytes: [`BodyLimit::admit`] before the
+/// handler, [`BodyLimit::check`] after it (see [`crate::http::edge`]).
+#[derive(Clone, Copy)]
 pub struct BodyLimit {
     max: usize,
 }
+
+/// What [`BodyLimit::admit`] let through: whether the body's stream was
+/// wrapped, and the flag it sets when the body went past the limit.
+pub struct Admitted(Option<Arc<AtomicBool>>);
 
 impl BodyLimit {
     /// Caps bodies at `max` bytes.
     pub fn new(max: usize) -> Self {
         Self { max }
     }
-}
 
-impl<E: Endpoint> Middleware<E> for BodyLimit {
-    type Output = BodyLimitEndpoint<E>;
+    /// Before the handler: refuses a declared `Content-Length` over the
+    /// limit (413, as a `poem::Error`), and wraps any other non-empty body
+    /// in a counting stream that fails past the limit.
+    pub fn admit(&self, req: &mut Request) -> Result<Admitted> {
+        let declared = req
+            .headers()
+            .get(poem::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max as u64) {
+            return Err(too_large(self.max));
+        }
+        let body = req.take_body();
+        if declared == Some(0) || body.is_empty() {
+            req.set_body(body);
+            return Ok(Admitted(None));
+        }
+        let exceeded = Arc::new(AtomicBool::new(false));
+        req.set_body(limited(body, self.max, exceeded.clone()));
+        Ok(Admitted(Some(exceeded)))
+    }
 
-    fn transform(&self, inner: E) -> Self::Output {
-        BodyLimitEndpoint {
-            inner,
-            max: self.max,
+    /// After the handler: its `result`, or 413 when the body went past the
+    /// limit, whatever the handler made of the failed read.
+    pub fn check<T>(&self, admitted: Admitted, result: Result<T>) -> Result<T> {
+        match admitted.0 {
+            Some(exceeded) if exceeded.load(Ordering::Relaxed) => Err(too_large(self.max)),
+            _ => result,
         }
     }
-}
-
-/// Endpoint made by [`BodyLimit`].
-pub struct BodyLimitEndpoint<E> {
-    inner: E,
-    max: usize,
 }
 
 fn too_large(max: usize) -> poem::Error {
@@ -72,31 +92,4 @@ fn limited(body: Body, max: usize, exceeded: Arc<AtomicBool>) -> Body {
         Ok(chunk)
     });
     Body::from_bytes_stream(stream)
-}
-
-impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
-    type Output = E::Output;
-
-    async fn call(&self, mut req: Request) -> Result<Self::Output> {
-        let declared = req
-            .headers()
-            .get(poem::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max as u64) {
-            return Err(too_large(self.max));
-        }
-        let body = req.take_body();
-        if declared == Some(0) || body.is_empty() {
-            req.set_body(body);
-            return self.inner.call(req).await;
-        }
-        let exceeded = Arc::new(AtomicBool::new(false));
-        req.set_body(limited(body, self.max, exceeded.clone()));
-        let result = self.inner.call(req).await;
-        if exceeded.load(Ordering::Relaxed) {
-            return Err(too_large(self.max));
-        }
-        result
-    }
 }

@@ -1,5 +1,5 @@
 //! The HTTP layer: one module per resource, each an `#[OpenApi]` struct;
-//! [`routes`] assembles them with Swagger UI, the spec and the middleware.
+//! [`routes`] assembles them with Swagger UI, the spec and the edge ([`edge`]: limits, errors, metrics and logs in one pass).
 
 pub mod admin;
 pub mod answers;
@@ -8,6 +8,7 @@ pub mod body;
 pub mod chats;
 pub mod connections;
 pub mod demo;
+pub mod edge;
 pub mod error;
 pub mod fields;
 pub mod health;
@@ -21,7 +22,7 @@ pub mod search;
 
 use std::sync::Arc;
 
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem::{Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 use sqlx::MySqlPool;
 
@@ -29,8 +30,8 @@ use crate::config::Config;
 use crate::writebehind::WriteBehind;
 
 /// Everything a handler needs ([`Services`]), shared by reference
-/// (`Data<&AppState>`) and read through `Deref` (`state.config`). poem's
-/// `.data` middleware clones it into every request, so it is one `Arc`:
+/// (`Data<&AppState>`) and read through `Deref` (`state.config`). The edge
+/// ([`edge::Edge`]) clones it into every request, so it is one `Arc`:
 /// a clone is one reference count, where cloning the services themselves
 /// touched a count per pool, queue and setting (about 1% of the service's
 /// CPU under a create load, seen with `perf`).
@@ -156,21 +157,17 @@ pub fn allowed_methods(path: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Middleware giving a response that never reached the router (a 429 of
+/// Gives a response that never reached the router (a 429 of
 /// the rate limit, a 413 of the body limit) the route pattern of its path
 /// ([`route_pattern`]) as poem's `PathPattern`, so that
-/// `telemetry::metrics::track_requests` counts it under its route like the
+/// `telemetry::metrics::track_request` counts it under its route like the
 /// others (the telemetry layer does not depend on the HTTP layer).
-async fn label_route<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
-    // A reference count, not a copy of the path (`Uri` holds `Bytes`).
-    let uri = req.uri().clone();
-    let mut resp = next.call(req).await?.into_response();
+fn label_route(path: &str, resp: &mut Response) {
     if resp.data::<poem::PathPattern>().is_none()
-        && let Some(pattern) = route_pattern(uri.path())
+        && let Some(pattern) = route_pattern(path)
     {
         resp.set_data(poem::PathPattern(pattern.into()));
     }
-    Ok(resp)
 }
 
 /// The route pattern a concrete request path matches, spelled as poem's
@@ -279,24 +276,20 @@ fn metrics() -> poem::Response {
 /// (RFC 9111 §5.2.2.5): they carry tokens (in the body, or in the URL they
 /// answer, since a token is part of every tenant path) and tenant data, which
 /// no shared or browser cache may keep.
-async fn no_store<E: poem::Endpoint>(next: E, req: poem::Request) -> poem::Result<poem::Response> {
-    use poem::IntoResponse;
-    let api = req.uri().path().starts_with("/api/");
-    let mut resp = next.call(req).await?.into_response();
-    if api {
+fn no_store(path: &str, resp: &mut Response) {
+    if path.starts_with("/api/") {
         resp.headers_mut().insert(
             poem::http::header::CACHE_CONTROL,
             poem::http::HeaderValue::from_static("no-store"),
         );
     }
-    Ok(resp)
 }
 
 /// All routes: the API, `/openapi.json`, Swagger UI at `/docs`, `/metrics`,
 /// the live demo page at `/demo` (unless `DEMO_PAGE=false`),
-/// with, from the outside in: logs, latency metrics, the rate limit,
+/// inside the edge ([`edge::Edge`]): logs, latency metrics, the rate limit,
 /// `Cache-Control: no-store` on the API, JSON errors, the body-size limit and
-/// the operator gate (see [`admin::gate`]).
+/// the operator gate, in one pass.
 pub fn routes(state: AppState) -> impl poem::Endpoint + 'static {
     let api = api();
     let generated = api.spec();
@@ -310,7 +303,7 @@ pub fn routes(state: AppState) -> impl poem::Endpoint + 'static {
             .content_type("application/json")
             .body(spec_text.clone())
     });
-    let max_body = state.config.max_request_bytes;
+    let body_limit = limits::BodyLimit::new(state.config.max_request_bytes);
     let rate_limit = state.rate_limit.clone();
     let surface = admin::OperatorSurface {
         enabled: state.admin_key.is_some(),
@@ -322,19 +315,17 @@ pub fn routes(state: AppState) -> impl poem::Endpoint + 'static {
     } else {
         Route::new()
     };
-    Route::new()
+    let routes = Route::new()
         .nest("/demo", demo)
         .at("/openapi.json", spec)
         .at("/metrics", poem::get(metrics))
         .nest("/docs", docs)
-        .nest("/", api)
-        .around(move |next, req| admin::gate(next, req, surface))
-        .with(limits::BodyLimit::new(max_body))
-        .around(crate::http::error::json_errors)
-        .around(no_store)
-        .with(rate_limit)
-        .around(label_route)
-        .around(crate::telemetry::metrics::track_requests)
-        .data(state)
-        .around(crate::telemetry::log_requests)
+        .nest("/", api);
+    edge::Edge {
+        inner: routes,
+        state,
+        surface,
+        body_limit,
+        rate_limit,
+    }
 }

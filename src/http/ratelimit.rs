@@ -1,5 +1,5 @@
-//! Per-client-IP rate limit, a poem middleware around `governor`'s keyed
-//! GCRA limiter (`RATE_LIMIT_PER_MINUTE`, `RATE_LIMIT_BURST`).
+//! Per-client-IP rate limit, a step of the edge ([`crate::http::edge`])
+//! around `governor`'s keyed GCRA limiter (`RATE_LIMIT_PER_MINUTE`, `RATE_LIMIT_BURST`).
 //!
 //! - The client IP is the socket's peer address. `X-Forwarded-For` is read
 //!   only when the peer is a trusted proxy (`TRUSTED_PROXIES`). The chain is
@@ -35,7 +35,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
-use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result};
+use poem::{IntoResponse, Request, Response};
 
 use crate::config::TrustedProxies;
 use crate::http::error::{ApiError, ErrorBody};
@@ -63,7 +63,8 @@ where
     })
 }
 
-/// The middleware; `None` limiter means disabled (`RATE_LIMIT_PER_MINUTE=0`).
+/// The limit ([`RateLimit::admit`], [`RateLimit::stamp`]); `None` limiter
+/// means disabled (`RATE_LIMIT_PER_MINUTE=0`).
 #[derive(Clone)]
 pub struct RateLimit {
     limiter: Option<Arc<KeyedLimiter>>,
@@ -216,76 +217,69 @@ fn exempt(path: &str) -> bool {
     path.starts_with("/health/") || path == "/metrics"
 }
 
-impl<E: Endpoint> Middleware<E> for RateLimit {
-    type Output = RateLimitEndpoint<E>;
-
-    fn transform(&self, inner: E) -> Self::Output {
-        RateLimitEndpoint {
-            inner,
-            limit: self.clone(),
-        }
-    }
+/// What [`RateLimit::admit`] decided for one request.
+pub enum Admission {
+    /// Not limited: the limit is off, the path is exempt (`/health/*`,
+    /// `/metrics`), or the peer is not a TCP address.
+    Unlimited,
+    /// Within the limit, with this much of the burst left.
+    Allowed(u32),
+    /// Over the limit: the 429 to answer instead.
+    Refused(Response),
 }
 
-/// Endpoint made by [`RateLimit`].
-pub struct RateLimitEndpoint<E> {
-    inner: E,
-    limit: RateLimit,
-}
-
-impl<E: Endpoint> Endpoint for RateLimitEndpoint<E> {
-    type Output = Response;
-
-    async fn call(&self, req: Request) -> Result<Response> {
-        let Some(limiter) = &self.limit.limiter else {
-            return Ok(self.inner.call(req).await?.into_response());
+impl RateLimit {
+    /// Before the handler: takes one request from the client's bucket.
+    pub fn admit(&self, req: &Request) -> Admission {
+        let Some(limiter) = &self.limiter else {
+            return Admission::Unlimited;
         };
         if exempt(req.uri().path()) {
-            return Ok(self.inner.call(req).await?.into_response());
+            return Admission::Unlimited;
         }
-        let Some(ip) = client_ip(&req, &self.limit.trusted) else {
-            return Ok(self.inner.call(req).await?.into_response());
+        let Some(ip) = client_ip(req, &self.trusted) else {
+            return Admission::Unlimited;
         };
-        match limiter.check_key(&self.limit.bucket_of(ip)) {
-            Ok(snapshot) => {
-                let mut resp = self.inner.call(req).await?.into_response();
-                if resp.headers().contains_key("x-ratelimit-limit") {
-                    // The per-application search rate answered (429): its
-                    // headers describe the bucket that refused.
-                    return Ok(resp);
-                }
-                let h = resp.headers_mut();
-                let remaining = snapshot.remaining_burst_capacity();
-                h.insert("x-ratelimit-limit", self.limit.burst.into());
-                h.insert("x-ratelimit-remaining", remaining.into());
-                h.insert(
-                    "x-ratelimit-reset",
-                    self.limit
-                        .refill_secs(f64::from(self.limit.burst.saturating_sub(remaining)))
-                        .into(),
-                );
-                Ok(resp)
-            }
+        match limiter.check_key(&self.bucket_of(ip)) {
+            Ok(snapshot) => Admission::Allowed(snapshot.remaining_burst_capacity()),
             Err(not_until) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 crate::telemetry::metrics::rate_limited();
-                Ok(ApiError::TooManyRequests(
-                    poem_openapi::payload::Json(ErrorBody::new(format!(
-                        "rate limit of {} requests per minute exceeded; retry in {} s",
-                        self.limit.per_minute,
-                        retry_after.max(1)
-                    ))),
-                    retry_after.max(1),
-                    self.limit.burst,
-                    0,
-                    // The wait for one request, then the rest of the bucket.
-                    (wait.as_secs_f64()
-                        + (self.limit.refill_secs(f64::from(self.limit.burst - 1)) as f64))
-                        .ceil() as u64,
+                Admission::Refused(
+                    ApiError::TooManyRequests(
+                        poem_openapi::payload::Json(ErrorBody::new(format!(
+                            "rate limit of {} requests per minute exceeded; retry in {} s",
+                            self.per_minute,
+                            retry_after.max(1)
+                        ))),
+                        retry_after.max(1),
+                        self.burst,
+                        0,
+                        // The wait for one request, then the rest of the bucket.
+                        (wait.as_secs_f64() + (self.refill_secs(f64::from(self.burst - 1)) as f64))
+                            .ceil() as u64,
+                    )
+                    .into_response(),
                 )
-                .into_response())
             }
         }
+    }
+
+    /// After the handler: the `X-RateLimit-*` headers of a request that was
+    /// [`Admission::Allowed`] with `remaining` (unless the per-application
+    /// search rate answered, whose headers describe the bucket that refused).
+    pub fn stamp(&self, remaining: u32, resp: &mut Response) {
+        if resp.headers().contains_key("x-ratelimit-limit") {
+            return;
+        }
+        let h = resp.headers_mut();
+        h.insert("x-ratelimit-limit", self.burst.into());
+        h.insert("x-ratelimit-remaining", remaining.into());
+        h.insert(
+            "x-ratelimit-reset",
+            self.refill_secs(f64::from(self.burst.saturating_sub(remaining)))
+                .into(),
+        );
     }
 }

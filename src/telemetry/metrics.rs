@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use poem::{Endpoint, IntoResponse, Request, Response};
+use poem::Response;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -329,31 +329,57 @@ pub fn method_label(method: &poem::http::Method) -> &'static str {
     }
 }
 
+/// The `status` label of `status`: a static string for the statuses this
+/// service answers with (no allocation per request), else its digits.
+fn status_label(status: poem::http::StatusCode) -> metrics::SharedString {
+    const KNOWN: [&str; 17] = [
+        "200", "201", "204", "304", "400", "401", "403", "404", "405", "409", "413", "415", "422",
+        "429", "500", "502", "503",
+    ];
+    let code = status.as_str();
+    match KNOWN.iter().find(|k| **k == code) {
+        Some(k) => (*k).into(),
+        None => code.to_string().into(),
+    }
+}
+
 /// The `route` label shared by every request that matched no route.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
-/// Middleware recording `http_request_duration_seconds` by method (see
+/// Records one answer's `http_request_duration_seconds` (since `started`) by method (see
 /// [`method_label`]), route pattern (for example
 /// `/api/v1/applications/:token`, or [`UNMATCHED_ROUTE`] for every path no
 /// route matched) and status. The label sets are bounded by the routes, the
 /// methods and the statuses the service answers with.
-pub async fn track_requests<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
-    let method = method_label(req.method());
-    let started = std::time::Instant::now();
-    let resp = next.call(req).await?.into_response();
+pub fn track_request(method: &poem::http::Method, started: std::time::Instant, resp: &Response) {
     // The pattern's own `Arc<str>`: no copy per request. (A response that
     // never reached the router, a 429 of the rate limit say, is given the
-    // pattern of its path by the HTTP layer, `http::label_route`.)
+    // pattern of its path by the HTTP layer's edge first.)
     let route: metrics::SharedString = match resp.data::<poem::PathPattern>() {
         Some(p) => p.0.clone().into(),
         None => UNMATCHED_ROUTE.into(),
     };
     histogram!(
         "http_request_duration_seconds",
-        "method" => method,
+        "method" => method_label(method),
         "route" => route,
-        "status" => resp.status().as_u16().to_string()
+        "status" => status_label(resp.status())
     )
     .record(started.elapsed().as_secs_f64());
-    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_label_is_its_digits_whether_known_or_not() {
+        use poem::http::StatusCode;
+        assert_eq!(status_label(StatusCode::CREATED).as_ref(), "201");
+        assert_eq!(
+            status_label(StatusCode::SERVICE_UNAVAILABLE).as_ref(),
+            "503"
+        );
+        assert_eq!(status_label(StatusCode::IM_A_TEAPOT).as_ref(), "418");
+    }
 }

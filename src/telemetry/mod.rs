@@ -57,51 +57,38 @@ impl std::fmt::Display for PathApp<'_> {
     }
 }
 
-/// Logs each request, in place of `poem::middleware::Tracing`, whose span
+/// The request log, in place of `poem::middleware::Tracing`, whose span
 /// carries the full URI and so every token: a span `request` with the
 /// method, the route template (`/api/v1/applications/:param0/chats`, once
 /// routed), the token's fingerprint ([`token_fingerprint`]) and the client
 /// address, and one line at the end with the status and the duration in ms
 /// (`info`; `warn` for a 5xx). The query string is never logged.
-pub async fn log_requests<E: poem::Endpoint>(
-    next: E,
-    req: poem::Request,
-) -> poem::Result<poem::Response> {
-    use poem::IntoResponse;
-    use tracing::Instrument;
-    let span = tracing::info_span!(
+///
+/// [`request_span`] opens the span (the handler runs in it); [`log_response`]
+/// writes the line.
+pub fn request_span(req: &poem::Request) -> tracing::Span {
+    tracing::info_span!(
         "request",
         method = %req.method(),
         route = tracing::field::Empty,
         app = %PathApp(req.uri().path()),
         remote_addr = %req.remote_addr(),
-    );
-    let started = std::time::Instant::now();
-    let result = next.call(req).instrument(span.clone()).await;
+    )
+}
+
+/// The line at the end of a request (see [`request_span`]): the route on
+/// the span, then the status and the duration since `started`, in ms.
+pub fn log_response(span: &tracing::Span, started: std::time::Instant, resp: &poem::Response) {
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let _entered = span.enter();
-    match result {
-        Ok(resp) => {
-            let resp = resp.into_response();
-            if let Some(p) = resp.data::<poem::PathPattern>() {
-                span.record("route", p.0.as_ref());
-            }
-            let status = resp.status().as_u16();
-            if status >= 500 {
-                tracing::warn!(status, duration_ms = ms, "response");
-            } else {
-                tracing::info!(status, duration_ms = ms, "response");
-            }
-            Ok(resp)
-        }
-        Err(e) => {
-            tracing::warn!(
-                status = e.status().as_u16(),
-                duration_ms = ms,
-                "error response"
-            );
-            Err(e)
-        }
+    if let Some(p) = resp.data::<poem::PathPattern>() {
+        span.record("route", p.0.as_ref());
+    }
+    let status = resp.status().as_u16();
+    if status >= 500 {
+        tracing::warn!(status, duration_ms = ms, "response");
+    } else {
+        tracing::info!(status, duration_ms = ms, "response");
     }
 }
 

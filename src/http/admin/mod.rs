@@ -17,7 +17,7 @@
 pub mod listings;
 pub mod queues;
 
-use poem::{Endpoint, IntoResponse, Request, Response};
+use poem::{IntoResponse, Request, Response};
 use poem_openapi::SecurityScheme;
 use poem_openapi::auth::Bearer;
 use secrecy::ExposeSecret;
@@ -133,14 +133,10 @@ impl OperatorSurface {
 /// - with `ADMIN_BIND_ADDR` set, on the public listener, for the operator
 ///   surface and `/metrics`.
 ///
-/// Errors: only those of `next`.
-pub async fn gate<E: Endpoint>(
-    next: E,
-    req: Request,
-    surface: OperatorSurface,
-) -> poem::Result<Response> {
-    if (!surface.enabled && surface.is_protected(&req)) || surface.is_off_listener(&req) {
-        return Ok(ApiError::not_found("no such route; see /docs for the API").into_response());
+/// The 404 to answer instead of the route, or `None` to go on.
+pub fn gate(req: &Request, surface: &OperatorSurface) -> Option<Response> {
+    if (!surface.enabled && surface.is_protected(req)) || surface.is_off_listener(req) {
+        return Some(ApiError::not_found("no such route; see /docs for the API").into_response());
     }
-    next.call(req).await.map(IntoResponse::into_response)
+    None
 }
