@@ -64,7 +64,7 @@ enum Cmd {
     BlockWait(Opts),
     /// Only figure 14: the request path against a server that runs one
     /// minimal script per create.
-    RequestPath(Opts),
+    RequestPath(request_path::RequestPathOpts),
     /// Only figure 16: the search lag while text creates run at 0.6 of
     /// their peak.
     SearchLag(Opts),
@@ -1890,8 +1890,8 @@ async fn main() -> anyhow::Result<()> {
             let figure = read_replica::read_replica(&opts).await?;
             report(&opts, "read_replica", &figure, read_replica::markdown)
         }
-        Cmd::RequestPath(opts) => {
-            let figure = request_path::request_path(&opts).await?;
+        Cmd::RequestPath(o) => {
+            let figure = request_path::request_path(&o.opts, &o.compare_bin).await?;
             println!("{}", serde_json::to_string_pretty(&figure)?);
             println!("{}", request_path::markdown(&figure));
             Ok(())

@@ -81,8 +81,20 @@ impl ScriptCeilingApi {
     }
 }
 
-/// Figure 14 (see the module docs).
-pub async fn request_path(opts: &Opts) -> anyhow::Result<Value> {
+/// Options of `bench request-path`.
+#[derive(clap::Args, Clone)]
+pub struct RequestPathOpts {
+    #[command(flatten)]
+    pub opts: Opts,
+    /// Other builds of the service (paths, comma-separated), each measured
+    /// with its flusher idle in the same runs, interleaved: the build
+    /// before a change, say.
+    #[arg(long, value_delimiter = ',')]
+    pub compare_bin: Vec<String>,
+}
+
+/// Figure 14 (see the module docs), with `compare_bin`'s builds beside.
+pub async fn request_path(opts: &Opts, compare_bin: &[String]) -> anyhow::Result<Value> {
     let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let idle: &[(&str, &str)] = &[
         ("MESSAGE_BATCH_SIZE", "100000000"),
@@ -95,21 +107,32 @@ pub async fn request_path(opts: &Opts) -> anyhow::Result<Value> {
     ];
     let mut envs = Vec::new();
     let mut targets: Vec<(String, u16, Vec<String>, Proc)> = Vec::new();
-    for (name, extra) in [
-        ("service, flusher idle", idle),
-        ("service, flusher running", &[][..]),
-    ] {
+    // (name, binary, settings) of each measured service.
+    type Measured<'a> = (String, &'a str, &'a [(&'a str, &'a str)]);
+    let mut runs: Vec<Measured> = vec![
+        ("service, flusher idle".into(), crate::SERVICE_BINARY, idle),
+        (
+            "service, flusher running".into(),
+            crate::SERVICE_BINARY,
+            &[][..],
+        ),
+    ];
+    for bin in compare_bin {
+        runs.push((format!("build {bin}, flusher idle"), bin.as_str(), idle));
+    }
+    for (name, binary, extra) in runs {
         let n = targets.len();
         let (env, port, tokens, svc) = crate::seeded_service(
             opts.clone(),
             format!("chat_bench_{id}_{n}"),
             format!("bench:{id}:{n}:"),
-            crate::SERVICE_BINARY,
-            true,
+            binary,
+            // A build under comparison migrates its own database.
+            binary == crate::SERVICE_BINARY,
             extra,
         )
         .await?;
-        targets.push((name.to_string(), port, tokens, svc));
+        targets.push((name, port, tokens, svc));
         envs.push(env);
     }
     let port = free_port();
