@@ -17,7 +17,6 @@ use serde_json::{Value, json};
 use sqlx::MySqlPool;
 
 mod block_wait;
-mod live;
 mod numbering;
 mod page_depth;
 mod plots;
@@ -81,11 +80,6 @@ enum Cmd {
     /// Only figure 22: a page of a 1,000,000-message chat by cursor
     /// (`after`) against by OFFSET (`page`), at several depths.
     PageDepth(page_depth::PageDepthOpts),
-    /// Only figure 23: live delivery through the chat event streams (1,000
-    /// subscribers on 100 chats, creates at half the peak rate), the
-    /// request-path cost with and without subscribers, and the memory of
-    /// 10,000 idle subscribers.
-    Live(live::LiveOpts),
     /// Only figure 17: message list reads with 0 and 1 MariaDB replica
     /// while creates run at half their peak, and the primary's CPU per read.
     ReadReplica(Opts),
@@ -1872,12 +1866,6 @@ async fn main() -> anyhow::Result<()> {
             let figure = reindex::reindex(&o).await?;
             println!("{}", serde_json::to_string_pretty(&figure)?);
             println!("{}", reindex::markdown(&figure));
-            Ok(())
-        }
-        Cmd::Live(o) => {
-            let figure = live::live(&o).await?;
-            println!("{}", serde_json::to_string_pretty(&figure)?);
-            println!("{}", live::markdown(&figure));
             Ok(())
         }
         Cmd::PageDepth(o) => {
