@@ -15,6 +15,7 @@ mod cursor;
 mod deletes;
 mod docs;
 mod durability;
+mod events;
 mod helpers;
 mod idempotency;
 mod idle;
