@@ -16,6 +16,7 @@ mod deletes;
 mod docs;
 mod durability;
 mod events;
+mod events_measure;
 mod helpers;
 mod idempotency;
 mod idle;
