@@ -423,3 +423,38 @@ async fn no_subscriber_no_stream_in_redis() {
     let exists: bool = c.exists(shard.live_stream(&token, chat)).await.unwrap();
     assert!(!exists, "a create with no subscriber writes no event");
 }
+
+#[tokio::test]
+async fn on_a_cluster_subscribers_on_one_instance_see_the_creates_made_on_another() {
+    let cluster = crate::cluster::PrivateCluster::start();
+    let a = spawn_app_with(|c| c.redis_cluster_nodes = cluster.urls()).await;
+    let b = spawn_config(a.config.clone(), false).await;
+    // Applications on every master, so that the readers of several shards
+    // (one per shard on a cluster) each deliver.
+    let mut chats = Vec::new();
+    let mut masters = std::collections::HashSet::new();
+    for i in 0..30 {
+        let token = a.create_app(&format!("c{i}")).await;
+        if masters.insert(cluster.master_of(&a.shard(&token).app(&token))) || i < 3 {
+            let chat = a.create_chat(&token).await;
+            chats.push((token, chat));
+        }
+        if masters.len() == 3 && chats.len() >= 4 {
+            break;
+        }
+    }
+    assert_eq!(masters.len(), 3, "applications on every master");
+    let mut streams = Vec::new();
+    for (token, chat) in &chats {
+        streams.push(Sse::open(&a, token, *chat, None).await);
+    }
+    let mut made = vec![Vec::new(); chats.len()];
+    for i in 0..20 {
+        for (k, (token, chat)) in chats.iter().enumerate() {
+            made[k].push(b.create_message(token, *chat, &format!("m{i}")).await);
+        }
+    }
+    for (k, sse) in streams.iter_mut().enumerate() {
+        assert_eq!(created_numbers(&sse.take(20).await), made[k], "chat {k}");
+    }
+}
