@@ -298,6 +298,13 @@ impl ShardKeys {
         format!("{}events-gen:{token}:{chat}", self.prefix)
     }
 
+    /// The set of `token`'s chats that have had a live flag within the last
+    /// [`super::live::STREAM_TTL_SECS`] (chat numbers), so that deleting the
+    /// application can end their streams with `chat.deleted`.
+    pub fn live_chats(&self, token: &str) -> String {
+        format!("{}live-chats:{token}", self.prefix)
+    }
+
     /// A one-entry stream the live readers of this shard also block on, so
     /// that a chat newly watched wakes them (see [`super::live`]).
     pub fn live_wake(&self) -> String {

@@ -76,8 +76,13 @@ const READ_COUNT: usize = 512;
 /// recorded); renews the flag (`ARGV[1]` ms), the stream and the generation
 /// (`ARGV[2]` s).
 ///
-/// KEYS: flag, stream, generation. ARGV: flag ms, stream s, new generation,
-/// `MAXLEN ~`. Returns `{generation, last id, max deleted id}`.
+/// Also records the chat (`ARGV[5]`) in its application's set of watched
+/// chats (`KEYS[4]`, renewed with the stream), so that an application's
+/// delete can end their streams.
+///
+/// KEYS: flag, stream, generation, the application's watched chats. ARGV:
+/// flag ms, stream s, new generation, `MAXLEN ~`, the chat's number.
+/// Returns `{generation, last id, max deleted id}`.
 pub const WATCH: &str = r#"
 local gen = redis.call('GET', KEYS[3])
 if not gen or redis.call('EXISTS', KEYS[2]) == 0 then
@@ -94,6 +99,8 @@ else
 end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[5])
+redis.call('EXPIRE', KEYS[4], ARGV[2])
 local info = redis.call('XINFO', 'STREAM', KEYS[2])
 local last, deleted = '0-0', '0-0'
 for i = 1, #info, 2 do
@@ -470,6 +477,26 @@ impl Live {
         Ok(())
     }
 
+    /// Ends the streams of every chat of `token`'s application that anyone
+    /// watched lately with `chat.deleted` (after the application's delete
+    /// committed): one [`APPEND`] per such chat. Errors: Redis failed (the
+    /// delete stands; streams not yet told end at the client's next resume,
+    /// with 404).
+    pub async fn application_deleted(&self, token: &str) -> Result<(), LiveError> {
+        let key = self.0.keys.for_token(token).live_chats(token);
+        let chats: Vec<i64> = self
+            .0
+            .redis
+            .call(self.0.settings.timeout, |mut c| async move {
+                redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        for chat in chats {
+            self.publish(token, chat, &EventKind::ChatDeleted).await?;
+        }
+        Ok(())
+    }
+
     /// Subscribes to chat `chat` of `token`'s application (the caller
     /// checked both exist), from `resume` (the last event id the client
     /// has; `None`: from now). Errors: [`LiveError::TooMany`],
@@ -777,10 +804,12 @@ impl Inner {
         inv.key(shard.live_flag(token, chat))
             .key(shard.live_stream(token, chat))
             .key(shard.live_generation(token, chat))
+            .key(shard.live_chats(token))
             .arg(FLAG_TTL.as_millis() as u64)
             .arg(STREAM_TTL_SECS)
             .arg(generation)
-            .arg(self.settings.stream_maxlen);
+            .arg(self.settings.stream_maxlen)
+            .arg(chat);
         Ok(self
             .redis
             .call(self.settings.timeout, |mut c| async move {

@@ -458,3 +458,21 @@ async fn on_a_cluster_subscribers_on_one_instance_see_the_creates_made_on_anothe
         assert_eq!(created_numbers(&sse.take(20).await), made[k], "chat {k}");
     }
 }
+
+#[tokio::test]
+async fn deleting_the_application_ends_its_chats_streams_with_chat_deleted() {
+    let app = spawn_app().await;
+    let token = app.create_app("live").await;
+    let one = app.create_chat(&token).await;
+    let two = app.create_chat(&token).await;
+    let mut first = Sse::open(&app, &token, one, None).await;
+    let mut second = Sse::open(&app, &token, two, None).await;
+    let r = app.delete(&format!("/applications/{token}")).await;
+    assert_eq!(r.status(), 204);
+    for (sse, chat) in [(&mut first, one), (&mut second, two)] {
+        let end = sse.take(1).await.remove(0);
+        assert_eq!(end.event, "chat.deleted");
+        assert_eq!(end.data, json!({ "number": chat }));
+        assert!(sse.next(Duration::from_secs(5)).await.is_none());
+    }
+}
