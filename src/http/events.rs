@@ -1,6 +1,8 @@
 //! `GET /api/v1/applications/{token}/chats/{number}/events`: a chat's live
 //! events as server-sent events (see [`crate::writebehind::live`]).
 
+use std::sync::Arc;
+
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use poem::web::Data;
@@ -61,6 +63,8 @@ pub enum Frame {
         id: String,
         /// The SSE event type.
         kind: &'static str,
+        /// The `data:` JSON, made once per event for every subscriber.
+        data: Arc<str>,
     },
 }
 
@@ -82,17 +86,27 @@ fn rfc3339(us: i64) -> Option<String> {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
 
-/// The JSON and framing of one live event of chat `chat`.
-fn chat_event(event: LiveEvent, chat: i64) -> ChatEvent {
-    let frame = Frame::Event {
-        id: event.id.to_string(),
-        kind: event.kind.name(),
-    };
-    let mut out = ChatEvent {
-        frame,
+/// The framing of one live event of chat `chat`, its JSON made once for
+/// every subscriber of the chat (the first one to send it makes it).
+fn chat_event(event: Arc<LiveEvent>, chat: i64) -> ChatEvent {
+    let data = event
+        .rendered
+        .get_or_init(|| content(&event, chat).to_json_string().into())
+        .clone();
+    ChatEvent {
+        frame: Frame::Event {
+            id: event.id.to_string(),
+            kind: event.kind.name(),
+            data,
+        },
         ..Default::default()
-    };
-    match event.kind {
+    }
+}
+
+/// The JSON content of one live event of chat `chat`.
+fn content(event: &LiveEvent, chat: i64) -> ChatEvent {
+    let mut out = ChatEvent::default();
+    match event.kind.clone() {
         EventKind::MessageCreated {
             number,
             body,
@@ -191,7 +205,7 @@ impl EventsApi {
                 .keep_alive(state.config.stream_heartbeat)
                 .to_event(move |e| match &e.frame {
                     Frame::Retry => Event::retry(retry_ms),
-                    Frame::Event { id, kind } => Event::message(e.to_json_string())
+                    Frame::Event { id, kind, data } => Event::message(data.to_string())
                         .id(id.clone())
                         .event_type(*kind),
                 }),

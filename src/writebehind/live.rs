@@ -263,6 +263,9 @@ pub struct LiveEvent {
     pub id: EventId,
     /// What happened.
     pub kind: EventKind,
+    /// Its wire form, made once for all of a chat's subscribers by the
+    /// first that sends it (the HTTP layer fills it).
+    pub rendered: std::sync::OnceLock<Arc<str>>,
 }
 
 /// A stream entry read from Redis: its id and fields.
@@ -375,6 +378,7 @@ impl Hub {
                 entry: position,
             },
             kind: EventKind::Reset { reason },
+            rendered: Default::default(),
         };
         self.fan_out(event);
     }
@@ -605,6 +609,7 @@ impl Live {
                 entry: last,
             },
             kind: EventKind::Reset { reason },
+            rendered: Default::default(),
         });
         Ok(Subscription {
             live: self.clone(),
@@ -612,7 +617,7 @@ impl Live {
             generation: generation.to_string(),
             last: start,
             catch_up_to: (start < position).then_some(position),
-            pending: reset.into_iter().collect(),
+            pending: reset.into_iter().map(Arc::new).collect(),
             rx,
             _guard: guard,
             done: false,
@@ -762,6 +767,7 @@ fn deliver(hub: &mut Hub, entries: Vec<Entry>) {
                         entry: id,
                     },
                     kind,
+                    rendered: Default::default(),
                 };
                 hub.fan_out(event);
             }
@@ -907,7 +913,7 @@ pub struct Subscription {
     generation: String,
     last: StreamId,
     catch_up_to: Option<StreamId>,
-    pending: std::collections::VecDeque<LiveEvent>,
+    pending: std::collections::VecDeque<Arc<LiveEvent>>,
     rx: mpsc::Receiver<Arc<LiveEvent>>,
     _guard: Guard,
     done: bool,
@@ -918,7 +924,7 @@ impl Subscription {
     /// when this subscriber was too slow (its buffer filled), on shutdown,
     /// or when Redis failed during a catch-up. The client then resumes from
     /// its last id.
-    pub async fn next(&mut self) -> Option<LiveEvent> {
+    pub async fn next(&mut self) -> Option<Arc<LiveEvent>> {
         loop {
             if self.done {
                 return None;
@@ -946,18 +952,19 @@ impl Subscription {
                     // Advances `last` even past unknown entries.
                     self.last = self.last.max(id);
                     match parse_entry(&fields) {
-                        Parsed::Event(kind) => self.pending.push_back(LiveEvent {
+                        Parsed::Event(kind) => self.pending.push_back(Arc::new(LiveEvent {
                             id: EventId {
                                 generation: self.generation.clone(),
                                 entry: id,
                             },
                             kind,
-                        }),
+                            rendered: Default::default(),
+                        })),
                         Parsed::Open(generation) => {
                             if !generation.is_empty() {
                                 self.generation = generation;
                             }
-                            self.pending.push_back(LiveEvent {
+                            self.pending.push_back(Arc::new(LiveEvent {
                                 id: EventId {
                                     generation: self.generation.clone(),
                                     entry: id,
@@ -965,7 +972,8 @@ impl Subscription {
                                 kind: EventKind::Reset {
                                     reason: "events were not recorded for a while (no subscriber, or Redis lost them)",
                                 },
-                            });
+                                rendered: Default::default(),
+                            }));
                         }
                         Parsed::Unknown => {}
                     }
@@ -979,11 +987,11 @@ impl Subscription {
             }
             self.generation = event.id.generation.clone();
             self.last = event.id.entry;
-            return Some(self.emit((*event).clone()));
+            return Some(self.emit(event));
         }
     }
 
-    fn emit(&mut self, event: LiveEvent) -> LiveEvent {
+    fn emit(&mut self, event: Arc<LiveEvent>) -> Arc<LiveEvent> {
         if event.kind == EventKind::ChatDeleted {
             self.done = true;
         }
