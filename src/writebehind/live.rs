@@ -65,6 +65,11 @@ pub const STREAM_TTL_SECS: u64 = 3600;
 /// many events are kept for resumes.
 pub const DEFAULT_STREAM_MAXLEN: u64 = 10_000;
 
+/// How long a reader waits after a read that found events before it reads
+/// again, so that each read, fan-out and write carries several events under
+/// load (it adds at most this much to a delivery).
+const GATHER: Duration = Duration::from_millis(2);
+
 /// Entries a reader asks for per stream and call, and a catch-up per page.
 const READ_COUNT: usize = 512;
 
@@ -346,6 +351,9 @@ struct ChatRef {
 /// A watched chat on this instance: its stream's generation, the last entry
 /// the reader forwarded, and its subscribers' channels.
 struct Hub {
+    /// The chat's stream key and reader group, made once.
+    key: Arc<str>,
+    group: u16,
     generation: Arc<str>,
     position: StreamId,
     subscribers: Vec<(u64, mpsc::Sender<Arc<LiveEvent>>)>,
@@ -570,6 +578,8 @@ impl Live {
             let hub = state.chats.entry(guard.chat.clone()).or_insert_with(|| {
                 new_chat = true;
                 Hub {
+                    key: shard.live_stream(&token, chat).into(),
+                    group: inner.group(shard.index()),
                     generation: generation.clone(),
                     position: last,
                     subscribers: Vec::new(),
@@ -678,16 +688,13 @@ impl Live {
             if inner.closing.is_cancelled() {
                 return;
             }
-            let watched: Vec<(ChatRef, String, StreamId)> = {
+            let watched: Vec<(ChatRef, Arc<str>, StreamId)> = {
                 let state = inner.lock();
                 state
                     .chats
                     .iter()
-                    .filter(|(c, _)| inner.group(inner.keys.shard_index(&c.token)) == group)
-                    .map(|(c, hub)| {
-                        let key = inner.keys.for_token(&c.token).live_stream(&c.token, c.chat);
-                        (c.clone(), key, hub.position)
-                    })
+                    .filter(|(_, hub)| hub.group == group)
+                    .map(|(c, hub)| (c.clone(), hub.key.clone(), hub.position))
                     .collect()
             };
             if watched.is_empty() {
@@ -706,7 +713,7 @@ impl Live {
                 .arg("STREAMS")
                 .arg(&wake_key);
             for (_, key, _) in &watched {
-                cmd.arg(key);
+                cmd.arg(&**key);
             }
             cmd.arg(wake_id.to_string());
             for (_, _, position) in &watched {
@@ -730,22 +737,36 @@ impl Live {
                 }
             };
             let by_key: HashMap<&str, &ChatRef> =
-                watched.iter().map(|(c, k, _)| (k.as_str(), c)).collect();
-            let mut state = inner.lock();
-            for (key, entries) in streams {
-                if key == wake_key {
-                    if let Some((id, _)) = entries.last() {
-                        wake_id = *id;
+                watched.iter().map(|(c, k, _)| (&**k, c)).collect();
+            let got_events = streams
+                .iter()
+                .any(|(key, e)| *key != wake_key && !e.is_empty());
+            {
+                let mut state = inner.lock();
+                for (key, entries) in streams {
+                    if key == wake_key {
+                        if let Some((id, _)) = entries.last() {
+                            wake_id = *id;
+                        }
+                        continue;
                     }
-                    continue;
+                    let Some(chat) = by_key.get(key.as_str()) else {
+                        continue;
+                    };
+                    let Some(hub) = state.chats.get_mut(*chat) else {
+                        continue;
+                    };
+                    deliver(hub, entries);
                 }
-                let Some(chat) = by_key.get(key.as_str()) else {
-                    continue;
-                };
-                let Some(hub) = state.chats.get_mut(*chat) else {
-                    continue;
-                };
-                deliver(hub, entries);
+            }
+            // Let the next events gather for a moment: one XREAD, one
+            // fan-out and one socket write per subscriber then carry
+            // several events, which is most of a delivery's CPU under load.
+            if got_events {
+                tokio::select! {
+                    _ = inner.closing.cancelled() => return,
+                    _ = tokio::time::sleep(GATHER) => {}
+                }
             }
         }
     }
