@@ -440,6 +440,32 @@ pub struct Config {
     /// Seconds the service gives itself on SIGTERM/Ctrl-C to drain the buffer.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value = "30", value_parser = parse_nonzero_secs)]
     pub shutdown_timeout: Duration,
+
+    /// Seconds between the comment lines (`:`) a live event stream
+    /// (`…/chats/{number}/events`) sends while nothing happens, so that
+    /// proxies and `IDLE_TIMEOUT_SECS` keep it open.
+    #[arg(long, env = "STREAM_HEARTBEAT_SECS", default_value = "15", value_parser = parse_nonzero_secs)]
+    pub stream_heartbeat: Duration,
+
+    /// Milliseconds a client of a live event stream waits before it
+    /// reconnects (the stream's `retry:` field).
+    #[arg(long, env = "STREAM_RETRY_MS", default_value_t = 2000)]
+    pub stream_retry_ms: u64,
+
+    /// Live event streams one application may hold open on one instance
+    /// (more: 429); 0: no limit.
+    #[arg(long, env = "MAX_STREAMS_PER_APPLICATION", default_value_t = 100)]
+    pub max_streams_per_application: usize,
+
+    /// Events a live subscriber may have waiting to be sent; a slower one
+    /// is closed (it resumes from its last event id).
+    #[arg(long, env = "LIVE_SUBSCRIBER_BUFFER", default_value = "1024", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub live_subscriber_buffer: u64,
+
+    /// About how many events each watched chat's Redis stream keeps for
+    /// resumes (`XADD MAXLEN ~`); an older resume gets a `reset` event.
+    #[arg(long, env = "LIVE_STREAM_MAXLEN", default_value = "10000", value_parser = clap::value_parser!(u64).range(1..))]
+    pub live_stream_maxlen: u64,
 }
 
 impl Config {

@@ -24,6 +24,7 @@ use crate::store::search::meili::MeiliSearch;
 use crate::writebehind::flusher::FlushSettings;
 use crate::writebehind::group_commit::GroupCommit;
 use crate::writebehind::keys::Keys;
+use crate::writebehind::live::{Live, LiveSettings};
 use crate::writebehind::{Buffer, Flusher, Numbering, WriteBehind};
 
 /// Loads `.env` from the working directory when present; variables already
@@ -211,7 +212,8 @@ impl Application {
         .with_in_progress_lifetime(config.idempotency_in_progress)
         .with_max_pending_bytes(config.max_pending_bytes)
         .with_max_pending_per_application(config.max_pending_per_application())
-        .with_high_water(config.pending_high_water);
+        .with_high_water(config.pending_high_water)
+        .with_live_stream_maxlen(config.live_stream_maxlen);
         let buffer = match config.redis_durability {
             crate::config::Durability::Replica => {
                 // A connection of its own, whose WAITs block nothing else.
@@ -309,7 +311,9 @@ impl Application {
         check_term_index(&search).await;
         let admin_key = config.admin_api_key.as_ref().map(KeyDigest::of);
         let reads = read_pools(&config, &pool).await?;
+        let live = live_events(&config, buffer_for_indexer.redis().clone());
         let state = AppState::new(http::Services {
+            live,
             reads,
             pool,
             write_behind,
@@ -484,6 +488,18 @@ impl Application {
                 }
             },
         ));
+        // Live event streams never end by themselves: on shutdown each ends
+        // cleanly, so that its client resumes on another instance, and the
+        // server's drain below is not held up by them.
+        let live = self.state.live.clone();
+        let (stop_live, jobs_done) = (shutdown.clone(), jobs_stop.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = stop_live.cancelled() => {}
+                _ = jobs_done.cancelled() => {}
+            }
+            live.close();
+        });
         tracing::info!(addr = %self.addr, "serving");
         let server = poem::Server::new_with_acceptor(self.acceptor);
         let result = server
@@ -501,6 +517,39 @@ impl Application {
         tracing::info!("stopped");
         result.context("HTTP server failed")
     }
+}
+
+/// The live events ([`crate::writebehind::live`]) over `redis`, each reader
+/// on a connection of its own (a pool of one on one node, a cluster
+/// connection of its own on a Redis Cluster), so that its `XREAD BLOCK`
+/// holds up nothing else.
+fn live_events(config: &Config, redis: crate::redis::RedisHandle) -> Live {
+    let own = config.clone();
+    Live::new(
+        redis,
+        move || {
+            if !own.redis_cluster_nodes.is_empty() {
+                return Ok(crate::redis::RedisHandle::cluster(
+                    &own.redis_cluster_nodes,
+                    own.redis_timeout(),
+                )?);
+            }
+            Ok(crate::redis::pool_with_epoch(
+                crate::redis::RedisTarget::from_config(&own),
+                1,
+                own.redis_timeout(),
+                None,
+            )?
+            .into())
+        },
+        Keys::from_config(config),
+        LiveSettings {
+            max_streams_per_application: config.max_streams_per_application,
+            subscriber_buffer: config.live_subscriber_buffer as usize,
+            stream_maxlen: config.live_stream_maxlen,
+            timeout: config.redis_timeout(),
+        },
+    )
 }
 
 /// Binds `BIND_ADDR` and, when set, `ADMIN_BIND_ADDR` (port 0 picks a free

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use sqlx::MySqlPool;
 
 mod block_wait;
+mod live;
 mod numbering;
 mod page_depth;
 mod plots;
@@ -83,6 +84,11 @@ enum Cmd {
     /// Only figure 17: message list reads with 0 and 1 MariaDB replica
     /// while creates run at half their peak, and the primary's CPU per read.
     ReadReplica(Opts),
+    /// Only figure 23: live events: delivery from a create's 201 to its
+    /// event at 1,000 subscribers on 100 chats at half the peak, events
+    /// lost or duplicated, the request path with and without subscribers,
+    /// and RSS per idle subscriber.
+    Live(live::LiveOpts),
     /// Serve the ceiling endpoint on `port`.
     Ceiling { port: u16 },
     /// Draw the SVG figures again from saved results, without running
@@ -1866,6 +1872,12 @@ async fn main() -> anyhow::Result<()> {
             let figure = reindex::reindex(&o).await?;
             println!("{}", serde_json::to_string_pretty(&figure)?);
             println!("{}", reindex::markdown(&figure));
+            Ok(())
+        }
+        Cmd::Live(o) => {
+            let figure = live::live(&o).await?;
+            println!("{}", serde_json::to_string_pretty(&figure)?);
+            println!("{}", live::markdown(&figure));
             Ok(())
         }
         Cmd::PageDepth(o) => {

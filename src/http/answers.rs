@@ -106,6 +106,9 @@ status_sets! {
     CreateApplication = [400, 404, 409, 413, 415, 422, 429, 503];
     /// A message create: a JSON body; never 409, as for chats.
     CreateMessage = [400, 404, 413, 415, 422, 429, 503];
+    /// A live event stream: a resume id can be malformed (422), and the
+    /// cap on open streams answers 429.
+    Streaming = [404, 422, 429, 503];
     /// An edit with a JSON body.
     Update = [400, 404, 413, 415, 422, 429, 503];
     /// An operator operation with no parameter.

@@ -219,6 +219,9 @@ impl ApplicationsApi {
         if let Err(e) = buffer.commit_tombstone(&tombstone).await {
             tracing::warn!(error = %e, "the delete committed; its Redis tombstone stays, marked in flight");
         }
+        if let Err(e) = state.live.application_deleted(&app.token).await {
+            tracing::warn!(error = %e, "could not end the live event streams of a deleted application");
+        }
         state
             .queue_index(
                 &app.token,

@@ -181,6 +181,13 @@ impl ChatsApi {
             tracing::warn!(error = %e, "the delete committed; its Redis tombstone stays, marked in flight");
         }
         state
+            .publish(
+                &app.token,
+                chat.number,
+                crate::writebehind::live::EventKind::ChatDeleted,
+            )
+            .await;
+        state
             .queue_index(&app.token, IndexOp::DeleteChat { chat_id: chat.id })
             .await;
         if let Err(e) = state.marks.mark(&app.token, &[app.id], &[]).await {

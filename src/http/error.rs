@@ -132,6 +132,19 @@ impl ApiError {
         Self::Unprocessable(ErrorBody::json(msg))
     }
 
+    /// 429 for a cap other than the rate limit (open event streams): the
+    /// message says which; `Retry-After: retry_after_secs`, the cap as
+    /// `X-RateLimit-Limit`, 0 remaining, reset after `retry_after_secs`.
+    pub fn too_many(msg: impl Into<String>, retry_after_secs: u64, limit: u32) -> Self {
+        Self::TooManyRequests(
+            ErrorBody::json(msg),
+            retry_after_secs,
+            limit,
+            0,
+            retry_after_secs,
+        )
+    }
+
     /// 503 with `Retry-After: retry_after_secs`.
     pub fn unavailable(msg: impl Into<String>, retry_after_secs: u64) -> Self {
         Self::Unavailable(ErrorBody::json(msg), retry_after_secs)

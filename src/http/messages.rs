@@ -19,6 +19,7 @@ use crate::store;
 use crate::store::replicas::ReadScope;
 use crate::store::search::IndexOp;
 use crate::writebehind::Idempotency;
+use crate::writebehind::live::EventKind;
 
 /// Operations on messages.
 pub struct MessagesApi;
@@ -213,7 +214,19 @@ impl MessagesApi {
             .ok_or_else(|| {
                 ApiError::not_found(format!("no message number {} in this chat", msg.number))
             })?;
-        Ok(Json(updated.into()))
+        let updated: Message = updated.into();
+        state
+            .publish(
+                &app.token,
+                chat.number,
+                EventKind::MessageUpdated {
+                    number: updated.number,
+                    body: updated.body.clone(),
+                    updated_at_us: updated.updated_at.timestamp_micros(),
+                },
+            )
+            .await;
+        Ok(Json(updated))
     }
 
     /// Delete a message
@@ -236,11 +249,20 @@ impl MessagesApi {
         let app = lookup::application(&state, &token.0).await?;
         let chat = lookup::chat(&state, &app, number.0, Via::Primary).await?;
         let msg = lookup::message(&state, &app, &chat, message_number.0, Via::Primary).await?;
-        let (_, gtid) = state
+        let (deleted, gtid) = state
             .reads
             .observed(async |c| store::messages::delete(c, msg.id, crate::domain::now()).await)
             .await?;
         reads::keep_marks(&state, &app.token, &[ReadScope::Chat(chat.id)], gtid).await;
+        if deleted {
+            state
+                .publish(
+                    &app.token,
+                    chat.number,
+                    EventKind::MessageDeleted { number: msg.number },
+                )
+                .await;
+        }
         state
             .queue_index(
                 &app.token,

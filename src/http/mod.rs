@@ -10,6 +10,7 @@ pub mod connections;
 pub mod demo;
 pub mod edge;
 pub mod error;
+pub mod events;
 pub mod fields;
 pub mod health;
 pub mod limits;
@@ -62,6 +63,8 @@ pub struct Services {
     pub reads: crate::store::replicas::Pools,
     /// The write-behind core (creates, read-your-writes).
     pub write_behind: WriteBehind,
+    /// The live events (`…/events`; see [`crate::writebehind::live`]).
+    pub live: crate::writebehind::live::Live,
     /// Settings in force.
     pub config: Arc<Config>,
     /// Dirty marks for the counts refresh (deletes change counts).
@@ -96,6 +99,15 @@ impl Services {
             tracing::warn!(error = %e, ?op, "could not queue a search index update");
         }
     }
+
+    /// Appends a live event to chat `chat` of `token`'s application, if
+    /// anyone follows it (after the change committed). A failure is logged:
+    /// the change stands, and its subscribers miss the event.
+    pub async fn publish(&self, token: &str, chat: i64, kind: crate::writebehind::live::EventKind) {
+        if let Err(e) = self.live.publish(token, chat, &kind).await {
+            tracing::warn!(error = %e, event = kind.name(), "could not append a live event");
+        }
+    }
 }
 
 /// Groups of operations in the spec and Swagger UI.
@@ -122,6 +134,7 @@ pub fn api() -> OpenApiService<impl poem_openapi::OpenApi, ()> {
         (
             applications::ApplicationsApi,
             chats::ChatsApi,
+            events::EventsApi,
             search::SearchApi,
             messages::MessagesApi,
             health::HealthApi,

@@ -100,6 +100,7 @@ fn zero_counters() {
         "chat_load_shed_total",
         "chat_rate_limited_total",
         "chat_search_index_failures_total",
+        "chat_live_overflows_total",
     ] {
         counter!(name).increment(0);
     }
@@ -132,6 +133,7 @@ fn zero_counters() {
         counter!("chat_http_connections_timed_out_total", "reason" => reason).increment(0);
     }
     gauge!("chat_http_connections_open").increment(0.0);
+    gauge!("chat_live_streams_open").increment(0.0);
 }
 
 /// Renders every metric in the Prometheus text format.
@@ -244,6 +246,18 @@ pub fn replica_max_lag_set(secs: u64) {
 /// queued (`chat_search_index_failures_total`).
 pub fn search_index_failed() {
     counter!("chat_search_index_failures_total").increment(1);
+}
+
+/// A live-event subscriber dropped because its buffer filled (a slow
+/// consumer; `chat_live_overflows_total`).
+pub fn live_overflow() {
+    counter!("chat_live_overflows_total").increment(1);
+}
+
+/// A live event stream opened (+1) or ended (-1)
+/// (`chat_live_streams_open`).
+pub fn live_streams(delta: f64) {
+    gauge!("chat_live_streams_open").increment(delta);
 }
 
 /// A create refused with 503 because the buffer was full.

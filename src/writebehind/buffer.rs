@@ -156,6 +156,7 @@ pub struct Buffer {
     shard_mismatch: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     shard_mismatch_flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
     coalescer: super::coalesce::Coalescer,
+    live_stream_maxlen: u64,
 }
 
 /// A client's `Idempotency-Key` for one create: the key's digest, and the
@@ -230,7 +231,20 @@ impl Buffer {
             shedder: super::shedding::LoadShedder::new(u64::MAX, max_pending, shards),
             shard_mismatch: Default::default(),
             shard_mismatch_flag: Default::default(),
+            live_stream_maxlen: super::live::DEFAULT_STREAM_MAXLEN,
         }
+    }
+
+    /// The same buffer, capping each chat's live stream at about `maxlen`
+    /// events (`LIVE_STREAM_MAXLEN`, see [`super::live`]).
+    pub fn with_live_stream_maxlen(mut self, maxlen: u64) -> Self {
+        self.live_stream_maxlen = maxlen.max(1);
+        self
+    }
+
+    /// Each chat's live stream's cap (see [`Self::with_live_stream_maxlen`]).
+    pub fn live_stream_maxlen(&self) -> u64 {
+        self.live_stream_maxlen
     }
 
     /// Records whether Redis holds another shard count than ours (`Some`:
@@ -511,12 +525,17 @@ impl Buffer {
                 .saturating_sub(self.shedder.bytes_elsewhere(kind, shard.index()))
                 .max(1),
         };
-        let (chat_number, body) = match message {
-            Some((chat, body)) => (chat.to_string(), body),
-            None => (String::new(), ""),
+        let (chat_number, body, live_flag, live_stream) = match message {
+            Some((chat, body)) => (
+                chat.to_string(),
+                body,
+                shard.live_flag(token, chat),
+                shard.live_stream(token, chat),
+            ),
+            None => (String::new(), "", app.clone(), app.clone()),
         };
         let create = super::coalesce::Create {
-            keys: [app, pending, epoch, idem_key, usage],
+            keys: [app, pending, epoch, idem_key, usage, live_flag, live_stream],
             args: [
                 max_pending.to_string().into_bytes(),
                 created_at_us.to_string().into_bytes(),
@@ -527,6 +546,7 @@ impl Buffer {
                 max_pending_bytes.to_string().into_bytes(),
                 self.keys.shard_count().to_string().into_bytes(),
                 self.max_pending_per_application.to_string().into_bytes(),
+                self.live_stream_maxlen.to_string().into_bytes(),
             ],
         };
         let reply = self

@@ -274,6 +274,43 @@ impl ShardKeys {
         format!("{}usage", self.prefix)
     }
 
+    /// The live-event flag of chat `chat` of `token`'s application: a
+    /// string that exists while some instance holds a subscriber of the
+    /// chat's event stream, with a time to live each such instance renews
+    /// (see [`super::live`]). The enqueue and event scripts append to the
+    /// chat's stream ([`Self::live_stream`]) only while it exists.
+    pub fn live_flag(&self, token: &str, chat: i64) -> String {
+        format!("{}live:{token}:{chat}", self.prefix)
+    }
+
+    /// The chat's capped stream of live events (a Redis Stream,
+    /// `MAXLEN ~ LIVE_STREAM_MAXLEN`): `message.created`, `message.updated`,
+    /// `message.deleted`, `chat.deleted` and `open` markers (see
+    /// [`super::live`]).
+    pub fn live_stream(&self, token: &str, chat: i64) -> String {
+        format!("{}events:{token}:{chat}", self.prefix)
+    }
+
+    /// The generation of the chat's live stream: a random string made when
+    /// the stream is created, part of every event id, so that a resume
+    /// after the stream was lost and made again is told apart.
+    pub fn live_generation(&self, token: &str, chat: i64) -> String {
+        format!("{}events-gen:{token}:{chat}", self.prefix)
+    }
+
+    /// The set of `token`'s chats that have had a live flag within the last
+    /// [`super::live::STREAM_TTL_SECS`] (chat numbers), so that deleting the
+    /// application can end their streams with `chat.deleted`.
+    pub fn live_chats(&self, token: &str) -> String {
+        format!("{}live-chats:{token}", self.prefix)
+    }
+
+    /// A one-entry stream the live readers of this shard also block on, so
+    /// that a chat newly watched wakes them (see [`super::live`]).
+    pub fn live_wake(&self) -> String {
+        format!("{}live-wake", self.prefix)
+    }
+
     /// List of records that could not be written, each a JSON object
     /// `{"record", "reason", "at"}` (see [`super::deadletter`]).
     pub fn dead_letter(&self, kind: Kind) -> String {

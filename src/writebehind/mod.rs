@@ -34,6 +34,7 @@ pub mod group_commit;
 pub mod inspect;
 pub mod keys;
 pub mod lease;
+pub mod live;
 pub mod numbering;
 pub mod scripts;
 pub mod shards;

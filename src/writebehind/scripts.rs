@@ -111,9 +111,9 @@ if epoch and not same_lineage(e[3], e[4]) then epoch = nil end
 "#;
 
 /// Keys per create in a batched enqueue script.
-pub const KEYS_PER_CREATE: usize = 5;
+pub const KEYS_PER_CREATE: usize = 7;
 /// Arguments per create in a batched enqueue script.
-pub const ARGS_PER_CREATE: usize = 9;
+pub const ARGS_PER_CREATE: usize = 10;
 
 /// The batch around one create's enqueue text (`--ONE`, its `KEYS[i]` and
 /// `ARGV[i]` made `KEYS[k + i]` and `ARGV[a + i]`, `k` and `a` the offsets
@@ -242,12 +242,13 @@ end
 /// the implicit first block as its bound.
 ///
 /// KEYS: app hash, pending chats list, epoch hash, idempotency key (the app
-/// hash again when there is none), the shard's usage hash. ARGV: max
+/// hash again when there is none), the shard's usage hash, two unused (the
+/// app hash again: the message script's live keys). ARGV: max
 /// pending, created_at µs, unused,
 /// unused, request fingerprint (empty: no key), key lifetime in seconds, max
 /// pending bytes (0: none), the caller's `QUEUE_SHARDS` (a different `shards`
 /// field in the epoch hash is [`code::WRONG_SHARDS`]), max pending records
-/// per application (0: none).
+/// per application (0: none), unused.
 /// Returns, per create, `{number, pending length, replayed (0/1), bound (-1
 /// for a replay), application id}` or `{code, application id, epoch (0 when
 /// none is set; the counter for NO_BLOCK), 0, 0}`.
@@ -279,11 +280,20 @@ return {n, len, 0, bound, tonumber(id)}
 /// one step, for each create of a batch (see `BATCH`).
 ///
 /// KEYS: app hash, pending messages list, epoch hash, idempotency key (the
-/// app hash again when there is none), the shard's usage hash. ARGV: max
+/// app hash again when there is none), the shard's usage hash, the chat's
+/// live flag and live stream (see [`super::live`]). ARGV: max
 /// pending, created_at µs, chat
 /// number (canonical decimal), body, request fingerprint (empty: no key), key
 /// lifetime in seconds, max pending bytes (0: none), the caller's
-/// `QUEUE_SHARDS`, max pending records per application (0: none).
+/// `QUEUE_SHARDS`, max pending records per application (0: none), the live
+/// stream's `MAXLEN ~`.
+///
+/// **Live events.** While the chat's live flag exists (some instance holds
+/// a subscriber), the same step appends `message.created` to the chat's
+/// stream, so the event exists if and only if the create was queued; with
+/// no subscriber it costs one `EXISTS`. The append comes after the first
+/// write, so Redis's out-of-memory refusal (checked before a script's first
+/// write) cannot split it from the record.
 /// Returns what [`enqueue_chat`] returns.
 pub fn enqueue_message() -> String {
     splice(
@@ -308,6 +318,9 @@ redis.call('HSET', KEYS[1], ARGV[3], n)
 len = redis.call('RPUSH', KEYS[2], rec)
 --COUNT_IN
 --REMEMBER_KEY
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[10], '*', 't', 'message.created', 'n', n, 'b', ARGV[4], 'c', ARGV[2])
+end
 return {n, len, 0, bound, tonumber(id)}
 "#;
 

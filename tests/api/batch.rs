@@ -86,7 +86,15 @@ async fn a_demoted_master_fails_the_whole_batch_with_readonly() {
         .await
         .unwrap();
     let create = Create {
-        keys: [app.clone(), pending, epoch, app.clone(), usage],
+        keys: [
+            app.clone(),
+            pending,
+            epoch,
+            app.clone(),
+            usage,
+            format!("{app}:no-live-flag"),
+            format!("{app}:no-live-stream"),
+        ],
         args: [
             "1000".into(),
             "1700000000000000".into(),
@@ -97,6 +105,7 @@ async fn a_demoted_master_fails_the_whole_batch_with_readonly() {
             "0".into(),
             "1".into(),
             "0".into(),
+            "1000".into(),
         ],
     };
     let script = redis::Script::new(&scripts::enqueue_message());
@@ -173,6 +182,8 @@ async fn a_batch_is_its_creates_one_after_the_other_and_a_failed_create_leaves_n
                 idem.clone()
             },
             usage.clone(),
+            format!("{app}:no-live-flag"),
+            format!("{app}:no-live-stream"),
         ],
         args: [
             "1000".into(),
@@ -184,6 +195,7 @@ async fn a_batch_is_its_creates_one_after_the_other_and_a_failed_create_leaves_n
             "0".into(),
             "16".into(),
             "0".into(),
+            "1000".into(),
         ],
     };
     let batch = [
@@ -312,6 +324,8 @@ async fn a_create_past_its_own_deadline_is_answered_by_its_batch() {
             epoch.clone(),
             app.clone(),
             usage.clone(),
+            format!("{app}:no-live-flag"),
+            format!("{app}:no-live-stream"),
         ],
         args: [
             "1000".into(),
@@ -323,6 +337,7 @@ async fn a_create_past_its_own_deadline_is_answered_by_its_batch() {
             "0".into(),
             "1".into(),
             "0".into(),
+            "1000".into(),
         ],
     };
     let pool = chat_api::redis::pool(&redis.url(), 4, limit).unwrap();

@@ -15,6 +15,8 @@ mod cursor;
 mod deletes;
 mod docs;
 mod durability;
+mod events;
+mod events_measure;
 mod helpers;
 mod idempotency;
 mod idle;

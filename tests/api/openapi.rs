@@ -84,6 +84,12 @@ fn each_operation_documents_exactly_the_statuses_it_can_answer() {
         ),
         (
             "get",
+            "/api/v1/applications/{token}/chats/{number}/events",
+            "200",
+            LISTING,
+        ),
+        (
+            "get",
             "/api/v1/applications/{token}/chats/{number}/messages/search",
             "200",
             LISTING,

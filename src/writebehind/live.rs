@@ -1,0 +1,1105 @@
+//! Live events of a chat (`GET …/chats/{number}/events`): a capped Redis
+//! Stream per chat, written by the same scripts that make the change, read
+//! by one reader task per group of chats and fanned out to this instance's
+//! subscribers.
+//!
+//! **Writing.** While a chat's *live flag* exists ([`ShardKeys::live_flag`],
+//! a key with a time to live that every instance holding a subscriber of
+//! the chat renews every [`FLAG_REFRESH`]), the enqueue script appends
+//! `message.created` to the chat's stream ([`ShardKeys::live_stream`]) in
+//! the same atomic step that queues the record (see
+//! [`super::scripts::enqueue_message`]): the event exists if and only if the
+//! create was acknowledged, and the request path stays one round trip. With
+//! no subscriber the script does one `EXISTS` more and nothing else. Edits,
+//! message deletes and chat deletes are SQL; once committed they append
+//! their event with [`APPEND`] (one round trip, the same flag test).
+//!
+//! **Reading.** The subscribers of one instance share one reader per group
+//! (on one Redis node: one group for every chat; on a Redis Cluster: one
+//! group per shard, since one `XREAD` may only name keys of one hash slot),
+//! each on a connection of its own: `XREAD BLOCK` over the group's watched
+//! streams and the group's wake stream ([`ShardKeys::live_wake`], written when
+//! a chat is newly watched so that the blocked call returns). Each event is
+//! fanned out to the chat's subscribers through a bounded channel each
+//! (`LIVE_SUBSCRIBER_BUFFER`); a subscriber whose channel is full is dropped
+//! (its stream ends once it has sent what it holds, and the client resumes
+//! from its last id).
+//!
+//! **Ids and resume.** An event's SSE id is `{generation}-{stream entry id}`.
+//! The generation ([`ShardKeys::live_generation`]) is made when the stream
+//! is created, so a stream lost with Redis (a restart, a failover, a
+//! flush) and made again is told apart. A resume (`Last-Event-ID` or
+//! `?after=`) continues from the stream when it still holds everything after
+//! that id: same generation, the id not past the stream's last, nothing after
+//! it trimmed (`max-deleted-entry-id`), and no `open` marker after it. An
+//! `open` marker is appended whenever the flag is set anew on a stream
+//! (the flag had expired: creates made meanwhile were not recorded). In
+//! every other case the subscriber gets a `reset` event: it re-lists with
+//! the cursor API, and the stream continues after the reset's id.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::Value;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::keys::{Keys, ShardKeys};
+use crate::redis::RedisHandle;
+
+/// How often an instance renews the live flags of the chats it watches.
+pub const FLAG_REFRESH: Duration = Duration::from_secs(5);
+
+/// A live flag's time to live: four renewals, so that a slow renewal never
+/// lets it lapse while a subscriber is there.
+pub const FLAG_TTL: Duration = Duration::from_secs(20);
+
+/// How long a chat's stream (and its generation) outlive the last
+/// subscriber's renewal, in seconds: a client that reconnects within it
+/// resumes without a `reset`.
+pub const STREAM_TTL_SECS: u64 = 3600;
+
+/// The default cap of a chat's stream (`LIVE_STREAM_MAXLEN`): about this
+/// many events are kept for resumes.
+pub const DEFAULT_STREAM_MAXLEN: u64 = 10_000;
+
+/// How long a reader waits after a read that found events before it reads
+/// again, so that each read, fan-out and write carries several events under
+/// load (it adds at most this much to a delivery).
+const GATHER: Duration = Duration::from_millis(2);
+
+/// Entries a reader asks for per stream and call, and a catch-up per page.
+const READ_COUNT: usize = 512;
+
+/// Makes the chat watched (the flag set or renewed) and reports its stream.
+///
+/// Creates the stream with an `open` marker (and a new generation, `ARGV[3]`)
+/// when it or its generation is missing; appends an `open` marker when the
+/// flag had lapsed on an existing stream (creates made meanwhile were not
+/// recorded); renews the flag (`ARGV[1]` ms), the stream and the generation
+/// (`ARGV[2]` s).
+///
+/// Also records the chat (`ARGV[5]`) in its application's set of watched
+/// chats (`KEYS[4]`, renewed with the stream), so that an application's
+/// delete can end their streams.
+///
+/// KEYS: flag, stream, generation, the application's watched chats. ARGV:
+/// flag ms, stream s, new generation, `MAXLEN ~`, the chat's number.
+/// Returns `{generation, last id, max deleted id}`.
+pub const WATCH: &str = r#"
+local gen = redis.call('GET', KEYS[3])
+if not gen or redis.call('EXISTS', KEYS[2]) == 0 then
+  gen = ARGV[3]
+  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[3], gen)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 't', 'open', 'g', gen)
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+elseif redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 't', 'open', 'g', gen)
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[5])
+redis.call('EXPIRE', KEYS[4], ARGV[2])
+local info = redis.call('XINFO', 'STREAM', KEYS[2])
+local last, deleted = '0-0', '0-0'
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then last = info[i + 1] end
+  if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+end
+return {gen, last, deleted}
+"#;
+
+/// Appends one event to a chat's stream while its live flag exists (an edit,
+/// a message delete, a chat delete, after their SQL committed).
+///
+/// KEYS: flag, stream. ARGV: `MAXLEN ~`, then the entry's field/value pairs.
+/// Returns 1 when appended, 0 when no one watches.
+pub const APPEND: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
+return 1
+"#;
+
+/// A Redis Stream entry id, `{ms}-{seq}`, ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct StreamId(pub u64, pub u64);
+
+impl StreamId {
+    /// Parses `{ms}-{seq}` (`None` for anything else).
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ms, seq) = s.split_once('-')?;
+        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// An event's SSE id: the stream's generation and the entry's id,
+/// `{generation}-{ms}-{seq}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventId {
+    /// The stream's generation (hex, no `-`).
+    pub generation: String,
+    /// The entry's id in the stream.
+    pub entry: StreamId,
+}
+
+impl EventId {
+    /// Parses an SSE id made by [`EventId`]'s `Display` (`None` for anything
+    /// else: the caller answers 422).
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.rsplitn(3, '-');
+        let seq = parts.next()?.parse().ok()?;
+        let ms = parts.next()?.parse().ok()?;
+        let generation = parts.next()?;
+        if generation.is_empty()
+            || generation.len() > 64
+            || !generation.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return None;
+        }
+        Some(Self {
+            generation: generation.to_string(),
+            entry: StreamId(ms, seq),
+        })
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.generation, self.entry)
+    }
+}
+
+/// What happened, as the stream records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// `message.created`: number, body, `created_at` (µs since the epoch).
+    MessageCreated {
+        /// The message's number.
+        number: i64,
+        /// Its body.
+        body: String,
+        /// Creation time, µs since the Unix epoch.
+        created_at_us: i64,
+    },
+    /// `message.updated`: number, new body, `updated_at` (µs).
+    MessageUpdated {
+        /// The message's number.
+        number: i64,
+        /// Its new body.
+        body: String,
+        /// Edit time, µs since the Unix epoch.
+        updated_at_us: i64,
+    },
+    /// `message.deleted`: number.
+    MessageDeleted {
+        /// The message's number.
+        number: i64,
+    },
+    /// `chat.deleted`: the stream ends after it.
+    ChatDeleted,
+    /// `reset`: events may be missing before this one (the stream was lost,
+    /// trimmed past the resume id, or not recorded for a while): re-list,
+    /// then continue after this id.
+    Reset {
+        /// Why, for people.
+        reason: &'static str,
+    },
+}
+
+impl EventKind {
+    /// The SSE event type (`message.created`, …, `reset`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::MessageCreated { .. } => "message.created",
+            Self::MessageUpdated { .. } => "message.updated",
+            Self::MessageDeleted { .. } => "message.deleted",
+            Self::ChatDeleted => "chat.deleted",
+            Self::Reset { .. } => "reset",
+        }
+    }
+
+    /// The stream entry's fields for [`APPEND`] (not for resets).
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::MessageCreated {
+                number,
+                body,
+                created_at_us,
+            } => vec![
+                ("t", self.name().into()),
+                ("n", number.to_string()),
+                ("b", body.clone()),
+                ("c", created_at_us.to_string()),
+            ],
+            Self::MessageUpdated {
+                number,
+                body,
+                updated_at_us,
+            } => vec![
+                ("t", self.name().into()),
+                ("n", number.to_string()),
+                ("b", body.clone()),
+                ("u", updated_at_us.to_string()),
+            ],
+            Self::MessageDeleted { number } => {
+                vec![("t", self.name().into()), ("n", number.to_string())]
+            }
+            Self::ChatDeleted | Self::Reset { .. } => vec![("t", self.name().into())],
+        }
+    }
+}
+
+/// One event as a subscriber gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveEvent {
+    /// Its SSE id.
+    pub id: EventId,
+    /// What happened.
+    pub kind: EventKind,
+    /// Its wire form, made once for all of a chat's subscribers by the
+    /// first that sends it (the HTTP layer fills it).
+    pub rendered: std::sync::OnceLock<Arc<str>>,
+}
+
+/// A stream entry read from Redis: its id and fields.
+type Entry = (StreamId, HashMap<String, String>);
+
+/// What an entry means: an event, an `open` marker (with the generation
+/// it names), or nothing this version knows.
+enum Parsed {
+    Event(EventKind),
+    Open(String),
+    Unknown,
+}
+
+fn parse_entry(fields: &HashMap<String, String>) -> Parsed {
+    let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or_default();
+    let num = |k: &str| get(k).parse::<i64>().unwrap_or_default();
+    match get("t") {
+        "message.created" => Parsed::Event(EventKind::MessageCreated {
+            number: num("n"),
+            body: get("b").to_string(),
+            created_at_us: num("c"),
+        }),
+        "message.updated" => Parsed::Event(EventKind::MessageUpdated {
+            number: num("n"),
+            body: get("b").to_string(),
+            updated_at_us: num("u"),
+        }),
+        "message.deleted" => Parsed::Event(EventKind::MessageDeleted { number: num("n") }),
+        "chat.deleted" => Parsed::Event(EventKind::ChatDeleted),
+        "open" => Parsed::Open(get("g").to_string()),
+        _ => Parsed::Unknown,
+    }
+}
+
+/// Settings of the live events (see docs/configuration.md).
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    /// `MAX_STREAMS_PER_APPLICATION`: open streams per application on this
+    /// instance (0: no limit).
+    pub max_streams_per_application: usize,
+    /// `LIVE_SUBSCRIBER_BUFFER`: events held per subscriber before it is
+    /// dropped as too slow.
+    pub subscriber_buffer: usize,
+    /// `LIVE_STREAM_MAXLEN`: each chat's stream keeps about this many events.
+    pub stream_maxlen: u64,
+    /// `REDIS_TIMEOUT_MS`: each Redis call's limit.
+    pub timeout: Duration,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// The application has `MAX_STREAMS_PER_APPLICATION` streams open on
+    /// this instance.
+    #[error("this application has {0} event streams open, the most allowed")]
+    TooMany(usize),
+    /// The instance is shutting down.
+    #[error("the service is shutting down")]
+    Closing,
+    /// Redis failed or did not answer in time.
+    #[error("Redis unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<redis::RedisError> for LiveError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// A watched chat.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ChatRef {
+    token: Arc<str>,
+    chat: i64,
+}
+
+/// A watched chat on this instance: its stream's generation, the last entry
+/// the reader forwarded, and its subscribers' channels.
+struct Hub {
+    /// The chat's stream key and reader group, made once.
+    key: Arc<str>,
+    group: u16,
+    generation: Arc<str>,
+    position: StreamId,
+    subscribers: Vec<(u64, mpsc::Sender<Arc<LiveEvent>>)>,
+}
+
+impl Hub {
+    /// Sends `event` to every subscriber; drops those whose buffer is full
+    /// (too slow) or gone.
+    fn fan_out(&mut self, event: LiveEvent) {
+        let event = Arc::new(event);
+        self.subscribers
+            .retain(|(_, tx)| match tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    crate::telemetry::metrics::live_overflow();
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+    }
+
+    /// The stream was made again (another generation): every subscriber
+    /// gets a `reset` at `position`, and the reader starts over there.
+    fn restart(&mut self, generation: Arc<str>, position: StreamId, reason: &'static str) {
+        self.generation = generation;
+        self.position = position;
+        let event = LiveEvent {
+            id: EventId {
+                generation: self.generation.to_string(),
+                entry: position,
+            },
+            kind: EventKind::Reset { reason },
+            rendered: Default::default(),
+        };
+        self.fan_out(event);
+    }
+}
+
+#[derive(Default)]
+struct State {
+    chats: HashMap<ChatRef, Hub>,
+    per_app: HashMap<Arc<str>, usize>,
+    readers: std::collections::HashSet<u16>,
+    refreshing: bool,
+    closed: bool,
+}
+
+struct Inner {
+    redis: RedisHandle,
+    connect: Box<dyn Fn() -> anyhow::Result<RedisHandle> + Send + Sync>,
+    per_shard: bool,
+    keys: Keys,
+    settings: LiveSettings,
+    state: Mutex<State>,
+    wake: Vec<Notify>,
+    closing: CancellationToken,
+    next_id: AtomicU64,
+    watch: redis::Script,
+    append: redis::Script,
+}
+
+/// The live events of this instance: subscriptions, readers, fan-out.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Live(Arc<Inner>);
+
+impl Live {
+    /// Live events over `redis` (the shared handle: scripts and catch-up
+    /// reads); `connect` makes a connection of its own for each reader
+    /// (`per_shard`: a Redis Cluster, one reader per shard; else one reader
+    /// for every chat). Readers start on first use, within a Tokio runtime.
+    pub fn new(
+        redis: RedisHandle,
+        connect: impl Fn() -> anyhow::Result<RedisHandle> + Send + Sync + 'static,
+        keys: Keys,
+        settings: LiveSettings,
+    ) -> Self {
+        let per_shard = redis.is_cluster();
+        let groups = if per_shard { keys.shard_count() } else { 1 };
+        Self(Arc::new(Inner {
+            redis,
+            connect: Box::new(connect),
+            per_shard,
+            keys,
+            settings,
+            state: Mutex::default(),
+            wake: (0..groups).map(|_| Notify::new()).collect(),
+            closing: CancellationToken::new(),
+            next_id: AtomicU64::new(1),
+            watch: redis::Script::new(WATCH),
+            append: redis::Script::new(APPEND),
+        }))
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &LiveSettings {
+        &self.0.settings
+    }
+
+    /// Ends every stream (graceful shutdown: each client resumes elsewhere
+    /// from its last id) and refuses new ones with [`LiveError::Closing`].
+    pub fn close(&self) {
+        self.0.closing.cancel();
+        let mut state = self.0.lock();
+        state.closed = true;
+        state.chats.clear();
+    }
+
+    /// Open streams on this instance, over every application.
+    pub fn open_streams(&self) -> usize {
+        self.0.lock().per_app.values().sum()
+    }
+
+    /// Appends `kind` to chat `chat` of `token`'s application's stream, if
+    /// anyone watches it (see [`APPEND`]): after an edit or a delete
+    /// committed. Errors: Redis failed (the change stands; the event is
+    /// missing, and is logged by the caller).
+    pub async fn publish(&self, token: &str, chat: i64, kind: &EventKind) -> Result<(), LiveError> {
+        let shard = self.0.keys.for_token(token);
+        let mut inv = self.0.append.prepare_invoke();
+        inv.key(shard.live_flag(token, chat))
+            .key(shard.live_stream(token, chat))
+            .arg(self.0.settings.stream_maxlen);
+        for (field, value) in kind.fields() {
+            inv.arg(field).arg(value);
+        }
+        self.0
+            .redis
+            .call(self.0.settings.timeout, |mut c| async move {
+                inv.invoke_async::<i64>(&mut c).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Ends the streams of every chat of `token`'s application that anyone
+    /// watched lately with `chat.deleted` (after the application's delete
+    /// committed): one [`APPEND`] per such chat. Errors: Redis failed (the
+    /// delete stands; streams not yet told end at the client's next resume,
+    /// with 404).
+    pub async fn application_deleted(&self, token: &str) -> Result<(), LiveError> {
+        let key = self.0.keys.for_token(token).live_chats(token);
+        let chats: Vec<i64> = self
+            .0
+            .redis
+            .call(self.0.settings.timeout, |mut c| async move {
+                redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        for chat in chats {
+            self.publish(token, chat, &EventKind::ChatDeleted).await?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes to chat `chat` of `token`'s application (the caller
+    /// checked both exist), from `resume` (the last event id the client
+    /// has; `None`: from now). Errors: [`LiveError::TooMany`],
+    /// [`LiveError::Closing`], [`LiveError::Unavailable`].
+    pub async fn subscribe(
+        &self,
+        token: &str,
+        chat: i64,
+        resume: Option<EventId>,
+    ) -> Result<Subscription, LiveError> {
+        let inner = &self.0;
+        let token: Arc<str> = token.into();
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        // Counted first, so that the cap holds under a burst of subscribes.
+        let guard = {
+            let mut state = inner.lock();
+            if state.closed {
+                return Err(LiveError::Closing);
+            }
+            let open = state.per_app.entry(token.clone()).or_default();
+            let max = inner.settings.max_streams_per_application;
+            if max > 0 && *open >= max {
+                return Err(LiveError::TooMany(max));
+            }
+            *open += 1;
+            crate::telemetry::metrics::live_streams(1.0);
+            Guard {
+                live: self.clone(),
+                chat: ChatRef {
+                    token: token.clone(),
+                    chat,
+                },
+                id,
+            }
+        };
+        let shard = inner.keys.for_token(&token);
+        let (generation, last, deleted) = inner.watch_chat(&shard, &token, chat).await?;
+        let (last, deleted) = (
+            StreamId::parse(&last).unwrap_or_default(),
+            StreamId::parse(&deleted).unwrap_or_default(),
+        );
+        let generation: Arc<str> = generation.into();
+        let mut reset = None;
+        let start = match resume {
+            None => last,
+            Some(r) if *r.generation != *generation => {
+                reset = Some("the event stream was lost and made again since that id");
+                last
+            }
+            Some(r) if r.entry > last => {
+                reset = Some("the event stream is older than that id");
+                last
+            }
+            Some(r) if deleted > r.entry => {
+                reset = Some("events after that id are no longer kept");
+                last
+            }
+            Some(r) => r.entry,
+        };
+        let (tx, rx) = mpsc::channel(inner.settings.subscriber_buffer.max(1));
+        let (position, new_chat) = {
+            let mut state = inner.lock();
+            if state.closed {
+                return Err(LiveError::Closing);
+            }
+            let mut new_chat = false;
+            let hub = state.chats.entry(guard.chat.clone()).or_insert_with(|| {
+                new_chat = true;
+                Hub {
+                    key: shard.live_stream(&token, chat).into(),
+                    group: inner.group(shard.index()),
+                    generation: generation.clone(),
+                    position: last,
+                    subscribers: Vec::new(),
+                }
+            });
+            if hub.generation != generation {
+                hub.restart(
+                    generation.clone(),
+                    last,
+                    "the event stream was lost and made again",
+                );
+            }
+            hub.subscribers.push((id, tx));
+            let position = hub.position;
+            let group = inner.group(shard.index());
+            let start_reader = state.readers.insert(group);
+            let start_refresh = !std::mem::replace(&mut state.refreshing, true);
+            (
+                position,
+                new_chat.then_some((group, start_reader, start_refresh)),
+            )
+        };
+        if let Some((group, start_reader, start_refresh)) = new_chat {
+            if start_reader {
+                let live = self.clone();
+                tokio::spawn(async move { live.read_loop(group).await });
+            }
+            if start_refresh {
+                let live = self.clone();
+                tokio::spawn(async move { live.refresh_loop().await });
+            }
+            inner.wake(group, &shard).await;
+        }
+        let reset = reset.map(|reason| LiveEvent {
+            id: EventId {
+                generation: generation.to_string(),
+                entry: last,
+            },
+            kind: EventKind::Reset { reason },
+            rendered: Default::default(),
+        });
+        Ok(Subscription {
+            live: self.clone(),
+            stream_key: shard.live_stream(&token, chat),
+            generation: generation.to_string(),
+            last: start,
+            catch_up_to: (start < position).then_some(position),
+            pending: reset.into_iter().map(Arc::new).collect(),
+            rx,
+            _guard: guard,
+            done: false,
+        })
+    }
+
+    /// Renews the flag of every chat watched here, every [`FLAG_REFRESH`];
+    /// a chat whose stream was made again (Redis lost it) restarts its hub
+    /// with a `reset`. Ends with [`Live::close`].
+    async fn refresh_loop(self) {
+        let inner = &self.0;
+        loop {
+            tokio::select! {
+                _ = inner.closing.cancelled() => return,
+                _ = tokio::time::sleep(FLAG_REFRESH) => {}
+            }
+            let chats: Vec<ChatRef> = inner.lock().chats.keys().cloned().collect();
+            for chat in chats {
+                let shard = inner.keys.for_token(&chat.token);
+                match inner.watch_chat(&shard, &chat.token, chat.chat).await {
+                    Ok((generation, last, _)) => {
+                        let mut state = inner.lock();
+                        if let Some(hub) = state.chats.get_mut(&chat)
+                            && *hub.generation != *generation
+                        {
+                            hub.restart(
+                                generation.into(),
+                                StreamId::parse(&last).unwrap_or_default(),
+                                "the event stream was lost and made again",
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not renew a live flag; Redis seems down");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The reader of `group`: `XREAD BLOCK` over the group's watched chats,
+    /// on a connection of its own, fanning out what it reads. Ends with
+    /// [`Live::close`].
+    async fn read_loop(self, group: u16) {
+        let inner = &self.0;
+        let conn = match (inner.connect)() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "could not make the live reader's Redis connection");
+                return;
+            }
+        };
+        let wake_key = inner.keys.shard(group).live_wake();
+        let mut wake_id = StreamId::default();
+        // Below the connection's own response limit (REDIS_TIMEOUT_MS).
+        let block = (inner.settings.timeout / 2).min(Duration::from_secs(1));
+        loop {
+            if inner.closing.is_cancelled() {
+                return;
+            }
+            let watched: Vec<(ChatRef, Arc<str>, StreamId)> = {
+                let state = inner.lock();
+                state
+                    .chats
+                    .iter()
+                    .filter(|(_, hub)| hub.group == group)
+                    .map(|(c, hub)| (c.clone(), hub.key.clone(), hub.position))
+                    .collect()
+            };
+            if watched.is_empty() {
+                tokio::select! {
+                    _ = inner.closing.cancelled() => return,
+                    _ = inner.wake[usize::from(group)].notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(block.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&wake_key);
+            for (_, key, _) in &watched {
+                cmd.arg(&**key);
+            }
+            cmd.arg(wake_id.to_string());
+            for (_, _, position) in &watched {
+                cmd.arg(position.to_string());
+            }
+            let read = tokio::select! {
+                _ = inner.closing.cancelled() => return,
+                r = conn.call(block + inner.settings.timeout, |mut c| async move {
+                    cmd.query_async::<Value>(&mut c).await
+                }) => r,
+            };
+            let streams = match read {
+                Ok(v) => parse_xread(v),
+                Err(e) => {
+                    tracing::debug!(error = %e, "live reader: XREAD failed; retrying");
+                    tokio::select! {
+                        _ = inner.closing.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                    continue;
+                }
+            };
+            let by_key: HashMap<&str, &ChatRef> =
+                watched.iter().map(|(c, k, _)| (&**k, c)).collect();
+            let got_events = streams
+                .iter()
+                .any(|(key, e)| *key != wake_key && !e.is_empty());
+            {
+                let mut state = inner.lock();
+                for (key, entries) in streams {
+                    if key == wake_key {
+                        if let Some((id, _)) = entries.last() {
+                            wake_id = *id;
+                        }
+                        continue;
+                    }
+                    let Some(chat) = by_key.get(key.as_str()) else {
+                        continue;
+                    };
+                    let Some(hub) = state.chats.get_mut(*chat) else {
+                        continue;
+                    };
+                    deliver(hub, entries);
+                }
+            }
+            // Let the next events gather for a moment: one XREAD, one
+            // fan-out and one socket write per subscriber then carry
+            // several events, which is most of a delivery's CPU under load.
+            if got_events {
+                tokio::select! {
+                    _ = inner.closing.cancelled() => return,
+                    _ = tokio::time::sleep(GATHER) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Forwards the entries after the hub's position to its subscribers, in
+/// order; an `open` marker becomes a `reset` (and names the generation).
+fn deliver(hub: &mut Hub, entries: Vec<Entry>) {
+    for (id, fields) in entries {
+        if id <= hub.position {
+            continue;
+        }
+        hub.position = id;
+        match parse_entry(&fields) {
+            Parsed::Event(kind) => {
+                let event = LiveEvent {
+                    id: EventId {
+                        generation: hub.generation.to_string(),
+                        entry: id,
+                    },
+                    kind,
+                    rendered: Default::default(),
+                };
+                hub.fan_out(event);
+            }
+            Parsed::Open(generation) => {
+                let generation = if generation.is_empty() {
+                    hub.generation.clone()
+                } else {
+                    generation.into()
+                };
+                hub.restart(
+                    generation,
+                    id,
+                    "events were not recorded for a while (no subscriber, or Redis lost them)",
+                );
+            }
+            Parsed::Unknown => {}
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The reader group of shard `shard`.
+    fn group(&self, shard: u16) -> u16 {
+        if self.per_shard { shard } else { 0 }
+    }
+
+    /// Runs [`WATCH`] on the chat: `(generation, last id, max deleted id)`.
+    async fn watch_chat(
+        &self,
+        shard: &ShardKeys,
+        token: &str,
+        chat: i64,
+    ) -> Result<(String, String, String), LiveError> {
+        let generation = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+        let mut inv = self.watch.prepare_invoke();
+        inv.key(shard.live_flag(token, chat))
+            .key(shard.live_stream(token, chat))
+            .key(shard.live_generation(token, chat))
+            .key(shard.live_chats(token))
+            .arg(FLAG_TTL.as_millis() as u64)
+            .arg(STREAM_TTL_SECS)
+            .arg(generation)
+            .arg(self.settings.stream_maxlen)
+            .arg(chat);
+        Ok(self
+            .redis
+            .call(self.settings.timeout, |mut c| async move {
+                inv.invoke_async(&mut c).await
+            })
+            .await?)
+    }
+
+    /// Wakes the reader of `group` for a newly watched chat: the idle one
+    /// here, and a blocked `XREAD` through the shard's wake stream.
+    async fn wake(&self, group: u16, shard: &ShardKeys) {
+        self.wake[usize::from(group)].notify_one();
+        let key = if self.per_shard {
+            shard.live_wake()
+        } else {
+            self.keys.shard(0).live_wake()
+        };
+        let r = self
+            .redis
+            .call(self.settings.timeout, |mut c| async move {
+                redis::cmd("XADD")
+                    .arg(key)
+                    .arg("MAXLEN")
+                    .arg(1)
+                    .arg("*")
+                    .arg("w")
+                    .arg(1)
+                    .query_async::<Value>(&mut c)
+                    .await
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "could not wake the live reader; it wakes within a second");
+        }
+    }
+
+    /// Reads the chat's stream after `after`, up to `to`, at most
+    /// [`READ_COUNT`] entries.
+    async fn range(
+        &self,
+        key: &str,
+        after: StreamId,
+        to: StreamId,
+    ) -> Result<Vec<Entry>, LiveError> {
+        let key = key.to_string();
+        let v = self
+            .redis
+            .call(self.settings.timeout, |mut c| async move {
+                redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg(format!("({after}"))
+                    .arg(to.to_string())
+                    .arg("COUNT")
+                    .arg(READ_COUNT)
+                    .query_async::<Value>(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(parse_entries(&v))
+    }
+}
+
+/// Removes a subscriber from its chat and from its application's count
+/// when its stream ends (the client left, the stream was closed).
+struct Guard {
+    live: Live,
+    chat: ChatRef,
+    id: u64,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        crate::telemetry::metrics::live_streams(-1.0);
+        let mut state = self.live.0.lock();
+        if let Some(hub) = state.chats.get_mut(&self.chat) {
+            hub.subscribers.retain(|(id, _)| *id != self.id);
+            if hub.subscribers.is_empty() {
+                state.chats.remove(&self.chat);
+            }
+        }
+        if let Some(open) = state.per_app.get_mut(&self.chat.token) {
+            *open -= 1;
+            if *open == 0 {
+                state.per_app.remove(&self.chat.token);
+            }
+        }
+    }
+}
+
+/// One client's subscription: what it still has to catch up on from the
+/// stream, then the live events, each once and in order.
+pub struct Subscription {
+    live: Live,
+    stream_key: String,
+    generation: String,
+    last: StreamId,
+    catch_up_to: Option<StreamId>,
+    pending: std::collections::VecDeque<Arc<LiveEvent>>,
+    rx: mpsc::Receiver<Arc<LiveEvent>>,
+    _guard: Guard,
+    done: bool,
+}
+
+impl Subscription {
+    /// The next event, or `None` when the stream ends: after `chat.deleted`,
+    /// when this subscriber was too slow (its buffer filled), on shutdown,
+    /// or when Redis failed during a catch-up. The client then resumes from
+    /// its last id.
+    pub async fn next(&mut self) -> Option<Arc<LiveEvent>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(event) = self.pending.pop_front() {
+                return Some(self.emit(event));
+            }
+            if let Some(to) = self.catch_up_to {
+                if self.last >= to {
+                    self.catch_up_to = None;
+                    continue;
+                }
+                let page = tokio::select! {
+                    _ = self.live.0.closing.cancelled() => return None,
+                    r = self.live.0.range(&self.stream_key, self.last, to) => r,
+                };
+                let Ok(page) = page else {
+                    return None;
+                };
+                if page.is_empty() {
+                    self.catch_up_to = None;
+                    continue;
+                }
+                for (id, fields) in page {
+                    // Advances `last` even past unknown entries.
+                    self.last = self.last.max(id);
+                    match parse_entry(&fields) {
+                        Parsed::Event(kind) => self.pending.push_back(Arc::new(LiveEvent {
+                            id: EventId {
+                                generation: self.generation.clone(),
+                                entry: id,
+                            },
+                            kind,
+                            rendered: Default::default(),
+                        })),
+                        Parsed::Open(generation) => {
+                            if !generation.is_empty() {
+                                self.generation = generation;
+                            }
+                            self.pending.push_back(Arc::new(LiveEvent {
+                                id: EventId {
+                                    generation: self.generation.clone(),
+                                    entry: id,
+                                },
+                                kind: EventKind::Reset {
+                                    reason: "events were not recorded for a while (no subscriber, or Redis lost them)",
+                                },
+                                rendered: Default::default(),
+                            }));
+                        }
+                        Parsed::Unknown => {}
+                    }
+                }
+                continue;
+            }
+            let event = self.rx.recv().await?;
+            // Already sent (from the catch-up, or before a resume's id).
+            if event.id.generation == self.generation && event.id.entry <= self.last {
+                continue;
+            }
+            self.generation = event.id.generation.clone();
+            self.last = event.id.entry;
+            return Some(self.emit(event));
+        }
+    }
+
+    fn emit(&mut self, event: Arc<LiveEvent>) -> Arc<LiveEvent> {
+        if event.kind == EventKind::ChatDeleted {
+            self.done = true;
+        }
+        event
+    }
+}
+
+/// The entries of an `XRANGE` reply (or of one stream of an `XREAD`).
+fn parse_entries(v: &Value) -> Vec<Entry> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let Value::Array(pair) = item else {
+                return None;
+            };
+            let id = StreamId::parse(&as_string(pair.first()?)?)?;
+            let mut fields = HashMap::new();
+            match pair.get(1)? {
+                Value::Array(kv) => {
+                    for chunk in kv.chunks(2) {
+                        if let [k, v] = chunk
+                            && let (Some(k), Some(v)) = (as_string(k), as_string(v))
+                        {
+                            fields.insert(k, v);
+                        }
+                    }
+                }
+                Value::Map(kv) => {
+                    for (k, v) in kv {
+                        if let (Some(k), Some(v)) = (as_string(k), as_string(v)) {
+                            fields.insert(k, v);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            Some((id, fields))
+        })
+        .collect()
+}
+
+/// The streams of an `XREAD` reply: key → entries (nil: none).
+fn parse_xread(v: Value) -> Vec<(String, Vec<Entry>)> {
+    match v {
+        Value::Array(streams) => streams
+            .iter()
+            .filter_map(|s| {
+                let Value::Array(pair) = s else {
+                    return None;
+                };
+                Some((as_string(pair.first()?)?, parse_entries(pair.get(1)?)))
+            })
+            .collect(),
+        Value::Map(streams) => streams
+            .iter()
+            .filter_map(|(k, v)| Some((as_string(k)?, parse_entries(v))))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_round_trip_and_order_by_entry() {
+        let id = EventId::parse("0123abcd0123abcd-1700000000000-7").unwrap();
+        assert_eq!(id.generation, "0123abcd0123abcd");
+        assert_eq!(id.entry, StreamId(1_700_000_000_000, 7));
+        assert_eq!(id.to_string(), "0123abcd0123abcd-1700000000000-7");
+        assert!(StreamId(1, 9) < StreamId(2, 0));
+        assert!(StreamId(2, 0) < StreamId(2, 1));
+        for bad in ["", "x", "1-2", "-1-2", "g-1", "g-a-1", "g!-1-2"] {
+            assert_eq!(EventId::parse(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! Live events (`GET …/chats/{number}/events`): server-sent events of the
+//! creates, edits and deletes of a chat, across instances, resumable.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, metric_sum, spawn_app, spawn_app_with, spawn_config};
+
+/// One server-sent event.
+#[derive(Debug, Clone)]
+struct SseEvent {
+    id: String,
+    event: String,
+    data: Value,
+}
+
+/// A client of one event stream: parses the frames as they arrive.
+struct Sse {
+    body: Pin<Box<dyn Stream<Item = reqwest::Result<Vec<u8>>> + Send>>,
+    buf: String,
+    retry: Option<u64>,
+}
+
+impl Sse {
+    /// Opens the stream of chat `chat`, resuming after `last` when given;
+    /// asserts 200 `text/event-stream`.
+    async fn open(app: &TestApp, token: &str, chat: i64, last: Option<&str>) -> Sse {
+        let r = Self::request(app, token, chat, last).await;
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        Self::over(r)
+    }
+
+    /// The events of response `r`.
+    fn over(r: reqwest::Response) -> Sse {
+        Sse {
+            body: Box::pin(r.bytes_stream().map(|b| b.map(|b| b.to_vec()))),
+            buf: String::new(),
+            retry: None,
+        }
+    }
+
+    async fn request(
+        app: &TestApp,
+        token: &str,
+        chat: i64,
+        last: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = app
+            .client
+            .get(app.url(&format!("/applications/{token}/chats/{chat}/events")));
+        if let Some(id) = last {
+            req = req.header("Last-Event-ID", id);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    /// The next event (retry and comment frames are noted and skipped), or
+    /// `None` when the stream ended. Panics when none comes `within`.
+    async fn next(&mut self, within: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let frame: String = self.buf.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
+                for line in frame.lines() {
+                    if let Some(v) = line.strip_prefix("retry: ") {
+                        self.retry = v.parse().ok();
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        id = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        event = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                if !event.is_empty() {
+                    return Some(SseEvent {
+                        id,
+                        event,
+                        data: serde_json::from_str(&data).expect("JSON data"),
+                    });
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => panic!("no event within {within:?}"),
+                Ok(None) | Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(bytes))) => self.buf.push_str(std::str::from_utf8(&bytes).unwrap()),
+            }
+        }
+    }
+
+    /// The next `n` events, each within 10 s.
+    async fn take(&mut self, n: usize) -> Vec<SseEvent> {
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            match self.next(Duration::from_secs(10)).await {
+                Some(e) => out.push(e),
+                None => panic!("the stream ended after {i} of {n} events"),
+            }
+        }
+        out
+    }
+}
+
+/// The message numbers of `message.created` events, in order.
+fn created_numbers(events: &[SseEvent]) -> Vec<i64> {
+    events
+        .iter()
+        .filter(|e| e.event == "message.created")
+        .map(|e| e.data["number"].as_i64().unwrap())
+        .collect()
+}
+
+async fn chat_with_app(app: &TestApp) -> (String, i64) {
+    let token = app.create_app("live").await;
+    let chat = app.create_chat(&token).await;
+    (token, chat)
+}
+
+#[tokio::test]
+async fn a_subscriber_sees_creates_in_order_then_an_edit_a_delete_and_the_chat_deleted() {
+    let app = spawn_app().await;
+    let (token, chat) = chat_with_app(&app).await;
+    let before = app.create_message(&token, chat, "before").await;
+    let mut sse = Sse::open(&app, &token, chat, None).await;
+    for i in 1..=20 {
+        app.create_message(&token, chat, &format!("body {i}")).await;
+    }
+    let events = sse.take(20).await;
+    assert_eq!(sse.retry, Some(app.config.stream_retry_ms));
+    // Only what was created after the stream opened, in number order, once.
+    assert_eq!(
+        created_numbers(&events),
+        (before + 1..=before + 20).collect::<Vec<_>>()
+    );
+    assert_eq!(events[0].data["body"], "body 1");
+    assert!(
+        events[0].data["created_at"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 20, "distinct ids: {ids:?}");
+
+    let r = app
+        .put(
+            &format!("/applications/{token}/chats/{chat}/messages/{}", before + 1),
+            json!({ "body": "edited" }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let edit = sse.take(1).await.remove(0);
+    assert_eq!(edit.event, "message.updated");
+    assert_eq!(edit.data["number"], before + 1);
+    assert_eq!(edit.data["body"], "edited");
+
+    let r = app
+        .delete(&format!(
+            "/applications/{token}/chats/{chat}/messages/{}",
+            before + 2
+        ))
+        .await;
+    assert_eq!(r.status(), 204);
+    let deleted = sse.take(1).await.remove(0);
+    assert_eq!(deleted.event, "message.deleted");
+    assert_eq!(deleted.data, json!({ "number": before + 2 }));
+
+    let r = app
+        .delete(&format!("/applications/{token}/chats/{chat}"))
+        .await;
+    assert_eq!(r.status(), 204);
+    let end = sse.take(1).await.remove(0);
+    assert_eq!(end.event, "chat.deleted");
+    assert_eq!(end.data, json!({ "number": chat }));
+    assert!(
+        sse.next(Duration::from_secs(5)).await.is_none(),
+        "the stream ends after chat.deleted"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_token_or_chat_is_404_and_a_malformed_resume_id_422() {
+    let app = spawn_app().await;
+    let (token, chat) = chat_with_app(&app).await;
+    let r = Sse::request(&app, "no-such-token-at-all-xxxxxxxxxxx", chat, None).await;
+    assert_eq!(r.status(), 404);
+    assert!(r.json::<Value>().await.unwrap()["error"].is_string());
+    let r = Sse::request(&app, &token, chat + 1, None).await;
+    assert_eq!(r.status(), 404);
+    let r = Sse::request(&app, &token, chat, Some("not an id")).await;
+    assert_eq!(r.status(), 422);
+    assert!(r.json::<Value>().await.unwrap()["error"].is_string());
+}
+
+#[tokio::test]
+async fn the_cap_on_streams_per_application_answers_429_and_frees_on_close() {
+    // A client that left is noticed at the next write at the latest: the
+    // heartbeat.
+    let app = spawn_app_with(|c| {
+        c.max_streams_per_application = 2;
+        c.stream_heartbeat = Duration::from_secs(1);
+    })
+    .await;
+    let (token, chat) = chat_with_app(&app).await;
+    let first = Sse::open(&app, &token, chat, None).await;
+    let _second = Sse::open(&app, &token, chat, None).await;
+    let r = Sse::request(&app, &token, chat, None).await;
+    assert_eq!(r.status(), 429);
+    let why = r.json::<Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(why.contains("MAX_STREAMS_PER_APPLICATION"), "{why}");
+    // Another application is not counted against this one.
+    let (other, other_chat) = chat_with_app(&app).await;
+    let _third = Sse::open(&app, &other, other_chat, None).await;
+    drop(first);
+    let mut heartbeats = Sse::open(&app, &other, other_chat, None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while let Ok(Some(Ok(b))) = tokio::time::timeout_at(deadline, heartbeats.body.next()).await {
+        heartbeats.buf.push_str(std::str::from_utf8(&b).unwrap());
+    }
+    assert!(
+        heartbeats.buf.matches(":\n\n").count() >= 2,
+        "a heartbeat comment every second: {:?}",
+        heartbeats.buf
+    );
+    assert!(
+        app.eventually(Duration::from_secs(5), || async {
+            Sse::request(&app, &token, chat, None).await.status() == 200
+        })
+        .await,
+        "a closed stream frees its place"
+    );
+}
+
+#[tokio::test]
+async fn a_subscriber_on_one_instance_sees_the_creates_made_on_another() {
+    let a = spawn_app().await;
+    let b = spawn_config(a.config.clone(), false).await;
+    let (token, chat) = chat_with_app(&a).await;
+    let mut sse = Sse::open(&a, &token, chat, None).await;
+    let mut made = Vec::new();
+    for i in 0..50 {
+        let on = if i % 2 == 0 { &b } else { &a };
+        made.push(on.create_message(&token, chat, &format!("m{i}")).await);
+    }
+    let events = sse.take(50).await;
+    assert_eq!(created_numbers(&events), made);
+}
+
+#[tokio::test]
+async fn a_resume_after_500_creates_and_a_flush_gets_each_event_once_in_order() {
+    let app = spawn_app().await;
+    let (token, chat) = chat_with_app(&app).await;
+    let mut sse = Sse::open(&app, &token, chat, None).await;
+    for i in 0..5 {
+        app.create_message(&token, chat, &format!("early {i}"))
+            .await;
+    }
+    let early = sse.take(5).await;
+    let last = early.last().unwrap().id.clone();
+    drop(sse);
+    let mut made = Vec::new();
+    for i in 0..500 {
+        made.push(
+            app.create_message(&token, chat, &format!("while away {i}"))
+                .await,
+        );
+    }
+    app.flush().await;
+    let mut sse = Sse::open(&app, &token, chat, Some(&last)).await;
+    let caught_up = sse.take(500).await;
+    assert_eq!(created_numbers(&caught_up), made);
+    assert_eq!(caught_up[499].data["body"], "while away 499");
+    // Then live, with nothing twice.
+    let live = app.create_message(&token, chat, "live").await;
+    let next = sse.take(1).await.remove(0);
+    assert_eq!(next.event, "message.created");
+    assert_eq!(next.data["number"], live);
+    // `?after=` resumes as the header does.
+    let r = app
+        .client
+        .get(app.url(&format!(
+            "/applications/{token}/chats/{chat}/events?after={}",
+            caught_up[498].id
+        )))
+        .send()
+        .await
+        .unwrap();
+    let mut by_query = Sse::over(r);
+    let two = by_query.take(2).await;
+    assert_eq!(created_numbers(&two), vec![made[499], live]);
+}
+
+#[tokio::test]
+async fn a_resume_after_redis_lost_the_stream_gets_a_reset_and_nothing_twice() {
+    let app = spawn_app().await;
+    let (token, chat) = chat_with_app(&app).await;
+    let mut sse = Sse::open(&app, &token, chat, None).await;
+    for i in 0..3 {
+        app.create_message(&token, chat, &format!("before {i}"))
+            .await;
+    }
+    let seen = sse.take(3).await;
+    let last = seen[2].id.clone();
+    drop(sse);
+    // Redis loses the chat's stream, its generation and its flag (as a
+    // restart without persistence would).
+    let shard = app.shard(&token);
+    let mut c = app.redis_conn().await;
+    let _: () = c
+        .del(&[
+            shard.live_stream(&token, chat),
+            shard.live_generation(&token, chat),
+            shard.live_flag(&token, chat),
+        ])
+        .await
+        .unwrap();
+    let lost = app.create_message(&token, chat, "not recorded").await;
+    let mut sse = Sse::open(&app, &token, chat, Some(&last)).await;
+    let reset = sse.take(1).await.remove(0);
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    assert!(reset.data["reason"].is_string());
+    let after = app.create_message(&token, chat, "after").await;
+    assert!(after > lost);
+    let next = sse.take(1).await.remove(0);
+    assert_eq!(created_numbers(&[next]), vec![after]);
+
+    // A subscriber that stays connected while the stream is lost gets a
+    // reset too, when its instance renews the chat's flag, then goes on.
+    let _: () = c
+        .del(&[
+            shard.live_stream(&token, chat),
+            shard.live_generation(&token, chat),
+            shard.live_flag(&token, chat),
+        ])
+        .await
+        .unwrap();
+    let reset = sse.next(Duration::from_secs(15)).await.unwrap();
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    let later = app.create_message(&token, chat, "later").await;
+    let next = sse.take(1).await.remove(0);
+    let next_id = next.id.clone();
+    assert_eq!(created_numbers(&[next]), vec![later]);
+    // And a resume from before the loss is told apart by its generation.
+    let mut old = Sse::open(&app, &token, chat, Some(&last)).await;
+    assert_eq!(old.take(1).await[0].event, "reset");
+    // Even when its entry id is one the new stream holds (a restarted
+    // Redis's clock can hand out the same ids again).
+    let (_, entry) = next_id.split_once('-').unwrap();
+    let forged = format!("0000000000000000-{entry}");
+    let mut other = Sse::open(&app, &token, chat, Some(&forged)).await;
+    assert_eq!(other.take(1).await[0].event, "reset");
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_closed_when_its_buffer_fills() {
+    let app = spawn_app_with(|c| c.live_subscriber_buffer = 8).await;
+    let (token, chat) = chat_with_app(&app).await;
+    let mut slow = Sse::open(&app, &token, chat, None).await;
+    let mut fast = Sse::open(&app, &token, chat, None).await;
+    // Bodies large enough that the sockets' buffers fill before 400 events.
+    let body = "x".repeat(60_000);
+    let reader = tokio::spawn(async move { fast.take(400).await.len() });
+    for _ in 0..400 {
+        app.create_message(&token, chat, &body).await;
+    }
+    assert_eq!(
+        reader.await.unwrap(),
+        400,
+        "a reader that keeps up gets all"
+    );
+    assert!(
+        app.eventually(Duration::from_secs(10), || async {
+            metric_sum(&app.metrics_text().await, "chat_live_overflows_total") >= 1.0
+        })
+        .await
+    );
+    // The slow reader gets what was buffered for it, then the end.
+    let mut got = 0;
+    while slow.next(Duration::from_secs(10)).await.is_some() {
+        got += 1;
+    }
+    assert!(got < 400, "the slow stream was cut short ({got} events)");
+}
+
+#[tokio::test]
+async fn shutdown_ends_each_stream() {
+    let mut app = spawn_app().await;
+    let (token, chat) = chat_with_app(&app).await;
+    let mut sse = Sse::open(&app, &token, chat, None).await;
+    app.create_message(&token, chat, "one").await;
+    sse.take(1).await;
+    let stop = tokio::time::timeout(Duration::from_secs(8), app.stop());
+    assert!(
+        stop.await.is_ok(),
+        "the open stream does not hold up shutdown"
+    );
+    assert!(sse.next(Duration::from_secs(5)).await.is_none());
+}
+
+#[tokio::test]
+async fn no_subscriber_no_stream_in_redis() {
+    let app = spawn_app().await;
+    let (token, chat) = chat_with_app(&app).await;
+    app.create_message(&token, chat, "nobody listens").await;
+    let shard = app.shard(&token);
+    let mut c = app.redis_conn().await;
+    let exists: bool = c.exists(shard.live_stream(&token, chat)).await.unwrap();
+    assert!(!exists, "a create with no subscriber writes no event");
+}
+
+#[tokio::test]
+async fn on_a_cluster_subscribers_on_one_instance_see_the_creates_made_on_another() {
+    let cluster = crate::cluster::PrivateCluster::start();
+    let a = spawn_app_with(|c| c.redis_cluster_nodes = cluster.urls()).await;
+    let b = spawn_config(a.config.clone(), false).await;
+    // Applications on every master, so that the readers of several shards
+    // (one per shard on a cluster) each deliver.
+    let mut chats = Vec::new();
+    let mut masters = std::collections::HashSet::new();
+    for i in 0..30 {
+        let token = a.create_app(&format!("c{i}")).await;
+        if masters.insert(cluster.master_of(&a.shard(&token).app(&token))) || i < 3 {
+            let chat = a.create_chat(&token).await;
+            chats.push((token, chat));
+        }
+        if masters.len() == 3 && chats.len() >= 4 {
+            break;
+        }
+    }
+    assert_eq!(masters.len(), 3, "applications on every master");
+    let mut streams = Vec::new();
+    for (token, chat) in &chats {
+        streams.push(Sse::open(&a, token, *chat, None).await);
+    }
+    let mut made = vec![Vec::new(); chats.len()];
+    for i in 0..20 {
+        for (k, (token, chat)) in chats.iter().enumerate() {
+            made[k].push(b.create_message(token, *chat, &format!("m{i}")).await);
+        }
+    }
+    for (k, sse) in streams.iter_mut().enumerate() {
+        assert_eq!(created_numbers(&sse.take(20).await), made[k], "chat {k}");
+    }
+}
+
+#[tokio::test]
+async fn deleting_the_application_ends_its_chats_streams_with_chat_deleted() {
+    let app = spawn_app().await;
+    let token = app.create_app("live").await;
+    let one = app.create_chat(&token).await;
+    let two = app.create_chat(&token).await;
+    let mut first = Sse::open(&app, &token, one, None).await;
+    let mut second = Sse::open(&app, &token, two, None).await;
+    let r = app.delete(&format!("/applications/{token}")).await;
+    assert_eq!(r.status(), 204);
+    for (sse, chat) in [(&mut first, one), (&mut second, two)] {
+        let end = sse.take(1).await.remove(0);
+        assert_eq!(end.event, "chat.deleted");
+        assert_eq!(end.data, json!({ "number": chat }));
+        assert!(sse.next(Duration::from_secs(5)).await.is_none());
+    }
+}
