@@ -6,6 +6,7 @@ mod campaign;
 #[path = "../support/cluster.rs"]
 mod cluster;
 mod harness;
+mod live;
 mod logs;
 mod monitoring;
 mod numbering;
