@@ -32,6 +32,10 @@ use tokio::sync::watch;
 use crate::sustained::{cpu_secs, redis_pid};
 use crate::{Env, Opts, free_port, seed, wait_up};
 
+/// A subscriber task of the delivery part: the `(number, arrival)` of each
+/// `message.created` it got.
+type Subscriber = tokio::task::JoinHandle<Vec<(i64, Instant)>>;
+
 /// Options of `bench live`.
 #[derive(clap::Args, Clone)]
 pub struct LiveOpts {
@@ -187,8 +191,7 @@ pub async fn live(o: &LiveOpts) -> anyhow::Result<Value> {
         (cpu() - cpu0) * 1e6 / (peak * t0.elapsed().as_secs_f64()).max(1.0);
     let (stop, stopped) = watch::channel(false);
     let client = reqwest::Client::new();
-    let subscribers: Vec<(usize, tokio::task::JoinHandle<Vec<(i64, Instant)>>)> = (0..o
-        .subscribers)
+    let subscribers: Vec<(usize, Subscriber)> = (0..o.subscribers)
         .map(|i| {
             let k = i % chats.len();
             let (t, n) = &chats[k];
