@@ -25,6 +25,8 @@
 //! | `chat_numbers_skipped_total` | counter | `scope` | numbers skipped when a counter restarted at its reservation after Redis may have lost data |
 //! | `chat_search_lag_seconds` | histogram | | per indexed message: from its creation or last edit to the moment it is searchable |
 //! | `chat_search_index_failures_total` | counter | | indexer passes that failed (the search backend unreachable); their ops stay queued |
+//! | `chat_live_streams_open` | gauge | | live event streams (`…/events`) open on this instance |
+//! | `chat_live_overflows_total` | counter | | live event subscribers dropped because their buffer (`LIVE_SUBSCRIBER_BUFFER`) filled: slow consumers; they resume from their last id |
 //! | `chat_backpressure_rejections_total` | counter | | 503s because the buffer was full |
 //! | `chat_load_shed_total` | counter | | 503s before Redis because a pending list was past `PENDING_HIGH_WATER` (load shedding) |
 //! | `chat_rate_limited_total` | counter | | 429s from the rate limit |
