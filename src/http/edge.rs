@@ -52,11 +52,23 @@ impl<E: Endpoint> Endpoint for Edge<E> {
     type Output = Response;
 
     /// Answers every request with a response (never an error): see the
-    /// module docs for the steps.
-    async fn call(&self, mut req: Request) -> Result<Response> {
+    /// module docs for the steps. Everything after the span is made runs
+    /// in it, so a line logged by any step (the rate limiter, an unhandled
+    /// error) carries the request's route and app.
+    async fn call(&self, req: Request) -> Result<Response> {
         let started = std::time::Instant::now();
         let span = telemetry::request_span(&req);
         let method = req.method().clone();
+        let resp = self.answer(req).instrument(span.clone()).await;
+        telemetry::metrics::track_request(&method, started, &resp);
+        telemetry::log_response(&span, started, &resp);
+        Ok(resp)
+    }
+}
+
+impl<E: Endpoint> Edge<E> {
+    /// Steps 2 to 8 up to the route label (see the module docs).
+    async fn answer(&self, mut req: Request) -> Response {
         // A reference count, not a copy of the path (`Uri` holds `Bytes`).
         let uri = req.uri().clone();
         let path = uri.path();
@@ -69,7 +81,7 @@ impl<E: Endpoint> Endpoint for Edge<E> {
                     Ok(admitted) => match admin::gate(&req, &self.surface) {
                         Some(not_found) => Ok(not_found),
                         None => {
-                            let result = self.inner.call(req).instrument(span.clone()).await;
+                            let result = self.inner.call(req).await;
                             self.body_limit
                                 .check(admitted, result.map(IntoResponse::into_response))
                         }
@@ -84,8 +96,6 @@ impl<E: Endpoint> Endpoint for Edge<E> {
             }
         };
         label_route(path, &mut resp);
-        telemetry::metrics::track_request(&method, started, &resp);
-        telemetry::log_response(&span, started, &resp);
-        Ok(resp)
+        resp
     }
 }

@@ -156,13 +156,18 @@ impl EventsApi {
         /// The chat's number.
         number: Path<i64>,
         /// The id of the last event the client has (browsers send it on
-        /// reconnecting): the stream resumes after it. Wins over `after`.
+        /// reconnecting): the stream resumes after it. Wins over `after`;
+        /// empty is none.
         #[oai(name = "Last-Event-ID")]
         last_event_id: Header<Option<String>>,
         /// The id of the last event the client has, as `Last-Event-ID`.
         after: Query<Option<String>>,
     ) -> Result<Events, Errors<Streaming>> {
-        let resume = match last_event_id.0.or(after.0) {
+        let resume = match last_event_id
+            .0
+            .filter(|id| !id.trim().is_empty())
+            .or(after.0.filter(|id| !id.trim().is_empty()))
+        {
             None => None,
             Some(id) => Some(EventId::parse(id.trim()).ok_or_else(|| {
                 ApiError::unprocessable(

@@ -203,6 +203,9 @@ async fn a_wrong_token_or_chat_is_404_and_a_malformed_resume_id_422() {
     let r = Sse::request(&app, &token, chat, Some("not an id")).await;
     assert_eq!(r.status(), 422);
     assert!(r.json::<Value>().await.unwrap()["error"].is_string());
+    // An empty id is no id (the SSE spec's "last event ID" starts empty).
+    let r = Sse::request(&app, &token, chat, Some("")).await;
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]
