@@ -265,18 +265,30 @@ async fn a_subscriber_on_one_instance_sees_the_creates_made_on_another() {
     assert_eq!(created_numbers(&events), made);
 }
 
+/// A subscriber that saw `n` creates and left: opens the stream of `chat`,
+/// creates `n` messages (`"{prefix} {i}"`), takes their `n` events, and
+/// closes the stream. The events it saw.
+async fn seen_then_left(
+    app: &TestApp,
+    token: &str,
+    chat: i64,
+    n: usize,
+    prefix: &str,
+) -> Vec<SseEvent> {
+    let mut sse = Sse::open(app, token, chat, None).await;
+    for i in 0..n {
+        app.create_message(token, chat, &format!("{prefix} {i}"))
+            .await;
+    }
+    sse.take(n).await
+}
+
 #[tokio::test]
 async fn a_resume_after_500_creates_and_a_flush_gets_each_event_once_in_order() {
     let app = spawn_app().await;
     let (token, chat) = chat_with_app(&app).await;
-    let mut sse = Sse::open(&app, &token, chat, None).await;
-    for i in 0..5 {
-        app.create_message(&token, chat, &format!("early {i}"))
-            .await;
-    }
-    let early = sse.take(5).await;
+    let early = seen_then_left(&app, &token, chat, 5, "early").await;
     let last = early.last().unwrap().id.clone();
-    drop(sse);
     let mut made = Vec::new();
     for i in 0..500 {
         made.push(
@@ -313,14 +325,8 @@ async fn a_resume_after_500_creates_and_a_flush_gets_each_event_once_in_order() 
 async fn a_resume_after_redis_lost_the_stream_gets_a_reset_and_nothing_twice() {
     let app = spawn_app().await;
     let (token, chat) = chat_with_app(&app).await;
-    let mut sse = Sse::open(&app, &token, chat, None).await;
-    for i in 0..3 {
-        app.create_message(&token, chat, &format!("before {i}"))
-            .await;
-    }
-    let seen = sse.take(3).await;
+    let seen = seen_then_left(&app, &token, chat, 3, "before").await;
     let last = seen[2].id.clone();
-    drop(sse);
     // Redis loses the chat's stream, its generation and its flag (as a
     // restart without persistence would).
     let shard = app.shard(&token);
