@@ -463,9 +463,18 @@ pub struct Config {
     pub live_subscriber_buffer: u64,
 
     /// About how many events each watched chat's Redis stream keeps for
-    /// resumes (`XADD MAXLEN ~`); an older resume gets a `reset` event.
-    #[arg(long, env = "LIVE_STREAM_MAXLEN", default_value = "10000", value_parser = clap::value_parser!(u64).range(1..))]
+    /// resumes (`XADD MAXLEN ~`); an older resume replays the creates it
+    /// missed from MariaDB (see `LIVE_REPLAY_MAX`), or gets a `reset` event.
+    /// Bounds a watched chat's stream to about this many bodies in Redis.
+    #[arg(long, env = "LIVE_STREAM_MAXLEN", default_value = "1000", value_parser = clap::value_parser!(u64).range(1..))]
     pub live_stream_maxlen: u64,
+
+    /// Most messages a resume older than the chat's stream replays from
+    /// MariaDB plus the write-behind buffer (in pages of 100); a resume that
+    /// missed more gets a `reset` event (the client re-lists by cursor).
+    /// 0: never replay.
+    #[arg(long, env = "LIVE_REPLAY_MAX", default_value_t = 10_000)]
+    pub live_replay_max: u64,
 }
 
 impl Config {

@@ -16,7 +16,7 @@ use super::answers::{Errors, Streaming};
 use super::reads::Via;
 use super::{ApiTags, AppState, lookup};
 use crate::http::error::ApiError;
-use crate::writebehind::live::{EventId, EventKind, LiveError, LiveEvent};
+use crate::writebehind::live::{Delivery, EventId, EventKind, LiveError, LiveEvent};
 
 /// The live event stream.
 pub struct EventsApi;
@@ -87,15 +87,17 @@ fn rfc3339(us: i64) -> Option<String> {
 }
 
 /// The framing of one live event of chat `chat`, its JSON made once for
-/// every subscriber of the chat (the first one to send it makes it).
-fn chat_event(event: Arc<LiveEvent>, chat: i64) -> ChatEvent {
+/// every subscriber of the chat (the first one to send it makes it); its
+/// id is the subscriber's own.
+fn chat_event(delivery: Delivery, chat: i64) -> ChatEvent {
+    let event: Arc<LiveEvent> = delivery.event;
     let data = event
         .rendered
         .get_or_init(|| content(&event, chat).to_json_string().into())
         .clone();
     ChatEvent {
         frame: Frame::Event {
-            id: event.id.to_string(),
+            id: delivery.id.to_string(),
             kind: event.kind.name(),
             data,
         },
@@ -142,9 +144,13 @@ impl EventsApi {
     /// `chat.deleted`, and `reset` (see the `ChatEvent` schema). Each event's
     /// `id:` orders it among the chat's events; reconnecting with
     /// `Last-Event-ID` (or `?after=`) delivers every event after it, in
-    /// order and once each, then the live ones; a resume older than what is
-    /// kept (`LIVE_STREAM_MAXLEN` events per chat, about an hour after the
-    /// last subscriber left) gets a `reset` first. At most
+    /// order and once each, then the live ones. A resume older than what the
+    /// chat's stream keeps (`LIVE_STREAM_MAXLEN` events, about an hour after
+    /// the last subscriber left) replays the creates it missed from the
+    /// database and the write-behind buffer (`message.created` each, by
+    /// number, with its current body; at most `LIVE_REPLAY_MAX`), when no
+    /// edit or delete happened since; otherwise, or after the stream was
+    /// lost with Redis, it gets a `reset` first. At most
     /// `MAX_STREAMS_PER_APPLICATION` streams per application on each
     /// instance (429).
     #[oai(path = "/applications/:token/chats/:number/events", method = "get")]
@@ -177,9 +183,10 @@ impl EventsApi {
         };
         let app = lookup::application(&state, &token.0).await?;
         let chat = lookup::chat(&state, &app, number.0, Via::Primary).await?;
+        let replayer = super::replay::replayer(&state, &app, &chat);
         let subscription = state
             .live
-            .subscribe(&app.token, chat.number, resume)
+            .subscribe(&app.token, chat.number, resume, replayer)
             .await
             .map_err(|e| match e {
                 LiveError::TooMany(max) => ApiError::too_many(
@@ -196,6 +203,19 @@ impl EventsApi {
                     ApiError::unavailable("Redis is unavailable", 1)
                 }
             })?;
+        // Looked up again now that the chat is watched: a delete that
+        // committed before the flag was set appended no `chat.deleted`
+        // (no one watched), so it is seen here instead (404).
+        let still = crate::store::chats::find(&state.pool, app.id, chat.number)
+            .await
+            .map_err(ApiError::from)?;
+        if still.is_none_or(|c| c.deleted_at.is_some()) {
+            return Err(ApiError::not_found(format!(
+                "no chat number {} in this application",
+                chat.number
+            ))
+            .into());
+        }
         let chat_number = chat.number;
         let retry = ChatEvent::default();
         let events = futures_util::stream::unfold(subscription, move |mut sub| async move {

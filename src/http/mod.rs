@@ -18,6 +18,7 @@ pub mod lookup;
 pub mod messages;
 pub mod ratelimit;
 pub mod reads;
+pub mod replay;
 pub mod schemas;
 pub mod search;
 

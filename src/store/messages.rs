@@ -57,6 +57,36 @@ pub async fn find(pool: &MySqlPool, chat_id: u64, number: i64) -> sqlx::Result<O
     .await
 }
 
+/// Every stored message of chat `chat_id` numbered in `(after, to]`, live
+/// or deleted (a tombstone: check `deleted_at`), by number: a range read of
+/// the `(chat_id, number)` key (forced, as in [`list`]). For a live
+/// resume's replay, which must account for every number in the range.
+pub async fn range(
+    pool: &MySqlPool,
+    chat_id: u64,
+    after: i64,
+    to: i64,
+) -> sqlx::Result<Vec<MessageRow>> {
+    sqlx::query_as(
+        "SELECT id, number, body, created_at, updated_at, deleted_at FROM messages FORCE INDEX (messages_chat_number_key) \
+         WHERE chat_id = ? AND number > ? AND number <= ? ORDER BY number",
+    )
+    .bind(chat_id)
+    .bind(after)
+    .bind(to)
+    .fetch_all(pool)
+    .await
+}
+
+/// The highest message number stored in chat `chat_id` (0 when none).
+pub async fn last_number(pool: &MySqlPool, chat_id: u64) -> sqlx::Result<i64> {
+    let n: Option<i64> = sqlx::query_scalar("SELECT MAX(number) FROM messages WHERE chat_id = ?")
+        .bind(chat_id)
+        .fetch_one(pool)
+        .await?;
+    Ok(n.unwrap_or(0))
+}
+
 /// The live messages of chat `chat_id` among `numbers`, in the order of
 /// `numbers` (missing and deleted ones left out).
 pub async fn find_many_live(

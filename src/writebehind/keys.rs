@@ -298,6 +298,14 @@ impl ShardKeys {
         format!("{}events-gen:{token}:{chat}", self.prefix)
     }
 
+    /// How many edit and delete events the chat's live stream has had in its
+    /// generation (an integer, `INCR`ed by [`super::live::APPEND`], set to 0
+    /// with a new generation): an event id carries it, so that a resume can
+    /// prove that no edit or delete happened since (see [`super::live`]).
+    pub fn live_changes(&self, token: &str, chat: i64) -> String {
+        format!("{}events-chg:{token}:{chat}", self.prefix)
+    }
+
     /// The set of `token`'s chats that have had a live flag within the last
     /// [`super::live::STREAM_TTL_SECS`] (chat numbers), so that deleting the
     /// application can end their streams with `chat.deleted`.

@@ -25,17 +25,25 @@
 //! (its stream ends once it has sent what it holds, and the client resumes
 //! from its last id).
 //!
-//! **Ids and resume.** An event's SSE id is `{generation}-{stream entry id}`.
-//! The generation ([`ShardKeys::live_generation`]) is made when the stream
-//! is created, so a stream lost with Redis (a restart, a failover, a
-//! flush) and made again is told apart. A resume (`Last-Event-ID` or
-//! `?after=`) continues from the stream when it still holds everything after
-//! that id: same generation, the id not past the stream's last, nothing after
-//! it trimmed (`max-deleted-entry-id`), and no `open` marker after it. An
-//! `open` marker is appended whenever the flag is set anew on a stream
-//! (the flag had expired: creates made meanwhile were not recorded). In
-//! every other case the subscriber gets a `reset` event: it re-lists with
-//! the cursor API, and the stream continues after the reset's id.
+//! **Ids and resume.** An event's SSE id is `{generation}-{stream entry id}`,
+//! followed by the subscriber's [`ResumePoint`] once known
+//! (`.{last created}.{changes}`). The generation
+//! ([`ShardKeys::live_generation`]) is made when the stream is created, so a
+//! stream lost with Redis (a restart, a failover, a flush) and made again is
+//! told apart. A resume (`Last-Event-ID` or `?after=`) continues from the
+//! stream when it still holds everything after that id: same generation,
+//! the id not past the stream's last, nothing after it trimmed (the id not
+//! below the stream's first entry), and no `open` marker after it. An `open`
+//! marker is appended whenever the flag is set anew on a stream (the flag
+//! had expired: creates made meanwhile were not recorded).
+//!
+//! **Replay.** Where the stream was trimmed past the id, or an `open`
+//! marker follows it, and the generation's change count
+//! ([`ShardKeys::live_changes`]) shows no edit or delete since, the creates
+//! missed are replayed from MariaDB plus the write-behind buffer (a
+//! [`Replayer`], made by the HTTP layer), then the stream goes on. In every
+//! other case the subscriber gets a `reset` event: it re-lists with the
+//! cursor API, and the stream continues after the reset's id.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,7 +71,7 @@ pub const STREAM_TTL_SECS: u64 = 3600;
 
 /// The default cap of a chat's stream (`LIVE_STREAM_MAXLEN`): about this
 /// many events are kept for resumes.
-pub const DEFAULT_STREAM_MAXLEN: u64 = 10_000;
+pub const DEFAULT_STREAM_MAXLEN: u64 = 1_000;
 
 /// How long a reader waits after a read that found events before it reads
 /// again, so that each read, fan-out and write carries several events under
@@ -83,46 +91,148 @@ const READ_COUNT: usize = 512;
 ///
 /// Also records the chat (`ARGV[5]`) in its application's set of watched
 /// chats (`KEYS[4]`, renewed with the stream), so that an application's
-/// delete can end their streams.
+/// delete can end their streams. The generation's count of edits and
+/// deletes (`KEYS[5]`, [`ShardKeys::live_changes`]) starts at 0 with a new
+/// generation; each `open` marker carries it (field `k`).
 ///
-/// KEYS: flag, stream, generation, the application's watched chats. ARGV:
-/// flag ms, stream s, new generation, `MAXLEN ~`, the chat's number.
-/// Returns `{generation, last id, max deleted id}`.
+/// KEYS: flag, stream, generation, the application's watched chats, the
+/// change count. ARGV: flag ms, stream s, new generation, `MAXLEN ~`, the
+/// chat's number. Returns `{generation, last id, first id, change count}`,
+/// the last three read in the same atomic step (the first id is `0-0` for
+/// an empty stream; trimming does not move `max-deleted-entry-id` on Redis
+/// 7.0, so the first entry is what tells what was trimmed).
 pub const WATCH: &str = r#"
 local gen = redis.call('GET', KEYS[3])
 if not gen or redis.call('EXISTS', KEYS[2]) == 0 then
   gen = ARGV[3]
   redis.call('DEL', KEYS[2])
   redis.call('SET', KEYS[3], gen)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 't', 'open', 'g', gen)
+  redis.call('SET', KEYS[5], '0')
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 't', 'open', 'g', gen, 'k', '0')
   redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 elseif redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 't', 'open', 'g', gen)
+  local k = redis.call('GET', KEYS[5]) or '0'
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 't', 'open', 'g', gen, 'k', k)
 else
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
+redis.call('EXPIRE', KEYS[5], ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[5])
 redis.call('EXPIRE', KEYS[4], ARGV[2])
+local last = '0-0'
 local info = redis.call('XINFO', 'STREAM', KEYS[2])
-local last, deleted = '0-0', '0-0'
 for i = 1, #info, 2 do
   if info[i] == 'last-generated-id' then last = info[i + 1] end
-  if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
 end
-return {gen, last, deleted}
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+local first_id = '0-0'
+if first[1] then first_id = first[1][1] end
+return {gen, last, first_id, redis.call('GET', KEYS[5]) or '0'}
 "#;
 
-/// Appends one event to a chat's stream while its live flag exists (an edit,
-/// a message delete, a chat delete, after their SQL committed).
+/// Counts an edit, a message delete or a chat delete (after its SQL
+/// committed) in the generation's change count, while the chat's stream has
+/// a generation, and appends its event to the stream, with that count
+/// (field `k`), while the live flag exists. The count is kept even when no
+/// one watches, so that a resume can tell whether it missed a change.
 ///
-/// KEYS: flag, stream. ARGV: `MAXLEN ~`, then the entry's field/value pairs.
-/// Returns 1 when appended, 0 when no one watches.
+/// KEYS: flag, stream, generation, change count. ARGV: `MAXLEN ~`, the
+/// count's time to live (s), then the entry's field/value pairs. Returns 1
+/// when appended, 0 when no one watches.
 pub const APPEND: &str = r#"
+local k = nil
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  k = redis.call('INCR', KEYS[4])
+  redis.call('EXPIRE', KEYS[4], ARGV[2])
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
+if k then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'k', k, unpack(ARGV, 3))
+else
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+end
+return 1
+"#;
+
+/// What [`WATCH`] reports of a chat's stream, read in one atomic step.
+struct Watched {
+    /// The stream's generation.
+    generation: String,
+    /// Its last entry's id.
+    last: StreamId,
+    /// Its first entry's id (`0-0`: empty): an id of this generation below
+    /// it was trimmed, and so may be what followed it.
+    first: StreamId,
+    /// The generation's change count (see [`APPEND`]).
+    changes: u64,
+}
+
+/// Why a `reset` follows an `open` marker.
+const UNRECORDED: &str = "events were not recorded for a while (no subscriber, or Redis lost them)";
+
+/// The creates a resume missed, read from MariaDB plus the write-behind
+/// buffer (the read-your-writes path), one page per call: given the last
+/// number the subscriber has and the replay's upper bound (`None` on the
+/// first call: the chat's last number handed out, fixed then), the page.
+/// Made by the HTTP layer for the chat it looked up.
+pub type Replayer = Arc<
+    dyn Fn(
+            i64,
+            Option<i64>,
+        ) -> futures_util::future::BoxFuture<'static, Result<ReplayPage, ReplayError>>
+        + Send
+        + Sync,
+>;
+
+/// One page of a replay.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayPage {
+    /// The live (not deleted) messages of the page, by number: `(number,
+    /// body, created_at µs since the epoch)`.
+    pub messages: Vec<(i64, String, i64)>,
+    /// Every number up to this one is accounted for (sent, deleted, or
+    /// skipped by the numbering).
+    pub through: i64,
+    /// The replay's upper bound: it is done when `through` reaches it.
+    pub upper: i64,
+}
+
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The missed creates cannot be proven complete (more than
+    /// `LIVE_REPLAY_MAX`, or some not stored in time): the subscriber gets
+    /// a `reset`.
+    #[error("{0}")]
+    Unprovable(&'static str),
+    /// MariaDB or Redis failed: the stream ends, and the client resumes.
+    #[error("replay failed: {0}")]
+    Unavailable(String),
+}
+
+/// A replay in progress: the subscriber has every create up to `after`;
+/// the replay ends at `upper` (fixed by the first page), and the stream's
+/// entries after `anchor` follow it.
+#[derive(Debug, Clone, Copy)]
+struct ReplayCursor {
+    after: i64,
+    upper: Option<i64>,
+    anchor: StreamId,
+}
+
+/// Makes an event that [`APPEND`] may have failed to record visible: counts
+/// a change (while the stream has a generation: a resume across it cannot
+/// prove it missed nothing, and gets a `reset`), and drops the live flag (the
+/// next renewal appends an `open` marker: the connected subscribers get a
+/// `reset`).
+///
+/// KEYS: flag, generation, change count. Returns 1.
+pub const MISSED: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCR', KEYS[3]) end
+redis.call('DEL', KEYS[1])
 return 1
 "#;
 
@@ -136,6 +246,15 @@ impl StreamId {
         let (ms, seq) = s.split_once('-')?;
         Some(Self(ms.parse().ok()?, seq.parse().ok()?))
     }
+
+    /// The id just before this one (`0-0` stays `0-0`).
+    pub fn pred(self) -> Self {
+        match self {
+            Self(0, 0) => self,
+            Self(ms, 0) => Self(ms - 1, u64::MAX),
+            Self(ms, seq) => Self(ms, seq - 1),
+        }
+    }
 }
 
 impl std::fmt::Display for StreamId {
@@ -145,19 +264,49 @@ impl std::fmt::Display for StreamId {
 }
 
 /// An event's SSE id: the stream's generation and the entry's id,
-/// `{generation}-{ms}-{seq}`.
+/// `{generation}-{ms}-{seq}`, and where the subscriber stood when it was
+/// sent (`.{last created}.{changes}`, see [`ResumePoint`]) when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventId {
     /// The stream's generation (hex, no `-`).
     pub generation: String,
     /// The entry's id in the stream.
     pub entry: StreamId,
+    /// What the subscriber had been sent by then, when known: lets a resume
+    /// that the stream cannot serve replay from MariaDB.
+    pub point: Option<ResumePoint>,
+}
+
+/// Where a subscriber stood at an event: every `message.created` numbered
+/// up to `last_created` had been sent (or came before it subscribed), and
+/// the generation's change count (edits and deletes, [`APPEND`]) was
+/// `changes`. A resume from it that the stream no longer covers replays
+/// the creates numbered above `last_created` from MariaDB plus the
+/// write-behind buffer, if the change count is still `changes` (no edit or
+/// delete was missed); else it gets a `reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// The highest message number sent (or before the subscription).
+    pub last_created: i64,
+    /// The generation's change count.
+    pub changes: u64,
 }
 
 impl EventId {
     /// Parses an SSE id made by [`EventId`]'s `Display` (`None` for anything
     /// else: the caller answers 422).
     pub fn parse(s: &str) -> Option<Self> {
+        let (s, point) = match s.split_once('.') {
+            None => (s, None),
+            Some((id, rest)) => {
+                let (n, c) = rest.split_once('.')?;
+                let point = ResumePoint {
+                    last_created: n.parse().ok().filter(|n| *n >= 0)?,
+                    changes: c.parse().ok()?,
+                };
+                (id, Some(point))
+            }
+        };
         let mut parts = s.rsplitn(3, '-');
         let seq = parts.next()?.parse().ok()?;
         let ms = parts.next()?.parse().ok()?;
@@ -171,13 +320,18 @@ impl EventId {
         Some(Self {
             generation: generation.to_string(),
             entry: StreamId(ms, seq),
+            point,
         })
     }
 }
 
 impl std::fmt::Display for EventId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.generation, self.entry)
+        write!(f, "{}-{}", self.generation, self.entry)?;
+        if let Some(p) = self.point {
+            write!(f, ".{}.{}", p.last_created, p.changes)?;
+        }
+        Ok(())
     }
 }
 
@@ -268,6 +422,9 @@ pub struct LiveEvent {
     pub id: EventId,
     /// What happened.
     pub kind: EventKind,
+    /// The generation's change count after it (field `k`): on edits,
+    /// deletes and the `reset` of an `open` marker; `None` where not known.
+    pub change: Option<u64>,
     /// Its wire form, made once for all of a chat's subscribers by the
     /// first that sends it (the HTTP layer fills it).
     pub rendered: std::sync::OnceLock<Arc<str>>,
@@ -277,32 +434,35 @@ pub struct LiveEvent {
 type Entry = (StreamId, HashMap<String, String>);
 
 /// What an entry means: an event, an `open` marker (with the generation
-/// it names), or nothing this version knows.
+/// it names), or nothing this version knows; with the change count `k`
+/// when the entry has one.
 enum Parsed {
-    Event(EventKind),
-    Open(String),
+    Event(EventKind, Option<u64>),
+    Open(String, Option<u64>),
     Unknown,
 }
 
 fn parse_entry(fields: &HashMap<String, String>) -> Parsed {
     let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or_default();
     let num = |k: &str| get(k).parse::<i64>().unwrap_or_default();
-    match get("t") {
-        "message.created" => Parsed::Event(EventKind::MessageCreated {
+    let change = fields.get("k").and_then(|k| k.parse().ok());
+    let event = match get("t") {
+        "message.created" => EventKind::MessageCreated {
             number: num("n"),
             body: get("b").to_string(),
             created_at_us: num("c"),
-        }),
-        "message.updated" => Parsed::Event(EventKind::MessageUpdated {
+        },
+        "message.updated" => EventKind::MessageUpdated {
             number: num("n"),
             body: get("b").to_string(),
             updated_at_us: num("u"),
-        }),
-        "message.deleted" => Parsed::Event(EventKind::MessageDeleted { number: num("n") }),
-        "chat.deleted" => Parsed::Event(EventKind::ChatDeleted),
-        "open" => Parsed::Open(get("g").to_string()),
-        _ => Parsed::Unknown,
-    }
+        },
+        "message.deleted" => EventKind::MessageDeleted { number: num("n") },
+        "chat.deleted" => EventKind::ChatDeleted,
+        "open" => return Parsed::Open(get("g").to_string(), change),
+        _ => return Parsed::Unknown,
+    };
+    Parsed::Event(event, change)
 }
 
 /// Settings of the live events (see docs/configuration.md).
@@ -375,17 +535,27 @@ impl Hub {
             });
     }
 
-    /// The stream was made again (another generation): every subscriber
-    /// gets a `reset` at `position`, and the reader starts over there.
-    fn restart(&mut self, generation: Arc<str>, position: StreamId, reason: &'static str) {
+    /// The stream was made again (another generation), or did not record
+    /// for a while: every subscriber gets a `reset` at `position` (with the
+    /// change count there, `change`, when known), and the reader starts
+    /// over there.
+    fn restart(
+        &mut self,
+        generation: Arc<str>,
+        position: StreamId,
+        change: Option<u64>,
+        reason: &'static str,
+    ) {
         self.generation = generation;
         self.position = position;
         let event = LiveEvent {
             id: EventId {
                 generation: self.generation.to_string(),
                 entry: position,
+                point: None,
             },
             kind: EventKind::Reset { reason },
+            change,
             rendered: Default::default(),
         };
         self.fan_out(event);
@@ -413,6 +583,7 @@ struct Inner {
     next_id: AtomicU64,
     watch: redis::Script,
     append: redis::Script,
+    missed: redis::Script,
 }
 
 /// The live events of this instance: subscriptions, readers, fan-out.
@@ -445,6 +616,7 @@ impl Live {
             next_id: AtomicU64::new(1),
             watch: redis::Script::new(WATCH),
             append: redis::Script::new(APPEND),
+            missed: redis::Script::new(MISSED),
         }))
     }
 
@@ -469,14 +641,42 @@ impl Live {
 
     /// Appends `kind` to chat `chat` of `token`'s application's stream, if
     /// anyone watches it (see [`APPEND`]): after an edit or a delete
-    /// committed. Errors: Redis failed (the change stands; the event is
+    /// committed. When that fails, makes the miss visible if Redis still
+    /// answers ([`MISSED`]: the subscribers and the resumes across it get a
+    /// `reset`). Errors: Redis failed (the change stands; the event is
     /// missing, and is logged by the caller).
     pub async fn publish(&self, token: &str, chat: i64, kind: &EventKind) -> Result<(), LiveError> {
+        let appended = self.append(token, chat, kind).await;
+        if appended.is_err() {
+            let shard = self.0.keys.for_token(token);
+            let mut inv = self.0.missed.prepare_invoke();
+            inv.key(shard.live_flag(token, chat))
+                .key(shard.live_generation(token, chat))
+                .key(shard.live_changes(token, chat));
+            let marked = self
+                .0
+                .redis
+                .call(self.0.settings.timeout, |mut c| async move {
+                    inv.invoke_async::<i64>(&mut c).await
+                })
+                .await;
+            if let Err(e) = marked {
+                tracing::warn!(error = %e, "could not mark a missed live event; a resume across it may not see it");
+            }
+        }
+        appended
+    }
+
+    /// Runs [`APPEND`] for `kind`.
+    async fn append(&self, token: &str, chat: i64, kind: &EventKind) -> Result<(), LiveError> {
         let shard = self.0.keys.for_token(token);
         let mut inv = self.0.append.prepare_invoke();
         inv.key(shard.live_flag(token, chat))
             .key(shard.live_stream(token, chat))
-            .arg(self.0.settings.stream_maxlen);
+            .key(shard.live_generation(token, chat))
+            .key(shard.live_changes(token, chat))
+            .arg(self.0.settings.stream_maxlen)
+            .arg(STREAM_TTL_SECS);
         for (field, value) in kind.fields() {
             inv.arg(field).arg(value);
         }
@@ -518,6 +718,7 @@ impl Live {
         token: &str,
         chat: i64,
         resume: Option<EventId>,
+        replayer: Option<Replayer>,
     ) -> Result<Subscription, LiveError> {
         let inner = &self.0;
         let token: Arc<str> = token.into();
@@ -545,13 +746,21 @@ impl Live {
             }
         };
         let shard = inner.keys.for_token(&token);
-        let (generation, last, deleted) = inner.watch_chat(&shard, &token, chat).await?;
-        let (last, deleted) = (
-            StreamId::parse(&last).unwrap_or_default(),
-            StreamId::parse(&deleted).unwrap_or_default(),
-        );
+        let Watched {
+            generation,
+            last,
+            first,
+            changes,
+        } = inner.watch_chat(&shard, &token, chat).await?;
+        // Entries up to here may have been trimmed.
+        let trimmed = first.pred();
         let generation: Arc<str> = generation.into();
+        let fresh = resume.is_none();
+        // Where the subscription starts in the stream, what it knows the
+        // client has, and whether it replays from MariaDB first.
         let mut reset = None;
+        let mut replay = None;
+        let mut point = None;
         let start = match resume {
             None => last,
             Some(r) if *r.generation != *generation => {
@@ -562,11 +771,27 @@ impl Live {
                 reset = Some("the event stream is older than that id");
                 last
             }
-            Some(r) if deleted > r.entry => {
-                reset = Some("events after that id are no longer kept");
-                last
+            Some(r) if r.entry < trimmed => match r.point {
+                // Trimmed past the id, but no edit or delete since: the
+                // creates missed are replayed, then the stream's entries.
+                Some(p) if p.changes == changes && replayer.is_some() => {
+                    point = Some(p);
+                    replay = Some(ReplayCursor {
+                        after: p.last_created,
+                        upper: None,
+                        anchor: trimmed,
+                    });
+                    trimmed
+                }
+                _ => {
+                    reset = Some("events after that id are no longer kept");
+                    last
+                }
+            },
+            Some(r) => {
+                point = r.point;
+                r.entry
             }
-            Some(r) => r.entry,
         };
         let (tx, rx) = mpsc::channel(inner.settings.subscriber_buffer.max(1));
         let (position, new_chat) = {
@@ -589,6 +814,7 @@ impl Live {
                 hub.restart(
                     generation.clone(),
                     last,
+                    None,
                     "the event stream was lost and made again",
                 );
             }
@@ -617,8 +843,10 @@ impl Live {
             id: EventId {
                 generation: generation.to_string(),
                 entry: last,
+                point: None,
             },
             kind: EventKind::Reset { reason },
+            change: Some(changes),
             rendered: Default::default(),
         });
         Ok(Subscription {
@@ -627,7 +855,16 @@ impl Live {
             generation: generation.to_string(),
             last: start,
             catch_up_to: (start < position).then_some(position),
-            pending: reset.into_iter().map(Arc::new).collect(),
+            pending: reset
+                .into_iter()
+                .map(|e| Pending::Event(Arc::new(e)))
+                .collect(),
+            // A new subscriber has seen no create yet; the change count
+            // is the stream's at `last`, where it starts.
+            last_created: point.map(|p| p.last_created),
+            changes: point.map(|p| p.changes).or(fresh.then_some(changes)),
+            replay,
+            replayer,
             rx,
             _guard: guard,
             done: false,
@@ -648,14 +885,17 @@ impl Live {
             for chat in chats {
                 let shard = inner.keys.for_token(&chat.token);
                 match inner.watch_chat(&shard, &chat.token, chat.chat).await {
-                    Ok((generation, last, _)) => {
+                    Ok(Watched {
+                        generation, last, ..
+                    }) => {
                         let mut state = inner.lock();
                         if let Some(hub) = state.chats.get_mut(&chat)
                             && *hub.generation != *generation
                         {
                             hub.restart(
                                 generation.into(),
-                                StreamId::parse(&last).unwrap_or_default(),
+                                last,
+                                None,
                                 "the event stream was lost and made again",
                             );
                         }
@@ -673,11 +913,18 @@ impl Live {
     /// [`Live::close`].
     async fn read_loop(self, group: u16) {
         let inner = &self.0;
-        let conn = match (inner.connect)() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "could not make the live reader's Redis connection");
-                return;
+        // Retried until it works: a reader that gave up would leave this
+        // instance's subscribers of the group without events for good.
+        let conn = loop {
+            match (inner.connect)() {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not make the live reader's Redis connection; retrying");
+                    tokio::select! {
+                        _ = inner.closing.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
             }
         };
         let wake_key = inner.keys.shard(group).live_wake();
@@ -781,28 +1028,27 @@ fn deliver(hub: &mut Hub, entries: Vec<Entry>) {
         }
         hub.position = id;
         match parse_entry(&fields) {
-            Parsed::Event(kind) => {
+            Parsed::Event(kind, change) => {
                 let event = LiveEvent {
                     id: EventId {
                         generation: hub.generation.to_string(),
                         entry: id,
+                        point: None,
                     },
                     kind,
+                    change,
                     rendered: Default::default(),
                 };
                 hub.fan_out(event);
             }
-            Parsed::Open(generation) => {
-                let generation = if generation.is_empty() {
+            Parsed::Open(generation, change) => {
+                let same = generation.is_empty() || *generation == *hub.generation;
+                let generation = if same {
                     hub.generation.clone()
                 } else {
                     generation.into()
                 };
-                hub.restart(
-                    generation,
-                    id,
-                    "events were not recorded for a while (no subscriber, or Redis lost them)",
-                );
+                hub.restart(generation, id, change.filter(|_| same), UNRECORDED);
             }
             Parsed::Unknown => {}
         }
@@ -819,30 +1065,37 @@ impl Inner {
         if self.per_shard { shard } else { 0 }
     }
 
-    /// Runs [`WATCH`] on the chat: `(generation, last id, max deleted id)`.
+    /// Runs [`WATCH`] on the chat.
     async fn watch_chat(
         &self,
         shard: &ShardKeys,
         token: &str,
         chat: i64,
-    ) -> Result<(String, String, String), LiveError> {
+    ) -> Result<Watched, LiveError> {
         let generation = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let mut inv = self.watch.prepare_invoke();
         inv.key(shard.live_flag(token, chat))
             .key(shard.live_stream(token, chat))
             .key(shard.live_generation(token, chat))
             .key(shard.live_chats(token))
+            .key(shard.live_changes(token, chat))
             .arg(FLAG_TTL.as_millis() as u64)
             .arg(STREAM_TTL_SECS)
             .arg(generation)
             .arg(self.settings.stream_maxlen)
             .arg(chat);
-        Ok(self
+        let (generation, last, first, changes): (String, String, String, String) = self
             .redis
             .call(self.settings.timeout, |mut c| async move {
                 inv.invoke_async(&mut c).await
             })
-            .await?)
+            .await?;
+        Ok(Watched {
+            generation,
+            last: StreamId::parse(&last).unwrap_or_default(),
+            first: StreamId::parse(&first).unwrap_or_default(),
+            changes: changes.parse().unwrap_or_default(),
+        })
     }
 
     /// Wakes the reader of `group` for a newly watched chat: the idle one
@@ -926,32 +1179,69 @@ impl Drop for Guard {
     }
 }
 
-/// One client's subscription: what it still has to catch up on from the
-/// stream, then the live events, each once and in order.
+/// One client's subscription: what it still has to replay from MariaDB
+/// and to catch up on from the stream, then the live events, each once and
+/// in order.
 pub struct Subscription {
     live: Live,
     stream_key: String,
     generation: String,
     last: StreamId,
     catch_up_to: Option<StreamId>,
-    pending: std::collections::VecDeque<Arc<LiveEvent>>,
+    pending: std::collections::VecDeque<Pending>,
+    /// The highest message number sent (see [`ResumePoint`]), when known.
+    last_created: Option<i64>,
+    /// The generation's change count at the last event sent, when known.
+    changes: Option<u64>,
+    replay: Option<ReplayCursor>,
+    replayer: Option<Replayer>,
     rx: mpsc::Receiver<Arc<LiveEvent>>,
     _guard: Guard,
     done: bool,
 }
 
+/// What a subscription has to do before it reads on.
+enum Pending {
+    /// Send this event.
+    Event(Arc<LiveEvent>),
+    /// A replay page was sent: every create up to this number is accounted
+    /// for, so the stream's own copies of them are not sent again.
+    Through(i64),
+}
+
+/// One event to send, with its SSE id for this subscriber (which carries
+/// the subscriber's [`ResumePoint`] when known).
+pub struct Delivery {
+    /// The event.
+    pub event: Arc<LiveEvent>,
+    /// Its SSE id for this subscriber.
+    pub id: EventId,
+}
+
 impl Subscription {
     /// The next event, or `None` when the stream ends: after `chat.deleted`,
     /// when this subscriber was too slow (its buffer filled), on shutdown,
-    /// or when Redis failed during a catch-up. The client then resumes from
-    /// its last id.
-    pub async fn next(&mut self) -> Option<Arc<LiveEvent>> {
+    /// or when Redis or MariaDB failed during a replay or a catch-up. The
+    /// client then resumes from its last id.
+    pub async fn next(&mut self) -> Option<Delivery> {
         loop {
             if self.done {
                 return None;
             }
-            if let Some(event) = self.pending.pop_front() {
-                return Some(self.emit(event));
+            match self.pending.pop_front() {
+                Some(Pending::Event(event)) => match self.emit(event) {
+                    Some(d) => return Some(d),
+                    None => continue,
+                },
+                Some(Pending::Through(through)) => {
+                    self.last_created = Some(self.last_created.unwrap_or(0).max(through));
+                    continue;
+                }
+                None => {}
+            }
+            if let Some(cursor) = self.replay {
+                self.replay_page(cursor).await?;
+                continue;
             }
             if let Some(to) = self.catch_up_to {
                 if self.last >= to {
@@ -973,28 +1263,50 @@ impl Subscription {
                     // Advances `last` even past unknown entries.
                     self.last = self.last.max(id);
                     match parse_entry(&fields) {
-                        Parsed::Event(kind) => self.pending.push_back(Arc::new(LiveEvent {
-                            id: EventId {
-                                generation: self.generation.clone(),
-                                entry: id,
-                            },
-                            kind,
-                            rendered: Default::default(),
-                        })),
-                        Parsed::Open(generation) => {
-                            if !generation.is_empty() {
-                                self.generation = generation;
-                            }
-                            self.pending.push_back(Arc::new(LiveEvent {
+                        Parsed::Event(kind, change) => {
+                            self.pending.push_back(Pending::Event(Arc::new(LiveEvent {
                                 id: EventId {
                                     generation: self.generation.clone(),
                                     entry: id,
+                                    point: None,
                                 },
-                                kind: EventKind::Reset {
-                                    reason: "events were not recorded for a while (no subscriber, or Redis lost them)",
-                                },
+                                kind,
+                                change,
                                 rendered: Default::default(),
-                            }));
+                            })))
+                        }
+                        Parsed::Open(generation, change) => {
+                            let same = generation.is_empty() || generation == self.generation;
+                            // Not recorded for a while, but no edit or
+                            // delete meanwhile: the creates are replayed
+                            // from MariaDB, then the entries after the
+                            // marker (read again from there).
+                            if same
+                                && change.is_some()
+                                && change == self.changes
+                                && self.replayer.is_some()
+                                && let Some(after) = self.last_created
+                            {
+                                self.replay = Some(ReplayCursor {
+                                    after,
+                                    upper: None,
+                                    anchor: id,
+                                });
+                                break;
+                            }
+                            if !same {
+                                self.generation = generation;
+                            }
+                            self.pending.push_back(Pending::Event(Arc::new(LiveEvent {
+                                id: EventId {
+                                    generation: self.generation.clone(),
+                                    entry: id,
+                                    point: None,
+                                },
+                                kind: EventKind::Reset { reason: UNRECORDED },
+                                change: change.filter(|_| same),
+                                rendered: Default::default(),
+                            })));
                         }
                         Parsed::Unknown => {}
                     }
@@ -1008,15 +1320,111 @@ impl Subscription {
             }
             self.generation = event.id.generation.clone();
             self.last = event.id.entry;
-            return Some(self.emit(event));
+            if let Some(d) = self.emit(event) {
+                return Some(d);
+            }
         }
     }
 
-    fn emit(&mut self, event: Arc<LiveEvent>) -> Arc<LiveEvent> {
-        if event.kind == EventKind::ChatDeleted {
-            self.done = true;
+    /// Reads one page of the replay at `cursor` into `pending`; a replay
+    /// that cannot be proven complete becomes a `reset` (at the anchor) and
+    /// the stream goes on. `None` when the stream must end (MariaDB or Redis
+    /// failed, or shutdown).
+    async fn replay_page(&mut self, cursor: ReplayCursor) -> Option<()> {
+        let replayer = self.replayer.clone()?;
+        let page = tokio::select! {
+            _ = self.live.0.closing.cancelled() => return None,
+            r = replayer(cursor.after, cursor.upper) => r,
+        };
+        // A resume from any event of the replay comes back here: its id
+        // points just before the anchor, which the stream no longer covers.
+        let id = EventId {
+            generation: self.generation.clone(),
+            entry: cursor.anchor.pred(),
+            point: None,
+        };
+        match page {
+            Ok(page) => {
+                for (number, body, created_at_us) in page.messages {
+                    self.pending.push_back(Pending::Event(Arc::new(LiveEvent {
+                        id: id.clone(),
+                        kind: EventKind::MessageCreated {
+                            number,
+                            body,
+                            created_at_us,
+                        },
+                        change: None,
+                        rendered: Default::default(),
+                    })));
+                }
+                if page.through >= page.upper {
+                    self.replay = None;
+                } else {
+                    self.replay = Some(ReplayCursor {
+                        after: page.through,
+                        upper: Some(page.upper),
+                        ..cursor
+                    });
+                }
+                self.pending.push_back(Pending::Through(page.through));
+                Some(())
+            }
+            Err(ReplayError::Unprovable(reason)) => {
+                self.replay = None;
+                self.pending.push_back(Pending::Event(Arc::new(LiveEvent {
+                    id,
+                    kind: EventKind::Reset { reason },
+                    change: self.changes,
+                    rendered: Default::default(),
+                })));
+                Some(())
+            }
+            Err(ReplayError::Unavailable(why)) => {
+                tracing::warn!(error = %why, "a live replay failed; the stream ends and its client resumes");
+                None
+            }
         }
-        event
+    }
+
+    /// Updates what the subscriber has with `event`, and gives its id for
+    /// this subscriber; `None` for a create already sent (the stream's copy
+    /// of a replayed one).
+    fn emit(&mut self, event: Arc<LiveEvent>) -> Option<Delivery> {
+        match &event.kind {
+            EventKind::MessageCreated { number, .. } => {
+                if self.last_created.is_some_and(|n| *number <= n) {
+                    return None;
+                }
+                self.last_created = Some(*number);
+            }
+            EventKind::MessageUpdated { .. } | EventKind::MessageDeleted { .. } => {
+                self.changes = event.change;
+            }
+            EventKind::ChatDeleted => {
+                self.changes = event.change;
+                self.done = true;
+            }
+            EventKind::Reset { .. } => {
+                // The client re-lists: it has every create so far, but
+                // which number that is, is not known here.
+                self.last_created = None;
+                self.changes = event.change;
+            }
+        }
+        let point = match (self.last_created, self.changes) {
+            (Some(last_created), Some(changes)) => Some(ResumePoint {
+                last_created,
+                changes,
+            }),
+            _ => None,
+        };
+        Some(Delivery {
+            id: EventId {
+                point,
+                ..event.id.clone()
+            },
+            event,
+        })
     }
 }
 
@@ -1098,8 +1506,33 @@ mod tests {
         assert_eq!(id.to_string(), "0123abcd0123abcd-1700000000000-7");
         assert!(StreamId(1, 9) < StreamId(2, 0));
         assert!(StreamId(2, 0) < StreamId(2, 1));
-        for bad in ["", "x", "1-2", "-1-2", "g-1", "g-a-1", "g!-1-2"] {
+        for bad in [
+            "",
+            "x",
+            "1-2",
+            "-1-2",
+            "g-1",
+            "g-a-1",
+            "g!-1-2",
+            "g-1-2.",
+            "g-1-2.5",
+            "g-1-2.-5.0",
+            "g-1-2.5.x",
+        ] {
             assert_eq!(EventId::parse(bad), None, "{bad}");
         }
+        let with_point = EventId::parse("0123abcd-17-3.42.7").unwrap();
+        assert_eq!(with_point.entry, StreamId(17, 3));
+        assert_eq!(
+            with_point.point,
+            Some(ResumePoint {
+                last_created: 42,
+                changes: 7
+            })
+        );
+        assert_eq!(with_point.to_string(), "0123abcd-17-3.42.7");
+        assert_eq!(StreamId(5, 0).pred(), StreamId(4, u64::MAX));
+        assert_eq!(StreamId(5, 3).pred(), StreamId(5, 2));
+        assert_eq!(StreamId(0, 0).pred(), StreamId(0, 0));
     }
 }

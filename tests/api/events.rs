@@ -321,6 +321,155 @@ async fn a_resume_after_500_creates_and_a_flush_gets_each_event_once_in_order() 
     assert_eq!(created_numbers(&two), vec![made[499], live]);
 }
 
+/// How many entries chat `chat`'s stream has had trimmed (added but no
+/// longer held).
+async fn trimmed(app: &TestApp, token: &str, chat: i64) -> i64 {
+    let mut c = app.redis_conn().await;
+    let info: redis::Value = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(app.shard(token).live_stream(token, chat))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let fields: Vec<(String, redis::Value)> = match info {
+        redis::Value::Map(kv) => kv
+            .into_iter()
+            .map(|(k, v)| (redis::from_redis_value(k).unwrap(), v))
+            .collect(),
+        redis::Value::Array(items) => items
+            .chunks(2)
+            .map(|kv| {
+                (
+                    redis::from_redis_value(kv[0].clone()).unwrap(),
+                    kv[1].clone(),
+                )
+            })
+            .collect(),
+        other => panic!("XINFO: {other:?}"),
+    };
+    let int = |name: &str| -> i64 {
+        let (_, v) = fields.iter().find(|(k, _)| k == name).expect(name);
+        redis::from_redis_value(v.clone()).unwrap()
+    };
+    int("entries-added") - int("length")
+}
+
+#[tokio::test]
+async fn a_resume_older_than_the_stream_replays_the_creates_from_mariadb_and_the_buffer() {
+    // A stream that keeps about 10 events (trimmed by whole nodes of 100).
+    let app = spawn_app_with(|c| c.live_stream_maxlen = 10).await;
+    let (token, chat) = chat_with_app(&app).await;
+    let seen = seen_then_left(&app, &token, chat, 3, "seen").await;
+    let last = seen[2].id.clone();
+    // Another subscriber keeps the chat watched, so that the stream records
+    // (and trims) while the first is away.
+    let mut watcher = Sse::open(&app, &token, chat, None).await;
+    let mut made = Vec::new();
+    for i in 0..300 {
+        made.push(app.create_message(&token, chat, &format!("away {i}")).await);
+    }
+    app.flush().await;
+    // Still buffered when the client comes back.
+    for i in 300..450 {
+        made.push(app.create_message(&token, chat, &format!("away {i}")).await);
+    }
+    assert_eq!(created_numbers(&watcher.take(450).await), made);
+    assert!(
+        trimmed(&app, &token, chat).await > 100,
+        "the stream was trimmed past the resume id"
+    );
+    let mut sse = Sse::open(&app, &token, chat, Some(&last)).await;
+    let caught_up = sse.take(450).await;
+    assert!(caught_up.iter().all(|e| e.event == "message.created"));
+    assert_eq!(created_numbers(&caught_up), made, "each once, in order");
+    assert_eq!(caught_up[0].data["body"], "away 0");
+    assert_eq!(caught_up[449].data["body"], "away 449");
+    // Then live, with nothing twice.
+    let live = app.create_message(&token, chat, "live").await;
+    let next = sse.take(1).await.remove(0);
+    assert_eq!(created_numbers(&[next]), vec![live]);
+    // A resume from the middle of the replay replays the rest, once.
+    let mut again = Sse::open(&app, &token, chat, Some(&caught_up[199].id)).await;
+    let rest = again.take(251).await;
+    let mut expected = made[200..].to_vec();
+    expected.push(live);
+    assert_eq!(created_numbers(&rest), expected);
+}
+
+#[tokio::test]
+async fn a_resume_that_missed_an_edit_the_stream_no_longer_holds_gets_a_reset() {
+    let app = spawn_app_with(|c| c.live_stream_maxlen = 10).await;
+    let (token, chat) = chat_with_app(&app).await;
+    let seen = seen_then_left(&app, &token, chat, 3, "seen").await;
+    let last = seen[2].id.clone();
+    let mut watcher = Sse::open(&app, &token, chat, None).await;
+    let r = app
+        .put(
+            &format!("/applications/{token}/chats/{chat}/messages/1"),
+            json!({ "body": "edited while away" }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    for i in 0..300 {
+        app.create_message(&token, chat, &format!("away {i}")).await;
+    }
+    watcher.take(301).await;
+    assert!(trimmed(&app, &token, chat).await > 100);
+    let mut sse = Sse::open(&app, &token, chat, Some(&last)).await;
+    let first = sse.take(1).await.remove(0);
+    assert_eq!(first.event, "reset", "{first:?}");
+    // Then live.
+    let live = app.create_message(&token, chat, "live").await;
+    assert_eq!(created_numbers(&sse.take(1).await), vec![live]);
+}
+
+#[tokio::test]
+async fn a_resume_across_a_time_nothing_was_recorded_replays_the_creates_made_meanwhile() {
+    let app = spawn_app().await;
+    let (token, chat) = chat_with_app(&app).await;
+    let seen = seen_then_left(&app, &token, chat, 2, "seen").await;
+    let last = seen[1].id.clone();
+    // The flag lapses (no one watched for its time to live): creates are
+    // not recorded in the stream.
+    let shard = app.shard(&token);
+    let mut c = app.redis_conn().await;
+    let _: () = c.del(shard.live_flag(&token, chat)).await.unwrap();
+    let mut unrecorded = Vec::new();
+    for i in 0..5 {
+        unrecorded.push(
+            app.create_message(&token, chat, &format!("unrecorded {i}"))
+                .await,
+        );
+    }
+    // Someone watches again: an `open` marker, then creates are recorded.
+    let mut watcher = Sse::open(&app, &token, chat, None).await;
+    let recorded = app.create_message(&token, chat, "recorded").await;
+    assert_eq!(created_numbers(&watcher.take(1).await), vec![recorded]);
+    let mut sse = Sse::open(&app, &token, chat, Some(&last)).await;
+    let events = sse.take(6).await;
+    assert!(
+        events.iter().all(|e| e.event == "message.created"),
+        "{events:?}"
+    );
+    let mut expected = unrecorded.clone();
+    expected.push(recorded);
+    assert_eq!(created_numbers(&events), expected);
+    // Then live, with nothing twice (the stream's copy of `recorded`).
+    let live = app.create_message(&token, chat, "live").await;
+    assert_eq!(created_numbers(&sse.take(1).await), vec![live]);
+    // With LIVE_REPLAY_MAX=0 the same resume gets a reset.
+    let strict = spawn_app_with(|c| c.live_replay_max = 0).await;
+    let (token, chat) = chat_with_app(&strict).await;
+    let seen = seen_then_left(&strict, &token, chat, 1, "seen").await;
+    let shard = strict.shard(&token);
+    let mut c = strict.redis_conn().await;
+    let _: () = c.del(shard.live_flag(&token, chat)).await.unwrap();
+    strict.create_message(&token, chat, "unrecorded").await;
+    let _watcher = Sse::open(&strict, &token, chat, None).await;
+    let mut sse = Sse::open(&strict, &token, chat, Some(&seen[0].id)).await;
+    assert_eq!(sse.take(1).await[0].event, "reset");
+}
+
 #[tokio::test]
 async fn a_resume_after_redis_lost_the_stream_gets_a_reset_and_nothing_twice() {
     let app = spawn_app().await;
