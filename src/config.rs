@@ -452,8 +452,8 @@ pub struct Config {
     #[arg(long, env = "STREAM_RETRY_MS", default_value_t = 2000)]
     pub stream_retry_ms: u64,
 
-    /// Live event streams one application may hold open on one instance
-    /// (more: 429); 0: no limit.
+    /// Live event streams one application may hold open, over every
+    /// instance (more: 429); 0: no limit.
     #[arg(long, env = "MAX_STREAMS_PER_APPLICATION", default_value_t = 100)]
     pub max_streams_per_application: usize,
 

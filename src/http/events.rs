@@ -151,7 +151,7 @@ impl EventsApi {
     /// number, with its current body; at most `LIVE_REPLAY_MAX`), when no
     /// edit or delete happened since; otherwise, or after the stream was
     /// lost with Redis, it gets a `reset` first. At most
-    /// `MAX_STREAMS_PER_APPLICATION` streams per application on each
+    /// `MAX_STREAMS_PER_APPLICATION` streams per application, over every
     /// instance (429).
     #[oai(path = "/applications/:token/chats/:number/events", method = "get")]
     async fn events(
@@ -191,7 +191,7 @@ impl EventsApi {
             .map_err(|e| match e {
                 LiveError::TooMany(max) => ApiError::too_many(
                     format!(
-                        "this application already has {max} event streams open on this instance \
+                        "this application already has {max} event streams open \
                          (MAX_STREAMS_PER_APPLICATION); close one, or retry later"
                     ),
                     5,

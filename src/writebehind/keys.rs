@@ -306,6 +306,14 @@ impl ShardKeys {
         format!("{}events-chg:{token}:{chat}", self.prefix)
     }
 
+    /// The open live event streams of `token`'s application, over every
+    /// instance: a sorted set of `{instance}:{stream}` scored by the time
+    /// (ms) their lease ends, renewed with the live flags (see
+    /// [`super::live::ADMIT`]); `MAX_STREAMS_PER_APPLICATION` caps its size.
+    pub fn live_streams(&self, token: &str) -> String {
+        format!("{}live-streams:{token}", self.prefix)
+    }
+
     /// The set of `token`'s chats that have had a live flag within the last
     /// [`super::live::STREAM_TTL_SECS`] (chat numbers), so that deleting the
     /// application can end their streams with `chat.deleted`.

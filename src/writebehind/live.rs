@@ -223,6 +223,41 @@ struct ReplayCursor {
     anchor: StreamId,
 }
 
+/// Admits one more event stream of an application, over every instance:
+/// drops the streams whose lease ended (their instance died), refuses when
+/// `ARGV[3]` (`MAX_STREAMS_PER_APPLICATION`; 0: no cap) are open, else adds
+/// `ARGV[1]` with a lease of `ARGV[2]` ms (renewed by [`RENEW`]).
+///
+/// KEYS: the application's streams ([`ShardKeys::live_streams`]). Returns 1
+/// when admitted, 0 when full.
+pub const ADMIT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local max = tonumber(ARGV[3])
+if max > 0 and redis.call('ZCARD', KEYS[1]) >= max then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// Renews the leases of an application's streams open on this instance
+/// (`ARGV[2..]`) by `ARGV[1]` ms (those another call removed stay
+/// removed), and removes those whose lease ended.
+///
+/// KEYS: the application's streams. Returns how many were renewed.
+pub const RENEW: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local renewed = 0
+for i = 2, #ARGV do
+  renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[i])
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return renewed
+"#;
+
 /// Makes an event that [`APPEND`] may have failed to record visible: counts
 /// a change (while the stream has a generation: a resume across it cannot
 /// prove it missed nothing, and gets a `reset`), and drops the live flag (the
@@ -468,8 +503,8 @@ fn parse_entry(fields: &HashMap<String, String>) -> Parsed {
 /// Settings of the live events (see docs/configuration.md).
 #[derive(Debug, Clone)]
 pub struct LiveSettings {
-    /// `MAX_STREAMS_PER_APPLICATION`: open streams per application on this
-    /// instance (0: no limit).
+    /// `MAX_STREAMS_PER_APPLICATION`: open streams per application, over
+    /// every instance ([`ADMIT`]; 0: no limit).
     pub max_streams_per_application: usize,
     /// `LIVE_SUBSCRIBER_BUFFER`: events held per subscriber before it is
     /// dropped as too slow.
@@ -483,8 +518,8 @@ pub struct LiveSettings {
 /// Why a subscription was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
-    /// The application has `MAX_STREAMS_PER_APPLICATION` streams open on
-    /// this instance.
+    /// The application has `MAX_STREAMS_PER_APPLICATION` streams open (over
+    /// every instance).
     #[error("this application has {0} event streams open, the most allowed")]
     TooMany(usize),
     /// The instance is shutting down.
@@ -565,7 +600,8 @@ impl Hub {
 #[derive(Default)]
 struct State {
     chats: HashMap<ChatRef, Hub>,
-    per_app: HashMap<Arc<str>, usize>,
+    /// The open streams of each application on this instance.
+    per_app: HashMap<Arc<str>, std::collections::HashSet<u64>>,
     readers: std::collections::HashSet<u16>,
     refreshing: bool,
     closed: bool,
@@ -584,6 +620,10 @@ struct Inner {
     watch: redis::Script,
     append: redis::Script,
     missed: redis::Script,
+    admit: redis::Script,
+    renew: redis::Script,
+    /// This instance's name in the stream leases (random).
+    instance: String,
 }
 
 /// The live events of this instance: subscriptions, readers, fan-out.
@@ -617,6 +657,9 @@ impl Live {
             watch: redis::Script::new(WATCH),
             append: redis::Script::new(APPEND),
             missed: redis::Script::new(MISSED),
+            admit: redis::Script::new(ADMIT),
+            renew: redis::Script::new(RENEW),
+            instance: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
         }))
     }
 
@@ -636,7 +679,7 @@ impl Live {
 
     /// Open streams on this instance, over every application.
     pub fn open_streams(&self) -> usize {
-        self.0.lock().per_app.values().sum()
+        self.0.lock().per_app.values().map(|s| s.len()).sum()
     }
 
     /// Appends `kind` to chat `chat` of `token`'s application's stream, if
@@ -731,10 +774,10 @@ impl Live {
             }
             let open = state.per_app.entry(token.clone()).or_default();
             let max = inner.settings.max_streams_per_application;
-            if max > 0 && *open >= max {
+            if max > 0 && open.len() >= max {
                 return Err(LiveError::TooMany(max));
             }
-            *open += 1;
+            open.insert(id);
             crate::telemetry::metrics::live_streams(1.0);
             Guard {
                 live: self.clone(),
@@ -746,6 +789,11 @@ impl Live {
             }
         };
         let shard = inner.keys.for_token(&token);
+        // Then over every instance.
+        let max = inner.settings.max_streams_per_application;
+        if max > 0 && !inner.admit(&shard, &token, id).await? {
+            return Err(LiveError::TooMany(max));
+        }
         let Watched {
             generation,
             last,
@@ -881,6 +929,7 @@ impl Live {
                 _ = inner.closing.cancelled() => return,
                 _ = tokio::time::sleep(FLAG_REFRESH) => {}
             }
+            inner.renew_leases().await;
             let chats: Vec<ChatRef> = inner.lock().chats.keys().cloned().collect();
             for chat in chats {
                 let shard = inner.keys.for_token(&chat.token);
@@ -1065,6 +1114,59 @@ impl Inner {
         if self.per_shard { shard } else { 0 }
     }
 
+    /// This instance's stream `id` in the application's leases.
+    fn member(&self, id: u64) -> String {
+        format!("{}:{id}", self.instance)
+    }
+
+    /// Runs [`ADMIT`] for stream `id` of `token`'s application: whether it
+    /// fits under `MAX_STREAMS_PER_APPLICATION` over every instance.
+    async fn admit(&self, shard: &ShardKeys, token: &str, id: u64) -> Result<bool, LiveError> {
+        let mut inv = self.admit.prepare_invoke();
+        inv.key(shard.live_streams(token))
+            .arg(self.member(id))
+            .arg(FLAG_TTL.as_millis() as u64)
+            .arg(self.settings.max_streams_per_application);
+        let admitted: i64 = self
+            .redis
+            .call(self.settings.timeout, |mut c| async move {
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(admitted == 1)
+    }
+
+    /// Renews the leases of the streams open here ([`RENEW`]), one call per
+    /// application.
+    async fn renew_leases(&self) {
+        if self.settings.max_streams_per_application == 0 {
+            return;
+        }
+        let open: Vec<(Arc<str>, Vec<u64>)> = self
+            .lock()
+            .per_app
+            .iter()
+            .map(|(t, ids)| (t.clone(), ids.iter().copied().collect()))
+            .collect();
+        for (token, ids) in open {
+            let mut inv = self.renew.prepare_invoke();
+            inv.key(self.keys.for_token(&token).live_streams(&token))
+                .arg(FLAG_TTL.as_millis() as u64);
+            for id in ids {
+                inv.arg(self.member(id));
+            }
+            let r = self
+                .redis
+                .call(self.settings.timeout, |mut c| async move {
+                    inv.invoke_async::<i64>(&mut c).await
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "could not renew the stream leases; Redis seems down");
+            }
+        }
+    }
+
     /// Runs [`WATCH`] on the chat.
     async fn watch_chat(
         &self,
@@ -1171,10 +1273,38 @@ impl Drop for Guard {
             }
         }
         if let Some(open) = state.per_app.get_mut(&self.chat.token) {
-            *open -= 1;
-            if *open == 0 {
+            open.remove(&self.id);
+            if open.is_empty() {
                 state.per_app.remove(&self.chat.token);
             }
+        }
+        drop(state);
+        // Its place in the application's count over every instance (its
+        // lease ends anyway within FLAG_TTL if this does not get through).
+        let inner = &self.live.0;
+        if inner.settings.max_streams_per_application > 0
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let key = inner
+                .keys
+                .for_token(&self.chat.token)
+                .live_streams(&self.chat.token);
+            let member = inner.member(self.id);
+            let (redis, timeout) = (inner.redis.clone(), inner.settings.timeout);
+            runtime.spawn(async move {
+                let r = redis
+                    .call(timeout, |mut c| async move {
+                        redis::cmd("ZREM")
+                            .arg(key)
+                            .arg(member)
+                            .query_async::<i64>(&mut c)
+                            .await
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "could not free a stream's place; its lease ends it");
+                }
+            });
         }
     }
 }

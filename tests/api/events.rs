@@ -251,6 +251,33 @@ async fn the_cap_on_streams_per_application_answers_429_and_frees_on_close() {
 }
 
 #[tokio::test]
+async fn the_cap_on_streams_per_application_counts_every_instance() {
+    // A client that left is noticed at the next heartbeat.
+    let a = spawn_app_with(|c| {
+        c.max_streams_per_application = 2;
+        c.stream_heartbeat = Duration::from_secs(1);
+    })
+    .await;
+    let b = spawn_config(a.config.clone(), false).await;
+    let (token, chat) = chat_with_app(&a).await;
+    let on_a = Sse::open(&a, &token, chat, None).await;
+    let _on_b = Sse::open(&b, &token, chat, None).await;
+    for app in [&a, &b] {
+        let r = Sse::request(app, &token, chat, None).await;
+        assert_eq!(r.status(), 429, "the third stream, on either instance");
+    }
+    // A closed stream frees its place for the other instance too.
+    drop(on_a);
+    assert!(
+        b.eventually(Duration::from_secs(10), || async {
+            Sse::request(&b, &token, chat, None).await.status() == 200
+        })
+        .await,
+        "a closed stream frees its place"
+    );
+}
+
+#[tokio::test]
 async fn a_subscriber_on_one_instance_sees_the_creates_made_on_another() {
     let a = spawn_app().await;
     let b = spawn_config(a.config.clone(), false).await;
