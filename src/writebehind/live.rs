@@ -862,7 +862,7 @@ impl Live {
                 hub.restart(
                     generation.clone(),
                     last,
-                    None,
+                    Some(changes),
                     "the event stream was lost and made again",
                 );
             }
@@ -913,6 +913,7 @@ impl Live {
             changes: point.map(|p| p.changes).or(fresh.then_some(changes)),
             replay,
             replayer,
+            held: Default::default(),
             rx,
             _guard: guard,
             done: false,
@@ -935,17 +936,30 @@ impl Live {
                 let shard = inner.keys.for_token(&chat.token);
                 match inner.watch_chat(&shard, &chat.token, chat.chat).await {
                     Ok(Watched {
-                        generation, last, ..
+                        generation,
+                        last,
+                        first,
+                        changes,
                     }) => {
                         let mut state = inner.lock();
-                        if let Some(hub) = state.chats.get_mut(&chat)
-                            && *hub.generation != *generation
-                        {
+                        let Some(hub) = state.chats.get_mut(&chat) else {
+                            continue;
+                        };
+                        if *hub.generation != *generation {
                             hub.restart(
                                 generation.into(),
                                 last,
-                                None,
+                                Some(changes),
                                 "the event stream was lost and made again",
+                            );
+                        } else if first.pred() > hub.position {
+                            // The reader fell behind by more than the
+                            // stream keeps: what it did not read is gone.
+                            hub.restart(
+                                generation.into(),
+                                last,
+                                Some(changes),
+                                "events were trimmed from the stream before they were read",
                             );
                         }
                     }
@@ -1325,6 +1339,8 @@ pub struct Subscription {
     changes: Option<u64>,
     replay: Option<ReplayCursor>,
     replayer: Option<Replayer>,
+    /// The stream's events read after a gap, held until its replay is done.
+    held: std::collections::VecDeque<Pending>,
     rx: mpsc::Receiver<Arc<LiveEvent>>,
     _guard: Guard,
     done: bool,
@@ -1332,8 +1348,11 @@ pub struct Subscription {
 
 /// What a subscription has to do before it reads on.
 enum Pending {
-    /// Send this event.
+    /// Send this event (from the stream: checked for gaps).
     Event(Arc<LiveEvent>),
+    /// Send this replayed create (from MariaDB: numbers skipped or deleted
+    /// leave holes that are no gap).
+    Replayed(Arc<LiveEvent>),
     /// A replay page was sent: every create up to this number is accounted
     /// for, so the stream's own copies of them are not sent again.
     Through(i64),
@@ -1359,7 +1378,11 @@ impl Subscription {
                 return None;
             }
             match self.pending.pop_front() {
-                Some(Pending::Event(event)) => match self.emit(event) {
+                Some(Pending::Event(event)) => match self.consider(event) {
+                    Some(d) => return Some(d),
+                    None => continue,
+                },
+                Some(Pending::Replayed(event)) => match self.emit(event) {
                     Some(d) => return Some(d),
                     None => continue,
                 },
@@ -1450,10 +1473,59 @@ impl Subscription {
             }
             self.generation = event.id.generation.clone();
             self.last = event.id.entry;
-            if let Some(d) = self.emit(event) {
+            if let Some(d) = self.consider(event) {
                 return Some(d);
             }
         }
+    }
+
+    /// Sends `event`, read from the stream, unless it shows that events
+    /// before it were lost (trimmed before they were read, or never
+    /// recorded): message numbers and change counts each follow on by one
+    /// in a chat's stream. A create past a gap starts a replay from
+    /// MariaDB (which sends it too) or, without a replayer, a `reset` first;
+    /// an edit or delete past a gap comes after a `reset`.
+    fn consider(&mut self, event: Arc<LiveEvent>) -> Option<Delivery> {
+        let reason = match &event.kind {
+            EventKind::MessageCreated { number, .. } => match self.last_created {
+                Some(n) if *number > n.saturating_add(1) => {
+                    if self.replayer.is_some() {
+                        self.replay = Some(ReplayCursor {
+                            after: n,
+                            upper: None,
+                            anchor: event.id.entry,
+                        });
+                        // What was read after it waits for the replay.
+                        self.held = std::mem::take(&mut self.pending);
+                        return None;
+                    }
+                    Some("creates before this one were not recorded, or no longer kept")
+                }
+                _ => None,
+            },
+            EventKind::MessageUpdated { .. }
+            | EventKind::MessageDeleted { .. }
+            | EventKind::ChatDeleted => match (self.changes, event.change) {
+                (Some(c), Some(k)) if k != c.saturating_add(1) => {
+                    Some("edits or deletes before this one were not recorded, or no longer kept")
+                }
+                _ => None,
+            },
+            EventKind::Reset { .. } => None,
+        };
+        if let Some(reason) = reason {
+            self.pending.push_front(Pending::Replayed(event.clone()));
+            return self.emit(Arc::new(LiveEvent {
+                id: EventId {
+                    entry: event.id.entry.pred(),
+                    ..event.id.clone()
+                },
+                kind: EventKind::Reset { reason },
+                change: None,
+                rendered: Default::default(),
+            }));
+        }
+        self.emit(event)
     }
 
     /// Reads one page of the replay at `cursor` into `pending`; a replay
@@ -1476,18 +1548,20 @@ impl Subscription {
         match page {
             Ok(page) => {
                 for (number, body, created_at_us) in page.messages {
-                    self.pending.push_back(Pending::Event(Arc::new(LiveEvent {
-                        id: id.clone(),
-                        kind: EventKind::MessageCreated {
-                            number,
-                            body,
-                            created_at_us,
-                        },
-                        change: None,
-                        rendered: Default::default(),
-                    })));
+                    self.pending
+                        .push_back(Pending::Replayed(Arc::new(LiveEvent {
+                            id: id.clone(),
+                            kind: EventKind::MessageCreated {
+                                number,
+                                body,
+                                created_at_us,
+                            },
+                            change: None,
+                            rendered: Default::default(),
+                        })));
                 }
-                if page.through >= page.upper {
+                let done = page.through >= page.upper;
+                if done {
                     self.replay = None;
                 } else {
                     self.replay = Some(ReplayCursor {
@@ -1497,6 +1571,10 @@ impl Subscription {
                     });
                 }
                 self.pending.push_back(Pending::Through(page.through));
+                if done {
+                    let held = std::mem::take(&mut self.held);
+                    self.pending.extend(held);
+                }
                 Some(())
             }
             Err(ReplayError::Unprovable(reason)) => {
@@ -1507,6 +1585,8 @@ impl Subscription {
                     change: self.changes,
                     rendered: Default::default(),
                 })));
+                let held = std::mem::take(&mut self.held);
+                self.pending.extend(held);
                 Some(())
             }
             Err(ReplayError::Unavailable(why)) => {

@@ -497,6 +497,117 @@ async fn a_resume_across_a_time_nothing_was_recorded_replays_the_creates_made_me
     assert_eq!(sse.take(1).await[0].event, "reset");
 }
 
+/// The entry ids of chat `chat`'s stream whose event is `kind` and whose
+/// number is in `numbers`.
+async fn entries_of(
+    app: &TestApp,
+    token: &str,
+    chat: i64,
+    kind: &str,
+    numbers: &[i64],
+) -> Vec<String> {
+    let mut c = app.redis_conn().await;
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(app.shard(token).live_stream(token, chat))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    entries
+        .into_iter()
+        .filter(|(_, f)| {
+            f.get("t").map(String::as_str) == Some(kind)
+                && f.get("n")
+                    .and_then(|n| n.parse().ok())
+                    .is_some_and(|n: i64| numbers.contains(&n))
+        })
+        .map(|(id, _)| id)
+        .collect()
+}
+
+#[tokio::test]
+async fn entries_missing_from_the_stream_are_replayed_or_reset_never_skipped() {
+    let app = spawn_app().await;
+    let (token, chat) = chat_with_app(&app).await;
+    let seen = seen_then_left(&app, &token, chat, 1, "seen").await;
+    let last = seen[0].id.clone();
+    let mut watcher = Sse::open(&app, &token, chat, None).await;
+    let mut made = Vec::new();
+    for i in 0..6 {
+        made.push(app.create_message(&token, chat, &format!("m{i}")).await);
+    }
+    watcher.take(6).await;
+    // Two creates vanish from the stream after the resume's id (as if
+    // trimmed between the resume's check and its reads): the stream still
+    // holds the id, so only the numbers show the gap.
+    let gone = entries_of(&app, &token, chat, "message.created", &made[1..3]).await;
+    assert_eq!(gone.len(), 2);
+    let mut c = app.redis_conn().await;
+    let shard = app.shard(&token);
+    let _: i64 = redis::cmd("XDEL")
+        .arg(shard.live_stream(&token, chat))
+        .arg(&gone)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut sse = Sse::open(&app, &token, chat, Some(&last)).await;
+    let events = sse.take(6).await;
+    assert!(
+        events.iter().all(|e| e.event == "message.created"),
+        "{events:?}"
+    );
+    assert_eq!(
+        created_numbers(&events),
+        made,
+        "replayed from MariaDB, once each"
+    );
+    let live = app.create_message(&token, chat, "live").await;
+    assert_eq!(created_numbers(&sse.take(1).await), vec![live]);
+
+    // An edit that vanishes is shown by the next one: a reset before it.
+    for body in ["first edit", "second edit", "third edit"] {
+        let r = app
+            .put(
+                &format!("/applications/{token}/chats/{chat}/messages/{}", made[0]),
+                json!({ "body": body }),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(sse.take(1).await[0].event, "message.updated");
+    }
+    let edits = entries_of(&app, &token, chat, "message.updated", &[made[0]]).await;
+    assert_eq!(edits.len(), 3);
+    let _: i64 = redis::cmd("XDEL")
+        .arg(shard.live_stream(&token, chat))
+        .arg(&edits[1..2])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // A client resuming after the first edit: the second is gone.
+    let mut again = Sse::open(&app, &token, chat, Some(&last)).await;
+    let events = again.take(9).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "message.created",
+            "message.created",
+            "message.created",
+            "message.created",
+            "message.created",
+            "message.created",
+            "message.created",
+            "message.updated",
+            "reset",
+        ],
+        "{events:?}"
+    );
+    let after_reset = again.take(1).await.remove(0);
+    assert_eq!(after_reset.event, "message.updated");
+    assert_eq!(after_reset.data["body"], "third edit");
+}
+
 #[tokio::test]
 async fn a_resume_after_redis_lost_the_stream_gets_a_reset_and_nothing_twice() {
     let app = spawn_app().await;
