@@ -93,13 +93,13 @@ fn codes() -> String {
 /// The opening shared by the enqueue scripts: the application (`KEYS[1]`,
 /// its `id`: [`code::APP_MISS`] when not cached, [`code::DELETED`]) read
 /// with the scope's counter, checked epoch and bound (`c[2]`, `c[3]`,
-/// `c[4]`: one HMGET), the
-/// idempotency replay, then the shard's epoch (`KEYS[3]`; another
+/// `c[4]`: one HMGET per scope and batch, see [`BATCH`]'s `scope_row`),
+/// the idempotency replay, then the shard's epoch (`KEYS[3]`; another
 /// `QUEUE_SHARDS` than `ARGV[8]` is [`code::WRONG_SHARDS`]) as `epoch`, nil
 /// when none is set or when it was set on another server: the doubt check.
 /// The epoch hash and the `run_id` are read once per batch (see [`BATCH`]).
 const OPENING: &str = r#"
-local c = redis.call('HMGET', KEYS[1], 'id', --SCOPE)
+local c = scope_row(KEYS[1], --SCOPE)
 local id = c[1]
 if not id then return {APP_MISS, 0, 0, 0, 0} end
 if id == 'deleted' then return {DELETED, 0, 0, 0, 0} end
@@ -123,11 +123,32 @@ pub const ARGS_PER_CREATE: usize = 10;
 /// replies, in order. A script runs atomically, so the batch is the same as
 /// its creates' scripts run one after the other; each create runs under
 /// `pcall`, so that an error in one ([`code::SCRIPT_FAILED`]) leaves the
-/// others as they would have been alone. What every create of a shard
-/// reads alike is read once: the epoch hash, and the server's `run_id`
-/// from `INFO server` (about 5 µs of Redis CPU, measured with `INFO
-/// commandstats`; the `run_id` because nothing else a script can read is
-/// both node-local and never copied).
+/// others as they would have been alone.
+///
+/// **Work per batch, not per create.** What the creates of a batch read
+/// alike is read once: the epoch hash, the server's `run_id` from `INFO
+/// server` (about 5 µs of Redis CPU, measured with `INFO commandstats`; the
+/// `run_id` because nothing else a script can read is both node-local and
+/// never copied), each scope's row of its application hash (`scope_row`),
+/// each pending list's length (`pending_len`), the shard's usage counts
+/// (`usage_of`) and each chat's live flag (`is_live`). Each is kept in a
+/// Lua table as the batch's own creates change it, so a create sees exactly
+/// what it would have read had the creates before it written through.
+///
+/// What they write alike is written once, after the last create
+/// (`write_queued`): one HSET of the counters per application hash, one
+/// RPUSH of every record per pending list, one HSET of the usage counts. A
+/// create is *queued* (`queue`, `count_in`) only after everything in it
+/// that can fail in Lua, and before its own writes (its idempotency key,
+/// its live event), as the counter and record were written before them when
+/// each create wrote through; so a create answered with a number is in
+/// those writes, and a key or an event never names a number that is not.
+/// Those writes cannot fail where the per-create ones did not: Redis
+/// refuses a script's writes (out of memory, a replica, too few replicas)
+/// only before its first write, and then refuses every write of the call,
+/// so either nothing of the batch is written, or its queued writes all are.
+/// If they fail even so, every queued create is answered
+/// [`code::SCRIPT_FAILED`] (indeterminate, as any 503 of Redis's).
 const BATCH: &str = r#"
 --CODES
 --LINEAGE
@@ -136,25 +157,109 @@ local function epoch_hash(k)
   if not EPOCHS[k] then EPOCHS[k] = redis.call('HMGET', k, 'epoch', 'shards', 'run_id', 'replid') end
   return EPOCHS[k]
 end
+-- A scope's row of its application hash, {id, counter, checked epoch,
+-- bound} as HMGET answers them, with the counter as the batch moved it.
+local ROWS = {}
+local function scope_row(k, counter, checked, bound)
+  if not ROWS[k] then ROWS[k] = {} end
+  local row = ROWS[k][counter]
+  if not row then
+    row = redis.call('HMGET', k, 'id', counter, checked, bound)
+    ROWS[k][counter] = row
+  end
+  return row
+end
+-- A pending list's length, with the batch's records.
+local LENS = {}
+local function pending_len(k)
+  if not LENS[k] then LENS[k] = redis.call('LLEN', k) end
+  return LENS[k]
+end
+-- A usage hash's counts (numbers), with what the batch counted in.
+local USAGE, USAGE_DIRTY, USAGE_KEYS = {}, {}, {}
+local function usage_of(k, bytes_field, app_field)
+  if not USAGE[k] then USAGE[k], USAGE_DIRTY[k] = {}, {} end
+  local u = USAGE[k]
+  if not u[bytes_field] or not u[app_field] then
+    local got = redis.call('HMGET', k, bytes_field, app_field)
+    u[bytes_field] = u[bytes_field] or tonumber(got[1] or '0')
+    u[app_field] = u[app_field] or tonumber(got[2] or '0')
+  end
+  return u
+end
+-- Whether a chat's live flag exists (some instance holds a subscriber).
+local LIVE = {}
+local function is_live(k)
+  if LIVE[k] == nil then LIVE[k] = redis.call('EXISTS', k) == 1 end
+  return LIVE[k]
+end
+-- What the queued creates write after the last one: counters per
+-- application hash, records per pending list; and which creates they are.
+local COUNTERS, COUNTER_KEYS, RECORDS, RECORD_KEYS, QUEUED = {}, {}, {}, {}, {}
+local current
+-- Queues the create being run: its scope's counter (`row`, the field
+-- `counter` of hash `k`) moves to `n`, and `rec` joins `list`. Returns the
+-- list's length with it.
+local function queue(row, k, counter, n, list, rec)
+  row[2] = n
+  if not COUNTERS[k] then COUNTERS[k] = {}; COUNTER_KEYS[#COUNTER_KEYS + 1] = k end
+  COUNTERS[k][counter] = n
+  if not RECORDS[list] then RECORDS[list] = {}; RECORD_KEYS[#RECORD_KEYS + 1] = list end
+  RECORDS[list][#RECORDS[list] + 1] = rec
+  LENS[list] = LENS[list] + 1
+  QUEUED[#QUEUED + 1] = current
+  return LENS[list]
+end
+-- Counts the queued create in: the counts its limits computed.
+local function count_in(k, bytes_field, bytes, app_field, queued)
+  local u, dirty = USAGE[k], USAGE_DIRTY[k]
+  if not next(dirty) then USAGE_KEYS[#USAGE_KEYS + 1] = k end
+  u[bytes_field], u[app_field] = bytes, queued
+  dirty[bytes_field], dirty[app_field] = true, true
+end
+local function write_queued()
+  for _, k in ipairs(COUNTER_KEYS) do
+    local args = {}
+    for f, n in pairs(COUNTERS[k]) do args[#args + 1] = f; args[#args + 1] = n end
+    redis.call('HSET', k, unpack(args))
+  end
+  for _, k in ipairs(RECORD_KEYS) do redis.call('RPUSH', k, unpack(RECORDS[k])) end
+  for _, k in ipairs(USAGE_KEYS) do
+    local args = {}
+    for f in pairs(USAGE_DIRTY[k]) do args[#args + 1] = f; args[#args + 1] = string.format('%d', USAGE[k][f]) end
+    redis.call('HSET', k, unpack(args))
+  end
+end
+-- A server that refuses every write (a demoted master, too few replicas)
+-- refused the batch's first write, so nothing of the batch was written:
+-- the whole call fails with Redis's own error, which the pool's
+-- broken-connection rule sees.
+local function refused_by_server(r)
+  local msg = type(r) == 'table' and r.err or tostring(r)
+  if string.find(msg, '^READONLY') or string.find(msg, '^NOREPLICAS') or string.find(msg, '^MASTERDOWN') then
+    return msg
+  end
+end
 local function one(k, a)
 --ONE
 end
 local out = {}
 for i = 0, #KEYS / @KEYS_PER@ - 1 do
+  current = i + 1
   local ok, r = pcall(one, i * @KEYS_PER@, i * @ARGS_PER@)
   if ok then
     out[i + 1] = r
   else
-    -- A server that refuses every write (a demoted master, too few
-    -- replicas) refused this create's first write, so no create of the
-    -- batch wrote anything: the whole call fails with Redis's own error,
-    -- which the pool's broken-connection rule sees.
-    local msg = type(r) == 'table' and r.err or tostring(r)
-    if string.find(msg, '^READONLY') or string.find(msg, '^NOREPLICAS') or string.find(msg, '^MASTERDOWN') then
-      return redis.error_reply(msg)
-    end
+    local refused = refused_by_server(r)
+    if refused then return redis.error_reply(refused) end
     out[i + 1] = {SCRIPT_FAILED, 0, 0, 0, 0}
   end
+end
+local ok, r = pcall(write_queued)
+if not ok then
+  local refused = refused_by_server(r)
+  if refused then return redis.error_reply(refused) end
+  for _, i in ipairs(QUEUED) do out[i] = {SCRIPT_FAILED, 0, 0, 0, 0} end
 end
 return out
 "#;
@@ -205,27 +310,32 @@ end
 /// (`ARGV[9]`, 0: none) is [`code::APP_FULL`]. The bytes and the per-tenant
 /// count are exact, kept in the shard's usage hash (`KEYS[5]`, see
 /// [`super::keys::ShardKeys::usage`]): O(1), where Redis's own `MEMORY
-/// USAGE` estimate was O(samples) and blind past them. The counts after
-/// this record (`bytes`, `queued`) are computed here, before the first
-/// write, as is everything else that can fail in Lua: a create that fails
+/// USAGE` estimate was O(samples) and blind past them. The list's length
+/// and the counts are read once per batch and kept with the batch's own
+/// creates ([`BATCH`]'s `pending_len` and `usage_of`). The counts after
+/// this record (`bytes`, `queued`) are computed here, before the create is
+/// queued, as is everything else that can fail in Lua: a create that fails
 /// in its `pcall` ([`code::SCRIPT_FAILED`]) has written nothing, unless a
 /// Redis write itself failed.
 const LIMITS: &str = r#"
-local len = redis.call('LLEN', KEYS[2])
+local len = pending_len(KEYS[2])
 if len >= tonumber(ARGV[1]) then return {FULL, len, 0, 0, 0} end
-local used = redis.call('HMGET', KEYS[5], 'bytes:@KIND@', 'app:' .. id)
-local bytes = tonumber(used[1] or '0') + #rec
-local queued = tonumber(used[2] or '0') + 1
+local app_field = 'app:' .. id
+local used = usage_of(KEYS[5], 'bytes:@KIND@', app_field)
+local bytes = used['bytes:@KIND@'] + #rec
+local queued = used[app_field] + 1
 if tonumber(ARGV[7]) > 0 and bytes > tonumber(ARGV[7]) then return {FULL, len, 0, 0, 0} end
 if tonumber(ARGV[9]) > 0 and queued > tonumber(ARGV[9]) then return {APP_FULL, len, 0, 0, 0} end
 "#;
 
 /// Counts the queued record `rec` in the shard's usage hash (see
-/// [`LIMITS`]); the acknowledgement of its batch counts it out. One HSET of
-/// the two counts [`LIMITS`] computed: the script runs alone, so they are
-/// still current, and one command costs Redis less than two HINCRBYs.
+/// [`LIMITS`]); the acknowledgement of its batch counts it out. The two
+/// counts [`LIMITS`] computed are kept for the batch's next creates and
+/// written once, after its last create ([`BATCH`]'s `write_queued`: one
+/// HSET of every count the batch changed): the script runs alone, so they
+/// are still current.
 const COUNT_IN: &str = r#"
-redis.call('HSET', KEYS[5], 'bytes:@KIND@', string.format('%d', bytes), 'app:' .. id, string.format('%d', queued))
+count_in(KEYS[5], 'bytes:@KIND@', bytes, app_field, queued)
 "#;
 
 /// See [`REPLAY_KEY`]: records `{fingerprint}\t{n}` for `ARGV[6]` seconds.
@@ -266,11 +376,10 @@ local bound = tonumber(c[4] or FIRST_BLOCK)
 if n > bound then return {NO_BLOCK, tonumber(id), n - 1, 0, 0} end
 local rec = id .. '\t' .. n .. '\t' .. ARGV[2]
 --LIMITS
-redis.call('HSET', KEYS[1], 'chats', n)
 if redis.call('HSETNX', KEYS[1], tostring(n), 0) == 1 then
   redis.call('HSET', KEYS[1], 'v:' .. n, epoch)
 end
-len = redis.call('RPUSH', KEYS[2], rec)
+len = queue(c, KEYS[1], 'chats', n, KEYS[2], rec)
 --COUNT_IN
 --REMEMBER_KEY
 return {n, len, 0, bound, tonumber(id)}
@@ -291,9 +400,10 @@ return {n, len, 0, bound, tonumber(id)}
 /// **Live events.** While the chat's live flag exists (some instance holds
 /// a subscriber), the same step appends `message.created` to the chat's
 /// stream, so the event exists if and only if the create was queued; with
-/// no subscriber it costs one `EXISTS`. The append comes after the first
-/// write, so Redis's out-of-memory refusal (checked before a script's first
-/// write) cannot split it from the record.
+/// no subscriber it costs one `EXISTS` per chat and batch. The append comes
+/// after the create is queued, and Redis refuses a script's writes (out of
+/// memory) only before its first write, then all of them: the event and
+/// the record are written together or not at all (see [`BATCH`]).
 /// Returns what [`enqueue_chat`] returns.
 pub fn enqueue_message() -> String {
     splice(
@@ -314,11 +424,10 @@ local bound = tonumber(c[4] or FIRST_BLOCK)
 if n > bound then return {NO_BLOCK, tonumber(id), n - 1, 0, 0} end
 local rec = id .. '\t' .. ARGV[3] .. '\t' .. n .. '\t' .. ARGV[2] .. '\t' .. ARGV[4]
 --LIMITS
-redis.call('HSET', KEYS[1], ARGV[3], n)
-len = redis.call('RPUSH', KEYS[2], rec)
+len = queue(c, KEYS[1], ARGV[3], n, KEYS[2], rec)
 --COUNT_IN
 --REMEMBER_KEY
-if redis.call('EXISTS', KEYS[6]) == 1 then
+if is_live(KEYS[6]) then
   redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[10], '*', 't', 'message.created', 'n', n, 'b', ARGV[4], 'c', ARGV[2])
 end
 return {n, len, 0, bound, tonumber(id)}
