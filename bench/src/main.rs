@@ -1891,7 +1891,7 @@ async fn main() -> anyhow::Result<()> {
             report(&opts, "read_replica", &figure, read_replica::markdown)
         }
         Cmd::RequestPath(o) => {
-            let figure = request_path::request_path(&o.opts, &o.compare_bin).await?;
+            let figure = request_path::request_path(&o.opts, &o.compare_bin, o.hot_chat).await?;
             println!("{}", serde_json::to_string_pretty(&figure)?);
             println!("{}", request_path::markdown(&figure));
             Ok(())

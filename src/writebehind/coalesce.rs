@@ -1,6 +1,6 @@
 //! Request-path coalescing: the creates of one shard and kind that arrive
 //! while that shard's enqueue script is running go to Redis together, in
-//! one run of the batched enqueue script (see [`super::scripts`]'s `BATCH`).
+//! one run of the batched enqueue script (see [`super::enqueue`]'s `BATCH`).
 //!
 //! Each create is still one Redis round trip, and still one atomic step:
 //! a script runs alone on the server, so a batch is exactly its creates run
@@ -26,8 +26,9 @@ use tokio::time::Instant;
 
 use crate::redis::RedisHandle;
 
+use super::enqueue::{ARGS_PER_CREATE, KEYS_PER_CREATE};
 use super::keys::Kind;
-use super::scripts::{ARGS_PER_CREATE, KEYS_PER_CREATE, Scripts};
+use super::scripts::Scripts;
 
 /// Most creates in one script call. Bounds a call's Redis time (about 15 µs
 /// a create, so about 1 ms) and its bytes (a body is at most the API's
@@ -39,7 +40,7 @@ pub const MAX_BATCH: usize = 64;
 pub const IN_FLIGHT: usize = 2;
 
 /// What one create's part of the batched script answers: `{number or code,
-/// a, b, bound, application id}` (see [`super::scripts::enqueue_chat`]).
+/// a, b, bound, application id}` (see [`super::enqueue::enqueue_chat`]).
 pub type Reply = (i64, i64, i64, i64, i64);
 
 /// Why a create got no reply: Redis failed or did not answer in time, or

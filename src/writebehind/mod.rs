@@ -21,14 +21,15 @@
 //!
 //! Reading order: [`WriteBehind`] (what the HTTP layer calls), [`buffer`]
 //! (Redis calls), [`coalesce`] (a shard's creates in one script call),
-//! [`numbering`] (counters, bounds, the doubt check), [`scripts`] (the
-//! atomic steps), [`lease`] (how queues are drained), [`flusher`] and
+//! [`numbering`] (counters, bounds, the doubt check), [`enqueue`] (a
+//! create's atomic step) and [`scripts`] (the others), [`lease`] (how queues are drained), [`flusher`] and
 //! [`after_commit`], then [`crate::store::bulk`].
 
 pub mod after_commit;
 pub mod buffer;
 pub mod coalesce;
 pub mod deadletter;
+pub mod enqueue;
 pub mod flusher;
 pub mod group_commit;
 pub mod inspect;

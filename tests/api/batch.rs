@@ -412,3 +412,178 @@ async fn a_create_past_its_own_deadline_is_answered_by_its_batch() {
         );
     }
 }
+
+/// Work per batch (issue 36): a batch whose creates span two applications,
+/// three chats and a live chat, with one create refused by its
+/// application's limit, leaves what its creates run one after the other
+/// would: each chat's counter, the records in order, the usage counts per
+/// application and in bytes, and a live event for each create of the live
+/// chat only, under its number.
+#[tokio::test]
+async fn a_batch_over_applications_and_chats_writes_what_its_creates_would() {
+    let mut r = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let p = format!("batch-test:{}:{{0}}:", uuid::Uuid::new_v4().simple());
+    let (app1, app2) = (format!("{p}app:one"), format!("{p}app:two"));
+    let (pending, epoch, usage) = (
+        format!("{p}pending:messages"),
+        format!("{p}epoch"),
+        format!("{p}usage"),
+    );
+    let (live_flag, live_stream) = (format!("{p}live:7"), format!("{p}stream:7"));
+    let (run_id, replid) = lineage(&mut r).await;
+    let _: () = r
+        .hset_multiple(
+            &epoch,
+            &[
+                ("epoch", "3"),
+                ("shards", "1"),
+                ("run_id", &run_id),
+                ("replid", &replid),
+            ],
+        )
+        .await
+        .unwrap();
+    let _: () = r
+        .hset_multiple(
+            &app1,
+            &[
+                ("id", "1"),
+                ("7", "0"),
+                ("v:7", "3"),
+                ("r:7", "100"),
+                ("8", "4"),
+                ("v:8", "3"),
+                ("r:8", "100"),
+            ],
+        )
+        .await
+        .unwrap();
+    let _: () = r
+        .hset_multiple(
+            &app2,
+            &[("id", "2"), ("1", "9"), ("v:1", "3"), ("r:1", "100")],
+        )
+        .await
+        .unwrap();
+    // Application 2 has 2 records queued already; each may have 4.
+    let _: () = r
+        .hset_multiple(&usage, &[("app:2", "2"), ("bytes:messages", "10")])
+        .await
+        .unwrap();
+    let _: () = r.set(&live_flag, "1").await.unwrap();
+    let create = |app: &str, chat: &str, body: &str| Create {
+        keys: [
+            app.to_string(),
+            pending.clone(),
+            epoch.clone(),
+            app.to_string(),
+            usage.clone(),
+            if app == app1 && chat == "7" {
+                live_flag.clone()
+            } else {
+                format!("{p}live:none")
+            },
+            live_stream.clone(),
+        ],
+        args: [
+            "1000".into(),
+            "1700000000000000".into(),
+            chat.into(),
+            body.into(),
+            "".into(),
+            "60".into(),
+            "0".into(),
+            "1".into(),
+            "4".into(),
+            "1000".into(),
+        ],
+    };
+    let batch = [
+        create(&app1, "7", "a"),
+        create(&app2, "1", "b"),
+        create(&app1, "8", "c"),
+        create(&app1, "7", "d"),
+        create(&app2, "1", "e"),
+        create(&app2, "1", "refused: application 2 is full"),
+        create(&app1, "8", "f"),
+    ];
+    let script = redis::Script::new(&scripts::enqueue_message());
+    let mut inv = script.prepare_invoke();
+    for c in &batch {
+        for k in &c.keys {
+            inv.key(k);
+        }
+        for a in &c.args {
+            inv.arg(a.as_slice());
+        }
+    }
+    let replies: Vec<(i64, i64, i64, i64, i64)> = inv.invoke_async(&mut r).await.unwrap();
+    assert_eq!(
+        replies,
+        vec![
+            (1, 1, 0, 100, 1),
+            (10, 2, 0, 100, 2),
+            (5, 3, 0, 100, 1),
+            (2, 4, 0, 100, 1),
+            (11, 5, 0, 100, 2),
+            (code::APP_FULL, 5, 0, 0, 0),
+            (6, 6, 0, 100, 1),
+        ]
+    );
+    let records: Vec<String> = r.lrange(&pending, 0, -1).await.unwrap();
+    let record = |app: &str, chat: &str, n: &str, body: &str| {
+        format!("{app}\t{chat}\t{n}\t1700000000000000\t{body}")
+    };
+    assert_eq!(
+        records,
+        vec![
+            record("1", "7", "1", "a"),
+            record("2", "1", "10", "b"),
+            record("1", "8", "5", "c"),
+            record("1", "7", "2", "d"),
+            record("2", "1", "11", "e"),
+            record("1", "8", "6", "f"),
+        ]
+    );
+    for (app, chat, counter) in [(&app1, "7", "2"), (&app1, "8", "6"), (&app2, "1", "11")] {
+        let got: String = r.hget(app, chat).await.unwrap();
+        assert_eq!(got, counter, "{app} chat {chat}");
+    }
+    let counts: Vec<i64> = r
+        .hmget(&usage, &["app:1", "app:2", "bytes:messages"])
+        .await
+        .unwrap();
+    let bytes = 10 + records.iter().map(|r| r.len() as i64).sum::<i64>();
+    assert_eq!(counts, vec![4, 4, bytes]);
+    let events: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(&live_stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let numbers: Vec<String> = events
+        .iter()
+        .map(|(_, fields)| {
+            let at = fields.iter().position(|f| f == "n").unwrap();
+            fields[at + 1].clone()
+        })
+        .collect();
+    assert_eq!(numbers, vec!["1", "2"], "events of the live chat only");
+    let _: () = r
+        .del(&[
+            &app1,
+            &app2,
+            &pending,
+            &epoch,
+            &usage,
+            &live_flag,
+            &live_stream,
+        ])
+        .await
+        .unwrap();
+}
