@@ -273,6 +273,29 @@ fn body_100() -> String {
     json!({ "body": "b".repeat(100) }).to_string()
 }
 
+/// An open-loop POST run of `secs` against the URL pattern at `rate`
+/// requests/s over up to `connections` connections, latencies corrected for
+/// coordinated omission (oha's `--latency-correction`).
+fn post_open(url_regex: &str, secs: u64, connections: u32, rate: f64) -> Value {
+    oha(&[
+        "-z".into(),
+        format!("{secs}s"),
+        "-c".into(),
+        connections.to_string(),
+        "-q".into(),
+        format!("{rate:.0}"),
+        "--latency-correction".into(),
+        "-m".into(),
+        "POST".into(),
+        "-H".into(),
+        "content-type: application/json".into(),
+        "-d".into(),
+        body_100(),
+        "--rand-regex-url".into(),
+        url_regex.into(),
+    ])
+}
+
 /// A closed-loop POST run of `secs` against the URL pattern.
 fn post_closed(url_regex: &str, secs: u64, connections: u32) -> Value {
     oha(&[

@@ -12,6 +12,14 @@
 //! from `/proc`) that the server and Redis spent per `201`, in µs: on
 //! shared cores the rates follow the sum of the two, so this says which
 //! side a gap is on.
+//!
+//! Then, for each build with its flusher idle, an open-loop run at half its
+//! peak (the mean closed-loop rate of its runs; oha `-q` with
+//! `--latency-correction`): p50, p99, p99.9. And scale-out: this build as
+//! two processes on one database and one Redis, each under its own
+//! closed-loop load at once, per run: the rate of both, its ratio to one
+//! process, and Redis's CPU per create (so the creates/s one Redis master
+//! carries, measured with more than one service process).
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -23,8 +31,8 @@ use serde_json::{Value, json};
 
 use crate::sustained::cpu_secs;
 use crate::{
-    Created, CreatedResp, Input, Opts, Proc, free_port, post_closed, rps, stat, status_share,
-    url_regex, wait_up,
+    Created, CreatedResp, Input, Opts, Proc, free_port, post_closed, post_open, rps, stat,
+    status_share, url_regex, wait_up,
 };
 
 /// The minimal script: the counter and the push, nothing else.
@@ -218,6 +226,91 @@ pub async fn request_path(
                 .push(rate / ceiling.max(1.0));
         }
     }
+    // Open loop at half the peak of each build, flusher idle: requests at
+    // a fixed rate whatever the answers' pace, latencies corrected for
+    // coordinated omission (oha's `--latency-correction`).
+    let mut open_loop = serde_json::Map::new();
+    for (name, port, tokens, _) in &targets {
+        if !name.ends_with("flusher idle") {
+            continue;
+        }
+        let peak = figures.get(name).map(|r| mean(&r.rate)).unwrap_or(0.0);
+        let rate = (peak / 2.0).max(1.0);
+        eprintln!("figure 14, open loop at {rate:.0}/s: {name}…");
+        let report = post_open(
+            &url_regex(*port, tokens, chats),
+            opts.secs,
+            opts.connections,
+            rate,
+        );
+        let ms = |p: &str| report["latencyPercentiles"][p].as_f64().unwrap_or(0.0) * 1000.0;
+        open_loop.insert(
+            name.clone(),
+            json!({
+                "rate": rate,
+                "achieved_rps": rps(&report),
+                "p50_ms": ms("p50"),
+                "p99_ms": ms("p99"),
+                "p99_9_ms": ms("p99.9"),
+            }),
+        );
+    }
+    // Scale-out: this build as two processes against the one Redis, each
+    // driven by its own load, flusher idle: the rate of both together and
+    // Redis's CPU per create, against one process in the same runs.
+    let (one_name, one_port, one_tokens, one_proc) = &targets[0];
+    assert_eq!(one_name, "service, flusher idle");
+    let second_port = free_port();
+    let second = envs[0].start_service(second_port, idle);
+    wait_up(second_port, "/health/live").await;
+    let mut two = Runs::default();
+    for run in 0..opts.runs {
+        eprintln!("figure 14, run {}: two processes, one Redis…", run + 1);
+        let pids = [one_proc.0.id() as i32, second.0.id() as i32];
+        let server0: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
+        let redis0 = cpu_secs(redis_pid);
+        let urls = [
+            url_regex(*one_port, one_tokens, chats),
+            url_regex(second_port, one_tokens, chats),
+        ];
+        let (secs, connections) = (opts.secs, opts.connections);
+        let loads: Vec<_> = urls
+            .into_iter()
+            .map(|url| std::thread::spawn(move || post_closed(&url, secs, connections)))
+            .collect();
+        let reports: Vec<Value> = loads
+            .into_iter()
+            .map(|t| t.join().expect("oha ran"))
+            .collect();
+        let server1: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
+        let redis1 = cpu_secs(redis_pid);
+        let created: f64 = reports
+            .iter()
+            .map(|r| r["statusCodeDistribution"]["201"].as_f64().unwrap_or(0.0))
+            .sum::<f64>()
+            .max(1.0);
+        two.rate.push(reports.iter().map(rps).sum());
+        two.server_cpu.push((server1 - server0) * 1e6 / created);
+        two.redis_cpu.push((redis1 - redis0) * 1e6 / created);
+        two.p99.push(
+            reports
+                .iter()
+                .map(|r| r["latencyPercentiles"]["p99"].as_f64().unwrap_or(0.0) * 1000.0)
+                .fold(0.0, f64::max),
+        );
+    }
+    drop(second);
+    let one_rate = figures.get(one_name).map(|r| mean(&r.rate)).unwrap_or(1.0);
+    let scale_out = json!({
+        "create_rps": stat(two.rate.clone()),
+        "vs_one_process": mean(&two.rate) / one_rate.max(1.0),
+        "p99_ms_worst_of_two": stat(two.p99),
+        "server_cpu_us_per_create": stat(two.server_cpu),
+        "redis_cpu_us_per_create": stat(two.redis_cpu.clone()),
+        "creates_per_redis_master": stat(
+            two.redis_cpu.iter().map(|us| 1e6 / us.max(0.001)).collect()
+        ),
+    });
     crate::drop_databases(opts, &envs).await?;
     drop(targets);
     let mut redis = redis::Client::open(opts.redis.as_str())?
@@ -228,35 +321,72 @@ pub async fn request_path(
     for k in keys {
         let _: () = redis::AsyncCommands::del(&mut redis, k).await?;
     }
-    Ok(Value::Object(
-        figures
-            .into_iter()
-            .map(|(name, r)| {
-                (
-                    name,
-                    json!({
-                        "create_rps": stat(r.rate),
-                        "p99_ms": stat(r.p99),
-                        "p99_9_ms": stat(r.p999),
-                        "vs_script_ceiling": stat(r.ratio),
-                        "server_cpu_us_per_create": stat(r.server_cpu),
-                        // What one Redis master's thread carries at this
-                        // CPU per create: 10^6 µs ÷ µs per create.
-                        "creates_per_redis_master": stat(
-                            r.redis_cpu.iter().map(|us| 1e6 / us.max(0.001)).collect()
-                        ),
-                        "redis_cpu_us_per_create": stat(r.redis_cpu),
-                    }),
-                )
-            })
-            .collect(),
-    ))
+    let mut out: serde_json::Map<String, Value> = figures
+        .into_iter()
+        .map(|(name, r)| {
+            (
+                name,
+                json!({
+                    "create_rps": stat(r.rate),
+                    "p99_ms": stat(r.p99),
+                    "p99_9_ms": stat(r.p999),
+                    "vs_script_ceiling": stat(r.ratio),
+                    "server_cpu_us_per_create": stat(r.server_cpu),
+                    // What one Redis master's thread carries at this
+                    // CPU per create: 10^6 µs ÷ µs per create.
+                    "creates_per_redis_master": stat(
+                        r.redis_cpu.iter().map(|us| 1e6 / us.max(0.001)).collect()
+                    ),
+                    "redis_cpu_us_per_create": stat(r.redis_cpu),
+                }),
+            )
+        })
+        .collect();
+    out.insert(
+        "open loop at half the peak".into(),
+        Value::Object(open_loop),
+    );
+    out.insert("two processes, one Redis".into(), scale_out);
+    Ok(Value::Object(out))
+}
+
+/// The mean of `v` (0 when empty).
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / (v.len().max(1) as f64)
 }
 
 /// The rows of figure 14 in BENCHMARKS.md's table.
 pub fn markdown(d: &Value) -> String {
     let mut out = String::new();
+    for (name, v) in d["open loop at half the peak"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        out += &format!(
+            "| 14. {name}, open loop at half its peak ({:.0}/s, latency corrected): achieved req/s; p50, p99, p99.9 ms | {:.0}; {:.2}, {:.2}, {:.2} | p99 ≤ 5 |\n",
+            v["rate"].as_f64().unwrap_or(0.0),
+            v["achieved_rps"].as_f64().unwrap_or(0.0),
+            v["p50_ms"].as_f64().unwrap_or(0.0),
+            v["p99_ms"].as_f64().unwrap_or(0.0),
+            v["p99_9_ms"].as_f64().unwrap_or(0.0),
+        );
+    }
+    if let Some(v) = d.get("two processes, one Redis") {
+        out += &format!(
+            "| 14. this build as two processes against one Redis, flusher idle: create req/s (both); ÷ one process; worst p99 ms; CPU µs per create, servers and Redis; creates/s per Redis master | {}; {:.2}; {}; {}, {}; {} | |\n",
+            crate::s(&v["create_rps"]),
+            v["vs_one_process"].as_f64().unwrap_or(0.0),
+            crate::s(&v["p99_ms_worst_of_two"]),
+            crate::s(&v["server_cpu_us_per_create"]),
+            crate::s(&v["redis_cpu_us_per_create"]),
+            crate::s(&v["creates_per_redis_master"]),
+        );
+    }
     for (name, v) in d.as_object().into_iter().flatten() {
+        if name == "open loop at half the peak" || name == "two processes, one Redis" {
+            continue;
+        }
         out += &format!(
             "| 14. {name}: create req/s; p99 ms; p99.9 ms; ÷ script ceiling, same run; CPU µs per create, server and Redis; creates/s per Redis master | {}; {}; {}; {}; {}, {}; {} | {} |\n",
             crate::s(&v["create_rps"]),
