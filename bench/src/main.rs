@@ -273,29 +273,6 @@ fn body_100() -> String {
     json!({ "body": "b".repeat(100) }).to_string()
 }
 
-/// An open-loop POST run of `secs` against the URL pattern at `rate`
-/// requests/s over up to `connections` connections, latencies corrected for
-/// coordinated omission (oha's `--latency-correction`).
-fn post_open(url_regex: &str, secs: u64, connections: u32, rate: f64) -> Value {
-    oha(&[
-        "-z".into(),
-        format!("{secs}s"),
-        "-c".into(),
-        connections.to_string(),
-        "-q".into(),
-        format!("{rate:.0}"),
-        "--latency-correction".into(),
-        "-m".into(),
-        "POST".into(),
-        "-H".into(),
-        "content-type: application/json".into(),
-        "-d".into(),
-        body_100(),
-        "--rand-regex-url".into(),
-        url_regex.into(),
-    ])
-}
-
 /// A closed-loop POST run of `secs` against the URL pattern.
 fn post_closed(url_regex: &str, secs: u64, connections: u32) -> Value {
     oha(&[
@@ -528,23 +505,12 @@ async fn all(opts: Opts) -> anyhow::Result<()> {
     let (mut p50, mut p99, mut p999) = (vec![], vec![], vec![]);
     for run in 0..opts.runs {
         eprintln!("figure 2, run {}: open loop at {rate} requests/s…", run + 1);
-        let r = oha(&[
-            "-z".into(),
-            format!("{}s", opts.secs),
-            "-q".into(),
-            rate.to_string(),
-            "-c".into(),
-            opts.connections.to_string(),
-            "--latency-correction".into(),
-            "-m".into(),
-            "POST".into(),
-            "-H".into(),
-            "content-type: application/json".into(),
-            "-d".into(),
-            body_100(),
-            "--rand-regex-url".into(),
-            url_regex(sp, &tokens, 100),
-        ]);
+        let r = sustained::post_open(
+            &url_regex(sp, &tokens, 100),
+            rate,
+            opts.secs,
+            opts.connections,
+        );
         let p = &r["latencyPercentiles"];
         p50.push(p["p50"].as_f64().unwrap_or(0.0) * 1000.0);
         p99.push(p["p99"].as_f64().unwrap_or(0.0) * 1000.0);

@@ -31,8 +31,8 @@ use serde_json::{Value, json};
 
 use crate::sustained::cpu_secs;
 use crate::{
-    Created, CreatedResp, Input, Opts, Proc, free_port, post_closed, post_open, rps, stat,
-    status_share, url_regex, wait_up,
+    Created, CreatedResp, Input, Opts, Proc, free_port, post_closed, rps, stat, status_share,
+    url_regex, wait_up,
 };
 
 /// The minimal script: the counter and the push, nothing else.
@@ -235,13 +235,13 @@ pub async fn request_path(
             continue;
         }
         let peak = figures.get(name).map(|r| mean(&r.rate)).unwrap_or(0.0);
-        let rate = (peak / 2.0).max(1.0);
-        eprintln!("figure 14, open loop at {rate:.0}/s: {name}…");
-        let report = post_open(
+        let rate = (peak / 2.0).max(1.0) as u64;
+        eprintln!("figure 14, open loop at {rate}/s: {name}…");
+        let report = crate::sustained::post_open(
             &url_regex(*port, tokens, chats),
+            rate,
             opts.secs,
             opts.connections,
-            rate,
         );
         let ms = |p: &str| report["latencyPercentiles"][p].as_f64().unwrap_or(0.0) * 1000.0;
         open_loop.insert(
