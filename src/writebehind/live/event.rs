@@ -201,6 +201,29 @@ pub struct LiveEvent {
     pub rendered: std::sync::OnceLock<Arc<str>>,
 }
 
+impl LiveEvent {
+    /// The event `kind` at entry `entry` of generation `generation`, with
+    /// the change count `change` after it; its id carries no resume point
+    /// (each subscriber adds its own, see [`super::Delivery`]).
+    pub fn new(
+        generation: impl Into<String>,
+        entry: StreamId,
+        kind: EventKind,
+        change: Option<u64>,
+    ) -> Self {
+        Self {
+            id: EventId {
+                generation: generation.into(),
+                entry,
+                point: None,
+            },
+            kind,
+            change,
+            rendered: Default::default(),
+        }
+    }
+}
+
 /// A stream entry read from Redis: its id and fields.
 pub(super) type Entry = (StreamId, HashMap<String, String>);
 

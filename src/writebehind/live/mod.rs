@@ -190,16 +190,12 @@ impl Hub {
     ) {
         self.generation = generation;
         self.position = position;
-        let event = LiveEvent {
-            id: EventId {
-                generation: self.generation.to_string(),
-                entry: position,
-                point: None,
-            },
-            kind: EventKind::Reset { reason },
+        let event = LiveEvent::new(
+            self.generation.to_string(),
+            position,
+            EventKind::Reset { reason },
             change,
-            rendered: Default::default(),
-        };
+        );
         self.fan_out(event);
     }
 }
@@ -494,15 +490,13 @@ impl Live {
             }
             inner.wake(group, &shard).await;
         }
-        let reset = reset.map(|reason| LiveEvent {
-            id: EventId {
-                generation: generation.to_string(),
-                entry: last,
-                point: None,
-            },
-            kind: EventKind::Reset { reason },
-            change: Some(changes),
-            rendered: Default::default(),
+        let reset = reset.map(|reason| {
+            LiveEvent::new(
+                generation.to_string(),
+                last,
+                EventKind::Reset { reason },
+                Some(changes),
+            )
         });
         Ok(Subscription {
             live: self.clone(),
@@ -699,16 +693,7 @@ fn deliver(hub: &mut Hub, entries: Vec<Entry>) {
         hub.position = id;
         match parse_entry(&fields) {
             Parsed::Event(kind, change) => {
-                let event = LiveEvent {
-                    id: EventId {
-                        generation: hub.generation.to_string(),
-                        entry: id,
-                        point: None,
-                    },
-                    kind,
-                    change,
-                    rendered: Default::default(),
-                };
+                let event = LiveEvent::new(hub.generation.to_string(), id, kind, change);
                 hub.fan_out(event);
             }
             Parsed::Open(generation, change) => {

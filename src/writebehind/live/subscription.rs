@@ -155,16 +155,13 @@ impl Subscription {
                     self.last = self.last.max(id);
                     match parse_entry(&fields) {
                         Parsed::Event(kind, change) => {
-                            self.pending.push_back(Pending::Event(Arc::new(LiveEvent {
-                                id: EventId {
-                                    generation: self.generation.clone(),
-                                    entry: id,
-                                    point: None,
-                                },
-                                kind,
-                                change,
-                                rendered: Default::default(),
-                            })))
+                            self.pending
+                                .push_back(Pending::Event(Arc::new(LiveEvent::new(
+                                    self.generation.clone(),
+                                    id,
+                                    kind,
+                                    change,
+                                ))))
                         }
                         Parsed::Open(generation, change) => {
                             let same = generation.is_empty() || generation == self.generation;
@@ -188,16 +185,13 @@ impl Subscription {
                             if !same {
                                 self.generation = generation;
                             }
-                            self.pending.push_back(Pending::Event(Arc::new(LiveEvent {
-                                id: EventId {
-                                    generation: self.generation.clone(),
-                                    entry: id,
-                                    point: None,
-                                },
-                                kind: EventKind::Reset { reason: UNRECORDED },
-                                change: change.filter(|_| same),
-                                rendered: Default::default(),
-                            })));
+                            self.pending
+                                .push_back(Pending::Event(Arc::new(LiveEvent::new(
+                                    self.generation.clone(),
+                                    id,
+                                    EventKind::Reset { reason: UNRECORDED },
+                                    change.filter(|_| same),
+                                ))));
                         }
                         Parsed::Unknown => {}
                     }
@@ -253,15 +247,12 @@ impl Subscription {
         };
         if let Some(reason) = reason {
             self.pending.push_front(Pending::Replayed(event.clone()));
-            return self.emit(Arc::new(LiveEvent {
-                id: EventId {
-                    entry: event.id.entry.pred(),
-                    ..event.id.clone()
-                },
-                kind: EventKind::Reset { reason },
-                change: None,
-                rendered: Default::default(),
-            }));
+            return self.emit(Arc::new(LiveEvent::new(
+                event.id.generation.clone(),
+                event.id.entry.pred(),
+                EventKind::Reset { reason },
+                None,
+            )));
         }
         self.emit(event)
     }
@@ -278,25 +269,21 @@ impl Subscription {
         };
         // A resume from any event of the replay comes back here: its id
         // points just before the anchor, which the stream no longer covers.
-        let id = EventId {
-            generation: self.generation.clone(),
-            entry: cursor.anchor.pred(),
-            point: None,
-        };
+        let entry = cursor.anchor.pred();
         match page {
             Ok(page) => {
                 for (number, body, created_at_us) in page.messages {
                     self.pending
-                        .push_back(Pending::Replayed(Arc::new(LiveEvent {
-                            id: id.clone(),
-                            kind: EventKind::MessageCreated {
+                        .push_back(Pending::Replayed(Arc::new(LiveEvent::new(
+                            self.generation.clone(),
+                            entry,
+                            EventKind::MessageCreated {
                                 number,
                                 body,
                                 created_at_us,
                             },
-                            change: None,
-                            rendered: Default::default(),
-                        })));
+                            None,
+                        ))));
                 }
                 let done = page.through >= page.upper;
                 if done {
@@ -317,12 +304,13 @@ impl Subscription {
             }
             Err(ReplayError::Unprovable(reason)) => {
                 self.replay = None;
-                self.pending.push_back(Pending::Event(Arc::new(LiveEvent {
-                    id,
-                    kind: EventKind::Reset { reason },
-                    change: self.changes,
-                    rendered: Default::default(),
-                })));
+                self.pending
+                    .push_back(Pending::Event(Arc::new(LiveEvent::new(
+                        self.generation.clone(),
+                        entry,
+                        EventKind::Reset { reason },
+                        self.changes,
+                    ))));
                 let held = std::mem::take(&mut self.held);
                 self.pending.extend(held);
                 Some(())
