@@ -61,7 +61,8 @@ fn db_of(app: &TestApp) -> String {
         .to_string()
 }
 
-/// Waits until the replica has the database and tables of `app`.
+/// Waits until the replica has the database and tables of `app` and is in
+/// rotation.
 async fn replica_has_schema(app: &TestApp, replica: &str) {
     let url = format!("{replica}/{}", db_of(app));
     assert!(
@@ -79,6 +80,16 @@ async fn replica_has_schema(app: &TestApp, replica: &str) {
         })
         .await,
         "the replica never had the schema"
+    );
+    // Startup's first check may find the replica behind the database just
+    // made; a read before the next check (every second) would go to the
+    // primary as `no_replica`.
+    assert!(
+        app.eventually(Duration::from_secs(20), || async {
+            metric_sum(&app.metrics_text().await, "chat_read_replica_in_rotation") == 1.0
+        })
+        .await,
+        "the replica never came into rotation"
     );
 }
 
