@@ -1,6 +1,6 @@
-//! Request-path coalescing: the creates of one shard and kind that arrive
-//! while that shard's enqueue script is running go to Redis together, in
-//! one run of the batched enqueue script (see [`super::enqueue`]'s `BATCH`).
+//! Request-path coalescing: the creates of one kind that arrive while its
+//! enqueue script is running go to Redis together, in one run of the
+//! batched enqueue script (see [`super::enqueue`]'s `BATCH`).
 //!
 //! Each create is still one Redis round trip, and still one atomic step:
 //! a script runs alone on the server, so a batch is exactly its creates run
@@ -9,8 +9,20 @@
 //! shard reads alike (the epoch hash and the `INFO server` run id), which
 //! was most of the enqueue script's Redis CPU beside its real work.
 //!
+//! **Lanes.** On one Redis server (alone or under Sentinel) a *lane* per
+//! kind takes the creates of every shard: the batched script reads each
+//! create's keys, shard's epoch hash and usage hash included, from the
+//! create's own `KEYS`, so one call may hold creates of several shards, and
+//! what a call costs whatever its size (the `EVALSHA`, the lineage's `INFO`,
+//! the reply) is shared by all the creates waiting, not by those of one of
+//! `QUEUE_SHARDS` shards (about 6 creates a call at figure 14's load with 16
+//! lanes, about 12 with one; BENCHMARKS.md, "Figure 14 with the key
+//! layout, the lineage read and one lane per kind"). On Redis Cluster a
+//! script may touch one hash slot only, so there is a lane per shard and
+//! kind.
+//!
 //! The batching adapts to load without a timer, as a database's group
-//! commit does: a *lane* (one per shard and kind) sends what has queued up
+//! commit does: a lane sends what has queued up
 //! as soon as one of its [`IN_FLIGHT`] calls is free, so a lone create goes
 //! at once, and under load a batch holds what arrived during the previous
 //! call, at most [`MAX_BATCH`] creates. A create whose deadline
@@ -64,11 +76,14 @@ struct Waiting {
     answer: oneshot::Sender<Result<Reply, Unavailable>>,
 }
 
-/// The lanes of one buffer: per shard and kind, started on first use.
-/// Cheap to clone; a lane's task ends when the last clone is dropped.
+/// The lanes of one buffer: per kind, or per shard and kind on Redis
+/// Cluster (see the module docs), started on first use. Cheap to clone; a
+/// lane's task ends when the last clone is dropped.
 #[derive(Clone)]
 pub struct Coalescer {
     lanes: Arc<Vec<OnceLock<mpsc::UnboundedSender<Waiting>>>>,
+    /// Whether each shard has lanes of its own (Redis Cluster).
+    lane_per_shard: bool,
     caller: Caller,
 }
 
@@ -76,12 +91,15 @@ impl Coalescer {
     /// Lanes for `shards` shards, calling `redis` with `scripts`, each call
     /// bounded by `timeout` (`REDIS_TIMEOUT_MS`).
     pub fn new(redis: RedisHandle, scripts: Arc<Scripts>, shards: u16, timeout: Duration) -> Self {
+        let lane_per_shard = redis.is_cluster();
+        let lanes = if lane_per_shard {
+            usize::from(shards) * 2
+        } else {
+            2
+        };
         Self {
-            lanes: Arc::new(
-                (0..usize::from(shards) * 2)
-                    .map(|_| OnceLock::new())
-                    .collect(),
-            ),
+            lanes: Arc::new((0..lanes).map(|_| OnceLock::new()).collect()),
+            lane_per_shard,
             caller: Caller {
                 redis,
                 scripts,
@@ -110,7 +128,12 @@ impl Coalescer {
             deadline,
             answer,
         };
-        let index = usize::from(shard) * 2 + usize::from(kind == Kind::Messages);
+        let lane = if self.lane_per_shard {
+            usize::from(shard)
+        } else {
+            0
+        };
+        let index = lane * 2 + usize::from(kind == Kind::Messages);
         match self.lanes.get(index) {
             Some(lane) => {
                 let lane = lane.get_or_init(|| self.start_lane(kind));

@@ -115,6 +115,20 @@ pub const ARGS_PER_CREATE: usize = 10;
 /// so either nothing of the batch is written, or its queued writes all are.
 /// If they fail even so, every queued create is answered
 /// [`code::SCRIPT_FAILED`] (indeterminate, as any 503 of Redis's).
+///
+/// **O(1) lookups in the application hash.** The first batch that writes
+/// counters to an application hash without the field `h` writes it too,
+/// with an 80-byte value: longer than Redis's `hash-max-listpack-value` (64
+/// bytes by default), which keeps the hash in the hashtable encoding for
+/// good (`hashTypeTryConversion` in Redis's `t_hash.c`; a hash never
+/// converts back). Otherwise a hash stays a listpack up to
+/// `hash-max-listpack-entries` fields (128 by default, 512 in Debian's
+/// `redis.conf`; 3 per chat), and each field a create reads or writes is a
+/// scan of the whole listpack (`lpFind`, 14.5% of Redis's samples in issue
+/// 36's profile). Whether the hash holds `h` is read with the scope's row,
+/// so the hint costs no call of its own. What it paid, and the bytes per
+/// chat counter before and after: BENCHMARKS.md, "Figure 14 with the key
+/// layout, the lineage read and one lane per kind".
 const BATCH: &str = r#"
 --CODES
 --LINEAGE
@@ -124,14 +138,16 @@ local function epoch_hash(k)
   return EPOCHS[k]
 end
 -- A scope's row of its application hash, {id, counter, checked epoch,
--- bound} as HMGET answers them, with the counter as the batch moved it.
-local ROWS = {}
+-- bound, hashtable hint} as HMGET answers them, with the counter as the
+-- batch moved it; HINTED[k]: the hash holds the hint.
+local ROWS, HINTED = {}, {}
 local function scope_row(k, counter, checked, bound)
   if not ROWS[k] then ROWS[k] = {} end
   local row = ROWS[k][counter]
   if not row then
-    row = redis.call('HMGET', k, 'id', counter, checked, bound)
+    row = redis.call('HMGET', k, 'id', counter, checked, bound, 'h')
     ROWS[k][counter] = row
+    if row[5] then HINTED[k] = true end
   end
   return row
 end
@@ -187,6 +203,7 @@ local function write_queued()
   for _, k in ipairs(COUNTER_KEYS) do
     local args = {}
     for f, n in pairs(COUNTERS[k]) do args[#args + 1] = f; args[#args + 1] = n end
+    if not HINTED[k] then args[#args + 1] = 'h'; args[#args + 1] = string.rep('h', 80) end
     redis.call('HSET', k, unpack(args))
   end
   for _, k in ipairs(RECORD_KEYS) do redis.call('RPUSH', k, unpack(RECORDS[k])) end

@@ -587,3 +587,152 @@ async fn a_batch_over_applications_and_chats_writes_what_its_creates_would() {
         .await
         .unwrap();
 }
+
+/// One lane per kind on one Redis server (issue 36): the creates of two
+/// queue shards that wait while the lane's calls are busy go to Redis
+/// together, in one script call, and each is answered with its own shard's
+/// number. A private Redis is paused for writes while two creates hold the
+/// lane's two calls ([`IN_FLIGHT`]); three creates of shard 0 and three of
+/// shard 1 queue meanwhile. `INFO commandstats`, reset after the warm-up,
+/// then counts 3 `EVALSHA` calls (the two held, one batch of six); with a
+/// lane per shard, shard 1's creates would have gone in a call of their
+/// own at once. Fails with a lane per shard (4 calls).
+#[tokio::test]
+async fn the_creates_of_several_shards_share_one_script_call() {
+    use chat_api::writebehind::coalesce::{Coalescer, IN_FLIGHT};
+    use chat_api::writebehind::keys::Kind;
+    use std::time::Duration;
+
+    assert_eq!(
+        IN_FLIGHT, 2,
+        "the test holds the lane's calls with two creates"
+    );
+    let limit = Duration::from_millis(5000);
+    let redis = PrivateRedis::start().await;
+    let mut r = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let (run_id, replid) = lineage(&mut r).await;
+    // Shard s: its epoch hash, and application s + 1 whose chat 7 has handed
+    // out 10 × (s + 1) messages.
+    let shard = |s: u16| format!("lanes:{{{s}}}:");
+    for s in 0..2u16 {
+        let p = shard(s);
+        let _: () = r
+            .hset_multiple(
+                format!("{p}epoch"),
+                &[
+                    ("epoch", "5"),
+                    ("shards", "2"),
+                    ("run_id", &run_id),
+                    ("replid", &replid),
+                ],
+            )
+            .await
+            .unwrap();
+        let counter = (10 * (s + 1)).to_string();
+        let _: () = r
+            .hset_multiple(
+                format!("{p}app:t{s}"),
+                &[
+                    ("id", (s + 1).to_string().as_str()),
+                    ("7", counter.as_str()),
+                    ("v:7", "5"),
+                    ("r:7", "1000"),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let create = |s: u16, body: &str| {
+        let p = shard(s);
+        let app = format!("{p}app:t{s}");
+        Create {
+            keys: [
+                app.clone(),
+                format!("{p}pending:messages"),
+                format!("{p}epoch"),
+                app.clone(),
+                format!("{p}usage"),
+                format!("{app}:no-live-flag"),
+                format!("{app}:no-live-stream"),
+            ],
+            args: [
+                "1000".into(),
+                "1700000000000000".into(),
+                "7".into(),
+                body.into(),
+                "".into(),
+                "60".into(),
+                "0".into(),
+                "2".into(),
+                "0".into(),
+                "1000".into(),
+            ],
+        }
+    };
+    let pool = chat_api::redis::pool(&redis.url(), 4, limit).unwrap();
+    let coalescer = Coalescer::new(pool.into(), Default::default(), 2, limit);
+    // Loads the script (a NOSCRIPT answer would otherwise wait out the pause).
+    let warm = coalescer
+        .enqueue(Kind::Messages, 0, create(0, "warm-up"))
+        .await
+        .unwrap();
+    assert_eq!(warm.0, 11, "{warm:?}");
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(800)
+        .arg("WRITE")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let spawn = |s: u16, body: String| {
+        let coalescer = coalescer.clone();
+        let create = create(s, &body);
+        tokio::spawn(async move { coalescer.enqueue(Kind::Messages, s, create).await })
+    };
+    // Each held create goes alone, on one of the lane's two calls.
+    let held1 = spawn(0, "held 1".into());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let held2 = spawn(0, "held 2".into());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let held = [held1, held2];
+    let queued: Vec<_> = (0..6u16)
+        .map(|i| (i % 2, spawn(i % 2, format!("queued {i}"))))
+        .collect();
+    for h in held {
+        h.await.unwrap().expect("a held create is answered");
+    }
+    let mut numbers = [Vec::new(), Vec::new()];
+    for (s, h) in queued {
+        let reply = h.await.unwrap().expect("a queued create is answered");
+        numbers[usize::from(s)].push(reply.0);
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let calls = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert_eq!(
+        calls,
+        Some(3),
+        "the two held creates, then the six queued in one call: {stats}"
+    );
+    // Each shard's creates took its own application's next numbers.
+    for n in &mut numbers {
+        n.sort();
+    }
+    assert_eq!(numbers, [vec![14, 15, 16], vec![21, 22, 23]]);
+}
