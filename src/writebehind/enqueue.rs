@@ -117,16 +117,18 @@ pub const ARGS_PER_CREATE: usize = 10;
 /// [`code::SCRIPT_FAILED`] (indeterminate, as any 503 of Redis's).
 ///
 /// **O(1) lookups in the application hash.** The first batch that writes
-/// counters to an application hash without the field `h` writes it too,
-/// with an 80-byte value: longer than Redis's `hash-max-listpack-value` (64
-/// bytes by default), which keeps the hash in the hashtable encoding for
-/// good (`hashTypeTryConversion` in Redis's `t_hash.c`; a hash never
-/// converts back). Otherwise a hash stays a listpack up to
-/// `hash-max-listpack-entries` fields (128 by default, 512 in Debian's
-/// `redis.conf`; 3 per chat), and each field a create reads or writes is a
-/// scan of the whole listpack (`lpFind`, 14.5% of Redis's samples in issue
-/// 36's profile). Whether the hash holds `h` is read with the scope's row,
-/// so the hint costs no call of its own. What it paid, and the bytes per
+/// counters to an application hash of 64 fields or more (about 20 chats)
+/// without the field `h` writes it too, with an 80-byte value: longer than
+/// Redis's `hash-max-listpack-value` (64 bytes by default), which keeps the
+/// hash in the hashtable encoding for good (`hashTypeTryConversion` in
+/// Redis's `t_hash.c`; a hash never converts back). Otherwise a hash stays
+/// a listpack up to `hash-max-listpack-entries` fields (128 by default, 512
+/// in Debian's `redis.conf`; 3 per chat), and each field a create reads or
+/// writes is a scan of the whole listpack (`lpFind`, 14.5% of Redis's
+/// samples in issue 36's profile). A smaller hash stays a listpack, whose
+/// scan is short, so that the many small applications do not each pay a
+/// hashtable's fixed cost. Whether the hash holds `h` is read with the
+/// scope's row; a hash without it costs one `HLEN` per batch. What it paid, and the bytes per
 /// chat counter before and after: BENCHMARKS.md, "Figure 14 with the key
 /// layout, the lineage read and one lane per kind".
 const BATCH: &str = r#"
@@ -203,7 +205,7 @@ local function write_queued()
   for _, k in ipairs(COUNTER_KEYS) do
     local args = {}
     for f, n in pairs(COUNTERS[k]) do args[#args + 1] = f; args[#args + 1] = n end
-    if not HINTED[k] then args[#args + 1] = 'h'; args[#args + 1] = string.rep('h', 80) end
+    if not HINTED[k] and redis.call('HLEN', k) >= 64 then args[#args + 1] = 'h'; args[#args + 1] = string.rep('h', 80) end
     redis.call('HSET', k, unpack(args))
   end
   for _, k in ipairs(RECORD_KEYS) do redis.call('RPUSH', k, unpack(RECORDS[k])) end

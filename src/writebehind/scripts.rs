@@ -26,9 +26,9 @@
 //!   `t:{field}` and `u:{field}` = the deletes in flight on a field and the
 //!   value to put back if all of them fail (see [`TOMBSTONE`]); `k:{field}`
 //!   = skipped ranges waiting to be recorded in MariaDB (see
-//!   [`super::numbering::RESTART`]); `h` = 80 bytes of `h`, which keep the
-//!   hash in Redis's hashtable encoding, so that each field lookup is O(1)
-//!   (see [`super::enqueue`]'s `BATCH`).
+//!   [`super::numbering::RESTART`]); `h` = 80 bytes of `h`, which keep a
+//!   hash of 64 fields or more in Redis's hashtable encoding, so that each
+//!   field lookup is O(1) (see [`super::enqueue`]'s `BATCH`).
 //!
 //! ## Numbers that survive Redis losing data
 //!

@@ -615,8 +615,10 @@ async fn the_creates_of_several_shards_share_one_script_call() {
         .await
         .unwrap();
     let (run_id, replid) = lineage(&mut r).await;
-    // Shard s: its epoch hash, and application s + 1 whose chat 7 has handed
-    // out 10 × (s + 1) messages.
+    // Shard s: its epoch hash (epoch 5 + s), and application s + 1 whose
+    // chat 7 has handed out 10 × (s + 1) messages, checked in its shard's
+    // epoch: a create read against the other shard's epoch hash would be
+    // answered UNVERIFIED.
     let shard = |s: u16| format!("lanes:{{{s}}}:");
     for s in 0..2u16 {
         let p = shard(s);
@@ -624,7 +626,7 @@ async fn the_creates_of_several_shards_share_one_script_call() {
             .hset_multiple(
                 format!("{p}epoch"),
                 &[
-                    ("epoch", "5"),
+                    ("epoch", (5 + s).to_string().as_str()),
                     ("shards", "2"),
                     ("run_id", &run_id),
                     ("replid", &replid),
@@ -639,7 +641,7 @@ async fn the_creates_of_several_shards_share_one_script_call() {
                 &[
                     ("id", (s + 1).to_string().as_str()),
                     ("7", counter.as_str()),
-                    ("v:7", "5"),
+                    ("v:7", (5 + s).to_string().as_str()),
                     ("r:7", "1000"),
                 ],
             )
@@ -735,4 +737,24 @@ async fn the_creates_of_several_shards_share_one_script_call() {
         n.sort();
     }
     assert_eq!(numbers, [vec![14, 15, 16], vec![21, 22, 23]]);
+    // And went to its own shard's pending list and usage counts.
+    for (s, records) in [(0u16, 6i64), (1, 3)] {
+        let p = shard(s);
+        let queued: Vec<String> = r
+            .lrange(format!("{p}pending:messages"), 0, -1)
+            .await
+            .unwrap();
+        assert_eq!(queued.len() as i64, records, "shard {s}: {queued:?}");
+        assert!(
+            queued
+                .iter()
+                .all(|rec| rec.starts_with(&format!("{}\t7\t", s + 1))),
+            "shard {s}: {queued:?}"
+        );
+        let counted: i64 = r
+            .hget(format!("{p}usage"), format!("app:{}", s + 1))
+            .await
+            .unwrap();
+        assert_eq!(counted, records, "shard {s}'s usage count");
+    }
 }

@@ -401,12 +401,14 @@ async fn a_read_waiting_for_a_buffered_chat_is_404_once_its_application_is_delet
     );
 }
 
-/// An application's hash is kept in Redis's hashtable encoding from its
-/// first batch of creates on (the field `h`, see
-/// `chat_api::writebehind::enqueue`'s BATCH), also when it was a listpack
-/// before (a hash written by an earlier version): each field a create reads
-/// is then an O(1) lookup, not a scan of the listpack. Numbers go on as
-/// before. Fails without the hint (`listpack`).
+/// An application's hash of 64 fields or more (about 20 chats) is kept in
+/// Redis's hashtable encoding from its next batch of creates on (the field
+/// `h`, see `chat_api::writebehind::enqueue`'s BATCH), also when it was a
+/// listpack before (a hash written by an earlier version): each field a
+/// create reads is then an O(1) lookup, not a scan of the listpack. A
+/// smaller hash stays a listpack (a hashtable's fixed cost is not worth it
+/// there). Numbers go on as before. Fails without the hint (`listpack`
+/// throughout) or with it written to every hash (`hashtable` at first).
 #[tokio::test]
 async fn an_application_hash_is_kept_as_a_hashtable() {
     let app = spawn_app().await;
@@ -422,18 +424,28 @@ async fn an_application_hash_is_kept_as_a_hashtable() {
             .unwrap()
     };
     let c = app.create_chat(&t).await;
-    assert_eq!(encoding(r.clone(), key.clone()).await, "hashtable");
     assert_eq!(app.create_message(&t, c, "one").await, 1);
+    assert_eq!(
+        encoding(r.clone(), key.clone()).await,
+        "listpack",
+        "a small application's hash"
+    );
+    for n in 2..=35 {
+        assert_eq!(app.create_chat(&t).await, n);
+    }
+    assert_eq!(app.create_message(&t, c, "two").await, 2);
+    assert_eq!(encoding(r.clone(), key.clone()).await, "hashtable");
 
     // A hash as an earlier version left it: the same fields, no hint.
     let fields: Vec<(String, String)> = redis::AsyncCommands::hgetall(&mut r, &key).await.unwrap();
     let _: () = redis::AsyncCommands::del(&mut r, &key).await.unwrap();
     let kept: Vec<(String, String)> = fields.into_iter().filter(|(f, _)| f != "h").collect();
+    assert!(kept.len() >= 64, "{} fields", kept.len());
     let _: () = redis::AsyncCommands::hset_multiple(&mut r, &key, &kept)
         .await
         .unwrap();
     assert_eq!(encoding(r.clone(), key.clone()).await, "listpack");
-    assert_eq!(app.create_message(&t, c, "two").await, 2);
+    assert_eq!(app.create_message(&t, c, "three").await, 3);
     assert_eq!(encoding(r.clone(), key.clone()).await, "hashtable");
-    assert_eq!(app.create_chat(&t).await, 2);
+    assert_eq!(app.create_chat(&t).await, 36);
 }
