@@ -11,6 +11,15 @@ use redis::AsyncCommands;
 use crate::helpers::redis_url;
 use crate::support::PrivateRedis;
 
+/// A connection to the Redis at `url`.
+async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 /// The server's lineage as the scripts record it in the epoch hash
 /// (`chat_api::redis::LINEAGE`): its `run_id` and `master_replid`.
 async fn lineage(r: &mut redis::aio::MultiplexedConnection) -> (String, String) {
@@ -30,6 +39,37 @@ async fn lineage(r: &mut redis::aio::MultiplexedConnection) -> (String, String) 
     (field("run_id:"), field("master_replid:"))
 }
 
+/// A message create of the batched script as the service sends it, for
+/// chat `chat` of the application hash `app`, in the shard whose keys start
+/// with `p` (its pending list, epoch hash and usage hash), under
+/// `QUEUE_SHARDS` = `shards`: no idempotency key, no live flag, no limit
+/// on the pending records or bytes.
+fn plain_create(p: &str, app: &str, chat: &str, body: &str, shards: &str) -> Create {
+    Create {
+        keys: [
+            app.to_string(),
+            format!("{p}pending:messages"),
+            format!("{p}epoch"),
+            app.to_string(),
+            format!("{p}usage"),
+            format!("{app}:no-live-flag"),
+            format!("{app}:no-live-stream"),
+        ],
+        args: [
+            "1000".into(),
+            "1700000000000000".into(),
+            chat.into(),
+            body.into(),
+            "".into(),
+            "60".into(),
+            "0".into(),
+            shards.into(),
+            "0".into(),
+            "1000".into(),
+        ],
+    }
+}
+
 /// A demoted master (a replica now) refuses the batch's first write: the
 /// call fails with Redis's own `READONLY`, which the pool's broken-connection
 /// rule sees, instead of each create's `pcall` turning it into
@@ -41,25 +81,12 @@ async fn a_demoted_master_fails_the_whole_batch_with_readonly() {
     let replica =
         PrivateRedis::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]).await;
     replica.wait_in_sync().await;
-    let mut r = redis::Client::open(replica.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut r = connect(&replica.url()).await;
     let (run_id, replid) = lineage(&mut r).await;
     let p = "demoted:{0}:";
-    let (app, pending, epoch, usage) = (
-        format!("{p}app:one"),
-        format!("{p}pending:messages"),
-        format!("{p}epoch"),
-        format!("{p}usage"),
-    );
+    let (app, epoch) = (format!("{p}app:one"), format!("{p}epoch"));
     // What the replica holds, as if it had been written on it as a master.
-    let mut m = redis::Client::open(master.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut m = connect(&master.url()).await;
     let _: () = m
         .hset_multiple(
             &epoch,
@@ -85,29 +112,7 @@ async fn a_demoted_master_fails_the_whole_batch_with_readonly() {
         .query_async(&mut m)
         .await
         .unwrap();
-    let create = Create {
-        keys: [
-            app.clone(),
-            pending,
-            epoch,
-            app.clone(),
-            usage,
-            format!("{app}:no-live-flag"),
-            format!("{app}:no-live-stream"),
-        ],
-        args: [
-            "1000".into(),
-            "1700000000000000".into(),
-            "7".into(),
-            "body".into(),
-            "".into(),
-            "60".into(),
-            "0".into(),
-            "1".into(),
-            "0".into(),
-            "1000".into(),
-        ],
-    };
+    let create = plain_create(p, &app, "7", "body", "1");
     let script = redis::Script::new(&scripts::enqueue_message());
     let mut inv = script.prepare_invoke();
     for k in &create.keys {
@@ -125,11 +130,7 @@ async fn a_demoted_master_fails_the_whole_batch_with_readonly() {
 
 #[tokio::test]
 async fn a_batch_is_its_creates_one_after_the_other_and_a_failed_create_leaves_nothing() {
-    let mut r = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut r = connect(&redis_url()).await;
     let p = format!("batch-test:{}:{{0}}:", uuid::Uuid::new_v4().simple());
     let (app1, app2) = (format!("{p}app:one"), format!("{p}app:two"));
     let (pending, epoch, usage, idem) = (
@@ -284,18 +285,13 @@ async fn a_create_past_its_own_deadline_is_answered_by_its_batch() {
     );
     let limit = Duration::from_millis(2000);
     let redis = PrivateRedis::start().await;
-    let mut r = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut r = connect(&redis.url()).await;
     let (run_id, replid) = lineage(&mut r).await;
     let p = "deadline:{0}:";
-    let (app, pending, epoch, usage) = (
+    let (app, pending, epoch) = (
         format!("{p}app:one"),
         format!("{p}pending:messages"),
         format!("{p}epoch"),
-        format!("{p}usage"),
     );
     let _: () = r
         .hset_multiple(
@@ -317,29 +313,7 @@ async fn a_create_past_its_own_deadline_is_answered_by_its_batch() {
         )
         .await
         .unwrap();
-    let create = |body: &str| Create {
-        keys: [
-            app.clone(),
-            pending.clone(),
-            epoch.clone(),
-            app.clone(),
-            usage.clone(),
-            format!("{app}:no-live-flag"),
-            format!("{app}:no-live-stream"),
-        ],
-        args: [
-            "1000".into(),
-            "1700000000000000".into(),
-            "7".into(),
-            body.into(),
-            "".into(),
-            "60".into(),
-            "0".into(),
-            "1".into(),
-            "0".into(),
-            "1000".into(),
-        ],
-    };
+    let create = |body: &str| plain_create(p, &app, "7", body, "1");
     let pool = chat_api::redis::pool(&redis.url(), 4, limit).unwrap();
     let coalescer = Coalescer::new(pool.into(), Default::default(), 1, limit);
     // Loads the script (a NOSCRIPT answer would otherwise wait out the pause).
@@ -421,11 +395,7 @@ async fn a_create_past_its_own_deadline_is_answered_by_its_batch() {
 /// chat only, under its number.
 #[tokio::test]
 async fn a_batch_over_applications_and_chats_writes_what_its_creates_would() {
-    let mut r = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut r = connect(&redis_url()).await;
     let p = format!("batch-test:{}:{{0}}:", uuid::Uuid::new_v4().simple());
     let (app1, app2) = (format!("{p}app:one"), format!("{p}app:two"));
     let (pending, epoch, usage) = (
@@ -609,11 +579,7 @@ async fn the_creates_of_several_shards_share_one_script_call() {
     );
     let limit = Duration::from_millis(5000);
     let redis = PrivateRedis::start().await;
-    let mut r = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut r = connect(&redis.url()).await;
     let (run_id, replid) = lineage(&mut r).await;
     // Shard s: its epoch hash (epoch 5 + s), and application s + 1 whose
     // chat 7 has handed out 10 × (s + 1) messages, checked in its shard's
@@ -650,30 +616,7 @@ async fn the_creates_of_several_shards_share_one_script_call() {
     }
     let create = |s: u16, body: &str| {
         let p = shard(s);
-        let app = format!("{p}app:t{s}");
-        Create {
-            keys: [
-                app.clone(),
-                format!("{p}pending:messages"),
-                format!("{p}epoch"),
-                app.clone(),
-                format!("{p}usage"),
-                format!("{app}:no-live-flag"),
-                format!("{app}:no-live-stream"),
-            ],
-            args: [
-                "1000".into(),
-                "1700000000000000".into(),
-                "7".into(),
-                body.into(),
-                "".into(),
-                "60".into(),
-                "0".into(),
-                "2".into(),
-                "0".into(),
-                "1000".into(),
-            ],
-        }
+        plain_create(&p, &format!("{p}app:t{s}"), "7", body, "2")
     };
     let pool = chat_api::redis::pool(&redis.url(), 4, limit).unwrap();
     let coalescer = Coalescer::new(pool.into(), Default::default(), 2, limit);
