@@ -644,14 +644,16 @@ async fn top_k_batched<P: Postings>(
                 }
             }
             let threshold = threshold / bound;
-            // At `T` the k-th best still ranks first: it holds each
-            // unfinished term at its list's last tf (or it would score more
-            // or less than `T`), and was seen in one of them, so at a
-            // number at most that list's last, below any unseen message
-            // that ties.
+            // An unseen message scores at most `T`; one that ties holds
+            // each unfinished term at its list's last tf, after that
+            // list's last posting in impact order, so at a number above
+            // `highest`. The k-th best ranks before it when it scores more,
+            // or ties at a number at most `highest`. Otherwise read on: a
+            // k-th best tied at `T` with a higher number (it scored `T`
+            // from other terms' tfs, or from a finished list) would rank
+            // after such a message (the proptest below found it).
             let (nk, sk) = best[k - 1];
-            debug_assert!(sk != threshold || nk <= highest);
-            if sk >= threshold {
+            if sk > threshold || (sk == threshold && nk <= highest) {
                 break;
             }
         }
