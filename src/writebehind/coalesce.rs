@@ -82,8 +82,9 @@ struct Waiting {
 #[derive(Clone)]
 pub struct Coalescer {
     lanes: Arc<Vec<OnceLock<mpsc::UnboundedSender<Waiting>>>>,
-    /// Whether each shard has lanes of its own (Redis Cluster).
-    lane_per_shard: bool,
+    /// How many shards have lanes of their own: every shard on Redis
+    /// Cluster, else 1 (shard 0's lanes take every shard's creates).
+    lane_shards: u16,
     caller: Caller,
 }
 
@@ -91,15 +92,14 @@ impl Coalescer {
     /// Lanes for `shards` shards, calling `redis` with `scripts`, each call
     /// bounded by `timeout` (`REDIS_TIMEOUT_MS`).
     pub fn new(redis: RedisHandle, scripts: Arc<Scripts>, shards: u16, timeout: Duration) -> Self {
-        let lane_per_shard = redis.is_cluster();
-        let lanes = if lane_per_shard {
-            usize::from(shards) * 2
-        } else {
-            2
-        };
+        let lane_shards = if redis.is_cluster() { shards } else { 1 };
         Self {
-            lanes: Arc::new((0..lanes).map(|_| OnceLock::new()).collect()),
-            lane_per_shard,
+            lanes: Arc::new(
+                (0..usize::from(lane_shards) * 2)
+                    .map(|_| OnceLock::new())
+                    .collect(),
+            ),
+            lane_shards,
             caller: Caller {
                 redis,
                 scripts,
@@ -128,12 +128,7 @@ impl Coalescer {
             deadline,
             answer,
         };
-        let lane = if self.lane_per_shard {
-            usize::from(shard)
-        } else {
-            0
-        };
-        let index = lane * 2 + usize::from(kind == Kind::Messages);
+        let index = usize::from(shard % self.lane_shards) * 2 + usize::from(kind == Kind::Messages);
         match self.lanes.get(index) {
             Some(lane) => {
                 let lane = lane.get_or_init(|| self.start_lane(kind));

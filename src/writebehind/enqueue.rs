@@ -128,9 +128,9 @@ pub const ARGS_PER_CREATE: usize = 10;
 /// samples in issue 36's profile). A smaller hash stays a listpack, whose
 /// scan is short, so that the many small applications do not each pay a
 /// hashtable's fixed cost. Whether the hash holds `h` is read with the
-/// scope's row; a hash without it costs one `HLEN` per batch. What it paid, and the bytes per
-/// chat counter before and after: BENCHMARKS.md, "Figure 14 with the key
-/// layout, the lineage read and one lane per kind".
+/// scope's row; a hash without it costs one `HLEN` per batch. What it
+/// paid, and the bytes per chat counter before and after: BENCHMARKS.md,
+/// "Figure 14 with the key layout, the lineage read and one lane per kind".
 const BATCH: &str = r#"
 --CODES
 --LINEAGE

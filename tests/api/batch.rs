@@ -39,6 +39,30 @@ async fn lineage(r: &mut redis::aio::MultiplexedConnection) -> (String, String) 
     (field("run_id:"), field("master_replid:"))
 }
 
+/// Sets the epoch hash `key` to `epoch` under `QUEUE_SHARDS` = `shards`,
+/// with the lineage of the server behind `r`: what the service's epoch
+/// check records there.
+async fn set_epoch(
+    r: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    epoch: &str,
+    shards: &str,
+) {
+    let (run_id, replid) = lineage(r).await;
+    let _: () = r
+        .hset_multiple(
+            key,
+            &[
+                ("epoch", epoch),
+                ("shards", shards),
+                ("run_id", &run_id),
+                ("replid", &replid),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
 /// A message create of the batched script as the service sends it, for
 /// chat `chat` of the application hash `app`, in the shard whose keys start
 /// with `p` (its pending list, epoch hash and usage hash), under
@@ -286,25 +310,9 @@ async fn a_create_past_its_own_deadline_is_answered_by_its_batch() {
     let limit = Duration::from_millis(2000);
     let redis = PrivateRedis::start().await;
     let mut r = connect(&redis.url()).await;
-    let (run_id, replid) = lineage(&mut r).await;
     let p = "deadline:{0}:";
-    let (app, pending, epoch) = (
-        format!("{p}app:one"),
-        format!("{p}pending:messages"),
-        format!("{p}epoch"),
-    );
-    let _: () = r
-        .hset_multiple(
-            &epoch,
-            &[
-                ("epoch", "5"),
-                ("shards", "1"),
-                ("run_id", &run_id),
-                ("replid", &replid),
-            ],
-        )
-        .await
-        .unwrap();
+    let (app, pending) = (format!("{p}app:one"), format!("{p}pending:messages"));
+    set_epoch(&mut r, &format!("{p}epoch"), "5", "1").await;
     // Chat 7 of application 1 has handed out 5 messages, checked in epoch 5.
     let _: () = r
         .hset_multiple(
@@ -580,7 +588,6 @@ async fn the_creates_of_several_shards_share_one_script_call() {
     let limit = Duration::from_millis(5000);
     let redis = PrivateRedis::start().await;
     let mut r = connect(&redis.url()).await;
-    let (run_id, replid) = lineage(&mut r).await;
     // Shard s: its epoch hash (epoch 5 + s), and application s + 1 whose
     // chat 7 has handed out 10 × (s + 1) messages, checked in its shard's
     // epoch: a create read against the other shard's epoch hash would be
@@ -588,18 +595,7 @@ async fn the_creates_of_several_shards_share_one_script_call() {
     let shard = |s: u16| format!("lanes:{{{s}}}:");
     for s in 0..2u16 {
         let p = shard(s);
-        let _: () = r
-            .hset_multiple(
-                format!("{p}epoch"),
-                &[
-                    ("epoch", (5 + s).to_string().as_str()),
-                    ("shards", "2"),
-                    ("run_id", &run_id),
-                    ("replid", &replid),
-                ],
-            )
-            .await
-            .unwrap();
+        set_epoch(&mut r, &format!("{p}epoch"), &(5 + s).to_string(), "2").await;
         let counter = (10 * (s + 1)).to_string();
         let _: () = r
             .hset_multiple(
