@@ -159,6 +159,7 @@ pub struct RedisManager {
 pub const CHECK_EPOCH: &str = r#"
 --LINEAGE
 local l = lineage()
+if not named(l) then return redis.error_reply(UNNAMED) end
 local first, raised = nil, 0
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -198,26 +199,34 @@ return {first, raised}
 /// before it was recorded) is judged by its `run_id` alone on a node never
 /// promoted, so an upgrade raises no epoch by itself.
 pub const LINEAGE: &str = r#"
+-- {run_id, master_replid, master_replid2} from an INFO reply, '' for a
+-- field it lacks.
+local function parse_lineage(info)
+  -- A plain find of the field's line, then the hex digits there: a
+  -- pattern search ('run_id:(%x+)') tries the pattern at each of the
+  -- reply's ~900 bytes, about 11-13 us of Redis CPU for the three fields
+  -- against 3 us (BENCHMARKS.md, "Figure 14 with the key layout, the
+  -- lineage read and one lane per kind").
+  local function field(name)
+    local i = string.find(info, name, 1, true)
+    return i and string.match(info, '^%x+', i + #name) or ''
+  end
+  return {field('\nrun_id:'), field('\nmaster_replid:'), field('\nmaster_replid2:')}
+end
 local LINEAGE
 local function lineage()
-  if not LINEAGE then
-    local info = redis.call('INFO', 'server', 'replication')
-    -- A plain find of the field's line, then the hex digits there: a
-    -- pattern search ('run_id:(%x+)') tries the pattern at each of the
-    -- reply's ~900 bytes, about 11-13 us of Redis CPU for the three fields
-    -- against 3 us (BENCHMARKS.md, "Figure 14 with the key layout, the
-    -- lineage read and one lane per kind").
-    local function field(name)
-      local i = string.find(info, name, 1, true)
-      return i and string.match(info, '^%x+', i + #name) or ''
-    end
-    LINEAGE = {field('\nrun_id:'), field('\nmaster_replid:'), field('\nmaster_replid2:')}
-  end
+  if not LINEAGE then LINEAGE = parse_lineage(redis.call('INFO', 'server', 'replication')) end
   return LINEAGE
+end
+-- Whether a lineage names its server: a server or proxy whose INFO leaves
+-- out run_id or master_replid would match every other one of its kind
+-- (docs/numbering.md, O14), so it matches nothing.
+local function named(l)
+  return l[1] ~= '' and l[2] ~= ''
 end
 local function same_lineage(run_id, replid)
   local l = lineage()
-  if run_id ~= l[1] then return false end
+  if not named(l) or run_id ~= l[1] then return false end
   if replid == l[2] then return true end
   return string.find(l[3], '^0+$') ~= nil
 end
@@ -225,8 +234,17 @@ end
 
 /// [`CHECK_EPOCH`] with [`LINEAGE`] spliced in.
 pub fn check_epoch_script() -> String {
-    CHECK_EPOCH.replace("--LINEAGE", LINEAGE)
+    CHECK_EPOCH
+        .replace("--LINEAGE", LINEAGE)
+        .replace("UNNAMED", &format!("'{UNNAMED_LINEAGE}'"))
 }
+
+/// The error [`CHECK_EPOCH`] answers, so that no connection is made (every
+/// request that needs Redis answers 503, and readiness fails), on a server
+/// whose `INFO server replication` leaves out `run_id` or `master_replid`
+/// (a proxy, or a managed service that hides them): the numbering could not
+/// tell a restarted or failed-over Redis there (docs/numbering.md, O14).
+pub const UNNAMED_LINEAGE: &str = "ERR chat-api: this Redis reports no run_id or master_replid in INFO server replication, so a restart or failover behind it could not be told (docs/numbering.md, O14); connect to Redis itself, not through a proxy";
 
 /// Runs [`CHECK_EPOCH`] on `conn` against `epoch_keys` (at least one);
 /// returns the epoch in force in the first. Logs a warning when it raised

@@ -552,3 +552,61 @@ async fn an_exact_restart_after_another_eviction_does_not_apply() {
     );
     drop(b);
 }
+
+/// O14 (docs/numbering.md): a server or proxy whose `INFO server
+/// replication` leaves out `run_id` or `master_replid` gives `''` for it,
+/// which an epoch hash would record and every such server would match, so
+/// a restart or failover behind it would go unseen. Such a lineage names
+/// nothing: it matches no epoch hash, not even one recorded with the same
+/// `''` (so every create is in doubt), and the epoch check refuses it
+/// (`UNNAMED_LINEAGE`). Judged by Redis's own Lua, on the INFO this test's
+/// Redis answers, whole and with either field cut out.
+#[tokio::test]
+async fn a_redis_that_hides_its_lineage_matches_no_epoch() {
+    let mut r = redis::Client::open(crate::helpers::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .arg("replication")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    // The lineage the scripts would read from `text`, whether it names its
+    // server, and whether an epoch hash recording that same lineage matches.
+    let script = redis::Script::new(&format!(
+        "{}\nLINEAGE = parse_lineage(ARGV[1])\n\
+         return {{LINEAGE[1], named(LINEAGE) and 1 or 0, same_lineage(LINEAGE[1], LINEAGE[2]) and 1 or 0}}",
+        chat_api::redis::LINEAGE
+    ));
+    let mut judge = async |text: &str| -> (String, i64, i64) {
+        script.arg(text).invoke_async(&mut r).await.unwrap()
+    };
+    let run_id = info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(
+        judge(&info).await,
+        (run_id, 1, 1),
+        "a real Redis names its lineage"
+    );
+    for field in ["run_id:", "master_replid:"] {
+        let cut: Vec<&str> = info.lines().filter(|l| !l.starts_with(field)).collect();
+        let (_, named, same) = judge(&cut.join("\r\n")).await;
+        assert_eq!(
+            (named, same),
+            (0, 0),
+            "an INFO without {field} names no lineage and matches none"
+        );
+    }
+    assert!(
+        chat_api::redis::check_epoch_script()
+            .contains("if not named(l) then return redis.error_reply("),
+        "the epoch check refuses an unnamed lineage"
+    );
+}
