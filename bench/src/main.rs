@@ -85,7 +85,8 @@ enum Cmd {
     /// while creates run at half their peak, and the primary's CPU per read.
     ReadReplica(Opts),
     /// Only figure 23: live events: delivery from a create's 201 to its
-    /// event at 1,000 subscribers on 100 chats at half the peak, events
+    /// event at 1,000 subscribers on 100 chats, at half the peak of the
+    /// request path alone and at half the peak with the subscribers, events
     /// lost or duplicated, the request path with and without subscribers,
     /// and RSS per idle subscriber.
     Live(live::LiveOpts),

@@ -159,7 +159,7 @@ pub struct RedisManager {
 pub const CHECK_EPOCH: &str = r#"
 --LINEAGE
 local l = lineage()
-if not named(l) then return redis.error_reply(UNNAMED) end
+if not named(l) then return redis.error_reply(@UNNAMED_LINEAGE@) end
 local first, raised = nil, 0
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -236,26 +236,39 @@ end
 pub fn check_epoch_script() -> String {
     CHECK_EPOCH
         .replace("--LINEAGE", LINEAGE)
-        .replace("UNNAMED", &format!("'{UNNAMED_LINEAGE}'"))
+        .replace("@UNNAMED_LINEAGE@", &format!("'{UNNAMED_LINEAGE}'"))
 }
 
-/// The error [`CHECK_EPOCH`] answers, so that no connection is made (every
-/// request that needs Redis answers 503, and readiness fails), on a server
-/// whose `INFO server replication` leaves out `run_id` or `master_replid`
-/// (a proxy, or a managed service that hides them): the numbering could not
-/// tell a restarted or failed-over Redis there (docs/numbering.md, O14).
-pub const UNNAMED_LINEAGE: &str = "ERR chat-api: this Redis reports no run_id or master_replid in INFO server replication, so a restart or failover behind it could not be told (docs/numbering.md, O14); connect to Redis itself, not through a proxy";
+/// The error [`CHECK_EPOCH`] answers instead of setting an epoch on a
+/// server whose `INFO server replication` leaves out `run_id` or
+/// `master_replid` (a proxy, or a managed service that hides them): the
+/// numbering could not tell a restarted or failed-over Redis there
+/// (docs/numbering.md, O14). Its error code is [`UNNAMED_LINEAGE_CODE`];
+/// [`check_epoch`] logs it at error level.
+pub const UNNAMED_LINEAGE: &str = "UNNAMEDLINEAGE chat-api: this Redis reports no run_id or master_replid in INFO server replication, so a restart or failover behind it could not be told (docs/numbering.md, O14); connect to Redis itself, not through a proxy";
+
+/// The error code of [`UNNAMED_LINEAGE`].
+pub const UNNAMED_LINEAGE_CODE: &str = "UNNAMEDLINEAGE";
 
 /// Runs [`CHECK_EPOCH`] on `conn` against `epoch_keys` (at least one);
 /// returns the epoch in force in the first. Logs a warning when it raised
-/// one. Errors: Redis failed.
+/// one. Errors: Redis failed, or refused the server
+/// ([`UNNAMED_LINEAGE`], logged at error level).
 pub async fn check_epoch(
     conn: &mut impl redis::aio::ConnectionLike,
     epoch_keys: &[String],
 ) -> redis::RedisResult<i64> {
     static SCRIPT: std::sync::LazyLock<redis::Script> =
         std::sync::LazyLock::new(|| redis::Script::new(&check_epoch_script()));
-    let (epoch, raised): (i64, i64) = SCRIPT.key(epoch_keys).invoke_async(conn).await?;
+    let (epoch, raised): (i64, i64) = SCRIPT
+        .key(epoch_keys)
+        .invoke_async(conn)
+        .await
+        .inspect_err(|e| {
+            if e.code() == Some(UNNAMED_LINEAGE_CODE) {
+                tracing::error!(error = %e, "the epoch check refused this Redis: no number is handed out on it");
+            }
+        })?;
     if raised == 1 {
         tracing::warn!(
             epoch,

@@ -604,9 +604,36 @@ async fn a_redis_that_hides_its_lineage_matches_no_epoch() {
             "an INFO without {field} names no lineage and matches none"
         );
     }
-    assert!(
-        chat_api::redis::check_epoch_script()
-            .contains("if not named(l) then return redis.error_reply("),
-        "the epoch check refuses an unnamed lineage"
-    );
+    // The epoch check itself, as shipped, with the lineage read from the
+    // INFO given instead of the server's (one line put before its read):
+    // it sets an epoch for the whole INFO and refuses the cut one.
+    let check = chat_api::redis::check_epoch_script();
+    assert!(check.contains("local l = lineage()"));
+    let check = redis::Script::new(&check.replace(
+        "local l = lineage()",
+        "LINEAGE = parse_lineage(ARGV[1])\nlocal l = lineage()",
+    ));
+    let key = format!("test:o14:{}:epoch", uuid::Uuid::new_v4().simple());
+    let set: (i64, i64) = check
+        .key(&key)
+        .arg(&info)
+        .invoke_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(set.1, 1, "a named lineage gets an epoch");
+    for field in ["run_id:", "master_replid:"] {
+        let cut: Vec<&str> = info.lines().filter(|l| !l.starts_with(field)).collect();
+        let refused = check
+            .key(&key)
+            .arg(cut.join("\r\n"))
+            .invoke_async::<(i64, i64)>(&mut r)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Some(chat_api::redis::UNNAMED_LINEAGE_CODE),
+            "the epoch check refuses an INFO without {field}: {refused}"
+        );
+    }
+    let _: () = r.del(&key).await.unwrap();
 }
