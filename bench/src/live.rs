@@ -35,8 +35,10 @@ use crate::sustained::{cpu_secs, redis_pid};
 use crate::{Env, Opts, free_port, seed, wait_up};
 
 /// A subscriber task of the delivery part: the `(number, arrival)` of each
-/// `message.created` it got.
-type Subscriber = tokio::task::JoinHandle<Vec<(i64, Instant)>>;
+/// `message.created` it got, and whether its stream ended before the stop
+/// (the service closed it, for example as too slow: the bench does not
+/// resume, so its later events count as lost).
+type Subscriber = tokio::task::JoinHandle<(Vec<(i64, Instant)>, bool)>;
 
 /// Options of `bench live`.
 #[derive(clap::Args, Clone)]
@@ -115,29 +117,27 @@ async fn closed_loop(base: &str, chats: &[(String, i64)], secs: u64, connections
 }
 
 /// A subscriber of chat `k`: every `message.created` number and when it
-/// arrived, until `stop`.
+/// arrived, until `stop`; and whether its stream ended before that.
 ///
 /// It works on the bytes as they come (no UTF-8 copy, no JSON tree): the
 /// client shares the 2 cores with the service, so each microsecond it spends
 /// per event is queueing in the delays it measures.
-fn subscribe(
-    c: reqwest::Client,
-    url: String,
-    mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<Vec<(i64, Instant)>> {
+fn subscribe(c: reqwest::Client, url: String, mut stop: watch::Receiver<bool>) -> Subscriber {
     tokio::spawn(async move {
         let mut got = Vec::new();
         let Ok(r) = c.get(url).send().await else {
-            return got;
+            return (got, true);
         };
         let mut body = r.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
         loop {
             let chunk = tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.changed() => return (got, false),
                 c = body.next() => c,
             };
-            let Some(Ok(bytes)) = chunk else { break };
+            let Some(Ok(bytes)) = chunk else {
+                return (got, true);
+            };
             let now = Instant::now();
             buf.extend_from_slice(&bytes);
             let mut start = 0;
@@ -150,7 +150,6 @@ fn subscribe(
             }
             buf.drain(..start);
         }
-        got
     })
 }
 
@@ -316,8 +315,11 @@ pub async fn live(o: &LiveOpts) -> anyhow::Result<Value> {
     }
     let _ = stop.send(true);
     let mut got = Vec::with_capacity(subscribers.len());
+    let mut closed_early = 0;
     for (k, handle) in subscribers {
-        got.push((k, handle.await?));
+        let (events, early) = handle.await?;
+        closed_early += usize::from(early);
+        got.push((k, events));
     }
     // Every event got twice, over the whole run (the closed loops too).
     let duplicated_all: usize = got
@@ -377,6 +379,7 @@ pub async fn live(o: &LiveOpts) -> anyhow::Result<Value> {
         "cpu_us_per_create_with": cpu_per_create_with,
         "paced": paced_out,
         "duplicated_all_runs": duplicated_all,
+        "streams_ended_early": closed_early,
         "idle_subscribers": o.idle,
         "idle_streams_open": open - open_before,
         "rss_kib_before": rss_before,
@@ -426,6 +429,10 @@ pub fn markdown(d: &Value) -> String {
             g("paced_client_cpu_us_per_create"),
         ));
     }
+    out.push_str(&format!(
+        "| 23. subscriber streams the service ended before the bench stopped (too slow, or an error; not resumed, so their later events count as lost); events got twice over the whole run | {}; {} | 0; 0 |\n",
+        d["streams_ended_early"], d["duplicated_all_runs"],
+    ));
     out.push_str(&format!(
         "| 23. request path: creates/s closed loop without / with the subscribers; service + Redis CPU µs per create | {:.0} / {:.0}; {:.1} / {:.1} | within 5% |\n\
          | 23. {} idle subscribers ({} open): service RSS KiB before / after; KiB per subscriber | {} / {}; {:.1} | bounded |\n",
