@@ -8,17 +8,8 @@ use chat_api::writebehind::coalesce::Create;
 use chat_api::writebehind::scripts::{self, code};
 use redis::AsyncCommands;
 
-use crate::helpers::redis_url;
+use crate::helpers::{redis_connection as connect, redis_url};
 use crate::support::PrivateRedis;
-
-/// A connection to the Redis at `url`.
-async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
 
 /// The server's lineage as the scripts record it in the epoch hash
 /// (`chat_api::redis::LINEAGE`): its `run_id` and `master_replid`.

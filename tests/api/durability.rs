@@ -33,11 +33,7 @@ async fn create_confirmed(app: &TestApp, path: &str, body: serde_json::Value) ->
 
 /// Waits until `primary` reports `n` replicas, all online (synced).
 async fn replicas(primary: &PrivateRedis, n: usize) {
-    let mut c = redis::Client::open(primary.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = crate::helpers::redis_connection(&primary.url()).await;
     for _ in 0..400 {
         let info: String = redis::cmd("INFO")
             .arg("replication")

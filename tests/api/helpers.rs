@@ -19,6 +19,15 @@ pub fn admin_url() -> String {
 }
 
 /// Redis the tests use.
+/// A connection to the Redis at `url`.
+pub async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -224,11 +233,7 @@ impl TestApp {
 
     /// A direct connection to the service's Redis.
     pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.config.redis_url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+        redis_connection(&self.config.redis_url).await
     }
 
     /// Creates an application and returns its token.

@@ -7,11 +7,7 @@ use serde_json::json;
 use crate::helpers::{PrivateRedis, spawn_app_with};
 
 async fn used_memory(redis: &PrivateRedis) -> u64 {
-    let mut c = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = crate::helpers::redis_connection(&redis.url()).await;
     let info: String = redis::cmd("INFO")
         .arg("memory")
         .query_async(&mut c)

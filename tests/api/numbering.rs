@@ -563,11 +563,7 @@ async fn an_exact_restart_after_another_eviction_does_not_apply() {
 /// Redis answers, whole and with either field cut out.
 #[tokio::test]
 async fn a_redis_that_hides_its_lineage_matches_no_epoch() {
-    let mut r = redis::Client::open(crate::helpers::redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut r = crate::helpers::redis_connection(&crate::helpers::redis_url()).await;
     let info: String = redis::cmd("INFO")
         .arg("server")
         .arg("replication")
@@ -581,6 +577,13 @@ async fn a_redis_that_hides_its_lineage_matches_no_epoch() {
          return {{LINEAGE[1], named(LINEAGE) and 1 or 0, same_lineage(LINEAGE[1], LINEAGE[2]) and 1 or 0}}",
         chat_api::redis::LINEAGE
     ));
+    // The INFO without the line of `field`.
+    let cut = |field: &str| {
+        info.lines()
+            .filter(|l| !l.starts_with(field))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    };
     let mut judge = async |text: &str| -> (String, i64, i64) {
         script.arg(text).invoke_async(&mut r).await.unwrap()
     };
@@ -596,8 +599,7 @@ async fn a_redis_that_hides_its_lineage_matches_no_epoch() {
         "a real Redis names its lineage"
     );
     for field in ["run_id:", "master_replid:"] {
-        let cut: Vec<&str> = info.lines().filter(|l| !l.starts_with(field)).collect();
-        let (_, named, same) = judge(&cut.join("\r\n")).await;
+        let (_, named, same) = judge(&cut(field)).await;
         assert_eq!(
             (named, same),
             (0, 0),
@@ -622,10 +624,9 @@ async fn a_redis_that_hides_its_lineage_matches_no_epoch() {
         .unwrap();
     assert_eq!(set.1, 1, "a named lineage gets an epoch");
     for field in ["run_id:", "master_replid:"] {
-        let cut: Vec<&str> = info.lines().filter(|l| !l.starts_with(field)).collect();
         let refused = check
             .key(&key)
-            .arg(cut.join("\r\n"))
+            .arg(cut(field))
             .invoke_async::<(i64, i64)>(&mut r)
             .await
             .unwrap_err();
