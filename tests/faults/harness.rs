@@ -664,11 +664,13 @@ impl Sentinels {
                 &conf,
                 format!(
                     "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+                     logfile {}\n\
                      sentinel monitor mymaster 127.0.0.1 {master_port} 2\n\
                      sentinel down-after-milliseconds mymaster 1000\n\
                      sentinel failover-timeout mymaster 10000\n\
                      sentinel parallel-syncs mymaster 1\n",
-                    sentinels.dir.display()
+                    sentinels.dir.display(),
+                    sentinels.dir.join(format!("sentinel-{i}.log")).display()
                 ),
             )
             .unwrap();
@@ -724,6 +726,28 @@ impl Sentinels {
             .map(|p| format!("127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Each sentinel's log of failover events (`+sdown`, `+odown`,
+    /// `+switch-master`, `+convert-to-slave`, `+config-update-from`…), one
+    /// block per sentinel, for a failing test to print.
+    pub fn events(&self) -> String {
+        (0..self.ports.len())
+            .map(|i| {
+                let log = std::fs::read_to_string(self.dir.join(format!("sentinel-{i}.log")))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains(" +") || l.contains(" -"))
+                    .collect();
+                format!(
+                    "sentinel {i} (port {}):\n{}",
+                    self.ports[i],
+                    lines.join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The master's port as the first sentinel that answers names it.

@@ -920,9 +920,11 @@ async fn failover_report(
 /// the master through the sentinels (`REDIS_SENTINELS`). Under load the
 /// primary is SIGKILLed; the sentinels promote the replica, and the same
 /// service process answers 503 during the switch, then 201 again. The old
-/// primary is started again, as a supervisor would, and the sentinels make
-/// it a replica of the new master (so that `replica` durability has a
-/// replica again). Returns what the promise check found: with `replica`
+/// primary is started again (so that `replica` durability has a replica
+/// again): with `replica`, as the operator rules say, as a replica of the
+/// new master that no failover may pick before its first sync is done;
+/// with `memory` and `fsync`, as the master it was (empty, or with its
+/// AOF), which the sentinels make a replica. Returns what the promise check found: with `replica`
 /// nothing acknowledged may be lost; with `memory` and `fsync`, every lost
 /// number lies in a range its counter skipped when it restarted at its
 /// reservation, and no number carries a body other than the one
@@ -965,10 +967,50 @@ async fn sentinel_failover(durability: &str) -> Failover {
     })
     .await;
     assert!(promoted, "the sentinels promoted the replica");
-    // The old primary comes back empty and is made a replica of the new one.
-    primary.restart().await;
+    if durability == "replica" {
+        // The promise holds only if no node holding less than the master
+        // can be promoted (docs/operations.md, "Redis Sentinel: no empty
+        // node may be promoted"): the old primary comes back as a replica
+        // of the new master, with `replica-priority 0` until its first sync
+        // is done. Brought back as an empty master, or as a replica the
+        // sentinels could pick mid-sync, a second, spurious failover a
+        // second after the first promoted it, and the real master resynced
+        // from it: 19 to 3,365 acknowledged creates lost in 4 of about 36
+        // runs, each in a skipped range.
+        let port = replica.port.to_string();
+        primary
+            .restart_with(&["--replicaof", "127.0.0.1", &port, "--replica-priority", "0"])
+            .await;
+        primary.wait_in_sync().await;
+        primary.config_set("replica-priority", "100").await;
+    } else {
+        // Comes back as the master it was, empty (`memory`) or with its AOF
+        // (`fsync`), until the sentinels make it a replica: what it loses
+        // is allowed, but must be reported.
+        primary.restart().await;
+    }
     let (ledger, switch) = resumes_after_failover(load, killed_at).await;
-    world.reconnect_redis(&replica.url()).await;
+    let master = sentinels.master_port().await.unwrap_or(replica.port);
+    world
+        .reconnect_redis(&format!("redis://127.0.0.1:{master}"))
+        .await;
+    // Printed now (shown when the test fails): the promise check panics on
+    // a loss it cannot explain.
+    eprintln!(
+        "the old primary: {}\nthe promoted replica: {}\n{}\nthe service's epoch and restart warnings:\n{}",
+        primary.role().await,
+        replica.role().await,
+        sentinels.events(),
+        std::fs::read_to_string(world.log_path(service.port))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.contains("chat_api::redis::connection")
+                    || l.contains("chat_api::writebehind::numbering")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let report = failover_report(
         &world,
         &token,

@@ -185,6 +185,54 @@ impl PrivateRedis {
         );
     }
 
+    /// `INFO replication`'s role, master, link and offset lines, joined by
+    /// spaces (for a failing test to print).
+    pub async fn role(&self) -> String {
+        let Ok(mut c) = redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+        else {
+            return "unreachable".into();
+        };
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default();
+        info.lines()
+            .filter(|l| {
+                [
+                    "role:",
+                    "master_port:",
+                    "master_link_status:",
+                    "master_sync_in_progress:",
+                    "master_replid:",
+                    "master_repl_offset:",
+                ]
+                .iter()
+                .any(|f| l.starts_with(f))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// `CONFIG SET name value`.
+    pub async fn config_set(&self, name: &str, value: &str) {
+        let mut c = redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+
     /// `SAVE`: a snapshot of now, in `dump.rdb`.
     pub async fn save(&self) {
         let mut c = redis::Client::open(self.url())
