@@ -24,6 +24,7 @@ mod plots;
 mod read_replica;
 mod reindex;
 mod request_path;
+mod script_cost;
 mod search_lag;
 mod search_quality;
 mod search_topk;
@@ -65,6 +66,10 @@ enum Cmd {
     /// Only figure 14: the request path against a server that runs one
     /// minimal script per create.
     RequestPath(request_path::RequestPathOpts),
+    /// Only Redis's CPU per create of the enqueue script, on Redis alone
+    /// (no HTTP, no service): this build's batched script, other texts of
+    /// it (`--variant`), and the script ceiling's, interleaved (issue 36).
+    ScriptCost(script_cost::ScriptCostOpts),
     /// Only figure 16: the search lag while text creates run at 0.6 of
     /// their peak.
     SearchLag(Opts),
@@ -1884,6 +1889,16 @@ async fn main() -> anyhow::Result<()> {
             let figure = request_path::request_path(&o.opts, &o.compare_bin, o.hot_chat).await?;
             println!("{}", serde_json::to_string_pretty(&figure)?);
             println!("{}", request_path::markdown(&figure));
+            Ok(())
+        }
+        Cmd::ScriptCost(o) => {
+            if o.print_script {
+                print!("{}", chat_api::writebehind::enqueue::enqueue_message());
+                return Ok(());
+            }
+            let figure = script_cost::script_cost(&o).await?;
+            println!("{}", serde_json::to_string_pretty(&figure)?);
+            println!("{}", script_cost::markdown(&figure));
             Ok(())
         }
         Cmd::ScriptCeiling {
