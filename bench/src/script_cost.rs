@@ -1,7 +1,8 @@
 //! Redis's CPU per create of the enqueue script alone (issue 36), without
-//! HTTP, the service or MariaDB in the measurement: the one figure of the
-//! request path that a shared, noisy machine can still measure to a few
-//! percent, because it is one single-threaded process's CPU time.
+//! HTTP, the service or MariaDB in the measurement: one single-threaded
+//! process's CPU time, and the scripts' own time in it. On a shared machine
+//! even that moves ±15% from one round to the next, so a variant is judged
+//! by its ratio to this build's in the same run, over many runs.
 //!
 //! On one Redis, interleaved in each run and in alternating order:
 //! - **the script ceiling**: figure 14's minimal script (`HINCRBY` of a
@@ -224,8 +225,37 @@ async fn ceiling_round(
     Ok(())
 }
 
-/// The runs of [`script_cost`]: per script, µs of Redis CPU per create in
-/// each run, and its ratio to the ceiling's of the same run.
+/// What the runs of [`script_cost`] measured, per script (outer index) and
+/// run (inner).
+struct Measured {
+    /// µs of Redis CPU per create.
+    usec: Vec<Vec<f64>>,
+    /// `usec` ÷ the ceiling's in the same run.
+    ratio: Vec<Vec<f64>>,
+    /// µs of `EVALSHA` per create (`INFO commandstats`: the scripts' own
+    /// time, without reading the calls and writing the replies).
+    script: Vec<Vec<f64>>,
+    /// `script` ÷ this build's in the same run: the paired comparison of
+    /// a variant, steadier than either figure alone.
+    vs_this_build: Vec<Vec<f64>>,
+}
+
+/// `usec` of `EVALSHA` in `INFO commandstats` since the last `CONFIG
+/// RESETSTAT`.
+async fn evalsha_usec(r: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(r)
+        .await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+        .and_then(|rest| rest.split(',').find_map(|f| f.strip_prefix("usec=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// The runs of [`script_cost`] (see [`Measured`]).
 #[allow(clippy::too_many_arguments)]
 async fn measure(
     conn: &redis::aio::MultiplexedConnection,
@@ -236,18 +266,25 @@ async fn measure(
     apps: &[(String, i64)],
     o: &ScriptCostOpts,
     pid: i32,
-) -> anyhow::Result<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
+) -> anyhow::Result<Measured> {
     let mut r = conn.clone();
     let body = "x".repeat(o.body_bytes);
     let mut usec: Vec<Vec<f64>> = vec![Vec::new(); scripts.len()];
     let mut ratio: Vec<Vec<f64>> = vec![Vec::new(); scripts.len()];
+    let mut script: Vec<Vec<f64>> = vec![Vec::new(); scripts.len()];
+    let mut vs_this_build: Vec<Vec<f64>> = vec![Vec::new(); scripts.len()];
     for run in 0..o.opts.runs {
         let mut order: Vec<usize> = (0..scripts.len()).collect();
         if run % 2 == 1 {
             order.reverse();
         }
         let mut this_run = vec![0.0; scripts.len()];
+        let mut script_run = vec![0.0; scripts.len()];
         for &s in &order {
+            let _: () = redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query_async(&mut r)
+                .await?;
             let before = cpu_secs(pid);
             match &scripts[s].1 {
                 None => ceiling_round(conn, ceiling, prefix, apps, o, &body).await?,
@@ -255,6 +292,7 @@ async fn measure(
             }
             let spent = cpu_secs(pid) - before;
             this_run[s] = spent * 1e6 / o.creates as f64;
+            script_run[s] = evalsha_usec(&mut r).await? / o.creates as f64;
             // What the round queued goes, outside the measurement.
             let mut doomed: Vec<String> = apps
                 .iter()
@@ -272,14 +310,26 @@ async fn measure(
         }
         for s in 0..scripts.len() {
             usec[s].push(this_run[s]);
+            script[s].push(script_run[s]);
+            if script_run[1] > 0.0 {
+                vs_this_build[s].push(script_run[s] / script_run[1]);
+            }
             // (A round too short for one 10 ms tick of the ceiling gives no ratio.)
             if this_run[0] > 0.0 {
                 ratio[s].push(this_run[s] / this_run[0]);
             }
         }
-        eprintln!("run {}: µs of Redis CPU per create {:?}", run + 1, this_run);
+        eprintln!(
+            "run {}: µs per create, Redis CPU {this_run:.2?}, EVALSHA {script_run:.2?}",
+            run + 1
+        );
     }
-    Ok((usec, ratio))
+    Ok(Measured {
+        usec,
+        ratio,
+        script,
+        vs_this_build,
+    })
 }
 
 /// `bench script-cost` (see the module docs).
@@ -323,7 +373,12 @@ pub async fn script_cost(o: &ScriptCostOpts) -> anyhow::Result<Value> {
         })
         .collect();
     let _: () = redis::cmd("DEL").arg(leftovers).query_async(&mut r).await?;
-    let (usec, ratio) = measured?;
+    let Measured {
+        usec,
+        ratio,
+        script,
+        vs_this_build,
+    } = measured?;
     let mut out = serde_json::Map::new();
     out.insert(
         "load".into(),
@@ -341,6 +396,8 @@ pub async fn script_cost(o: &ScriptCostOpts) -> anyhow::Result<Value> {
             name.clone(),
             json!({
                 "redis_usec_per_create": u,
+                "evalsha_usec_per_create": stat(script[s].clone()),
+                "evalsha_vs_this_build": (!vs_this_build[s].is_empty()).then(|| stat(vs_this_build[s].clone())),
                 "vs_ceiling": (!ratio[s].is_empty()).then(|| stat(ratio[s].clone())),
                 "creates_per_sec_per_master": (u.median > 0.0).then(|| (1e6 / u.median).round()),
             }),
@@ -354,7 +411,7 @@ pub fn markdown(d: &Value) -> String {
     let load = &d["load"];
     let mut out = format!(
         "Redis CPU per create, Redis alone: {} creates per round, {} per call of the batched script, {} chats, {}-byte bodies, {} runs\n\n\
-         | script | Redis µs per create | ÷ the ceiling's, same run | creates/s per master |\n|---|---|---|---|\n",
+         | script | Redis µs per create | ÷ the ceiling's, same run | creates/s per master | of which EVALSHA µs | EVALSHA ÷ this build's, same run |\n|---|---|---|---|---|---|\n",
         load["creates_per_round"], load["batch"], load["chats"], load["body_bytes"], load["runs"]
     );
     for (name, v) in d.as_object().into_iter().flatten() {
@@ -362,10 +419,12 @@ pub fn markdown(d: &Value) -> String {
             continue;
         }
         out += &format!(
-            "| {name} | {} | {} | {} |\n",
+            "| {name} | {} | {} | {} | {} | {} |\n",
             crate::s(&v["redis_usec_per_create"]),
             crate::s(&v["vs_ceiling"]),
-            v["creates_per_sec_per_master"]
+            v["creates_per_sec_per_master"],
+            crate::s(&v["evalsha_usec_per_create"]),
+            crate::s(&v["evalsha_vs_this_build"])
         );
     }
     out
