@@ -924,11 +924,11 @@ async fn failover_report(
 /// again): with `replica`, as the operator rules say, as a replica of the
 /// new master that no failover may pick before its first sync is done;
 /// with `memory` and `fsync`, as the master it was (empty, or with its
-/// AOF), which the sentinels make a replica. Returns what the promise check found: with `replica`
-/// nothing acknowledged may be lost; with `memory` and `fsync`, every lost
-/// number lies in a range its counter skipped when it restarted at its
-/// reservation, and no number carries a body other than the one
-/// acknowledged.
+/// AOF), which the sentinels make a replica. Returns what the promise
+/// check found: with `replica` nothing acknowledged may be lost; with
+/// `memory` and `fsync`, every lost number lies in a range its counter
+/// skipped when it restarted at its reservation, and no number carries a
+/// body other than the one acknowledged.
 async fn sentinel_failover(durability: &str) -> Failover {
     // `fsync` needs every node to fsync each write (start-up checks it).
     let persistence: &[&str] = match durability {

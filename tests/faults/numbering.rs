@@ -378,11 +378,7 @@ async fn a_restart_from_a_rewritten_older_aof_hands_out_no_number_twice() {
     let mut tally = Tally::default();
     client.create(&token, scope, 40, "before", &mut tally).await;
     client.flush().await;
-    let mut c = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = redis.connection().await.unwrap();
     let _: () = redis::cmd("BGREWRITEAOF")
         .query_async(&mut c)
         .await

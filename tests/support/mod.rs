@@ -185,14 +185,17 @@ impl PrivateRedis {
         );
     }
 
+    /// A connection to the server. Errors: it does not answer.
+    pub async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
     /// `INFO replication`'s role, master, link and offset lines, joined by
     /// spaces (for a failing test to print).
     pub async fn role(&self) -> String {
-        let Ok(mut c) = redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-        else {
+        let Ok(mut c) = self.connection().await else {
             return "unreachable".into();
         };
         let info: String = redis::cmd("INFO")
@@ -219,11 +222,7 @@ impl PrivateRedis {
 
     /// `CONFIG SET name value`.
     pub async fn config_set(&self, name: &str, value: &str) {
-        let mut c = redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut c = self.connection().await.unwrap();
         let _: () = redis::cmd("CONFIG")
             .arg("SET")
             .arg(name)
@@ -235,11 +234,7 @@ impl PrivateRedis {
 
     /// `SAVE`: a snapshot of now, in `dump.rdb`.
     pub async fn save(&self) {
-        let mut c = redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut c = self.connection().await.unwrap();
         let _: () = redis::cmd("SAVE").query_async(&mut c).await.unwrap();
     }
 
